@@ -1,0 +1,10 @@
+//! metalbondd: a MetalBond v1 route server (and, later, hypervisor agent).
+//!
+//! Data flow: bytes -> [`wire`] frame decoder -> [`session`] state machine ->
+//! [`table`] (single owner) -> shared update log -> per-session batched writes.
+//! The protocol core ([`wire`], [`session`], [`table`]) does no I/O; the
+//! [`server`] module is the tokio shell around it.
+
+#![warn(missing_docs)]
+
+pub mod wire;

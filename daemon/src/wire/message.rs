@@ -1,0 +1,168 @@
+//! MetalBond v1 messages and the reasons a received frame is rejected.
+
+use super::types::{Action, Destination, NextHop, Route, Vni};
+
+/// Message type byte of the frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageType {
+    /// HELLO (1).
+    Hello = 1,
+    /// KEEPALIVE (2), empty payload.
+    Keepalive = 2,
+    /// SUBSCRIBE (3).
+    Subscribe = 3,
+    /// UNSUBSCRIBE (4).
+    Unsubscribe = 4,
+    /// UPDATE (5).
+    Update = 5,
+}
+
+impl MessageType {
+    /// Maps a header type byte; `None` for an unknown type.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::Hello,
+            2 => Self::Keepalive,
+            3 => Self::Subscribe,
+            4 => Self::Unsubscribe,
+            5 => Self::Update,
+            _ => return None,
+        })
+    }
+}
+
+/// HELLO payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Hello {
+    /// Proposed (client) or negotiated (server) keepalive interval in seconds.
+    pub keepalive_secs: u32,
+    /// Set by servers; never read by anyone (PROTOCOL.md section 4).
+    pub is_server: bool,
+}
+
+/// UPDATE payload, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Update {
+    /// ADD or REMOVE.
+    pub action: Action,
+    /// The route concerned.
+    pub route: Route,
+}
+
+impl Update {
+    /// Convenience constructor.
+    pub fn new(action: Action, vni: Vni, dest: Destination, next_hop: NextHop) -> Self {
+        Self {
+            action,
+            route: Route { vni, dest, next_hop },
+        }
+    }
+}
+
+/// A decoded, validated MetalBond message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// Handshake.
+    Hello(Hello),
+    /// Liveness.
+    Keepalive,
+    /// Start receiving routes of a VNI.
+    Subscribe(Vni),
+    /// Stop receiving routes of a VNI.
+    Unsubscribe(Vni),
+    /// Announce or withdraw a route.
+    Update(Update),
+}
+
+impl Message {
+    /// The header type byte of this message.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Message::Hello(_) => MessageType::Hello,
+            Message::Keepalive => MessageType::Keepalive,
+            Message::Subscribe(_) => MessageType::Subscribe,
+            Message::Unsubscribe(_) => MessageType::Unsubscribe,
+            Message::Update(_) => MessageType::Update,
+        }
+    }
+}
+
+/// Why a received frame was rejected. Every variant closes the session,
+/// with this as the logged reason (PROTOCOL.md sections 1 and 2).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Header version byte other than 1.
+    #[error("unsupported protocol version {0} (expected 1)")]
+    BadVersion(u8),
+    /// Payload is not a valid protobuf encoding of the expected message.
+    #[error("cannot decode {msg} payload: {detail}")]
+    Protobuf {
+        /// Message being decoded.
+        msg: &'static str,
+        /// What was wrong.
+        detail: &'static str,
+    },
+    /// KEEPALIVE with a non-empty payload is accepted; this is for UPDATE.
+    #[error("UPDATE without destination")]
+    MissingDestination,
+    /// UPDATE without next hop.
+    #[error("UPDATE without nextHop")]
+    MissingNextHop,
+    /// An address field that is not 4 or 16 bytes.
+    #[error("{field} is {len} bytes (expected 4 or 16)")]
+    BadAddressLength {
+        /// `destination.prefix` or `nextHop.targetAddress`.
+        field: &'static str,
+        /// Length received.
+        len: usize,
+    },
+    /// Prefix length larger than the address width.
+    #[error("prefix length {len} exceeds {max} bits")]
+    PrefixTooLong {
+        /// Length received.
+        len: u32,
+        /// Address width.
+        max: u8,
+    },
+    /// `ipVersion` does not match the address length.
+    #[error("ipVersion {ip_version} does not match a {len}-byte address")]
+    IpVersionMismatch {
+        /// Value received.
+        ip_version: i32,
+        /// Address length.
+        len: usize,
+    },
+    /// A NAT port above 65535.
+    #[error("NAT port {0} above 65535")]
+    PortOutOfRange(u32),
+    /// NAT port range with from > to.
+    #[error("NAT port range {from}-{to} is inverted")]
+    PortRangeInverted {
+        /// First port.
+        from: u16,
+        /// Last port.
+        to: u16,
+    },
+    /// UPDATE action neither ADD nor REMOVE.
+    #[error("unknown UPDATE action {0}")]
+    UnknownAction(i32),
+}
+
+impl DecodeError {
+    /// Short stable label for metrics (`reason` label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::BadVersion(_) => "bad_version",
+            DecodeError::Protobuf { .. } => "bad_protobuf",
+            DecodeError::MissingDestination => "missing_destination",
+            DecodeError::MissingNextHop => "missing_next_hop",
+            DecodeError::BadAddressLength { .. } => "bad_address_length",
+            DecodeError::PrefixTooLong { .. } => "prefix_too_long",
+            DecodeError::IpVersionMismatch { .. } => "ip_version_mismatch",
+            DecodeError::PortOutOfRange(_) => "port_out_of_range",
+            DecodeError::PortRangeInverted { .. } => "port_range_inverted",
+            DecodeError::UnknownAction(_) => "unknown_action",
+        }
+    }
+}

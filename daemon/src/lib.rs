@@ -7,4 +7,5 @@
 
 #![warn(missing_docs)]
 
+pub mod session;
 pub mod wire;

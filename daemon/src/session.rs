@@ -1,0 +1,1 @@
+//! Sans-I/O MetalBond session state machine (placeholder).

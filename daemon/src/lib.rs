@@ -7,5 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod server;
 pub mod session;
+pub mod table;
 pub mod wire;

@@ -1,0 +1,361 @@
+//! One task per TCP session: the I/O shell around the sans-I/O [`Session`].
+//!
+//! It reads and decodes frames (reassembling across reads), feeds them to the
+//! session state machine, forwards table operations to the table task in one
+//! batch per read, and writes the session's frames plus the routes it should
+//! hear, read from the shared update log at its own pace. Reading never stops
+//! while a write is pending, so keepalives are served during long dumps.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::metrics::Metrics;
+use super::outbound::Outbound;
+use super::table_task::{Command, Op, TableHandle};
+use crate::session::{self, CloseReason, Event, Role, Session};
+use crate::table::log::{Entry, Item, LogCursor};
+use crate::table::SessionId;
+use crate::wire::{decode_frame, encode_message, Action, DecodeError, Frame, Message, Vni};
+
+/// Stop pulling from the log while this much is queued for the socket.
+const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
+/// Read buffer size.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Settings every session shares.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// Configured keepalive interval in seconds (0 means 5).
+    pub keepalive_secs: u32,
+    /// Close a session whose writes make no progress for this long.
+    pub write_timeout: Duration,
+    /// Close a session that falls this many bytes behind the update log.
+    pub max_lag_bytes: u64,
+}
+
+/// Why a session ended, for the log line and the metric.
+enum Ended {
+    Protocol(CloseReason),
+    Decode(DecodeError),
+    PeerClosed,
+    Io(std::io::Error),
+    WriteTimeout,
+    Lagging(u64),
+    Shutdown,
+}
+
+impl Ended {
+    fn label(&self) -> &'static str {
+        match self {
+            Ended::Protocol(r) => r.label(),
+            Ended::Decode(e) => e.label(),
+            Ended::PeerClosed => "peer_closed",
+            Ended::Io(_) => "io_error",
+            Ended::WriteTimeout => "write_timeout",
+            Ended::Lagging(_) => "lagging",
+            Ended::Shutdown => "shutdown",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Ended::Protocol(r) => r.to_string(),
+            Ended::Decode(e) => format!("malformed frame: {e}"),
+            Ended::PeerClosed => "peer closed the connection".into(),
+            Ended::Io(e) => format!("socket error: {e}"),
+            Ended::WriteTimeout => "peer stopped reading (write timeout)".into(),
+            Ended::Lagging(bytes) => format!(
+                "fell {bytes} bytes behind the update log; closing so the client reconnects and resyncs"
+            ),
+            Ended::Shutdown => "server shutting down".into(),
+        }
+    }
+
+    /// A peer's misbehaviour (logged as a warning) rather than a normal end.
+    fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            Ended::Protocol(_) | Ended::Decode(_) | Ended::WriteTimeout | Ended::Lagging(_)
+        )
+    }
+}
+
+/// Runs one accepted session to its end. Log lines carry the peer address
+/// through the caller's span.
+pub async fn run(
+    stream: TcpStream,
+    id: SessionId,
+    table: TableHandle,
+    settings: SessionSettings,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = Connection {
+        id,
+        session: Session::new(
+            session::Config {
+                role: Role::Server,
+                keepalive_secs: settings.keepalive_secs,
+            },
+            Instant::now().into_std(),
+        ),
+        cursor: LogCursor::new(table.log.clone()),
+        table,
+        out: Outbound::default(),
+        subscriptions: HashSet::new(),
+        established: false,
+        ops: Vec::new(),
+        metrics,
+        settings,
+    };
+    let ended = conn.serve(stream, shutdown).await;
+    if !matches!(ended, Ended::Shutdown) {
+        // Withdraw everything it announced. If the table is gone we are
+        // shutting down and nobody is left to tell.
+        let _ = conn
+            .table
+            .commands
+            .send(Command::Disconnect { session: id })
+            .await;
+    }
+    conn.metrics.session_closed(ended.label());
+    if ended.is_fault() {
+        warn!(reason = %ended.describe(), label = ended.label(), "session closed");
+    } else {
+        info!(reason = %ended.describe(), "session closed");
+    }
+}
+
+struct Connection {
+    id: SessionId,
+    session: Session,
+    cursor: LogCursor,
+    table: TableHandle,
+    out: Outbound,
+    /// VNIs whose updates this session hears (changed at log markers).
+    subscriptions: HashSet<Vni>,
+    established: bool,
+    /// Table operations decoded from the current read.
+    ops: Vec<Op>,
+    metrics: Arc<Metrics>,
+    settings: SessionSettings,
+}
+
+impl Connection {
+    async fn serve(&mut self, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) -> Ended {
+        let (mut rd, mut wr) = stream.split();
+        let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+        let mut last_write_progress = Instant::now();
+        loop {
+            if self.established && self.out.len() < OUTBOUND_HIGH_WATER {
+                self.pull_from_log();
+            }
+            let lag = self.cursor.lag_bytes();
+            if lag > self.settings.max_lag_bytes {
+                return Ended::Lagging(lag);
+            }
+            let deadline = self.session.poll_timeout().map(Instant::from_std);
+            let want_log = self.established && self.out.len() < OUTBOUND_HIGH_WATER;
+            let write_deadline = last_write_progress + self.settings.write_timeout;
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) => return Ended::PeerClosed,
+                    Ok(n) => {
+                        self.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+                        if let Err(ended) = self.on_read(&mut rbuf).await {
+                            return ended;
+                        }
+                        if rbuf.capacity() - rbuf.len() < 4096 {
+                            rbuf.reserve(READ_BUFFER);
+                        }
+                    }
+                    Err(e) => return Ended::Io(e),
+                },
+                written = async {
+                    let slices = self.out.slices();
+                    wr.write_vectored(&slices).await
+                }, if !self.out.is_empty() => match written {
+                    Ok(0) => return Ended::PeerClosed,
+                    Ok(n) => {
+                        self.out.advance(n);
+                        self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                        last_write_progress = Instant::now();
+                    }
+                    Err(e) => return Ended::Io(e),
+                },
+                _ = tokio::time::sleep_until(write_deadline), if !self.out.is_empty() => {
+                    return Ended::WriteTimeout;
+                }
+                _ = sleep_until_opt(deadline) => {
+                    if let Err(reason) = self.session.handle_timeout(Instant::now().into_std()) {
+                        return Ended::Protocol(reason);
+                    }
+                    self.collect_session_output();
+                }
+                _ = self.cursor.readable(), if want_log => {}
+                _ = shutdown.changed() => return Ended::Shutdown,
+            }
+            if self.out.is_empty() {
+                last_write_progress = Instant::now();
+            }
+        }
+    }
+
+    /// Decodes every whole frame in `rbuf` and hands the table the resulting
+    /// operations in one batch.
+    async fn on_read(&mut self, rbuf: &mut BytesMut) -> Result<(), Ended> {
+        let now = Instant::now().into_std();
+        loop {
+            let frame = match decode_frame(rbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.flush_ops().await;
+                    return Err(Ended::Decode(e));
+                }
+            };
+            Metrics::inc(&self.metrics.frames_in);
+            match frame {
+                Frame::Message(msg) => {
+                    if let Message::Update(_) = msg {
+                        Metrics::inc(&self.metrics.updates_in);
+                    }
+                    if let Err(reason) = self.session.handle_message(msg, now) {
+                        self.flush_ops().await;
+                        return Err(Ended::Protocol(reason));
+                    }
+                    self.collect_session_output();
+                }
+                Frame::Unknown { msg_type, len } => {
+                    Metrics::inc(&self.metrics.unknown_frames);
+                    debug!(msg_type, len, "skipped frame of unknown type");
+                }
+            }
+        }
+        self.flush_ops().await;
+        Ok(())
+    }
+
+    async fn flush_ops(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        // Waits only if the table task is busy; the table never waits for us.
+        let _ = self
+            .table
+            .commands
+            .send(Command::Ops {
+                session: self.id,
+                ops,
+            })
+            .await;
+    }
+
+    /// Moves the session's frames to the outbound queue and its events to
+    /// the pending table operations.
+    fn collect_session_output(&mut self) {
+        while let Some(msg) = self.session.poll_transmit() {
+            let mut buf = BytesMut::with_capacity(16);
+            encode_message(&msg, &mut buf);
+            self.out.push_control(buf.freeze());
+        }
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Established { keepalive } => {
+                    debug!(keepalive_secs = keepalive.as_secs(), "session established");
+                    self.established = true;
+                }
+                Event::Subscribe(vni) => self.ops.push(Op::Subscribe(vni)),
+                Event::Unsubscribe(vni) => self.ops.push(Op::Unsubscribe(vni)),
+                Event::Update(u) => self.ops.push(match u.action {
+                    Action::Add => Op::Announce(u.route),
+                    Action::Remove => Op::Withdraw(u.route),
+                }),
+            }
+        }
+    }
+
+    /// Queues the log entries this session should hear, up to the high water
+    /// mark. Runs of consecutive frames are queued as one zero-copy slice.
+    fn pull_from_log(&mut self) {
+        let me = self.id;
+        let out = &mut self.out;
+        let subs = &mut self.subscriptions;
+        let mut run: Option<(Bytes, std::ops::Range<usize>)> = None;
+        // One-entry cache: consecutive updates are nearly always in one VNI.
+        let mut last_vni: Option<(Vni, bool)> = None;
+        let flush = |run: &mut Option<(Bytes, std::ops::Range<usize>)>, out: &mut Outbound| {
+            if let Some((data, range)) = run.take() {
+                out.push_data(data.slice(range));
+            }
+        };
+        self.cursor.drain(|item| {
+            if out.len() + run.as_ref().map_or(0, |r| r.1.len()) >= OUTBOUND_HIGH_WATER {
+                return false;
+            }
+            match item {
+                Item::Update {
+                    frame,
+                    range,
+                    vni,
+                    origin,
+                } => {
+                    let wanted = match last_vni {
+                        Some((v, w)) if v == vni => w,
+                        _ => {
+                            let w = subs.contains(&vni);
+                            last_vni = Some((vni, w));
+                            w
+                        }
+                    };
+                    if !wanted || origin == me {
+                        return true;
+                    }
+                    match &mut run {
+                        Some((data, r)) if data.as_ptr() == frame.as_ptr() && r.end == range.start => {
+                            r.end = range.end;
+                        }
+                        _ => {
+                            flush(&mut run, out);
+                            run = Some((frame.clone(), range));
+                        }
+                    }
+                }
+                Item::Marker(Entry::Subscribed(m)) if m.session == me => {
+                    flush(&mut run, out);
+                    subs.insert(m.vni);
+                    last_vni = None;
+                    debug!(vni = %m.vni, routes = m.routes, "subscribed; sending dump");
+                    for buf in &m.dump {
+                        out.push_data(buf.clone());
+                    }
+                }
+                Item::Marker(Entry::Unsubscribed { session, vni }) if *session == me => {
+                    flush(&mut run, out);
+                    subs.remove(vni);
+                    last_vni = None;
+                }
+                Item::Marker(_) => {}
+            }
+            true
+        });
+        flush(&mut run, out);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

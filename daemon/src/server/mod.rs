@@ -1,0 +1,167 @@
+//! The route server: TCP listeners, one task per session, one table task.
+
+pub mod connection;
+pub mod metrics;
+pub mod outbound;
+pub mod table_task;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, info, warn, Instrument};
+
+pub use connection::SessionSettings;
+use metrics::Metrics;
+use table_task::TableHandle;
+
+use crate::table::SessionId;
+
+/// Server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Per-session settings.
+    pub session: SessionSettings,
+    /// Most sessions open at once; further connections are closed at accept.
+    pub max_sessions: usize,
+}
+
+/// A running server.
+pub struct Server {
+    /// Bound listener addresses (with real ports when 0 was asked for).
+    pub local_addrs: Vec<SocketAddr>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Table handle, for status queries.
+    pub table: TableHandle,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds every listen address and starts serving.
+    pub async fn start(config: ServerConfig) -> io::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let table = table_task::spawn(metrics.clone());
+        let (shutdown, _) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(config.max_sessions));
+        let ids = Arc::new(std::sync::atomic::AtomicU32::new(1));
+        let mut local_addrs = Vec::new();
+        for addr in &config.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            let local = listener.local_addr()?;
+            info!(addr = %local, "listening");
+            local_addrs.push(local);
+            let acceptor = Acceptor {
+                listener,
+                table: table.clone(),
+                settings: config.session.clone(),
+                metrics: metrics.clone(),
+                limit: limit.clone(),
+                ids: ids.clone(),
+                shutdown: shutdown.subscribe(),
+            };
+            tokio::spawn(acceptor.run());
+        }
+        Ok(Self {
+            local_addrs,
+            metrics,
+            table,
+            shutdown,
+        })
+    }
+
+    /// Stops accepting and closes every session without withdrawing routes
+    /// (no storm of REMOVEs: PROTOCOL.md section 4).
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    table: TableHandle,
+    settings: SessionSettings,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    ids: Arc<std::sync::atomic::AtomicU32>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    async fn run(mut self) {
+        let mut backoff = Duration::ZERO;
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = self.shutdown.changed() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::ZERO;
+                    self.spawn_session(stream, peer);
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.accept_errors);
+                    // Out of file descriptors or memory: back off and keep
+                    // serving the sessions we have. Other errors (a peer that
+                    // reset before accept) are per-connection: retry at once.
+                    if is_resource_exhaustion(&e) {
+                        backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                    } else {
+                        warn!(error = %e, "accept failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_session(&self, stream: TcpStream, peer: SocketAddr) {
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            Metrics::inc(&self.metrics.sessions_rejected);
+            warn!(%peer, "session limit reached; connection closed");
+            return;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let id: SessionId = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Metrics::inc(&self.metrics.sessions_accepted);
+        self.metrics
+            .sessions_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(%peer, session = id, "session accepted");
+        let span = tracing::info_span!("session", %peer, id);
+        let (table, settings, metrics, shutdown) = (
+            self.table.clone(),
+            self.settings.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(
+            async move {
+                connection::run(stream, id, table, settings, metrics.clone(), shutdown).await;
+                metrics
+                    .sessions_active
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

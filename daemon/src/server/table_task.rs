@@ -1,0 +1,193 @@
+//! The task that owns the route table and the update log.
+//!
+//! Sessions send it commands over one bounded channel; it applies them in
+//! order, encodes what subscribers must hear into the shared log once, and
+//! never waits for any session (ARCHITECTURE.md properties 3 and 4).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use super::metrics::Metrics;
+use crate::table::log::{Entry, LogWatch, LogWriter, SubscribedMarker};
+use crate::table::{Announced, RouteTable, SessionId, TableStats, Withdrawn};
+use crate::wire::{encode_update, Action, Route, Vni};
+
+/// Commands handled per wake-up at most (then the log is sealed and published).
+const BATCH: usize = 256;
+/// Dump frames are grouped into buffers of about this size: big enough for
+/// few syscalls, small enough that a keepalive echo is never held up long.
+const DUMP_BUFFER_BYTES: usize = 16 * 1024;
+/// Capacity of the command channel.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// One operation of a session on the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// UPDATE ADD.
+    Announce(Route),
+    /// UPDATE REMOVE.
+    Withdraw(Route),
+    /// SUBSCRIBE.
+    Subscribe(Vni),
+    /// UNSUBSCRIBE.
+    Unsubscribe(Vni),
+}
+
+/// A command for the table task.
+#[derive(Debug)]
+pub enum Command {
+    /// Operations of one session, in the order received.
+    Ops {
+        /// Whose.
+        session: SessionId,
+        /// What, in order.
+        ops: Vec<Op>,
+    },
+    /// The session ended: withdraw its routes, drop its subscriptions.
+    Disconnect {
+        /// Which.
+        session: SessionId,
+    },
+    /// Table counts.
+    Stats {
+        /// Where to answer.
+        reply: oneshot::Sender<TableStats>,
+    },
+}
+
+/// Handle to the table task.
+#[derive(Clone)]
+pub struct TableHandle {
+    /// Command channel.
+    pub commands: mpsc::Sender<Command>,
+    /// Watch of the update log, for new session cursors.
+    pub log: LogWatch,
+}
+
+impl TableHandle {
+    /// Current table counts (None if the task is gone).
+    pub async fn stats(&self) -> Option<TableStats> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Starts the table task.
+pub fn spawn(metrics: Arc<Metrics>) -> TableHandle {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let log = LogWriter::new();
+    let handle = TableHandle {
+        commands: tx,
+        log: log.watch(),
+    };
+    let task = TableTask {
+        table: RouteTable::new(),
+        log,
+        metrics,
+    };
+    tokio::spawn(task.run(rx));
+    handle
+}
+
+struct TableTask {
+    table: RouteTable,
+    log: LogWriter,
+    metrics: Arc<Metrics>,
+}
+
+impl TableTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            for command in batch.drain(..) {
+                self.handle(command);
+            }
+            self.log.seal();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Ops { session, ops } => {
+                for op in ops {
+                    self.apply(session, op);
+                }
+            }
+            Command::Disconnect { session } => {
+                let log = &mut self.log;
+                self.table.remove_session(session, |route| {
+                    log.append_update(Action::Remove, route, session);
+                });
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.table.stats());
+            }
+        }
+    }
+
+    fn apply(&mut self, session: SessionId, op: Op) {
+        match op {
+            Op::Announce(route) => match self.table.announce(session, &route) {
+                Announced::New => self.log.append_update(Action::Add, &route, session),
+                Announced::Joined => {}
+                Announced::Duplicate => debug!(session, %route, "repeated ADD ignored"),
+            },
+            Op::Withdraw(route) => match self.table.withdraw(session, &route) {
+                Withdrawn::Gone => self.log.append_update(Action::Remove, &route, session),
+                Withdrawn::StillAnnounced => {}
+                Withdrawn::NotAnnounced => {
+                    Metrics::inc(&self.metrics.unknown_withdrawals);
+                    debug!(session, %route, "REMOVE of a route the session never announced ignored");
+                }
+            },
+            Op::Subscribe(vni) => {
+                if !self.table.subscribe(session, vni) {
+                    Metrics::inc(&self.metrics.duplicate_subscribes);
+                    debug!(session, %vni, "duplicate SUBSCRIBE ignored");
+                    return;
+                }
+                let (dump, routes) = self.dump(vni, session);
+                self.log
+                    .append_marker(Entry::Subscribed(Box::new(SubscribedMarker {
+                        session,
+                        vni,
+                        dump,
+                        routes,
+                    })));
+            }
+            Op::Unsubscribe(vni) => {
+                if self.table.unsubscribe(session, vni) {
+                    self.log.append_marker(Entry::Unsubscribed { session, vni });
+                } else {
+                    debug!(session, %vni, "UNSUBSCRIBE of a VNI not subscribed ignored");
+                }
+            }
+        }
+    }
+
+    /// Encodes every route of `vni` (except `session`'s own) as ADD frames.
+    fn dump(&self, vni: Vni, session: SessionId) -> (Vec<Bytes>, usize) {
+        let mut buffers = Vec::new();
+        let mut buf = BytesMut::with_capacity(DUMP_BUFFER_BYTES + 256);
+        let mut routes = 0;
+        self.table.for_each_route_in(vni, session, |route| {
+            encode_update(Action::Add, route, &mut buf);
+            routes += 1;
+            if buf.len() >= DUMP_BUFFER_BYTES {
+                let full = std::mem::replace(
+                    &mut buf,
+                    BytesMut::with_capacity(DUMP_BUFFER_BYTES + 256),
+                );
+                buffers.push(full.freeze());
+            }
+        });
+        if !buf.is_empty() {
+            buffers.push(buf.freeze());
+        }
+        (buffers, routes)
+    }
+}

@@ -1,0 +1,421 @@
+//! The route table (PROTOCOL.md section 4), a plain data structure with one
+//! owner and no I/O.
+//!
+//! For each VNI: destination -> next hop -> the set of sessions announcing it.
+//! Per session: the routes it announces (so its disconnect costs time
+//! proportional to its own routes, never to the table) and its subscriptions.
+//!
+//! Memory layout (most routes have one announcer and one next hop):
+//! * each VNI keeps its routes in a dense slab (`Vec<Slot>`, 40 bytes a route)
+//!   indexed by a `HashTable<u32>` that stores only slot numbers;
+//! * next hops are interned ([`hops::HopTable`]): a route stores a `u32`;
+//! * a single announcer is stored inline; only shared routes allocate.
+//!
+//! Operations report what subscribers must hear (a route that first appears,
+//! or whose last announcer left); the caller turns that into UPDATE frames.
+
+mod hops;
+pub mod log;
+
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+
+use crate::wire::{Destination, Route, Vni};
+use hops::{HopId, HopTable};
+
+/// Identifies one session (one TCP connection) for the lifetime of the process.
+/// [`LOCAL`] is the daemon itself (routes injected through the API or config).
+pub type SessionId = u32;
+
+/// The announcer id of routes owned by the daemon itself.
+pub const LOCAL: SessionId = 0;
+
+/// Outcome of [`RouteTable::announce`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announced {
+    /// The route is new: subscribers of its VNI (except the announcer) must get an ADD.
+    New,
+    /// Someone else already announces it; nothing is sent.
+    Joined,
+    /// This session already announced it; nothing changes.
+    Duplicate,
+}
+
+/// Outcome of [`RouteTable::withdraw`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// The last announcer left: subscribers (except the withdrawing session) must get a REMOVE.
+    Gone,
+    /// Others still announce it; nothing is sent.
+    StillAnnounced,
+    /// This session never announced it (ignored, counted).
+    NotAnnounced,
+}
+
+/// The announcers of one route. `Vacant` marks a free slab slot.
+#[derive(Clone, Debug)]
+enum Announcers {
+    Vacant,
+    One(SessionId),
+    Many(Box<Vec<SessionId>>),
+}
+
+impl Announcers {
+    fn contains(&self, s: SessionId) -> bool {
+        match self {
+            Announcers::Vacant => false,
+            Announcers::One(one) => *one == s,
+            Announcers::Many(many) => many.contains(&s),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Announcers::Vacant => 0,
+            Announcers::One(_) => 1,
+            Announcers::Many(many) => many.len(),
+        }
+    }
+
+    /// Adds `s`; false if it was there already.
+    fn insert(&mut self, s: SessionId) -> bool {
+        match self {
+            Announcers::Vacant => *self = Announcers::One(s),
+            Announcers::One(one) if *one == s => return false,
+            Announcers::One(one) => *self = Announcers::Many(Box::new(vec![*one, s])),
+            Announcers::Many(many) if many.contains(&s) => return false,
+            Announcers::Many(many) => many.push(s),
+        }
+        true
+    }
+
+    /// Removes `s`; false if it was not there.
+    fn remove(&mut self, s: SessionId) -> bool {
+        match self {
+            Announcers::One(one) if *one == s => *self = Announcers::Vacant,
+            Announcers::Many(many) => {
+                let Some(pos) = many.iter().position(|&x| x == s) else {
+                    return false;
+                };
+                many.swap_remove(pos);
+                if many.len() == 1 {
+                    *self = Announcers::One(many[0]);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// One route of a VNI.
+#[derive(Clone, Debug)]
+struct Slot {
+    dest: Destination,
+    hop: HopId,
+    announcers: Announcers,
+}
+
+/// The routes of one VNI.
+#[derive(Default)]
+struct VniTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    routes: usize,
+    subscribers: usize,
+}
+
+impl VniTable {
+    fn find(&self, hash: u64, dest: &Destination, hop: HopId) -> Option<u32> {
+        self.index
+            .find(hash, |&i| {
+                let s = &self.slots[i as usize];
+                s.hop == hop && s.dest == *dest
+            })
+            .copied()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.routes == 0 && self.subscribers == 0
+    }
+}
+
+/// What the table knows of one session.
+#[derive(Default)]
+struct SessionEntry {
+    /// (VNI, slot) of every route this session announces.
+    announced: HashSet<(u32, u32)>,
+    subscriptions: HashSet<Vni>,
+}
+
+/// Counts for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Distinct routes (VNI, destination, next hop).
+    pub routes: usize,
+    /// VNIs with at least one route or subscriber.
+    pub vnis: usize,
+    /// Distinct next hops.
+    pub next_hops: usize,
+    /// (session, route) announcement pairs.
+    pub announcements: usize,
+    /// (session, VNI) subscription pairs.
+    pub subscriptions: usize,
+}
+
+/// The route table. See the module documentation.
+#[derive(Default)]
+pub struct RouteTable {
+    vnis: HashMap<Vni, VniTable>,
+    hops: HopTable,
+    sessions: HashMap<SessionId, SessionEntry>,
+    hasher: DefaultHashBuilder,
+    routes: usize,
+    announcements: usize,
+    subscriptions: usize,
+}
+
+impl RouteTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn key_hash(&self, dest: &Destination, hop: HopId) -> u64 {
+        self.hasher.hash_one((dest, hop))
+    }
+
+    /// `session` announces `route`.
+    pub fn announce(&mut self, session: SessionId, route: &Route) -> Announced {
+        let hop = self.hops.intern(&route.next_hop);
+        let hash = self.key_hash(&route.dest, hop);
+        let vt = self.vnis.entry(route.vni).or_default();
+        let (slot, outcome) = match vt.find(hash, &route.dest, hop) {
+            Some(i) => {
+                // The route holds a reference to the hop already.
+                self.hops.release(hop);
+                let slot = &mut vt.slots[i as usize];
+                if !slot.announcers.insert(session) {
+                    return Announced::Duplicate;
+                }
+                (i, Announced::Joined)
+            }
+            None => {
+                let entry = Slot {
+                    dest: route.dest,
+                    hop,
+                    announcers: Announcers::One(session),
+                };
+                let i = match vt.free.pop() {
+                    Some(i) => {
+                        vt.slots[i as usize] = entry;
+                        i
+                    }
+                    None => {
+                        vt.slots.push(entry);
+                        (vt.slots.len() - 1) as u32
+                    }
+                };
+                let (slots, hasher) = (&vt.slots, &self.hasher);
+                vt.index.insert_unique(hash, i, |&j| {
+                    let s = &slots[j as usize];
+                    hasher.hash_one((&s.dest, s.hop))
+                });
+                vt.routes += 1;
+                self.routes += 1;
+                (i, Announced::New)
+            }
+        };
+        self.sessions
+            .entry(session)
+            .or_default()
+            .announced
+            .insert((route.vni.0, slot));
+        self.announcements += 1;
+        outcome
+    }
+
+    /// `session` withdraws `route`.
+    pub fn withdraw(&mut self, session: SessionId, route: &Route) -> Withdrawn {
+        let Some(hop) = self.hops.lookup(&route.next_hop) else {
+            return Withdrawn::NotAnnounced;
+        };
+        let hash = self.key_hash(&route.dest, hop);
+        let Some(slot) = self
+            .vnis
+            .get(&route.vni)
+            .and_then(|vt| vt.find(hash, &route.dest, hop))
+        else {
+            return Withdrawn::NotAnnounced;
+        };
+        let removed = self
+            .sessions
+            .get_mut(&session)
+            .is_some_and(|s| s.announced.remove(&(route.vni.0, slot)));
+        if !removed {
+            return Withdrawn::NotAnnounced;
+        }
+        self.announcements -= 1;
+        if self.leave(route.vni, slot, session).is_some() {
+            Withdrawn::Gone
+        } else {
+            Withdrawn::StillAnnounced
+        }
+    }
+
+    /// Removes `session` from the announcers of one slot. Returns the route if
+    /// that was its last announcer (the route is then gone from the table).
+    fn leave(&mut self, vni: Vni, slot: u32, session: SessionId) -> Option<Route> {
+        let vt = self.vnis.get_mut(&vni)?;
+        let entry = &mut vt.slots[slot as usize];
+        let was_there = entry.announcers.remove(session);
+        debug_assert!(was_there, "session index out of sync with slot announcers");
+        if entry.announcers.len() > 0 {
+            return None;
+        }
+        let (dest, hop) = (entry.dest, entry.hop);
+        let hash = self.hasher.hash_one((&dest, hop));
+        if let Ok(e) = vt.index.find_entry(hash, |&i| i == slot) {
+            e.remove();
+        }
+        vt.free.push(slot);
+        vt.routes -= 1;
+        self.routes -= 1;
+        let next_hop = *self.hops.get(hop);
+        self.hops.release(hop);
+        if vt.is_empty() {
+            self.vnis.remove(&vni);
+        }
+        Some(Route {
+            vni,
+            dest,
+            next_hop,
+        })
+    }
+
+    /// Records that `session` subscribes to `vni`. False if it already did
+    /// (a duplicate SUBSCRIBE: no second dump).
+    pub fn subscribe(&mut self, session: SessionId, vni: Vni) -> bool {
+        if !self
+            .sessions
+            .entry(session)
+            .or_default()
+            .subscriptions
+            .insert(vni)
+        {
+            return false;
+        }
+        self.vnis.entry(vni).or_default().subscribers += 1;
+        self.subscriptions += 1;
+        true
+    }
+
+    /// Records that `session` unsubscribes from `vni`. False if it was not subscribed.
+    /// Its own announcements in `vni` stay (PROTOCOL.md section 4 DECISION).
+    pub fn unsubscribe(&mut self, session: SessionId, vni: Vni) -> bool {
+        let removed = self
+            .sessions
+            .get_mut(&session)
+            .is_some_and(|s| s.subscriptions.remove(&vni));
+        if removed {
+            self.subscriptions -= 1;
+            if let Some(vt) = self.vnis.get_mut(&vni) {
+                vt.subscribers -= 1;
+                if vt.is_empty() {
+                    self.vnis.remove(&vni);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Calls `f` for every route of `vni` except those `exclude` announces
+    /// (the SUBSCRIBE dump never contains the subscriber's own routes).
+    pub fn for_each_route_in(&self, vni: Vni, exclude: SessionId, mut f: impl FnMut(&Route)) {
+        let Some(vt) = self.vnis.get(&vni) else {
+            return;
+        };
+        for slot in &vt.slots {
+            if matches!(slot.announcers, Announcers::Vacant) || slot.announcers.contains(exclude)
+            {
+                continue;
+            }
+            f(&Route {
+                vni,
+                dest: slot.dest,
+                next_hop: *self.hops.get(slot.hop),
+            });
+        }
+    }
+
+    /// Removes everything `session` announced and its subscriptions. Calls
+    /// `gone` for every route that lost its last announcer. Time is
+    /// proportional to the session's own routes.
+    pub fn remove_session(&mut self, session: SessionId, mut gone: impl FnMut(&Route)) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        self.announcements -= entry.announced.len();
+        for (vni, slot) in entry.announced {
+            if let Some(route) = self.leave(Vni(vni), slot, session) {
+                gone(&route);
+            }
+        }
+        for vni in entry.subscriptions {
+            self.subscriptions -= 1;
+            if let Some(vt) = self.vnis.get_mut(&vni) {
+                vt.subscribers -= 1;
+                if vt.is_empty() {
+                    self.vnis.remove(&vni);
+                }
+            }
+        }
+    }
+
+    /// Whether `session` subscribes to `vni`.
+    pub fn is_subscribed(&self, session: SessionId, vni: Vni) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.subscriptions.contains(&vni))
+    }
+
+    /// The announcers of `route` (empty if unknown).
+    pub fn announcers(&self, route: &Route) -> Vec<SessionId> {
+        let Some(hop) = self.hops.lookup(&route.next_hop) else {
+            return Vec::new();
+        };
+        let hash = self.key_hash(&route.dest, hop);
+        let Some(vt) = self.vnis.get(&route.vni) else {
+            return Vec::new();
+        };
+        match vt.find(hash, &route.dest, hop) {
+            None => Vec::new(),
+            Some(i) => match &vt.slots[i as usize].announcers {
+                Announcers::Vacant => Vec::new(),
+                Announcers::One(one) => vec![*one],
+                Announcers::Many(many) => many.to_vec(),
+            },
+        }
+    }
+
+    /// Number of routes `session` announces.
+    pub fn announced_by(&self, session: SessionId) -> usize {
+        self.sessions.get(&session).map_or(0, |s| s.announced.len())
+    }
+
+    /// Counts of everything in the table.
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            routes: self.routes,
+            vnis: self.vnis.len(),
+            next_hops: self.hops.len(),
+            announcements: self.announcements,
+            subscriptions: self.subscriptions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+use super::*;
+
+fn r(s: &str) -> Route {
+    s.parse().unwrap()
+}
+
+fn dump(t: &RouteTable, vni: u32, exclude: SessionId) -> Vec<Route> {
+    let mut out = Vec::new();
+    t.for_each_route_in(Vni(vni), exclude, |route| out.push(*route));
+    out.sort();
+    out
+}
+
+#[test]
+fn first_announcer_creates_route_and_last_withdraw_removes_it() {
+    let mut t = RouteTable::new();
+    let a = r("1#10.0.0.0/24@2001:db8::1");
+    assert_eq!(t.announce(1, &a), Announced::New);
+    assert_eq!(t.announce(1, &a), Announced::Duplicate);
+    assert_eq!(t.announce(2, &a), Announced::Joined);
+    assert_eq!(t.stats().routes, 1);
+    assert_eq!(t.stats().announcements, 2);
+    assert_eq!(t.withdraw(1, &a), Withdrawn::StillAnnounced);
+    assert_eq!(t.withdraw(1, &a), Withdrawn::NotAnnounced);
+    assert_eq!(t.withdraw(2, &a), Withdrawn::Gone);
+    assert_eq!(t.stats(), TableStats::default());
+}
+
+#[test]
+fn withdraw_of_unknown_route_is_ignored() {
+    let mut t = RouteTable::new();
+    let a = r("1#10.0.0.0/24@2001:db8::1");
+    assert_eq!(t.withdraw(1, &a), Withdrawn::NotAnnounced);
+    t.announce(2, &a);
+    assert_eq!(t.withdraw(1, &a), Withdrawn::NotAnnounced);
+    assert_eq!(t.announcers(&a), vec![2]);
+}
+
+#[test]
+fn ecmp_hops_and_nat_port_ranges_are_distinct_routes() {
+    let mut t = RouteTable::new();
+    for s in [
+        "1#10.0.0.0/24@2001:db8::1",
+        "1#10.0.0.0/24@2001:db8::2",
+        "1#10.0.0.0/24@2001:db8::1#nat#1#10",
+        "1#10.0.0.0/24@2001:db8::1#nat#11#20",
+        "1#10.0.0.0/24@2001:db8::1#lb",
+        "2#10.0.0.0/24@2001:db8::1",
+    ] {
+        assert_eq!(t.announce(1, &r(s)), Announced::New, "{s}");
+    }
+    assert_eq!(t.stats().routes, 6);
+    assert_eq!(t.stats().vnis, 2);
+    assert_eq!(dump(&t, 1, 99).len(), 5);
+}
+
+#[test]
+fn dump_excludes_the_subscribers_own_routes() {
+    let mut t = RouteTable::new();
+    let mine = r("1#10.0.0.0/24@2001:db8::1");
+    let theirs = r("1#10.0.1.0/24@2001:db8::2");
+    let shared = r("1#10.0.2.0/24@2001:db8::3");
+    t.announce(1, &mine);
+    t.announce(2, &theirs);
+    t.announce(1, &shared);
+    t.announce(2, &shared);
+    assert_eq!(dump(&t, 1, 1), vec![theirs]);
+    assert_eq!(dump(&t, 1, 3), {
+        let mut v = vec![mine, theirs, shared];
+        v.sort();
+        v
+    });
+    assert!(dump(&t, 2, 3).is_empty());
+}
+
+#[test]
+fn removing_a_session_withdraws_only_routes_left_without_announcer() {
+    let mut t = RouteTable::new();
+    let only1 = r("1#10.0.0.0/24@2001:db8::1");
+    let both = r("1#10.0.1.0/24@2001:db8::1");
+    let other_vni = r("7#2001:db8:7::/48@2001:db8::1");
+    t.announce(1, &only1);
+    t.announce(1, &both);
+    t.announce(2, &both);
+    t.announce(1, &other_vni);
+    t.subscribe(1, Vni(1));
+    let mut gone = Vec::new();
+    t.remove_session(1, |route| gone.push(*route));
+    gone.sort();
+    let mut expected = vec![only1, other_vni];
+    expected.sort();
+    assert_eq!(gone, expected);
+    assert_eq!(t.announcers(&both), vec![2]);
+    assert!(!t.is_subscribed(1, Vni(1)));
+    assert_eq!(t.stats().routes, 1);
+    assert_eq!(t.stats().subscriptions, 0);
+    // The session is forgotten: a second removal reports nothing.
+    t.remove_session(1, |_| panic!("nothing left"));
+}
+
+#[test]
+fn subscriptions_are_deduplicated() {
+    let mut t = RouteTable::new();
+    assert!(t.subscribe(1, Vni(5)));
+    assert!(!t.subscribe(1, Vni(5)));
+    assert!(t.subscribe(2, Vni(5)));
+    assert_eq!(t.stats().subscriptions, 2);
+    assert!(t.unsubscribe(1, Vni(5)));
+    assert!(!t.unsubscribe(1, Vni(5)));
+    assert!(!t.unsubscribe(1, Vni(6)));
+    assert_eq!(t.stats().subscriptions, 1);
+}
+
+#[test]
+fn slots_are_reused_and_next_hops_released() {
+    let mut t = RouteTable::new();
+    for round in 0..3 {
+        for i in 0..100u32 {
+            let route = r(&format!("1#10.0.{}.{}/32@2001:db8::{:x}", i / 256, i % 256, i % 7 + 1));
+            assert_eq!(t.announce(round + 1, &route), Announced::New);
+        }
+        assert_eq!(t.stats().next_hops, 7);
+        t.remove_session(round + 1, |_| {});
+        assert_eq!(t.stats(), TableStats::default());
+    }
+}
+
+#[test]
+fn withdrawal_cost_is_proportional_to_the_sessions_own_routes() {
+    // A big table from session 1, one route from session 2: removing session 2
+    // visits one route (the callback fires once and the big table is intact).
+    let mut t = RouteTable::new();
+    for i in 0..50_000u32 {
+        let route = r(&format!("1#10.{}.{}.0/24@2001:db8::1", i / 256, i % 256));
+        t.announce(1, &route);
+    }
+    t.announce(2, &r("1#192.168.0.0/16@2001:db8::2"));
+    let mut calls = 0;
+    t.remove_session(2, |_| calls += 1);
+    assert_eq!(calls, 1);
+    assert_eq!(t.stats().routes, 50_000);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Announce(SessionId, usize),
+        Withdraw(SessionId, usize),
+        Disconnect(SessionId),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u32..5, 0usize..12).prop_map(|(s, r)| Op::Announce(s, r)),
+            2 => (1u32..5, 0usize..12).prop_map(|(s, r)| Op::Withdraw(s, r)),
+            1 => (1u32..5).prop_map(Op::Disconnect),
+        ]
+    }
+
+    fn universe() -> Vec<Route> {
+        (0..12)
+            .map(|i| {
+                r(&format!(
+                    "{}#10.0.{}.0/24@2001:db8::{}",
+                    i % 2 + 1,
+                    i % 3,
+                    i % 2 + 1
+                ))
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Against a naive model: exactly one ADD when a route first appears,
+        /// one REMOVE when its last announcer goes, and the table content
+        /// always equals the model's.
+        #[test]
+        fn table_matches_naive_model(ops in proptest::collection::vec(op(), 0..200)) {
+            let routes = universe();
+            let mut t = RouteTable::new();
+            let mut model: BTreeMap<Route, BTreeSet<SessionId>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Announce(s, i) => {
+                        let set = model.entry(routes[i]).or_default();
+                        let was_empty = set.is_empty();
+                        let inserted = set.insert(s);
+                        let expect = if !inserted { Announced::Duplicate } else if was_empty { Announced::New } else { Announced::Joined };
+                        prop_assert_eq!(t.announce(s, &routes[i]), expect);
+                    }
+                    Op::Withdraw(s, i) => {
+                        let set = model.entry(routes[i]).or_default();
+                        let expect = if !set.remove(&s) { Withdrawn::NotAnnounced } else if set.is_empty() { Withdrawn::Gone } else { Withdrawn::StillAnnounced };
+                        prop_assert_eq!(t.withdraw(s, &routes[i]), expect);
+                    }
+                    Op::Disconnect(s) => {
+                        let mut expect = BTreeSet::new();
+                        for (route, set) in model.iter_mut() {
+                            if set.remove(&s) && set.is_empty() {
+                                expect.insert(*route);
+                            }
+                        }
+                        let mut gone = BTreeSet::new();
+                        t.remove_session(s, |route| { gone.insert(*route); });
+                        prop_assert_eq!(gone, expect);
+                    }
+                }
+                model.retain(|_, set| !set.is_empty());
+                let mut all = BTreeSet::new();
+                for vni in [1, 2] {
+                    t.for_each_route_in(Vni(vni), LOCAL, |route| { all.insert(*route); });
+                }
+                prop_assert_eq!(&all, &model.keys().copied().collect::<BTreeSet<_>>());
+                for (route, set) in &model {
+                    let mut got = t.announcers(route);
+                    got.sort();
+                    prop_assert_eq!(got, set.iter().copied().collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+}

@@ -56,6 +56,10 @@ struct ServerArgs {
     /// Close a session that falls this many bytes behind the update log.
     #[arg(long, value_name = "BYTES", default_value_t = defaults::DEFAULT_MAX_SESSION_LAG_BYTES)]
     max_lag_bytes: u64,
+    /// Pace route data so a peer never has more than this many bytes unread
+    /// (Go peers reset at 64 KiB); 0 disables pacing.
+    #[arg(long, value_name = "BYTES", default_value_t = 48 * 1024)]
+    pace_limit: usize,
     /// Close a session whose socket accepts no data for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     write_timeout: u64,
@@ -127,6 +131,7 @@ async fn serve(args: ServerArgs) -> Result<(), String> {
             write_timeout: Duration::from_secs(args.write_timeout.max(1))
                 .max(Duration::from_millis(2500) * keepalive),
             max_lag_bytes: args.max_lag_bytes,
+            pace_limit: args.pace_limit,
         },
         max_sessions: args.max_sessions,
     };

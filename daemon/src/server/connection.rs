@@ -7,6 +7,7 @@
 //! while a write is pending, so keepalives are served during long dumps.
 
 use std::collections::HashSet;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::metrics::Metrics;
 use super::outbound::Outbound;
+use super::pacing::{self, Decision, Pacer};
 use super::table_task::{Command, Op, TableHandle};
 use crate::session::{self, CloseReason, Event, Role, Session};
 use crate::table::log::{Entry, Item, LogCursor};
@@ -40,6 +42,8 @@ pub struct SessionSettings {
     pub write_timeout: Duration,
     /// Close a session that falls this many bytes behind the update log.
     pub max_lag_bytes: u64,
+    /// Keep the estimate of bytes a peer has not read under this (0: no pacing).
+    pub pace_limit: usize,
 }
 
 /// Why a session ended, for the log line and the metric.
@@ -114,6 +118,7 @@ pub async fn run(
         subscriptions: HashSet::new(),
         established: false,
         ops: Vec::new(),
+        pacer: Pacer::new(settings.pace_limit),
         metrics,
         settings,
     };
@@ -146,12 +151,14 @@ struct Connection {
     established: bool,
     /// Table operations decoded from the current read.
     ops: Vec<Op>,
+    pacer: Pacer,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
 }
 
 impl Connection {
     async fn serve(&mut self, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) -> Ended {
+        let fd = stream.as_raw_fd();
         let (mut rd, mut wr) = stream.split();
         let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
         let mut last_write_progress = Instant::now();
@@ -166,6 +173,8 @@ impl Connection {
             let deadline = self.session.poll_timeout().map(Instant::from_std);
             let want_log = self.established && self.out.len() < OUTBOUND_HIGH_WATER;
             let write_deadline = last_write_progress + self.settings.write_timeout;
+            let (data_budget, pace_wait) = self.pace(fd);
+            let can_write = self.out.has_urgent() || data_budget > 0;
             tokio::select! {
                 read = rd.read_buf(&mut rbuf) => match read {
                     Ok(0) => return Ended::PeerClosed,
@@ -181,9 +190,9 @@ impl Connection {
                     Err(e) => return Ended::Io(e),
                 },
                 written = async {
-                    let slices = self.out.slices();
+                    let slices = self.out.slices(data_budget);
                     wr.write_vectored(&slices).await
-                }, if !self.out.is_empty() => match written {
+                }, if can_write => match written {
                     Ok(0) => return Ended::PeerClosed,
                     Ok(n) => {
                         self.out.advance(n);
@@ -202,11 +211,33 @@ impl Connection {
                     self.collect_session_output();
                 }
                 _ = self.cursor.readable(), if want_log => {}
+                _ = sleep_until_opt(pace_wait), if pace_wait.is_some() => {}
                 _ = shutdown.changed() => return Ended::Shutdown,
             }
             if self.out.is_empty() {
                 last_write_progress = Instant::now();
             }
+        }
+    }
+
+    /// How many bytes of route data may be written now, or when to look again.
+    fn pace(&mut self, fd: RawFd) -> (usize, Option<Instant>) {
+        if !self.out.has_data() {
+            return (0, None);
+        }
+        if self.pacer.is_disabled() {
+            return (usize::MAX, None);
+        }
+        let probe = match pacing::probe_socket(fd) {
+            Ok(probe) => probe,
+            Err(e) => {
+                debug!(error = %e, "cannot read socket state; writing unpaced");
+                return (usize::MAX, None);
+            }
+        };
+        match self.pacer.decide(probe, Instant::now().into_std()) {
+            Decision::Send(n) => (n, None),
+            Decision::Wait(d) => (0, Some(Instant::now() + d)),
         }
     }
 

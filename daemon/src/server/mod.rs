@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod metrics;
 pub mod outbound;
+pub mod pacing;
 pub mod table_task;
 
 use std::io;

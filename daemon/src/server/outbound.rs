@@ -12,6 +12,8 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
 
+use crate::wire::HEADER_LEN;
+
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -50,8 +52,20 @@ impl Outbound {
         self.bytes == 0
     }
 
-    /// The buffers to write next, in wire order.
-    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+    /// True when a control frame waits, or a buffer was partly written:
+    /// both must go out whatever the pacing says.
+    pub fn has_urgent(&self) -> bool {
+        !self.control.is_empty() || self.data_front_started
+    }
+
+    /// True when route data waits.
+    pub fn has_data(&self) -> bool {
+        !self.data.is_empty()
+    }
+
+    /// The buffers to write next, in wire order, with at most `data_limit`
+    /// bytes of route data that was not started yet, cut at a frame boundary.
+    pub fn slices(&self, data_limit: usize) -> Vec<IoSlice<'_>> {
         let mut out = Vec::with_capacity(MAX_IOVECS.min(self.control.len() + self.data.len()));
         let mut data = self.data.iter();
         if self.data_front_started {
@@ -59,11 +73,27 @@ impl Outbound {
                 out.push(IoSlice::new(front));
             }
         }
-        for b in self.control.iter().chain(data) {
+        for b in &self.control {
             if out.len() == MAX_IOVECS {
-                break;
+                return out;
             }
             out.push(IoSlice::new(b));
+        }
+        let mut budget = data_limit;
+        for b in data {
+            if out.len() == MAX_IOVECS || budget == 0 {
+                break;
+            }
+            if b.len() <= budget {
+                out.push(IoSlice::new(b));
+                budget -= b.len();
+            } else {
+                let cut = whole_frames_prefix(b, budget);
+                if cut > 0 {
+                    out.push(IoSlice::new(&b[..cut]));
+                }
+                break;
+            }
         }
         out
     }
@@ -114,6 +144,21 @@ impl Outbound {
     }
 }
 
+/// Length of the longest prefix of `frames` (back-to-back whole frames) that
+/// is made of whole frames and is at most `max` bytes long.
+fn whole_frames_prefix(frames: &[u8], max: usize) -> usize {
+    let mut end = 0;
+    while end + HEADER_LEN <= frames.len() {
+        let len = usize::from(u16::from_be_bytes([frames[end + 1], frames[end + 2]]));
+        let next = end + HEADER_LEN + len;
+        if next > max || next > frames.len() {
+            break;
+        }
+        end = next;
+    }
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,7 +166,7 @@ mod tests {
     fn drain_all(o: &mut Outbound, step: usize) -> Vec<u8> {
         let mut wire = Vec::new();
         while !o.is_empty() {
-            let flat: Vec<u8> = o.slices().iter().flat_map(|s| s.to_vec()).collect();
+            let flat: Vec<u8> = o.slices(usize::MAX).iter().flat_map(|s| s.to_vec()).collect();
             let n = step.min(flat.len());
             wire.extend_from_slice(&flat[..n]);
             o.advance(n);
@@ -168,6 +213,37 @@ mod tests {
         assert_eq!(o.len(), 5);
         o.advance(5);
         assert!(o.is_empty());
-        assert!(o.slices().is_empty());
+        assert!(o.slices(usize::MAX).is_empty());
+    }
+
+    fn frames(n: usize) -> Bytes {
+        let mut buf = bytes::BytesMut::new();
+        for i in 0..n {
+            crate::wire::encode_message(&crate::wire::Message::Subscribe(crate::wire::Vni(i as u32 + 1)), &mut buf);
+        }
+        buf.freeze()
+    }
+
+    #[test]
+    fn data_is_limited_at_frame_boundaries_but_control_and_started_buffers_are_not() {
+        let mut o = Outbound::default();
+        let three = frames(3); // 6 bytes each
+        assert_eq!(three.len(), 18);
+        o.push_data(three.clone());
+        o.push_data(frames(2));
+        let total = |o: &Outbound, limit| o.slices(limit).iter().map(|s| s.len()).sum::<usize>();
+        assert_eq!(total(&o, 0), 0);
+        assert_eq!(total(&o, 5), 0);
+        assert_eq!(total(&o, 13), 12);
+        assert_eq!(total(&o, 18), 18);
+        assert_eq!(total(&o, 20), 18);
+        assert_eq!(total(&o, 24), 24);
+        assert_eq!(total(&o, usize::MAX), 30);
+        o.push_control(Bytes::from_static(&crate::wire::codec::KEEPALIVE_FRAME));
+        assert!(o.has_urgent());
+        assert_eq!(total(&o, 0), 4);
+        o.advance(4 + 7); // control + a frame and a byte: the front is started
+        assert!(o.has_urgent());
+        assert_eq!(total(&o, 0), 11);
     }
 }

@@ -140,8 +140,14 @@ fn decode_update(payload: &[u8]) -> Result<Update, DecodeError> {
         match field {
             1 => action = value.varint().map_err(&err)? as i32,
             2 => vni = value.varint().map_err(&err)? as u32,
-            3 => merge_destination(dest.get_or_insert_with(Default::default), value.bytes().map_err(&err)?)?,
-            4 => merge_next_hop(hop.get_or_insert_with(Default::default), value.bytes().map_err(&err)?)?,
+            3 => merge_destination(
+                dest.get_or_insert_with(Default::default),
+                value.bytes().map_err(&err)?,
+            )?,
+            4 => merge_next_hop(
+                hop.get_or_insert_with(Default::default),
+                value.bytes().map_err(&err)?,
+            )?,
             _ => {}
         }
     }

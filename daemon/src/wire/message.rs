@@ -55,7 +55,11 @@ impl Update {
     pub fn new(action: Action, vni: Vni, dest: Destination, next_hop: NextHop) -> Self {
         Self {
             action,
-            route: Route { vni, dest, next_hop },
+            route: Route {
+                vni,
+                dest,
+                next_hop,
+            },
         }
     }
 }

@@ -11,3 +11,8 @@ pub use codec::{decode_frame, encode_message, encode_update, Frame, HEADER_LEN, 
 pub use message::{DecodeError, Hello, Message, MessageType, Update};
 pub use text::ParseRouteError;
 pub use types::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};
+
+#[cfg(test)]
+mod codec_proptests;
+#[cfg(test)]
+mod codec_tests;

@@ -12,7 +12,14 @@ use bytes::BufMut;
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
 const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
 const FIXED32: u8 = 5;
+
+/// Deepest nesting of (unknown, skipped) groups we accept. prost stops at
+/// about 100 levels and Go at 10,000; no MetalBond peer sends groups at all,
+/// the limit only bounds the recursion.
+const MAX_GROUP_DEPTH: usize = 32;
 
 /// A decoding failure, described for the log.
 pub type ReadError = &'static str;
@@ -30,6 +37,9 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
     /// Fixed 32 or 64 bit (wire types 5 and 1); no MetalBond field uses them.
     Fixed,
+    /// A (proto2) group, wire types 3 to 4, skipped with its contents; no
+    /// MetalBond field uses them.
+    Group,
 }
 
 impl<'a> Reader<'a> {
@@ -43,15 +53,8 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let tag = self.varint()?;
-        if tag > u64::from(u32::MAX) {
-            return Err("field tag out of range");
-        }
-        let field = (tag >> 3) as u32;
-        if field == 0 {
-            return Err("field number 0");
-        }
-        let value = match (tag & 7) as u8 {
+        let (field, wire_type) = self.key()?;
+        let value = match wire_type {
             VARINT => Value::Varint(self.varint()?),
             LEN => {
                 let len = self.varint()?;
@@ -70,9 +73,60 @@ impl<'a> Reader<'a> {
                 self.skip(4)?;
                 Value::Fixed
             }
+            START_GROUP => {
+                self.skip_group(field, 1)?;
+                Value::Group
+            }
+            END_GROUP => return Err("end-group tag without a start-group"),
             _ => return Err("unsupported wire type"),
         };
         Ok(Some((field, value)))
+    }
+
+    /// Reads a field key: (field number, wire type).
+    fn key(&mut self) -> Result<(u32, u8), ReadError> {
+        let tag = self.varint()?;
+        if tag > u64::from(u32::MAX) {
+            return Err("field tag out of range");
+        }
+        let field = (tag >> 3) as u32;
+        if field == 0 {
+            return Err("field number 0");
+        }
+        Ok((field, (tag & 7) as u8))
+    }
+
+    /// Skips the rest of a group of field `field` (its start tag is read),
+    /// up to and including the matching end tag, like protobuf does for
+    /// unknown fields.
+    fn skip_group(&mut self, field: u32, depth: usize) -> Result<(), ReadError> {
+        if depth > MAX_GROUP_DEPTH {
+            return Err("groups nested too deeply");
+        }
+        loop {
+            if self.buf.is_empty() {
+                return Err("unterminated group");
+            }
+            let (inner, wire_type) = self.key()?;
+            match wire_type {
+                VARINT => {
+                    self.varint()?;
+                }
+                LEN => {
+                    let len = self.varint()?;
+                    if len > self.buf.len() as u64 {
+                        return Err("length-delimited field runs past the end");
+                    }
+                    self.buf = &self.buf[len as usize..];
+                }
+                FIXED64 => self.skip(8)?,
+                FIXED32 => self.skip(4)?,
+                START_GROUP => self.skip_group(inner, depth + 1)?,
+                END_GROUP if inner == field => return Ok(()),
+                END_GROUP => return Err("end-group tag does not match its start-group"),
+                _ => return Err("unsupported wire type"),
+            }
+        }
     }
 
     fn skip(&mut self, n: usize) -> Result<(), ReadError> {
@@ -124,7 +178,7 @@ impl<'a> Value<'a> {
 /// Number of bytes `value` takes as a varint.
 pub fn varint_len(value: u64) -> usize {
     // 1 byte per started group of 7 bits, at least 1.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Writes `value` as a varint.
@@ -188,8 +242,10 @@ mod tests {
     fn rejects_truncated_and_overlong_varints() {
         assert!(Reader::new(&[0x80]).varint().is_err());
         assert!(Reader::new(&[0xff; 11]).varint().is_err());
-        assert!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02])
-            .varint()
-            .is_err());
+        assert!(
+            Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02])
+                .varint()
+                .is_err()
+        );
     }
 }

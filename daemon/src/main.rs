@@ -17,7 +17,12 @@ use tracing_subscriber::EnvFilter;
 
 /// MetalBond v1 route server.
 #[derive(Parser, Debug)]
-#[command(name = "metalbondd", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "metalbondd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,7 +63,7 @@ struct ServerArgs {
     max_lag_bytes: u64,
     /// Pace route data so a peer never has more than this many bytes unread
     /// (Go peers reset at 64 KiB); 0 disables pacing.
-    #[arg(long, value_name = "BYTES", default_value_t = 48 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024)]
     pace_limit: usize,
     /// Close a session whose socket accepts no data for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]

@@ -195,6 +195,7 @@ impl Connection {
                 }, if can_write => match written {
                     Ok(0) => return Ended::PeerClosed,
                     Ok(n) => {
+                        self.pacer.on_sent(n, Instant::now().into_std());
                         self.out.advance(n);
                         self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
                         last_write_progress = Instant::now();
@@ -235,7 +236,9 @@ impl Connection {
                 return (usize::MAX, None);
             }
         };
-        match self.pacer.decide(probe, Instant::now().into_std()) {
+        let decision = self.pacer.decide(probe, Instant::now().into_std());
+        tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
+        match decision {
             Decision::Send(n) => (n, None),
             Decision::Wait(d) => (0, Some(Instant::now() + d)),
         }
@@ -353,7 +356,9 @@ impl Connection {
                         return true;
                     }
                     match &mut run {
-                        Some((data, r)) if data.as_ptr() == frame.as_ptr() && r.end == range.start => {
+                        Some((data, r))
+                            if data.as_ptr() == frame.as_ptr() && r.end == range.start =>
+                        {
                             r.end = range.end;
                         }
                         _ => {

@@ -52,6 +52,9 @@ impl Metrics {
 
     /// Closed sessions by reason.
     pub fn closes(&self) -> BTreeMap<&'static str, u64> {
-        self.closes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.closes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

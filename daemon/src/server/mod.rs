@@ -53,9 +53,9 @@ impl Server {
         let ids = Arc::new(std::sync::atomic::AtomicU32::new(1));
         let mut local_addrs = Vec::new();
         for addr in &config.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             info!(addr = %local, "listening");
             local_addrs.push(local);
@@ -114,7 +114,8 @@ impl Acceptor {
                     // serving the sessions we have. Other errors (a peer that
                     // reset before accept) are per-connection: retry at once.
                     if is_resource_exhaustion(&e) {
-                        backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                         error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
                         tokio::time::sleep(backoff).await;
                     } else {

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use crate::wire::HEADER_LEN;
 
@@ -21,9 +21,13 @@ const MAX_IOVECS: usize = 64;
 #[derive(Default)]
 pub struct Outbound {
     control: VecDeque<Bytes>,
+    /// Bytes of `control.front()` already written.
+    control_off: usize,
     data: VecDeque<Bytes>,
-    /// True when the front of `data` has been partly written.
-    data_front_started: bool,
+    /// Bytes of `data.front()` already written.
+    data_off: usize,
+    /// Start of the frame of `data.front()` that contains `data_off`.
+    data_frame_start: usize,
     bytes: usize,
 }
 
@@ -52,10 +56,10 @@ impl Outbound {
         self.bytes == 0
     }
 
-    /// True when a control frame waits, or a buffer was partly written:
-    /// both must go out whatever the pacing says.
+    /// True when a control frame waits, or a frame was cut by a short
+    /// write: both must go out whatever the pacing says.
     pub fn has_urgent(&self) -> bool {
-        !self.control.is_empty() || self.data_front_started
+        !self.control.is_empty() || self.data_cut_end().is_some()
     }
 
     /// True when route data waits.
@@ -63,26 +67,40 @@ impl Outbound {
         !self.data.is_empty()
     }
 
-    /// The buffers to write next, in wire order, with at most `data_limit`
-    /// bytes of route data that was not started yet, cut at a frame boundary.
-    pub fn slices(&self, data_limit: usize) -> Vec<IoSlice<'_>> {
-        let mut out = Vec::with_capacity(MAX_IOVECS.min(self.control.len() + self.data.len()));
-        let mut data = self.data.iter();
-        if self.data_front_started {
-            if let Some(front) = data.next() {
-                out.push(IoSlice::new(front));
-            }
+    /// If a short write cut a frame of the front data buffer: where that frame ends.
+    fn data_cut_end(&self) -> Option<usize> {
+        let front = self.data.front()?;
+        if self.data_off == self.data_frame_start {
+            return None;
         }
-        for b in &self.control {
+        Some(self.data_frame_start + frame_len_at(front, self.data_frame_start))
+    }
+
+    /// The buffers to write next, in wire order: the rest of a cut frame,
+    /// control frames, then at most `data_limit` bytes of route data cut at
+    /// a frame boundary.
+    pub fn slices(&self, data_limit: usize) -> Vec<IoSlice<'_>> {
+        let mut out = Vec::with_capacity(MAX_IOVECS.min(self.control.len() + self.data.len() + 1));
+        let mut data_from = self.data_off;
+        if let Some(end) = self.data_cut_end() {
+            out.push(IoSlice::new(&self.data[0][self.data_off..end]));
+            data_from = end;
+        }
+        for (i, b) in self.control.iter().enumerate() {
             if out.len() == MAX_IOVECS {
                 return out;
             }
-            out.push(IoSlice::new(b));
+            let from = if i == 0 { self.control_off } else { 0 };
+            out.push(IoSlice::new(&b[from..]));
         }
         let mut budget = data_limit;
-        for b in data {
+        for (i, b) in self.data.iter().enumerate() {
+            let b = if i == 0 { &b[data_from..] } else { &b[..] };
             if out.len() == MAX_IOVECS || budget == 0 {
                 break;
+            }
+            if b.is_empty() {
+                continue;
             }
             if b.len() <= budget {
                 out.push(IoSlice::new(b));
@@ -101,47 +119,53 @@ impl Outbound {
     /// Drops `n` written bytes from the front, in the order of [`Self::slices`].
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
-        if self.data_front_started {
-            let front = self.data.front_mut().expect("partly written front");
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.data.pop_front();
-            self.data_front_started = false;
+        if let Some(end) = self.data_cut_end() {
+            let take = n.min(end - self.data_off);
+            self.advance_data(take);
+            n -= take;
         }
-        let mut control_cut = false;
-        n = Self::consume(&mut self.control, n, &mut control_cut);
-        if control_cut {
-            // Keep the rest of a cut control frame in front of everything by
-            // moving it to the data lane's partly-written front.
-            let rest = self.control.pop_front().expect("cut control frame");
-            self.data.push_front(rest);
-            self.data_front_started = true;
-            return;
-        }
-        Self::consume(&mut self.data, n, &mut self.data_front_started);
-    }
-
-    /// Consumes up to `n` bytes from `queue`; returns what is left of `n`.
-    /// Sets `started` if the new front was partly consumed.
-    fn consume(queue: &mut VecDeque<Bytes>, mut n: usize, started: &mut bool) -> usize {
-        *started = false;
         while n > 0 {
-            let Some(front) = queue.front_mut() else {
+            let Some(front) = self.control.front() else {
                 break;
             };
-            if n < front.len() {
-                front.advance(n);
-                *started = true;
-                return 0;
+            let take = n.min(front.len() - self.control_off);
+            self.control_off += take;
+            n -= take;
+            if self.control_off == front.len() {
+                self.control.pop_front();
+                self.control_off = 0;
             }
-            n -= front.len();
-            queue.pop_front();
         }
-        n
+        self.advance_data(n);
     }
+
+    /// Consumes `n` bytes of route data, keeping track of frame boundaries.
+    fn advance_data(&mut self, mut n: usize) {
+        while n > 0 {
+            let front = self.data.front().expect("advance past queued data");
+            let take = n.min(front.len() - self.data_off);
+            self.data_off += take;
+            n -= take;
+            // Move the frame start up to the last boundary at or before data_off.
+            while self.data_frame_start < self.data_off {
+                let end = self.data_frame_start + frame_len_at(front, self.data_frame_start);
+                if end > self.data_off {
+                    break;
+                }
+                self.data_frame_start = end;
+            }
+            if self.data_off == front.len() {
+                self.data.pop_front();
+                self.data_off = 0;
+                self.data_frame_start = 0;
+            }
+        }
+    }
+}
+
+/// Length of the whole frame starting at `at` in `buf`.
+fn frame_len_at(buf: &[u8], at: usize) -> usize {
+    HEADER_LEN + usize::from(u16::from_be_bytes([buf[at + 1], buf[at + 2]]))
 }
 
 /// Length of the longest prefix of `frames` (back-to-back whole frames) that
@@ -162,11 +186,33 @@ fn whole_frames_prefix(frames: &[u8], max: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{encode_message, Message, Vni};
+    use bytes::BytesMut;
 
+    /// A SUBSCRIBE frame (6 bytes for small VNIs): stands for route data.
+    fn f(vni: u32) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        encode_message(&Message::Subscribe(Vni(vni)), &mut buf);
+        buf.to_vec()
+    }
+
+    fn k() -> Vec<u8> {
+        crate::wire::codec::KEEPALIVE_FRAME.to_vec()
+    }
+
+    fn cat(parts: &[Vec<u8>]) -> Bytes {
+        Bytes::from(parts.concat())
+    }
+
+    /// Writes everything with writes of at most `step` bytes.
     fn drain_all(o: &mut Outbound, step: usize) -> Vec<u8> {
         let mut wire = Vec::new();
         while !o.is_empty() {
-            let flat: Vec<u8> = o.slices(usize::MAX).iter().flat_map(|s| s.to_vec()).collect();
+            let flat: Vec<u8> = o
+                .slices(usize::MAX)
+                .iter()
+                .flat_map(|s| s.to_vec())
+                .collect();
             let n = step.min(flat.len());
             wire.extend_from_slice(&flat[..n]);
             o.advance(n);
@@ -174,76 +220,141 @@ mod tests {
         wire
     }
 
-    #[test]
-    fn control_overtakes_data_only_at_buffer_boundaries() {
-        let mut o = Outbound::default();
-        o.push_data(Bytes::from_static(b"AAAA"));
-        o.push_data(Bytes::from_static(b"BBBB"));
-        // Write 2 bytes of the first data buffer, then a control frame arrives.
-        o.advance(2);
-        o.push_control(Bytes::from_static(b"k"));
-        assert_eq!(drain_all(&mut o, 3), b"AAkBBBB");
+    fn total(o: &Outbound, limit: usize) -> usize {
+        o.slices(limit).iter().map(|s| s.len()).sum()
     }
 
     #[test]
-    fn control_goes_first_when_nothing_is_partly_written() {
+    fn control_overtakes_data_at_the_next_frame_boundary() {
         let mut o = Outbound::default();
-        o.push_data(Bytes::from_static(b"AAAA"));
-        o.push_control(Bytes::from_static(b"kk"));
-        o.push_control(Bytes::from_static(b"ll"));
-        assert_eq!(drain_all(&mut o, 1), b"kkllAAAA");
+        o.push_data(cat(&[f(1), f(2), f(3)]));
+        o.advance(2); // a short write cut frame 1
+        o.push_control(Bytes::from(k()));
+        let mut wire = f(1)[..2].to_vec();
+        wire.extend(drain_all(&mut o, 3));
+        assert_eq!(wire, [f(1), k(), f(2), f(3)].concat());
+    }
+
+    #[test]
+    fn control_goes_first_when_no_frame_is_cut() {
+        let mut o = Outbound::default();
+        o.push_data(cat(&[f(1), f(2)]));
+        o.push_control(Bytes::from(k()));
+        o.push_control(Bytes::from(k()));
+        assert_eq!(drain_all(&mut o, 1), [k(), k(), f(1), f(2)].concat());
     }
 
     #[test]
     fn a_cut_control_frame_is_finished_before_anything_else() {
         let mut o = Outbound::default();
-        o.push_control(Bytes::from_static(b"kkkk"));
-        o.push_data(Bytes::from_static(b"AA"));
+        o.push_control(Bytes::from(k()));
+        o.push_data(cat(&[f(1)]));
         o.advance(2);
-        o.push_control(Bytes::from_static(b"m"));
-        assert_eq!(drain_all(&mut o, 5), b"kkmAA");
+        o.push_control(Bytes::from(f(9)));
+        let mut wire = k()[..2].to_vec();
+        wire.extend(drain_all(&mut o, 5));
+        assert_eq!(wire, [k(), f(9), f(1)].concat());
+    }
+
+    #[test]
+    fn data_is_limited_at_frame_boundaries_and_a_deliberate_cut_is_not_urgent() {
+        let mut o = Outbound::default();
+        o.push_data(cat(&[f(1), f(2), f(3)]));
+        o.push_data(cat(&[f(4), f(5)]));
+        assert_eq!(o.len(), 30);
+        assert_eq!(total(&o, 0), 0);
+        assert_eq!(total(&o, 5), 0);
+        assert_eq!(total(&o, 13), 12);
+        assert_eq!(total(&o, 20), 18);
+        assert_eq!(total(&o, 24), 24);
+        assert_eq!(total(&o, usize::MAX), 30);
+        // Write exactly the two frames offered: nothing is cut.
+        o.advance(12);
+        assert!(!o.has_urgent());
+        assert_eq!(total(&o, 0), 0);
+        assert_eq!(total(&o, 6), 6);
+        // A short write inside frame 3: its rest must go, whatever the limit.
+        o.advance(1);
+        assert!(o.has_urgent());
+        assert_eq!(total(&o, 0), 5);
+        assert_eq!(total(&o, 6), 11);
+        o.advance(5);
+        assert!(!o.has_urgent());
+        assert_eq!(o.len(), 12);
     }
 
     #[test]
     fn length_accounting() {
         let mut o = Outbound::default();
-        o.push_data(Bytes::from_static(b"AAAA"));
+        o.push_data(cat(&[f(1)]));
         o.push_data(Bytes::new());
-        o.push_control(Bytes::from_static(b"k"));
-        assert_eq!(o.len(), 5);
-        o.advance(5);
+        o.push_control(Bytes::from(k()));
+        assert_eq!(o.len(), 10);
+        o.advance(10);
         assert!(o.is_empty());
         assert!(o.slices(usize::MAX).is_empty());
     }
 
-    fn frames(n: usize) -> Bytes {
-        let mut buf = bytes::BytesMut::new();
-        for i in 0..n {
-            crate::wire::encode_message(&crate::wire::Message::Subscribe(crate::wire::Vni(i as u32 + 1)), &mut buf);
-        }
-        buf.freeze()
-    }
+    mod properties {
+        use super::*;
+        use crate::wire::{decode_frame, Frame};
+        use proptest::prelude::*;
 
-    #[test]
-    fn data_is_limited_at_frame_boundaries_but_control_and_started_buffers_are_not() {
-        let mut o = Outbound::default();
-        let three = frames(3); // 6 bytes each
-        assert_eq!(three.len(), 18);
-        o.push_data(three.clone());
-        o.push_data(frames(2));
-        let total = |o: &Outbound, limit| o.slices(limit).iter().map(|s| s.len()).sum::<usize>();
-        assert_eq!(total(&o, 0), 0);
-        assert_eq!(total(&o, 5), 0);
-        assert_eq!(total(&o, 13), 12);
-        assert_eq!(total(&o, 18), 18);
-        assert_eq!(total(&o, 20), 18);
-        assert_eq!(total(&o, 24), 24);
-        assert_eq!(total(&o, usize::MAX), 30);
-        o.push_control(Bytes::from_static(&crate::wire::codec::KEEPALIVE_FRAME));
-        assert!(o.has_urgent());
-        assert_eq!(total(&o, 0), 4);
-        o.advance(4 + 7); // control + a frame and a byte: the front is started
-        assert!(o.has_urgent());
-        assert_eq!(total(&o, 0), 11);
+        #[derive(Debug, Clone)]
+        enum Step {
+            Data(Vec<u32>),
+            Control(u32),
+            Write { limit: usize, max: usize },
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (proptest::collection::vec(1u32..100_000, 1..5)).prop_map(Step::Data),
+                (100_000u32..200_000).prop_map(Step::Control),
+                (0usize..40, 0usize..40).prop_map(|(limit, max)| Step::Write { limit, max }),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the write sizes and pacing limits, the wire carries
+            /// whole frames only, route data in order, control frames in order.
+            #[test]
+            fn the_wire_is_always_a_sequence_of_whole_frames(steps in proptest::collection::vec(step(), 0..60)) {
+                let mut o = Outbound::default();
+                let mut wire = Vec::new();
+                let (mut data_in, mut control_in) = (Vec::new(), Vec::new());
+                let write = |o: &mut Outbound, wire: &mut Vec<u8>, limit: usize, max: usize| {
+                    let flat: Vec<u8> = o.slices(limit).iter().flat_map(|s| s.to_vec()).collect();
+                    let n = max.min(flat.len());
+                    wire.extend_from_slice(&flat[..n]);
+                    o.advance(n);
+                };
+                for s in steps {
+                    match s {
+                        Step::Data(vnis) => {
+                            data_in.extend(vnis.iter().copied());
+                            o.push_data(cat(&vnis.iter().map(|&v| f(v)).collect::<Vec<_>>()));
+                        }
+                        Step::Control(v) => {
+                            control_in.push(v);
+                            o.push_control(Bytes::from(f(v)));
+                        }
+                        Step::Write { limit, max } => write(&mut o, &mut wire, limit, max),
+                    }
+                }
+                while !o.is_empty() {
+                    write(&mut o, &mut wire, usize::MAX, 7);
+                }
+                let mut buf = BytesMut::from(&wire[..]);
+                let (mut data_out, mut control_out) = (Vec::new(), Vec::new());
+                while let Some(frame) = decode_frame(&mut buf).unwrap() {
+                    let Frame::Message(Message::Subscribe(Vni(v))) = frame else { panic!("{frame:?}") };
+                    if v >= 100_000 { control_out.push(v) } else { data_out.push(v) }
+                }
+                prop_assert!(buf.is_empty());
+                prop_assert_eq!(data_out, data_in);
+                prop_assert_eq!(control_out, control_in);
+            }
+        }
     }
 }

@@ -50,16 +50,37 @@ pub enum Decision {
 #[derive(Clone, Debug)]
 pub struct Pacer {
     limit: usize,
+    /// Current batch size: grows while the peer acknowledges quickly, halves
+    /// when an ACK is slow (a slow reader, or the peer's delayed-ACK timer
+    /// acknowledging data its application has not read yet).
+    batch: usize,
     max_window: u32,
+    /// When the last batch went out, until it is acknowledged.
+    awaiting_ack: Option<Instant>,
     stalled_since: Option<Instant>,
 }
+
+/// Smallest batch.
+const MIN_BATCH: usize = 2 * 1024;
+/// Additive batch increase per quick ACK.
+const BATCH_STEP: usize = 2 * 1024;
+/// An ACK slower than this halves the batch. Linux's delayed-ACK timer is at
+/// least 40 ms, so quicker ACKs are sent because the peer read the data.
+const SLOW_ACK: Duration = Duration::from_millis(20);
 
 impl Pacer {
     /// A pacer that keeps the estimated unread bytes under `limit`; 0 disables pacing.
     pub fn new(limit: usize) -> Self {
+        let limit = if limit == 0 {
+            0
+        } else {
+            limit.clamp(MAX_FRAME, HARD_LIMIT)
+        };
         Self {
-            limit: if limit == 0 { 0 } else { limit.clamp(MAX_FRAME, HARD_LIMIT) },
+            limit,
+            batch: limit,
             max_window: 0,
+            awaiting_ack: None,
             stalled_since: None,
         }
     }
@@ -69,7 +90,13 @@ impl Pacer {
         self.limit == 0
     }
 
-    /// Estimated bytes the peer has not read yet (an upper bound).
+    /// Current batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Estimated bytes the peer has not read yet (an upper bound as far as
+    /// the window can tell).
     pub fn estimate_unread(&mut self, probe: SocketProbe) -> usize {
         let shrink = match probe.peer_window {
             Some(w) => {
@@ -81,16 +108,43 @@ impl Pacer {
         probe.unacked + shrink
     }
 
+    /// Records that `bytes` of route data were written at `now`.
+    pub fn on_sent(&mut self, bytes: usize, now: Instant) {
+        if bytes > 0 && !self.is_disabled() {
+            self.awaiting_ack.get_or_insert(now);
+        }
+    }
+
     /// Decides how much route data may be written now.
+    ///
+    /// A new batch goes out only once everything sent before is
+    /// acknowledged: outside quick-ACK mode a Linux receiver acknowledges
+    /// when its application reads, so a quick ACK is the best sign we get
+    /// that the peer consumed the last batch. The window shrink covers peers
+    /// whose kernel buffer is nearly full.
     pub fn decide(&mut self, probe: SocketProbe, now: Instant) -> Decision {
         if self.is_disabled() {
             return Decision::Send(usize::MAX);
         }
         let unread = self.estimate_unread(probe);
+        if probe.unacked > 0 {
+            // The ACK will come: on the peer's next read or its delayed-ACK timer.
+            return Decision::Wait(RECHECK);
+        }
+        if let Some(sent) = self.awaiting_ack.take() {
+            self.batch = if now.duration_since(sent) >= SLOW_ACK {
+                (self.batch / 2).max(MIN_BATCH)
+            } else {
+                (self.batch + BATCH_STEP).min(self.limit)
+            };
+        }
         if unread + MAX_FRAME <= self.limit {
             self.stalled_since = None;
-            return Decision::Send(self.limit - unread);
+            return Decision::Send(self.batch.min(self.limit - unread).max(MAX_FRAME));
         }
+        // Everything is acknowledged but the window says the peer is full. It
+        // may be stale (a reopened window is not always advertised): after a
+        // while, a small probe batch fetches a fresh one.
         let since = *self.stalled_since.get_or_insert(now);
         if now.duration_since(since) >= PROBE_AFTER && unread + PROBE_BYTES <= HARD_LIMIT {
             self.stalled_since = Some(now);
@@ -154,63 +208,100 @@ mod tests {
         }
     }
 
+    const LIMIT: usize = 16 * 1024;
+
+    /// Sends what the pacer allows and lets the peer acknowledge after `ack_after`.
+    fn cycle(pacer: &mut Pacer, now: &mut Instant, ack_after: Duration) -> usize {
+        let Decision::Send(n) = pacer.decide(p(0, 100_000), *now) else {
+            panic!("expected to send")
+        };
+        pacer.on_sent(n, *now);
+        assert_eq!(pacer.decide(p(n, 100_000), *now), Decision::Wait(RECHECK));
+        *now += ack_after;
+        n
+    }
+
     #[test]
-    fn a_fast_reader_gets_the_whole_budget_every_time() {
-        let mut pacer = Pacer::new(48 * 1024);
-        let t = Instant::now();
-        for i in 0..100 {
-            assert_eq!(pacer.decide(p(0, 100_000), t + RECHECK * i), Decision::Send(48 * 1024));
+    fn a_fast_reader_gets_the_whole_limit_every_round_trip() {
+        let mut pacer = Pacer::new(LIMIT);
+        let mut now = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(
+                cycle(&mut pacer, &mut now, Duration::from_micros(50)),
+                LIMIT
+            );
         }
     }
 
     #[test]
-    fn unacked_bytes_and_window_shrink_both_count_as_unread() {
-        let mut pacer = Pacer::new(48 * 1024);
+    fn nothing_more_goes_out_until_the_last_batch_is_acknowledged() {
+        let mut pacer = Pacer::new(LIMIT);
         let t = Instant::now();
-        pacer.decide(p(0, 100_000), t);
-        assert_eq!(pacer.decide(p(10_000, 100_000), t), Decision::Send(48 * 1024 - 10_000));
-        assert_eq!(pacer.decide(p(0, 90_000), t), Decision::Send(48 * 1024 - 10_000));
-        assert_eq!(pacer.decide(p(5_000, 90_000), t), Decision::Send(48 * 1024 - 15_000));
+        assert_eq!(pacer.decide(p(0, 100_000), t), Decision::Send(LIMIT));
+        pacer.on_sent(LIMIT, t);
+        for ms in 0..500 {
+            let now = t + Duration::from_millis(ms);
+            assert_eq!(pacer.decide(p(100, 100_000), now), Decision::Wait(RECHECK));
+        }
     }
 
     #[test]
-    fn a_slow_reader_is_held_then_probed_and_never_pushed_to_the_hard_limit() {
-        let mut pacer = Pacer::new(48 * 1024);
+    fn slow_acks_shrink_the_batch_and_quick_ones_grow_it_back() {
+        let mut pacer = Pacer::new(LIMIT);
+        let mut now = Instant::now();
+        let sizes: Vec<usize> = (0..6)
+            .map(|_| cycle(&mut pacer, &mut now, Duration::from_millis(45)))
+            .collect();
+        assert_eq!(sizes[0], LIMIT);
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+        assert_eq!(*sizes.last().unwrap(), MIN_BATCH);
+        let grown: Vec<usize> = (0..20)
+            .map(|_| cycle(&mut pacer, &mut now, Duration::from_micros(100)))
+            .collect();
+        assert_eq!(*grown.last().unwrap(), LIMIT);
+    }
+
+    #[test]
+    fn window_shrink_counts_as_unread() {
+        let mut pacer = Pacer::new(LIMIT);
         let t = Instant::now();
         pacer.decide(p(0, 100_000), t);
-        // 48 KiB unread (window shrank): hold.
-        let full = p(0, 100_000 - 48 * 1024);
-        assert_eq!(pacer.decide(full, t), Decision::Wait(RECHECK));
-        assert_eq!(pacer.decide(full, t + PROBE_AFTER / 2), Decision::Wait(RECHECK));
-        // Stalled long enough: one probe batch, then hold again.
-        assert_eq!(pacer.decide(full, t + PROBE_AFTER), Decision::Send(PROBE_BYTES));
-        assert_eq!(pacer.decide(full, t + PROBE_AFTER), Decision::Wait(RECHECK));
-        // A peer that really stops reading: probes stop short of the hard limit.
-        let mut now = t + PROBE_AFTER;
-        let mut unread = 48 * 1024;
-        for _ in 0..100 {
+        assert_eq!(
+            pacer.decide(p(0, 90_000), t),
+            Decision::Send(LIMIT - 10_000)
+        );
+        assert_eq!(pacer.decide(p(0, 80_000), t), Decision::Wait(RECHECK));
+        // A reopened window resumes at once.
+        assert_eq!(pacer.decide(p(0, 100_000), t), Decision::Send(LIMIT));
+    }
+
+    #[test]
+    fn a_stale_window_is_probed_but_never_pushed_to_the_hard_limit() {
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        pacer.decide(p(0, 100_000), t);
+        let mut unread = 40 * 1024;
+        let mut now = t;
+        let mut probes = 0;
+        for _ in 0..200 {
             now += PROBE_AFTER;
             if let Decision::Send(n) = pacer.decide(p(0, 100_000 - unread as u32), now) {
+                assert_eq!(n, PROBE_BYTES);
                 unread += n;
+                probes += 1;
             }
         }
+        assert!(probes > 0);
         assert!(unread <= HARD_LIMIT, "{unread}");
-        assert!(unread + PROBE_BYTES > HARD_LIMIT);
-    }
-
-    #[test]
-    fn a_reopened_window_resumes_at_once() {
-        let mut pacer = Pacer::new(48 * 1024);
-        let t = Instant::now();
-        pacer.decide(p(0, 100_000), t);
-        assert_eq!(pacer.decide(p(0, 50_000), t), Decision::Wait(RECHECK));
-        assert_eq!(pacer.decide(p(0, 100_000), t), Decision::Send(48 * 1024));
     }
 
     #[test]
     fn zero_disables_pacing() {
         let mut pacer = Pacer::new(0);
-        assert_eq!(pacer.decide(p(1 << 20, 0), Instant::now()), Decision::Send(usize::MAX));
+        assert_eq!(
+            pacer.decide(p(1 << 20, 0), Instant::now()),
+            Decision::Send(usize::MAX)
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -178,10 +178,8 @@ impl TableTask {
             encode_update(Action::Add, route, &mut buf);
             routes += 1;
             if buf.len() >= DUMP_BUFFER_BYTES {
-                let full = std::mem::replace(
-                    &mut buf,
-                    BytesMut::with_capacity(DUMP_BUFFER_BYTES + 256),
-                );
+                let full =
+                    std::mem::replace(&mut buf, BytesMut::with_capacity(DUMP_BUFFER_BYTES + 256));
                 buffers.push(full.freeze());
             }
         });

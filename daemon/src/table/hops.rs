@@ -29,7 +29,10 @@ impl HopTable {
     /// The id of `hop`, adding one reference (interning it if new).
     pub fn intern(&mut self, hop: &NextHop) -> HopId {
         let hash = self.hasher.hash_one(hop);
-        if let Some(&id) = self.index.find(hash, |&id| self.entries[id as usize].hop == *hop) {
+        if let Some(&id) = self
+            .index
+            .find(hash, |&id| self.entries[id as usize].hop == *hop)
+        {
             self.entries[id as usize].refs += 1;
             return id;
         }
@@ -45,7 +48,8 @@ impl HopTable {
             }
         };
         let (entries, hasher) = (&self.entries, &self.hasher);
-        self.index.insert_unique(hash, id, |&i| hasher.hash_one(entries[i as usize].hop));
+        self.index
+            .insert_unique(hash, id, |&i| hasher.hash_one(entries[i as usize].hop));
         id
     }
 

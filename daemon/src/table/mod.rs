@@ -342,8 +342,7 @@ impl RouteTable {
             return;
         };
         for slot in &vt.slots {
-            if matches!(slot.announcers, Announcers::Vacant) || slot.announcers.contains(exclude)
-            {
+            if matches!(slot.announcers, Announcers::Vacant) || slot.announcers.contains(exclude) {
                 continue;
             }
             f(&Route {

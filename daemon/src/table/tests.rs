@@ -116,7 +116,12 @@ fn slots_are_reused_and_next_hops_released() {
     let mut t = RouteTable::new();
     for round in 0..3 {
         for i in 0..100u32 {
-            let route = r(&format!("1#10.0.{}.{}/32@2001:db8::{:x}", i / 256, i % 256, i % 7 + 1));
+            let route = r(&format!(
+                "1#10.0.{}.{}/32@2001:db8::{:x}",
+                i / 256,
+                i % 256,
+                i % 7 + 1
+            ));
             assert_eq!(t.announce(round + 1, &route), Announced::New);
         }
         assert_eq!(t.stats().next_hops, 7);

@@ -32,6 +32,8 @@ use crate::wire::{decode_frame, encode_message, Action, DecodeError, Frame, Mess
 const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
 /// Read buffer size.
 const READ_BUFFER: usize = 64 * 1024;
+/// Quick re-checks (yielding to other tasks) before pacing waits on the timer.
+const PACE_SPINS: u32 = 32;
 
 /// Settings every session shares.
 #[derive(Clone, Debug)]
@@ -119,6 +121,7 @@ pub async fn run(
         established: false,
         ops: Vec::new(),
         pacer: Pacer::new(settings.pace_limit),
+        pace_spins: 0,
         metrics,
         settings,
     };
@@ -152,6 +155,8 @@ struct Connection {
     /// Table operations decoded from the current read.
     ops: Vec<Op>,
     pacer: Pacer,
+    /// Consecutive quick re-checks while pacing holds data back.
+    pace_spins: u32,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
 }
@@ -212,7 +217,7 @@ impl Connection {
                     self.collect_session_output();
                 }
                 _ = self.cursor.readable(), if want_log => {}
-                _ = sleep_until_opt(pace_wait), if pace_wait.is_some() => {}
+                _ = pace_wait_for(pace_wait), if pace_wait.is_some() => {}
                 _ = shutdown.changed() => return Ended::Shutdown,
             }
             if self.out.is_empty() {
@@ -221,8 +226,9 @@ impl Connection {
         }
     }
 
-    /// How many bytes of route data may be written now, or when to look again.
-    fn pace(&mut self, fd: RawFd) -> (usize, Option<Instant>) {
+    /// How many bytes of route data may be written now, or how to wait
+    /// before looking again.
+    fn pace(&mut self, fd: RawFd) -> (usize, Option<PaceWait>) {
         if !self.out.has_data() {
             return (0, None);
         }
@@ -239,8 +245,18 @@ impl Connection {
         let decision = self.pacer.decide(probe, Instant::now().into_std());
         tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
         match decision {
-            Decision::Send(n) => (n, None),
-            Decision::Wait(d) => (0, Some(Instant::now() + d)),
+            Decision::Send(n) => {
+                self.pace_spins = 0;
+                (n, None)
+            }
+            // A fast reader's ACK comes within microseconds, and the kernel
+            // wakes nobody for an ACK: look again after yielding to other
+            // tasks a few times before falling back to the timer.
+            Decision::Wait(_) if self.pace_spins < PACE_SPINS => {
+                self.pace_spins += 1;
+                (0, Some(PaceWait::Yield))
+            }
+            Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
         }
     }
 
@@ -386,6 +402,23 @@ impl Connection {
             true
         });
         flush(&mut run, out);
+    }
+}
+
+/// How the writer waits while pacing holds route data back.
+#[derive(Clone, Copy, Debug)]
+enum PaceWait {
+    /// Let other tasks run once, then look again.
+    Yield,
+    /// Look again at this time.
+    Until(Instant),
+}
+
+async fn pace_wait_for(wait: Option<PaceWait>) {
+    match wait {
+        Some(PaceWait::Yield) => tokio::task::yield_now().await,
+        Some(PaceWait::Until(t)) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -184,7 +184,8 @@ async fn truncated_frame_then_eof_closes_and_is_not_applied() {
     // Only the REMOVE of the closed session's route: the cut UPDATE (which
     // would be an ADD of `cut`) was not applied.
     s.check_healthy(&[rem(r)]).await;
-    s.d.expect_session_closed_log(bad.local).await;
+    s.d.expect_close_reason(bad.local, &["middle of a frame"])
+        .await;
 }
 
 #[tokio::test]

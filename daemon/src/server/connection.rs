@@ -53,6 +53,8 @@ enum Ended {
     Protocol(CloseReason),
     Decode(DecodeError),
     PeerClosed,
+    /// EOF in the middle of a frame: this many bytes of it were thrown away.
+    PeerClosedMidFrame(usize),
     Io(std::io::Error),
     WriteTimeout,
     Lagging(u64),
@@ -65,6 +67,7 @@ impl Ended {
             Ended::Protocol(r) => r.label(),
             Ended::Decode(e) => e.label(),
             Ended::PeerClosed => "peer_closed",
+            Ended::PeerClosedMidFrame(_) => "truncated_frame",
             Ended::Io(_) => "io_error",
             Ended::WriteTimeout => "write_timeout",
             Ended::Lagging(_) => "lagging",
@@ -77,6 +80,9 @@ impl Ended {
             Ended::Protocol(r) => r.to_string(),
             Ended::Decode(e) => format!("malformed frame: {e}"),
             Ended::PeerClosed => "peer closed the connection".into(),
+            Ended::PeerClosedMidFrame(n) => format!(
+                "peer closed the connection in the middle of a frame ({n} bytes of it discarded)"
+            ),
             Ended::Io(e) => format!("socket error: {e}"),
             Ended::WriteTimeout => "peer stopped reading (write timeout)".into(),
             Ended::Lagging(bytes) => format!(
@@ -90,7 +96,11 @@ impl Ended {
     fn is_fault(&self) -> bool {
         matches!(
             self,
-            Ended::Protocol(_) | Ended::Decode(_) | Ended::WriteTimeout | Ended::Lagging(_)
+            Ended::Protocol(_)
+                | Ended::Decode(_)
+                | Ended::PeerClosedMidFrame(_)
+                | Ended::WriteTimeout
+                | Ended::Lagging(_)
         )
     }
 }
@@ -182,7 +192,8 @@ impl Connection {
             let can_write = self.out.has_urgent() || data_budget > 0;
             tokio::select! {
                 read = rd.read_buf(&mut rbuf) => match read {
-                    Ok(0) => return Ended::PeerClosed,
+                    Ok(0) if rbuf.is_empty() => return Ended::PeerClosed,
+                    Ok(0) => return Ended::PeerClosedMidFrame(rbuf.len()),
                     Ok(n) => {
                         self.metrics.bytes_in.fetch_add(n as u64, Relaxed);
                         if let Err(ended) = self.on_read(&mut rbuf).await {
@@ -287,7 +298,7 @@ impl Connection {
                 }
                 Frame::Unknown { msg_type, len } => {
                     Metrics::inc(&self.metrics.unknown_frames);
-                    debug!(msg_type, len, "skipped frame of unknown type");
+                    info!(msg_type, len, "skipped a frame of unknown message type");
                 }
             }
         }

@@ -1,1 +1,782 @@
-fn main() {}
+//! `mbbench`: a load generator that speaks raw MetalBond v1 over TCP to any
+//! server (metalbondd, the Go reference, rustbond) and measures fan-out,
+//! subscribe dump, withdraw on disconnect and single-update latency.
+//!
+//! ```text
+//! mbbench --server [::1]:4711 [--scenario all|fanout|dump|withdraw|latency]
+//!         [--routes N] [--subscribers M] [--vni V] [--keepalive SECS]
+//!         [--server-pid PID] [--latency-samples K] [--timeout SECS] [--json]
+//! ```
+//!
+//! Every simulated peer is a well-behaved MetalBond client (HELLO, KEEPALIVE
+//! every negotiated interval, SUBSCRIBE/announce only once established).
+//! Every subscriber keeps a bit set per route index for ADD and REMOVE, so
+//! loss and duplicates are detected exactly. Any loss makes the exit code 1;
+//! a setup failure (cannot connect, handshake fails) makes it 2.
+
+#[path = "mbbench/peer.rs"]
+mod peer;
+#[path = "mbbench/procfs.rs"]
+mod procfs;
+#[path = "mbbench/report.rs"]
+mod report;
+#[path = "mbbench/routes.rs"]
+mod routes;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use metalbondd::wire::Action;
+use tokio::task::JoinSet;
+
+use peer::{ns, Peer, PeerConfig, Sink};
+use procfs::Mem;
+use report::{Latency, MemReport, ScenarioResult};
+use routes::RouteSet;
+
+/// MetalBond load generator.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mbbench", version, about, long_about = None)]
+struct Args {
+    /// Server address, e.g. `[::1]:4711` or `127.0.0.1:4711`.
+    #[arg(long)]
+    server: String,
+    /// Which scenario to run; `all` runs fanout, dump, withdraw, latency in
+    /// order. `dump` and `withdraw` alone first load the routes with a
+    /// fan-out to 1 (dump) or M (withdraw) subscribers, reported as "preload".
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// Number of distinct routes (N).
+    #[arg(long, default_value_t = 100_000)]
+    routes: u64,
+    /// Number of subscribers in the fan-out and withdraw scenarios (M).
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// VNI of all routes.
+    #[arg(long, default_value_t = 100)]
+    vni: u32,
+    /// Use IPv6 /128 destinations (fd00:be9c::/64 + i) even below 2^24 routes.
+    #[arg(long)]
+    ipv6: bool,
+    /// Keepalive interval proposed in HELLO, seconds.
+    #[arg(long, default_value_t = 5)]
+    keepalive: u32,
+    /// PID of the server process: report its RSS, peak RSS and CPU time.
+    /// Bytes per route = (RSS once N routes are loaded and delivered - RSS at
+    /// the start) / N, meaningful only on a freshly started server.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Number of single updates timed in the latency scenario (K).
+    #[arg(long, default_value_t = 1000)]
+    latency_samples: u64,
+    /// Limit for every wait, seconds; what has not arrived by then is loss.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Give up a wait early when nothing new arrived for this many seconds (0 = never).
+    #[arg(long, default_value_t = 30)]
+    stall: u64,
+    /// Bytes per write when announcing in bulk (whole frames only).
+    #[arg(long, default_value_t = 65536)]
+    batch_bytes: usize,
+    /// Pause after each bulk write, microseconds (to pace slow servers).
+    #[arg(long, default_value_t = 0)]
+    batch_pause_us: u64,
+    /// Tokio worker threads (default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Free-form label copied into every JSON object (e.g. the server name).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Print one JSON object per scenario on stdout (the human report goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Scenario selection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// fanout, dump, withdraw, latency.
+    All,
+    /// M subscribers receive N routes from one announcer.
+    Fanout,
+    /// A late subscriber receives the N-route dump.
+    Dump,
+    /// The announcer disconnects; subscribers receive N REMOVEs.
+    Withdraw,
+    /// Single-update latency on an idle server.
+    Latency,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = validate(&args) {
+        eprintln!("mbbench: {e}");
+        return ExitCode::from(2);
+    }
+    let _ = ns(Instant::now());
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(t) = args.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mbbench: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = Output { json: args.json };
+    let result = rt.block_on(run(args, &out));
+    // Tasks blocked on a stuck server must not keep us alive.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(results) => {
+            let lossy: Vec<&str> = results
+                .iter()
+                .filter(|r| r.loss() > 0)
+                .map(|r| r.name)
+                .collect();
+            if lossy.is_empty() {
+                out.human("RESULT: no loss");
+                ExitCode::SUCCESS
+            } else {
+                out.human(&format!("RESULT: LOSS in {}", lossy.join(", ")));
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            out.human(&format!("mbbench: setup failed: {e}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(a: &Args) -> Result<(), String> {
+    if a.routes == 0 {
+        return Err("--routes must be at least 1".into());
+    }
+    if a.subscribers == 0 {
+        return Err("--subscribers must be at least 1".into());
+    }
+    if a.keepalive == 0 {
+        return Err("--keepalive must be at least 1".into());
+    }
+    if a.batch_bytes < 64 {
+        return Err("--batch-bytes must be at least 64".into());
+    }
+    if a.timeout == 0 {
+        return Err("--timeout must be at least 1".into());
+    }
+    if a.routes >= u64::MAX / 2 {
+        return Err("--routes is too large".into());
+    }
+    Ok(())
+}
+
+/// Where the reports go.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn human(&self, s: &str) {
+        let s = s.trim_end();
+        if self.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+
+    fn result(&self, r: &ScenarioResult, server: &str, label: &str, emit_json: bool) {
+        self.human(&r.human());
+        if self.json && emit_json {
+            println!("{}", r.json(server, label));
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
+    let server = resolve(&args.server).await?;
+    let timeout = Duration::from_secs(args.timeout);
+    let bench = Bench {
+        cfg: PeerConfig {
+            server,
+            keepalive: args.keepalive,
+            batch_bytes: args.batch_bytes,
+            batch_pause: Duration::from_micros(args.batch_pause_us),
+            handshake_timeout: timeout.min(Duration::from_secs(30)),
+        },
+        set: RouteSet::new(args.routes, args.vni, args.ipv6),
+        timeout,
+        stall: (args.stall > 0).then(|| Duration::from_secs(args.stall)),
+        pid: args.server_pid,
+        args: args.clone(),
+    };
+    out.human(&format!(
+        "mbbench: server {} ({server}), scenario {}, {} routes in VNI {}, {} subscribers, keepalive {} s, timeout {} s{}",
+        args.server,
+        format!("{:?}", args.scenario).to_lowercase(),
+        args.routes,
+        args.vni,
+        args.subscribers,
+        args.keepalive,
+        args.timeout,
+        match args.server_pid {
+            Some(p) => format!(", server pid {p}"),
+            None => String::new(),
+        }
+    ));
+    let mut results = Vec::new();
+    let emit = |r: ScenarioResult, json: bool, results: &mut Vec<ScenarioResult>| {
+        out.result(&r, &args.server, &args.label, json);
+        results.push(r);
+    };
+    let mem_start = bench.mem();
+    let m = args.subscribers;
+    match args.scenario {
+        Scenario::All => {
+            let (r, subs, ann) = bench.fanout("fanout", m, mem_start).await?;
+            emit(r, true, &mut results);
+            let (r, late) = bench.dump().await?;
+            emit(r, true, &mut results);
+            let mut receivers: Vec<&Peer> = subs.iter().collect();
+            receivers.push(&late);
+            let r = bench.withdraw(ann, &receivers).await;
+            emit(r, true, &mut results);
+            drop(receivers);
+            drop(subs);
+            drop(late);
+            // Let the server notice the closed sessions before timing on an idle server.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let r = bench.latency().await?;
+            emit(r, true, &mut results);
+        }
+        Scenario::Fanout => {
+            let (r, _subs, _ann) = bench.fanout("fanout", m, mem_start).await?;
+            emit(r, true, &mut results);
+        }
+        Scenario::Dump => {
+            let (r, _subs, _ann) = bench.fanout("preload", 1, mem_start).await?;
+            emit(r, false, &mut results);
+            let (r, _late) = bench.dump().await?;
+            emit(r, true, &mut results);
+        }
+        Scenario::Withdraw => {
+            let (r, subs, ann) = bench.fanout("preload", m, mem_start).await?;
+            emit(r, false, &mut results);
+            let receivers: Vec<&Peer> = subs.iter().collect();
+            let r = bench.withdraw(ann, &receivers).await;
+            emit(r, true, &mut results);
+        }
+        Scenario::Latency => {
+            let r = bench.latency().await?;
+            emit(r, true, &mut results);
+        }
+    }
+    Ok(results)
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| format!("cannot resolve {server}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{server} resolves to no address"))
+}
+
+/// Which counter a wait watches.
+#[derive(Clone, Copy)]
+enum Kind {
+    Adds,
+    Removes,
+}
+
+/// Cumulative counters of a peer, to report per-scenario deltas.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    dup: u64,
+    unexpected: u64,
+    late: u64,
+}
+
+/// Distinct routes of `kind` a peer has received.
+fn count(p: &Peer, kind: Kind) -> u64 {
+    match kind {
+        Kind::Adds => p.stats.adds.load(Relaxed),
+        Kind::Removes => p.stats.removes.load(Relaxed),
+    }
+}
+
+fn counts(p: &Peer) -> Counts {
+    let s = &p.stats;
+    Counts {
+        dup: s.dup_adds.load(Relaxed) + s.dup_removes.load(Relaxed),
+        unexpected: s.unexpected.load(Relaxed),
+        late: s.keepalive_late.load(Relaxed),
+    }
+}
+
+/// Resource usage at the start of a scenario.
+struct Snapshot {
+    client_cpu: f64,
+    server_cpu: Option<f64>,
+    mem: Option<Mem>,
+    counts: Vec<Counts>,
+}
+
+struct Bench {
+    args: Args,
+    cfg: PeerConfig,
+    set: RouteSet,
+    timeout: Duration,
+    stall: Option<Duration>,
+    pid: Option<u32>,
+}
+
+impl Bench {
+    fn mem(&self) -> Option<Mem> {
+        self.pid.and_then(procfs::mem)
+    }
+
+    fn snapshot(&self, peers: &[&Peer]) -> Snapshot {
+        Snapshot {
+            client_cpu: procfs::self_cpu_secs(),
+            server_cpu: self.pid.and_then(procfs::cpu_secs),
+            mem: self.mem(),
+            counts: peers.iter().map(|p| counts(p)).collect(),
+        }
+    }
+
+    /// Fills the resource and incident fields of `r` from the peers.
+    fn finish(&self, r: &mut ScenarioResult, before: &Snapshot, peers: &[&Peer]) {
+        r.client_cpu_s = procfs::self_cpu_secs() - before.client_cpu;
+        if let (Some(b), Some(a)) = (before.server_cpu, self.pid.and_then(procfs::cpu_secs)) {
+            r.server_cpu_s = Some(a - b);
+        }
+        if let (Some(b), Some(a)) = (before.mem, self.mem()) {
+            r.mem = Some(MemReport {
+                before: b,
+                after: a,
+                bytes_per_route: None,
+            });
+        }
+        if self.pid.is_some() && self.mem().is_none() {
+            r.notes.push("server process is gone".into());
+        }
+        let silent = peers.iter().filter(|p| p.stats.keepalive_silent()).count();
+        if silent > 0 {
+            r.keepalive_late += silent as u64;
+            r.notes.push(format!(
+                "{silent} session(s) had no KEEPALIVE answer for over 2.5 x the interval at the end"
+            ));
+        }
+        let mut reasons: Vec<String> = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            let c = counts(p);
+            let b = before.counts.get(i).copied().unwrap_or_default();
+            r.duplicates += c.dup - b.dup;
+            r.unexpected += c.unexpected - b.unexpected;
+            r.keepalive_late += c.late - b.late;
+            let s = &p.stats;
+            if s.closed.load(Relaxed) && !s.closed_reported.swap(true, Relaxed) {
+                r.closed_by_server += 1;
+                if let Some(reason) = s.reason() {
+                    if !reasons.contains(&reason) {
+                        reasons.push(reason);
+                    }
+                }
+            }
+        }
+        for reason in reasons.into_iter().take(5) {
+            r.notes.push(format!("session ended: {reason}"));
+        }
+    }
+
+    /// Connects `m` tracking subscribers concurrently and subscribes them.
+    async fn subscribers(&self, m: usize) -> Result<Vec<Peer>, String> {
+        let mut set = JoinSet::new();
+        for _ in 0..m {
+            let cfg = self.cfg.clone();
+            let routes = self.set;
+            set.spawn(async move { Peer::connect(&cfg, Sink::Track(routes)).await });
+        }
+        let mut subs = Vec::with_capacity(m);
+        while let Some(r) = set.join_next().await {
+            subs.push(r.map_err(|e| e.to_string())??);
+        }
+        for s in &subs {
+            s.subscribe(self.set.vni.0).await?;
+        }
+        Ok(subs)
+    }
+
+    /// Waits until the server answered every KEEPALIVE of these peers (so it
+    /// has read their SUBSCRIBE); returns a note if it did not in time.
+    async fn wait_synced(&self, peers: &[&Peer]) -> Option<String> {
+        let deadline = Instant::now() + self.cfg.handshake_timeout;
+        loop {
+            let pending = peers
+                .iter()
+                .filter(|p| !p.synced() && !p.stats.closed.load(Relaxed))
+                .count();
+            if pending == 0 {
+                return None;
+            }
+            if Instant::now() >= deadline {
+                return Some(format!(
+                    "{pending} subscriber(s) not confirmed by a KEEPALIVE answer after SUBSCRIBE"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until every peer has `target` distinct routes of `kind` (or is
+    /// closed, or the timeout/stall limit hits). Returns (all complete, note).
+    async fn wait_all(&self, peers: &[&Peer], kind: Kind, target: u64) -> (bool, Vec<String>) {
+        let (complete, note) = self.wait_all_inner(peers, kind, target).await;
+        let mut notes: Vec<String> = note.into_iter().collect();
+        if !complete {
+            let short: Vec<String> = peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, count(p, kind)))
+                .filter(|&(_, c)| c < target)
+                .take(8)
+                .map(|(i, c)| format!("#{i}: {c}"))
+                .collect();
+            notes.push(format!(
+                "incomplete receivers (index among {}: distinct routes received): {}",
+                peers.len(),
+                short.join(", ")
+            ));
+        }
+        (complete, notes)
+    }
+
+    async fn wait_all_inner(
+        &self,
+        peers: &[&Peer],
+        kind: Kind,
+        target: u64,
+    ) -> (bool, Option<String>) {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut last_sum = u64::MAX;
+        let mut last_progress = start;
+        loop {
+            let now = Instant::now();
+            let mut sum = 0;
+            let mut complete = 0;
+            let mut closed = 0;
+            for p in peers {
+                let c = count(p, kind);
+                sum += c;
+                if c >= target {
+                    complete += 1;
+                } else if p.stats.closed.load(Relaxed) {
+                    closed += 1;
+                }
+            }
+            if complete == peers.len() {
+                return (true, None);
+            }
+            if complete + closed == peers.len() {
+                return (
+                    false,
+                    Some(format!(
+                        "{closed} receiving session(s) ended before receiving everything"
+                    )),
+                );
+            }
+            if sum != last_sum {
+                last_sum = sum;
+                last_progress = now;
+            }
+            if now >= deadline {
+                return (
+                    false,
+                    Some(format!(
+                        "timeout after {} s: {complete}/{} receivers complete",
+                        self.timeout.as_secs(),
+                        peers.len()
+                    )),
+                );
+            }
+            if let Some(stall) = self.stall {
+                if now.duration_since(last_progress) >= stall {
+                    return (
+                        false,
+                        Some(format!(
+                            "nothing new arrived for {} s (--stall): {complete}/{} receivers complete",
+                            stall.as_secs(),
+                            peers.len()
+                        )),
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Elapsed seconds from `t0` to the latest recorded arrival of `kind`
+    /// over `peers` (or to now if nothing arrived).
+    fn elapsed(&self, peers: &[&Peer], kind: Kind, t0: Instant) -> f64 {
+        let last = peers
+            .iter()
+            .map(|p| match kind {
+                Kind::Adds => p.stats.last_add_ns.load(Relaxed),
+                Kind::Removes => p.stats.last_remove_ns.load(Relaxed),
+            })
+            .max()
+            .unwrap_or(0);
+        let t0ns = ns(t0);
+        if last > t0ns {
+            (last - t0ns) as f64 / 1e9
+        } else {
+            t0.elapsed().as_secs_f64()
+        }
+    }
+
+    /// (a) M subscribers, then one announcer pushes N ADDs.
+    async fn fanout(
+        &self,
+        name: &'static str,
+        m: usize,
+        mem_start: Option<Mem>,
+    ) -> Result<(ScenarioResult, Vec<Peer>, Peer), String> {
+        let n = self.set.n;
+        let subs = self.subscribers(m).await?;
+        let refs: Vec<&Peer> = subs.iter().collect();
+        let mut notes = Vec::new();
+        notes.extend(self.wait_synced(&refs).await);
+        let ann = Peer::connect(&self.cfg, Sink::Ignore).await?;
+        let mut all = refs.clone();
+        all.push(&ann);
+        let before = self.snapshot(&all);
+        let called = Instant::now();
+        let mut bulk = ann.bulk(Action::Add, self.set, 0, n)?;
+        let (completed, note) = self.wait_all(&refs, Kind::Adds, n).await;
+        notes.extend(note);
+        let t0 = bulk.started.try_recv().unwrap_or(called);
+        let announce_s = bulk
+            .done
+            .try_recv()
+            .ok()
+            .map(|t| t.duration_since(t0).as_secs_f64());
+        if announce_s.is_none() {
+            notes.push("the announcer had not finished writing".into());
+        }
+        let mut r = ScenarioResult {
+            name,
+            routes: n,
+            receivers: m as u64,
+            completed,
+            elapsed_s: self.elapsed(&refs, Kind::Adds, t0),
+            expected: n * m as u64,
+            received: refs.iter().map(|p| p.stats.adds.load(Relaxed)).sum(),
+            announce_s,
+            notes,
+            ..Default::default()
+        };
+        self.finish(&mut r, &before, &all);
+        if let (Some(start), Some(mem)) = (mem_start, r.mem.as_mut()) {
+            mem.before = start;
+            mem.bytes_per_route =
+                Some((mem.after.rss_kib as f64 - start.rss_kib as f64) * 1024.0 / n as f64);
+        }
+        drop(all);
+        drop(refs);
+        Ok((r, subs, ann))
+    }
+
+    /// (b) A late subscriber receives the dump of N routes.
+    async fn dump(&self) -> Result<(ScenarioResult, Peer), String> {
+        let n = self.set.n;
+        let late = Peer::connect(&self.cfg, Sink::Track(self.set)).await?;
+        let before = self.snapshot(&[&late]);
+        let t0 = late.subscribe(self.set.vni.0).await?;
+        let (completed, notes) = self.wait_all(&[&late], Kind::Adds, n).await;
+        let mut r = ScenarioResult {
+            name: "dump",
+            routes: n,
+            receivers: 1,
+            completed,
+            elapsed_s: self.elapsed(&[&late], Kind::Adds, t0),
+            expected: n,
+            received: late.stats.adds.load(Relaxed),
+            notes,
+            ..Default::default()
+        };
+        self.finish(&mut r, &before, &[&late]);
+        Ok((r, late))
+    }
+
+    /// (c) The announcer disconnects; every receiver gets N REMOVEs.
+    async fn withdraw(&self, ann: Peer, receivers: &[&Peer]) -> ScenarioResult {
+        let n = self.set.n;
+        let mut all = receivers.to_vec();
+        all.push(&ann);
+        let before = self.snapshot(&all);
+        drop(all);
+        let mut notes = Vec::new();
+        let t0 = match ann.close().await {
+            Ok(t) => t,
+            Err(e) => {
+                notes.push(format!("closing the announcer: {e}"));
+                Instant::now()
+            }
+        };
+        drop(ann);
+        let (completed, note) = self.wait_all(receivers, Kind::Removes, n).await;
+        notes.extend(note);
+        let mut r = ScenarioResult {
+            name: "withdraw",
+            routes: n,
+            receivers: receivers.len() as u64,
+            completed,
+            elapsed_s: self.elapsed(receivers, Kind::Removes, t0),
+            expected: n * receivers.len() as u64,
+            received: receivers
+                .iter()
+                .map(|p| p.stats.removes.load(Relaxed))
+                .sum(),
+            notes,
+            ..Default::default()
+        };
+        self.finish(&mut r, &before, receivers);
+        r
+    }
+
+    /// (d) K single updates, each timed from write to arrival.
+    async fn latency(&self) -> Result<ScenarioResult, String> {
+        let k = self.args.latency_samples;
+        let index = self.set.n; // outside the tracked range: not touched by other scenarios
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sub = Peer::connect(
+            &self.cfg,
+            Sink::Events {
+                set: self.set,
+                index,
+                tx,
+            },
+        )
+        .await?;
+        sub.subscribe(self.set.vni.0).await?;
+        let mut notes = Vec::new();
+        notes.extend(self.wait_synced(&[&sub]).await);
+        let ann = Peer::connect(&self.cfg, Sink::Ignore).await?;
+        let before = self.snapshot(&[&sub, &ann]);
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let per_sample = self
+            .stall
+            .unwrap_or(self.timeout)
+            .min(Duration::from_secs(5));
+        let mut samples: Vec<f64> = Vec::with_capacity(k as usize);
+        let mut stale = 0u64;
+        let mut lost = 0u64;
+        'outer: for i in 0..k {
+            if Instant::now() >= deadline {
+                notes.push(format!("timeout after {} s", self.timeout.as_secs()));
+                break;
+            }
+            let action = if i % 2 == 0 {
+                Action::Add
+            } else {
+                Action::Remove
+            };
+            let t0 = match ann.send_one(action, self.set, index).await {
+                Ok(t) => t,
+                Err(e) => {
+                    notes.push(format!("announcer failed: {e}"));
+                    break;
+                }
+            };
+            let limit = (t0 + per_sample).min(deadline);
+            loop {
+                match tokio::time::timeout_at(limit.into(), rx.recv()).await {
+                    Ok(Some((a, t))) if a == action && t >= t0 => {
+                        samples.push(t.duration_since(t0).as_secs_f64() * 1e6);
+                        break;
+                    }
+                    Ok(Some(_)) => stale += 1,
+                    Ok(None) => {
+                        notes.push("subscriber session ended".into());
+                        break 'outer;
+                    }
+                    Err(_) => {
+                        lost += 1;
+                        if lost == 1 {
+                            notes.push(format!(
+                                "update {i} not seen within {} ms",
+                                per_sample.as_millis()
+                            ));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // Anything arriving after the last sample is a duplicate.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while rx.try_recv().is_ok() {
+            stale += 1;
+        }
+        let mut r = ScenarioResult {
+            name: "latency",
+            routes: k,
+            receivers: 1,
+            completed: samples.len() as u64 == k,
+            elapsed_s: elapsed,
+            expected: k,
+            received: samples.len() as u64,
+            duplicates: stale,
+            latency: Some(percentiles(&mut samples)),
+            notes,
+            ..Default::default()
+        };
+        self.finish(&mut r, &before, &[&sub, &ann]);
+        Ok(r)
+    }
+}
+
+/// Nearest-rank percentiles of `samples` (microseconds).
+fn percentiles(samples: &mut [f64]) -> Latency {
+    if samples.is_empty() {
+        return Latency::default();
+    }
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    let at = |q: f64| samples[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+    Latency {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: samples[n - 1],
+        mean: samples.iter().sum::<f64>() / n as f64,
+        samples: n as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut s: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let l = percentiles(&mut s);
+        assert_eq!((l.p50, l.p90, l.p99, l.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(percentiles(&mut []).samples, 0);
+    }
+}

@@ -97,10 +97,17 @@ impl Pacer {
 
     /// Estimated bytes the peer has not read yet (an upper bound as far as
     /// the window can tell).
+    ///
+    /// The window also moves for reasons of its own (receive-buffer
+    /// autotuning grows it, memory pressure shrinks it). A shrink beyond
+    /// [`HARD_LIMIT`] cannot be a Go peer's unread data (it would have reset
+    /// already), so it is taken as a new baseline instead of stalling forever.
     pub fn estimate_unread(&mut self, probe: SocketProbe) -> usize {
         let shrink = match probe.peer_window {
             Some(w) => {
-                self.max_window = self.max_window.max(w);
+                if w > self.max_window || (self.max_window - w) as usize > HARD_LIMIT {
+                    self.max_window = w;
+                }
                 (self.max_window - w) as usize
             }
             None => 0,
@@ -117,30 +124,31 @@ impl Pacer {
 
     /// Decides how much route data may be written now.
     ///
-    /// A new batch goes out only once everything sent before is
-    /// acknowledged: outside quick-ACK mode a Linux receiver acknowledges
-    /// when its application reads, so a quick ACK is the best sign we get
-    /// that the peer consumed the last batch. The window shrink covers peers
-    /// whose kernel buffer is nearly full.
+    /// At most one batch is unacknowledged at a time: outside quick-ACK mode
+    /// a Linux receiver acknowledges when its application reads, so a quick
+    /// ACK is the best sign we get that the peer consumed what we sent. The
+    /// window shrink covers peers whose kernel buffer is nearly full.
     pub fn decide(&mut self, probe: SocketProbe, now: Instant) -> Decision {
         if self.is_disabled() {
             return Decision::Send(usize::MAX);
         }
+        if probe.unacked == 0 {
+            if let Some(sent) = self.awaiting_ack.take() {
+                self.batch = if now.duration_since(sent) >= SLOW_ACK {
+                    (self.batch / 2).max(MIN_BATCH)
+                } else {
+                    (self.batch + BATCH_STEP).min(self.limit)
+                };
+            }
+        }
         let unread = self.estimate_unread(probe);
+        if unread + MAX_FRAME <= self.batch {
+            self.stalled_since = None;
+            return Decision::Send(self.batch - unread);
+        }
         if probe.unacked > 0 {
             // The ACK will come: on the peer's next read or its delayed-ACK timer.
             return Decision::Wait(RECHECK);
-        }
-        if let Some(sent) = self.awaiting_ack.take() {
-            self.batch = if now.duration_since(sent) >= SLOW_ACK {
-                (self.batch / 2).max(MIN_BATCH)
-            } else {
-                (self.batch + BATCH_STEP).min(self.limit)
-            };
-        }
-        if unread + MAX_FRAME <= self.limit {
-            self.stalled_since = None;
-            return Decision::Send(self.batch.min(self.limit - unread).max(MAX_FRAME));
         }
         // Everything is acknowledged but the window says the peer is full. It
         // may be stale (a reopened window is not always advertised): after a
@@ -217,6 +225,14 @@ mod tests {
         };
         pacer.on_sent(n, *now);
         assert_eq!(pacer.decide(p(n, 100_000), *now), Decision::Wait(RECHECK));
+        // Half acknowledged: only the acknowledged part may be topped up.
+        assert_eq!(pacer.decide(p(n / 2, 100_000), *now), {
+            if n - n / 2 >= MAX_FRAME {
+                Decision::Send(n - n / 2)
+            } else {
+                Decision::Wait(RECHECK)
+            }
+        });
         *now += ack_after;
         n
     }
@@ -234,15 +250,23 @@ mod tests {
     }
 
     #[test]
-    fn nothing_more_goes_out_until_the_last_batch_is_acknowledged() {
+    fn unacknowledged_bytes_never_exceed_one_batch() {
         let mut pacer = Pacer::new(LIMIT);
         let t = Instant::now();
         assert_eq!(pacer.decide(p(0, 100_000), t), Decision::Send(LIMIT));
         pacer.on_sent(LIMIT, t);
         for ms in 0..500 {
             let now = t + Duration::from_millis(ms);
-            assert_eq!(pacer.decide(p(100, 100_000), now), Decision::Wait(RECHECK));
+            assert_eq!(
+                pacer.decide(p(LIMIT - 100, 100_000), now),
+                Decision::Wait(RECHECK)
+            );
         }
+        // A small update can go while a little is unacknowledged.
+        assert_eq!(
+            pacer.decide(p(100, 100_000), t),
+            Decision::Send(LIMIT - 100)
+        );
     }
 
     #[test]
@@ -293,6 +317,16 @@ mod tests {
         }
         assert!(probes > 0);
         assert!(unread <= HARD_LIMIT, "{unread}");
+    }
+
+    #[test]
+    fn a_window_shrink_beyond_the_hard_limit_becomes_the_new_baseline() {
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        pacer.decide(p(0, 4_000_000), t);
+        assert_eq!(pacer.decide(p(0, 4_000_000 - 16_000), t), Decision::Wait(RECHECK));
+        assert_eq!(pacer.decide(p(0, 1_000_000), t), Decision::Send(LIMIT));
+        assert_eq!(pacer.decide(p(0, 1_000_000 - 4_000), t), Decision::Send(LIMIT - 4_000));
     }
 
     #[test]

@@ -324,9 +324,15 @@ mod tests {
         let mut pacer = Pacer::new(LIMIT);
         let t = Instant::now();
         pacer.decide(p(0, 4_000_000), t);
-        assert_eq!(pacer.decide(p(0, 4_000_000 - 16_000), t), Decision::Wait(RECHECK));
+        assert_eq!(
+            pacer.decide(p(0, 4_000_000 - 16_000), t),
+            Decision::Wait(RECHECK)
+        );
         assert_eq!(pacer.decide(p(0, 1_000_000), t), Decision::Send(LIMIT));
-        assert_eq!(pacer.decide(p(0, 1_000_000 - 4_000), t), Decision::Send(LIMIT - 4_000));
+        assert_eq!(
+            pacer.decide(p(0, 1_000_000 - 4_000), t),
+            Decision::Send(LIMIT - 4_000)
+        );
     }
 
     #[test]

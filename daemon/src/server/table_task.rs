@@ -20,6 +20,10 @@ const BATCH: usize = 256;
 /// Dump frames are grouped into buffers of about this size: big enough for
 /// few syscalls, small enough that a keepalive echo is never held up long.
 const DUMP_BUFFER_BYTES: usize = 16 * 1024;
+/// How often to consider returning freed heap memory to the system.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Only after at least this much was appended to the log since the last time.
+const TRIM_AFTER_BYTES: u64 = 16 << 20;
 /// Capacity of the command channel.
 pub const COMMAND_QUEUE: usize = 1024;
 
@@ -88,6 +92,7 @@ pub fn spawn(metrics: Arc<Metrics>) -> TableHandle {
         table: RouteTable::new(),
         log,
         metrics,
+        dumped_bytes: 0,
     };
     tokio::spawn(task.run(rx));
     handle
@@ -97,16 +102,38 @@ struct TableTask {
     table: RouteTable,
     log: LogWriter,
     metrics: Arc<Metrics>,
+    /// Bytes of SUBSCRIBE dumps encoded so far.
+    dumped_bytes: u64,
 }
 
 impl TableTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            for command in batch.drain(..) {
-                self.handle(command);
+        let mut trim = tokio::time::interval(TRIM_INTERVAL);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trimmed_at = 0u64;
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for command in batch.drain(..) {
+                        self.handle(command);
+                    }
+                    self.log.seal();
+                }
+                _ = trim.tick() => {
+                    // Bursts of updates and dumps allocate log chunks that are
+                    // freed once every session has sent them; give that memory
+                    // back to the system instead of keeping it in the heap.
+                    let churn = self.log.end() + self.dumped_bytes;
+                    if churn - trimmed_at >= TRIM_AFTER_BYTES {
+                        trimmed_at = churn;
+                        tokio::task::spawn_blocking(release_free_memory);
+                    }
+                }
             }
-            self.log.seal();
         }
     }
 
@@ -170,7 +197,7 @@ impl TableTask {
     }
 
     /// Encodes every route of `vni` (except `session`'s own) as ADD frames.
-    fn dump(&self, vni: Vni, session: SessionId) -> (Vec<Bytes>, usize) {
+    fn dump(&mut self, vni: Vni, session: SessionId) -> (Vec<Bytes>, usize) {
         let mut buffers = Vec::new();
         let mut buf = BytesMut::with_capacity(DUMP_BUFFER_BYTES + 256);
         let mut routes = 0;
@@ -186,6 +213,16 @@ impl TableTask {
         if !buf.is_empty() {
             buffers.push(buf.freeze());
         }
+        self.dumped_bytes += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
         (buffers, routes)
+    }
+}
+
+/// Returns free heap pages to the system (glibc keeps them otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

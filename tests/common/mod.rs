@@ -177,7 +177,30 @@ impl Daemon {
     /// Starts the daemon with exactly `args` and waits (bounded) for its
     /// `listening ... addr=` log line.
     pub fn spawn(args: &[&str]) -> Result<Daemon, String> {
+        Self::spawn_with_fd_limit(args, None)
+    }
+
+    /// Like [`Daemon::spawn`], with the daemon's open-file limit
+    /// (`RLIMIT_NOFILE`) set to `fd_limit` if given.
+    pub fn spawn_with_fd_limit(args: &[&str], fd_limit: Option<u64>) -> Result<Daemon, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
+        if let Some(limit) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -249,6 +272,26 @@ impl Daemon {
     /// Everything logged so far.
     pub fn logs(&self) -> String {
         self.logs.text.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM to the daemon's PID and waits (bounded) for it to exit.
+    /// Returns its exit status, or `None` if it did not exit in time.
+    pub fn terminate(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) with our own child's PID and a valid signal number.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Process exit has no event we can wait on here; poll briefly.
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// True while the process runs.

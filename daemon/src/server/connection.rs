@@ -114,6 +114,7 @@ pub async fn run(
     settings: SessionSettings,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut conn = Connection {
         id,
@@ -146,6 +147,10 @@ pub async fn run(
             .await;
     }
     conn.metrics.session_closed(ended.label());
+    conn.metrics.sessions_active.fetch_sub(1, Relaxed);
+    // Free the session slot before saying so: once the log says a session
+    // closed, a new connection can take its place.
+    drop(slot);
     if ended.is_fault() {
         warn!(reason = %ended.describe(), label = ended.label(), "session closed");
     } else {

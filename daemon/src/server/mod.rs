@@ -149,14 +149,8 @@ impl Acceptor {
             self.shutdown.clone(),
         );
         tokio::spawn(
-            async move {
-                connection::run(stream, id, table, settings, metrics.clone(), shutdown).await;
-                metrics
-                    .sessions_active
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                drop(permit);
-            }
-            .instrument(span),
+            connection::run(stream, id, table, settings, metrics, shutdown, permit)
+                .instrument(span),
         );
     }
 }

@@ -1,0 +1,93 @@
+//! Operational limits and lifecycle of the real binary: the session limit,
+//! running out of file descriptors, and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn connections_beyond_the_session_limit_are_closed_and_others_keep_working() {
+    let d = Daemon::start(&["--max-sessions", "2"]);
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(100).await;
+    let mut announcer = RawPeer::established(d.addr).await;
+
+    // The third session is refused: closed at once, nothing sent.
+    let mut third = RawPeer::connect(d.addr).await;
+    let frames = third.expect_closed(T).await;
+    assert!(frames.is_empty(), "refused session got {frames:?}");
+    assert!(d.wait_for_log("session limit reached", T).await);
+
+    // The two admitted sessions are unaffected.
+    let r = route("100#10.1.0.0/16@2001:db8::1");
+    announcer.announce(r).await;
+    assert_eq!(sub.expect_update(T).await, add(r));
+
+    // A freed slot is usable again.
+    let gone = announcer.local;
+    drop(announcer);
+    assert_eq!(sub.expect_update(T).await, rem(r));
+    d.expect_session_closed_log(gone).await;
+    let mut again = RawPeer::established(d.addr).await;
+    let r2 = route("100#10.2.0.0/16@2001:db8::2");
+    again.announce(r2).await;
+    assert_eq!(sub.expect_update(T).await, add(r2));
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    // Few descriptors: the runtime, the listener and a handful of sessions.
+    let d = Daemon::spawn_with_fd_limit(
+        &["server", "--listen", "[::1]:0", "--keepalive", "5"],
+        Some(24),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(100).await;
+    let mut announcer = RawPeer::established(d.addr).await;
+
+    // Open connections until the daemon cannot accept any more (the kernel
+    // still completes the TCP handshake into the listen backlog).
+    let mut extra = Vec::new();
+    for _ in 0..40 {
+        extra.push(tokio::net::TcpStream::connect(d.addr).await.unwrap());
+    }
+    assert!(
+        d.wait_for_log("accept failed", T).await,
+        "expected the daemon to hit its descriptor limit"
+    );
+    assert!(d.is_alive());
+
+    // Existing sessions keep working while accept fails.
+    let r = route("100#10.3.0.0/16@2001:db8::3");
+    announcer.announce(r).await;
+    assert_eq!(sub.expect_update(T).await, add(r));
+
+    // With the extra connections gone the daemon accepts again.
+    drop(extra);
+    let mut late = RawPeer::established(d.addr).await;
+    late.subscribe(100).await;
+    assert_eq!(late.expect_update(T).await, add(r));
+    assert!(d.is_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sessions_without_a_storm_of_removes() {
+    let d = Daemon::start(&[]);
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(100).await;
+    let mut announcer = RawPeer::established(d.addr).await;
+    let r = route("100#10.4.0.0/16@2001:db8::4");
+    announcer.announce(r).await;
+    assert_eq!(sub.expect_update(T).await, add(r));
+
+    let status = tokio::task::block_in_place(|| d.terminate(Duration::from_secs(10)))
+        .expect("metalbondd did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    // The subscriber's socket is closed and no REMOVE was sent first.
+    let frames = sub.expect_closed(T).await;
+    assert!(frames.is_empty(), "got {frames:?} before the close");
+    assert!(d.logs().contains("shutting down"));
+}

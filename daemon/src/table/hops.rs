@@ -37,16 +37,7 @@ impl HopTable {
             return id;
         }
         let entry = Entry { hop: *hop, refs: 1 };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.entries[id as usize] = entry;
-                id
-            }
-            None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as HopId
-            }
-        };
+        let id = super::slab_insert(&mut self.entries, &mut self.free, entry);
         let (entries, hasher) = (&self.entries, &self.hasher);
         self.index
             .insert_unique(hash, id, |&i| hasher.hash_one(entries[i as usize].hop));

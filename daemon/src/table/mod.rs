@@ -212,16 +212,7 @@ impl RouteTable {
                     hop,
                     announcers: Announcers::One(session),
                 };
-                let i = match vt.free.pop() {
-                    Some(i) => {
-                        vt.slots[i as usize] = entry;
-                        i
-                    }
-                    None => {
-                        vt.slots.push(entry);
-                        (vt.slots.len() - 1) as u32
-                    }
-                };
+                let i = slab_insert(&mut vt.slots, &mut vt.free, entry);
                 let (slots, hasher) = (&vt.slots, &self.hasher);
                 vt.index.insert_unique(hash, i, |&j| {
                     let s = &slots[j as usize];
@@ -416,6 +407,20 @@ impl RouteTable {
             next_hops: self.hops.len(),
             announcements: self.announcements,
             subscriptions: self.subscriptions,
+        }
+    }
+}
+
+/// Stores `entry` in a free slot of `slots` (or a new one) and returns its index.
+fn slab_insert<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, entry: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            slots[i as usize] = entry;
+            i
+        }
+        None => {
+            slots.push(entry);
+            (slots.len() - 1) as u32
         }
     }
 }

@@ -61,8 +61,9 @@ struct ServerArgs {
     /// Close a session that falls this many bytes behind the update log.
     #[arg(long, value_name = "BYTES", default_value_t = defaults::DEFAULT_MAX_SESSION_LAG_BYTES)]
     max_lag_bytes: u64,
-    /// Pace route data so a peer never has more than this many bytes unread
-    /// (Go peers reset at 64 KiB); 0 disables pacing.
+    /// Largest batch of route data a peer may have unacknowledged (batches
+    /// start at 16 KiB and grow while the peer reads fast; Go peers reset at
+    /// 64 KiB unread); 0 disables pacing.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024)]
     pace_limit: usize,
     /// Close a session whose socket accepts no data for this many seconds.

@@ -3,30 +3,62 @@
 //!
 //! A Go reference peer reads into a fresh 65,535-byte buffer with no
 //! carry-over: a read that fills the buffer, or ends inside a frame, resets
-//! the session. Peers do not say what they are, so we watch the socket: what
-//! we have written but the peer has not acknowledged (`SIOCOUTQ`), plus how
-//! far the peer's advertised receive window (`TCP_INFO.tcpi_snd_wnd`) has
-//! shrunk from the largest we have seen, bounds what sits unread on its side.
-//! We write only as much as keeps that estimate under a limit.
+//! the session. Peers do not say what they are, so we watch the socket.
 //!
-//! A fast reader keeps both terms near zero and is never held back. A slow
-//! reader is fed at its own pace. The window can look smaller than it is
-//! (Linux does not always advertise a window that reopened after a read), so
-//! after a short stall one small batch is sent as a probe: its ACK carries a
-//! fresh window. Probes stop before the estimate could reach the hard limit.
+//! * **ACK gating.** At most one batch is unacknowledged (`SIOCOUTQ`) at a
+//!   time. Outside quick-ACK mode a Linux receiver acknowledges when its
+//!   application reads, so an acknowledged batch has normally been read.
+//! * **Batch size by ACK delay (AIMD).** A session starts with small batches,
+//!   because the receiver's first segments are acknowledged at once whether
+//!   read or not. Quick ACKs grow the batch step by step up to the limit; an
+//!   ACK slower than [`SLOW_ACK`] (a slow reader, or the receiver's
+//!   delayed-ACK timer acknowledging unread data) halves it.
+//! * **Window shrink.** How far the peer's advertised window
+//!   (`TCP_INFO.tcpi_snd_wnd`) has shrunk from its recent maximum counts as
+//!   unread data too; it catches peers whose receive buffer is nearly full.
+//!   The window also moves for its own reasons (buffer autotuning, a reopened
+//!   window that is not re-advertised), so the baseline is the largest window
+//!   of the last [`WINDOW_EPOCH`]s, a shrink beyond [`HARD_LIMIT`] becomes
+//!   the new baseline at once, and when only the window holds data back a
+//!   small probe batch fetches a fresh one.
+//!
+//! * **Fast readers go unpaced.** Linux grows a receiver's buffer (and so the
+//!   window it advertises) only while its application reads more per
+//!   round trip than the buffer holds. A peer whose window has passed
+//!   [`FAST_READER_WINDOW`] has shown that it reads fast; from then on it gets
+//!   data as fast as TCP takes it. A Go peer, fed paced batches and reading
+//!   slowly, keeps a window of around 100 KiB.
+//!
+//! A slow reader is fed at its own pace.
 
 use std::time::{Duration, Instant};
 
 /// Largest whole frame (header + the largest payload we ever send).
 pub const MAX_FRAME: usize = crate::wire::HEADER_LEN + crate::wire::MAX_SEND_PAYLOAD;
-/// Never let the estimate of unread bytes at the peer reach this.
+/// A peer that advertised a window this large reads fast: pacing stops.
+pub const FAST_READER_WINDOW: u32 = 1 << 20;
+/// Upper bound of the configurable limit, below the Go reader's 65,535 bytes.
 const HARD_LIMIT: usize = 60 * 1024;
 /// How long to wait before re-checking a peer that has too much unread.
 pub const RECHECK: Duration = Duration::from_millis(1);
-/// After this long without sending route data, send a probe batch.
+/// First batch of a session (and the most it may grow by per quick ACK, see
+/// [`BATCH_STEP`]).
+const INITIAL_BATCH: usize = 16 * 1024;
+/// Smallest batch.
+const MIN_BATCH: usize = 2 * 1024;
+/// Additive batch increase per quick ACK.
+const BATCH_STEP: usize = 2 * 1024;
+/// An ACK slower than this halves the batch. Linux's delayed-ACK timer is at
+/// least 40 ms, so quicker ACKs are sent because the peer read the data.
+const SLOW_ACK: Duration = Duration::from_millis(20);
+/// After this long with everything acknowledged but the window still
+/// shrunk, send a small probe batch: its ACK carries a fresh window.
 const PROBE_AFTER: Duration = Duration::from_millis(10);
 /// Size of a probe batch.
 const PROBE_BYTES: usize = 2 * 1024;
+/// The window baseline is the largest window of the last two epochs, so a
+/// baseline from a moment the window was briefly larger ages out.
+const WINDOW_EPOCH: Duration = Duration::from_millis(250);
 
 /// What the kernel says about a socket's send side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,44 +82,40 @@ pub enum Decision {
 #[derive(Clone, Debug)]
 pub struct Pacer {
     limit: usize,
-    /// Current batch size: grows while the peer acknowledges quickly, halves
-    /// when an ACK is slow (a slow reader, or the peer's delayed-ACK timer
-    /// acknowledging data its application has not read yet).
     batch: usize,
-    max_window: u32,
-    /// When the last batch went out, until it is acknowledged.
+    /// Largest window seen in the current and the previous epoch.
+    max_window: [u32; 2],
+    epoch_start: Option<Instant>,
+    /// When the oldest unacknowledged batch went out.
     awaiting_ack: Option<Instant>,
-    stalled_since: Option<Instant>,
+    /// Since when a window shrink alone holds data back.
+    window_stall: Option<Instant>,
+    /// The peer has shown that it reads fast (see [`FAST_READER_WINDOW`]).
+    fast_reader: bool,
 }
 
-/// Smallest batch.
-const MIN_BATCH: usize = 2 * 1024;
-/// Additive batch increase per quick ACK.
-const BATCH_STEP: usize = 2 * 1024;
-/// An ACK slower than this halves the batch. Linux's delayed-ACK timer is at
-/// least 40 ms, so quicker ACKs are sent because the peer read the data.
-const SLOW_ACK: Duration = Duration::from_millis(20);
-
 impl Pacer {
-    /// A pacer that keeps the estimated unread bytes under `limit`; 0 disables pacing.
+    /// A pacer whose batches grow up to `limit` bytes; 0 disables pacing.
     pub fn new(limit: usize) -> Self {
         let limit = if limit == 0 {
             0
         } else {
-            limit.clamp(MAX_FRAME, HARD_LIMIT)
+            limit.clamp(MAX_FRAME + MIN_BATCH, HARD_LIMIT)
         };
         Self {
             limit,
-            batch: limit,
-            max_window: 0,
+            batch: INITIAL_BATCH.min(limit),
+            max_window: [0; 2],
+            epoch_start: None,
             awaiting_ack: None,
-            stalled_since: None,
+            window_stall: None,
+            fast_reader: false,
         }
     }
 
-    /// True when pacing is switched off.
+    /// True when pacing is switched off, or no longer needed for this peer.
     pub fn is_disabled(&self) -> bool {
-        self.limit == 0
+        self.limit == 0 || self.fast_reader
     }
 
     /// Current batch size.
@@ -95,24 +123,25 @@ impl Pacer {
         self.batch
     }
 
-    /// Estimated bytes the peer has not read yet (an upper bound as far as
-    /// the window can tell).
-    ///
-    /// The window also moves for reasons of its own (receive-buffer
-    /// autotuning grows it, memory pressure shrinks it). A shrink beyond
-    /// [`HARD_LIMIT`] cannot be a Go peer's unread data (it would have reset
-    /// already), so it is taken as a new baseline instead of stalling forever.
-    pub fn estimate_unread(&mut self, probe: SocketProbe) -> usize {
-        let shrink = match probe.peer_window {
-            Some(w) => {
-                if w > self.max_window || (self.max_window - w) as usize > HARD_LIMIT {
-                    self.max_window = w;
-                }
-                (self.max_window - w) as usize
-            }
-            None => 0,
+    /// How far the peer's window has shrunk from its recent maximum.
+    fn window_shrink(&mut self, window: Option<u32>, now: Instant) -> usize {
+        let Some(w) = window else {
+            return 0;
         };
-        probe.unacked + shrink
+        let start = *self.epoch_start.get_or_insert(now);
+        if now.duration_since(start) >= WINDOW_EPOCH {
+            self.max_window = [0, self.max_window[0]];
+            self.epoch_start = Some(now);
+        }
+        let mut baseline = self.max_window[0].max(self.max_window[1]);
+        if w > baseline || (baseline - w) as usize > HARD_LIMIT {
+            // A shrink beyond the hard limit cannot be a Go peer's unread
+            // data (it would have reset already): the window moved by itself.
+            self.max_window = [w, 0];
+            baseline = w;
+        }
+        self.max_window[0] = self.max_window[0].max(w);
+        (baseline - w) as usize
     }
 
     /// Records that `bytes` of route data were written at `now`.
@@ -123,12 +152,10 @@ impl Pacer {
     }
 
     /// Decides how much route data may be written now.
-    ///
-    /// At most one batch is unacknowledged at a time: outside quick-ACK mode
-    /// a Linux receiver acknowledges when its application reads, so a quick
-    /// ACK is the best sign we get that the peer consumed what we sent. The
-    /// window shrink covers peers whose kernel buffer is nearly full.
     pub fn decide(&mut self, probe: SocketProbe, now: Instant) -> Decision {
+        if probe.peer_window.is_some_and(|w| w >= FAST_READER_WINDOW) {
+            self.fast_reader = true;
+        }
         if self.is_disabled() {
             return Decision::Send(usize::MAX);
         }
@@ -141,23 +168,22 @@ impl Pacer {
                 };
             }
         }
-        let unread = self.estimate_unread(probe);
+        let shrink = self.window_shrink(probe.peer_window, now);
+        let unread = probe.unacked + shrink;
         if unread + MAX_FRAME <= self.batch {
-            self.stalled_since = None;
+            self.window_stall = None;
             return Decision::Send(self.batch - unread);
         }
-        if probe.unacked > 0 {
-            // The ACK will come: on the peer's next read or its delayed-ACK timer.
-            return Decision::Wait(RECHECK);
+        if probe.unacked == 0 {
+            // Only the window holds us back; it may be stale (a reopened
+            // window is not always advertised). A probe fetches a fresh one.
+            let since = *self.window_stall.get_or_insert(now);
+            if now.duration_since(since) >= PROBE_AFTER && unread + PROBE_BYTES <= HARD_LIMIT {
+                self.window_stall = Some(now);
+                return Decision::Send(PROBE_BYTES);
+            }
         }
-        // Everything is acknowledged but the window says the peer is full. It
-        // may be stale (a reopened window is not always advertised): after a
-        // while, a small probe batch fetches a fresh one.
-        let since = *self.stalled_since.get_or_insert(now);
-        if now.duration_since(since) >= PROBE_AFTER && unread + PROBE_BYTES <= HARD_LIMIT {
-            self.stalled_since = Some(now);
-            return Decision::Send(PROBE_BYTES);
-        }
+        // Otherwise the ACK will come: on the peer's next read or its delayed-ACK timer.
         Decision::Wait(RECHECK)
     }
 }
@@ -216,7 +242,7 @@ mod tests {
         }
     }
 
-    const LIMIT: usize = 16 * 1024;
+    const LIMIT: usize = 48 * 1024;
 
     /// Sends what the pacer allows and lets the peer acknowledge after `ack_after`.
     fn cycle(pacer: &mut Pacer, now: &mut Instant, ack_after: Duration) -> usize {
@@ -225,47 +251,42 @@ mod tests {
         };
         pacer.on_sent(n, *now);
         assert_eq!(pacer.decide(p(n, 100_000), *now), Decision::Wait(RECHECK));
-        // Half acknowledged: only the acknowledged part may be topped up.
-        assert_eq!(pacer.decide(p(n / 2, 100_000), *now), {
-            if n - n / 2 >= MAX_FRAME {
-                Decision::Send(n - n / 2)
-            } else {
-                Decision::Wait(RECHECK)
-            }
-        });
         *now += ack_after;
         n
     }
 
     #[test]
-    fn a_fast_reader_gets_the_whole_limit_every_round_trip() {
+    fn a_fast_reader_gets_batches_growing_to_the_limit() {
         let mut pacer = Pacer::new(LIMIT);
         let mut now = Instant::now();
-        for _ in 0..100 {
-            assert_eq!(
-                cycle(&mut pacer, &mut now, Duration::from_micros(50)),
-                LIMIT
-            );
-        }
+        let sizes: Vec<usize> = (0..40)
+            .map(|_| cycle(&mut pacer, &mut now, Duration::from_micros(50)))
+            .collect();
+        assert_eq!(sizes[0], INITIAL_BATCH);
+        assert!(sizes.windows(2).all(|w| w[1] >= w[0]), "{sizes:?}");
+        assert_eq!(*sizes.last().unwrap(), LIMIT);
     }
 
     #[test]
     fn unacknowledged_bytes_never_exceed_one_batch() {
         let mut pacer = Pacer::new(LIMIT);
         let t = Instant::now();
-        assert_eq!(pacer.decide(p(0, 100_000), t), Decision::Send(LIMIT));
-        pacer.on_sent(LIMIT, t);
+        assert_eq!(
+            pacer.decide(p(0, 100_000), t),
+            Decision::Send(INITIAL_BATCH)
+        );
+        pacer.on_sent(INITIAL_BATCH, t);
         for ms in 0..500 {
             let now = t + Duration::from_millis(ms);
             assert_eq!(
-                pacer.decide(p(LIMIT - 100, 100_000), now),
+                pacer.decide(p(INITIAL_BATCH - 100, 100_000), now),
                 Decision::Wait(RECHECK)
             );
         }
         // A small update can go while a little is unacknowledged.
         assert_eq!(
             pacer.decide(p(100, 100_000), t),
-            Decision::Send(LIMIT - 100)
+            Decision::Send(INITIAL_BATCH - 100)
         );
     }
 
@@ -276,10 +297,10 @@ mod tests {
         let sizes: Vec<usize> = (0..6)
             .map(|_| cycle(&mut pacer, &mut now, Duration::from_millis(45)))
             .collect();
-        assert_eq!(sizes[0], LIMIT);
+        assert_eq!(sizes[0], INITIAL_BATCH);
         assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
         assert_eq!(*sizes.last().unwrap(), MIN_BATCH);
-        let grown: Vec<usize> = (0..20)
+        let grown: Vec<usize> = (0..40)
             .map(|_| cycle(&mut pacer, &mut now, Duration::from_micros(100)))
             .collect();
         assert_eq!(*grown.last().unwrap(), LIMIT);
@@ -292,11 +313,14 @@ mod tests {
         pacer.decide(p(0, 100_000), t);
         assert_eq!(
             pacer.decide(p(0, 90_000), t),
-            Decision::Send(LIMIT - 10_000)
+            Decision::Send(INITIAL_BATCH - 10_000)
         );
         assert_eq!(pacer.decide(p(0, 80_000), t), Decision::Wait(RECHECK));
         // A reopened window resumes at once.
-        assert_eq!(pacer.decide(p(0, 100_000), t), Decision::Send(LIMIT));
+        assert_eq!(
+            pacer.decide(p(0, 100_000), t),
+            Decision::Send(INITIAL_BATCH)
+        );
     }
 
     #[test]
@@ -307,8 +331,9 @@ mod tests {
         let mut unread = 40 * 1024;
         let mut now = t;
         let mut probes = 0;
-        for _ in 0..200 {
-            now += PROBE_AFTER;
+        // Within one epoch the baseline stays: only probes go out.
+        for _ in 0..20 {
+            now += PROBE_AFTER / 2;
             if let Decision::Send(n) = pacer.decide(p(0, 100_000 - unread as u32), now) {
                 assert_eq!(n, PROBE_BYTES);
                 unread += n;
@@ -320,19 +345,80 @@ mod tests {
     }
 
     #[test]
+    fn an_old_window_maximum_ages_out() {
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        pacer.decide(p(0, 200_000), t);
+        // The window settles 40 KB lower: held back at first...
+        assert_eq!(pacer.decide(p(0, 160_000), t), Decision::Wait(RECHECK));
+        // ...and free again once the old maximum is two epochs old.
+        let later = t + WINDOW_EPOCH * 2;
+        pacer.decide(p(0, 160_000), t + WINDOW_EPOCH);
+        assert_eq!(
+            pacer.decide(p(0, 160_000), later),
+            Decision::Send(INITIAL_BATCH)
+        );
+    }
+
+    #[test]
     fn a_window_shrink_beyond_the_hard_limit_becomes_the_new_baseline() {
         let mut pacer = Pacer::new(LIMIT);
         let t = Instant::now();
-        pacer.decide(p(0, 4_000_000), t);
+        pacer.decide(p(0, 900_000), t);
         assert_eq!(
-            pacer.decide(p(0, 4_000_000 - 16_000), t),
+            pacer.decide(p(0, 900_000 - 16_000), t),
             Decision::Wait(RECHECK)
         );
-        assert_eq!(pacer.decide(p(0, 1_000_000), t), Decision::Send(LIMIT));
         assert_eq!(
-            pacer.decide(p(0, 1_000_000 - 4_000), t),
-            Decision::Send(LIMIT - 4_000)
+            pacer.decide(p(0, 500_000), t),
+            Decision::Send(INITIAL_BATCH)
         );
+        assert_eq!(
+            pacer.decide(p(0, 500_000 - 4_000), t),
+            Decision::Send(INITIAL_BATCH - 4_000)
+        );
+    }
+
+    #[test]
+    fn waiting_for_an_ack_never_gives_up() {
+        // The ACK always comes (the peer's delayed-ACK timer at the latest);
+        // until then nothing more than one batch is outstanding.
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        pacer.decide(p(0, 100_000), t);
+        pacer.on_sent(INITIAL_BATCH, t);
+        for s in 0..100 {
+            let now = t + Duration::from_millis(s * 50);
+            assert_eq!(
+                pacer.decide(p(INITIAL_BATCH, 100_000 - INITIAL_BATCH as u32), now),
+                Decision::Wait(RECHECK)
+            );
+        }
+    }
+
+    #[test]
+    fn a_peer_whose_window_grew_past_the_fast_reader_mark_is_no_longer_paced() {
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        assert_eq!(
+            pacer.decide(p(0, 900_000), t),
+            Decision::Send(INITIAL_BATCH)
+        );
+        pacer.on_sent(INITIAL_BATCH, t);
+        assert_eq!(
+            pacer.decide(p(INITIAL_BATCH, 900_000), t),
+            Decision::Wait(RECHECK)
+        );
+        assert_eq!(
+            pacer.decide(p(INITIAL_BATCH, FAST_READER_WINDOW), t),
+            Decision::Send(usize::MAX)
+        );
+        // For good, whatever the window does later.
+        assert_eq!(
+            pacer.decide(p(1 << 20, 1000), t),
+            Decision::Send(usize::MAX)
+        );
+        assert!(pacer.is_disabled());
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct Server {
 impl Server {
     /// Binds every listen address and starts serving.
     pub async fn start(config: ServerConfig) -> io::Result<Self> {
+        table_task::return_large_frees_to_the_system();
         let metrics = Arc::new(Metrics::default());
         let table = table_task::spawn(metrics.clone());
         let (shutdown, _) = watch::channel(false);

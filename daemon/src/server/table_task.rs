@@ -218,6 +218,18 @@ impl TableTask {
     }
 }
 
+/// Makes large buffers (update-log chunks, dumps, table arrays) separate
+/// mappings that go back to the system as soon as they are freed, instead of
+/// heap memory that glibc keeps. Call once at start.
+pub fn return_large_frees_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before the heavy
+    // allocations start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
 /// Returns free heap pages to the system (glibc keeps them otherwise).
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

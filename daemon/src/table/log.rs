@@ -23,6 +23,9 @@ use crate::wire::{encode_update, Action, Route, Vni};
 
 /// Seal the open chunk once it holds this many bytes of frames.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// Capacity of a chunk buffer: the frame that crosses [`CHUNK_BYTES`] still
+/// fits, so a chunk is one allocation and never grows.
+const CHUNK_CAPACITY: usize = CHUNK_BYTES + crate::wire::HEADER_LEN + crate::wire::MAX_SEND_PAYLOAD;
 
 /// One entry of the log.
 #[derive(Debug)]
@@ -122,7 +125,7 @@ impl LogWriter {
         let (published, _) = tokio::sync::watch::channel(tail.clone());
         Self {
             tail,
-            data: BytesMut::with_capacity(CHUNK_BYTES),
+            data: BytesMut::with_capacity(CHUNK_CAPACITY),
             entries: Vec::new(),
             published,
         }
@@ -158,8 +161,10 @@ impl LogWriter {
             return;
         }
         let data = self.data.split().freeze();
-        if self.data.capacity() < CHUNK_BYTES {
-            self.data.reserve(CHUNK_BYTES);
+        // Small chunks (one update on a quiet server) share one buffer; a new
+        // one is allocated only when the rest of this one is nearly used up.
+        if self.data.capacity() < 4 * (crate::wire::HEADER_LEN + crate::wire::MAX_SEND_PAYLOAD) {
+            self.data = BytesMut::with_capacity(CHUNK_CAPACITY);
         }
         let chunk = Arc::new(Chunk {
             start: self.tail.end(),

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Benchmark a MetalBond route server with mbbench.
+#
+#   scripts/bench.sh [options] SERVER [-- MBBENCH-ARGS...]
+#
+# SERVER is one of
+#   metalbondd   $TARGET/release/metalbondd server --listen [::1]:PORT --keepalive 5
+#   rustbond     $TARGET/release/rustbond-server --listen [::1]:PORT --keepalive 5
+#   both         metalbondd, then rustbond, each on a fresh process, then a side-by-side table
+#
+# Options:
+#   --no-build      do not run `cargo build --release --features interop --bins`
+#   --port PORT     listen port (default: a free random port)
+#   --out DIR       keep server logs and JSON results here (default: a new temp dir)
+#   --keepalive S   server keepalive interval (default 5)
+#
+# Everything after `--` goes to mbbench (e.g. `--routes 1000000 --subscribers 100
+# --scenario fanout`). --server, --server-pid, --label and --json are set by
+# this script. The server is started fresh for each run (so bytes/route is
+# meaningful), reached only on [::1], and stopped by its PID.
+#
+# Exit code: the worst mbbench exit code (1 = loss detected, 2 = setup failure).
+#
+# CARGO_TARGET_DIR is honoured (default: <repo>/target).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release
+BUILD=1
+PORT=""
+OUT=""
+KEEPALIVE=5
+SERVER=""
+MBARGS=()
+
+usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-build) BUILD=0 ;;
+        --port) PORT=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        --keepalive) KEEPALIVE=$2; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; MBARGS=("$@"); break ;;
+        -*) echo "bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+        *) if [ -n "$SERVER" ]; then echo "bench.sh: one SERVER only" >&2; exit 2; fi
+           SERVER=$1 ;;
+    esac
+    shift
+done
+case "$SERVER" in
+    metalbondd|rustbond|both) ;;
+    *) usage >&2; exit 2 ;;
+esac
+
+if [ "$BUILD" = 1 ]; then
+    echo "== cargo build --release --features interop --bins (target $TARGET)" >&2
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --features interop --bins) >&2
+fi
+[ -x "$BIN/mbbench" ] || { echo "bench.sh: $BIN/mbbench missing" >&2; exit 2; }
+
+if [ -z "$OUT" ]; then
+    OUT=$(mktemp -d "${TMPDIR:-/tmp}/mbbench.XXXXXX")
+fi
+mkdir -p "$OUT"
+
+port_in_use() { (exec 3<>"/dev/tcp/::1/$1") 2>/dev/null; }
+
+pick_port() {
+    if [ -n "$PORT" ]; then echo "$PORT"; return; fi
+    local p
+    for _ in $(seq 1 50); do
+        p=$((20000 + RANDOM % 40000))
+        if ! port_in_use "$p"; then echo "$p"; return; fi
+    done
+    echo "bench.sh: no free port found" >&2
+    exit 2
+}
+
+SERVER_PID=""
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "bench.sh: server $SERVER_PID ignored SIGTERM for 10 s, sending SIGKILL" >&2
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# run_one NAME: start server NAME, run mbbench against it, stop it. Sets RC.
+run_one() {
+    local name=$1 port addr cmd
+    port=$(pick_port)
+    addr="[::1]:$port"
+    case "$name" in
+        metalbondd) cmd=("$BIN/metalbondd" server --listen "$addr" --keepalive "$KEEPALIVE") ;;
+        rustbond) cmd=("$BIN/rustbond-server" --listen "$addr" --keepalive "$KEEPALIVE") ;;
+    esac
+    [ -x "${cmd[0]}" ] || { echo "bench.sh: ${cmd[0]} missing" >&2; RC=2; return; }
+    echo "== $name: ${cmd[*]} (log $OUT/$name.log)" >&2
+    "${cmd[@]}" >"$OUT/$name.log" 2>&1 &
+    SERVER_PID=$!
+    local ok=0
+    for _ in $(seq 1 200); do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+        if port_in_use "$port"; then ok=1; break; fi
+        sleep 0.05
+    done
+    if [ "$ok" != 1 ]; then
+        echo "bench.sh: $name did not accept connections on $addr; log:" >&2
+        tail -20 "$OUT/$name.log" >&2
+        stop_server
+        RC=2
+        return
+    fi
+    echo "== $name: pid $SERVER_PID listening on $addr" >&2
+    set +e
+    "$BIN/mbbench" --server "$addr" --server-pid "$SERVER_PID" --label "$name" --json \
+        "${MBARGS[@]}" >"$OUT/$name.json"
+    RC=$?
+    set -e
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "bench.sh: $name exited during the run (crash?); log:" >&2
+        tail -20 "$OUT/$name.log" >&2
+    fi
+    stop_server
+    echo "== $name: mbbench exit code $RC, results in $OUT/$name.json" >&2
+}
+
+compare() {
+    # Side-by-side table of the JSON results given as arguments.
+    python3 - "$@" <<'EOF'
+import json, sys
+runs = []
+for path in sys.argv[1:]:
+    rows = {}
+    label = path.rsplit('/', 1)[-1].removesuffix('.json')
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith('{'):
+                o = json.loads(line)
+                rows[o['scenario']] = o
+                label = o.get('label') or label
+    runs.append((label, rows))
+metrics = [
+    ('elapsed_s', 'elapsed s', '{:.3f}'),
+    ('routes_per_s', 'routes/s', '{:,.0f}'),
+    ('deliveries_per_s', 'deliveries/s', '{:,.0f}'),
+    ('p50_us', 'p50 us', '{:.0f}'), ('p90_us', 'p90 us', '{:.0f}'),
+    ('p99_us', 'p99 us', '{:.0f}'), ('max_us', 'max us', '{:.0f}'),
+    ('loss', 'loss', '{:.0f}'), ('duplicates', 'duplicates', '{:.0f}'),
+    ('closed_by_server', 'closed by server', '{:.0f}'),
+    ('keepalive_late', 'late keepalives', '{:.0f}'),
+    ('server_cpu_s', 'server CPU s', '{:.2f}'), ('client_cpu_s', 'mbbench CPU s', '{:.2f}'),
+    ('server_rss_after_kib', 'server RSS after MiB', 'MIB'),
+    ('server_hwm_after_kib', 'server peak RSS MiB', 'MIB'),
+    ('bytes_per_route', 'bytes/route', '{:.0f}'),
+]
+scenarios = []
+for _, rows in runs:
+    for s in rows:
+        if s not in scenarios:
+            scenarios.append(s)
+w = 22
+print()
+print('{:<10} {:<22}'.format('scenario', 'metric') + ''.join('{:>{w}}'.format(l, w=w) for l, _ in runs))
+for s in scenarios:
+    for key, title, fmt in metrics:
+        vals = []
+        for _, rows in runs:
+            v = rows.get(s, {}).get(key)
+            if v is None:
+                vals.append('-')
+            elif fmt == 'MIB':
+                vals.append('{:.1f}'.format(v / 1024))
+            else:
+                vals.append(fmt.format(v))
+        if all(v == '-' for v in vals):
+            continue
+        print('{:<10} {:<22}'.format(s, title) + ''.join('{:>{w}}'.format(v, w=w) for v in vals))
+    print()
+EOF
+}
+
+WORST=0
+RESULTS=()
+if [ "$SERVER" = both ]; then
+    NAMES=(metalbondd rustbond)
+else
+    NAMES=("$SERVER")
+fi
+for name in "${NAMES[@]}"; do
+    RC=0
+    run_one "$name"
+    [ "$RC" -gt "$WORST" ] && WORST=$RC
+    [ -s "$OUT/$name.json" ] && RESULTS+=("$OUT/$name.json")
+done
+
+if [ "${#RESULTS[@]}" -gt 0 ]; then
+    if command -v python3 >/dev/null; then
+        compare "${RESULTS[@]}"
+    else
+        cat "${RESULTS[@]}"
+    fi
+fi
+echo "results: $OUT" >&2
+exit "$WORST"

@@ -27,6 +27,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -99,7 +100,7 @@ struct Args {
 /// Scenario selection.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// fanout, dump, withdraw, latency.
+    /// fanout, dump, session-end, withdraw, latency.
     All,
     /// M subscribers receive N routes from one announcer.
     Fanout,
@@ -109,6 +110,10 @@ enum Scenario {
     Withdraw,
     /// Single-update latency on an idle server.
     Latency,
+    /// With the N routes loaded: a peer that announced one route
+    /// disconnects; time until subscribers hear the REMOVE. It must not grow
+    /// with the table (a session's end costs time proportional to its own routes).
+    SessionEnd,
 }
 
 fn main() -> ExitCode {
@@ -247,6 +252,8 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
             emit(r, true, &mut results);
             let (r, late) = bench.dump().await?;
             emit(r, true, &mut results);
+            let r = bench.session_end().await?;
+            emit(r, true, &mut results);
             let mut receivers: Vec<&Peer> = subs.iter().collect();
             receivers.push(&late);
             let r = bench.withdraw(ann, &receivers).await;
@@ -278,6 +285,12 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
         }
         Scenario::Latency => {
             let r = bench.latency().await?;
+            emit(r, true, &mut results);
+        }
+        Scenario::SessionEnd => {
+            let (r, _subs, _ann) = bench.fanout("preload", 1, mem_start).await?;
+            emit(r, false, &mut results);
+            let r = bench.session_end().await?;
             emit(r, true, &mut results);
         }
     }
@@ -658,9 +671,56 @@ impl Bench {
 
     /// (d) K single updates, each timed from write to arrival.
     async fn latency(&self) -> Result<ScenarioResult, String> {
+        let ann = Peer::connect(&self.cfg, Sink::Ignore).await?;
+        self.sample("latency", Some(&ann), |sampler: Arc<Sampler>, i| {
+            let action = if i % 2 == 0 {
+                Action::Add
+            } else {
+                Action::Remove
+            };
+            let ann = &ann;
+            async move {
+                let t0 = ann.send_one(action, sampler.set, sampler.index).await?;
+                Ok((action, t0))
+            }
+        })
+        .await
+    }
+
+    /// (e) K times: a new peer announces one route and disconnects; each
+    /// sample is the time from its close to the subscriber's REMOVE, with
+    /// the N routes of the other scenarios still in the table.
+    async fn session_end(&self) -> Result<ScenarioResult, String> {
+        let cfg = &self.cfg;
+        self.sample("session-end", None, |sampler: Arc<Sampler>, _| async move {
+            let peer = Peer::connect(cfg, Sink::Ignore).await?;
+            peer.send_one(Action::Add, sampler.set, sampler.index)
+                .await?;
+            // Wait for the ADD so the REMOVE is timed on its own.
+            sampler.expect(Action::Add).await?;
+            let t0 = peer.close().await?;
+            drop(peer);
+            Ok((Action::Remove, t0))
+        })
+        .await
+    }
+
+    /// Runs `k` samples of `step`, which triggers one update of the route at
+    /// `sampler.index` and returns (expected action, start time); each sample
+    /// is the time until a dedicated subscriber sees that update.
+    async fn sample<'a, F, Fut>(
+        &'a self,
+        name: &'static str,
+        extra: Option<&Peer>,
+        step: F,
+    ) -> Result<ScenarioResult, String>
+    where
+        F: Fn(Arc<Sampler>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(Action, Instant), String>> + 'a,
+    {
         let k = self.args.latency_samples;
         let index = self.set.n; // outside the tracked range: not touched by other scenarios
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let sub = Peer::connect(
             &self.cfg,
             Sink::Events {
@@ -673,67 +733,64 @@ impl Bench {
         sub.subscribe(self.set.vni.0).await?;
         let mut notes = Vec::new();
         notes.extend(self.wait_synced(&[&sub]).await);
-        let ann = Peer::connect(&self.cfg, Sink::Ignore).await?;
-        let before = self.snapshot(&[&sub, &ann]);
+        let mut watched = vec![&sub];
+        watched.extend(extra);
+        let before = self.snapshot(&watched);
         let start = Instant::now();
         let deadline = start + self.timeout;
         let per_sample = self
             .stall
             .unwrap_or(self.timeout)
             .min(Duration::from_secs(5));
+        let sampler = Arc::new(Sampler {
+            set: self.set,
+            index,
+            rx: tokio::sync::Mutex::new(rx),
+            per_sample,
+        });
         let mut samples: Vec<f64> = Vec::with_capacity(k as usize);
         let mut stale = 0u64;
         let mut lost = 0u64;
-        'outer: for i in 0..k {
+        for i in 0..k {
             if Instant::now() >= deadline {
                 notes.push(format!("timeout after {} s", self.timeout.as_secs()));
                 break;
             }
-            let action = if i % 2 == 0 {
-                Action::Add
-            } else {
-                Action::Remove
-            };
-            let t0 = match ann.send_one(action, self.set, index).await {
-                Ok(t) => t,
+            let (action, t0) = match step(sampler.clone(), i).await {
+                Ok(x) => x,
                 Err(e) => {
-                    notes.push(format!("announcer failed: {e}"));
+                    notes.push(format!("sample {i} failed: {e}"));
                     break;
                 }
             };
-            let limit = (t0 + per_sample).min(deadline);
-            loop {
-                match tokio::time::timeout_at(limit.into(), rx.recv()).await {
-                    Ok(Some((a, t))) if a == action && t >= t0 => {
-                        samples.push(t.duration_since(t0).as_secs_f64() * 1e6);
-                        break;
+            match sampler.wait_for(action, t0, deadline).await {
+                Wait::Seen(us, skipped) => {
+                    samples.push(us);
+                    stale += skipped;
+                }
+                Wait::Lost => {
+                    lost += 1;
+                    if lost == 1 {
+                        notes.push(format!(
+                            "update {i} not seen within {} ms",
+                            per_sample.as_millis()
+                        ));
                     }
-                    Ok(Some(_)) => stale += 1,
-                    Ok(None) => {
-                        notes.push("subscriber session ended".into());
-                        break 'outer;
-                    }
-                    Err(_) => {
-                        lost += 1;
-                        if lost == 1 {
-                            notes.push(format!(
-                                "update {i} not seen within {} ms",
-                                per_sample.as_millis()
-                            ));
-                        }
-                        break;
-                    }
+                }
+                Wait::Ended => {
+                    notes.push("subscriber session ended".into());
+                    break;
                 }
             }
         }
         let elapsed = start.elapsed().as_secs_f64();
         // Anything arriving after the last sample is a duplicate.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        while rx.try_recv().is_ok() {
+        while sampler.rx.lock().await.try_recv().is_ok() {
             stale += 1;
         }
         let mut r = ScenarioResult {
-            name: "latency",
+            name,
             routes: k,
             receivers: 1,
             completed: samples.len() as u64 == k,
@@ -745,8 +802,62 @@ impl Bench {
             notes,
             ..Default::default()
         };
-        self.finish(&mut r, &before, &[&sub, &ann]);
+        self.finish(&mut r, &before, &watched);
         Ok(r)
+    }
+}
+
+/// The subscriber side of a latency-style scenario.
+struct Sampler {
+    set: RouteSet,
+    index: u64,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(Action, Instant)>>,
+    per_sample: Duration,
+}
+
+/// Outcome of waiting for one sample.
+enum Wait {
+    /// Seen after this many microseconds; this many stale events skipped.
+    Seen(f64, u64),
+    Lost,
+    Ended,
+}
+
+impl Sampler {
+    /// Waits for `action` seen at or after `t0`, until `per_sample` after
+    /// `t0` or `deadline`, whichever is first.
+    async fn wait_for(&self, action: Action, t0: Instant, deadline: Instant) -> Wait {
+        self.wait_until(action, t0, (t0 + self.per_sample).min(deadline))
+            .await
+    }
+
+    async fn wait_until(&self, action: Action, t0: Instant, limit: Instant) -> Wait {
+        let mut rx = self.rx.lock().await;
+        let mut skipped = 0;
+        loop {
+            match tokio::time::timeout_at(limit.into(), rx.recv()).await {
+                Ok(Some((a, t))) if a == action && t >= t0 => {
+                    return Wait::Seen(t.duration_since(t0).as_secs_f64() * 1e6, skipped)
+                }
+                Ok(Some(_)) => skipped += 1,
+                Ok(None) => return Wait::Ended,
+                Err(_) => return Wait::Lost,
+            }
+        }
+    }
+
+    /// Waits for `action` (however old); an error if it does not come in time.
+    async fn expect(&self, action: Action) -> Result<(), String> {
+        let now = Instant::now();
+        let since = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
+        match self.wait_until(action, since, now + self.per_sample).await {
+            Wait::Seen(..) => Ok(()),
+            Wait::Lost => Err(format!(
+                "{action:?} not seen within {} ms",
+                self.per_sample.as_millis()
+            )),
+            Wait::Ended => Err("subscriber session ended".into()),
+        }
     }
 }
 

@@ -133,10 +133,13 @@ pub async fn run(
         ops: Vec::new(),
         pacer: Pacer::new(settings.pace_limit),
         pace_spins: 0,
+        updates_in: 0,
         metrics,
         settings,
     };
+    let started = Instant::now();
     let ended = conn.serve(stream, shutdown).await;
+    let duration = format!("{:.1?}", started.elapsed());
     if !matches!(ended, Ended::Shutdown) {
         // Withdraw everything it announced. If the table is gone we are
         // shutting down and nobody is left to tell.
@@ -152,9 +155,9 @@ pub async fn run(
     // closed, a new connection can take its place.
     drop(slot);
     if ended.is_fault() {
-        warn!(reason = %ended.describe(), label = ended.label(), "session closed");
+        warn!(reason = %ended.describe(), label = ended.label(), %duration, updates_in = conn.updates_in, "session closed");
     } else {
-        info!(reason = %ended.describe(), "session closed");
+        info!(reason = %ended.describe(), %duration, updates_in = conn.updates_in, "session closed");
     }
 }
 
@@ -172,6 +175,8 @@ struct Connection {
     pacer: Pacer,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
+    /// UPDATEs received on this session.
+    updates_in: u64,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
 }
@@ -294,6 +299,7 @@ impl Connection {
                 Frame::Message(msg) => {
                     if let Message::Update(_) = msg {
                         Metrics::inc(&self.metrics.updates_in);
+                        self.updates_in += 1;
                     }
                     if let Err(reason) = self.session.handle_message(msg, now) {
                         self.flush_ops().await;
@@ -338,7 +344,7 @@ impl Connection {
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Established { keepalive } => {
-                    debug!(keepalive_secs = keepalive.as_secs(), "session established");
+                    info!(keepalive_secs = keepalive.as_secs(), "session established");
                     self.established = true;
                 }
                 Event::Subscribe(vni) => self.ops.push(Op::Subscribe(vni)),
@@ -403,7 +409,7 @@ impl Connection {
                     flush(&mut run, out);
                     subs.insert(m.vni);
                     last_vni = None;
-                    debug!(vni = %m.vni, routes = m.routes, "subscribed; sending dump");
+                    info!(vni = %m.vni, dump_routes = m.routes, "subscribed");
                     for buf in &m.dump {
                         out.push_data(buf.clone());
                     }
@@ -411,6 +417,7 @@ impl Connection {
                 Item::Marker(Entry::Unsubscribed { session, vni }) if *session == me => {
                     flush(&mut run, out);
                     subs.remove(vni);
+                    info!(%vni, "unsubscribed");
                     last_vni = None;
                 }
                 Item::Marker(_) => {}

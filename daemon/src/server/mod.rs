@@ -54,8 +54,7 @@ impl Server {
         let ids = Arc::new(std::sync::atomic::AtomicU32::new(1));
         let mut local_addrs = Vec::new();
         for addr in &config.listen {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = bind(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             info!(addr = %local, "listening");
@@ -154,6 +153,23 @@ impl Acceptor {
                 .instrument(span),
         );
     }
+}
+
+/// Listen backlog: every hypervisor reconnects at once after a server
+/// restart (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

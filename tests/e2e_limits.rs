@@ -91,3 +91,90 @@ async fn sigterm_closes_sessions_without_a_storm_of_removes() {
     assert!(frames.is_empty(), "got {frames:?} before the close");
     assert!(d.logs().contains("shutting down"));
 }
+
+/// Encodes ADDs of the /32 routes `from..to` in VNI 100.
+fn route_frames(from: u32, to: u32) -> bytes::BytesMut {
+    use metalbondd::wire::{encode_update, Action, Address, Destination, NextHop, Route, Vni};
+    let mut buf = bytes::BytesMut::new();
+    for i in from..to {
+        let r = Route {
+            vni: Vni(100),
+            dest: Destination::new(Address::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), 32)
+                .unwrap(),
+            next_hop: NextHop::standard(Address::from(
+                "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap(),
+            )),
+        };
+        encode_update(Action::Add, &r, &mut buf);
+    }
+    buf
+}
+
+/// Announces `n` routes of VNI 100 from `announcer` in one write.
+async fn push_routes(announcer: &mut RawPeer, n: u32) {
+    announcer.send_raw(&route_frames(0, n)).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_too_far_behind_is_closed_and_others_get_everything() {
+    // 200,000 routes (8 MB of frames) in steps the healthy subscriber keeps
+    // up with; the stuck one never reads, and its lag passes 1 MB once the
+    // socket buffers are full.
+    const N: u32 = 200_000;
+    const STEP: u32 = 2_000;
+    let d = Daemon::start(&["--max-lag-bytes", "1000000", "--pace-limit", "0"]);
+    let mut stuck = RawPeer::established(d.addr).await;
+    stuck.subscribe(100).await;
+    let mut healthy = RawPeer::established(d.addr).await;
+    healthy.subscribe(100).await;
+    let mut announcer = RawPeer::established(d.addr).await;
+    let mut received = 0;
+    for from in (0..N).step_by(STEP as usize) {
+        announcer.send_raw(&route_frames(from, from + STEP)).await;
+        received += healthy.expect_updates(STEP as usize, T).await.len();
+    }
+    assert_eq!(received, N as usize);
+    let reason = d.expect_close_reason(stuck.local, &["behind"]).await;
+    assert!(reason.contains("resync"), "{reason}");
+    assert!(d.is_alive());
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
+    const N: u32 = 200_000;
+    // Keepalive 1 s: the write timeout is at least 2.5 intervals (2.5 s).
+    let d = Daemon::start(&[
+        "--keepalive",
+        "1",
+        "--write-timeout",
+        "1",
+        "--pace-limit",
+        "0",
+    ]);
+    let mut stuck = RawPeer::connect(d.addr).await;
+    stuck.handshake(1).await;
+    stuck.subscribe(100).await;
+    let mut announcer = RawPeer::connect(d.addr).await;
+    announcer.handshake(1).await;
+    push_routes(&mut announcer, N).await;
+    // Both keep their sessions alive with keepalives; `stuck` never reads.
+    let closed = async {
+        loop {
+            if d.logs().lines().any(|l| {
+                l.contains("session closed")
+                    && l.contains(&stuck.local.to_string())
+                    && l.contains("write timeout")
+            }) {
+                return;
+            }
+            stuck.send(&metalbondd::wire::Message::Keepalive).await;
+            announcer.ping().await;
+            // Keepalive cadence for a 1 s interval; also bounds the polling.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("the stuck session was not closed for its write timeout");
+    assert!(d.is_alive());
+}

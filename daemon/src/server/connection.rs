@@ -237,7 +237,9 @@ impl Connection {
                     }
                     self.collect_session_output();
                 }
-                _ = self.cursor.readable(), if want_log => {}
+                // With room in the queue: wake when there is more to read.
+                // With a full queue: wake as the log grows, to check the lag.
+                _ = self.cursor.wait(want_log), if self.established => {}
                 _ = pace_wait_for(pace_wait), if pace_wait.is_some() => {}
                 _ = shutdown.changed() => return Ended::Shutdown,
             }

@@ -286,6 +286,17 @@ impl LogCursor {
         }
     }
 
+    /// Waits until there is something new to read (`readable`), or else
+    /// until the log grows at all: that lets a session that cannot send
+    /// re-check how far it has fallen behind.
+    pub async fn wait(&mut self, readable: bool) {
+        if readable {
+            self.readable().await;
+        } else if self.watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// How many bytes of the sealed log this cursor has not read yet.
     pub fn lag_bytes(&self) -> u64 {
         let newest = self.watch.borrow().end();

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod server;
 pub mod session;
 pub mod table;

@@ -6,13 +6,15 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use metalbondd::server::{Server, ServerConfig, SessionSettings};
+use metalbondd::app::{self, ApiSettings, Settings};
+use metalbondd::server::{ServerConfig, SessionSettings};
 use metalbondd_config as defaults;
-use tracing::{error, info, warn};
+use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 /// MetalBond v1 route server.
@@ -109,7 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(app::run(settings_from_args(&args), None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServerArgs) -> Result<(), String> {
+fn settings_from_args(args: &ServerArgs) -> Settings {
     let listen = if args.listen.is_empty() {
         vec![defaults::DEFAULT_LISTEN
             .parse()
@@ -126,39 +128,29 @@ async fn serve(args: ServerArgs) -> Result<(), String> {
     } else {
         args.listen.clone()
     };
-    if let Some(http) = &args.http {
-        warn!(addr = %http, "--http is accepted for compatibility but not served yet");
-    }
     let keepalive = defaults::effective_keepalive_secs(args.keepalive);
-    let config = ServerConfig {
-        listen,
-        session: SessionSettings {
-            keepalive_secs: keepalive,
-            write_timeout: Duration::from_secs(args.write_timeout.max(1))
-                .max(Duration::from_millis(2500) * keepalive),
-            max_lag_bytes: args.max_lag_bytes,
-            pace_limit: args.pace_limit,
+    Settings {
+        server: ServerConfig {
+            listen,
+            session: SessionSettings {
+                keepalive_secs: keepalive,
+                write_timeout: Duration::from_secs(args.write_timeout.max(1))
+                    .max(Duration::from_millis(2500) * keepalive),
+                max_lag_bytes: args.max_lag_bytes,
+                pace_limit: args.pace_limit,
+            },
+            max_sessions: args.max_sessions,
         },
-        max_sessions: args.max_sessions,
-    };
-    let server = Server::start(config).await.map_err(|e| e.to_string())?;
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        keepalive_secs = keepalive,
-        "metalbondd running"
-    );
-    wait_for_signal().await;
-    info!("shutting down");
-    server.shutdown();
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        api: ApiSettings {
+            socket: PathBuf::from("/run/metalbondd/api.sock"),
+            socket_mode: 0o660,
+            socket_group: None,
+            tcp_listen: None,
+            tcp_read_only: true,
+        },
+        state_dir: PathBuf::from("/var/lib/metalbondd"),
+        static_routes: Vec::new(),
+        log_level: if args.verbose { "debug" } else { "info" }.to_string(),
+        http: args.http.clone(),
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! * [`wire`]: the MetalBond v1 wire messages (package `metalbond`), byte-compatible
 //!   with the Go reference and `rustbond`.
+//! * [`api`]: the metalbondd control API (package `metalbondd.v1`): messages,
+//!   tonic clients and servers, and [`api::FILE_DESCRIPTOR_SET`] for reflection.
 //!
 //! This crate depends on nothing of ours; it is the contract.
 
@@ -9,4 +11,14 @@
 pub mod wire {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/metalbond.rs"));
+}
+
+/// The metalbondd control API (package `metalbondd.v1`).
+pub mod api {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/metalbondd.v1.rs"));
+
+    /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/metalbondd_v1_descriptor.bin"));
 }

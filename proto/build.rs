@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_build::Config::new().compile_fds(fds)?;
 
     let fds = protox::compile(api, ["proto"])?;
-    std::fs::write(out.join("metalbondd_v1_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out.join("metalbondd_v1_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,9 +1,30 @@
 //! Configuration for metalbondd.
 //!
-//! For now this holds the defaults and limits shared by the daemon and its
-//! tools; the TOML file format builds on it.
+//! This crate holds the defaults and limits shared by the daemon and its
+//! tools, and the TOML configuration file ([`Config`]): every section and key
+//! is optional and defaults to the value the command line uses; anything
+//! unknown or invalid is a [`ConfigError`] that names the file, line and
+//! column (`FILE:LINE:COL: message`).
+//!
+//! The crate knows nothing of the daemon: static routes stay strings here
+//! (with their position in the file) and the daemon parses them, reporting a
+//! bad one with [`Config::error_at`].
 
 #![warn(missing_docs)]
+
+mod error;
+mod file;
+mod parse;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{line_col, ConfigError};
+pub use file::{
+    ApiSection, Config, LogFormat, LogSection, RoutesSection, ServerSection, StateSection,
+};
+/// A value together with its byte range in the configuration file.
+pub use toml::Spanned;
 
 /// Default MetalBond TCP port.
 pub const DEFAULT_PORT: u16 = 4711;
@@ -16,6 +37,10 @@ pub const DEFAULT_LISTEN: &str = "[::1]:4711";
 /// 0 means this default.
 pub const DEFAULT_KEEPALIVE_SECS: u32 = 5;
 
+/// Largest keepalive interval, in seconds, the configuration file accepts
+/// (one hour; a session is declared dead after 2.5 intervals of silence).
+pub const MAX_KEEPALIVE_SECS: u32 = 3600;
+
 /// Default limit on concurrent sessions.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 
@@ -23,22 +48,34 @@ pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 /// update log before it is closed so that its client reconnects and resyncs.
 pub const DEFAULT_MAX_SESSION_LAG_BYTES: u64 = 1 << 30;
 
+/// Default time, in seconds, a session's socket may accept no data before
+/// the session is closed.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 60;
+
+/// Default limit, in bytes, on route data a paced peer may have
+/// unacknowledged (docs/adr/0006); 0 disables pacing.
+pub const DEFAULT_PACE_LIMIT_BYTES: usize = 16 * 1024;
+
+/// Default path of the control API's Unix socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/metalbondd/api.sock";
+
+/// Default permission bits of the control API's Unix socket.
+pub const DEFAULT_API_SOCKET_MODE: u32 = 0o660;
+
+/// By default the optional TCP control API listener serves read-only RPCs only.
+pub const DEFAULT_API_TCP_READ_ONLY: bool = true;
+
+/// Default directory of the daemon's state store.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalbondd";
+
+/// Default log filter (a tracing `EnvFilter` directive).
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
 /// Resolves a configured keepalive interval: 0 means the default.
 pub fn effective_keepalive_secs(configured: u32) -> u32 {
     if configured == 0 {
         DEFAULT_KEEPALIVE_SECS
     } else {
         configured
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_keepalive_means_default() {
-        assert_eq!(effective_keepalive_secs(0), 5);
-        assert_eq!(effective_keepalive_secs(3), 3);
     }
 }

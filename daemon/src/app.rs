@@ -1,16 +1,31 @@
 //! The daemon as a whole: resolved settings in, running services out.
 //!
 //! `main.rs` turns flags and the config file into [`Settings`]; [`run`]
-//! starts the route server (and, as they arrive, the control API and the
-//! client role) and handles signals: SIGTERM/SIGINT stop, SIGHUP reloads.
+//! opens the state store, starts the route server, restores the operator's
+//! injected routes and the configured static routes, starts the control API,
+//! and handles signals and API requests: SIGTERM/SIGINT/Shutdown stop,
+//! SIGHUP/Reload re-read the configuration.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
+use metalbond_proto::api as pb;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::api::{self, ApiState, ControlRequest};
+use crate::server::table_task::Op;
 use crate::server::{Server, ServerConfig};
+use crate::store::Store;
+use crate::table::{LOCAL_API, LOCAL_CONFIG};
 use crate::wire::Route;
+
+/// A watcher this many bytes behind the update log is told it lagged.
+pub const DEFAULT_WATCH_MAX_LAG_BYTES: u64 = 64 << 20;
 
 /// Control API settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,42 +59,200 @@ pub struct Settings {
     pub http: Option<String>,
 }
 
-/// Re-reads the settings (the config file) on SIGHUP.
+/// Re-reads the settings (the config file) on SIGHUP or an API Reload.
 pub type Reloader = Box<dyn Fn() -> Result<Settings, String> + Send + Sync>;
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM, SIGINT or an API Shutdown.
 pub async fn run(settings: Settings, reload: Option<Reloader>) -> Result<(), String> {
+    // First, so that a SIGTERM at any later moment is a graceful stop.
+    let mut signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if let Some(http) = &settings.http {
         warn!(addr = %http, "--http is accepted for compatibility but not served yet");
     }
+    let store_dir = settings.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
+    info!(path = %store.path().display(), "state store open");
+
+    // Bound before the route server starts, so the socket exists by the time
+    // the daemon says it listens; requests wait in the backlog until served.
+    let unix = api::bind_unix_socket(
+        &settings.api.socket,
+        settings.api.socket_mode,
+        settings.api.socket_group.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    info!(socket = %settings.api.socket.display(), "control API listening");
+
     let server = Server::start(settings.server.clone())
         .await
         .map_err(|e| e.to_string())?;
+
+    // The daemon's own routes, before any peer can subscribe and ask for a dump.
+    let reader = store.clone();
+    let injected = tokio::task::spawn_blocking(move || reader.routes())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let restored = injected.len();
+    server
+        .table
+        .local_ops(LOCAL_API, injected.into_iter().map(Op::Announce).collect())
+        .await;
+    server
+        .table
+        .local_ops(
+            LOCAL_CONFIG,
+            settings
+                .static_routes
+                .iter()
+                .copied()
+                .map(Op::Announce)
+                .collect(),
+        )
+        .await;
+    info!(
+        injected_routes = restored,
+        static_routes = settings.static_routes.len(),
+        "daemon routes announced"
+    );
+
+    let (control_tx, mut control) = mpsc::channel(8);
+    let (api_shutdown, api_stop) = watch::channel(false);
+    let state = Arc::new(ApiState {
+        table: server.table.clone(),
+        registry: server.registry.clone(),
+        store: store.clone(),
+        inject_lock: tokio::sync::Mutex::new(()),
+        started_at: SystemTime::now(),
+        started: Instant::now(),
+        listen: server.local_addrs.clone(),
+        api_socket: settings.api.socket.clone(),
+        static_routes: settings.static_routes.len().into(),
+        control: control_tx,
+        watch_max_lag_bytes: DEFAULT_WATCH_MAX_LAG_BYTES,
+    });
+    let tcp = settings
+        .api
+        .tcp_listen
+        .map(|addr| (addr, settings.api.tcp_read_only));
+    let api_tasks = api::serve(state.clone(), unix, tcp, api_stop)
+        .await
+        .map_err(|e| e.to_string())?;
+
     info!(
         version = env!("CARGO_PKG_VERSION"),
         keepalive_secs = settings.server.session.keepalive_secs,
         "metalbondd running"
     );
-    let mut signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut running = settings;
     loop {
-        match signals.next().await {
-            Signal::Stop => break,
-            Signal::Reload => match &reload {
-                Some(reload) => match reload() {
-                    Ok(_new) => warn!(
-                        "SIGHUP: configuration re-read; applying changes is not implemented yet"
-                    ),
-                    Err(e) => {
-                        error!("SIGHUP: configuration rejected, keeping the running one: {e}")
-                    }
-                },
-                None => info!("SIGHUP ignored: no configuration file"),
+        let request = tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => None,
             },
+            request = control.recv() => match request {
+                Some(ControlRequest::Shutdown) | None => break,
+                Some(ControlRequest::Reload(reply)) => Some(reply),
+            },
+        };
+        let outcome = match &reload {
+            None => Err("metalbondd was started without --config: nothing to reload".to_string()),
+            Some(reload) => match reload() {
+                Ok(new) => Ok(apply(&mut running, new, &server, &state).await),
+                Err(e) => Err(e),
+            },
+        };
+        match &outcome {
+            Ok(r) => {
+                info!(applied = ?r.applied, needs_restart = ?r.needs_restart, "configuration reloaded")
+            }
+            Err(e) => error!("configuration not reloaded, keeping the running one: {e}"),
+        }
+        if let Some(reply) = request {
+            let _ = reply.send(outcome);
         }
     }
     info!("shutting down");
+    api_shutdown.send_replace(true);
     server.shutdown();
+    for task in api_tasks {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(&running.api.socket);
     Ok(())
+}
+
+/// Applies what can change at runtime; reports the rest.
+async fn apply(
+    running: &mut Settings,
+    new: Settings,
+    server: &Server,
+    state: &ApiState,
+) -> pb::ReloadResponse {
+    let mut applied = Vec::new();
+    let mut needs_restart = Vec::new();
+
+    let old_routes: BTreeSet<Route> = running.static_routes.iter().copied().collect();
+    let new_routes: BTreeSet<Route> = new.static_routes.iter().copied().collect();
+    let withdraw: Vec<Op> = old_routes
+        .difference(&new_routes)
+        .copied()
+        .map(Op::Withdraw)
+        .collect();
+    let announce: Vec<Op> = new_routes
+        .difference(&old_routes)
+        .copied()
+        .map(Op::Announce)
+        .collect();
+    if !withdraw.is_empty() || !announce.is_empty() {
+        applied.push(format!(
+            "static routes: {} announced, {} withdrawn",
+            announce.len(),
+            withdraw.len()
+        ));
+        let ops = withdraw.into_iter().chain(announce).collect();
+        server.table.local_ops(LOCAL_CONFIG, ops).await;
+        state.static_routes.store(new_routes.len(), Relaxed);
+    }
+
+    let mut restart = |what: &str, changed: bool| {
+        if changed {
+            needs_restart.push(what.to_string());
+        }
+    };
+    restart("server.listen", new.server.listen != running.server.listen);
+    if new.server.session != running.server.session {
+        server.set_session_settings(new.server.session.clone());
+        applied.push("server keepalive, timeouts, lag limit and pacing (for new sessions)".into());
+    }
+    if new.server.max_sessions != running.server.max_sessions {
+        server.set_max_sessions(new.server.max_sessions);
+        applied.push(format!("server.max_sessions = {}", new.server.max_sessions));
+    }
+    restart("api", new.api != running.api);
+    restart("state.dir", new.state_dir != running.state_dir);
+    restart("log", new.log_level != running.log_level);
+    restart("server.http", new.http != running.http);
+
+    let restart_needed = Settings {
+        static_routes: new.static_routes,
+        server: ServerConfig {
+            session: new.server.session,
+            max_sessions: new.server.max_sessions,
+            ..running.server.clone()
+        },
+        ..running.clone()
+    };
+    *running = restart_needed;
+    pb::ReloadResponse {
+        applied,
+        needs_restart,
+    }
 }
 
 enum Signal {

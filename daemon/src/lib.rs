@@ -7,8 +7,10 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod table;
 pub mod wire;

@@ -3,18 +3,25 @@
 //! `metalbondd` with no arguments serves on `[::1]:4711`. `metalbondd server
 //! --listen ADDR [--keepalive SECS] [--verbose] [--http ADDR]` accepts the Go
 //! reference's server flags, so it drops into the same systemd unit.
+//!
+//! `--config FILE` reads a TOML configuration file (`examples/metalbondd.toml`);
+//! flags given on the command line override it, and SIGHUP re-reads it.
+//! `metalbondd check-config FILE` (or `--check --config FILE`) validates a
+//! file, static routes included, and exits: `FILE: ok` or
+//! `FILE:LINE:COL: reason`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use metalbondd::app::{self, ApiSettings, Settings};
+use metalbondd::app::{self, ApiSettings, Reloader, Settings};
 use metalbondd::server::{ServerConfig, SessionSettings};
-use metalbondd_config as defaults;
-use tracing::error;
+use metalbondd::wire::Route;
+use metalbondd_config::{self as defaults, Config, ConfigError};
+use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 /// MetalBond v1 route server.
@@ -37,58 +44,99 @@ struct Cli {
 enum Command {
     /// Run a route server (the default).
     Server(ServerArgs),
+    /// Validate a configuration file, static routes included, and exit:
+    /// prints `FILE: ok` (exit 0) or `FILE:LINE:COL: reason` (exit 1).
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
-#[derive(Args, Debug, Clone)]
+/// Server flags. Those given override the configuration file, which
+/// overrides the defaults; a flag left out is `None` (or empty).
+#[derive(Args, Debug, Clone, Default)]
 struct ServerArgs {
-    /// Address to listen on; repeat for several. Default [::1]:4711 (loopback only).
+    /// TOML configuration file (see examples/metalbondd.toml). Flags given on
+    /// the command line override its values; SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration file (static routes included) and exit
+    /// instead of running.
+    #[arg(long, requires = "config")]
+    check: bool,
+    /// Address to listen on; repeat for several. Default [::1]:4711 (loopback
+    /// only) [file: server.listen].
     #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
-    /// Keepalive interval in seconds offered to clients (0 means 5).
-    #[arg(long, value_name = "SECS", default_value_t = defaults::DEFAULT_KEEPALIVE_SECS)]
-    keepalive: u32,
-    /// Log debug details.
+    /// Keepalive interval in seconds offered to clients (0 means 5). Default
+    /// 5 [file: server.keepalive].
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u32>,
+    /// Log debug details (the file's log.level becomes "debug"; RUST_LOG
+    /// overrides both).
     #[arg(short, long)]
     verbose: bool,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log format. Default text [file: log.format].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// HTTP listen address of the Go reference (status page); accepted for
-    /// compatibility, not served yet.
+    /// compatibility, not served yet [file: server.http].
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
-    /// Most sessions open at once.
-    #[arg(long, value_name = "N", default_value_t = defaults::DEFAULT_MAX_SESSIONS)]
-    max_sessions: usize,
+    /// Most sessions open at once. Default 10000 [file: server.max_sessions].
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
     /// Close a session that falls this many bytes behind the update log.
-    #[arg(long, value_name = "BYTES", default_value_t = defaults::DEFAULT_MAX_SESSION_LAG_BYTES)]
-    max_lag_bytes: u64,
+    /// Default 1073741824 (1 GiB) [file: server.max_lag_bytes].
+    #[arg(long, value_name = "BYTES")]
+    max_lag_bytes: Option<u64>,
     /// Largest batch of route data a peer may have unacknowledged (batches
     /// start at 16 KiB and grow while the peer reads fast; Go peers reset at
-    /// 64 KiB unread); 0 disables pacing.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024)]
-    pace_limit: usize,
+    /// 64 KiB unread); 0 disables pacing. Default 16384 [file: server.pace_limit].
+    #[arg(long, value_name = "BYTES")]
+    pace_limit: Option<usize>,
     /// Close a session whose socket accepts no data for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    write_timeout: u64,
+    /// Default 60 [file: server.write_timeout].
+    #[arg(long, value_name = "SECS")]
+    write_timeout: Option<u64>,
+    /// Unix socket of the control API. Default /run/metalbondd/api.sock
+    /// [file: api.socket].
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Directory of the daemon's state store. Default /var/lib/metalbondd
+    /// [file: state.dir].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
     Text,
     Json,
 }
 
-fn init_logging(args: &ServerArgs) {
-    let default = if args.verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+impl From<defaults::LogFormat> for LogFormat {
+    fn from(f: defaults::LogFormat) -> Self {
+        match f {
+            defaults::LogFormat::Text => LogFormat::Text,
+            defaults::LogFormat::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// `RUST_LOG` if set and valid, else `level` (already validated).
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new(defaults::DEFAULT_LOG_LEVEL));
     // Colours only for a person at a terminal, never in files or journald.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match args.log_format {
+    match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
@@ -97,10 +145,27 @@ fn init_logging(args: &ServerArgs) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
+        Some(Command::CheckConfig { file }) => return check_config(&file, &ServerArgs::default()),
         Some(Command::Server(args)) => args,
         None => cli.server,
     };
-    init_logging(&args);
+    if args.check {
+        // clap enforces that --check comes with --config.
+        let path = args.config.clone().unwrap_or_default();
+        return check_config(&path, &args);
+    }
+    // Before logging exists, a bad file is reported on stderr as one line.
+    let (settings, log_format) = match load(&args) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&settings.log_level, log_format);
+    if let Some(path) = &args.config {
+        info!(file = %path.display(), "configuration loaded");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,7 +176,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(settings_from_args(&args), None)) {
+    match runtime.block_on(app::run(settings, reloader(&args))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -120,37 +185,101 @@ fn main() -> ExitCode {
     }
 }
 
-fn settings_from_args(args: &ServerArgs) -> Settings {
+/// `check-config FILE` / `--check --config FILE`: validates without starting
+/// anything.
+fn check_config(path: &Path, args: &ServerArgs) -> ExitCode {
+    match Config::load(path).and_then(|config| resolve(&config, args)) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The file given with `--config` (or the defaults) with the flags applied.
+fn load(args: &ServerArgs) -> Result<(Settings, LogFormat), ConfigError> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    resolve(&config, args)
+}
+
+/// Re-reads the same file with the same flags on SIGHUP; `None` without
+/// `--config`.
+fn reloader(args: &ServerArgs) -> Option<Reloader> {
+    args.config.as_ref()?;
+    let args = args.clone();
+    Some(Box::new(move || {
+        load(&args)
+            .map(|(settings, _)| settings)
+            .map_err(|e| e.to_string())
+    }))
+}
+
+/// Merges the configuration file and the flags (a flag given wins) into the
+/// daemon's settings and the log format. Parses the static routes; a bad one
+/// is an error at its position in the file.
+fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), ConfigError> {
+    let file = &config.server;
     let listen = if args.listen.is_empty() {
-        vec![defaults::DEFAULT_LISTEN
-            .parse()
-            .expect("default listen address")]
+        file.listen.clone()
     } else {
         args.listen.clone()
     };
-    let keepalive = defaults::effective_keepalive_secs(args.keepalive);
-    Settings {
+    let keepalive = defaults::effective_keepalive_secs(args.keepalive.unwrap_or(file.keepalive));
+    let write_timeout = args.write_timeout.unwrap_or(file.write_timeout);
+
+    let mut static_routes = Vec::with_capacity(config.routes.static_routes.len());
+    for (i, text) in config.routes.static_routes.iter().enumerate() {
+        let route: Route = text
+            .get_ref()
+            .parse()
+            .map_err(|e| config.error_at(text.span(), format!("routes.static[{i}]: {e}")))?;
+        static_routes.push(route);
+    }
+
+    let api = &config.api;
+    let settings = Settings {
         server: ServerConfig {
             listen,
             session: SessionSettings {
                 keepalive_secs: keepalive,
-                write_timeout: Duration::from_secs(args.write_timeout.max(1))
+                write_timeout: Duration::from_secs(write_timeout.max(1))
                     .max(Duration::from_millis(2500) * keepalive),
-                max_lag_bytes: args.max_lag_bytes,
-                pace_limit: args.pace_limit,
+                max_lag_bytes: args.max_lag_bytes.unwrap_or(file.max_lag_bytes),
+                pace_limit: args.pace_limit.unwrap_or(file.pace_limit),
             },
-            max_sessions: args.max_sessions,
+            max_sessions: args.max_sessions.unwrap_or(file.max_sessions),
         },
         api: ApiSettings {
-            socket: PathBuf::from("/run/metalbondd/api.sock"),
-            socket_mode: 0o660,
-            socket_group: None,
-            tcp_listen: None,
-            tcp_read_only: true,
+            socket: args
+                .api_socket
+                .clone()
+                .or_else(|| api.socket.clone())
+                .unwrap_or_else(|| PathBuf::from(defaults::DEFAULT_API_SOCKET)),
+            socket_mode: api.socket_mode,
+            socket_group: api.socket_group.clone(),
+            tcp_listen: api.tcp_listen,
+            tcp_read_only: api.tcp_read_only,
         },
-        state_dir: PathBuf::from("/var/lib/metalbondd"),
-        static_routes: Vec::new(),
-        log_level: if args.verbose { "debug" } else { "info" }.to_string(),
-        http: args.http.clone(),
-    }
+        state_dir: args
+            .state_dir
+            .clone()
+            .or_else(|| config.state.dir.clone())
+            .unwrap_or_else(|| PathBuf::from(defaults::DEFAULT_STATE_DIR)),
+        static_routes,
+        log_level: if args.verbose {
+            "debug".to_string()
+        } else {
+            config.log.level.clone()
+        },
+        http: args.http.clone().or_else(|| file.http.clone()),
+    };
+    let log_format = args.log_format.unwrap_or_else(|| config.log.format.into());
+    Ok((settings, log_format))
 }

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -74,6 +76,22 @@ pub struct Daemon {
     /// The address the daemon reported it listens on.
     pub addr: SocketAddr,
     logs: Arc<LogBuf>,
+    /// Temporary directory holding its API socket and state (removed on drop).
+    dir: Option<std::path::PathBuf>,
+}
+
+/// A new empty directory under the system temp dir, unique to this process and call.
+pub fn unique_temp_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "metalbondd-e2e-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
 }
 
 /// Removes ANSI escape sequences (colours), in case the log is coloured.
@@ -164,14 +182,59 @@ impl Daemon {
     /// Starts `metalbondd server --listen [::1]:0 --keepalive 5 ARGS...`
     /// (`--keepalive` is left out when `args` carries its own) and waits
     /// until it listens. Panics with the log if it does not.
+    ///
+    /// Each daemon gets its own API socket and state directory in a fresh
+    /// temporary directory (unless `args` names them), so daemons of tests
+    /// running in parallel never share them.
     pub fn start(args: &[&str]) -> Daemon {
-        let mut full: Vec<&str> = vec!["server", "--listen", "[::1]:0"];
-        let keepalive = DEFAULT_KEEPALIVE.to_string();
+        let mut full: Vec<String> = vec!["server".into(), "--listen".into(), "[::1]:0".into()];
         if !args.contains(&"--keepalive") {
-            full.extend(["--keepalive", keepalive.as_str()]);
+            full.extend(["--keepalive".into(), DEFAULT_KEEPALIVE.to_string()]);
         }
-        full.extend_from_slice(args);
-        Self::spawn(&full).unwrap_or_else(|e| panic!("{e}"))
+        let dir = unique_temp_dir();
+        if !args.contains(&"--api-socket") {
+            full.extend([
+                "--api-socket".into(),
+                dir.join("api.sock").display().to_string(),
+            ]);
+        }
+        if !args.contains(&"--state-dir") {
+            full.extend([
+                "--state-dir".into(),
+                dir.join("state").display().to_string(),
+            ]);
+        }
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let mut d = Self::spawn(&full).unwrap_or_else(|e| panic!("{e}"));
+        d.dir = Some(dir);
+        d
+    }
+
+    /// The daemon's API socket (for daemons started with [`Daemon::start`]
+    /// without an explicit `--api-socket`).
+    pub fn api_socket(&self) -> std::path::PathBuf {
+        self.dir
+            .as_ref()
+            .expect("daemon started by Daemon::start")
+            .join("api.sock")
+    }
+
+    /// The daemon's state directory (see [`Daemon::api_socket`]).
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.dir
+            .as_ref()
+            .expect("daemon started by Daemon::start")
+            .join("state")
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up) and reaps it;
+    /// its temporary directory is kept for a restart.
+    pub fn kill_hard(mut self) -> Option<std::path::PathBuf> {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        self.dir.take()
     }
 
     /// Starts the daemon with exactly `args` and waits (bounded) for its
@@ -253,6 +316,7 @@ impl Daemon {
             pid,
             addr: addr.unwrap_or_else(|| "[::1]:0".parse().unwrap()),
             logs,
+            dir: None,
         };
         match addr {
             Some(_) => Ok(daemon),
@@ -379,6 +443,9 @@ impl Drop for Daemon {
         // `Child::kill` signals exactly this PID (SIGKILL); then reap it.
         let _ = child.kill();
         let _ = child.wait();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::metrics::Metrics;
 use super::outbound::Outbound;
 use super::pacing::{self, Decision, Pacer};
+use super::registry::{Registry, SessionInfo};
 use super::table_task::{Command, Op, TableHandle};
 use crate::session::{self, CloseReason, Event, Role, Session};
 use crate::table::log::{Entry, Item, LogCursor};
@@ -36,7 +37,7 @@ const READ_BUFFER: usize = 64 * 1024;
 const PACE_SPINS: u32 = 32;
 
 /// Settings every session shares.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSettings {
     /// Configured keepalive interval in seconds (0 means 5).
     pub keepalive_secs: u32,
@@ -46,6 +47,21 @@ pub struct SessionSettings {
     pub max_lag_bytes: u64,
     /// Keep the estimate of bytes a peer has not read under this (0: no pacing).
     pub pace_limit: usize,
+}
+
+/// What every session task shares with the server.
+#[derive(Clone)]
+pub struct SessionContext {
+    /// The table task.
+    pub table: TableHandle,
+    /// Session settings.
+    pub settings: SessionSettings,
+    /// Server counters.
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Live sessions.
+    pub registry: Arc<Registry>,
 }
 
 /// Why a session ended, for the log line and the metric.
@@ -58,6 +74,7 @@ enum Ended {
     Io(std::io::Error),
     WriteTimeout,
     Lagging(u64),
+    Reset,
     Shutdown,
 }
 
@@ -71,6 +88,7 @@ impl Ended {
             Ended::Io(_) => "io_error",
             Ended::WriteTimeout => "write_timeout",
             Ended::Lagging(_) => "lagging",
+            Ended::Reset => "reset",
             Ended::Shutdown => "shutdown",
         }
     }
@@ -88,6 +106,7 @@ impl Ended {
             Ended::Lagging(bytes) => format!(
                 "fell {bytes} bytes behind the update log; closing so the client reconnects and resyncs"
             ),
+            Ended::Reset => "reset by an operator".into(),
             Ended::Shutdown => "server shutting down".into(),
         }
     }
@@ -109,15 +128,21 @@ impl Ended {
 /// through the caller's span.
 pub async fn run(
     stream: TcpStream,
-    id: SessionId,
-    table: TableHandle,
-    settings: SessionSettings,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    info: Arc<SessionInfo>,
+    ctx: SessionContext,
+    slot: super::SessionSlot,
 ) {
+    let SessionContext {
+        table,
+        settings,
+        metrics,
+        shutdown,
+        registry,
+    } = ctx;
+    let id = info.id;
     let mut conn = Connection {
         id,
+        info,
         session: Session::new(
             session::Config {
                 role: Role::Server,
@@ -133,7 +158,6 @@ pub async fn run(
         ops: Vec::new(),
         pacer: Pacer::new(settings.pace_limit),
         pace_spins: 0,
-        updates_in: 0,
         metrics,
         settings,
     };
@@ -154,15 +178,19 @@ pub async fn run(
     // Free the session slot before saying so: once the log says a session
     // closed, a new connection can take its place.
     drop(slot);
+    registry.remove(id, ended.describe());
+    let updates_in = conn.info.updates_in.load(Relaxed);
     if ended.is_fault() {
-        warn!(reason = %ended.describe(), label = ended.label(), %duration, updates_in = conn.updates_in, "session closed");
+        warn!(reason = %ended.describe(), label = ended.label(), %duration, updates_in, "session closed");
     } else {
-        info!(reason = %ended.describe(), %duration, updates_in = conn.updates_in, "session closed");
+        info!(reason = %ended.describe(), %duration, updates_in, "session closed");
     }
 }
 
 struct Connection {
     id: SessionId,
+    /// Counters and state the control API sees.
+    info: Arc<SessionInfo>,
     session: Session,
     cursor: LogCursor,
     table: TableHandle,
@@ -175,8 +203,6 @@ struct Connection {
     pacer: Pacer,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
-    /// UPDATEs received on this session.
-    updates_in: u64,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
 }
@@ -206,6 +232,7 @@ impl Connection {
                     Ok(0) => return Ended::PeerClosedMidFrame(rbuf.len()),
                     Ok(n) => {
                         self.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+                        self.info.bytes_in.fetch_add(n as u64, Relaxed);
                         if let Err(ended) = self.on_read(&mut rbuf).await {
                             return ended;
                         }
@@ -224,6 +251,7 @@ impl Connection {
                         self.pacer.on_sent(n, Instant::now().into_std());
                         self.out.advance(n);
                         self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                        self.info.bytes_out.fetch_add(n as u64, Relaxed);
                         last_write_progress = Instant::now();
                     }
                     Err(e) => return Ended::Io(e),
@@ -242,10 +270,12 @@ impl Connection {
                 _ = self.cursor.wait(want_log), if self.established => {}
                 _ = pace_wait_for(pace_wait), if pace_wait.is_some() => {}
                 _ = shutdown.changed() => return Ended::Shutdown,
+                _ = self.info.reset_requested() => return Ended::Reset,
             }
             if self.out.is_empty() {
                 last_write_progress = Instant::now();
             }
+            self.info.queue_bytes.store(self.out.len() as u64, Relaxed);
         }
     }
 
@@ -297,11 +327,12 @@ impl Connection {
                 }
             };
             Metrics::inc(&self.metrics.frames_in);
+            self.info.messages_in.fetch_add(1, Relaxed);
             match frame {
                 Frame::Message(msg) => {
                     if let Message::Update(_) = msg {
                         Metrics::inc(&self.metrics.updates_in);
-                        self.updates_in += 1;
+                        self.info.updates_in.fetch_add(1, Relaxed);
                     }
                     if let Err(reason) = self.session.handle_message(msg, now) {
                         self.flush_ops().await;
@@ -338,16 +369,21 @@ impl Connection {
     /// Moves the session's frames to the outbound queue and its events to
     /// the pending table operations.
     fn collect_session_output(&mut self) {
+        self.info.set_state(self.session.state());
         while let Some(msg) = self.session.poll_transmit() {
             let mut buf = BytesMut::with_capacity(16);
             encode_message(&msg, &mut buf);
             self.out.push_control(buf.freeze());
+            self.info.messages_out.fetch_add(1, Relaxed);
         }
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Established { keepalive } => {
                     info!(keepalive_secs = keepalive.as_secs(), "session established");
                     self.established = true;
+                    self.info
+                        .keepalive_secs
+                        .store(keepalive.as_secs() as u32, Relaxed);
                 }
                 Event::Subscribe(vni) => self.ops.push(Op::Subscribe(vni)),
                 Event::Unsubscribe(vni) => self.ops.push(Op::Unsubscribe(vni)),
@@ -368,6 +404,7 @@ impl Connection {
         let mut run: Option<(Bytes, std::ops::Range<usize>)> = None;
         // One-entry cache: consecutive updates are nearly always in one VNI.
         let mut last_vni: Option<(Vni, bool)> = None;
+        let mut queued = 0u64;
         let flush = |run: &mut Option<(Bytes, std::ops::Range<usize>)>, out: &mut Outbound| {
             if let Some((data, range)) = run.take() {
                 out.push_data(data.slice(range));
@@ -395,6 +432,7 @@ impl Connection {
                     if !wanted || origin == me {
                         return true;
                     }
+                    queued += 1;
                     match &mut run {
                         Some((data, r))
                             if data.as_ptr() == frame.as_ptr() && r.end == range.start =>
@@ -415,6 +453,7 @@ impl Connection {
                     for buf in &m.dump {
                         out.push_data(buf.clone());
                     }
+                    queued += m.routes as u64;
                 }
                 Item::Marker(Entry::Unsubscribed { session, vni }) if *session == me => {
                     flush(&mut run, out);
@@ -427,6 +466,8 @@ impl Connection {
             true
         });
         flush(&mut run, out);
+        self.info.updates_out.fetch_add(queued, Relaxed);
+        self.info.messages_out.fetch_add(queued, Relaxed);
     }
 }
 

@@ -4,19 +4,22 @@ pub mod connection;
 pub mod metrics;
 pub mod outbound;
 pub mod pacing;
+pub mod registry;
 pub mod table_task;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 
-pub use connection::SessionSettings;
+pub use connection::{SessionContext, SessionSettings};
 use metrics::Metrics;
+use registry::{Registry, SessionInfo};
 use table_task::TableHandle;
 
 use crate::table::SessionId;
@@ -40,7 +43,46 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Table handle, for status queries.
     pub table: TableHandle,
+    /// Live sessions.
+    pub registry: Arc<Registry>,
     shutdown: watch::Sender<bool>,
+    settings: watch::Sender<SessionSettings>,
+    limit: Arc<SessionLimit>,
+}
+
+/// The limit on concurrent sessions, changeable at runtime.
+#[derive(Debug)]
+pub struct SessionLimit {
+    active: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl SessionLimit {
+    fn new(max: usize) -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// A slot for one more session, unless the limit is reached.
+    fn try_acquire(self: &Arc<Self>) -> Option<SessionSlot> {
+        let max = self.max.load(Relaxed);
+        self.active
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| SessionSlot(self.clone()))
+    }
+}
+
+/// One session's place under the limit; released when dropped.
+#[derive(Debug)]
+pub struct SessionSlot(Arc<SessionLimit>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Server {
@@ -49,9 +91,13 @@ impl Server {
         table_task::return_large_frees_to_the_system();
         let metrics = Arc::new(Metrics::default());
         let table = table_task::spawn(metrics.clone());
+        let registry = Arc::new(Registry::default());
         let (shutdown, _) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(config.max_sessions));
-        let ids = Arc::new(std::sync::atomic::AtomicU32::new(1));
+        let (settings, _) = watch::channel(config.session.clone());
+        let limit = Arc::new(SessionLimit::new(config.max_sessions));
+        let ids = Arc::new(std::sync::atomic::AtomicU32::new(
+            crate::table::FIRST_SESSION,
+        ));
         let mut local_addrs = Vec::new();
         for addr in &config.listen {
             let listener = bind(*addr)
@@ -61,12 +107,16 @@ impl Server {
             local_addrs.push(local);
             let acceptor = Acceptor {
                 listener,
-                table: table.clone(),
-                settings: config.session.clone(),
-                metrics: metrics.clone(),
+                ctx: SessionContext {
+                    table: table.clone(),
+                    settings: config.session.clone(),
+                    metrics: metrics.clone(),
+                    shutdown: shutdown.subscribe(),
+                    registry: registry.clone(),
+                },
                 limit: limit.clone(),
                 ids: ids.clone(),
-                shutdown: shutdown.subscribe(),
+                settings: settings.subscribe(),
             };
             tokio::spawn(acceptor.run());
         }
@@ -74,8 +124,22 @@ impl Server {
             local_addrs,
             metrics,
             table,
+            registry,
             shutdown,
+            settings,
+            limit,
         })
+    }
+
+    /// New settings for sessions accepted from now on (open sessions keep theirs).
+    pub fn set_session_settings(&self, settings: SessionSettings) {
+        self.settings.send_replace(settings);
+    }
+
+    /// A new limit on concurrent sessions; sessions over it are not closed,
+    /// new ones are refused until the count is below it.
+    pub fn set_max_sessions(&self, max: usize) {
+        self.limit.max.store(max, Relaxed);
     }
 
     /// Stops accepting and closes every session without withdrawing routes
@@ -87,12 +151,10 @@ impl Server {
 
 struct Acceptor {
     listener: TcpListener,
-    table: TableHandle,
-    settings: SessionSettings,
-    metrics: Arc<Metrics>,
-    limit: Arc<Semaphore>,
+    ctx: SessionContext,
+    limit: Arc<SessionLimit>,
     ids: Arc<std::sync::atomic::AtomicU32>,
-    shutdown: watch::Receiver<bool>,
+    settings: watch::Receiver<SessionSettings>,
 }
 
 impl Acceptor {
@@ -101,7 +163,7 @@ impl Acceptor {
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = self.shutdown.changed() => return,
+                _ = self.ctx.shutdown.changed() => return,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -109,7 +171,7 @@ impl Acceptor {
                     self.spawn_session(stream, peer);
                 }
                 Err(e) => {
-                    Metrics::inc(&self.metrics.accept_errors);
+                    Metrics::inc(&self.ctx.metrics.accept_errors);
                     // Out of file descriptors or memory: back off and keep
                     // serving the sessions we have. Other errors (a peer that
                     // reset before accept) are per-connection: retry at once.
@@ -127,8 +189,8 @@ impl Acceptor {
     }
 
     fn spawn_session(&self, stream: TcpStream, peer: SocketAddr) {
-        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-            Metrics::inc(&self.metrics.sessions_rejected);
+        let Some(slot) = self.limit.try_acquire() else {
+            Metrics::inc(&self.ctx.metrics.sessions_rejected);
             warn!(%peer, "session limit reached; connection closed");
             return;
         };
@@ -136,22 +198,24 @@ impl Acceptor {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let id: SessionId = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Metrics::inc(&self.metrics.sessions_accepted);
-        self.metrics
+        Metrics::inc(&self.ctx.metrics.sessions_accepted);
+        self.ctx
+            .metrics
             .sessions_active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(%peer, session = id, "session accepted");
+        let local = stream.local_addr().unwrap_or(peer);
+        let info = Arc::new(SessionInfo::new(
+            id,
+            peer,
+            local,
+            crate::session::Role::Server,
+        ));
+        self.ctx.registry.insert(info.clone());
         let span = tracing::info_span!("session", %peer, id);
-        let (table, settings, metrics, shutdown) = (
-            self.table.clone(),
-            self.settings.clone(),
-            self.metrics.clone(),
-            self.shutdown.clone(),
-        );
-        tokio::spawn(
-            connection::run(stream, id, table, settings, metrics, shutdown, permit)
-                .instrument(span),
-        );
+        let mut ctx = self.ctx.clone();
+        ctx.settings = self.settings.borrow().clone();
+        tokio::spawn(connection::run(stream, info, ctx, slot).instrument(span));
     }
 }
 

@@ -11,9 +11,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::metrics::Metrics;
-use crate::table::log::{Entry, LogWatch, LogWriter, SubscribedMarker};
-use crate::table::{Announced, RouteTable, SessionId, TableStats, Withdrawn};
-use crate::wire::{encode_update, Action, Route, Vni};
+use crate::table::log::{Entry, LogCursor, LogWatch, LogWriter, SubscribedMarker};
+use crate::table::{
+    is_local, Announced, PageCursor, RouteTable, SessionId, TableStats, VniStats, Withdrawn, NOBODY,
+};
+use crate::wire::{encode_update, Action, Address, Destination, NextHopType, Route, Vni};
 
 /// Commands handled per wake-up at most (then the log is sealed and published).
 const BATCH: usize = 256;
@@ -50,6 +52,18 @@ pub enum Command {
         /// What, in order.
         ops: Vec<Op>,
     },
+    /// Operations of the daemon itself (API or config); `done` is answered
+    /// once they are applied, with how many changed something.
+    LocalOps {
+        /// [`crate::table::LOCAL_API`] or [`crate::table::LOCAL_CONFIG`].
+        session: SessionId,
+        /// What, in order.
+        ops: Vec<Op>,
+        /// Per operation: true if it changed what this announcer announces.
+        done: oneshot::Sender<Vec<bool>>,
+    },
+    /// A read-only question.
+    Query(Query),
     /// The session ended: withdraw its routes, drop its subscriptions.
     Disconnect {
         /// Which.
@@ -59,6 +73,91 @@ pub enum Command {
     Stats {
         /// Where to answer.
         reply: oneshot::Sender<TableStats>,
+    },
+}
+
+/// Which routes a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct RouteQuery {
+    /// Only this VNI.
+    pub vni: Option<Vni>,
+    /// Only this exact destination.
+    pub dest: Option<Destination>,
+    /// Only next hops with this address.
+    pub next_hop: Option<Address>,
+    /// Only this next-hop type.
+    pub kind: Option<NextHopType>,
+    /// Only routes this announcer announces.
+    pub announcer: Option<AnnouncerQuery>,
+}
+
+/// Announcer filter of a [`RouteQuery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnouncerQuery {
+    /// This session.
+    Session(SessionId),
+    /// The daemon itself (API or config).
+    Local,
+}
+
+impl RouteQuery {
+    /// Whether a route with these announcers matches.
+    pub fn matches(&self, route: &Route, announcers: &[SessionId]) -> bool {
+        self.matches_route(route)
+            && match self.announcer {
+                None => true,
+                Some(AnnouncerQuery::Session(s)) => announcers.contains(&s),
+                Some(AnnouncerQuery::Local) => announcers.iter().any(|&a| is_local(a)),
+            }
+    }
+
+    /// Whether a route matches, ignoring announcers (watches).
+    pub fn matches_route(&self, route: &Route) -> bool {
+        self.vni.is_none_or(|v| v == route.vni)
+            && self.dest.is_none_or(|d| d == route.dest)
+            && self.next_hop.is_none_or(|a| a == route.next_hop.addr)
+            && self.kind.is_none_or(|k| k == route.next_hop.kind)
+    }
+}
+
+/// A page of routes with their announcers.
+pub type RoutePage = (Vec<(Route, Vec<SessionId>)>, Option<PageCursor>);
+
+/// Read-only questions to the table task.
+#[derive(Debug)]
+pub enum Query {
+    /// A page of routes.
+    Routes {
+        /// Which.
+        query: RouteQuery,
+        /// Continue after this.
+        after: Option<PageCursor>,
+        /// At most this many.
+        limit: usize,
+        /// Answer.
+        reply: oneshot::Sender<RoutePage>,
+    },
+    /// Counts per VNI.
+    Vnis {
+        /// Only this VNI.
+        only: Option<Vni>,
+        /// Answer.
+        reply: oneshot::Sender<Vec<VniStats>>,
+    },
+    /// Routes announced and VNIs subscribed, per session.
+    Sessions {
+        /// Which sessions.
+        ids: Vec<SessionId>,
+        /// Answer, in the same order.
+        reply: oneshot::Sender<Vec<(usize, Vec<Vni>)>>,
+    },
+    /// An atomic snapshot of the routes matching `query` and a log cursor
+    /// positioned exactly after it: every later change comes through the cursor.
+    Watch {
+        /// Which routes.
+        query: RouteQuery,
+        /// Answer.
+        reply: oneshot::Sender<(Vec<Route>, LogCursor)>,
     },
 }
 
@@ -76,6 +175,24 @@ impl TableHandle {
     pub async fn stats(&self) -> Option<TableStats> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Asks a question; None if the task is gone (shutting down).
+    pub async fn query<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Query(make(reply))).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Applies the daemon's own operations and waits until they are in the
+    /// table. Per operation: true if it changed what `session` announces.
+    pub async fn local_ops(&self, session: SessionId, ops: Vec<Op>) -> Option<Vec<bool>> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::LocalOps { session, ops, done })
+            .await
+            .ok()?;
         rx.await.ok()
     }
 }
@@ -150,32 +267,90 @@ impl TableTask {
                     log.append_update(Action::Remove, route, session);
                 });
             }
+            Command::LocalOps { session, ops, done } => {
+                let changed = ops.into_iter().map(|op| self.apply(session, op)).collect();
+                let _ = done.send(changed);
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(self.table.stats());
+            }
+            Command::Query(query) => self.answer(query),
+        }
+    }
+
+    fn answer(&mut self, query: Query) {
+        match query {
+            Query::Routes {
+                query,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self.table.page(after, limit, |route, announcers| {
+                    query.matches(route, announcers)
+                });
+                let _ = reply.send(page);
+            }
+            Query::Vnis { only, reply } => {
+                let _ = reply.send(self.table.vni_stats(only));
+            }
+            Query::Sessions { ids, reply } => {
+                let answer = ids
+                    .iter()
+                    .map(|&s| (self.table.announced_by(s), self.table.subscriptions_of(s)))
+                    .collect();
+                let _ = reply.send(answer);
+            }
+            Query::Watch { query, reply } => {
+                // Publish everything appended so far: the cursor then starts
+                // exactly where this snapshot ends.
+                self.log.seal();
+                let mut routes = Vec::new();
+                let mut collect = |route: &Route| {
+                    if query.matches_route(route) {
+                        routes.push(*route);
+                    }
+                };
+                match query.vni {
+                    Some(vni) => self.table.for_each_route_in(vni, NOBODY, &mut collect),
+                    None => self.table.for_each_route(&mut collect),
+                }
+                let _ = reply.send((routes, LogCursor::new(self.log.watch())));
             }
         }
     }
 
-    fn apply(&mut self, session: SessionId, op: Op) {
+    /// Applies one operation; true if it changed something for `session`.
+    fn apply(&mut self, session: SessionId, op: Op) -> bool {
         match op {
             Op::Announce(route) => match self.table.announce(session, &route) {
-                Announced::New => self.log.append_update(Action::Add, &route, session),
-                Announced::Joined => {}
-                Announced::Duplicate => debug!(session, %route, "repeated ADD ignored"),
+                Announced::New => {
+                    self.log.append_update(Action::Add, &route, session);
+                    true
+                }
+                Announced::Joined => true,
+                Announced::Duplicate => {
+                    debug!(session, %route, "repeated ADD ignored");
+                    false
+                }
             },
             Op::Withdraw(route) => match self.table.withdraw(session, &route) {
-                Withdrawn::Gone => self.log.append_update(Action::Remove, &route, session),
-                Withdrawn::StillAnnounced => {}
+                Withdrawn::Gone => {
+                    self.log.append_update(Action::Remove, &route, session);
+                    true
+                }
+                Withdrawn::StillAnnounced => true,
                 Withdrawn::NotAnnounced => {
                     Metrics::inc(&self.metrics.unknown_withdrawals);
                     debug!(session, %route, "REMOVE of a route the session never announced ignored");
+                    false
                 }
             },
             Op::Subscribe(vni) => {
                 if !self.table.subscribe(session, vni) {
                     Metrics::inc(&self.metrics.duplicate_subscribes);
                     debug!(session, %vni, "duplicate SUBSCRIBE ignored");
-                    return;
+                    return false;
                 }
                 let (dump, routes) = self.dump(vni, session);
                 self.log
@@ -185,12 +360,15 @@ impl TableTask {
                         dump,
                         routes,
                     })));
+                true
             }
             Op::Unsubscribe(vni) => {
                 if self.table.unsubscribe(session, vni) {
                     self.log.append_marker(Entry::Unsubscribed { session, vni });
+                    true
                 } else {
                     debug!(session, %vni, "UNSUBSCRIBE of a VNI not subscribed ignored");
+                    false
                 }
             }
         }

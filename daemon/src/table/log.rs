@@ -192,6 +192,7 @@ impl Default for LogWriter {
 }
 
 /// A session's reading position in the log.
+#[derive(Debug)]
 pub struct LogCursor {
     chunk: Arc<Chunk>,
     /// Next entry to read in `chunk`.

@@ -25,11 +25,22 @@ use crate::wire::{Destination, Route, Vni};
 use hops::{HopId, HopTable};
 
 /// Identifies one session (one TCP connection) for the lifetime of the process.
-/// [`LOCAL`] is the daemon itself (routes injected through the API or config).
+/// Ids below [`FIRST_SESSION`] stand for the daemon itself.
 pub type SessionId = u32;
 
-/// The announcer id of routes owned by the daemon itself.
-pub const LOCAL: SessionId = 0;
+/// The announcer of routes injected through the control API.
+pub const LOCAL_API: SessionId = 0;
+/// The announcer of the configuration file's static routes.
+pub const LOCAL_CONFIG: SessionId = 1;
+/// An id no announcer or subscriber ever has (for "exclude nobody").
+pub const NOBODY: SessionId = SessionId::MAX;
+/// The first id given to a real session.
+pub const FIRST_SESSION: SessionId = 16;
+
+/// True for the daemon's own pseudo-sessions ([`LOCAL_API`], [`LOCAL_CONFIG`]).
+pub fn is_local(id: SessionId) -> bool {
+    id < FIRST_SESSION
+}
 
 /// Outcome of [`RouteTable::announce`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +103,15 @@ impl Announcers {
             Announcers::Many(many) => many.push(s),
         }
         true
+    }
+
+    /// The announcers as a slice.
+    fn as_slice(&self) -> &[SessionId] {
+        match self {
+            Announcers::Vacant => &[],
+            Announcers::One(one) => std::slice::from_ref(one),
+            Announcers::Many(many) => many,
+        }
     }
 
     /// Removes `s`; false if it was not there.
@@ -168,6 +188,24 @@ pub struct TableStats {
     /// (session, VNI) subscription pairs.
     pub subscriptions: usize,
 }
+
+/// Counts of one VNI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VniStats {
+    /// The VNI.
+    pub vni: Vni,
+    /// Routes in it.
+    pub routes: usize,
+    /// Distinct announcers of its routes.
+    pub announcers: usize,
+    /// Sessions subscribed to it.
+    pub subscribers: usize,
+}
+
+/// Position after the last route of a page: (VNI, slot). Routes stay in their
+/// slot while they exist, so paging by it returns every route that exists
+/// throughout the listing exactly once.
+pub type PageCursor = (Vni, u32);
 
 /// The route table. See the module documentation.
 #[derive(Default)]
@@ -397,6 +435,91 @@ impl RouteTable {
     /// Number of routes `session` announces.
     pub fn announced_by(&self, session: SessionId) -> usize {
         self.sessions.get(&session).map_or(0, |s| s.announced.len())
+    }
+
+    /// Up to `limit` routes after `after` (in VNI order, then slot order)
+    /// for which `keep(route, announcers)` holds, with the cursor of the
+    /// next page (None when the listing is complete).
+    pub fn page(
+        &self,
+        after: Option<PageCursor>,
+        limit: usize,
+        mut keep: impl FnMut(&Route, &[SessionId]) -> bool,
+    ) -> (Vec<(Route, Vec<SessionId>)>, Option<PageCursor>) {
+        let mut vnis: Vec<Vni> = self.vnis.keys().copied().collect();
+        vnis.sort_unstable();
+        let mut out = Vec::new();
+        let mut last = None;
+        for vni in vnis {
+            let first_slot = match after {
+                Some((v, _)) if vni < v => continue,
+                Some((v, slot)) if vni == v => slot as usize + 1,
+                _ => 0,
+            };
+            let vt = &self.vnis[&vni];
+            for (i, slot) in vt.slots.iter().enumerate().skip(first_slot) {
+                let announcers = slot.announcers.as_slice();
+                if announcers.is_empty() {
+                    continue;
+                }
+                let route = Route {
+                    vni,
+                    dest: slot.dest,
+                    next_hop: *self.hops.get(slot.hop),
+                };
+                if !keep(&route, announcers) {
+                    continue;
+                }
+                if out.len() == limit {
+                    // There is more: continue after the last route returned.
+                    return (out, last);
+                }
+                out.push((route, announcers.to_vec()));
+                last = Some((vni, i as u32));
+            }
+        }
+        (out, None)
+    }
+
+    /// Calls `f` for every route of every VNI.
+    pub fn for_each_route(&self, mut f: impl FnMut(&Route)) {
+        for &vni in self.vnis.keys() {
+            self.for_each_route_in(vni, NOBODY, &mut f);
+        }
+    }
+
+    /// Counts per VNI, in VNI order (`only`: just that one).
+    pub fn vni_stats(&self, only: Option<Vni>) -> Vec<VniStats> {
+        let mut out: Vec<VniStats> = self
+            .vnis
+            .iter()
+            .filter(|(vni, _)| only.is_none_or(|o| o == **vni))
+            .map(|(&vni, vt)| {
+                let mut announcers: HashSet<SessionId> = HashSet::new();
+                for slot in &vt.slots {
+                    announcers.extend(slot.announcers.as_slice());
+                }
+                VniStats {
+                    vni,
+                    routes: vt.routes,
+                    announcers: announcers.len(),
+                    subscribers: vt.subscribers,
+                }
+            })
+            .collect();
+        out.sort_unstable_by_key(|s| s.vni);
+        out
+    }
+
+    /// The VNIs `session` subscribes to, in order.
+    pub fn subscriptions_of(&self, session: SessionId) -> Vec<Vni> {
+        let mut vnis: Vec<Vni> = self
+            .sessions
+            .get(&session)
+            .map(|s| s.subscriptions.iter().copied().collect())
+            .unwrap_or_default();
+        vnis.sort_unstable();
+        vnis
     }
 
     /// Counts of everything in the table.

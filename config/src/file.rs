@@ -1,0 +1,236 @@
+//! The TOML configuration file model.
+//!
+//! ```toml
+//! [server]
+//! listen = ["[::]:4711"]
+//! keepalive = 5
+//! [api]
+//! socket = "/run/metalbondd/api.sock"
+//! socket_mode = "0660"
+//! [state]
+//! dir = "/var/lib/metalbondd"
+//! [log]
+//! level = "info"
+//! format = "text"
+//! [routes]
+//! static = ["100#10.0.1.0/24@2001:db8::1"]
+//! ```
+//!
+//! See `examples/metalbondd.toml` for every key.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{line_col, ConfigError};
+use crate::parse;
+
+/// The whole configuration file. Every section and key is optional; a
+/// missing one takes the command line's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: the MetalBond route server.
+    #[serde(deserialize_with = "parse::section")]
+    pub server: ServerSection,
+    /// `[api]`: the control API.
+    #[serde(deserialize_with = "parse::section")]
+    pub api: ApiSection,
+    /// `[state]`: the daemon's own state store.
+    #[serde(deserialize_with = "parse::section")]
+    pub state: StateSection,
+    /// `[log]`: logging.
+    #[serde(deserialize_with = "parse::section")]
+    pub log: LogSection,
+    /// `[routes]`: routes the daemon announces itself.
+    #[serde(deserialize_with = "parse::section")]
+    pub routes: RoutesSection,
+    /// Where the configuration came from, for positions in errors.
+    #[serde(skip)]
+    source: Source,
+}
+
+/// The file a [`Config`] was read from and its text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+/// `[server]`: the MetalBond route server (the `metalbondd server` flags).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// `listen`: addresses to listen on (`--listen`); at least one.
+    #[serde(deserialize_with = "parse::listen")]
+    pub listen: Vec<SocketAddr>,
+    /// `keepalive`: interval in seconds offered to clients (`--keepalive`);
+    /// 0 means 5, at most [`crate::MAX_KEEPALIVE_SECS`].
+    #[serde(deserialize_with = "parse::keepalive")]
+    pub keepalive: u32,
+    /// `max_sessions`: sessions open at once (`--max-sessions`); at least 1.
+    #[serde(deserialize_with = "parse::positive_usize")]
+    pub max_sessions: usize,
+    /// `max_lag_bytes`: how far a session may fall behind the update log
+    /// (`--max-lag-bytes`); at least 1.
+    #[serde(deserialize_with = "parse::positive_bytes")]
+    pub max_lag_bytes: u64,
+    /// `write_timeout`: seconds a session's socket may accept nothing
+    /// (`--write-timeout`); at least 1.
+    #[serde(deserialize_with = "parse::positive_secs")]
+    pub write_timeout: u64,
+    /// `pace_limit`: route data in bytes a paced peer may have unacknowledged
+    /// (`--pace-limit`); 0 disables pacing.
+    #[serde(deserialize_with = "parse::bytes_usize")]
+    pub pace_limit: usize,
+    /// `http`: the Go reference's HTTP address (`--http`); accepted for
+    /// compatibility, not served.
+    #[serde(deserialize_with = "parse::opt_nonempty_string")]
+    pub http: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![crate::DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a socket address")],
+            keepalive: crate::DEFAULT_KEEPALIVE_SECS,
+            max_sessions: crate::DEFAULT_MAX_SESSIONS,
+            max_lag_bytes: crate::DEFAULT_MAX_SESSION_LAG_BYTES,
+            write_timeout: crate::DEFAULT_WRITE_TIMEOUT_SECS,
+            pace_limit: crate::DEFAULT_PACE_LIMIT_BYTES,
+            http: None,
+        }
+    }
+}
+
+/// `[api]`: the control API.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// `socket`: path of the Unix socket; `None` when the file does not set
+    /// it (the daemon then picks its default, [`crate::DEFAULT_API_SOCKET`]).
+    #[serde(deserialize_with = "parse::opt_path")]
+    pub socket: Option<PathBuf>,
+    /// `socket_mode`: permission bits of the socket, written in the file as
+    /// an octal string (`"0660"`).
+    #[serde(deserialize_with = "parse::octal_mode")]
+    pub socket_mode: u32,
+    /// `socket_group`: group owning the socket, if set.
+    #[serde(deserialize_with = "parse::opt_nonempty_string")]
+    pub socket_group: Option<String>,
+    /// `tcp_listen`: optional TCP listener; off unless set.
+    #[serde(deserialize_with = "parse::opt_socket_addr")]
+    pub tcp_listen: Option<SocketAddr>,
+    /// `tcp_read_only`: the TCP listener serves read-only RPCs only.
+    pub tcp_read_only: bool,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            socket_mode: crate::DEFAULT_API_SOCKET_MODE,
+            socket_group: None,
+            tcp_listen: None,
+            tcp_read_only: crate::DEFAULT_API_TCP_READ_ONLY,
+        }
+    }
+}
+
+/// `[state]`: the daemon's own state store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSection {
+    /// `dir`: directory of the state store; `None` when the file does not
+    /// set it (the daemon then picks its default, [`crate::DEFAULT_STATE_DIR`]).
+    #[serde(deserialize_with = "parse::opt_path")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text (`"text"`).
+    #[default]
+    Text,
+    /// One JSON object per line (`"json"`).
+    Json,
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `level`: a tracing `EnvFilter` directive (`"info"`,
+    /// `"info,metalbondd=debug"`). `-v` and `RUST_LOG` override it.
+    #[serde(deserialize_with = "parse::log_level")]
+    pub level: String,
+    /// `format`: `"text"` or `"json"`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: crate::DEFAULT_LOG_LEVEL.to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[routes]`: routes the daemon announces itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesSection {
+    /// `static`: routes in the announcement text format
+    /// (`VNI#PREFIX@NEXTHOP[#TYPE[#FROM#TO]]`), each with its position in the
+    /// file so that the daemon, which parses them, can report a bad one with
+    /// [`Config::error_at`].
+    #[serde(rename = "static", deserialize_with = "parse::static_routes")]
+    pub static_routes: Vec<Spanned<String>>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(path, format!("cannot read the file: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors.
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| parse::toml_error(path, text, &e))?;
+        config.source = Source {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+        };
+        Ok(config)
+    }
+
+    /// The file this configuration was read from (empty for
+    /// [`Config::default`]).
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
+    /// Line and column (both from 1) of the start of `span`, a byte range in
+    /// the file (e.g. [`Spanned::span`] of a static route).
+    pub fn position(&self, span: Range<usize>) -> (usize, usize) {
+        line_col(&self.source.text, span.start)
+    }
+
+    /// An error at `span` of this file, e.g. for a static route that does
+    /// not parse.
+    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(&self.source.path, &self.source.text, span.start, message)
+    }
+}

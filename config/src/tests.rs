@@ -1,0 +1,471 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parses `text`, which must fail, and checks the position and that the
+/// message contains each of `words`.
+#[track_caller]
+fn reject(text: &str, line: usize, col: usize, words: &[&str]) -> ConfigError {
+    let err = match Config::parse(text, "bad.toml") {
+        Ok(c) => panic!("accepted {text:?}: {c:?}"),
+        Err(e) => e,
+    };
+    let shown = err.to_string();
+    assert_eq!(
+        err.location,
+        Some((line, col)),
+        "wrong position for {text:?}: {shown}"
+    );
+    assert!(
+        shown.starts_with(&format!("bad.toml:{line}:{col}: ")),
+        "{shown}"
+    );
+    assert!(!shown.contains('\n'), "not one line: {shown:?}");
+    for w in words {
+        assert!(shown.contains(w), "{shown:?} does not mention {w:?}");
+    }
+    err
+}
+
+#[test]
+fn zero_keepalive_means_default() {
+    assert_eq!(effective_keepalive_secs(0), 5);
+    assert_eq!(effective_keepalive_secs(3), 3);
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    for text in [
+        "",
+        "\n",
+        "# only a comment\n",
+        "[server]\n[api]\n[state]\n[log]\n[routes]\n",
+    ] {
+        let c = parse(text);
+        assert_eq!(c.server.listen, vec![addr(DEFAULT_LISTEN)]);
+        assert_eq!(c.server.keepalive, DEFAULT_KEEPALIVE_SECS);
+        assert_eq!(c.server.max_sessions, DEFAULT_MAX_SESSIONS);
+        assert_eq!(c.server.max_lag_bytes, DEFAULT_MAX_SESSION_LAG_BYTES);
+        assert_eq!(c.server.write_timeout, DEFAULT_WRITE_TIMEOUT_SECS);
+        assert_eq!(c.server.pace_limit, DEFAULT_PACE_LIMIT_BYTES);
+        assert_eq!(c.server.http, None);
+        assert_eq!(c.api.socket, None);
+        assert_eq!(c.api.socket_mode, DEFAULT_API_SOCKET_MODE);
+        assert_eq!(c.api.socket_group, None);
+        assert_eq!(c.api.tcp_listen, None);
+        assert!(c.api.tcp_read_only);
+        assert_eq!(c.state.dir, None);
+        assert_eq!(c.log.level, DEFAULT_LOG_LEVEL);
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(c.routes.static_routes.is_empty());
+        assert_eq!(c.path(), Path::new("test.toml"));
+        // The sections equal those of the default configuration.
+        let d = Config::default();
+        assert_eq!(
+            (&c.server, &c.api, &c.state, &c.log, &c.routes),
+            (&d.server, &d.api, &d.state, &d.log, &d.routes)
+        );
+    }
+}
+
+const FULL: &str = r#"
+[server]
+listen = ["[::]:4711", "0.0.0.0:4711"]
+keepalive = 7
+max_sessions = 500
+max_lag_bytes = 1048576
+write_timeout = 30
+pace_limit = 0
+http = "[::1]:4712"
+
+[api]
+socket = "/tmp/mb/api.sock"
+socket_mode = "0640"
+socket_group = "metalbond"
+tcp_listen = "127.0.0.1:4712"
+tcp_read_only = false
+
+[state]
+dir = "/tmp/mb/state"
+
+[log]
+level = "info,metalbondd=debug"
+format = "json"
+
+[routes]
+static = [
+    "100#10.0.1.0/24@2001:db8::1",
+    "200#10.0.2.0/24@2001:db8::2#nat#1024#2048",
+]
+"#;
+
+#[test]
+fn full_file() {
+    let c = parse(FULL);
+    assert_eq!(
+        c.server,
+        ServerSection {
+            listen: vec![addr("[::]:4711"), addr("0.0.0.0:4711")],
+            keepalive: 7,
+            max_sessions: 500,
+            max_lag_bytes: 1 << 20,
+            write_timeout: 30,
+            pace_limit: 0,
+            http: Some("[::1]:4712".into()),
+        }
+    );
+    assert_eq!(
+        c.api,
+        ApiSection {
+            socket: Some(PathBuf::from("/tmp/mb/api.sock")),
+            socket_mode: 0o640,
+            socket_group: Some("metalbond".into()),
+            tcp_listen: Some(addr("127.0.0.1:4712")),
+            tcp_read_only: false,
+        }
+    );
+    assert_eq!(c.state.dir, Some(PathBuf::from("/tmp/mb/state")));
+    assert_eq!(c.log.level, "info,metalbondd=debug");
+    assert_eq!(c.log.format, LogFormat::Json);
+    let routes: Vec<&str> = c
+        .routes
+        .static_routes
+        .iter()
+        .map(|r| r.get_ref().as_str())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "100#10.0.1.0/24@2001:db8::1",
+            "200#10.0.2.0/24@2001:db8::2#nat#1024#2048"
+        ]
+    );
+    // Routes keep their position (the opening quote) for error messages.
+    let second = &c.routes.static_routes[1];
+    assert_eq!(c.position(second.span()), (28, 5));
+    let err = c.error_at(second.span(), "routes.static[1]: no good");
+    assert_eq!(err.to_string(), "test.toml:28:5: routes.static[1]: no good");
+}
+
+#[test]
+fn octal_modes() {
+    for (text, mode) in [
+        ("0660", 0o660),
+        ("660", 0o660),
+        ("0o600", 0o600),
+        ("0", 0),
+        ("07777", 0o7777),
+    ] {
+        let c = parse(&format!("[api]\nsocket_mode = \"{text}\"\n"));
+        assert_eq!(c.api.socket_mode, mode, "{text}");
+    }
+}
+
+#[test]
+fn keepalive_bounds() {
+    assert_eq!(parse("[server]\nkeepalive = 0").server.keepalive, 0);
+    assert_eq!(
+        parse("[server]\nkeepalive = 3600").server.keepalive,
+        MAX_KEEPALIVE_SECS
+    );
+    reject(
+        "[server]\nkeepalive = 3601",
+        2,
+        13,
+        &["server.keepalive", "3601", "out of range", "0 to 3600"],
+    );
+    reject(
+        "[server]\nkeepalive = -1",
+        2,
+        13,
+        &["server.keepalive", "-1", "out of range"],
+    );
+}
+
+#[test]
+fn syntax_error() {
+    reject("[server\nkeepalive = 5\n", 1, 8, &["unclosed table"]);
+    reject("[server]\nkeepalive = = 5\n", 2, 13, &[]);
+    // An unterminated string is reported where the line ends.
+    reject("[server]\nlisten = \"[::]:4711\n", 2, 20, &["string"]);
+}
+
+#[test]
+fn unknown_key_in_each_section() {
+    reject(
+        "[servr]\n",
+        1,
+        2,
+        &["unknown key `servr`", "`server`", "`routes`"],
+    );
+    reject("answer = 42\n", 1, 1, &["unknown key `answer`"]);
+    let cases = [
+        ("server", "listen"),
+        ("api", "socket_mode"),
+        ("state", "dir"),
+        ("log", "format"),
+        ("routes", "static"),
+    ];
+    for (section, known) in cases {
+        let text = format!("# comment\n[{section}]\n\n  bogus_key = 1\n");
+        reject(
+            &text,
+            4,
+            3,
+            &[
+                &format!("unknown key `{section}.bogus_key`"),
+                &format!("`{known}`"),
+            ],
+        );
+        // Dotted keys and nested tables are unknown keys too.
+        let text = format!("{section}.nested.deeper = 1\n");
+        reject(
+            &text,
+            1,
+            section.len() + 2,
+            &[&format!("unknown key `{section}.nested`")],
+        );
+    }
+}
+
+#[test]
+fn wrong_types() {
+    reject(
+        "[server]\nkeepalive = \"5\"\n",
+        2,
+        13,
+        &["server.keepalive", "invalid type: string \"5\""],
+    );
+    reject(
+        "[server]\nlisten = \"[::]:4711\"\n",
+        2,
+        10,
+        &["server.listen", "expected a list of socket addresses"],
+    );
+    reject(
+        "[server]\nmax_sessions = 1.5\n",
+        2,
+        16,
+        &["server.max_sessions", "1.5"],
+    );
+    reject(
+        "[api]\ntcp_read_only = \"yes\"\n",
+        2,
+        17,
+        &["api.tcp_read_only", "\"yes\"", "boolean"],
+    );
+    reject(
+        "[api]\nsocket_mode = 660\n",
+        2,
+        15,
+        &["api.socket_mode", "660", "octal mode string"],
+    );
+    reject(
+        "[routes]\nstatic = [\"100#10.0.1.0/24@2001:db8::1\", 5]\n",
+        2,
+        42,
+        &["routes.static[1]", "integer `5`", "string"],
+    );
+    reject(
+        "[routes]\nstatic = \"100#10.0.1.0/24@2001:db8::1\"\n",
+        2,
+        10,
+        &["routes.static", "a list of route strings"],
+    );
+    reject("server = 5\n", 1, 10, &["server", "expected a table"]);
+    reject(
+        "[[log]]\nlevel = \"info\"\n",
+        1,
+        1,
+        &["log", "expected a table"],
+    );
+}
+
+#[test]
+fn bad_socket_addresses() {
+    reject(
+        "[server]\nlisten = [\"[::]:4711\", \"localhost:4711\"]\n",
+        2,
+        24,
+        &[
+            "server.listen[1]",
+            "\"localhost:4711\"",
+            "not a socket address",
+        ],
+    );
+    reject(
+        "[server]\nlisten = [\"[::]\"]\n",
+        2,
+        11,
+        &["server.listen[0]", "\"[::]\""],
+    );
+    reject(
+        "[server]\nlisten = []\n",
+        2,
+        10,
+        &["server.listen", "empty"],
+    );
+    reject(
+        "[api]\ntcp_listen = \"127.0.0.1\"\n",
+        2,
+        14,
+        &["api.tcp_listen", "\"127.0.0.1\"", "not a socket address"],
+    );
+}
+
+#[test]
+fn bad_octal_modes() {
+    for (value, what) in [
+        ("0999", "not an octal permission mode"),
+        ("rw-rw----", "not an octal permission mode"),
+        ("", "not an octal permission mode"),
+        ("0o", "not an octal permission mode"),
+        ("-660", "not an octal permission mode"),
+        ("17777", "exceeds 07777"),
+    ] {
+        reject(
+            &format!("[api]\nsocket_mode = \"{value}\"\n"),
+            2,
+            15,
+            &["api.socket_mode", &format!("{value:?}"), what],
+        );
+    }
+}
+
+#[test]
+fn bad_log_settings() {
+    reject(
+        "[log]\nformat = \"xml\"\n",
+        2,
+        10,
+        &["log.format", "\"xml\"", "\"text\" or \"json\""],
+    );
+    reject(
+        "[log]\nformat = \"Text\"\n",
+        2,
+        10,
+        &["log.format", "\"Text\""],
+    );
+    reject(
+        "[log]\nlevel = \"info,metalbondd=loud\"\n",
+        2,
+        9,
+        &["log.level", "\"info,metalbondd=loud\"", "not a log filter"],
+    );
+    reject("[log]\nlevel = \"\"\n", 2, 9, &["log.level", "empty"]);
+}
+
+#[test]
+fn out_of_range_counts() {
+    reject(
+        "[server]\nmax_sessions = 0\n",
+        2,
+        16,
+        &["server.max_sessions", "0 is out of range", "at least 1"],
+    );
+    reject(
+        "[server]\nwrite_timeout = 0\n",
+        2,
+        17,
+        &["server.write_timeout", "0 is out of range"],
+    );
+    reject(
+        "[server]\nmax_lag_bytes = 0\n",
+        2,
+        17,
+        &["server.max_lag_bytes", "0 is out of range"],
+    );
+    reject(
+        "[server]\npace_limit = -16384\n",
+        2,
+        14,
+        &["server.pace_limit", "-16384 is out of range"],
+    );
+    assert_eq!(parse("[server]\npace_limit = 0").server.pace_limit, 0);
+}
+
+#[test]
+fn empty_strings() {
+    reject("[state]\ndir = \"\"\n", 2, 7, &["state.dir", "empty"]);
+    reject("[api]\nsocket = \"\"\n", 2, 10, &["api.socket", "empty"]);
+    reject(
+        "[api]\nsocket_group = \"\"\n",
+        2,
+        16,
+        &["api.socket_group", "empty"],
+    );
+    reject("[server]\nhttp = \"\"\n", 2, 8, &["server.http", "empty"]);
+}
+
+#[test]
+fn positions_count_characters_and_lines() {
+    assert_eq!(line_col("", 0), (1, 1));
+    assert_eq!(line_col("abc", 2), (1, 3));
+    assert_eq!(line_col("abc\n", 4), (2, 1));
+    assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+    assert_eq!(line_col("a\r\nb", 3), (2, 1));
+    // Multi-byte characters count as one column; offsets inside one and
+    // past the end are clamped.
+    assert_eq!(line_col("é=x", 2), (1, 2));
+    assert_eq!(line_col("é=x", 1), (1, 1));
+    assert_eq!(line_col("ab", 99), (1, 3));
+    // An error after a non-ASCII comment is in the right column.
+    reject(
+        "# café ☕\n[log] # überall\nformat = \"xml\"\n",
+        3,
+        10,
+        &["log.format"],
+    );
+    reject("[log]\nformat = \"é\"\ny = 1", 2, 10, &["\"é\""]);
+}
+
+#[test]
+fn unreadable_file_has_no_position() {
+    let err = Config::load("/nonexistent/metalbondd.toml").unwrap_err();
+    assert_eq!(err.location, None);
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("/nonexistent/metalbondd.toml: cannot read the file: "),
+        "{shown}"
+    );
+}
+
+/// The example files in `examples/` stay valid. (The daemon's tests also
+/// parse their static routes.)
+#[test]
+fn examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let full = Config::load(dir.join("metalbondd.toml")).unwrap_or_else(|e| panic!("{e}"));
+    // The full example spells out every default.
+    let d = Config::default();
+    assert_eq!(full.server.keepalive, d.server.keepalive);
+    assert_eq!(full.server.max_sessions, d.server.max_sessions);
+    assert_eq!(full.server.max_lag_bytes, d.server.max_lag_bytes);
+    assert_eq!(full.server.write_timeout, d.server.write_timeout);
+    assert_eq!(full.server.pace_limit, d.server.pace_limit);
+    assert_eq!(
+        full.api.socket.as_deref(),
+        Some(Path::new(DEFAULT_API_SOCKET))
+    );
+    assert_eq!(full.api.socket_mode, d.api.socket_mode);
+    assert_eq!(full.api.tcp_read_only, d.api.tcp_read_only);
+    assert_eq!(
+        full.state.dir.as_deref(),
+        Some(Path::new(DEFAULT_STATE_DIR))
+    );
+    assert_eq!(full.log, d.log);
+    assert!(!full.routes.static_routes.is_empty());
+
+    let minimal = Config::load(dir.join("minimal.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(minimal.server.listen, vec![addr("[::]:4711")]);
+    assert_eq!(minimal.routes.static_routes.len(), 1);
+}

@@ -1,0 +1,217 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+/// Control a running metalbondd: sessions, VNIs, routes, and the daemon itself.
+#[derive(Debug, Parser)]
+#[command(name = "mbctl", version, about, long_about = None)]
+#[command(
+    after_help = "Exit status: 0 ok, 1 error from the daemon, 2 usage error, 3 cannot connect."
+)]
+pub struct Cli {
+    /// Path of the daemon's API socket [default: /run/metalbondd/api.sock if it
+    /// exists, else $XDG_RUNTIME_DIR/metalbondd/api.sock, else /tmp/metalbondd-UID/api.sock]
+    #[arg(long, global = true, env = "MBCTL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    /// Seconds to wait for the daemon to answer a call.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0,
+          value_parser = parse_timeout)]
+    pub timeout: f64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns with a header row (or `key: value` lines).
+    Table,
+    /// One JSON document (one object per line for `watch`).
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the sessions (peers).
+    Peers,
+    /// Show one session.
+    Peer {
+        /// Session id, remote address (`[2001:db8::7]:40522`) or just its IP.
+        #[arg(value_name = "ADDR|ID")]
+        peer: String,
+    },
+    /// List the VNIs.
+    Vnis,
+    /// List routes (all pages).
+    Routes(RoutesArgs),
+    /// Announce routes from the daemon (all or none).
+    Announce {
+        /// Do not fail for routes announced through the API before.
+        #[arg(long)]
+        allow_existing: bool,
+        /// Routes: VNI#PREFIX@NEXTHOP[#TYPE[#FROM#TO]] or the Go form VNI#PREFIX#NEXTHOP[#TYPE][#FROM#TO].
+        #[arg(value_name = "ROUTE", required = true)]
+        routes: Vec<String>,
+    },
+    /// Withdraw routes announced through the API (all or none).
+    Withdraw {
+        /// Do not fail for routes that are not announced through the API.
+        #[arg(long)]
+        allow_missing: bool,
+        /// Routes, in the same form as for `announce`.
+        #[arg(value_name = "ROUTE", required = true)]
+        routes: Vec<String>,
+    },
+    /// Stream changes, one line per event, until interrupted.
+    #[command(subcommand)]
+    Watch(WatchCommand),
+    /// Show the daemon's status.
+    Status,
+    /// Check the daemon's health (grpc.health.v1); exit 0 if SERVING.
+    Health,
+    /// Re-read the configuration file (like SIGHUP).
+    Reload,
+    /// Stop the daemon gracefully.
+    Shutdown,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// `mbctl routes` filters.
+#[derive(Debug, Args, Default)]
+pub struct RoutesArgs {
+    /// Only this VNI.
+    #[arg(long, value_name = "N")]
+    pub vni: Option<u32>,
+    /// Only this exact prefix (`10.0.1.0/24`).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Only this next-hop address.
+    #[arg(long, value_name = "A")]
+    pub next_hop: Option<String>,
+    /// Only this route type.
+    #[arg(long = "type", value_enum, ignore_case = true, value_name = "TYPE")]
+    pub kind: Option<RouteTypeArg>,
+    /// Only routes announced by the daemon (`local`), a session id, or a peer address.
+    #[arg(long, value_name = "local|SESSION_ID|PEER_ADDR")]
+    pub origin: Option<String>,
+}
+
+/// Route type on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum RouteTypeArg {
+    /// Standard.
+    Std,
+    /// NAT.
+    Nat,
+    /// Load-balancer target.
+    Lb,
+}
+
+/// `mbctl watch ...`.
+#[derive(Debug, Subcommand)]
+pub enum WatchCommand {
+    /// Route snapshot, end marker, then routes added and removed.
+    Routes {
+        /// Only this VNI.
+        #[arg(long, value_name = "N")]
+        vni: Option<u32>,
+    },
+    /// Sessions coming up and going down.
+    Peers,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 * 365.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_globals_anywhere() {
+        let cli = Cli::try_parse_from([
+            "mbctl", "routes", "--vni", "7", "-o", "json", "--socket", "/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.socket, Some(PathBuf::from("/x")));
+        assert_eq!(cli.timeout, 10.0);
+        match cli.command {
+            Command::Routes(a) => assert_eq!(a.vni, Some(7)),
+            other => panic!("{other:?}"),
+        }
+        let cli =
+            Cli::try_parse_from(["mbctl", "--timeout", "0.5", "watch", "routes", "--vni", "1"])
+                .unwrap();
+        assert_eq!(cli.timeout, 0.5);
+        assert!(matches!(
+            cli.command,
+            Command::Watch(WatchCommand::Routes { vni: Some(1) })
+        ));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for args in [
+            &["mbctl"][..],
+            &["mbctl", "announce"],
+            &["mbctl", "routes", "--type", "weird"],
+            &["mbctl", "routes", "--vni", "x"],
+            &["mbctl", "--timeout", "0", "status"],
+            &["mbctl", "-o", "yaml", "status"],
+            &["mbctl", "completions", "tcsh"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn route_types_and_flags() {
+        let cli =
+            Cli::try_parse_from(["mbctl", "routes", "--type", "lb", "--origin", "local"]).unwrap();
+        match cli.command {
+            Command::Routes(a) => {
+                assert_eq!(a.kind, Some(RouteTypeArg::Lb));
+                assert_eq!(a.origin.as_deref(), Some("local"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["mbctl", "withdraw", "--allow-missing", "1#10.0.0.0/8@::1"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Withdraw {
+                allow_missing: true,
+                ..
+            }
+        ));
+    }
+}

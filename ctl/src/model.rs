@@ -1,0 +1,714 @@
+//! The JSON output of `mbctl -o json`: our own serde structs, so that the
+//! shape is stable whatever the generated code does. Field names are the
+//! proto field names (snake_case); enums are short lower-case names
+//! (`std`/`nat`/`lb`, `client`/`server`, `established`, ...); timestamps are
+//! RFC 3339 UTC text (`null` when unset); durations are whole seconds in a
+//! field named `..._seconds`. Every field is always present.
+
+use metalbond_proto::api;
+use serde::Serialize;
+
+use crate::route::type_name;
+
+/// A next hop.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NextHopJson {
+    /// Underlay address.
+    pub address: String,
+    /// `std`, `nat`, `lb`, `other` or `unspecified`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// NAT port range start (0 unless NAT).
+    pub nat_port_from: u32,
+    /// NAT port range end (0 unless NAT).
+    pub nat_port_to: u32,
+    /// Target VNI (0 when unset).
+    pub target_vni: u32,
+    /// The MetalBond wire value of the type.
+    pub wire_type: i32,
+}
+
+/// A route.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RouteJson {
+    /// VNI.
+    pub vni: u32,
+    /// `ADDR/LEN`.
+    pub prefix: String,
+    /// The next hop.
+    pub next_hop: NextHopJson,
+}
+
+impl From<&api::Route> for RouteJson {
+    fn from(r: &api::Route) -> Self {
+        let nh = r.next_hop.clone().unwrap_or_default();
+        RouteJson {
+            vni: r.vni,
+            prefix: r.prefix.clone(),
+            next_hop: NextHopJson {
+                address: nh.address,
+                kind: type_name(nh.r#type),
+                nat_port_from: nh.nat_port_from,
+                nat_port_to: nh.nat_port_to,
+                target_vni: nh.target_vni,
+                wire_type: nh.wire_type,
+            },
+        }
+    }
+}
+
+/// Who announces a route: `{"kind": "peer", "session_id": 12, "remote_address": "..."}`,
+/// `{"kind": "api"}`, `{"kind": "config"}` or `{"kind": "unknown"}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AnnouncerJson {
+    /// A session.
+    Peer {
+        /// Session id.
+        session_id: u64,
+        /// Remote address of the session.
+        remote_address: String,
+    },
+    /// Injected through the API.
+    Api,
+    /// A static route of the configuration file.
+    Config,
+    /// A kind this version does not know.
+    Unknown,
+}
+
+impl From<&api::Announcer> for AnnouncerJson {
+    fn from(a: &api::Announcer) -> Self {
+        use api::announcer::Kind;
+        match &a.kind {
+            Some(Kind::Peer(p)) => AnnouncerJson::Peer {
+                session_id: p.session_id,
+                remote_address: p.remote_address.clone(),
+            },
+            Some(Kind::Api(_)) => AnnouncerJson::Api,
+            Some(Kind::Config(_)) => AnnouncerJson::Config,
+            None => AnnouncerJson::Unknown,
+        }
+    }
+}
+
+impl AnnouncerJson {
+    /// Short text for tables: the remote address, `api` or `config`.
+    pub fn short(&self) -> String {
+        match self {
+            AnnouncerJson::Peer {
+                session_id,
+                remote_address,
+            } => {
+                if remote_address.is_empty() {
+                    format!("session {session_id}")
+                } else {
+                    remote_address.clone()
+                }
+            }
+            AnnouncerJson::Api => "api".into(),
+            AnnouncerJson::Config => "config".into(),
+            AnnouncerJson::Unknown => "?".into(),
+        }
+    }
+}
+
+/// A route in the table with its announcers.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RouteEntryJson {
+    /// The route.
+    pub route: RouteJson,
+    /// Everyone announcing it.
+    pub announcers: Vec<AnnouncerJson>,
+}
+
+impl From<&api::RouteEntry> for RouteEntryJson {
+    fn from(e: &api::RouteEntry) -> Self {
+        RouteEntryJson {
+            route: RouteJson::from(&e.route.clone().unwrap_or_default()),
+            announcers: e.announcers.iter().map(AnnouncerJson::from).collect(),
+        }
+    }
+}
+
+/// `mbctl routes -o json`: all pages in one document.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteListJson {
+    /// The routes.
+    pub routes: Vec<RouteEntryJson>,
+}
+
+/// A session.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerJson {
+    /// Session id.
+    pub session_id: u64,
+    /// Remote address (`[2001:db8::7]:40522`).
+    pub remote_address: String,
+    /// Local address.
+    pub local_address: String,
+    /// `client`, `server` or `unspecified`.
+    pub role: &'static str,
+    /// `connecting`, `hello_sent`, `hello_received`, `established`, `retry`, `closed`, `unspecified`.
+    pub state: &'static str,
+    /// Negotiated keepalive interval (0 before the handshake).
+    pub keepalive_seconds: u32,
+    /// When the session connected (RFC 3339), or null.
+    pub connected_at: Option<String>,
+    /// Age of the session in whole seconds, or null.
+    pub uptime_seconds: Option<u64>,
+    /// Subscribed VNIs.
+    pub subscribed_vnis: Vec<u32>,
+    /// Routes this peer announces now.
+    pub routes_announced: u64,
+    /// UPDATEs received from the peer.
+    pub updates_received: u64,
+    /// UPDATEs sent to the peer.
+    pub updates_sent: u64,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Bytes queued for the peer.
+    pub queue_bytes: u64,
+    /// Last error or close reason (empty if none).
+    pub last_error: String,
+}
+
+impl From<&api::Peer> for PeerJson {
+    fn from(p: &api::Peer) -> Self {
+        PeerJson {
+            session_id: p.session_id,
+            remote_address: p.remote_address.clone(),
+            local_address: p.local_address.clone(),
+            role: role_name(p.role),
+            state: state_name(p.state),
+            keepalive_seconds: p.keepalive_seconds,
+            connected_at: p.connected_at.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
+            uptime_seconds: p.uptime.as_ref().map(|d| d.seconds.max(0) as u64),
+            subscribed_vnis: p.subscribed_vnis.clone(),
+            routes_announced: p.routes_announced,
+            updates_received: p.updates_received,
+            updates_sent: p.updates_sent,
+            messages_in: p.messages_in,
+            messages_out: p.messages_out,
+            bytes_in: p.bytes_in,
+            bytes_out: p.bytes_out,
+            queue_bytes: p.queue_bytes,
+            last_error: p.last_error.clone(),
+        }
+    }
+}
+
+/// `mbctl peers -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerListJson {
+    /// The sessions.
+    pub peers: Vec<PeerJson>,
+}
+
+/// A VNI.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VniJson {
+    /// The VNI.
+    pub vni: u32,
+    /// Routes in it.
+    pub routes: u64,
+    /// Distinct announcers of its routes.
+    pub announcers: u64,
+    /// Sessions subscribed to it.
+    pub subscribers: u64,
+}
+
+impl From<&api::Vni> for VniJson {
+    fn from(v: &api::Vni) -> Self {
+        VniJson {
+            vni: v.vni,
+            routes: v.routes,
+            announcers: v.announcers,
+            subscribers: v.subscribers,
+        }
+    }
+}
+
+/// `mbctl vnis -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VniListJson {
+    /// The VNIs.
+    pub vnis: Vec<VniJson>,
+}
+
+/// `mbctl status -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatusJson {
+    /// Daemon version.
+    pub version: String,
+    /// Start time (RFC 3339), or null.
+    pub started_at: Option<String>,
+    /// Uptime in whole seconds, or null.
+    pub uptime_seconds: Option<u64>,
+    /// MetalBond listen addresses.
+    pub listen_addresses: Vec<String>,
+    /// Path of the API socket.
+    pub api_socket: String,
+    /// State directory.
+    pub state_dir: String,
+    /// Open sessions.
+    pub sessions: u64,
+    /// Routes in the table.
+    pub routes: u64,
+    /// VNIs.
+    pub vnis: u64,
+    /// Distinct next hops.
+    pub next_hops: u64,
+    /// Routes injected through the API.
+    pub injected_routes: u64,
+    /// Static routes of the configuration.
+    pub static_routes: u64,
+}
+
+impl From<&api::Status> for StatusJson {
+    fn from(s: &api::Status) -> Self {
+        StatusJson {
+            version: s.version.clone(),
+            started_at: s.started_at.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
+            uptime_seconds: s.uptime.as_ref().map(|d| d.seconds.max(0) as u64),
+            listen_addresses: s.listen_addresses.clone(),
+            api_socket: s.api_socket.clone(),
+            state_dir: s.state_dir.clone(),
+            sessions: s.sessions,
+            routes: s.routes,
+            vnis: s.vnis,
+            next_hops: s.next_hops,
+            injected_routes: s.injected_routes,
+            static_routes: s.static_routes,
+        }
+    }
+}
+
+/// `mbctl reload -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReloadJson {
+    /// What changed and was applied.
+    pub applied: Vec<String>,
+    /// What changed but needs a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// `mbctl announce -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnounceJson {
+    /// How many routes were new.
+    pub added: u32,
+}
+
+/// `mbctl withdraw -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WithdrawJson {
+    /// How many routes were removed.
+    pub removed: u32,
+}
+
+/// `mbctl health -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthJson {
+    /// `SERVING`, `NOT_SERVING`, `UNKNOWN` or `SERVICE_UNKNOWN`.
+    pub status: String,
+}
+
+/// `mbctl shutdown -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShutdownJson {
+    /// Always true (the daemon accepted the request).
+    pub shutting_down: bool,
+}
+
+/// One line of `mbctl watch routes -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RouteEventJson {
+    /// Sequence number (from 1, no gaps).
+    pub sequence: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: RouteEventKind,
+}
+
+/// What a route event is, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouteEventKind {
+    /// A route of the initial snapshot.
+    Snapshot {
+        /// The route.
+        route: RouteJson,
+    },
+    /// The end of the snapshot.
+    SnapshotEnd {
+        /// Routes in the snapshot.
+        routes: u64,
+    },
+    /// A route appeared.
+    Added {
+        /// The route.
+        route: RouteJson,
+    },
+    /// A route is gone.
+    Removed {
+        /// The route.
+        route: RouteJson,
+    },
+    /// The watcher fell behind; the stream ends.
+    Lagged {
+        /// Why.
+        reason: String,
+    },
+    /// An event this version does not know.
+    Unknown,
+}
+
+impl From<&api::RouteEvent> for RouteEventJson {
+    fn from(e: &api::RouteEvent) -> Self {
+        use api::route_event::Event;
+        let event = match &e.event {
+            Some(Event::Snapshot(r)) => RouteEventKind::Snapshot { route: r.into() },
+            Some(Event::SnapshotEnd(end)) => RouteEventKind::SnapshotEnd { routes: end.routes },
+            Some(Event::Added(r)) => RouteEventKind::Added { route: r.into() },
+            Some(Event::Removed(r)) => RouteEventKind::Removed { route: r.into() },
+            Some(Event::Lagged(l)) => RouteEventKind::Lagged {
+                reason: l.reason.clone(),
+            },
+            None => RouteEventKind::Unknown,
+        };
+        RouteEventJson {
+            sequence: e.sequence,
+            event,
+        }
+    }
+}
+
+/// One line of `mbctl watch peers -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerEventJson {
+    /// Sequence number (from 1, no gaps).
+    pub sequence: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: PeerEventKind,
+}
+
+/// What a peer event is, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PeerEventKind {
+    /// A session came up.
+    Up {
+        /// The session.
+        peer: PeerJson,
+    },
+    /// A session went down.
+    Down {
+        /// The session.
+        peer: Option<PeerJson>,
+        /// Why.
+        reason: String,
+    },
+    /// The watcher fell behind; the stream ends.
+    Lagged {
+        /// Why.
+        reason: String,
+    },
+    /// An event this version does not know.
+    Unknown,
+}
+
+impl From<&api::PeerEvent> for PeerEventJson {
+    fn from(e: &api::PeerEvent) -> Self {
+        use api::peer_event::Event;
+        let event = match &e.event {
+            Some(Event::Up(p)) => PeerEventKind::Up { peer: p.into() },
+            Some(Event::Down(d)) => PeerEventKind::Down {
+                peer: d.peer.as_ref().map(PeerJson::from),
+                reason: d.reason.clone(),
+            },
+            Some(Event::Lagged(l)) => PeerEventKind::Lagged {
+                reason: l.reason.clone(),
+            },
+            None => PeerEventKind::Unknown,
+        };
+        PeerEventJson {
+            sequence: e.sequence,
+            event,
+        }
+    }
+}
+
+/// Short name of a peer role.
+pub fn role_name(r: i32) -> &'static str {
+    match api::PeerRole::try_from(r) {
+        Ok(api::PeerRole::Client) => "client",
+        Ok(api::PeerRole::Server) => "server",
+        _ => "unspecified",
+    }
+}
+
+/// Short name of a session state.
+pub fn state_name(s: i32) -> &'static str {
+    use api::SessionState::*;
+    match api::SessionState::try_from(s) {
+        Ok(Connecting) => "connecting",
+        Ok(HelloSent) => "hello_sent",
+        Ok(HelloReceived) => "hello_received",
+        Ok(Established) => "established",
+        Ok(Retry) => "retry",
+        Ok(Closed) => "closed",
+        _ => "unspecified",
+    }
+}
+
+/// A Unix time as RFC 3339 UTC text: `2025-01-31T12:00:05Z`, with
+/// milliseconds when they are not zero (`...05.250Z`).
+pub fn rfc3339(seconds: i64, nanos: i32) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let millis = nanos.clamp(0, 999_999_999) / 1_000_000;
+    if millis == 0 {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::parse_route;
+    use serde_json::json;
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn route_entry_shape() {
+        let entry = api::RouteEntry {
+            route: Some(parse_route("200#10.0.2.0/24@2001:db8::2#nat#1024#2048").unwrap()),
+            announcers: vec![
+                api::Announcer {
+                    kind: Some(api::announcer::Kind::Peer(api::PeerRef {
+                        session_id: 12,
+                        remote_address: "[2001:db8::7]:40522".into(),
+                    })),
+                },
+                api::Announcer {
+                    kind: Some(api::announcer::Kind::Api(true)),
+                },
+                api::Announcer {
+                    kind: Some(api::announcer::Kind::Config(true)),
+                },
+            ],
+        };
+        let v = serde_json::to_value(RouteEntryJson::from(&entry)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "route": {
+                    "vni": 200,
+                    "prefix": "10.0.2.0/24",
+                    "next_hop": {
+                        "address": "2001:db8::2",
+                        "type": "nat",
+                        "nat_port_from": 1024,
+                        "nat_port_to": 2048,
+                        "target_vni": 0,
+                        "wire_type": 0
+                    }
+                },
+                "announcers": [
+                    {"kind": "peer", "session_id": 12, "remote_address": "[2001:db8::7]:40522"},
+                    {"kind": "api"},
+                    {"kind": "config"}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn peer_shape() {
+        let p = api::Peer {
+            session_id: 3,
+            remote_address: "[::1]:5".into(),
+            role: api::PeerRole::Client as i32,
+            state: api::SessionState::Established as i32,
+            keepalive_seconds: 5,
+            connected_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            uptime: Some(prost_types::Duration {
+                seconds: 61,
+                nanos: 5,
+            }),
+            subscribed_vnis: vec![100, 200],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(PeerJson::from(&p)).unwrap();
+        assert_eq!(
+            keys(&v),
+            [
+                "bytes_in",
+                "bytes_out",
+                "connected_at",
+                "keepalive_seconds",
+                "last_error",
+                "local_address",
+                "messages_in",
+                "messages_out",
+                "queue_bytes",
+                "remote_address",
+                "role",
+                "routes_announced",
+                "session_id",
+                "state",
+                "subscribed_vnis",
+                "updates_received",
+                "updates_sent",
+                "uptime_seconds"
+            ]
+        );
+        assert_eq!(v["role"], "client");
+        assert_eq!(v["state"], "established");
+        assert_eq!(v["connected_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["uptime_seconds"], 61);
+        assert_eq!(v["subscribed_vnis"], json!([100, 200]));
+        let none = serde_json::to_value(PeerJson::from(&api::Peer::default())).unwrap();
+        assert_eq!(none["connected_at"], serde_json::Value::Null);
+        assert_eq!(none["state"], "unspecified");
+    }
+
+    #[test]
+    fn status_vni_reload_shapes() {
+        let v = serde_json::to_value(StatusJson::from(&api::Status::default())).unwrap();
+        assert_eq!(
+            keys(&v),
+            [
+                "api_socket",
+                "injected_routes",
+                "listen_addresses",
+                "next_hops",
+                "routes",
+                "sessions",
+                "started_at",
+                "state_dir",
+                "static_routes",
+                "uptime_seconds",
+                "version",
+                "vnis"
+            ]
+        );
+        let v = serde_json::to_value(VniJson::from(&api::Vni {
+            vni: 1,
+            routes: 2,
+            announcers: 3,
+            subscribers: 4,
+        }))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"vni": 1, "routes": 2, "announcers": 3, "subscribers": 4})
+        );
+        let v = serde_json::to_value(ReloadJson {
+            applied: vec!["log".into()],
+            needs_restart: vec![],
+        })
+        .unwrap();
+        assert_eq!(v, json!({"applied": ["log"], "needs_restart": []}));
+    }
+
+    #[test]
+    fn event_shapes() {
+        use api::route_event::Event;
+        let r = parse_route("1#10.0.0.0/8@::1").unwrap();
+        let ev = |sequence, event| api::RouteEvent {
+            sequence,
+            event: Some(event),
+        };
+        let v =
+            serde_json::to_value(RouteEventJson::from(&ev(1, Event::Snapshot(r.clone())))).unwrap();
+        assert_eq!(keys(&v), ["kind", "route", "sequence"]);
+        assert_eq!(v["kind"], "snapshot");
+        assert_eq!(v["route"]["prefix"], "10.0.0.0/8");
+        let v = serde_json::to_value(RouteEventJson::from(&ev(
+            2,
+            Event::SnapshotEnd(api::SnapshotEnd { routes: 1 }),
+        )))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"sequence": 2, "kind": "snapshot_end", "routes": 1})
+        );
+        let v =
+            serde_json::to_value(RouteEventJson::from(&ev(3, Event::Added(r.clone())))).unwrap();
+        assert_eq!(v["kind"], "added");
+        let v = serde_json::to_value(RouteEventJson::from(&ev(4, Event::Removed(r)))).unwrap();
+        assert_eq!(v["kind"], "removed");
+        let v = serde_json::to_value(RouteEventJson::from(&ev(
+            5,
+            Event::Lagged(api::Lagged {
+                reason: "slow".into(),
+            }),
+        )))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"sequence": 5, "kind": "lagged", "reason": "slow"})
+        );
+
+        use api::peer_event::Event as P;
+        let pe = api::PeerEvent {
+            sequence: 9,
+            event: Some(P::Down(api::PeerDown {
+                peer: Some(api::Peer::default()),
+                reason: "gone".into(),
+            })),
+        };
+        let v = serde_json::to_value(PeerEventJson::from(&pe)).unwrap();
+        assert_eq!(keys(&v), ["kind", "peer", "reason", "sequence"]);
+        assert_eq!(v["kind"], "down");
+        let pe = api::PeerEvent {
+            sequence: 1,
+            event: Some(P::Up(api::Peer::default())),
+        };
+        let v = serde_json::to_value(PeerEventJson::from(&pe)).unwrap();
+        assert_eq!(keys(&v), ["kind", "peer", "sequence"]);
+        assert_eq!(v["kind"], "up");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(1_700_000_000, 250_000_000),
+            "2023-11-14T22:13:20.250Z"
+        );
+        assert_eq!(rfc3339(-1, 0), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(4_102_444_800, 0), "2100-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,933 @@
+//! Runs the built `mbctl` binary against an in-process fake metalbondd: a
+//! tonic server with canned answers on a temporary Unix socket. This tests
+//! the CLI (requests, paging, tables, JSON, exit codes) without the daemon.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metalbond_proto::api::{self, *};
+use prost_types::{Duration as PbDuration, Timestamp};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// What the fake server was asked.
+#[derive(Default)]
+struct Seen {
+    list_routes: Vec<ListRoutesRequest>,
+    announce: Vec<AnnounceRoutesRequest>,
+    withdraw: Vec<WithdrawRoutesRequest>,
+    get_peer: Vec<GetPeerRequest>,
+    shutdowns: usize,
+}
+
+#[derive(Clone, Default)]
+struct Fake {
+    seen: Arc<Mutex<Seen>>,
+    /// Answer GetStatus only after this long.
+    status_delay: Duration,
+}
+
+fn route(vni: u32, prefix: &str, nh: &str, kind: RouteType, ports: (u32, u32)) -> Route {
+    Route {
+        vni,
+        prefix: prefix.into(),
+        next_hop: Some(NextHop {
+            address: nh.into(),
+            r#type: kind as i32,
+            nat_port_from: ports.0,
+            nat_port_to: ports.1,
+            target_vni: 0,
+            wire_type: 0,
+        }),
+    }
+}
+
+/// A route as the daemon lists it: with its wire type set.
+fn listed(vni: u32, prefix: &str, nh: &str, kind: RouteType, ports: (u32, u32)) -> Route {
+    let mut r = route(vni, prefix, nh, kind, ports);
+    r.next_hop.as_mut().unwrap().wire_type = match kind {
+        RouteType::Nat => 1,
+        RouteType::LoadbalancerTarget => 2,
+        _ => 0,
+    };
+    r
+}
+
+fn peer_announcer(id: u64, addr: &str) -> Announcer {
+    Announcer {
+        kind: Some(announcer::Kind::Peer(PeerRef {
+            session_id: id,
+            remote_address: addr.into(),
+        })),
+    }
+}
+
+/// Five routes, served two per page.
+fn all_routes() -> Vec<RouteEntry> {
+    let api_a = Announcer {
+        kind: Some(announcer::Kind::Api(true)),
+    };
+    let cfg = Announcer {
+        kind: Some(announcer::Kind::Config(true)),
+    };
+    vec![
+        RouteEntry {
+            route: Some(listed(
+                100,
+                "10.0.1.0/24",
+                "2001:db8::1",
+                RouteType::Standard,
+                (0, 0),
+            )),
+            announcers: vec![peer_announcer(1, "[2001:db8::7]:40522")],
+        },
+        RouteEntry {
+            route: Some(listed(
+                100,
+                "10.0.3.0/24",
+                "2001:db8::3",
+                RouteType::LoadbalancerTarget,
+                (0, 0),
+            )),
+            announcers: vec![
+                peer_announcer(1, "[2001:db8::7]:40522"),
+                peer_announcer(2, "[2001:db8::8]:50000"),
+            ],
+        },
+        RouteEntry {
+            route: Some(listed(
+                200,
+                "10.0.2.0/24",
+                "2001:db8::2",
+                RouteType::Nat,
+                (1024, 2048),
+            )),
+            announcers: vec![api_a.clone()],
+        },
+        RouteEntry {
+            route: Some(listed(
+                200,
+                "2001:db8:42::/48",
+                "2001:db8::4242",
+                RouteType::Standard,
+                (0, 0),
+            )),
+            announcers: vec![cfg, api_a],
+        },
+        RouteEntry {
+            route: Some(listed(
+                300,
+                "192.168.0.0/16",
+                "2001:db8::9",
+                RouteType::Standard,
+                (0, 0),
+            )),
+            announcers: vec![],
+        },
+    ]
+}
+
+fn peer_one() -> Peer {
+    Peer {
+        session_id: 1,
+        remote_address: "[2001:db8::7]:40522".into(),
+        local_address: "[2001:db8::1]:4711".into(),
+        role: PeerRole::Client as i32,
+        state: SessionState::Established as i32,
+        keepalive_seconds: 5,
+        connected_at: Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        uptime: Some(PbDuration {
+            seconds: 7500,
+            nanos: 0,
+        }),
+        subscribed_vnis: vec![100, 200],
+        routes_announced: 2,
+        updates_received: 2,
+        updates_sent: 3,
+        messages_in: 40,
+        messages_out: 41,
+        bytes_in: 1000,
+        bytes_out: 2000,
+        queue_bytes: 0,
+        last_error: String::new(),
+    }
+}
+
+fn peer_two() -> Peer {
+    Peer {
+        session_id: 2,
+        remote_address: "[2001:db8::8]:50000".into(),
+        local_address: "[2001:db8::1]:4711".into(),
+        role: PeerRole::Client as i32,
+        state: SessionState::HelloSent as i32,
+        keepalive_seconds: 0,
+        connected_at: None,
+        uptime: Some(PbDuration {
+            seconds: 3,
+            nanos: 0,
+        }),
+        subscribed_vnis: vec![],
+        queue_bytes: 16 * 1024,
+        last_error: "keepalive timeout".into(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl route_service_server::RouteService for Fake {
+    async fn list_routes(
+        &self,
+        req: Request<ListRoutesRequest>,
+    ) -> Result<Response<ListRoutesResponse>, Status> {
+        let req = req.into_inner();
+        self.seen.lock().unwrap().list_routes.push(req.clone());
+        let filter = req.filter.unwrap_or_default();
+        let routes: Vec<RouteEntry> = all_routes()
+            .into_iter()
+            .filter(|e| {
+                filter
+                    .vni
+                    .is_none_or(|v| e.route.as_ref().unwrap().vni == v)
+            })
+            .collect();
+        let start: usize = match req.page_token.as_str() {
+            "" => 0,
+            t => t
+                .strip_prefix("page-")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| Status::invalid_argument("page_token: bad"))?,
+        };
+        let end = (start + 2).min(routes.len());
+        let next_page_token = if end < routes.len() {
+            format!("page-{end}")
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListRoutesResponse {
+            routes: routes[start..end].to_vec(),
+            next_page_token,
+        }))
+    }
+
+    async fn announce_routes(
+        &self,
+        req: Request<AnnounceRoutesRequest>,
+    ) -> Result<Response<AnnounceRoutesResponse>, Status> {
+        let req = req.into_inner();
+        let n = req.routes.len() as u32;
+        let allow = req.allow_existing;
+        self.seen.lock().unwrap().announce.push(req);
+        if !allow && n > 2 {
+            return Err(Status::already_exists("routes[2]: already announced"));
+        }
+        Ok(Response::new(AnnounceRoutesResponse { added: n }))
+    }
+
+    async fn withdraw_routes(
+        &self,
+        req: Request<WithdrawRoutesRequest>,
+    ) -> Result<Response<WithdrawRoutesResponse>, Status> {
+        let req = req.into_inner();
+        let allow = req.allow_missing;
+        self.seen.lock().unwrap().withdraw.push(req);
+        if !allow {
+            return Err(Status::not_found(
+                "routes[0]: not announced through the API",
+            ));
+        }
+        Ok(Response::new(WithdrawRoutesResponse { removed: 0 }))
+    }
+
+    type WatchRoutesStream = EventStream<RouteEvent>;
+
+    async fn watch_routes(
+        &self,
+        req: Request<WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        use route_event::Event;
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let r1 = route(
+            100,
+            "10.0.1.0/24",
+            "2001:db8::1",
+            RouteType::Standard,
+            (0, 0),
+        );
+        let r2 = route(100, "10.0.2.0/24", "2001:db8::2", RouteType::Nat, (1, 2));
+        let mut events = vec![
+            Event::Snapshot(r1.clone()),
+            Event::SnapshotEnd(SnapshotEnd { routes: 1 }),
+            Event::Added(r2),
+            Event::Removed(r1),
+        ];
+        if filter.vni == Some(666) {
+            events.push(Event::Lagged(Lagged {
+                reason: "watcher fell 10000 events behind".into(),
+            }));
+        }
+        let items: Vec<Result<RouteEvent, Status>> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(RouteEvent {
+                    sequence: i as u64 + 1,
+                    event: Some(e),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}
+
+#[tonic::async_trait]
+impl peer_service_server::PeerService for Fake {
+    async fn list_peers(
+        &self,
+        _: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersResponse>, Status> {
+        Ok(Response::new(ListPeersResponse {
+            peers: vec![peer_one(), peer_two()],
+        }))
+    }
+
+    async fn get_peer(&self, req: Request<GetPeerRequest>) -> Result<Response<Peer>, Status> {
+        let req = req.into_inner();
+        self.seen.lock().unwrap().get_peer.push(req.clone());
+        match req.peer {
+            Some(get_peer_request::Peer::SessionId(1)) => Ok(Response::new(peer_one())),
+            Some(get_peer_request::Peer::Address(a))
+                if a == "2001:db8::7" || a == "[2001:db8::7]:40522" =>
+            {
+                Ok(Response::new(peer_one()))
+            }
+            _ => Err(Status::not_found("no such session")),
+        }
+    }
+
+    async fn reset_peer(
+        &self,
+        _: Request<ResetPeerRequest>,
+    ) -> Result<Response<ResetPeerResponse>, Status> {
+        Ok(Response::new(ResetPeerResponse {}))
+    }
+
+    type WatchPeersStream = EventStream<PeerEvent>;
+
+    async fn watch_peers(
+        &self,
+        _: Request<WatchPeersRequest>,
+    ) -> Result<Response<Self::WatchPeersStream>, Status> {
+        use peer_event::Event;
+        let items = vec![
+            Ok(PeerEvent {
+                sequence: 1,
+                event: Some(Event::Up(peer_one())),
+            }),
+            Ok(PeerEvent {
+                sequence: 2,
+                event: Some(Event::Down(PeerDown {
+                    peer: Some(peer_two()),
+                    reason: "keepalive timeout".into(),
+                })),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}
+
+#[tonic::async_trait]
+impl vni_service_server::VniService for Fake {
+    async fn list_vnis(
+        &self,
+        _: Request<ListVnisRequest>,
+    ) -> Result<Response<ListVnisResponse>, Status> {
+        Ok(Response::new(ListVnisResponse {
+            vnis: vec![
+                api::Vni {
+                    vni: 100,
+                    routes: 2,
+                    announcers: 2,
+                    subscribers: 1,
+                },
+                api::Vni {
+                    vni: 16_777_215,
+                    routes: 12_345,
+                    announcers: 1,
+                    subscribers: 0,
+                },
+            ],
+        }))
+    }
+
+    async fn get_vni(&self, _: Request<GetVniRequest>) -> Result<Response<api::Vni>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+#[tonic::async_trait]
+impl daemon_service_server::DaemonService for Fake {
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<api::Status>, Status> {
+        tokio::time::sleep(self.status_delay).await;
+        Ok(Response::new(api::Status {
+            version: "0.1.0".into(),
+            started_at: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            uptime: Some(PbDuration {
+                seconds: 187,
+                nanos: 0,
+            }),
+            listen_addresses: vec!["[::]:4711".into(), "0.0.0.0:4711".into()],
+            api_socket: "/run/metalbondd/api.sock".into(),
+            state_dir: "/var/lib/metalbondd".into(),
+            sessions: 2,
+            routes: 5,
+            vnis: 3,
+            next_hops: 5,
+            injected_routes: 2,
+            static_routes: 1,
+        }))
+    }
+
+    async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ReloadResponse>, Status> {
+        Ok(Response::new(ReloadResponse {
+            applied: vec!["log_level".into(), "static_routes".into()],
+            needs_restart: vec!["listen".into()],
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        self.seen.lock().unwrap().shutdowns += 1;
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+/// A running fake daemon.
+struct Server {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// Starts a fake daemon on its own thread and runtime (it lives until the
+/// test process ends).
+fn start(fake: Fake, serving: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let seen = fake.seen.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = socket.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            let (reporter, health) = tonic_health::server::health_reporter();
+            if !serving {
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            ready_tx.send(()).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(route_service_server::RouteServiceServer::new(fake.clone()))
+                .add_service(peer_service_server::PeerServiceServer::new(fake.clone()))
+                .add_service(vni_service_server::VniServiceServer::new(fake.clone()))
+                .add_service(daemon_service_server::DaemonServiceServer::new(fake))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    Server {
+        _dir: dir,
+        socket,
+        seen,
+    }
+}
+
+impl Server {
+    fn mbctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mbctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run mbctl")
+    }
+
+    /// Runs mbctl, expects exit 0 and no stderr, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.mbctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["-o", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+fn default_server() -> Server {
+    start(Fake::default(), true)
+}
+
+#[test]
+fn peers_table_and_json() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["peers"]),
+        "\
+ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUNCED  IN/OUT  QUEUE  LAST ERROR
+1   [2001:db8::7]:40522  client  established  5s         2h05m   100,200  2          2/3     0B     -
+2   [2001:db8::8]:50000  client  hello_sent   -          3s      -        0          0/0     16KiB  keepalive timeout
+"
+    );
+    let v = s.json(&["peers"]);
+    let peers = v["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0]["session_id"], 1);
+    assert_eq!(peers[0]["remote_address"], "[2001:db8::7]:40522");
+    assert_eq!(peers[0]["state"], "established");
+    assert_eq!(peers[0]["connected_at"], "2023-11-14T22:13:20Z");
+    assert_eq!(peers[0]["uptime_seconds"], 7500);
+    assert_eq!(peers[1]["connected_at"], serde_json::Value::Null);
+    assert_eq!(peers[1]["last_error"], "keepalive timeout");
+}
+
+#[test]
+fn one_peer_by_id_and_address() {
+    let s = default_server();
+    let out = s.ok(&["peer", "1"]);
+    assert!(
+        out.starts_with("session_id:        1\nremote_address:    [2001:db8::7]:40522\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nstate:             established\n"), "{out}");
+    assert!(out.contains("\nsubscribed_vnis:   100,200\n"), "{out}");
+    let v = s.json(&["peer", "2001:db8::7"]);
+    assert_eq!(v["session_id"], 1);
+    {
+        let seen = s.seen.lock().unwrap();
+        assert_eq!(
+            seen.get_peer[0].peer,
+            Some(get_peer_request::Peer::SessionId(1))
+        );
+        assert_eq!(
+            seen.get_peer[1].peer,
+            Some(get_peer_request::Peer::Address("2001:db8::7".into()))
+        );
+    }
+
+    // NOT_FOUND: exit 1, one line on stderr; in JSON mode the error document on stdout.
+    let out = s.mbctl(&["peer", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: no such session (NOT_FOUND)\n"
+    );
+    let out = s.mbctl(&["-o", "json", "peer", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"error": {"code": "NOT_FOUND", "message": "no such session"}})
+    );
+}
+
+#[test]
+fn vnis_table_and_json() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["vnis"]),
+        "\
+VNI       ROUTES  ANNOUNCERS  SUBSCRIBERS
+100       2       2           1
+16777215  12345   1           0
+"
+    );
+    let v = s.json(&["vnis"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"vnis": [
+            {"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1},
+            {"vni": 16777215, "routes": 12345, "announcers": 1, "subscribers": 0}
+        ]})
+    );
+}
+
+#[test]
+fn routes_all_pages_table_and_json() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["routes"]),
+        "\
+VNI  PREFIX            NEXT HOP        TYPE  PORTS      ANNOUNCERS
+100  10.0.1.0/24       2001:db8::1     std   -          [2001:db8::7]:40522
+100  10.0.3.0/24       2001:db8::3     lb    -          [2001:db8::7]:40522,[2001:db8::8]:50000
+200  10.0.2.0/24       2001:db8::2     nat   1024-2048  api
+200  2001:db8:42::/48  2001:db8::4242  std   -          config,api
+300  192.168.0.0/16    2001:db8::9     std   -          -
+"
+    );
+    // Three pages: "", "page-2", "page-4".
+    {
+        let seen = s.seen.lock().unwrap();
+        let tokens: Vec<&str> = seen
+            .list_routes
+            .iter()
+            .map(|r| r.page_token.as_str())
+            .collect();
+        assert_eq!(tokens, ["", "page-2", "page-4"]);
+    }
+
+    let v = s.json(&["routes"]);
+    let routes = v["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 5);
+    assert_eq!(
+        routes[2],
+        serde_json::json!({
+            "route": {
+                "vni": 200,
+                "prefix": "10.0.2.0/24",
+                "next_hop": {
+                    "address": "2001:db8::2",
+                    "type": "nat",
+                    "nat_port_from": 1024,
+                    "nat_port_to": 2048,
+                    "target_vni": 0,
+                    "wire_type": 1
+                }
+            },
+            "announcers": [{"kind": "api"}]
+        })
+    );
+    assert_eq!(routes[0]["announcers"][0]["kind"], "peer");
+    assert_eq!(routes[0]["announcers"][0]["session_id"], 1);
+}
+
+#[test]
+fn routes_filter_is_sent() {
+    let s = default_server();
+    let out = s.ok(&[
+        "routes",
+        "--vni",
+        "200",
+        "--prefix",
+        "10.0.2.0/24",
+        "--next-hop",
+        "2001:DB8::2",
+        "--type",
+        "NAT",
+        "--origin",
+        "[2001:db8::7]:40522",
+    ]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let seen = s.seen.lock().unwrap();
+    let f = seen.list_routes[0].filter.clone().unwrap();
+    assert_eq!(f.vni, Some(200));
+    assert_eq!(f.prefix, "10.0.2.0/24");
+    assert_eq!(f.next_hop, "2001:db8::2");
+    assert_eq!(f.r#type, RouteType::Nat as i32);
+    assert_eq!(
+        f.origin,
+        Some(route_filter::Origin::PeerAddress(
+            "[2001:db8::7]:40522".into()
+        ))
+    );
+}
+
+#[test]
+fn announce_sends_all_routes_in_one_call() {
+    let s = default_server();
+    let out = s.ok(&[
+        "announce",
+        "--allow-existing",
+        "100#10.0.1.0/24@2001:db8::1",
+        "200#10.0.2.0/24#2001:db8::2#NAT#1024#2048",
+        "100#10.0.3.0/24@2001:db8::3#lb",
+    ]);
+    assert_eq!(out, "announced 3 routes, 3 new\n");
+    {
+        let seen = s.seen.lock().unwrap();
+        assert_eq!(seen.announce.len(), 1);
+        let req = &seen.announce[0];
+        assert!(req.allow_existing);
+        assert_eq!(
+            req.routes,
+            vec![
+                route(
+                    100,
+                    "10.0.1.0/24",
+                    "2001:db8::1",
+                    RouteType::Standard,
+                    (0, 0)
+                ),
+                route(
+                    200,
+                    "10.0.2.0/24",
+                    "2001:db8::2",
+                    RouteType::Nat,
+                    (1024, 2048)
+                ),
+                route(
+                    100,
+                    "10.0.3.0/24",
+                    "2001:db8::3",
+                    RouteType::LoadbalancerTarget,
+                    (0, 0)
+                ),
+            ]
+        );
+    }
+
+    // The daemon refuses (ALREADY_EXISTS): exit 1.
+    let out = s.mbctl(&[
+        "announce",
+        "1#10.0.0.1/32@::1",
+        "1#10.0.0.2/32@::1",
+        "1#10.0.0.3/32@::1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: routes[2]: already announced (ALREADY_EXISTS)\n"
+    );
+
+    // A bad route: exit 2 and nothing sent.
+    let before = s.seen.lock().unwrap().announce.len();
+    let out = s.mbctl(&["announce", "1#10.0.0.1/32@::1", "1#10.0.0.1/32@::1#nat#9#1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(s.seen.lock().unwrap().announce.len(), before);
+
+    let v = s.json(&["announce", "1#10.0.0.1/32@::1"]);
+    assert_eq!(v, serde_json::json!({"added": 1}));
+}
+
+#[test]
+fn withdraw_flags_and_errors() {
+    let s = default_server();
+    let out = s.mbctl(&["withdraw", "1#10.0.0.1/32@::1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: routes[0]: not announced through the API (NOT_FOUND)\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "withdraw",
+            "--allow-missing",
+            "1#10.0.0.1/32@::1",
+            "2#10.0.0.0/8#::2"
+        ]),
+        "withdrew 2 routes, 0 removed\n"
+    );
+    let seen = s.seen.lock().unwrap();
+    assert_eq!(seen.withdraw.len(), 2);
+    assert!(!seen.withdraw[0].allow_missing);
+    assert!(seen.withdraw[1].allow_missing);
+    assert_eq!(seen.withdraw[1].routes.len(), 2);
+}
+
+#[test]
+fn watch_routes_lines_and_lagged() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["watch", "routes", "--vni", "100"]),
+        "\
+1 snapshot 100#10.0.1.0/24@2001:db8::1
+2 snapshot_end 1 route
+3 added 100#10.0.2.0/24@2001:db8::2#nat#1#2
+4 removed 100#10.0.1.0/24@2001:db8::1
+"
+    );
+    let out = s.ok(&["-o", "json", "watch", "routes"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["sequence"], 1);
+    assert_eq!(lines[0]["kind"], "snapshot");
+    assert_eq!(lines[0]["route"]["prefix"], "10.0.1.0/24");
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"sequence": 2, "kind": "snapshot_end", "routes": 1})
+    );
+    assert_eq!(lines[2]["kind"], "added");
+    assert_eq!(lines[3]["kind"], "removed");
+
+    // Lagged: the event is printed, then an error, exit 1.
+    let out = s.mbctl(&["watch", "routes", "--vni", "666"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with("5 lagged watcher fell 10000 events behind\n"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1);
+    assert!(stderr.starts_with("mbctl: watch lagged behind"), "{stderr}");
+
+    let out = s.mbctl(&["-o", "json", "watch", "routes", "--vni", "666"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[4]["kind"], "lagged");
+    assert_eq!(lines[5]["error"]["code"], "ABORTED");
+}
+
+#[test]
+fn watch_peers_lines() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["watch", "peers"]),
+        "1 up 1 [2001:db8::7]:40522 client established\n2 down 2 [2001:db8::8]:50000: keepalive timeout\n"
+    );
+    let out = s.ok(&["-o", "json", "watch", "peers"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["kind"], "up");
+    assert_eq!(lines[0]["peer"]["session_id"], 1);
+    assert_eq!(lines[1]["kind"], "down");
+    assert_eq!(lines[1]["reason"], "keepalive timeout");
+}
+
+#[test]
+fn status_health_reload_shutdown() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["status"]),
+        "\
+version:          0.1.0
+started_at:       2023-11-14T22:13:20Z
+uptime:           3m07s
+listen_addresses: [::]:4711, 0.0.0.0:4711
+api_socket:       /run/metalbondd/api.sock
+state_dir:        /var/lib/metalbondd
+sessions:         2
+routes:           5
+vnis:             3
+next_hops:        5
+injected_routes:  2
+static_routes:    1
+"
+    );
+    let v = s.json(&["status"]);
+    assert_eq!(v["version"], "0.1.0");
+    assert_eq!(v["uptime_seconds"], 187);
+    assert_eq!(
+        v["listen_addresses"],
+        serde_json::json!(["[::]:4711", "0.0.0.0:4711"])
+    );
+
+    assert_eq!(s.ok(&["health"]), "SERVING\n");
+    assert_eq!(
+        s.json(&["health"]),
+        serde_json::json!({"status": "SERVING"})
+    );
+
+    assert_eq!(
+        s.ok(&["reload"]),
+        "applied:       log_level, static_routes\nneeds restart: listen\n"
+    );
+    assert_eq!(
+        s.json(&["reload"]),
+        serde_json::json!({"applied": ["log_level", "static_routes"], "needs_restart": ["listen"]})
+    );
+
+    assert_eq!(s.ok(&["shutdown"]), "metalbondd is shutting down\n");
+    assert_eq!(s.seen.lock().unwrap().shutdowns, 1);
+}
+
+#[test]
+fn not_serving_exits_non_zero() {
+    let s = start(Fake::default(), false);
+    let out = s.mbctl(&["health"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "NOT_SERVING\n");
+}
+
+#[test]
+fn slow_daemon_times_out() {
+    let s = start(
+        Fake {
+            status_delay: Duration::from_secs(30),
+            ..Fake::default()
+        },
+        true,
+    );
+    let started = std::time::Instant::now();
+    let out = s.mbctl(&["--timeout", "0.3", "status"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: GetStatus timed out after 0.3s (see --timeout)\n"
+    );
+}
+
+#[test]
+fn closed_pipe_is_quiet() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let s = default_server();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mbctl"))
+        .arg("--socket")
+        .arg(&s.socket)
+        .arg("routes")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

@@ -1,0 +1,184 @@
+//! The gRPC control API (package `metalbondd.v1`), over a Unix socket and,
+//! optionally, TCP; plus the standard health service and server reflection
+//! (v1 and v1alpha), so `grpcurl` works with no .proto files at hand.
+
+mod convert;
+mod daemon_service;
+mod listeners;
+mod peer_service;
+mod read_only;
+mod route_service;
+mod vni_service;
+
+pub use convert::MAX_API_VNI;
+pub use listeners::bind_unix_socket;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use metalbond_proto::api as pb;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing::{error, info};
+
+use crate::server::registry::Registry;
+use crate::server::table_task::TableHandle;
+use crate::store::Store;
+
+/// What the daemon asks of the application loop (`app::run`).
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Re-read the configuration file; answer what was applied.
+    Reload(oneshot::Sender<Result<pb::ReloadResponse, String>>),
+    /// Stop gracefully.
+    Shutdown,
+}
+
+/// Everything the API services read and act on.
+pub struct ApiState {
+    /// The table task.
+    pub table: TableHandle,
+    /// Live sessions.
+    pub registry: Arc<Registry>,
+    /// The daemon's durable state.
+    pub store: Arc<Store>,
+    /// Serialises changes to injected routes (check, store, apply).
+    pub inject_lock: Mutex<()>,
+    /// Wall-clock start.
+    pub started_at: SystemTime,
+    /// Monotonic start.
+    pub started: Instant,
+    /// MetalBond listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// API socket path.
+    pub api_socket: PathBuf,
+    /// Number of static routes from the configuration.
+    pub static_routes: std::sync::atomic::AtomicUsize,
+    /// Requests to the application loop.
+    pub control: mpsc::Sender<ControlRequest>,
+    /// A watcher this many bytes behind the update log is told it lagged.
+    pub watch_max_lag_bytes: u64,
+}
+
+/// Starts serving the API on the given listeners until `shutdown` becomes true.
+pub async fn serve(
+    state: Arc<ApiState>,
+    unix: tokio::net::UnixListener,
+    tcp: Option<(SocketAddr, bool)>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let router = |read_only: bool| {
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the API descriptor set is valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the API descriptor set is valid");
+        let state = state.clone();
+        (
+            health_reporter,
+            tonic::transport::Server::builder()
+                .layer(read_only::ReadOnlyLayer::new(read_only))
+                .add_service(health)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(pb::route_service_server::RouteServiceServer::new(
+                    route_service::Routes::new(state.clone()),
+                ))
+                .add_service(pb::peer_service_server::PeerServiceServer::new(
+                    peer_service::Peers::new(state.clone()),
+                ))
+                .add_service(pb::vni_service_server::VniServiceServer::new(
+                    vni_service::Vnis::new(state.clone()),
+                ))
+                .add_service(pb::daemon_service_server::DaemonServiceServer::new(
+                    daemon_service::Daemon::new(state),
+                )),
+        )
+    };
+    let until = |mut shutdown: watch::Receiver<bool>| async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+
+    let (reporter, unix_router) = router(false);
+    mark_serving(&reporter).await;
+    let incoming = UnixListenerStream::new(unix);
+    let stop = until(shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = unix_router
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+        {
+            error!(error = %e, "control API (unix socket) failed");
+        }
+        drop(reporter);
+    }));
+
+    if let Some((addr, read_only)) = tcp {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} for the API: {e}"),
+            )
+        })?;
+        let local = listener.local_addr()?;
+        info!(addr = %local, read_only, "control API listening on TCP");
+        let (reporter, tcp_router) = router(read_only);
+        mark_serving(&reporter).await;
+        let incoming = TcpListenerStream::new(listener);
+        let stop = until(shutdown);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = tcp_router
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+            {
+                error!(error = %e, "control API (tcp) failed");
+            }
+            drop(reporter);
+        }));
+    }
+    Ok(tasks)
+}
+
+async fn mark_serving(reporter: &tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    for service in [
+        "metalbondd.v1.RouteService",
+        "metalbondd.v1.PeerService",
+        "metalbondd.v1.VniService",
+        "metalbondd.v1.DaemonService",
+    ] {
+        reporter
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+}
+
+/// Runs blocking store work off the async threads; a store failure is UNAVAILABLE.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(tonic::Status::unavailable(format!("state store: {e}"))),
+        Err(e) => Err(tonic::Status::internal(format!(
+            "state store task failed: {e}"
+        ))),
+    }
+}
+
+/// The table task is gone: the daemon is shutting down.
+fn shutting_down() -> tonic::Status {
+    tonic::Status::unavailable("metalbondd is shutting down")
+}

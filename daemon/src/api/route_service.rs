@@ -1,0 +1,386 @@
+//! RouteService: listing, injected routes, watches.
+
+use std::sync::Arc;
+
+use metalbond_proto::api as pb;
+use pb::route_event::Event;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    address_from_api, announcer_to_api, invalid, kind_from_api, prefix_from_api, route_to_api,
+    routes_from_api, vni_from_api,
+};
+use super::{blocking, shutting_down, ApiState};
+use crate::server::table_task::{AnnouncerQuery, Op, Query, RouteQuery};
+use crate::table::log::{Item, LogCursor};
+use crate::table::{PageCursor, SessionId, LOCAL_API};
+use crate::wire::codec::decode_payload;
+use crate::wire::{Action, Message, MessageType, Route, Vni, HEADER_LEN};
+
+/// Default and largest page size.
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+/// Events buffered per watch stream.
+const WATCH_BUFFER: usize = 1024;
+
+/// The RouteService implementation.
+pub struct Routes {
+    state: Arc<ApiState>,
+}
+
+impl Routes {
+    /// Serves routes from `state`.
+    pub fn new(state: Arc<ApiState>) -> Self {
+        Self { state }
+    }
+
+    fn query_from_filter(&self, filter: Option<&pb::RouteFilter>) -> Result<RouteQuery, Status> {
+        let Some(f) = filter else {
+            return Ok(RouteQuery::default());
+        };
+        use pb::route_filter::Origin;
+        let announcer = match &f.origin {
+            None => None,
+            Some(Origin::Local(true)) => Some(AnnouncerQuery::Local),
+            Some(Origin::Local(false)) => None,
+            Some(Origin::SessionId(id)) => Some(AnnouncerQuery::Session(
+                SessionId::try_from(*id)
+                    .map_err(|_| invalid("filter.session_id", "no such session"))?,
+            )),
+            Some(Origin::PeerAddress(addr)) => {
+                let info =
+                    super::peer_service::find_by_address(&self.state, addr).map_err(|e| {
+                        Status::new(e.code(), format!("filter.peer_address: {}", e.message()))
+                    })?;
+                Some(AnnouncerQuery::Session(info.id))
+            }
+        };
+        Ok(RouteQuery {
+            // Peers may use any 32-bit VNI: a listing filter accepts them all.
+            vni: f.vni.map(Vni),
+            dest: (!f.prefix.is_empty())
+                .then(|| prefix_from_api("filter.prefix", &f.prefix))
+                .transpose()?,
+            next_hop: (!f.next_hop.is_empty())
+                .then(|| address_from_api("filter.next_hop", &f.next_hop))
+                .transpose()?,
+            kind: kind_from_api("filter.type", f.r#type, 0)?,
+            announcer,
+        })
+    }
+
+    fn remote_of(&self, id: SessionId) -> String {
+        self.state
+            .registry
+            .get(id)
+            .map(|s| s.remote.to_string())
+            .unwrap_or_default()
+    }
+}
+
+fn encode_token(cursor: PageCursor) -> String {
+    format!("{}.{}", cursor.0 .0, cursor.1)
+}
+
+fn decode_token(token: &str) -> Result<Option<PageCursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        invalid(
+            "page_token",
+            "not a token from a previous ListRoutes response",
+        )
+    };
+    let (vni, slot) = token.split_once('.').ok_or_else(bad)?;
+    Ok(Some((
+        Vni(vni.parse().map_err(|_| bad())?),
+        slot.parse().map_err(|_| bad())?,
+    )))
+}
+
+#[tonic::async_trait]
+impl pb::route_service_server::RouteService for Routes {
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let req = request.into_inner();
+        let query = self.query_from_filter(req.filter.as_ref())?;
+        let after = decode_token(&req.page_token)?;
+        let limit = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let (page, next) = self
+            .state
+            .table
+            .query(|reply| Query::Routes {
+                query,
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .ok_or_else(shutting_down)?;
+        let routes = page
+            .iter()
+            .map(|(route, announcers)| pb::RouteEntry {
+                route: Some(route_to_api(route)),
+                announcers: announcers
+                    .iter()
+                    .map(|&a| announcer_to_api(a, |id| self.remote_of(id)))
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRoutesResponse {
+            routes,
+            next_page_token: next.map(encode_token).unwrap_or_default(),
+        }))
+    }
+
+    async fn announce_routes(
+        &self,
+        request: Request<pb::AnnounceRoutesRequest>,
+    ) -> Result<Response<pb::AnnounceRoutesResponse>, Status> {
+        let req = request.into_inner();
+        let routes = routes_from_api(&req.routes)?;
+        let _guard = self.state.inject_lock.lock().await;
+        let store = self.state.store.clone();
+        let check = routes.clone();
+        let existing = blocking(move || {
+            check
+                .iter()
+                .map(|r| store.contains_route(r))
+                .collect::<Result<Vec<bool>, _>>()
+        })
+        .await?;
+        if !req.allow_existing {
+            if let Some(i) = existing.iter().position(|&e| e) {
+                return Err(Status::already_exists(format!(
+                    "routes[{i}]: {} is already announced through the API",
+                    routes[i]
+                )));
+            }
+        }
+        let store = self.state.store.clone();
+        let to_store = routes.clone();
+        // Durable first: once stored, a crash still announces it on restart.
+        let added = blocking(move || store.add_routes(&to_store)).await?;
+        self.state
+            .table
+            .local_ops(LOCAL_API, routes.into_iter().map(Op::Announce).collect())
+            .await
+            .ok_or_else(shutting_down)?;
+        Ok(Response::new(pb::AnnounceRoutesResponse {
+            added: added.iter().filter(|&&a| a).count() as u32,
+        }))
+    }
+
+    async fn withdraw_routes(
+        &self,
+        request: Request<pb::WithdrawRoutesRequest>,
+    ) -> Result<Response<pb::WithdrawRoutesResponse>, Status> {
+        let req = request.into_inner();
+        let routes = routes_from_api(&req.routes)?;
+        let _guard = self.state.inject_lock.lock().await;
+        let store = self.state.store.clone();
+        let check = routes.clone();
+        let existing = blocking(move || {
+            check
+                .iter()
+                .map(|r| store.contains_route(r))
+                .collect::<Result<Vec<bool>, _>>()
+        })
+        .await?;
+        if !req.allow_missing {
+            if let Some(i) = existing.iter().position(|&e| !e) {
+                return Err(Status::not_found(format!(
+                    "routes[{i}]: {} was not announced through the API",
+                    routes[i]
+                )));
+            }
+        }
+        let store = self.state.store.clone();
+        let to_remove = routes.clone();
+        let removed = blocking(move || store.remove_routes(&to_remove)).await?;
+        self.state
+            .table
+            .local_ops(LOCAL_API, routes.into_iter().map(Op::Withdraw).collect())
+            .await
+            .ok_or_else(shutting_down)?;
+        Ok(Response::new(pb::WithdrawRoutesResponse {
+            removed: removed.iter().filter(|&&r| r).count() as u32,
+        }))
+    }
+
+    type WatchRoutesStream = ReceiverStream<Result<pb::RouteEvent, Status>>;
+
+    async fn watch_routes(
+        &self,
+        request: Request<pb::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let req = request.into_inner();
+        let mut query = self.query_from_filter(req.filter.as_ref())?;
+        if let Some(vni) = query.vni {
+            vni_from_api("filter.vni", vni.0).ok();
+        }
+        query.announcer = None;
+        let (snapshot, cursor) = self
+            .state
+            .table
+            .query(|reply| Query::Watch {
+                query: query.clone(),
+                reply,
+            })
+            .await
+            .ok_or_else(shutting_down)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let watcher = Watcher {
+            tx,
+            query,
+            sequence: 0,
+            max_lag: self.state.watch_max_lag_bytes,
+        };
+        tokio::spawn(watcher.run(snapshot, cursor));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Feeds one watch stream: snapshot, end marker, then changes from the log.
+struct Watcher {
+    tx: mpsc::Sender<Result<pb::RouteEvent, Status>>,
+    query: RouteQuery,
+    sequence: u64,
+    max_lag: u64,
+}
+
+/// Why a watch stream ends.
+enum Stop {
+    /// The client went away.
+    Closed,
+    /// The watcher fell too far behind the log.
+    Lagged(u64),
+}
+
+/// How often a watcher blocked on a slow client checks its lag.
+const LAG_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long to wait for room to tell a lagging client that it lagged.
+const LAGGED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Watcher {
+    async fn run(mut self, snapshot: Vec<Route>, mut cursor: LogCursor) {
+        match self.stream(snapshot, &mut cursor).await {
+            Stop::Closed => {}
+            Stop::Lagged(lag) => {
+                self.sequence += 1;
+                let event = pb::RouteEvent {
+                    sequence: self.sequence,
+                    event: Some(Event::Lagged(pb::Lagged {
+                        reason: format!(
+                            "this watcher fell {lag} bytes behind the update log; watch again for a new snapshot"
+                        ),
+                    })),
+                };
+                let _ = tokio::time::timeout(LAGGED_GRACE, self.tx.send(Ok(event))).await;
+            }
+        }
+    }
+
+    async fn stream(&mut self, snapshot: Vec<Route>, cursor: &mut LogCursor) -> Stop {
+        let total = snapshot.len() as u64;
+        for route in snapshot {
+            if let Err(stop) = self
+                .send(Event::Snapshot(route_to_api(&route)), cursor)
+                .await
+            {
+                return stop;
+            }
+        }
+        if let Err(stop) = self
+            .send(
+                Event::SnapshotEnd(pb::SnapshotEnd { routes: total }),
+                cursor,
+            )
+            .await
+        {
+            return stop;
+        }
+        let mut pending = Vec::new();
+        loop {
+            tokio::select! {
+                _ = cursor.readable() => {}
+                _ = self.tx.closed() => return Stop::Closed,
+            }
+            let query = &self.query;
+            cursor.drain(|item| {
+                // Stop before an item we will not take: it is yielded again next time.
+                if pending.len() >= WATCH_BUFFER {
+                    return false;
+                }
+                if let Item::Update { frame, range, .. } = item {
+                    let payload = &frame[range.start + HEADER_LEN..range.end];
+                    if let Ok(Message::Update(u)) = decode_payload(MessageType::Update, payload) {
+                        if query.matches_route(&u.route) {
+                            pending.push(u);
+                        }
+                    }
+                }
+                true
+            });
+            for u in pending.drain(..) {
+                let event = match u.action {
+                    Action::Add => Event::Added(route_to_api(&u.route)),
+                    Action::Remove => Event::Removed(route_to_api(&u.route)),
+                };
+                if let Err(stop) = self.send(event, cursor).await {
+                    return stop;
+                }
+            }
+        }
+    }
+
+    /// Sends the next event. While the client is slow to take it, checks how
+    /// far behind the log this watcher is: the log never waits for it, so a
+    /// watcher too far behind ends with a `lagged` event instead of a gap.
+    async fn send(&mut self, event: Event, cursor: &LogCursor) -> Result<(), Stop> {
+        loop {
+            tokio::select! {
+                permit = self.tx.reserve() => {
+                    let permit = permit.map_err(|_| Stop::Closed)?;
+                    self.sequence += 1;
+                    permit.send(Ok(pb::RouteEvent {
+                        sequence: self.sequence,
+                        event: Some(event),
+                    }));
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(LAG_CHECK) => {
+                    let lag = cursor.lag_bytes();
+                    if lag > self.max_lag {
+                        return Err(Stop::Lagged(lag));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_rejected() {
+        let c = (Vni(77), 1234);
+        assert_eq!(decode_token(&encode_token(c)).unwrap(), Some(c));
+        assert_eq!(decode_token("").unwrap(), None);
+        for bad in ["x", "1.", ".2", "1.2.3", "-1.2"] {
+            let err = decode_token(bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(err.message().starts_with("page_token"));
+        }
+    }
+}

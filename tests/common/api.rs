@@ -1,0 +1,106 @@
+//! gRPC clients of the control API over the daemon's Unix socket.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use metalbond_proto::api as pb;
+use tonic::transport::{Channel, Endpoint};
+
+/// Clients of every API service, sharing one connection.
+#[derive(Clone)]
+pub struct Api {
+    pub channel: Channel,
+    pub routes: pb::route_service_client::RouteServiceClient<Channel>,
+    pub peers: pb::peer_service_client::PeerServiceClient<Channel>,
+    pub vnis: pb::vni_service_client::VniServiceClient<Channel>,
+    pub daemon: pb::daemon_service_client::DaemonServiceClient<Channel>,
+}
+
+/// Connects to the API socket at `path` (bounded).
+pub async fn connect(path: &Path) -> Api {
+    let path: PathBuf = path.to_path_buf();
+    let endpoint = Endpoint::try_from("http://localhost").unwrap();
+    let connect = endpoint.connect_with_connector(tower::service_fn(move |_| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    }));
+    let channel = tokio::time::timeout(super::T, connect)
+        .await
+        .expect("connecting to the API timed out")
+        .expect("connect to the API socket");
+    Api {
+        routes: pb::route_service_client::RouteServiceClient::new(channel.clone()),
+        peers: pb::peer_service_client::PeerServiceClient::new(channel.clone()),
+        vnis: pb::vni_service_client::VniServiceClient::new(channel.clone()),
+        daemon: pb::daemon_service_client::DaemonServiceClient::new(channel.clone()),
+        channel,
+    }
+}
+
+/// An API route from the text form (`100#10.0.1.0/24@2001:db8::1#nat#1#2`).
+pub fn api_route(text: &str) -> pb::Route {
+    let r = super::route(text);
+    let hop = r.next_hop;
+    let kind = match hop.kind.0 {
+        0 => pb::RouteType::Standard,
+        1 => pb::RouteType::Nat,
+        2 => pb::RouteType::LoadbalancerTarget,
+        _ => pb::RouteType::Other,
+    };
+    pb::Route {
+        vni: r.vni.0,
+        prefix: r.dest.to_string(),
+        next_hop: Some(pb::NextHop {
+            address: hop.addr.to_string(),
+            r#type: kind as i32,
+            nat_port_from: u32::from(hop.nat_from),
+            nat_port_to: u32::from(hop.nat_to),
+            target_vni: hop.target_vni,
+            wire_type: hop.kind.0,
+        }),
+    }
+}
+
+/// The text form of an API route (for comparisons).
+pub fn route_text(r: &pb::Route) -> String {
+    let hop = r.next_hop.as_ref().unwrap();
+    let mut s = format!("{}#{}@{}", r.vni, r.prefix, hop.address);
+    match pb::RouteType::try_from(hop.r#type) {
+        Ok(pb::RouteType::Nat) => {
+            s.push_str(&format!("#nat#{}#{}", hop.nat_port_from, hop.nat_port_to))
+        }
+        Ok(pb::RouteType::LoadbalancerTarget) => s.push_str("#lb"),
+        _ => {}
+    }
+    s
+}
+
+/// Every route of a listing, following page tokens.
+pub async fn list_all(
+    api: &mut Api,
+    filter: Option<pb::RouteFilter>,
+    page_size: u32,
+) -> Vec<pb::RouteEntry> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api
+            .routes
+            .list_routes(pb::ListRoutesRequest {
+                filter: filter.clone(),
+                page_size,
+                page_token: token,
+            })
+            .await
+            .expect("ListRoutes")
+            .into_inner();
+        out.extend(page.routes);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}

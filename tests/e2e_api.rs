@@ -552,3 +552,111 @@ async fn reload_without_a_config_file_is_a_failed_precondition_and_shutdown_stop
     .unwrap();
     assert!(!status, "metalbondd still running after Shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_gets_lagged_and_the_daemon_keeps_serving_peers() {
+    const N: u32 = 40_000;
+    let d = Daemon::start(&["--watch-max-lag-bytes", "200000"]);
+    let mut api = common::api::connect_small_windows(&d.api_socket()).await;
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(4).await;
+    // The watcher reads nothing while the routes arrive.
+    let mut watch = api
+        .routes
+        .watch_routes(pb::WatchRoutesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut announcer = RawPeer::established(d.addr).await;
+    let mut buf = bytes::BytesMut::new();
+    for i in 0..N {
+        let r = route(&format!("4#10.{}.{}.0/24@2001:db8::4", i / 256, i % 256));
+        metalbondd::wire::encode_update(metalbondd::wire::Action::Add, &r, &mut buf);
+    }
+    announcer.send_raw(&buf).await;
+    // Peers are served in full meanwhile.
+    let got = sub
+        .expect_updates(N as usize, Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), N as usize);
+
+    // The watcher then finds a gap-free prefix of events ending in `lagged`.
+    let mut next_sequence = 1;
+    let lagged = loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("watch stalled after {} events", next_sequence - 1))
+            .unwrap()
+            .expect("the stream ended without a lagged event");
+        assert_eq!(e.sequence, next_sequence, "sequence gap");
+        next_sequence += 1;
+        if let Some(pb::route_event::Event::Lagged(l)) = e.event {
+            break l;
+        }
+    };
+    assert!(lagged.reason.contains("behind"), "{}", lagged.reason);
+    assert!(
+        next_sequence < u64::from(N),
+        "it lagged before seeing everything"
+    );
+    let end = tokio::time::timeout(T, watch.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.is_none(), "the stream ends after lagged");
+    assert!(d.is_alive());
+}
+
+#[tokio::test]
+async fn a_read_only_tcp_listener_lists_but_refuses_changes() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = unique_temp_dir();
+    let config = dir.join("metalbondd.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\ntcp_listen = \"127.0.0.1:{port}\"\ntcp_read_only = true\n"),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", config.to_str().unwrap()]);
+    assert!(d.wait_for_log("control API listening on TCP", T).await);
+    let channel = tonic::transport::Endpoint::try_from(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut routes = pb::route_service_client::RouteServiceClient::new(channel.clone());
+    let mut daemon = pb::daemon_service_client::DaemonServiceClient::new(channel);
+    routes
+        .list_routes(pb::ListRoutesRequest::default())
+        .await
+        .expect("reads are allowed");
+    daemon
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect("reads are allowed");
+    let err = routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: vec![api_route("1#10.0.0.0/8@2001:db8::1")],
+            allow_existing: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = daemon.shutdown(pb::ShutdownRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Nothing changed, and the Unix socket still allows changes.
+    let mut api = connect(&d.api_socket()).await;
+    assert!(list_all(&mut api, None, 0).await.is_empty());
+    api.routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: vec![api_route("1#10.0.0.0/8@2001:db8::1")],
+            allow_existing: false,
+        })
+        .await
+        .unwrap();
+    assert!(d.is_alive());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -128,6 +128,9 @@ pub struct ApiSection {
     pub tcp_listen: Option<SocketAddr>,
     /// `tcp_read_only`: the TCP listener serves read-only RPCs only.
     pub tcp_read_only: bool,
+    /// `watch_max_lag_bytes`: a route watcher this far behind the update log
+    /// gets a `lagged` event and its stream ends.
+    pub watch_max_lag_bytes: u64,
 }
 
 impl Default for ApiSection {
@@ -138,6 +141,7 @@ impl Default for ApiSection {
             socket_group: None,
             tcp_listen: None,
             tcp_read_only: crate::DEFAULT_API_TCP_READ_ONLY,
+            watch_max_lag_bytes: crate::DEFAULT_WATCH_MAX_LAG_BYTES,
         }
     }
 }

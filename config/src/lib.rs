@@ -65,6 +65,10 @@ pub const DEFAULT_API_SOCKET_MODE: u32 = 0o660;
 /// By default the optional TCP control API listener serves read-only RPCs only.
 pub const DEFAULT_API_TCP_READ_ONLY: bool = true;
 
+/// Default limit, in bytes, on how far a route watcher may fall behind the
+/// update log before it gets a `lagged` event and its stream ends.
+pub const DEFAULT_WATCH_MAX_LAG_BYTES: u64 = 64 << 20;
+
 /// Default directory of the daemon's state store.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalbondd";
 

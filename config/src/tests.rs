@@ -131,6 +131,7 @@ fn full_file() {
             socket_group: Some("metalbond".into()),
             tcp_listen: Some(addr("127.0.0.1:4712")),
             tcp_read_only: false,
+            watch_max_lag_bytes: crate::DEFAULT_WATCH_MAX_LAG_BYTES,
         }
     );
     assert_eq!(c.state.dir, Some(PathBuf::from("/tmp/mb/state")));

@@ -18,14 +18,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest};
+use crate::logging::LogControl;
 use crate::server::table_task::Op;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
 use crate::table::{LOCAL_API, LOCAL_CONFIG};
 use crate::wire::Route;
-
-/// A watcher this many bytes behind the update log is told it lagged.
-pub const DEFAULT_WATCH_MAX_LAG_BYTES: u64 = 64 << 20;
 
 /// Control API settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +38,8 @@ pub struct ApiSettings {
     pub tcp_listen: Option<SocketAddr>,
     /// The TCP listener serves read-only RPCs only.
     pub tcp_read_only: bool,
+    /// A route watcher this many bytes behind the update log is told it lagged.
+    pub watch_max_lag_bytes: u64,
 }
 
 /// Everything the daemon needs to run, resolved from flags and the config file.
@@ -63,7 +63,11 @@ pub struct Settings {
 pub type Reloader = Box<dyn Fn() -> Result<Settings, String> + Send + Sync>;
 
 /// Runs the daemon until SIGTERM, SIGINT or an API Shutdown.
-pub async fn run(settings: Settings, reload: Option<Reloader>) -> Result<(), String> {
+pub async fn run(
+    settings: Settings,
+    reload: Option<Reloader>,
+    log: Option<LogControl>,
+) -> Result<(), String> {
     // First, so that a SIGTERM at any later moment is a graceful stop.
     let mut signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if let Some(http) = &settings.http {
@@ -133,7 +137,7 @@ pub async fn run(settings: Settings, reload: Option<Reloader>) -> Result<(), Str
         api_socket: settings.api.socket.clone(),
         static_routes: settings.static_routes.len().into(),
         control: control_tx,
-        watch_max_lag_bytes: DEFAULT_WATCH_MAX_LAG_BYTES,
+        watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
     });
     let tcp = settings
         .api
@@ -163,7 +167,7 @@ pub async fn run(settings: Settings, reload: Option<Reloader>) -> Result<(), Str
         let outcome = match &reload {
             None => Err("metalbondd was started without --config: nothing to reload".to_string()),
             Some(reload) => match reload() {
-                Ok(new) => Ok(apply(&mut running, new, &server, &state).await),
+                Ok(new) => Ok(apply(&mut running, new, &server, &state, log.as_ref()).await),
                 Err(e) => Err(e),
             },
         };
@@ -193,6 +197,7 @@ async fn apply(
     new: Settings,
     server: &Server,
     state: &ApiState,
+    log: Option<&LogControl>,
 ) -> pb::ReloadResponse {
     let mut applied = Vec::new();
     let mut needs_restart = Vec::new();
@@ -220,12 +225,6 @@ async fn apply(
         state.static_routes.store(new_routes.len(), Relaxed);
     }
 
-    let mut restart = |what: &str, changed: bool| {
-        if changed {
-            needs_restart.push(what.to_string());
-        }
-    };
-    restart("server.listen", new.server.listen != running.server.listen);
     if new.server.session != running.server.session {
         server.set_session_settings(new.server.session.clone());
         applied.push("server keepalive, timeouts, lag limit and pacing (for new sessions)".into());
@@ -234,13 +233,31 @@ async fn apply(
         server.set_max_sessions(new.server.max_sessions);
         applied.push(format!("server.max_sessions = {}", new.server.max_sessions));
     }
-    restart("api", new.api != running.api);
-    restart("state.dir", new.state_dir != running.state_dir);
-    restart("log", new.log_level != running.log_level);
-    restart("server.http", new.http != running.http);
+    let mut log_level = running.log_level.clone();
+    if new.log_level != running.log_level {
+        match log.map(|l| l.set_level(&new.log_level)) {
+            Some(Ok(done)) => {
+                applied.push(done);
+                log_level = new.log_level.clone();
+            }
+            Some(Err(e)) => needs_restart.push(e),
+            None => needs_restart.push("log.level".into()),
+        }
+    }
+    for (what, changed) in [
+        ("server.listen", new.server.listen != running.server.listen),
+        ("api", new.api != running.api),
+        ("state.dir", new.state_dir != running.state_dir),
+        ("server.http", new.http != running.http),
+    ] {
+        if changed {
+            needs_restart.push(what.to_string());
+        }
+    }
 
-    let restart_needed = Settings {
+    let still_running = Settings {
         static_routes: new.static_routes,
+        log_level,
         server: ServerConfig {
             session: new.server.session,
             max_sessions: new.server.max_sessions,
@@ -248,7 +265,7 @@ async fn apply(
         },
         ..running.clone()
     };
-    *running = restart_needed;
+    *running = still_running;
     pb::ReloadResponse {
         applied,
         needs_restart,

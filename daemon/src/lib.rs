@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod app;
+pub mod logging;
 pub mod server;
 pub mod session;
 pub mod store;

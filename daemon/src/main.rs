@@ -10,7 +10,6 @@
 //! file, static routes included, and exits: `FILE: ok` or
 //! `FILE:LINE:COL: reason`.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,7 +21,6 @@ use metalbondd::server::{ServerConfig, SessionSettings};
 use metalbondd::wire::Route;
 use metalbondd_config::{self as defaults, Config, ConfigError};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// MetalBond v1 route server.
 #[derive(Parser, Debug)]
@@ -108,6 +106,11 @@ struct ServerArgs {
     /// [file: state.dir].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// A route watcher (API WatchRoutes) this many bytes behind the update
+    /// log gets a `lagged` event and its stream ends. Default 67108864
+    /// (64 MiB) [file: api.watch_max_lag_bytes].
+    #[arg(long, value_name = "BYTES")]
+    watch_max_lag_bytes: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,23 +125,6 @@ impl From<defaults::LogFormat> for LogFormat {
             defaults::LogFormat::Text => LogFormat::Text,
             defaults::LogFormat::Json => LogFormat::Json,
         }
-    }
-}
-
-/// `RUST_LOG` if set and valid, else `level` (already validated).
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new(defaults::DEFAULT_LOG_LEVEL));
-    // Colours only for a person at a terminal, never in files or journald.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -162,7 +148,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&settings.log_level, log_format);
+    let log = metalbondd::logging::init(&settings.log_level, log_format == LogFormat::Json);
     if let Some(path) = &args.config {
         info!(file = %path.display(), "configuration loaded");
     }
@@ -176,7 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(settings, reloader(&args))) {
+    match runtime.block_on(app::run(settings, reloader(&args), Some(log))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -266,6 +252,10 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
             socket_group: api.socket_group.clone(),
             tcp_listen: api.tcp_listen,
             tcp_read_only: api.tcp_read_only,
+            watch_max_lag_bytes: args
+                .watch_max_lag_bytes
+                .unwrap_or(api.watch_max_lag_bytes)
+                .max(1),
         },
         state_dir: args
             .state_dir

@@ -18,8 +18,22 @@ pub struct Api {
 
 /// Connects to the API socket at `path` (bounded).
 pub async fn connect(path: &Path) -> Api {
+    connect_endpoint(path, Endpoint::try_from("http://localhost").unwrap()).await
+}
+
+/// Like [`connect`], with the smallest HTTP/2 flow-control windows, so that a
+/// client that does not read stops the server within 64 KiB (hyper's
+/// defaults let a client buffer megabytes it has not read).
+pub async fn connect_small_windows(path: &Path) -> Api {
+    let endpoint = Endpoint::try_from("http://localhost")
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535);
+    connect_endpoint(path, endpoint).await
+}
+
+async fn connect_endpoint(path: &Path, endpoint: Endpoint) -> Api {
     let path: PathBuf = path.to_path_buf();
-    let endpoint = Endpoint::try_from("http://localhost").unwrap();
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_| {
         let path = path.clone();
         async move {

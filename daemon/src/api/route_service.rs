@@ -267,14 +267,13 @@ enum Stop {
 
 /// How often a watcher blocked on a slow client checks its lag.
 const LAG_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
-/// How long to wait for room to tell a lagging client that it lagged.
-const LAGGED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Watcher {
     async fn run(mut self, snapshot: Vec<Route>, mut cursor: LogCursor) {
         match self.stream(snapshot, &mut cursor).await {
             Stop::Closed => {}
             Stop::Lagged(lag) => {
+                tracing::warn!(lag_bytes = lag, "route watcher lagged; its stream ends");
                 self.sequence += 1;
                 let event = pb::RouteEvent {
                     sequence: self.sequence,
@@ -284,7 +283,8 @@ impl Watcher {
                         ),
                     })),
                 };
-                let _ = tokio::time::timeout(LAGGED_GRACE, self.tx.send(Ok(event))).await;
+                // A slot is always free for it (see `send`).
+                let _ = self.tx.try_send(Ok(event));
             }
         }
     }
@@ -348,8 +348,11 @@ impl Watcher {
     async fn send(&mut self, event: Event, cursor: &LogCursor) -> Result<(), Stop> {
         loop {
             tokio::select! {
-                permit = self.tx.reserve() => {
-                    let permit = permit.map_err(|_| Stop::Closed)?;
+                // Two slots, one used: the last slot stays free for `lagged`,
+                // so that event always fits, however slow the client.
+                permits = self.tx.reserve_many(2) => {
+                    let mut permits = permits.map_err(|_| Stop::Closed)?;
+                    let permit = permits.next().expect("two permits");
                     self.sequence += 1;
                     permit.send(Ok(pb::RouteEvent {
                         sequence: self.sequence,
@@ -359,6 +362,7 @@ impl Watcher {
                 }
                 _ = tokio::time::sleep(LAG_CHECK) => {
                     let lag = cursor.lag_bytes();
+                    tracing::debug!(lag, max = self.max_lag, "watcher waiting for its client");
                     if lag > self.max_lag {
                         return Err(Stop::Lagged(lag));
                     }

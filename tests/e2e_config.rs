@@ -460,3 +460,73 @@ fn sighup(d: &Daemon) {
         libc::kill(d.pid() as libc::pid_t, libc::SIGHUP);
     }
 }
+
+#[tokio::test]
+async fn api_reload_applies_what_it_can_and_reports_the_rest() {
+    use metalbond_proto::api as pb;
+    let s = Scratch::new("apireload");
+    let config = |listen: &str, max_sessions: u32, level: &str, routes: &str| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\nmax_sessions = {max_sessions}\n\n{}\n[log]\nlevel = \"{level}\"\n\n[routes]\nstatic = [{routes}]\n",
+            s.private_sections()
+        )
+    };
+    let file = s.write(
+        "metalbondd.toml",
+        &config("[::1]:0", 100, "info", "\"100#10.0.1.0/24@2001:db8::1\""),
+    );
+    let d = Daemon::spawn(&["--config", path_str(&file)]).unwrap_or_else(|e| panic!("{e}"));
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(100).await;
+    sub.expect_exactly(&[add(route("100#10.0.1.0/24@2001:db8::1"))], "initial dump")
+        .await;
+    let mut api = common::api::connect(&s.0.join("api.sock")).await;
+
+    s.write(
+        "metalbondd.toml",
+        &config("[::1]:1", 1, "debug", "\"100#10.0.2.0/24@2001:db8::2\""),
+    );
+    let report = api
+        .daemon
+        .reload(pb::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    let applied = report.applied.join("; ");
+    assert!(
+        applied.contains("static routes: 1 announced, 1 withdrawn"),
+        "{applied}"
+    );
+    assert!(applied.contains("server.max_sessions = 1"), "{applied}");
+    assert!(applied.contains("log.level = debug"), "{applied}");
+    assert_eq!(report.needs_restart, vec!["server.listen".to_string()]);
+    // The session was not dropped and heard the change.
+    let got = sub.expect_updates(2, T).await;
+    assert_same_updates(
+        &got,
+        &[
+            rem(route("100#10.0.1.0/24@2001:db8::1")),
+            add(route("100#10.0.2.0/24@2001:db8::2")),
+        ],
+        "after Reload",
+    );
+    // The new session limit holds (one session is open): a new one is refused.
+    let mut refused = RawPeer::connect(d.addr).await;
+    assert!(refused.expect_closed(T).await.is_empty());
+    // The new log level is live: debug lines appear.
+    sub.subscribe(100).await; // a duplicate SUBSCRIBE is logged at debug
+    assert!(d.wait_for_log("duplicate SUBSCRIBE ignored", T).await);
+
+    // A broken file: FAILED_PRECONDITION naming the position; nothing changes.
+    s.write("metalbondd.toml", "[server]\nlisten = 7\n");
+    let err = api.daemon.reload(pb::ReloadRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&format!("{}:2:", file.display())),
+        "{}",
+        err.message()
+    );
+    sub.ping().await;
+    sub.expect_no_update(QUIET).await;
+    assert!(d.is_alive());
+}

@@ -71,6 +71,13 @@ impl Routes {
         })
     }
 
+    /// Per route: whether it is injected (in the state store) now.
+    async fn injected(&self, routes: &[Route]) -> Result<Vec<bool>, Status> {
+        let store = self.state.store.clone();
+        let routes = routes.to_vec();
+        blocking(move || routes.iter().map(|r| store.contains_route(r)).collect()).await
+    }
+
     fn remote_of(&self, id: SessionId) -> String {
         self.state
             .registry
@@ -148,15 +155,7 @@ impl pb::route_service_server::RouteService for Routes {
         let req = request.into_inner();
         let routes = routes_from_api(&req.routes)?;
         let _guard = self.state.inject_lock.lock().await;
-        let store = self.state.store.clone();
-        let check = routes.clone();
-        let existing = blocking(move || {
-            check
-                .iter()
-                .map(|r| store.contains_route(r))
-                .collect::<Result<Vec<bool>, _>>()
-        })
-        .await?;
+        let existing = self.injected(&routes).await?;
         if !req.allow_existing {
             if let Some(i) = existing.iter().position(|&e| e) {
                 return Err(Status::already_exists(format!(
@@ -186,15 +185,7 @@ impl pb::route_service_server::RouteService for Routes {
         let req = request.into_inner();
         let routes = routes_from_api(&req.routes)?;
         let _guard = self.state.inject_lock.lock().await;
-        let store = self.state.store.clone();
-        let check = routes.clone();
-        let existing = blocking(move || {
-            check
-                .iter()
-                .map(|r| store.contains_route(r))
-                .collect::<Result<Vec<bool>, _>>()
-        })
-        .await?;
+        let existing = self.injected(&routes).await?;
         if !req.allow_missing {
             if let Some(i) = existing.iter().position(|&e| !e) {
                 return Err(Status::not_found(format!(

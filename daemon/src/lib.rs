@@ -9,6 +9,8 @@
 
 pub mod api;
 pub mod app;
+pub mod client;
+pub mod kernel;
 pub mod logging;
 pub mod server;
 pub mod session;

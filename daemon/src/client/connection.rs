@@ -1,0 +1,689 @@
+//! Client connections: one tokio task per configured route server.
+//!
+//! Each task keeps one session to its server up for as long as the client
+//! runs (PROTOCOL.md sections 3 and 5):
+//!
+//! 1. connect (TCP_NODELAY on, bounded by a connect timeout);
+//! 2. run a [`Session`] in the client role: HELLO first, keepalives at the
+//!    negotiated cadence, timeouts;
+//! 3. once ESTABLISHED: send every desired SUBSCRIBE, then every
+//!    announcement (UPDATE ADD), and report [`ClientEvent::Up`];
+//! 4. report every received UPDATE as [`ClientEvent::Update`];
+//! 5. on any end (EOF, socket error, protocol error, timeout) report
+//!    [`ClientEvent::Down`], wait a jittered exponential backoff and start
+//!    again at 1 with a fresh session, which re-sends everything.
+//!
+//! Commands ([`ClientCommand`]) change the desired state (subscriptions and
+//! announcements) that every future session starts from, and apply at once
+//! to the live session when it is established. The task ends when the
+//! shutdown signal fires, or when the [`Client`] or the receiver of its
+//! events is dropped.
+//!
+//! Writes are not paced: a client announces its own few routes, far from
+//! the 64 KiB bursts that make a Go server reset (PROTOCOL.md section 6).
+//!
+//! Reads reassemble frames across TCP reads ([`decode_frame`] on a
+//! `BytesMut`); writes go through the server's [`Outbound`] queue, so only
+//! whole frames are written, batched into vectored writes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::ServerId;
+use crate::server::outbound::Outbound;
+use crate::session::{self, Event, Role, Session};
+use crate::wire::{decode_frame, encode_message, encode_update, Action, Frame, Route, Update, Vni};
+
+/// Read buffer size (frames are reassembled across reads).
+const READ_BUFFER: usize = 16 * 1024;
+/// Depth of each connection task's command channel.
+const COMMAND_QUEUE: usize = 1024;
+
+/// Reconnect backoff settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackoffConfig {
+    /// Delay before the first reconnect (before jitter).
+    pub initial: Duration,
+    /// Largest delay, jitter included.
+    pub max: Duration,
+    /// Growth factor per failed attempt.
+    pub factor: u32,
+    /// Relative jitter: each delay is multiplied by a uniform factor in
+    /// `[1 - jitter, 1 + jitter]`, so that clients that lost the same server
+    /// at the same moment do not all come back at the same instant.
+    pub jitter: f64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            factor: 2,
+            jitter: 0.2,
+        }
+    }
+}
+
+/// The delay before reconnect attempt number `attempt` (0 for the first
+/// reconnect after a session ended), given `unit`, a uniform random number in
+/// `[0, 1]`: `initial * factor^attempt`, multiplied by the jitter factor
+/// `1 + jitter * (2 * unit - 1)`, and capped at `max`. Pure, so that it is
+/// unit-tested; the caller draws `unit`.
+pub fn backoff_delay(cfg: &BackoffConfig, attempt: u32, unit: f64) -> Duration {
+    let growth = cfg.factor.max(1).checked_pow(attempt).unwrap_or(u32::MAX);
+    let base = cfg
+        .initial
+        .checked_mul(growth)
+        .unwrap_or(cfg.max)
+        .min(cfg.max);
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let jitter = if cfg.jitter.is_finite() {
+        cfg.jitter.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let scaled = base.as_secs_f64() * (1.0 + jitter * (2.0 * unit - 1.0));
+    Duration::try_from_secs_f64(scaled)
+        .unwrap_or(cfg.max)
+        .min(cfg.max)
+}
+
+/// Settings of the client connections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// Keepalive interval the client proposes, in seconds (0 means 5).
+    pub keepalive_secs: u32,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// A session that stayed established this long resets the backoff: the
+    /// next reconnect waits `backoff.initial` again.
+    pub stable_after: Duration,
+    /// Bound on one TCP connect.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_secs: 0,
+            backoff: BackoffConfig::default(),
+            stable_after: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a connection task reports to the client logic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The session with `server` is established; subscriptions and
+    /// announcements have been queued for it.
+    Up {
+        /// The server.
+        server: ServerId,
+    },
+    /// An attempt or a session with `server` ended. Comes after every
+    /// [`ClientEvent::Up`], and also after a failed connect or handshake
+    /// (without an `Up` before it). Everything received from `server` is
+    /// void from now on: the next session gets a fresh dump.
+    Down {
+        /// The server.
+        server: ServerId,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// `server` sent an UPDATE (a dump entry or a live update).
+    Update {
+        /// The server.
+        server: ServerId,
+        /// The update as received.
+        update: Update,
+    },
+}
+
+/// A change of the client's desired state, sent to every connection task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// Subscribe to a VNI (on every current and future session).
+    Subscribe(Vni),
+    /// Unsubscribe from a VNI.
+    Unsubscribe(Vni),
+    /// Announce a route.
+    Announce(Route),
+    /// Withdraw an announced route.
+    Withdraw(Route),
+}
+
+/// The client's desired state: what every new session subscribes to and
+/// announces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// VNIs to subscribe to, in the order they were added.
+    pub subscriptions: Vec<Vni>,
+    /// Routes to announce, in a stable order.
+    pub announcements: BTreeSet<Route>,
+}
+
+impl Desired {
+    /// Applies `cmd`; returns false if it changed nothing (a duplicate
+    /// subscribe or announce, or removing something absent).
+    fn apply(&mut self, cmd: ClientCommand) -> bool {
+        match cmd {
+            ClientCommand::Subscribe(vni) => {
+                if self.subscriptions.contains(&vni) {
+                    return false;
+                }
+                self.subscriptions.push(vni);
+                true
+            }
+            ClientCommand::Unsubscribe(vni) => {
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|&v| v != vni);
+                self.subscriptions.len() != before
+            }
+            ClientCommand::Announce(r) => self.announcements.insert(r),
+            ClientCommand::Withdraw(r) => self.announcements.remove(&r),
+        }
+    }
+}
+
+/// The client connections: one task per server, sharing one event channel
+/// and one shutdown signal.
+pub struct Client {
+    servers: Vec<ServerHandle>,
+    shutdown: watch::Sender<bool>,
+}
+
+struct ServerHandle {
+    commands: mpsc::Sender<ClientCommand>,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    /// Starts one connection task per address in `servers`; the server at
+    /// index `i` is [`ServerId`]`(i)`. Every session starts from `desired`.
+    /// Must be called within a tokio runtime. The caller must keep reading
+    /// `events`: a full channel stalls the connections (and a stalled
+    /// session eventually times out).
+    pub fn start(
+        servers: &[SocketAddr],
+        config: ClientConfig,
+        desired: Desired,
+        events: mpsc::Sender<ClientEvent>,
+    ) -> Client {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let servers = servers
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+                let task = tokio::spawn(run(
+                    ServerId(i),
+                    addr,
+                    config,
+                    desired.clone(),
+                    commands_rx,
+                    events.clone(),
+                    shutdown_rx.clone(),
+                ));
+                ServerHandle { commands, task }
+            })
+            .collect();
+        Client { servers, shutdown }
+    }
+
+    /// Number of servers.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Sends `cmd` to every connection task (waits only if a task's command
+    /// queue is full).
+    pub async fn command(&self, cmd: ClientCommand) {
+        for s in &self.servers {
+            // A task that ended (shutdown) has nothing left to update.
+            let _ = s.commands.send(cmd).await;
+        }
+    }
+
+    /// Subscribes to `vni` on every server.
+    pub async fn subscribe(&self, vni: Vni) {
+        self.command(ClientCommand::Subscribe(vni)).await;
+    }
+
+    /// Unsubscribes from `vni` on every server.
+    pub async fn unsubscribe(&self, vni: Vni) {
+        self.command(ClientCommand::Unsubscribe(vni)).await;
+    }
+
+    /// Announces `route` to every server.
+    pub async fn announce(&self, route: Route) {
+        self.command(ClientCommand::Announce(route)).await;
+    }
+
+    /// Withdraws `route` from every server.
+    pub async fn withdraw(&self, route: Route) {
+        self.command(ClientCommand::Withdraw(route)).await;
+    }
+
+    /// Closes every session and waits for the tasks to end. No `Down`
+    /// events are sent for a shutdown. (Dropping the `Client` also stops the
+    /// tasks, without waiting for them.)
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for s in self.servers {
+            let _ = s.task.await;
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Outcome {
+    /// Shutdown requested or nobody listens to events any more: stop.
+    Stop,
+    /// The attempt or session ended; reconnect. `established_for` is how
+    /// long the session was established, if it got that far.
+    Ended {
+        reason: String,
+        established_for: Option<Duration>,
+    },
+}
+
+/// The connection task of one server: attempts sessions until shutdown.
+/// It stops (without a `Down` event) when `shutdown` becomes true or its
+/// sender is dropped, when the command channel closes, or when the receiver
+/// of `events` is dropped; the open session, if any, is simply closed.
+pub async fn run(
+    server: ServerId,
+    addr: SocketAddr,
+    config: ClientConfig,
+    mut desired: Desired,
+    mut commands: mpsc::Receiver<ClientCommand>,
+    events: mpsc::Sender<ClientEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut conn = Conn {
+            server,
+            config,
+            desired: &mut desired,
+            commands: &mut commands,
+            events: &events,
+            shutdown: &mut shutdown,
+        };
+        let (reason, established_for) = match conn.attempt(addr).await {
+            Outcome::Stop => return,
+            Outcome::Ended {
+                reason,
+                established_for,
+            } => (reason, established_for),
+        };
+        if established_for.is_some_and(|d| d >= config.stable_after) {
+            attempt = 0;
+        }
+        let delay = backoff_delay(&config.backoff, attempt, rand::random::<f64>());
+        attempt = attempt.saturating_add(1);
+        if established_for.is_some() {
+            warn!(%server, %addr, %reason, retry_in = ?delay, "session with route server ended");
+        } else {
+            debug!(%server, %addr, %reason, retry_in = ?delay, "cannot reach route server");
+        }
+        if events
+            .send(ClientEvent::Down { server, reason })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // RETRY: wait, still taking commands so the desired state is current
+        // when the next session starts.
+        let wake = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => {
+                        desired.apply(cmd);
+                    }
+                    // The client handle is gone.
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// One connection attempt and its session.
+struct Conn<'a> {
+    server: ServerId,
+    config: ClientConfig,
+    desired: &'a mut Desired,
+    commands: &'a mut mpsc::Receiver<ClientCommand>,
+    events: &'a mpsc::Sender<ClientEvent>,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+fn ended(reason: impl Into<String>, established_at: Option<Instant>) -> Outcome {
+    Outcome::Ended {
+        reason: reason.into(),
+        established_for: established_at.map(|t| t.elapsed()),
+    }
+}
+
+impl Conn<'_> {
+    async fn attempt(&mut self, addr: SocketAddr) -> Outcome {
+        let connect = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr));
+        let stream = tokio::select! {
+            r = connect => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return ended(format!("connect failed: {e}"), None),
+                Err(_) => return ended(
+                    format!("connect timed out after {:?}", self.config.connect_timeout),
+                    None,
+                ),
+            },
+            _ = self.shutdown.changed() => return Outcome::Stop,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            // Only latency suffers; keep going.
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        debug!(server = %self.server, %addr, "connected");
+        self.run_session(stream).await
+    }
+
+    async fn run_session(&mut self, mut stream: TcpStream) -> Outcome {
+        let mut session = Session::new(
+            session::Config {
+                role: Role::Client,
+                keepalive_secs: self.config.keepalive_secs,
+            },
+            Instant::now().into_std(),
+        );
+        // Queued in the session; they go out right when it is established.
+        for &vni in &self.desired.subscriptions {
+            session.subscribe(vni);
+        }
+        let mut out = Outbound::default();
+        let mut established_at: Option<Instant> = None;
+        let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+        let (mut rd, mut wr) = stream.split();
+        // HELLO.
+        if let Some(o) = self
+            .collect(&mut session, &mut out, &mut established_at)
+            .await
+        {
+            return o;
+        }
+        loop {
+            let deadline = session.poll_timeout().map(Instant::from_std);
+            let can_write = !out.is_empty();
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) if rbuf.is_empty() => {
+                        return ended("server closed the connection", established_at)
+                    }
+                    Ok(0) => {
+                        return ended(
+                            format!("server closed the connection in the middle of a frame ({} bytes)", rbuf.len()),
+                            established_at,
+                        )
+                    }
+                    Ok(_) => {
+                        let now = Instant::now().into_std();
+                        loop {
+                            match decode_frame(&mut rbuf) {
+                                Ok(Some(Frame::Message(msg))) => {
+                                    if let Err(reason) = session.handle_message(msg, now) {
+                                        return ended(reason.to_string(), established_at);
+                                    }
+                                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at).await {
+                                        return o;
+                                    }
+                                }
+                                Ok(Some(Frame::Unknown { msg_type, len })) => {
+                                    info!(msg_type, len, "skipped a frame of unknown message type");
+                                }
+                                Ok(None) => break,
+                                Err(e) => return ended(format!("malformed frame: {e}"), established_at),
+                            }
+                        }
+                        if rbuf.capacity() - rbuf.len() < 1024 {
+                            rbuf.reserve(READ_BUFFER);
+                        }
+                    }
+                    Err(e) => return ended(format!("socket error: {e}"), established_at),
+                },
+                written = async {
+                    let slices = out.slices(usize::MAX);
+                    wr.write_vectored(&slices).await
+                }, if can_write => match written {
+                    Ok(0) => return ended("server closed the connection", established_at),
+                    Ok(n) => out.advance(n),
+                    Err(e) => return ended(format!("socket error: {e}"), established_at),
+                },
+                _ = sleep_until_opt(deadline) => {
+                    if let Err(reason) = session.handle_timeout(Instant::now().into_std()) {
+                        return ended(reason.to_string(), established_at);
+                    }
+                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at).await {
+                        return o;
+                    }
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd, &mut session, &mut out),
+                    // The client handle is gone.
+                    None => return Outcome::Stop,
+                },
+                _ = self.shutdown.changed() => return Outcome::Stop,
+            }
+        }
+    }
+
+    /// Applies a command to the desired state and, when established, to
+    /// the live session.
+    fn on_command(&mut self, cmd: ClientCommand, session: &mut Session, out: &mut Outbound) {
+        if !self.desired.apply(cmd) {
+            return;
+        }
+        match cmd {
+            // The session sends these now if established, or at
+            // establishment; it never sends one SUBSCRIBE twice.
+            ClientCommand::Subscribe(vni) => {
+                session.subscribe(vni);
+            }
+            ClientCommand::Unsubscribe(vni) => {
+                session.unsubscribe(vni);
+            }
+            // Before establishment nothing is sent: the whole desired set
+            // goes out at establishment.
+            ClientCommand::Announce(r) if session.is_established() => {
+                push_update(out, Action::Add, &r);
+            }
+            ClientCommand::Withdraw(r) if session.is_established() => {
+                push_update(out, Action::Remove, &r);
+            }
+            ClientCommand::Announce(_) | ClientCommand::Withdraw(_) => {}
+        }
+        // The session's SUBSCRIBE/UNSUBSCRIBE frames.
+        while let Some(msg) = session.poll_transmit() {
+            let mut buf = BytesMut::with_capacity(16);
+            encode_message(&msg, &mut buf);
+            out.push_control(buf.freeze());
+        }
+    }
+
+    /// Moves the session's frames to `out` and acts on its events. Returns
+    /// `Some` when the task must stop (nobody listens to events any more).
+    async fn collect(
+        &mut self,
+        session: &mut Session,
+        out: &mut Outbound,
+        established_at: &mut Option<Instant>,
+    ) -> Option<Outcome> {
+        while let Some(msg) = session.poll_transmit() {
+            let mut buf = BytesMut::with_capacity(16);
+            encode_message(&msg, &mut buf);
+            out.push_control(buf.freeze());
+        }
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Established { keepalive } => {
+                    info!(server = %self.server, keepalive_secs = keepalive.as_secs(), "session with route server established");
+                    *established_at = Some(Instant::now());
+                    // The SUBSCRIBEs were queued above (control lane, so
+                    // they go first); then every announcement, in one batch.
+                    let mut buf = BytesMut::new();
+                    for r in &self.desired.announcements {
+                        encode_update(Action::Add, r, &mut buf);
+                    }
+                    out.push_data(buf.freeze());
+                    if self
+                        .events
+                        .send(ClientEvent::Up {
+                            server: self.server,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Some(Outcome::Stop);
+                    }
+                }
+                Event::Update(update) => {
+                    if self
+                        .events
+                        .send(ClientEvent::Update {
+                            server: self.server,
+                            update,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Some(Outcome::Stop);
+                    }
+                }
+                // A server never subscribes to a client; ignore it.
+                Event::Subscribe(vni) | Event::Unsubscribe(vni) => {
+                    debug!(server = %self.server, %vni, "ignoring (UN)SUBSCRIBE from a route server");
+                }
+            }
+        }
+        None
+    }
+}
+
+fn push_update(out: &mut Outbound, action: Action, route: &Route) {
+    let mut buf = BytesMut::with_capacity(64);
+    encode_update(action, route, &mut buf);
+    out.push_data(buf.freeze());
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BackoffConfig {
+        BackoffConfig::default()
+    }
+
+    #[test]
+    fn backoff_without_jitter_doubles_from_initial_to_cap() {
+        let c = cfg();
+        let got: Vec<u64> = (0..8)
+            .map(|a| backoff_delay(&c, a, 0.5).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            got,
+            vec![1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+    }
+
+    #[test]
+    fn backoff_jitter_is_plus_minus_twenty_percent() {
+        let c = cfg();
+        assert_eq!(backoff_delay(&c, 0, 0.0), Duration::from_millis(800));
+        assert_eq!(backoff_delay(&c, 0, 1.0), Duration::from_millis(1200));
+        assert_eq!(backoff_delay(&c, 2, 0.0), Duration::from_millis(3200));
+        assert_eq!(backoff_delay(&c, 2, 1.0), Duration::from_millis(4800));
+        for i in 0..=100 {
+            let d = backoff_delay(&c, 1, f64::from(i) / 100.0);
+            assert!(d >= Duration::from_millis(1600) && d <= Duration::from_millis(2400));
+        }
+    }
+
+    #[test]
+    fn backoff_never_exceeds_cap_even_with_jitter() {
+        let c = cfg();
+        for a in [4, 5, 6, 31, 32, 100, u32::MAX] {
+            for u in [0.0, 0.5, 1.0] {
+                assert!(backoff_delay(&c, a, u) <= c.max, "attempt {a} unit {u}");
+            }
+        }
+        // At the cap the jitter only shortens.
+        assert_eq!(backoff_delay(&c, 10, 0.0), Duration::from_secs(24));
+    }
+
+    #[test]
+    fn backoff_is_robust_to_odd_inputs() {
+        let c = cfg();
+        // Out-of-range or NaN units are clamped / centred.
+        assert_eq!(backoff_delay(&c, 0, -3.0), Duration::from_millis(800));
+        assert_eq!(backoff_delay(&c, 0, 7.0), Duration::from_millis(1200));
+        assert_eq!(backoff_delay(&c, 0, f64::NAN), Duration::from_secs(1));
+        // Factor 0 or 1 means constant delay; no jitter is exact.
+        let flat = BackoffConfig {
+            factor: 0,
+            jitter: 0.0,
+            ..c
+        };
+        assert_eq!(backoff_delay(&flat, 5, 0.9), Duration::from_secs(1));
+        // A cap below the initial delay wins.
+        let tight = BackoffConfig {
+            max: Duration::from_millis(100),
+            ..c
+        };
+        assert_eq!(backoff_delay(&tight, 0, 1.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn desired_state_ignores_duplicates_and_absent_removals() {
+        let mut d = Desired::default();
+        assert!(d.apply(ClientCommand::Subscribe(Vni(1))));
+        assert!(!d.apply(ClientCommand::Subscribe(Vni(1))));
+        assert!(d.apply(ClientCommand::Subscribe(Vni(2))));
+        assert_eq!(d.subscriptions, vec![Vni(1), Vni(2)]);
+        assert!(d.apply(ClientCommand::Unsubscribe(Vni(1))));
+        assert!(!d.apply(ClientCommand::Unsubscribe(Vni(1))));
+        let r: Route = "100#10.0.1.0/24@2001:db8::1".parse().unwrap();
+        assert!(d.apply(ClientCommand::Announce(r)));
+        assert!(!d.apply(ClientCommand::Announce(r)));
+        assert!(d.apply(ClientCommand::Withdraw(r)));
+        assert!(!d.apply(ClientCommand::Withdraw(r)));
+    }
+}

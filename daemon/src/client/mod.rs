@@ -1,0 +1,35 @@
+//! The hypervisor (client) role: connections to route servers and the
+//! bookkeeping of the routes they send (PROTOCOL.md sections 3 and 5).
+//!
+//! - [`received`]: [`ReceivedRoutes`], a pure data structure that
+//!   reference-counts received routes per server session and says what the
+//!   kernel should hold for each (VNI, destination).
+//! - [`connection`]: one tokio task per configured server that keeps a
+//!   session up (reconnecting with jittered exponential backoff), re-sends
+//!   subscriptions and announcements on every new session, and reports what
+//!   it receives as [`ClientEvent`]s.
+//!
+//! Kernel programming and the command line live elsewhere; this module only
+//! produces the desired next-hop sets.
+
+pub mod connection;
+pub mod received;
+
+use std::fmt;
+
+pub use connection::{
+    backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
+};
+pub use received::{Change, ReceivedRoutes};
+
+/// Identifies one configured route server (its index in the configured
+/// list). Stable across reconnects: received routes are counted per server,
+/// and a reconnect replaces all routes of the server's previous session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub usize);
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server#{}", self.0)
+    }
+}

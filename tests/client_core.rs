@@ -1,0 +1,358 @@
+//! The client (hypervisor) core against the real `metalbondd` server binary:
+//! connection tasks, subscriptions, announcements, multi-server reference
+//! counting, reconnects (PROTOCOL.md sections 3 and 5).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use metalbondd::client::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId,
+};
+use metalbondd::wire::{Action, Route, Update, Vni};
+use tokio::sync::mpsc;
+
+/// Bound on a reconnect: the test backoff is capped at 1 s (+ connect and
+/// handshake), so this is generous.
+const RECONNECT: Duration = Duration::from_secs(15);
+
+/// Fast reconnects so that tests do not wait for production backoff.
+fn config() -> ClientConfig {
+    ClientConfig {
+        keepalive_secs: 0,
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            ..BackoffConfig::default()
+        },
+        stable_after: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn desired(subs: &[u32], announce: &[Route]) -> Desired {
+    Desired {
+        subscriptions: subs.iter().map(|&v| Vni(v)).collect(),
+        announcements: announce.iter().copied().collect(),
+    }
+}
+
+/// The client's event stream, with every event also applied to a
+/// [`ReceivedRoutes`] the way the agent will (Update -> add/remove, Down ->
+/// drop_server).
+struct Events {
+    rx: mpsc::Receiver<ClientEvent>,
+    received: ReceivedRoutes,
+    seen: Vec<ClientEvent>,
+}
+
+impl Events {
+    fn new(rx: mpsc::Receiver<ClientEvent>) -> Self {
+        Events {
+            rx,
+            received: ReceivedRoutes::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, ev: &ClientEvent) {
+        match ev {
+            ClientEvent::Update { server, update } => match update.action {
+                Action::Add => {
+                    self.received.add(*server, update.route);
+                }
+                Action::Remove => {
+                    self.received.remove(*server, update.route);
+                }
+            },
+            ClientEvent::Down { server, .. } => {
+                self.received.drop_server(*server);
+            }
+            ClientEvent::Up { .. } => {}
+        }
+    }
+
+    /// Consumes events until one matches `pred` (bounded by `timeout`).
+    async fn wait(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ClientEvent) -> bool,
+    ) -> ClientEvent {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => {
+                    self.apply(&ev);
+                    self.seen.push(ev.clone());
+                    if pred(&ev) {
+                        return ev;
+                    }
+                }
+                Ok(None) => panic!("event channel closed while waiting for {what}"),
+                Err(_) => panic!(
+                    "no {what} within {timeout:?}; events so far: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    async fn up(&mut self, server: usize, timeout: Duration) {
+        let s = ServerId(server);
+        self.wait(
+            &format!("Up of {s}"),
+            timeout,
+            |e| matches!(e, ClientEvent::Up { server } if *server == s),
+        )
+        .await;
+    }
+
+    async fn down(&mut self, server: usize) -> String {
+        let s = ServerId(server);
+        match self
+            .wait(
+                &format!("Down of {s}"),
+                T,
+                |e| matches!(e, ClientEvent::Down { server, .. } if *server == s),
+            )
+            .await
+        {
+            ClientEvent::Down { reason, .. } => reason,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn update(&mut self, server: usize, want: Update) {
+        let s = ServerId(server);
+        self.wait(&format!("{want:?} from {s}"), T, |e| {
+            matches!(e, ClientEvent::Update { server, update } if *server == s && *update == want)
+        })
+        .await;
+    }
+
+    /// Consumes events until the received routes satisfy `pred` (bounded).
+    async fn until_received(&mut self, what: &str, pred: impl Fn(&ReceivedRoutes) -> bool) {
+        let deadline = tokio::time::Instant::now() + T;
+        while !pred(&self.received) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => {
+                    self.apply(&ev);
+                    self.seen.push(ev);
+                }
+                Ok(None) => panic!("event channel closed while waiting for {what}"),
+                Err(_) => panic!("no {what} within {T:?}; events so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Asserts that no event arrives for [`QUIET`].
+    async fn quiet(&mut self) {
+        if let Ok(Some(ev)) = tokio::time::timeout(QUIET, self.rx.recv()).await {
+            panic!("unexpected event {ev:?}");
+        }
+    }
+}
+
+fn start_client(servers: &[SocketAddr], desired: Desired) -> (Client, Events) {
+    let (tx, rx) = mpsc::channel(1024);
+    let client = Client::start(servers, config(), desired, tx);
+    (client, Events::new(rx))
+}
+
+/// A subscriber of `vni` whose subscription the server has processed.
+async fn subscriber(addr: SocketAddr, vni: u32) -> RawPeer {
+    let mut p = RawPeer::established(addr).await;
+    p.subscribe(vni).await;
+    // The SUBSCRIBE is handed to the table before the echo is written.
+    p.ping().await;
+    p
+}
+
+/// Starts a daemon that also listens on `addr` (besides the harness's
+/// `[::1]:0`) and waits (bounded) until that listener is bound: the harness
+/// returns as soon as the first listener logs.
+async fn start_daemon_on(addr: SocketAddr) -> Daemon {
+    let arg = addr.to_string();
+    let d = Daemon::start(&["--listen", &arg]);
+    let needle = format!("addr={addr}");
+    assert!(
+        d.wait_for_line(|l| l.contains("listening") && l.contains(&needle), T)
+            .await
+            .is_some(),
+        "daemon did not listen on {addr}:\n{}",
+        d.logs()
+    );
+    d
+}
+
+/// An address on loopback that nothing listens on (right now).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn establishes_subscribes_and_receives_dump_and_live_updates() {
+    let d = Daemon::start(&[]);
+    let mut ann = RawPeer::established(d.addr).await;
+    let r1 = route("100#10.0.1.0/24@2001:db8::1");
+    ann.announce(r1).await;
+    ann.ping().await;
+
+    let (client, mut ev) = start_client(&[d.addr], desired(&[100], &[]));
+    ev.up(0, T).await;
+    // The dump.
+    ev.update(0, add(r1)).await;
+    // Live updates.
+    let r2 = route("100#10.0.2.0/24@2001:db8::2#nat#1024#2048");
+    ann.announce(r2).await;
+    ev.update(0, add(r2)).await;
+    ann.withdraw(r1).await;
+    ev.update(0, rem(r1)).await;
+    // Nothing from a VNI the client did not subscribe to.
+    ann.announce(route("200#10.0.3.0/24@2001:db8::3")).await;
+    ev.quiet().await;
+
+    // A subscription made at run time applies to the live session.
+    client.subscribe(Vni(300)).await;
+    // No completion signal exists for a SUBSCRIBE: the route announced after
+    // it either comes in the dump or live, both are an ADD.
+    let r3 = route("300#10.0.4.0/24@2001:db8::4");
+    ann.announce(r3).await;
+    ev.update(0, add(r3)).await;
+    // Unsubscribed: no more updates of that VNI.
+    client.unsubscribe(Vni(300)).await;
+    // Let the UNSUBSCRIBE reach the server (absence check, short).
+    tokio::time::sleep(QUIET).await;
+    ann.withdraw(r3).await;
+    ev.quiet().await;
+
+    assert_eq!(
+        ev.received.next_hops(r2.vni, r2.dest),
+        vec!["2001:db8::2".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_announcements_reach_subscribers() {
+    let d = Daemon::start(&[]);
+    let mut sub = subscriber(d.addr, 100).await;
+    let c1 = route("100#10.1.0.0/24@2001:db8::c1");
+    let (client, mut ev) = start_client(&[d.addr], desired(&[], &[c1]));
+    ev.up(0, T).await;
+    assert_eq!(sub.expect_update(T).await, add(c1));
+
+    // Live announce and withdraw.
+    let c2 = route("100#10.2.0.0/24@2001:db8::c2#lb");
+    client.announce(c2).await;
+    assert_eq!(sub.expect_update(T).await, add(c2));
+    client.withdraw(c1).await;
+    assert_eq!(sub.expect_update(T).await, rem(c1));
+    // Duplicates are not re-sent.
+    client.announce(c2).await;
+    sub.expect_no_update(QUIET).await;
+
+    // Shutting the client down closes its session: its routes are withdrawn.
+    client.shutdown().await;
+    assert_eq!(sub.expect_update(T).await, rem(c2));
+}
+
+#[tokio::test]
+async fn two_servers_reference_counting_and_reconnect_after_restart() {
+    let d0 = Daemon::start(&[]);
+    let d1 = Daemon::start(&[]);
+    let addr0 = d0.addr;
+    let r = route("100#10.0.1.0/24@2001:db8::1");
+    let mine = route("100#10.9.0.0/24@2001:db8::99");
+
+    let mut ann0 = RawPeer::established(addr0).await;
+    let mut ann1 = RawPeer::established(d1.addr).await;
+    ann0.announce(r).await;
+    ann1.announce(r).await;
+    ann0.ping().await;
+    ann1.ping().await;
+
+    let (client, mut ev) = start_client(&[addr0, d1.addr], desired(&[100], &[mine]));
+    // The route arrives from both servers, in whatever order.
+    ev.until_received("the route from both servers", |rr| {
+        rr.provider_count(&r) == 2
+    })
+    .await;
+    let hops = vec!["2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap()];
+    assert_eq!(ev.received.next_hops(r.vni, r.dest), hops);
+
+    // Kill server 0: Down for it; the route stays provided by server 1.
+    drop(ann0);
+    drop(d0);
+    let reason = ev.down(0).await;
+    assert!(!reason.is_empty());
+    assert_eq!(ev.received.provider_count(&r), 1);
+    assert_eq!(ev.received.next_hops(r.vni, r.dest), hops);
+
+    // Restart it on the same port: the client reconnects by itself,
+    // re-subscribes (gets the route again, in the dump or live) and
+    // re-announces its own route.
+    let d0 = start_daemon_on(addr0).await;
+    let mut ann0 = RawPeer::established(addr0).await;
+    ann0.announce(r).await;
+    let mut sub0 = subscriber(addr0, 100).await;
+    ev.up(0, RECONNECT).await;
+    ev.update(0, add(r)).await;
+    assert_eq!(ev.received.provider_count(&r), 2);
+    // The subscriber hears the other announcer's route and the client's.
+    let got = sub0.expect_updates(2, T).await;
+    assert_same_updates(&got, &[add(r), add(mine)], "routes on the restarted server");
+    // Server 1 never noticed anything: no duplicate events from it.
+    assert!(
+        !ev.seen
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Down { server, .. } if *server == ServerId(1))),
+        "{:#?}",
+        ev.seen
+    );
+    client.shutdown().await;
+    drop(d0);
+}
+
+#[tokio::test]
+async fn keeps_retrying_until_a_server_comes_up() {
+    let addr = free_addr();
+    let (client, mut ev) = start_client(&[addr], desired(&[100], &[]));
+    // Nothing listens: failed attempts are reported as Down (without Up).
+    let reason = ev.down(0).await;
+    assert!(reason.contains("connect"), "{reason}");
+    ev.down(0).await;
+    assert!(!ev.seen.iter().any(|e| matches!(e, ClientEvent::Up { .. })));
+
+    let d = start_daemon_on(addr).await;
+    let mut ann = RawPeer::established(addr).await;
+    let r = route("100#10.0.1.0/24@2001:db8::1");
+    ann.announce(r).await;
+    ev.up(0, RECONNECT).await;
+    ev.update(0, add(r)).await;
+    client.shutdown().await;
+    drop(d);
+}
+
+#[tokio::test]
+async fn keepalives_keep_the_session_up_beyond_the_timeout() {
+    // The server negotiates 1 s and drops a silent client after 2.5 s.
+    let d = Daemon::start(&["--keepalive", "1"]);
+    let (client, mut ev) = start_client(&[d.addr], desired(&[100], &[]));
+    ev.up(0, T).await;
+    // An absence over two timeout windows: no Down means keepalives flowed.
+    if let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(6), ev.rx.recv()).await {
+        panic!("unexpected event {e:?}");
+    }
+    // And the session still works.
+    let mut ann = RawPeer::connect(d.addr).await;
+    ann.handshake(1).await;
+    let r = route("100#10.0.1.0/24@2001:db8::1");
+    ann.announce(r).await;
+    ev.update(0, add(r)).await;
+    client.shutdown().await;
+}

@@ -556,7 +556,9 @@ async fn reload_without_a_config_file_is_a_failed_precondition_and_shutdown_stop
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_gets_lagged_and_the_daemon_keeps_serving_peers() {
     const N: u32 = 40_000;
-    let d = Daemon::start(&["--watch-max-lag-bytes", "200000"]);
+    // A long keepalive: the raw peers send none, and a loaded machine may
+    // take a while to move 40,000 routes.
+    let d = Daemon::start(&["--watch-max-lag-bytes", "200000", "--keepalive", "60"]);
     let mut api = common::api::connect_small_windows(&d.api_socket()).await;
     let mut sub = RawPeer::established(d.addr).await;
     sub.subscribe(4).await;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest};
+use crate::client::{Agent, ClientSettings};
 use crate::logging::LogControl;
 use crate::server::table_task::Op;
 use crate::server::{Server, ServerConfig};
@@ -57,6 +58,8 @@ pub struct Settings {
     pub log_level: String,
     /// Accepted for compatibility with the Go reference; not served yet.
     pub http: Option<String>,
+    /// The hypervisor (client) role, when enabled (`metalbondd client`).
+    pub client: Option<ClientSettings>,
 }
 
 /// Re-reads the settings (the config file) on SIGHUP or an API Reload.
@@ -80,6 +83,13 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let store = Arc::new(store);
     info!(path = %store.path().display(), "state store open");
+
+    // The hypervisor role, before anything is exposed: a missing tunnel
+    // device is a startup failure.
+    let agent = match &settings.client {
+        Some(client) => Some(Agent::start(client.clone()).await?),
+        None => None,
+    };
 
     // Bound before the route server starts, so the socket exists by the time
     // the daemon says it listens; requests wait in the backlog until served.
@@ -182,6 +192,9 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     api_shutdown.send_replace(true);
     server.shutdown();
     for task in api_tasks {

@@ -10,6 +10,7 @@
 //! file, static routes included, and exits: `FILE: ok` or
 //! `FILE:LINE:COL: reason`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use metalbondd::app::{self, ApiSettings, Reloader, Settings};
+use metalbondd::client::{ClientConfig, ClientSettings};
 use metalbondd::server::{ServerConfig, SessionSettings};
-use metalbondd::wire::Route;
+use metalbondd::wire::{Route, Vni};
 use metalbondd_config::{self as defaults, Config, ConfigError};
 use tracing::{error, info};
 
@@ -42,6 +44,10 @@ struct Cli {
 enum Command {
     /// Run a route server (the default).
     Server(ServerArgs),
+    /// Run the hypervisor role (preview): connect to route servers, subscribe
+    /// to VNIs, announce routes and install received routes into kernel
+    /// routing tables. Flags of the Go reference's `metalbond client`.
+    Client(ClientArgs),
     /// Validate a configuration file, static routes included, and exit:
     /// prints `FILE: ok` (exit 0) or `FILE:LINE:COL: reason` (exit 1).
     CheckConfig {
@@ -113,6 +119,51 @@ struct ServerArgs {
     watch_max_lag_bytes: Option<u64>,
 }
 
+/// Client (hypervisor role) flags, as the Go reference's `metalbond client`.
+#[derive(Args, Debug, Clone, Default)]
+struct ClientArgs {
+    /// Route server to connect to, e.g. [2001:db8::1]:4711; repeatable.
+    #[arg(long, value_name = "ADDR", required = true)]
+    server: Vec<SocketAddr>,
+    /// VNI to subscribe to; repeatable.
+    #[arg(long, value_name = "VNI")]
+    subscribe: Vec<u32>,
+    /// Route to announce: VNI#PREFIX@NEXTHOP[#TYPE[#FROM#TO]] or the Go form
+    /// VNI#PREFIX#NEXTHOP[#TYPE][#FROM#TO]; repeatable.
+    #[arg(long, value_name = "ROUTE")]
+    announce: Vec<String>,
+    /// Install the received routes of VNI into routing table TABLE (not 0);
+    /// repeatable. Needs --tun.
+    #[arg(long, value_name = "VNI#TABLE")]
+    install_routes: Vec<String>,
+    /// Tunnel device the installed routes leave through (an ip6tnl device).
+    #[arg(long, value_name = "DEV")]
+    tun: Option<String>,
+    /// Receive only IPv4 routes (received IPv6 destinations are ignored).
+    #[arg(long)]
+    ipv4_only: bool,
+    /// Keepalive interval in seconds proposed to the servers (0 means 5).
+    /// Default 5.
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u32>,
+    /// Log debug details (RUST_LOG overrides).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Log format. Default text.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// HTTP listen address of the Go reference; accepted for compatibility,
+    /// not served yet.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Unix socket of the control API. Default /run/metalbondd/api.sock.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Directory of the daemon's state store. Default /var/lib/metalbondd.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
     Text,
@@ -133,6 +184,15 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::CheckConfig { file }) => return check_config(&file, &ServerArgs::default()),
         Some(Command::Server(args)) => args,
+        Some(Command::Client(args)) => {
+            return match resolve_client(&args) {
+                Ok((settings, log_format)) => run(settings, log_format, None, None),
+                Err(e) => {
+                    eprintln!("metalbondd client: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => cli.server,
     };
     if args.check {
@@ -148,8 +208,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    run(
+        settings,
+        log_format,
+        args.config.as_deref(),
+        reloader(&args),
+    )
+}
+
+/// Starts logging and the runtime and runs the daemon until it stops.
+fn run(
+    settings: Settings,
+    log_format: LogFormat,
+    config: Option<&Path>,
+    reload: Option<Reloader>,
+) -> ExitCode {
     let log = metalbondd::logging::init(&settings.log_level, log_format == LogFormat::Json);
-    if let Some(path) = &args.config {
+    if let Some(path) = config {
         info!(file = %path.display(), "configuration loaded");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -162,7 +237,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(settings, reloader(&args), Some(log))) {
+    match runtime.block_on(app::run(settings, reload, Some(log))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -269,7 +344,74 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
             config.log.level.clone()
         },
         http: args.http.clone().or_else(|| file.http.clone()),
+        client: None,
     };
     let log_format = args.log_format.unwrap_or_else(|| config.log.format.into());
     Ok((settings, log_format))
+}
+
+/// `metalbondd client ...`: the defaults with the client flags applied; no
+/// MetalBond listener. A bad announcement or mapping is a one-line error.
+fn resolve_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
+    let mut announcements = Vec::with_capacity(args.announce.len());
+    for text in &args.announce {
+        let route: Route = text
+            .parse()
+            .map_err(|e| format!("--announce {text}: {e}"))?;
+        announcements.push(route);
+    }
+    let mut install_routes: BTreeMap<Vni, BTreeSet<u32>> = BTreeMap::new();
+    for text in &args.install_routes {
+        let (vni, table) =
+            parse_install_routes(text).map_err(|e| format!("--install-routes {text}: {e}"))?;
+        install_routes.entry(vni).or_default().insert(table);
+    }
+    if !install_routes.is_empty() && args.tun.is_none() {
+        return Err("--install-routes needs the tunnel device (--tun DEV)".into());
+    }
+    let server_args = ServerArgs {
+        verbose: args.verbose,
+        log_format: args.log_format,
+        http: args.http.clone(),
+        api_socket: args.api_socket.clone(),
+        state_dir: args.state_dir.clone(),
+        ..ServerArgs::default()
+    };
+    let (mut settings, log_format) =
+        resolve(&Config::default(), &server_args).map_err(|e| e.to_string())?;
+    settings.server.listen.clear();
+    settings.client = Some(ClientSettings {
+        servers: args.server.clone(),
+        subscriptions: args.subscribe.iter().map(|&v| Vni(v)).collect(),
+        announcements,
+        install_routes,
+        tun: args.tun.clone(),
+        ipv4_only: args.ipv4_only,
+        connection: ClientConfig {
+            keepalive_secs: args.keepalive.unwrap_or(0),
+            ..ClientConfig::default()
+        },
+    });
+    Ok((settings, log_format))
+}
+
+/// `VNI#TABLE`, table not 0.
+fn parse_install_routes(text: &str) -> Result<(Vni, u32), String> {
+    let (vni, table) = text
+        .split_once('#')
+        .ok_or("expected VNI#TABLE, e.g. 100#100")?;
+    let vni: u32 = vni
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad VNI {vni:?}: expected a number"))?;
+    let table: u32 = table
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad table {table:?}: expected a number 1..4294967295"))?;
+    if table == 0 {
+        return Err(
+            "table 0 is not a valid routing table (the kernel reads it as \"all tables\")".into(),
+        );
+    }
+    Ok((Vni(vni), table))
 }

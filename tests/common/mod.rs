@@ -426,6 +426,80 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Starts `ip netns exec NS metalbondd ARGS...` (the daemon runs inside
+    /// the network namespace `ns`; `ip netns exec` execs it, so the PID is
+    /// the daemon's and drop kills it) and waits (bounded) for its
+    /// `metalbondd running` log line. [`Daemon::addr`] is the address of its
+    /// `listening ... addr=` line if it has one (a server), else `[::1]:0`
+    /// (a client without MetalBond listener). Errors carry the log.
+    pub fn spawn_in_netns(ns: &str, args: &[&str]) -> Result<Daemon, String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_metalbondd")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        if let Ok(filter) = std::env::var("E2E_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start metalbondd {args:?} in netns {ns}: {e}"))?;
+        let pid = child.id();
+        let logs = Arc::new(LogBuf {
+            text: Mutex::new(String::new()),
+            cv: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        });
+        let tag = format!("metalbondd:{pid}@{ns}");
+        spawn_reader(child.stderr.take().unwrap(), logs.clone(), tag.clone());
+        spawn_reader(child.stdout.take().unwrap(), logs.clone(), tag);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut text = logs.text.lock().unwrap();
+        let ready = loop {
+            if text.lines().any(|l| l.contains("metalbondd running")) {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = text.clone();
+                return Err(format!(
+                    "metalbondd {args:?} in netns {ns} exited with {status} before running; log:\n{log}"
+                ));
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            text = logs.cv.wait_timeout(text, wait).unwrap().0;
+        };
+        let addr = text
+            .lines()
+            .filter(|l| l.contains("listening"))
+            .find_map(parse_addr_field);
+        drop(text);
+        let daemon = Daemon {
+            child: Mutex::new(child),
+            pid,
+            addr: addr.unwrap_or_else(|| "[::1]:0".parse().unwrap()),
+            logs,
+            dir: None,
+        };
+        if ready {
+            Ok(daemon)
+        } else {
+            Err(format!(
+                "metalbondd {args:?} in netns {ns} did not log `metalbondd running` within {START_TIMEOUT:?}; log:\n{}",
+                daemon.logs()
+            ))
+        }
+    }
+}
+
 /// True when `line` contains `field` (e.g. `peer=[::1]:4000`) as a whole
 /// field, not as the prefix of a longer value (`peer=[::1]:40001`).
 pub fn contains_field(line: &str, field: &str) -> bool {

@@ -9,14 +9,16 @@
 //!   subscriptions and announcements on every new session, and reports what
 //!   it receives as [`ClientEvent`]s.
 //!
-//! Kernel programming and the command line live elsewhere; this module only
-//! produces the desired next-hop sets.
+//! - [`agent`]: the hypervisor agent that wires the connections, the
+//!   received routes and the kernel installer together.
 
+pub mod agent;
 pub mod connection;
 pub mod received;
 
 use std::fmt;
 
+pub use agent::{Agent, AgentStats, ClientSettings};
 pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
 };

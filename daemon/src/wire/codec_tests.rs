@@ -11,11 +11,31 @@ use super::codec::{decode_frame, encode_message, Frame, HEADER_LEN, MAX_SEND_PAY
 use super::message::{DecodeError, Hello, Message, Update};
 use super::types::{Action, Address, Destination, NextHop, NextHopType, Vni};
 
-/// The Go-reference capture; the shared folder sits beside the repository.
+/// The Go-reference capture, copied into the repository so a fresh clone
+/// tests it; [`vectors_are_the_shared_capture`] keeps the copy honest.
 const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/vectors/go-reference-frames.txt"
+);
+
+/// The original capture in the project's shared folder (beside the repository).
+const SHARED_VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/vectors/go-reference-frames.txt"
 );
+
+#[test]
+fn vectors_are_the_shared_capture() {
+    // Where the shared folder is present (CI, the project's machines), the
+    // copy must be identical to it.
+    if let Ok(shared) = std::fs::read_to_string(SHARED_VECTORS) {
+        let copy = std::fs::read_to_string(VECTORS).expect("the in-repo copy of the vectors");
+        assert_eq!(
+            copy, shared,
+            "tests/vectors/go-reference-frames.txt differs from {SHARED_VECTORS}"
+        );
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -165,9 +185,8 @@ struct Vector {
 fn load_vectors() -> Vec<Vector> {
     let text = std::fs::read_to_string(VECTORS).unwrap_or_else(|e| {
         panic!(
-            "cannot read the Go-reference vectors at {VECTORS}: {e}. The `shared` folder must sit \
-             beside the repository (../shared/vectors/go-reference-frames.txt); this test does not \
-             skip when it is missing"
+            "cannot read the Go-reference vectors at {VECTORS}: {e} (tests/vectors/ in the \
+             repository); this test does not skip when it is missing"
         )
     });
     text.lines()

@@ -48,6 +48,9 @@ pub struct Config {
     /// `[routes]`: routes the daemon announces itself.
     #[serde(deserialize_with = "parse::section")]
     pub routes: RoutesSection,
+    /// `[client]`: the hypervisor role; present means enabled.
+    #[serde(deserialize_with = "parse::opt_section")]
+    pub client: Option<ClientSection>,
     /// Where the configuration came from, for positions in errors.
     #[serde(skip)]
     source: Source,
@@ -199,6 +202,78 @@ pub struct RoutesSection {
     pub static_routes: Vec<Spanned<String>>,
 }
 
+/// `[client]`: the hypervisor role (the `metalbondd client` flags). The
+/// section being present enables the role, next to the server role.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// `servers`: route servers to connect to (`--server`); at least one.
+    #[serde(deserialize_with = "parse::client_servers")]
+    pub servers: Vec<SocketAddr>,
+    /// `subscribe`: VNIs to subscribe to (`--subscribe`).
+    #[serde(deserialize_with = "parse::vnis")]
+    pub subscribe: Vec<u32>,
+    /// `announce`: routes this node announces (`--announce`), in the
+    /// announcement text format, each with its position so that the daemon,
+    /// which parses them, can report a bad one with [`Config::error_at`].
+    #[serde(deserialize_with = "parse::static_routes")]
+    pub announce: Vec<Spanned<String>>,
+    /// `install_routes`: `"VNI#TABLE"` mappings (`--install-routes`), as
+    /// (VNI, table); table 0 is rejected.
+    #[serde(deserialize_with = "parse::install_routes")]
+    pub install_routes: Vec<(u32, u32)>,
+    /// `tun`: tunnel device of the installed routes (`--tun`).
+    #[serde(deserialize_with = "parse::opt_nonempty_string")]
+    pub tun: Option<String>,
+    /// `ipv4_only`: ignore received IPv6 destinations (`--ipv4-only`).
+    pub ipv4_only: bool,
+    /// `keepalive`: interval in seconds proposed to the servers
+    /// (`--keepalive`); 0 means 5, at most [`crate::MAX_KEEPALIVE_SECS`].
+    #[serde(deserialize_with = "parse::keepalive")]
+    pub keepalive: u32,
+    /// `hold_time`: seconds routes of an earlier run are kept at start
+    /// before unconfirmed ones are deleted (`--hold-time`).
+    #[serde(deserialize_with = "parse::duration_secs")]
+    pub hold_time: u64,
+    /// `stale_time`: seconds installed routes stay after every server was
+    /// lost (`--stale-time`).
+    #[serde(deserialize_with = "parse::duration_secs")]
+    pub stale_time: u64,
+    /// `cleanup`: delete the protocol-254 routes of the mapped tables at
+    /// start instead of keeping them (`--cleanup`).
+    pub cleanup: bool,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            subscribe: Vec::new(),
+            announce: Vec::new(),
+            install_routes: Vec::new(),
+            tun: None,
+            ipv4_only: false,
+            keepalive: crate::DEFAULT_KEEPALIVE_SECS,
+            hold_time: crate::DEFAULT_HOLD_TIME_SECS,
+            stale_time: crate::DEFAULT_STALE_TIME_SECS,
+            cleanup: false,
+        }
+    }
+}
+
+/// Byte offset of the `[client]` header line (0 if not found).
+fn client_header(text: &str) -> usize {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("[client]") {
+            return offset + (line.len() - trimmed.len());
+        }
+        offset += line.len();
+    }
+    0
+}
+
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -213,6 +288,25 @@ impl Config {
         let path = path.as_ref();
         let mut config: Config =
             toml::from_str(text).map_err(|e| parse::toml_error(path, text, &e))?;
+        if let Some(client) = &config.client {
+            let header = client_header(text);
+            if client.servers.is_empty() {
+                return Err(ConfigError::at(
+                    path,
+                    text,
+                    header,
+                    "client.servers: give at least one route server (e.g. servers = [\"[2001:db8::1]:4711\"])",
+                ));
+            }
+            if !client.install_routes.is_empty() && client.tun.is_none() {
+                return Err(ConfigError::at(
+                    path,
+                    text,
+                    header,
+                    "client.install_routes needs the tunnel device (client.tun)",
+                ));
+            }
+        }
         config.source = Source {
             path: path.to_path_buf(),
             text: text.to_string(),

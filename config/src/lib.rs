@@ -21,7 +21,8 @@ mod tests;
 
 pub use error::{line_col, ConfigError};
 pub use file::{
-    ApiSection, Config, LogFormat, LogSection, RoutesSection, ServerSection, StateSection,
+    ApiSection, ClientSection, Config, LogFormat, LogSection, RoutesSection, ServerSection,
+    StateSection,
 };
 /// A value together with its byte range in the configuration file.
 pub use toml::Spanned;
@@ -71,6 +72,40 @@ pub const DEFAULT_WATCH_MAX_LAG_BYTES: u64 = 64 << 20;
 
 /// Default directory of the daemon's state store.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalbondd";
+
+/// Default hold time, in seconds: how long the hypervisor role keeps the
+/// routes of an earlier run at start before deleting those the servers do not
+/// confirm.
+pub const DEFAULT_HOLD_TIME_SECS: u64 = 30;
+
+/// Default stale time, in seconds: how long the hypervisor role keeps its
+/// installed routes after losing every server.
+pub const DEFAULT_STALE_TIME_SECS: u64 = 60;
+
+/// Largest hold or stale time, in seconds, the configuration accepts (a day).
+pub const MAX_HOLD_SECS: u64 = 86_400;
+
+/// Parses an `--install-routes` / `client.install_routes` mapping
+/// `VNI#TABLE` (table not 0) into (VNI, table).
+pub fn parse_install_route(text: &str) -> Result<(u32, u32), String> {
+    let (vni, table) = text
+        .split_once('#')
+        .ok_or("expected VNI#TABLE, e.g. 100#100")?;
+    let vni: u32 = vni
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad VNI {vni:?}: expected a number"))?;
+    let table: u32 = table
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad table {table:?}: expected a number 1..4294967295"))?;
+    if table == 0 {
+        return Err(
+            "table 0 is not a valid routing table (the kernel reads it as \"all tables\")".into(),
+        );
+    }
+    Ok((vni, table))
+}
 
 /// Default log filter (a tracing `EnvFilter` directive).
 pub const DEFAULT_LOG_LEVEL: &str = "info";

@@ -133,6 +133,15 @@ where
     d.deserialize_map(TableVisitor(PhantomData))
 }
 
+/// An optional section: present means `Some`.
+pub(crate) fn opt_section<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: de::Deserialize<'de>,
+{
+    section(d).map(Some)
+}
+
 /// A visitor for a list of `T`.
 struct ListVisitor<T> {
     expecting: &'static str,
@@ -174,6 +183,57 @@ pub(crate) fn static_routes<'de, D: Deserializer<'de>>(
         d,
         "a list of route strings such as [\"100#10.0.1.0/24@2001:db8::1\"]",
     )
+}
+
+/// `client.servers`: a list of socket addresses (checked non-empty after
+/// parsing, with the section's position).
+pub(crate) fn client_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let addrs: Vec<Addr> = list_of(
+        d,
+        "a list of socket addresses such as [\"[2001:db8::1]:4711\"]",
+    )?;
+    Ok(addrs.into_iter().map(|a| a.0).collect())
+}
+
+/// One VNI (0 to 2^32-1).
+struct VniValue(u32);
+
+impl<'de> de::Deserialize<'de> for VniValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        int_in(d, "a VNI from 0 to 4294967295", 0u32, u32::MAX).map(VniValue)
+    }
+}
+
+/// `client.subscribe`: a list of VNIs.
+pub(crate) fn vnis<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    let v: Vec<VniValue> = list_of(d, "a list of VNIs such as [100, 200]")?;
+    Ok(v.into_iter().map(|v| v.0).collect())
+}
+
+/// One `"VNI#TABLE"` mapping.
+struct InstallRoute((u32, u32));
+
+impl<'de> de::Deserialize<'de> for InstallRoute {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_with(
+            d,
+            "a mapping string such as \"100#100\"",
+            crate::parse_install_route,
+        )
+        .map(InstallRoute)
+    }
+}
+
+/// `client.install_routes`: a list of `"VNI#TABLE"` strings.
+pub(crate) fn install_routes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u32, u32)>, D::Error> {
+    let v: Vec<InstallRoute> = list_of(d, "a list of mappings such as [\"100#100\"]")?;
+    Ok(v.into_iter().map(|v| v.0).collect())
+}
+
+/// `client.hold_time`, `client.stale_time`: seconds, 0 to a day.
+pub(crate) fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    const _: () = assert!(crate::MAX_HOLD_SECS == 86_400);
+    int_in(d, "seconds from 0 to 86400", 0, crate::MAX_HOLD_SECS)
 }
 
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {

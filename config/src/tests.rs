@@ -470,3 +470,148 @@ fn examples_are_valid() {
     assert_eq!(minimal.server.listen, vec![addr("[::]:4711")]);
     assert_eq!(minimal.routes.static_routes.len(), 1);
 }
+
+#[test]
+fn client_section_absent_means_no_client_role() {
+    assert_eq!(parse("").client, None);
+    assert_eq!(parse("[server]\n").client, None);
+}
+
+#[test]
+fn client_section_defaults_and_full() {
+    let c = parse("[client]\nservers = [\"[2001:db8::1]:4711\"]\n");
+    let client = c.client.expect("client section");
+    assert_eq!(client.servers, vec![addr("[2001:db8::1]:4711")]);
+    assert_eq!(
+        client,
+        ClientSection {
+            servers: vec![addr("[2001:db8::1]:4711")],
+            ..ClientSection::default()
+        }
+    );
+    assert_eq!(client.keepalive, DEFAULT_KEEPALIVE_SECS);
+    assert_eq!(client.hold_time, DEFAULT_HOLD_TIME_SECS);
+    assert_eq!(client.stale_time, DEFAULT_STALE_TIME_SECS);
+    assert!(!client.cleanup && !client.ipv4_only && client.tun.is_none());
+
+    let text = "[client]\n\
+        servers = [\"[2001:db8::1]:4711\", \"192.0.2.1:4711\"]\n\
+        subscribe = [100, 200]\n\
+        announce = [\"100#10.0.1.0/24@2001:db8::9\"]\n\
+        install_routes = [\"100#100\", \"200#4294967295\"]\n\
+        tun = \"overlay-tun\"\n\
+        ipv4_only = true\n\
+        keepalive = 3\n\
+        hold_time = 0\n\
+        stale_time = 86400\n\
+        cleanup = true\n";
+    let client = parse(text).client.unwrap();
+    assert_eq!(client.servers.len(), 2);
+    assert_eq!(client.subscribe, vec![100, 200]);
+    assert_eq!(client.announce.len(), 1);
+    assert_eq!(client.announce[0].get_ref(), "100#10.0.1.0/24@2001:db8::9");
+    assert_eq!(client.install_routes, vec![(100, 100), (200, u32::MAX)]);
+    assert_eq!(client.tun.as_deref(), Some("overlay-tun"));
+    assert!(client.ipv4_only && client.cleanup);
+    assert_eq!(
+        (client.keepalive, client.hold_time, client.stale_time),
+        (3, 0, 86400)
+    );
+}
+
+#[test]
+fn bad_client_sections() {
+    let ok = "servers = [\"[::1]:4711\"]\n";
+    reject(
+        &format!("[client]\n{ok}bogus = 1\n"),
+        3,
+        1,
+        &["unknown key `client.bogus`", "`hold_time`"],
+    );
+    reject(
+        &format!("[client]\n{ok}install_routes = [\"100#0\"]\ntun = \"t\"\n"),
+        3,
+        19,
+        &["client.install_routes[0]", "table 0"],
+    );
+    reject(
+        &format!("[client]\n{ok}install_routes = [\"100\"]\ntun = \"t\"\n"),
+        3,
+        19,
+        &["client.install_routes[0]", "VNI#TABLE"],
+    );
+    reject(
+        &format!("[client]\n{ok}subscribe = [-1]\n"),
+        3,
+        14,
+        &["client.subscribe[0]", "VNI"],
+    );
+    reject(
+        &format!("[client]\n{ok}hold_time = 86401\n"),
+        3,
+        13,
+        &["client.hold_time", "86400"],
+    );
+    reject(
+        &format!("[client]\n{ok}stale_time = \"60\"\n"),
+        3,
+        14,
+        &["client.stale_time"],
+    );
+    reject(
+        "[client]\nservers = [\"nope\"]\n",
+        2,
+        12,
+        &["client.servers[0]", "socket address"],
+    );
+    reject(
+        "# the client\n  [client]\nsubscribe = [100]\n",
+        2,
+        3,
+        &["client.servers", "at least one"],
+    );
+    reject(
+        &format!("[client]\n{ok}install_routes = [\"100#100\"]\n"),
+        1,
+        1,
+        &["client.tun"],
+    );
+}
+
+#[test]
+fn install_route_mappings() {
+    assert_eq!(parse_install_route("100#100"), Ok((100, 100)));
+    assert_eq!(parse_install_route(" 7 # 9 "), Ok((7, 9)));
+    for bad in ["100", "x#1", "1#x", "1#0", "1#4294967296", "#"] {
+        assert!(parse_install_route(bad).is_err(), "{bad}");
+    }
+}
+
+/// The commented `[client]` section of the full example is valid once
+/// uncommented (explanations are `# # ` lines, keys `# key = ...`).
+#[test]
+fn example_client_section_is_valid_when_uncommented() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let text = std::fs::read_to_string(dir.join("metalbondd.toml")).unwrap();
+    let start = text
+        .find("# [client]")
+        .expect("a commented [client] section");
+    let mut uncommented = text[..start].to_string();
+    for line in text[start..].lines() {
+        if line.starts_with("# # ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            uncommented.push_str(rest);
+            uncommented.push('\n');
+        }
+    }
+    let c = parse(&uncommented);
+    let client = c.client.expect("client section");
+    assert_eq!(client.servers.len(), 2);
+    assert_eq!(client.install_routes, vec![(100, 100)]);
+    assert_eq!(client.hold_time, DEFAULT_HOLD_TIME_SECS);
+    assert_eq!(client.stale_time, DEFAULT_STALE_TIME_SECS);
+    assert_eq!(client.keepalive, DEFAULT_KEEPALIVE_SECS);
+    assert!(!client.cleanup && !client.ipv4_only);
+}

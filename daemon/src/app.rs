@@ -58,7 +58,8 @@ pub struct Settings {
     pub log_level: String,
     /// Accepted for compatibility with the Go reference; not served yet.
     pub http: Option<String>,
-    /// The hypervisor (client) role, when enabled (`metalbondd client`).
+    /// The hypervisor (client) role, when enabled (`metalbondd client`, or a
+    /// `[client]` section in the config file).
     pub client: Option<ClientSettings>,
 }
 
@@ -262,6 +263,7 @@ async fn apply(
         ("api", new.api != running.api),
         ("state.dir", new.state_dir != running.state_dir),
         ("server.http", new.http != running.http),
+        ("client", new.client != running.client),
     ] {
         if changed {
             needs_restart.push(what.to_string());

@@ -9,6 +9,10 @@
 //! `metalbondd check-config FILE` (or `--check --config FILE`) validates a
 //! file, static routes included, and exits: `FILE: ok` or
 //! `FILE:LINE:COL: reason`.
+//!
+//! A `[client]` section in the file also runs the hypervisor role next to the
+//! server; `metalbondd client [--config FILE] FLAGS` runs it alone, its flags
+//! overriding the file's `[client]` section.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -46,7 +50,8 @@ enum Command {
     Server(ServerArgs),
     /// Run the hypervisor role (preview): connect to route servers, subscribe
     /// to VNIs, announce routes and install received routes into kernel
-    /// routing tables. Flags of the Go reference's `metalbond client`.
+    /// routing tables. Flags of the Go reference's `metalbond client`; with
+    /// --config, the file's [client] section, the flags overriding it.
     Client(ClientArgs),
     /// Validate a configuration file, static routes included, and exit:
     /// prints `FILE: ok` (exit 0) or `FILE:LINE:COL: reason` (exit 1).
@@ -120,10 +125,18 @@ struct ServerArgs {
 }
 
 /// Client (hypervisor role) flags, as the Go reference's `metalbond client`.
+/// With `--config FILE`, the file's `[client]` section (and `[api]`,
+/// `[state]`, `[log]`) is the base and the flags given override it; a flag
+/// that can repeat replaces the file's whole list.
 #[derive(Args, Debug, Clone, Default)]
 struct ClientArgs {
+    /// TOML configuration file whose `[client]` section is used (the server
+    /// role does not run: use `metalbondd --config FILE` for both roles).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Route server to connect to, e.g. [2001:db8::1]:4711; repeatable.
-    #[arg(long, value_name = "ADDR", required = true)]
+    /// Required unless the config file gives client.servers.
+    #[arg(long, value_name = "ADDR", required_unless_present = "config")]
     server: Vec<SocketAddr>,
     /// VNI to subscribe to; repeatable.
     #[arg(long, value_name = "VNI")]
@@ -136,16 +149,40 @@ struct ClientArgs {
     /// repeatable. Needs --tun.
     #[arg(long, value_name = "VNI#TABLE")]
     install_routes: Vec<String>,
-    /// Tunnel device the installed routes leave through (an ip6tnl device).
+    /// Tunnel device the installed routes leave through (an ip6tnl device)
+    /// [file: client.tun].
     #[arg(long, value_name = "DEV")]
     tun: Option<String>,
-    /// Receive only IPv4 routes (received IPv6 destinations are ignored).
+    /// Receive only IPv4 routes (received IPv6 destinations are ignored)
+    /// [file: client.ipv4_only].
     #[arg(long)]
     ipv4_only: bool,
     /// Keepalive interval in seconds proposed to the servers (0 means 5).
-    /// Default 5.
+    /// Default 5 [file: client.keepalive].
     #[arg(long, value_name = "SECS")]
     keepalive: Option<u32>,
+    /// At start, protocol-254 routes already in the mapped tables (an
+    /// earlier run's) are kept, and the received routes replace them in
+    /// place; those the servers do not confirm are deleted once this many
+    /// seconds have passed, or earlier once every server is established and
+    /// has sent its dump (no UPDATE for 1 s). Default 30 [file:
+    /// client.hold_time].
+    #[arg(long, value_name = "SECS")]
+    hold_time: Option<u64>,
+    /// When the last established server is lost, installed routes stay
+    /// this many seconds; a server back in time resyncs and the routes are
+    /// reconciled, otherwise they are deleted. Default 60 [file:
+    /// client.stale_time].
+    #[arg(long, value_name = "SECS")]
+    stale_time: Option<u64>,
+    /// At start, delete every protocol-254 route in the mapped tables
+    /// (routes left by an earlier run, or added by hand with proto 254)
+    /// before connecting, as the Go reference does, instead of keeping and
+    /// reconciling them; received routes are then installed as they arrive
+    /// (the data plane has a gap). Only the mapped tables are touched
+    /// [file: client.cleanup].
+    #[arg(long)]
+    cleanup: bool,
     /// Log debug details (RUST_LOG overrides).
     #[arg(short, long)]
     verbose: bool,
@@ -185,8 +222,11 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => return check_config(&file, &ServerArgs::default()),
         Some(Command::Server(args)) => args,
         Some(Command::Client(args)) => {
-            return match resolve_client(&args) {
-                Ok((settings, log_format)) => run(settings, log_format, None, None),
+            return match load_client(&args) {
+                Ok((settings, log_format)) => {
+                    let reload = client_reloader(&args);
+                    run(settings, log_format, args.config.as_deref(), reload)
+                }
                 Err(e) => {
                     eprintln!("metalbondd client: {e}");
                     ExitCode::FAILURE
@@ -346,29 +386,118 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
         http: args.http.clone().or_else(|| file.http.clone()),
         client: None,
     };
+    let mut settings = settings;
+    if let Some(section) = &config.client {
+        settings.client = Some(
+            client_settings(config, section, &ClientArgs::default()).map_err(|e| match e {
+                ClientError::Config(e) => e,
+                ClientError::Flag(e) => ConfigError::whole_file(config.path(), e),
+            })?,
+        );
+    }
     let log_format = args.log_format.unwrap_or_else(|| config.log.format.into());
     Ok((settings, log_format))
 }
 
-/// `metalbondd client ...`: the defaults with the client flags applied; no
-/// MetalBond listener. A bad announcement or mapping is a one-line error.
-fn resolve_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
-    let mut announcements = Vec::with_capacity(args.announce.len());
-    for text in &args.announce {
-        let route: Route = text
-            .parse()
-            .map_err(|e| format!("--announce {text}: {e}"))?;
-        announcements.push(route);
+/// An error resolving the client role: in the file (with its position) or
+/// in a flag.
+enum ClientError {
+    Config(ConfigError),
+    Flag(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Config(e) => e.fmt(f),
+            ClientError::Flag(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The client role from the file's `[client]` section (`section`, or the
+/// defaults) with the flags `args` applied.
+fn client_settings(
+    config: &Config,
+    section: &defaults::ClientSection,
+    args: &ClientArgs,
+) -> Result<ClientSettings, ClientError> {
+    let mut announcements = Vec::new();
+    if args.announce.is_empty() {
+        for (i, text) in section.announce.iter().enumerate() {
+            let route: Route = text.get_ref().parse().map_err(|e| {
+                ClientError::Config(
+                    config.error_at(text.span(), format!("client.announce[{i}]: {e}")),
+                )
+            })?;
+            announcements.push(route);
+        }
+    } else {
+        for text in &args.announce {
+            let route: Route = text
+                .parse()
+                .map_err(|e| ClientError::Flag(format!("--announce {text}: {e}")))?;
+            announcements.push(route);
+        }
     }
     let mut install_routes: BTreeMap<Vni, BTreeSet<u32>> = BTreeMap::new();
-    for text in &args.install_routes {
-        let (vni, table) =
-            parse_install_routes(text).map_err(|e| format!("--install-routes {text}: {e}"))?;
-        install_routes.entry(vni).or_default().insert(table);
+    if args.install_routes.is_empty() {
+        for &(vni, table) in &section.install_routes {
+            install_routes.entry(Vni(vni)).or_default().insert(table);
+        }
+    } else {
+        for text in &args.install_routes {
+            let (vni, table) = defaults::parse_install_route(text)
+                .map_err(|e| ClientError::Flag(format!("--install-routes {text}: {e}")))?;
+            install_routes.entry(Vni(vni)).or_default().insert(table);
+        }
     }
-    if !install_routes.is_empty() && args.tun.is_none() {
-        return Err("--install-routes needs the tunnel device (--tun DEV)".into());
+    let tun = args.tun.clone().or_else(|| section.tun.clone());
+    if !install_routes.is_empty() && tun.is_none() {
+        return Err(ClientError::Flag(
+            "--install-routes needs the tunnel device (--tun DEV)".into(),
+        ));
     }
+    let servers = if args.server.is_empty() {
+        section.servers.clone()
+    } else {
+        args.server.clone()
+    };
+    if servers.is_empty() {
+        return Err(ClientError::Flag(
+            "no route server given (--server ADDR or client.servers)".into(),
+        ));
+    }
+    let subscriptions = if args.subscribe.is_empty() {
+        section.subscribe.clone()
+    } else {
+        args.subscribe.clone()
+    };
+    Ok(ClientSettings {
+        servers,
+        subscriptions: subscriptions.into_iter().map(Vni).collect(),
+        announcements,
+        install_routes,
+        tun,
+        ipv4_only: args.ipv4_only || section.ipv4_only,
+        connection: ClientConfig {
+            keepalive_secs: args.keepalive.unwrap_or(section.keepalive),
+            ..ClientConfig::default()
+        },
+        hold_time: Duration::from_secs(args.hold_time.unwrap_or(section.hold_time)),
+        stale_time: Duration::from_secs(args.stale_time.unwrap_or(section.stale_time)),
+        cleanup: args.cleanup || section.cleanup,
+    })
+}
+
+/// `metalbondd client ...`: the file given with `--config` (or the
+/// defaults) with the client flags applied; no MetalBond listener. A bad
+/// announcement or mapping is a one-line error.
+fn load_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
     let server_args = ServerArgs {
         verbose: args.verbose,
         log_format: args.log_format,
@@ -377,41 +506,20 @@ fn resolve_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
         state_dir: args.state_dir.clone(),
         ..ServerArgs::default()
     };
-    let (mut settings, log_format) =
-        resolve(&Config::default(), &server_args).map_err(|e| e.to_string())?;
+    // The server part of the file is not used; only its shared sections
+    // (the client section is resolved again below with the flags).
+    let (mut settings, log_format) = resolve(&config, &server_args).map_err(|e| e.to_string())?;
     settings.server.listen.clear();
-    settings.client = Some(ClientSettings {
-        servers: args.server.clone(),
-        subscriptions: args.subscribe.iter().map(|&v| Vni(v)).collect(),
-        announcements,
-        install_routes,
-        tun: args.tun.clone(),
-        ipv4_only: args.ipv4_only,
-        connection: ClientConfig {
-            keepalive_secs: args.keepalive.unwrap_or(0),
-            ..ClientConfig::default()
-        },
-    });
+    let section = config.client.clone().unwrap_or_default();
+    settings.client = Some(client_settings(&config, &section, args).map_err(|e| e.to_string())?);
     Ok((settings, log_format))
 }
 
-/// `VNI#TABLE`, table not 0.
-fn parse_install_routes(text: &str) -> Result<(Vni, u32), String> {
-    let (vni, table) = text
-        .split_once('#')
-        .ok_or("expected VNI#TABLE, e.g. 100#100")?;
-    let vni: u32 = vni
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad VNI {vni:?}: expected a number"))?;
-    let table: u32 = table
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad table {table:?}: expected a number 1..4294967295"))?;
-    if table == 0 {
-        return Err(
-            "table 0 is not a valid routing table (the kernel reads it as \"all tables\")".into(),
-        );
-    }
-    Ok((Vni(vni), table))
+/// Re-reads the file on SIGHUP for `metalbondd client --config FILE`.
+fn client_reloader(args: &ClientArgs) -> Option<Reloader> {
+    args.config.as_ref()?;
+    let args = args.clone();
+    Some(Box::new(move || {
+        load_client(&args).map(|(settings, _)| settings)
+    }))
 }

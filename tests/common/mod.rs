@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod netns;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -442,19 +443,43 @@ impl Daemon {
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
+        Self::spawn_until_running(cmd, args, &format!(" in netns {ns}"), &format!("@{ns}"))
+    }
+
+    /// Starts `metalbondd ARGS...` in the current network namespace and
+    /// waits (bounded) for its `metalbondd running` log line, like
+    /// [`Daemon::spawn_in_netns`] (for a client, which has no MetalBond
+    /// listener to wait for).
+    pub fn spawn_running(args: &[&str]) -> Result<Daemon, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        Self::spawn_until_running(cmd, args, "", "")
+    }
+
+    fn spawn_until_running(
+        mut cmd: Command,
+        args: &[&str],
+        where_: &str,
+        tag_suffix: &str,
+    ) -> Result<Daemon, String> {
         if let Ok(filter) = std::env::var("E2E_RUST_LOG") {
             cmd.env("RUST_LOG", filter);
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start metalbondd {args:?} in netns {ns}: {e}"))?;
+            .map_err(|e| format!("cannot start metalbondd {args:?}{where_}: {e}"))?;
         let pid = child.id();
         let logs = Arc::new(LogBuf {
             text: Mutex::new(String::new()),
             cv: Condvar::new(),
             notify: tokio::sync::Notify::new(),
         });
-        let tag = format!("metalbondd:{pid}@{ns}");
+        let tag = format!("metalbondd:{pid}{tag_suffix}");
         spawn_reader(child.stderr.take().unwrap(), logs.clone(), tag.clone());
         spawn_reader(child.stdout.take().unwrap(), logs.clone(), tag);
 
@@ -471,7 +496,7 @@ impl Daemon {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = text.clone();
                 return Err(format!(
-                    "metalbondd {args:?} in netns {ns} exited with {status} before running; log:\n{log}"
+                    "metalbondd {args:?}{where_} exited with {status} before running; log:\n{log}"
                 ));
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
@@ -493,7 +518,7 @@ impl Daemon {
             Ok(daemon)
         } else {
             Err(format!(
-                "metalbondd {args:?} in netns {ns} did not log `metalbondd running` within {START_TIMEOUT:?}; log:\n{}",
+                "metalbondd {args:?}{where_} did not log `metalbondd running` within {START_TIMEOUT:?}; log:\n{}",
                 daemon.logs()
             ))
         }

@@ -17,14 +17,34 @@
 //! retried every second with the then-current desired state. Kernel errors
 //! are never fatal.
 //!
-//! Not done yet (issue 4): reconciling routes left by an earlier run, the
-//! stale time after losing every server, runtime management through the API.
+//! No data-plane flap on restarts (issue 4):
+//!
+//! - At start the agent dumps the protocol-254 routes of every mapped table
+//!   and keeps them ("held"), unless `cleanup` is set, which deletes them
+//!   first. Held routes are never deleted before the reconciliation; a held
+//!   (table, prefix) that a server sends is replaced in place. The
+//!   reconciliation runs when the hold time has passed since start, or
+//!   earlier once every configured server is established and has delivered
+//!   its dump, approximated as "established and no UPDATE from it for
+//!   [`QUIET_AFTER_DUMP`]". It deletes every held route the received routes
+//!   do not confirm and replaces the confirmed ones with the current next
+//!   hops (usually a no-op).
+//! - When the last established server goes down, the kernel keeps what it
+//!   has: the server's routes are dropped from the received table but not
+//!   from the kernel, and every installed route becomes held for the stale
+//!   time. If no server comes back in time, the held routes are deleted when
+//!   it expires. If one comes back, the reconciliation runs as soon as that
+//!   server has delivered its dump (or at the latest the hold time after it
+//!   came back). While at least one other server is up, a server's Down
+//!   applies at once.
+//!
+//! Not done yet: runtime management through the API.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -38,6 +58,15 @@ use crate::wire::{Action, Destination, Route, Vni};
 const EVENT_QUEUE: usize = 1024;
 /// Interval between retries of failed kernel changes.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// A session established with no UPDATE for this long is taken as having
+/// delivered its subscription dumps (the protocol has no end-of-dump marker).
+pub const QUIET_AFTER_DUMP: Duration = Duration::from_secs(1);
+/// How often the agent checks whether held routes can be reconciled.
+const HOLD_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Default hold time after start (`--hold-time`).
+pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(30);
+/// Default stale time after losing every server (`--stale-time`).
+pub const DEFAULT_STALE_TIME: Duration = Duration::from_secs(60);
 
 /// Settings of the hypervisor role.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +86,14 @@ pub struct ClientSettings {
     pub ipv4_only: bool,
     /// Connection settings (keepalive, backoff).
     pub connection: ClientConfig,
+    /// Longest time routes found in the mapped tables at start are kept
+    /// before the reconciliation (see the module documentation).
+    pub hold_time: Duration,
+    /// How long installed routes stay after the last server was lost.
+    pub stale_time: Duration,
+    /// Delete the protocol-254 routes of the mapped tables at start instead
+    /// of keeping and reconciling them.
+    pub cleanup: bool,
 }
 
 /// Counters of the agent (to be exposed as metrics later).
@@ -111,6 +148,11 @@ impl Agent {
             Some(installer)
         };
 
+        let mut held = BTreeSet::new();
+        if let Some(installer) = &installer {
+            held = startup_routes(installer, &settings.install_routes, settings.cleanup).await;
+        }
+
         let mut received = ReceivedRoutes::new();
         let _ = received
             .set_local_announcements(settings.announcements.iter().map(|r| (r.vni, r.dest)));
@@ -139,6 +181,24 @@ impl Agent {
             up: HashSet::new(),
             retry: BTreeSet::new(),
             stats: stats.clone(),
+            mode: if held.is_empty() {
+                Mode::Normal
+            } else {
+                info!(
+                    routes = held.len(),
+                    hold_secs = settings.hold_time.as_secs_f64(),
+                    "keeping the routes of an earlier run until the servers confirm them"
+                );
+                Mode::Hold {
+                    deadline: Instant::now() + settings.hold_time,
+                    all_servers: true,
+                }
+            },
+            held,
+            held_retry: BTreeSet::new(),
+            quiet_since: HashMap::new(),
+            hold_time: settings.hold_time,
+            stale_time: settings.stale_time,
         };
         let task = tokio::spawn(state.run(events, stop_rx));
         Ok(Agent {
@@ -173,6 +233,57 @@ fn prefix_of(dest: Destination) -> Prefix {
     Prefix::new(dest.addr.to_ip(), dest.prefix_len)
 }
 
+/// Dumps the protocol-254 routes of every mapped table. With `cleanup`
+/// they are deleted and nothing is returned; otherwise they are returned to
+/// be held until the reconciliation. Errors are logged, never fatal.
+async fn startup_routes(
+    installer: &Installer,
+    tables: &BTreeMap<Vni, BTreeSet<u32>>,
+    cleanup: bool,
+) -> BTreeSet<(u32, Prefix)> {
+    let all: BTreeSet<u32> = tables.values().flatten().copied().collect();
+    let mut found = BTreeSet::new();
+    for table in all {
+        match installer.dump(table).await {
+            Ok(routes) => found.extend(routes.into_iter().map(|r| (table, r.dest))),
+            Err(e) => warn!(table, error = %e, "cannot read the routes of an earlier run"),
+        }
+    }
+    if !cleanup {
+        return found;
+    }
+    let mut deleted = 0usize;
+    for (table, prefix) in &found {
+        match installer.delete(*table, *prefix).await {
+            Ok(_) => deleted += 1,
+            Err(e) => warn!(table, %prefix, error = %e, "cleanup: cannot delete route"),
+        }
+    }
+    info!(
+        deleted,
+        found = found.len(),
+        "cleanup: protocol-254 routes of the mapped tables removed"
+    );
+    BTreeSet::new()
+}
+
+/// Whether kernel routes are being held back from deletion.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Changes apply at once.
+    Normal,
+    /// Held routes wait for the servers' resync; reconcile at `deadline`, or
+    /// earlier once every configured server (`all_servers`) or any one
+    /// server has been established and quiet for [`QUIET_AFTER_DUMP`].
+    Hold {
+        deadline: Instant,
+        all_servers: bool,
+    },
+    /// Every server is lost; held routes are deleted at `deadline` unless a
+    /// server comes back.
+    Stale { deadline: Instant },
+}
+
 struct AgentTask {
     servers: Vec<SocketAddr>,
     tables: BTreeMap<Vni, BTreeSet<u32>>,
@@ -184,6 +295,15 @@ struct AgentTask {
     /// (table, VNI, destination) whose last kernel call failed, to retry.
     retry: BTreeSet<(u32, Vni, Destination)>,
     stats: Arc<AgentStats>,
+    mode: Mode,
+    /// Kernel routes not deleted before the next reconciliation.
+    held: BTreeSet<(u32, Prefix)>,
+    /// Reconciliation deletions that failed, to retry.
+    held_retry: BTreeSet<(u32, Prefix)>,
+    /// Per established server, when it last sent an UPDATE (or came up).
+    quiet_since: HashMap<ServerId, Instant>,
+    hold_time: Duration,
+    stale_time: Duration,
 }
 
 impl AgentTask {
@@ -194,13 +314,18 @@ impl AgentTask {
     ) {
         let mut tick = tokio::time::interval(RETRY_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hold_tick = tokio::time::interval(HOLD_CHECK_INTERVAL);
+        hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.handle(ev).await,
                     None => return,
                 },
-                _ = tick.tick(), if !self.retry.is_empty() => self.retry_failed().await,
+                _ = tick.tick(), if !self.retry.is_empty() || !self.held_retry.is_empty() => {
+                    self.retry_failed().await
+                }
+                _ = hold_tick.tick(), if self.mode != Mode::Normal => self.check_hold().await,
                 r = stop.changed() => if r.is_err() || *stop.borrow() {
                     return;
                 },
@@ -219,18 +344,33 @@ impl AgentTask {
         let changes = match ev {
             ClientEvent::Up { server } => {
                 self.up.insert(server);
+                self.quiet_since.insert(server, Instant::now());
                 info!(%server, addr = %self.addr(server), "route server up");
+                if let Mode::Stale { .. } = self.mode {
+                    info!(%server, "a route server is back: reconciling after its resync");
+                    self.mode = Mode::Hold {
+                        deadline: Instant::now() + self.hold_time,
+                        all_servers: false,
+                    };
+                }
                 return;
             }
             ClientEvent::Down { server, reason } => {
+                self.quiet_since.remove(&server);
                 if self.up.remove(&server) {
                     info!(%server, addr = %self.addr(server), %reason, "route server down");
+                    if self.up.is_empty() && self.installer.is_some() {
+                        self.enter_stale();
+                        let _ = self.received.drop_server(server);
+                        return;
+                    }
                 } else {
                     debug!(%server, addr = %self.addr(server), %reason, "route server unreachable");
                 }
                 self.received.drop_server(server)
             }
             ClientEvent::Update { server, update } => {
+                self.quiet_since.insert(server, Instant::now());
                 let route = update.route;
                 if self.ipv4_only && route.dest.addr.is_ipv6() {
                     return;
@@ -270,6 +410,12 @@ impl AgentTask {
             return;
         };
         let prefix = prefix_of(dest);
+        if next_hops.is_empty() && self.held.contains(&(table, prefix)) {
+            // Held until the reconciliation, which decides.
+            self.retry.remove(&(table, vni, dest));
+            debug!(table, %vni, %prefix, "kernel route deletion deferred to the reconciliation");
+            return;
+        }
         let result = if next_hops.is_empty() {
             installer.delete(table, prefix).await.map(|_| ())
         } else {
@@ -319,6 +465,136 @@ impl AgentTask {
             // The mapping is fixed; ipv4_only routes never reach the retry set.
             let hops = self.received.next_hops(vni, dest);
             self.install(table, vni, dest, &hops, true).await;
+        }
+        if self.held_retry.is_empty() {
+            return;
+        }
+        let desired = self.desired();
+        let pending: Vec<_> = self.held_retry.iter().copied().collect();
+        for key in pending {
+            if self.held.contains(&key) || desired.contains_key(&key) {
+                self.held_retry.remove(&key);
+                continue;
+            }
+            self.reconcile_delete(key, true).await;
+        }
+    }
+
+    /// What the kernel should hold now, per (table, prefix).
+    fn desired(&self) -> BTreeMap<(u32, Prefix), (Vni, Destination, Vec<Ipv6Addr>)> {
+        let mut out = BTreeMap::new();
+        for (vni, dest, hops) in self.received.snapshot() {
+            let Some(tables) = self.tables.get(&vni) else {
+                continue;
+            };
+            for &table in tables {
+                out.entry((table, prefix_of(dest)))
+                    .or_insert_with(|| (vni, dest, hops.clone()));
+            }
+        }
+        out
+    }
+
+    /// The last established server is gone: keep every installed route
+    /// for the stale time.
+    fn enter_stale(&mut self) {
+        let installed: Vec<(u32, Prefix)> = self.desired().into_keys().collect();
+        self.held.extend(installed);
+        let deadline = Instant::now() + self.stale_time;
+        self.mode = Mode::Stale { deadline };
+        warn!(
+            routes = self.held.len(),
+            stale_secs = self.stale_time.as_secs_f64(),
+            "every route server is lost: keeping the installed routes for the stale time"
+        );
+    }
+
+    /// Reconciles when the mode's condition is met.
+    async fn check_hold(&mut self) {
+        let now = Instant::now();
+        let resynced = |s: &ServerId| {
+            self.up.contains(s)
+                && self
+                    .quiet_since
+                    .get(s)
+                    .is_some_and(|t| now.duration_since(*t) >= QUIET_AFTER_DUMP)
+        };
+        let why = match self.mode {
+            Mode::Normal => return,
+            Mode::Stale { deadline } => {
+                if now < deadline {
+                    return;
+                }
+                "stale time expired with no route server"
+            }
+            Mode::Hold {
+                deadline,
+                all_servers,
+            } => {
+                if now >= deadline {
+                    "hold time expired"
+                } else if all_servers && (0..self.servers.len()).map(ServerId).all(|s| resynced(&s))
+                {
+                    "every route server resynced"
+                } else if !all_servers && self.up.iter().any(resynced) {
+                    "a route server resynced"
+                } else {
+                    return;
+                }
+            }
+        };
+        self.reconcile(why).await;
+    }
+
+    /// Deletes the held routes the servers do not confirm and replaces the
+    /// confirmed ones with the current next hops.
+    async fn reconcile(&mut self, why: &str) {
+        self.mode = Mode::Normal;
+        let held = std::mem::take(&mut self.held);
+        let desired = self.desired();
+        let (mut kept, mut deleted) = (0usize, 0usize);
+        for key in held {
+            match desired.get(&key) {
+                Some((vni, dest, hops)) => {
+                    kept += 1;
+                    let hops = hops.clone();
+                    self.install(key.0, *vni, *dest, &hops, false).await;
+                }
+                None => {
+                    deleted += 1;
+                    self.reconcile_delete(key, false).await;
+                }
+            }
+        }
+        info!(kept, deleted, reason = why, "kernel routes reconciled");
+    }
+
+    /// Deletes an unconfirmed route at the reconciliation.
+    async fn reconcile_delete(&mut self, key: (u32, Prefix), retrying: bool) {
+        let Some(installer) = &self.installer else {
+            return;
+        };
+        let (table, prefix) = key;
+        match installer.delete(table, prefix).await {
+            Ok(_) => {
+                self.stats.kernel_changes.fetch_add(1, Relaxed);
+                self.held_retry.remove(&key);
+                debug!(table, %prefix, "unconfirmed kernel route deleted");
+            }
+            Err(e) => {
+                self.stats.kernel_errors.fetch_add(1, Relaxed);
+                let retry = e.is_retryable();
+                if retry {
+                    self.held_retry.insert(key);
+                } else {
+                    self.held_retry.remove(&key);
+                }
+                if retrying {
+                    debug!(table, %prefix, error = %e, retry, "kernel route retry failed");
+                } else {
+                    warn!(table, %prefix, error = %e, retry, "unconfirmed kernel route not deleted");
+                }
+            }
         }
     }
 }

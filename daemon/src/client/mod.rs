@@ -18,7 +18,9 @@ pub mod received;
 
 use std::fmt;
 
-pub use agent::{Agent, AgentStats, ClientSettings};
+pub use agent::{
+    Agent, AgentStats, ClientSettings, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
+};
 pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
 };

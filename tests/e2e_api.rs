@@ -482,7 +482,7 @@ async fn a_watch_started_during_announcements_sees_every_route_exactly_once() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(snapshot_end.unwrap() >= u64::from(N / 2) || snapshot_end.is_some());
+    assert!(snapshot_end.is_some(), "no end-of-snapshot marker");
     // Nothing more: no duplicate arrives later.
     let extra = tokio::time::timeout(QUIET, watch.message()).await;
     assert!(extra.is_err(), "unexpected event {extra:?}");

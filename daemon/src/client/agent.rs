@@ -375,6 +375,8 @@ impl AgentTask {
                 if self.ipv4_only && route.dest.addr.is_ipv6() {
                     return;
                 }
+                // Debug only: a server's dump is thousands of these.
+                tracing::debug!(server = server.0, action = ?update.action, %route, "received");
                 match update.action {
                     Action::Add => self.received.add(server, route),
                     Action::Remove => self.received.remove(server, route),

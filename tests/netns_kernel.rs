@@ -6,88 +6,19 @@
 //! stay in the host namespace. The tunnel device is a `veth` (`mbt0`), which accepts
 //! lightweight-tunnel `encap ip6` routes like the production `ip6tnl` does.
 
-use std::future::Future;
-use std::io::Write;
-use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
+
+use common::netns::{ip, may_run, run_in_netns, NetnsEnv};
 use metalbondd::kernel::{Installer, KernelError, KernelRoute, Prefix, RTPROT_METALBOND};
 
 const TUN: &str = "mbt0";
 
-/// Why the namespace tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root (network namespaces and routes need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("the `ip` command (iproute2) is not installed".into()),
-    }
-}
-
-/// Returns false (after printing why) when the test must be skipped; panics instead under CI.
-fn may_run(test: &str) -> bool {
-    let Some(reason) = skip_reason() else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: cannot run with CI=true: {reason}");
-    }
-    // Written to the real stderr, past the test harness's output capture, so it is always seen.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
-    false
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted on drop (also when the test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "mbk-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        let n = ns.name.as_str();
-        ip(&[
-            "-n", n, "link", "add", TUN, "type", "veth", "peer", "name", "mbt1",
-        ]);
-        ip(&["-n", n, "link", "set", TUN, "up"]);
-        ip(&["-n", n, "link", "set", "mbt1", "up"]);
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Runs `body(namespace name)` on a thread inside a fresh namespace, on its own runtime.
+/// Runs `body(namespace name)` on a thread inside a fresh namespace (`lo`, and
+/// the veth pair `mbt0`/`mbt1` up), on its own runtime; the namespace is
+/// deleted afterwards, also when the test panics.
 fn in_netns<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(String) -> Fut + Send + 'static,
@@ -96,24 +27,9 @@ where
     if !may_run(test) {
         return;
     }
-    let ns = Netns::create();
-    let name = ns.name.clone();
-    let result = std::thread::spawn(move || {
-        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(body(name));
-    })
-    .join();
-    drop(ns);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    let env = NetnsEnv::create(&[(TUN, "mbt1")]);
+    let name = env.ns.clone();
+    run_in_netns(&env.ns, move || body(name));
 }
 
 fn prefix(s: &str) -> Prefix {

@@ -14,264 +14,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::api::{self, api_route};
-use common::{unique_temp_dir, Daemon};
-use metalbond_proto::api as pb;
+use common::api::{inject, withdraw};
+use common::netns::{expected, ip, may_run, table, wait_table, NetnsEnv, Table, Want, POLL, WAIT};
+use common::Daemon;
 
 const TUN: &str = "mbt0";
-/// Deadline for a kernel table to reach the expected state.
-const WAIT: Duration = Duration::from_secs(10);
-/// Poll interval of `ip route`.
-const POLL: Duration = Duration::from_millis(20);
 
-/// Why the namespace tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root (network namespaces and routes need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("the `ip` command (iproute2) is not installed".into()),
-    }
-}
-
-/// Returns false (after printing why) when the test must be skipped; panics instead under CI.
-fn may_run(test: &str) -> bool {
-    let Some(reason) = skip_reason() else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: cannot run with CI=true: {reason}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
-    false
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace with `lo`, `mbt0` and `mbt1` up, and a temporary
-/// directory for the daemons' sockets and state; both removed on drop.
-struct Env {
-    ns: String,
-    dir: PathBuf,
-}
-
-impl Env {
-    fn create() -> Env {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let ns = format!(
-            "mbc-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &ns]);
-        let env = Env {
-            ns,
-            dir: unique_temp_dir(),
-        };
-        let n = env.ns.as_str();
-        ip(&[
-            "-n", n, "link", "add", TUN, "type", "veth", "peer", "name", "mbt1",
-        ]);
-        ip(&["-n", n, "link", "set", TUN, "up"]);
-        ip(&["-n", n, "link", "set", "mbt1", "up"]);
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        env
-    }
-
-    fn sock(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.sock"))
-    }
-
-    /// A route server inside the namespace on `listen`, API socket `DIR/NAME.sock`, state
-    /// in `DIR/STATE`, with `extra` flags.
-    fn server(&self, name: &str, listen: &str, state: &str, extra: &[&str]) -> Daemon {
-        let sock = self.sock(name).display().to_string();
-        let state = self.dir.join(state).display().to_string();
-        let mut args = vec![
-            "server",
-            "--listen",
-            listen,
-            "--api-socket",
-            &sock,
-            "--state-dir",
-            &state,
-        ];
-        args.extend(extra);
-        Daemon::spawn_in_netns(&self.ns, &args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A client inside the namespace connected to `servers` (addresses), with `args`.
-    fn client(&self, name: &str, servers: &[&str], args: &[&str]) -> Daemon {
-        let mut full: Vec<String> = vec!["client".into()];
-        for s in servers {
-            full.extend(["--server".into(), s.to_string()]);
-        }
-        full.extend(args.iter().map(|a| a.to_string()));
-        full.extend([
-            "--api-socket".into(),
-            self.sock(name).display().to_string(),
-            "--state-dir".into(),
-            self.dir.join(name).display().to_string(),
-        ]);
-        let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        Daemon::spawn_in_netns(&self.ns, &full).unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn inject(sock: &Path, texts: &[&str]) {
-    let mut api = api::connect(sock).await;
-    api.routes
-        .announce_routes(pb::AnnounceRoutesRequest {
-            routes: texts.iter().map(|t| api_route(t)).collect(),
-            allow_existing: false,
-        })
-        .await
-        .expect("AnnounceRoutes");
-}
-
-async fn withdraw(sock: &Path, texts: &[&str]) {
-    let mut api = api::connect(sock).await;
-    api.routes
-        .withdraw_routes(pb::WithdrawRoutesRequest {
-            routes: texts.iter().map(|t| api_route(t)).collect(),
-            ..Default::default()
-        })
-        .await
-        .expect("WithdrawRoutes");
-}
-
-/// The routes of `ip -d [-6] route show table T` as prefix -> next hops, checking each line
-/// precisely: protocol 254, `encap ip6 ... dst <nh>`, `dev mbt0`; a single next hop is a
-/// plain route without gateway, several are `nexthop` lines.
-fn table(ns: &str, v6: bool, table: u32) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let t = table.to_string();
-    let family = if v6 { "-6" } else { "-4" };
-    let args = ["-n", ns, "-d", family, "route", "show", "table", &t];
-    let run = Command::new("ip").args(args).output().expect("run ip");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    if !run.status.success() {
-        // A table the kernel never had a route in does not exist yet (IPv6).
-        if stderr.contains("FIB table does not exist") {
-            return Ok(BTreeMap::new());
-        }
-        panic!("ip {}: {stderr}", args.join(" "));
-    }
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    let mut routes: Vec<(String, Vec<String>)> = Vec::new();
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        if line.starts_with(char::is_whitespace) {
-            let Some(last) = routes.last_mut() else {
-                return Err(format!("nexthop line before a route line: {out}"));
-            };
-            last.1.push(line.trim().to_owned());
-        } else {
-            routes.push((line.trim().to_owned(), Vec::new()));
-        }
-    }
-    let dst_of = |l: &str| -> Result<String, String> {
-        if !l.contains("encap ip6 ") {
-            return Err(format!("no `encap ip6` in {l:?}"));
-        }
-        if !l.contains(" dev mbt0") {
-            return Err(format!("no `dev mbt0` in {l:?}"));
-        }
-        let words: Vec<&str> = l.split_whitespace().collect();
-        let i = words
-            .iter()
-            .position(|w| *w == "dst")
-            .ok_or_else(|| format!("no encap dst in {l:?}"))?;
-        Ok(words
-            .get(i + 1)
-            .ok_or_else(|| format!("no encap dst in {l:?}"))?
-            .to_string())
-    };
-    let mut map = BTreeMap::new();
-    for (line, nexthops) in routes {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let prefix = match words.as_slice() {
-            ["unicast", p, ..] => p.to_string(),
-            [p, ..] => p.to_string(),
-            [] => unreachable!(),
-        };
-        if !line.contains(" proto 254 ") && !line.ends_with(" proto 254") {
-            return Err(format!("not protocol 254: {line:?}"));
-        }
-        let hops = if nexthops.is_empty() {
-            if line.contains(" via ") {
-                return Err(format!("unexpected gateway in {line:?}"));
-            }
-            vec![dst_of(&line)?]
-        } else {
-            let mut hops = Vec::new();
-            for l in &nexthops {
-                if !l.starts_with("nexthop") {
-                    return Err(format!("not a nexthop line: {l:?}"));
-                }
-                hops.push(dst_of(l)?);
-            }
-            hops
-        };
-        if map.insert(prefix.clone(), hops).is_some() {
-            return Err(format!("{prefix} twice in table {table}: {out}"));
-        }
-    }
-    Ok(map)
-}
-
-fn expected(routes: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-    routes
-        .iter()
-        .map(|(p, h)| (p.to_string(), h.iter().map(|s| s.to_string()).collect()))
-        .collect()
-}
-
-/// Polls table `t` (IPv4 and IPv6) until it holds exactly `v4` and `v6` (next hops in
-/// this order); panics with the last state at the deadline.
-async fn wait_table(ns: &str, t: u32, v4: &[(&str, &[&str])], v6: &[(&str, &[&str])]) {
-    let (want4, want6) = (expected(v4), expected(v6));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = (table(ns, false, t), table(ns, true, t));
-        if let (Ok(g4), Ok(g6)) = &got {
-            if *g4 == want4 && *g6 == want6 {
-                return;
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "table {t} did not reach\n  v4 {want4:?}\n  v6 {want6:?}\nwithin {WAIT:?}; last:\n  v4 {:?}\n  v6 {:?}",
-                got.0, got.1
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
+/// The veth pair standing in for the tunnel device.
+const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
 
 /// Fixed server addresses inside the test's namespace.
 const S1: &str = "[::1]:4711";
@@ -299,9 +53,9 @@ fn client_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// Table 100, both families, as prefix -> next hops.
-fn routes_now(ns: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let mut all = table(ns, false, 100)?;
-    all.extend(table(ns, true, 100)?);
+fn routes_now(ns: &str) -> Result<Table, String> {
+    let mut all = table(ns, false, 100, TUN)?;
+    all.extend(table(ns, true, 100, TUN)?);
     Ok(all)
 }
 
@@ -313,7 +67,7 @@ struct Watch {
     handle: std::thread::JoinHandle<Result<usize, String>>,
 }
 
-fn watch(ns: &str, must: &[(&str, &[&str])]) -> Watch {
+fn watch(ns: &str, must: Want) -> Watch {
     let ns = ns.to_string();
     let must = expected(must);
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,14 +127,15 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
     if !may_run("restarted_client_keeps_its_routes_and_resyncs") {
         return;
     }
-    let env = Env::create();
-    let _server = env.server("s", S1, "s", &[]);
+    let env = NetnsEnv::create(VETHS);
+    let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1, R2, R6]).await;
     let args = client_args(&["--hold-time", "2"]);
     let client = env.client("c", &[S1], &args);
     wait_table(
         &env.ns,
         100,
+        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -416,6 +171,7 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
     wait_table(
         &env.ns,
         100,
+        TUN,
         &[("10.0.1.0/24", &["2001:db8::1"])],
         &[("2001:db8:a::/64", &["2001:db8::4"])],
     )
@@ -440,15 +196,15 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
     if !may_run("losing_every_server_keeps_routes_for_the_stale_time") {
         return;
     }
-    let env = Env::create();
-    let s1 = env.server("s1", S1, "s1", &[]);
-    let s2 = env.server("s2", S2, "s2", &[]);
+    let env = NetnsEnv::create(VETHS);
+    let s1 = env.server_with("s1", S1, "s1", &[]);
+    let s2 = env.server_with("s2", S2, "s2", &[]);
     inject(&env.sock("s1"), &[R1, R6]).await;
     inject(&env.sock("s2"), &[R1, R6]).await;
     let client = env.client("c", &[S1, S2], &client_args(&["--stale-time", "2"]));
     let v4: &[(&str, &[&str])] = &[("10.0.1.0/24", &["2001:db8::1"])];
     let v6: &[(&str, &[&str])] = &[("2001:db8:a::/64", &["2001:db8::4"])];
-    wait_table(&env.ns, 100, v4, v6).await;
+    wait_table(&env.ns, 100, TUN, v4, v6).await;
     // Both servers must have delivered (the client logs each session up).
     let deadline = Instant::now() + WAIT;
     while client.logs().matches("route server up").count() < 2 {
@@ -469,7 +225,7 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
     let lost = Instant::now();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     watcher.finish("every server lost, within the stale time");
-    wait_table(&env.ns, 100, &[], &[]).await;
+    wait_table(&env.ns, 100, TUN, &[], &[]).await;
     assert!(
         lost.elapsed() >= Duration::from_millis(1200),
         "routes removed before the stale time"
@@ -482,15 +238,16 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
     if !may_run("a_server_back_within_the_stale_time_resyncs_without_flap") {
         return;
     }
-    let env = Env::create();
-    let s1 = env.server("s1", S1, "s1-first", &[]);
-    let s2 = env.server("s2", S2, "s2", &[]);
+    let env = NetnsEnv::create(VETHS);
+    let s1 = env.server_with("s1", S1, "s1-first", &[]);
+    let s2 = env.server_with("s2", S2, "s2", &[]);
     inject(&env.sock("s1"), &[R1, R2]).await;
     inject(&env.sock("s2"), &[R1, R2]).await;
     let client = env.client("c", &[S1, S2], &client_args(&["--stale-time", "8"]));
     wait_table(
         &env.ns,
         100,
+        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -515,12 +272,12 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
     let config = env.dir.join("s1.toml");
     std::fs::write(&config, format!("[routes]\nstatic = [\"{R1}\"]\n")).unwrap();
     let config = config.display().to_string();
-    let _s1 = env.server("s1", S1, "s1-second", &["--config", &config]);
+    let _s1 = env.server_with("s1", S1, "s1-second", &["--config", &config]);
     assert!(
         routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24"),
         "R2 deleted before the returning server resynced"
     );
-    wait_table(&env.ns, 100, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
     assert!(
         lost.elapsed() < Duration::from_secs(8),
         "reconciled only when the stale time expired ({:?})",
@@ -622,8 +379,8 @@ async fn cleanup_removes_earlier_routes_at_start() {
     if !may_run("cleanup_removes_earlier_routes_at_start") {
         return;
     }
-    let env = Env::create();
-    let _server = env.server("s", S1, "s", &[]);
+    let env = NetnsEnv::create(VETHS);
+    let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     add_earlier_routes(&env.ns);
     let _client = env.client(
@@ -653,8 +410,8 @@ async fn without_cleanup_unconfirmed_route_goes_after_the_hold_time() {
     if !may_run("without_cleanup_unconfirmed_route_goes_after_the_hold_time") {
         return;
     }
-    let env = Env::create();
-    let _server = env.server("s", S1, "s", &[]);
+    let env = NetnsEnv::create(VETHS);
+    let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     add_earlier_routes(&env.ns);
     let started = Instant::now();
@@ -697,8 +454,8 @@ async fn client_role_from_the_config_file() {
     if !may_run("client_role_from_the_config_file") {
         return;
     }
-    let env = Env::create();
-    let _server = env.server("s", S1, "s", &[]);
+    let env = NetnsEnv::create(VETHS);
+    let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     let config = env.dir.join("both.toml");
     std::fs::write(
@@ -729,7 +486,7 @@ async fn client_role_from_the_config_file() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(both.addr.to_string(), S2, "the server role does not listen");
-    wait_table(&env.ns, 100, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
     drop(both);
 
     // The client role alone, a flag overriding the file: table 101 instead of 100.
@@ -750,5 +507,5 @@ async fn client_role_from_the_config_file() {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    wait_table(&env.ns, 101, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    wait_table(&env.ns, 101, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
 }

@@ -118,3 +118,27 @@ pub async fn list_all(
         token = page.next_page_token;
     }
 }
+
+/// Announces the routes `texts` (text form) through the API at `sock`.
+pub async fn inject(sock: &Path, texts: &[&str]) {
+    let mut api = connect(sock).await;
+    api.routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: texts.iter().map(|t| api_route(t)).collect(),
+            allow_existing: false,
+        })
+        .await
+        .expect("AnnounceRoutes");
+}
+
+/// Withdraws the routes `texts` (text form) through the API at `sock`.
+pub async fn withdraw(sock: &Path, texts: &[&str]) {
+    let mut api = connect(sock).await;
+    api.routes
+        .withdraw_routes(pb::WithdrawRoutesRequest {
+            routes: texts.iter().map(|t| api_route(t)).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("WithdrawRoutes");
+}

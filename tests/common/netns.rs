@@ -99,29 +99,33 @@ impl NetnsEnv {
 
     /// A route server inside the namespace on `[::1]:0`, API socket `DIR/NAME.sock`.
     pub fn server(&self, name: &str) -> Daemon {
+        self.server_with(name, "[::1]:0", name, &[])
+    }
+
+    /// A route server inside the namespace on `listen`, API socket
+    /// `DIR/NAME.sock`, state in `DIR/STATE`, with `extra` flags.
+    pub fn server_with(&self, name: &str, listen: &str, state: &str, extra: &[&str]) -> Daemon {
         let sock = self.sock(name).display().to_string();
-        let state = self.dir.join(name).display().to_string();
-        Daemon::spawn_in_netns(
-            &self.ns,
-            &[
-                "server",
-                "--listen",
-                "[::1]:0",
-                "--api-socket",
-                &sock,
-                "--state-dir",
-                &state,
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        let state = self.dir.join(state).display().to_string();
+        let mut args = vec![
+            "server",
+            "--listen",
+            listen,
+            "--api-socket",
+            &sock,
+            "--state-dir",
+            &state,
+        ];
+        args.extend(extra);
+        Daemon::spawn_in_netns(&self.ns, &args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A client inside the namespace connected to `servers`, with `args`,
     /// API socket `DIR/NAME.sock` and state directory `DIR/NAME`.
-    pub fn client(&self, name: &str, servers: &[String], args: &[&str]) -> Daemon {
+    pub fn client<S: ToString>(&self, name: &str, servers: &[S], args: &[&str]) -> Daemon {
         let mut full: Vec<String> = vec!["client".into()];
         for s in servers {
-            full.extend(["--server".into(), s.clone()]);
+            full.extend(["--server".into(), s.to_string()]);
         }
         full.extend(args.iter().map(|a| a.to_string()));
         full.extend([

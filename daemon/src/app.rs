@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest};
+use crate::client::operator::StoredClientState;
 use crate::client::{Agent, ClientSettings};
 use crate::logging::LogControl;
 use crate::server::table_task::Op;
@@ -87,8 +88,17 @@ pub async fn run(
 
     // The hypervisor role, before anything is exposed: a missing tunnel
     // device is a startup failure.
+    // The operator's API changes to it are merged in (stored wins; see
+    // `client::operator`).
     let agent = match &settings.client {
-        Some(client) => Some(Agent::start(client.clone()).await?),
+        Some(client) => {
+            let reader = store.clone();
+            let stored = tokio::task::spawn_blocking(move || StoredClientState::load(&reader))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Some(Agent::start_with(client.clone(), &stored).await?)
+        }
         None => None,
     };
 
@@ -149,6 +159,8 @@ pub async fn run(
         static_routes: settings.static_routes.len().into(),
         control: control_tx,
         watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
+        client: agent.as_ref().map(Agent::handle),
+        client_lock: tokio::sync::Mutex::new(()),
     });
     let tcp = settings
         .api

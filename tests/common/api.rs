@@ -14,6 +14,7 @@ pub struct Api {
     pub peers: pb::peer_service_client::PeerServiceClient<Channel>,
     pub vnis: pb::vni_service_client::VniServiceClient<Channel>,
     pub daemon: pb::daemon_service_client::DaemonServiceClient<Channel>,
+    pub client: pb::client_service_client::ClientServiceClient<Channel>,
 }
 
 /// Connects to the API socket at `path` (bounded).
@@ -50,6 +51,7 @@ async fn connect_endpoint(path: &Path, endpoint: Endpoint) -> Api {
         peers: pb::peer_service_client::PeerServiceClient::new(channel.clone()),
         vnis: pb::vni_service_client::VniServiceClient::new(channel.clone()),
         daemon: pb::daemon_service_client::DaemonServiceClient::new(channel.clone()),
+        client: pb::client_service_client::ClientServiceClient::new(channel.clone()),
         channel,
     }
 }

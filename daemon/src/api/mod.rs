@@ -2,6 +2,7 @@
 //! optionally, TCP; plus the standard health service and server reflection
 //! (v1 and v1alpha), so `grpcurl` works with no .proto files at hand.
 
+mod client_service;
 mod convert;
 mod daemon_service;
 mod listeners;
@@ -60,6 +61,10 @@ pub struct ApiState {
     pub control: mpsc::Sender<ControlRequest>,
     /// A watcher this many bytes behind the update log is told it lagged.
     pub watch_max_lag_bytes: u64,
+    /// The client role's agent, when the daemon runs it.
+    pub client: Option<crate::client::AgentHandle>,
+    /// Serialises changes to the client role (check, store, apply).
+    pub client_lock: Mutex<()>,
 }
 
 /// Starts serving the API on the given listeners until `shutdown` becomes true.
@@ -98,6 +103,9 @@ pub async fn serve(
                 ))
                 .add_service(pb::vni_service_server::VniServiceServer::new(
                     vni_service::Vnis::new(state.clone()),
+                ))
+                .add_service(pb::client_service_server::ClientServiceServer::new(
+                    client_service::ClientApi::new(state.clone()),
                 ))
                 .add_service(pb::daemon_service_server::DaemonServiceServer::new(
                     daemon_service::Daemon::new(state),
@@ -158,6 +166,7 @@ async fn mark_serving(reporter: &tonic_health::server::HealthReporter) {
         "metalbondd.v1.PeerService",
         "metalbondd.v1.VniService",
         "metalbondd.v1.DaemonService",
+        "metalbondd.v1.ClientService",
     ] {
         reporter
             .set_service_status(service, ServingStatus::Serving)

@@ -15,6 +15,12 @@ const MUTATING: &[&str] = &[
     "/metalbondd.v1.PeerService/ResetPeer",
     "/metalbondd.v1.DaemonService/Reload",
     "/metalbondd.v1.DaemonService/Shutdown",
+    "/metalbondd.v1.ClientService/AddServer",
+    "/metalbondd.v1.ClientService/RemoveServer",
+    "/metalbondd.v1.ClientService/Subscribe",
+    "/metalbondd.v1.ClientService/Unsubscribe",
+    "/metalbondd.v1.ClientService/SetTableMapping",
+    "/metalbondd.v1.ClientService/RemoveTableMapping",
 ];
 
 /// True if `path` (`/package.Service/Method`) changes state.
@@ -89,6 +95,10 @@ mod tests {
     fn only_state_changing_methods_are_mutating() {
         assert!(is_mutating("/metalbondd.v1.RouteService/AnnounceRoutes"));
         assert!(is_mutating("/metalbondd.v1.DaemonService/Shutdown"));
+        assert!(is_mutating("/metalbondd.v1.ClientService/SetTableMapping"));
+        assert!(!is_mutating(
+            "/metalbondd.v1.ClientService/ListReceivedRoutes"
+        ));
         assert!(!is_mutating("/metalbondd.v1.RouteService/ListRoutes"));
         assert!(!is_mutating("/metalbondd.v1.RouteService/WatchRoutes"));
         assert!(!is_mutating("/grpc.health.v1.Health/Check"));

@@ -38,18 +38,26 @@
 //!   came back). While at least one other server is up, a server's Down
 //!   applies at once.
 //!
-//! Not done yet: runtime management through the API.
+//! Runtime management (the API's ClientService) goes through an
+//! [`AgentHandle`]: servers are added (a new connection task) and removed
+//! (its task stopped, its routes dropped as on a Down, events it had queued
+//! ignored), VNIs subscribed and unsubscribed (the unsubscribed VNI's
+//! received routes are dropped; updates of VNIs not subscribed are ignored),
+//! and VNI -> table mappings set or removed (the VNI's current routes are
+//! installed into the new table and deleted from the old ones). Durability
+//! is the API's job ([`super::operator`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::operator::StoredClientState;
 use super::{Change, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId};
 use crate::kernel::{Installer, KernelRoute, Prefix};
 use crate::wire::{Action, Destination, Route, Vni};
@@ -107,11 +115,87 @@ pub struct AgentStats {
 
 /// A running agent.
 pub struct Agent {
-    client: Client,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    control: mpsc::Sender<AgentRequest>,
     /// The agent's counters.
     pub stats: Arc<AgentStats>,
+}
+
+/// One configured route server, as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The session is established.
+    pub up: bool,
+    /// Why the last attempt or session ended (empty if none did).
+    pub last_error: String,
+    /// When it entered its current state (or was added).
+    pub since: SystemTime,
+}
+
+/// One received route, as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedEntry {
+    /// The route.
+    pub route: Route,
+    /// The servers that provide it.
+    pub servers: Vec<SocketAddr>,
+    /// The tables its destination is installed in (as far as the agent
+    /// knows: mapped, installable, and no failed kernel call pending).
+    pub installed_tables: Vec<u32>,
+}
+
+/// Why the agent refused a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It is there already.
+    AlreadyExists(String),
+    /// It is not there.
+    NotFound(String),
+    /// It cannot be done in this state.
+    Precondition(String),
+}
+
+/// What the API asks of the agent.
+#[derive(Debug)]
+pub enum AgentRequest {
+    /// The configured servers.
+    Servers(oneshot::Sender<Vec<ServerStatus>>),
+    /// Connect to one more server.
+    AddServer(SocketAddr, oneshot::Sender<Result<(), Refused>>),
+    /// Stop using a server.
+    RemoveServer(SocketAddr, oneshot::Sender<Result<(), Refused>>),
+    /// The subscribed VNIs.
+    Subscriptions(oneshot::Sender<Vec<Vni>>),
+    /// Subscribe to a VNI.
+    Subscribe(Vni, oneshot::Sender<Result<(), Refused>>),
+    /// Unsubscribe from a VNI.
+    Unsubscribe(Vni, oneshot::Sender<Result<(), Refused>>),
+    /// The VNI -> tables mappings.
+    Mappings(oneshot::Sender<BTreeMap<Vni, BTreeSet<u32>>>),
+    /// Map a VNI to exactly one table (not 0).
+    SetMapping(Vni, u32, oneshot::Sender<Result<(), Refused>>),
+    /// Remove a VNI's mapping.
+    RemoveMapping(Vni, oneshot::Sender<Result<(), Refused>>),
+    /// The received routes, of one VNI if given.
+    Received(Option<Vni>, oneshot::Sender<Vec<ReceivedEntry>>),
+}
+
+/// Sends requests to a running agent; `None` once it stopped.
+#[derive(Clone, Debug)]
+pub struct AgentHandle {
+    control: mpsc::Sender<AgentRequest>,
+}
+
+impl AgentHandle {
+    /// Sends the request made by `make` and waits for its reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 impl Agent {
@@ -120,6 +204,16 @@ impl Agent {
     /// mapping without tunnel device, a missing tunnel device) is a startup
     /// failure, in one line.
     pub async fn start(settings: ClientSettings) -> Result<Agent, String> {
+        Self::start_with(settings, &StoredClientState::default()).await
+    }
+
+    /// Like [`Agent::start`], with the operator's stored API changes merged
+    /// into `settings` after their validation (stored changes win; see
+    /// [`super::operator`]). With them, the agent may start with no server.
+    pub async fn start_with(
+        mut settings: ClientSettings,
+        stored: &StoredClientState,
+    ) -> Result<Agent, String> {
         if settings.servers.is_empty() {
             return Err("client: no route server given (--server ADDR)".into());
         }
@@ -129,6 +223,15 @@ impl Agent {
                     "client: --install-routes {vni}#0: table 0 is not a valid routing table"
                 ));
             }
+        }
+        if !stored.is_empty() {
+            stored.apply(&mut settings);
+            info!(
+                servers = settings.servers.len(),
+                subscriptions = settings.subscriptions.len(),
+                mapped_vnis = settings.install_routes.len(),
+                "client settings merged with the changes stored through the API"
+            );
         }
         let installer = if settings.install_routes.is_empty() {
             None
@@ -161,8 +264,14 @@ impl Agent {
             announcements: settings.announcements.iter().copied().collect(),
         };
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-        let client = Client::start(&settings.servers, settings.connection, desired, events_tx);
+        let client = Client::start(
+            &settings.servers,
+            settings.connection,
+            desired.clone(),
+            events_tx,
+        );
         let (stop, stop_rx) = watch::channel(false);
+        let (control, control_rx) = mpsc::channel(64);
         let stats = Arc::new(AgentStats::default());
         info!(
             servers = settings.servers.len(),
@@ -172,8 +281,27 @@ impl Agent {
             ipv4_only = settings.ipv4_only,
             "hypervisor agent started"
         );
+        let now = SystemTime::now();
         let state = AgentTask {
-            servers: settings.servers,
+            servers: settings
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| {
+                    (
+                        ServerId(i),
+                        ServerStatus {
+                            addr,
+                            up: false,
+                            last_error: String::new(),
+                            since: now,
+                        },
+                    )
+                })
+                .collect(),
+            client,
+            subscriptions: desired.subscriptions.clone(),
+            tun: settings.tun.clone(),
             tables: settings.install_routes,
             ipv4_only: settings.ipv4_only,
             installer,
@@ -200,19 +328,25 @@ impl Agent {
             hold_time: settings.hold_time,
             stale_time: settings.stale_time,
         };
-        let task = tokio::spawn(state.run(events, stop_rx));
+        let task = tokio::spawn(state.run(events, control_rx, stop_rx));
         Ok(Agent {
-            client,
             stop,
             task,
+            control,
             stats,
         })
+    }
+
+    /// A handle for runtime changes (the API).
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            control: self.control.clone(),
+        }
     }
 
     /// Closes the sessions and stops the agent task. Installed routes stay
     /// in the kernel.
     pub async fn shutdown(self) {
-        self.client.shutdown().await;
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
@@ -285,7 +419,13 @@ enum Mode {
 }
 
 struct AgentTask {
-    servers: Vec<SocketAddr>,
+    /// The configured servers (ids of removed servers are never reused).
+    servers: BTreeMap<ServerId, ServerStatus>,
+    client: Client,
+    /// Subscribed VNIs; updates of other VNIs are ignored.
+    subscriptions: Vec<Vni>,
+    /// Tunnel device, to open the installer when a first mapping is set.
+    tun: Option<String>,
     tables: BTreeMap<Vni, BTreeSet<u32>>,
     ipv4_only: bool,
     installer: Option<Installer>,
@@ -310,7 +450,20 @@ impl AgentTask {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<ClientEvent>,
+        mut control: mpsc::Receiver<AgentRequest>,
         mut stop: watch::Receiver<bool>,
+    ) {
+        self.serve(&mut events, &mut control, &mut stop).await;
+        // Dropping the receiver unblocks tasks waiting to send an event.
+        drop(events);
+        self.client.shutdown().await;
+    }
+
+    async fn serve(
+        &mut self,
+        events: &mut mpsc::Receiver<ClientEvent>,
+        control: &mut mpsc::Receiver<AgentRequest>,
+        stop: &mut watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(RETRY_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,6 +475,7 @@ impl AgentTask {
                     Some(ev) => self.handle(ev).await,
                     None => return,
                 },
+                Some(req) = control.recv() => self.request(req).await,
                 _ = tick.tick(), if !self.retry.is_empty() || !self.held_retry.is_empty() => {
                     self.retry_failed().await
                 }
@@ -335,12 +489,35 @@ impl AgentTask {
 
     fn addr(&self, server: ServerId) -> String {
         self.servers
-            .get(server.0)
-            .map(|a| a.to_string())
+            .get(&server)
+            .map(|s| s.addr.to_string())
             .unwrap_or_default()
     }
 
     async fn handle(&mut self, ev: ClientEvent) {
+        let server = match &ev {
+            ClientEvent::Up { server }
+            | ClientEvent::Down { server, .. }
+            | ClientEvent::Update { server, .. } => *server,
+        };
+        let Some(status) = self.servers.get_mut(&server) else {
+            // Queued by a server removed since.
+            return;
+        };
+        match &ev {
+            ClientEvent::Up { .. } => {
+                status.up = true;
+                status.since = SystemTime::now();
+            }
+            ClientEvent::Down { reason, .. } => {
+                if status.up || status.last_error.is_empty() {
+                    status.since = SystemTime::now();
+                }
+                status.up = false;
+                status.last_error = reason.clone();
+            }
+            ClientEvent::Update { .. } => {}
+        }
         let changes = match ev {
             ClientEvent::Up { server } => {
                 self.up.insert(server);
@@ -373,6 +550,10 @@ impl AgentTask {
                 self.quiet_since.insert(server, Instant::now());
                 let route = update.route;
                 if self.ipv4_only && route.dest.addr.is_ipv6() {
+                    return;
+                }
+                if !self.subscriptions.contains(&route.vni) {
+                    // Sent before an unsubscribe reached the server.
                     return;
                 }
                 // Debug only: a server's dump is thousands of these.
@@ -464,8 +645,14 @@ impl AgentTask {
     async fn retry_failed(&mut self) {
         let pending: Vec<_> = self.retry.iter().copied().collect();
         for (table, vni, dest) in pending {
-            // The mapping is fixed; ipv4_only routes never reach the retry set.
-            let hops = self.received.next_hops(vni, dest);
+            // ipv4_only routes never reach the retry set; a table the VNI
+            // is no longer mapped to gets a deletion.
+            let mapped = self.tables.get(&vni).is_some_and(|t| t.contains(&table));
+            let hops = if mapped {
+                self.received.next_hops(vni, dest)
+            } else {
+                Vec::new()
+            };
             self.install(table, vni, dest, &hops, true).await;
         }
         if self.held_retry.is_empty() {
@@ -535,8 +722,7 @@ impl AgentTask {
             } => {
                 if now >= deadline {
                     "hold time expired"
-                } else if all_servers && (0..self.servers.len()).map(ServerId).all(|s| resynced(&s))
-                {
+                } else if all_servers && self.servers.keys().all(resynced) {
                     "every route server resynced"
                 } else if !all_servers && self.up.iter().any(resynced) {
                     "a route server resynced"
@@ -569,6 +755,210 @@ impl AgentTask {
             }
         }
         info!(kept, deleted, reason = why, "kernel routes reconciled");
+    }
+
+    /// Answers one request of the API.
+    async fn request(&mut self, req: AgentRequest) {
+        match req {
+            AgentRequest::Servers(reply) => {
+                let _ = reply.send(self.servers.values().cloned().collect());
+            }
+            AgentRequest::AddServer(addr, reply) => {
+                let _ = reply.send(self.add_server(addr));
+            }
+            AgentRequest::RemoveServer(addr, reply) => {
+                let _ = reply.send(self.remove_server(addr).await);
+            }
+            AgentRequest::Subscriptions(reply) => {
+                let _ = reply.send(self.subscriptions.clone());
+            }
+            AgentRequest::Subscribe(vni, reply) => {
+                let result = if self.subscriptions.contains(&vni) {
+                    Err(Refused::AlreadyExists(format!(
+                        "VNI {vni} is subscribed already"
+                    )))
+                } else {
+                    self.subscriptions.push(vni);
+                    self.client.subscribe(vni).await;
+                    info!(%vni, "subscribed (API)");
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            AgentRequest::Unsubscribe(vni, reply) => {
+                let _ = reply.send(self.unsubscribe(vni).await);
+            }
+            AgentRequest::Mappings(reply) => {
+                let _ = reply.send(self.tables.clone());
+            }
+            AgentRequest::SetMapping(vni, table, reply) => {
+                let _ = reply.send(self.set_mapping(vni, Some(table)).await);
+            }
+            AgentRequest::RemoveMapping(vni, reply) => {
+                let _ = reply.send(self.set_mapping(vni, None).await);
+            }
+            AgentRequest::Received(vni, reply) => {
+                let _ = reply.send(self.received_entries(vni));
+            }
+        }
+    }
+
+    fn add_server(&mut self, addr: SocketAddr) -> Result<(), Refused> {
+        if self.servers.values().any(|s| s.addr == addr) {
+            return Err(Refused::AlreadyExists(format!(
+                "server {addr} is configured already"
+            )));
+        }
+        let id = self
+            .client
+            .add_server(addr)
+            .ok_or_else(|| Refused::Precondition("the client role is stopping".into()))?;
+        self.servers.insert(
+            id,
+            ServerStatus {
+                addr,
+                up: false,
+                last_error: String::new(),
+                since: SystemTime::now(),
+            },
+        );
+        info!(server = %id, %addr, "route server added (API)");
+        Ok(())
+    }
+
+    async fn remove_server(&mut self, addr: SocketAddr) -> Result<(), Refused> {
+        let Some(id) = self
+            .servers
+            .iter()
+            .find(|(_, s)| s.addr == addr)
+            .map(|(id, _)| *id)
+        else {
+            return Err(Refused::NotFound(format!(
+                "server {addr} is not configured"
+            )));
+        };
+        self.client.remove_server(id);
+        self.servers.remove(&id);
+        self.up.remove(&id);
+        self.quiet_since.remove(&id);
+        info!(server = %id, %addr, "route server removed (API)");
+        for change in self.received.drop_server(id) {
+            self.apply(change).await;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, vni: Vni) -> Result<(), Refused> {
+        if !self.subscriptions.contains(&vni) {
+            return Err(Refused::NotFound(format!("VNI {vni} is not subscribed")));
+        }
+        self.subscriptions.retain(|&v| v != vni);
+        self.client.unsubscribe(vni).await;
+        // The server sends no withdrawals for an unsubscribe.
+        let ids: Vec<ServerId> = self.servers.keys().copied().collect();
+        let mut changes = Vec::new();
+        for id in ids {
+            let routes: Vec<Route> = self
+                .received
+                .routes_of(id)
+                .filter(|r| r.vni == vni)
+                .copied()
+                .collect();
+            for route in routes {
+                changes.extend(self.received.remove(id, route));
+            }
+        }
+        for change in changes {
+            self.apply(change).await;
+        }
+        info!(%vni, "unsubscribed (API)");
+        Ok(())
+    }
+
+    /// Maps `vni` to exactly `table`, or (`None`) removes its mapping; the
+    /// VNI's routes move accordingly.
+    async fn set_mapping(&mut self, vni: Vni, table: Option<u32>) -> Result<(), Refused> {
+        let old = self.tables.get(&vni).cloned().unwrap_or_default();
+        match table {
+            None if old.is_empty() => {
+                return Err(Refused::NotFound(format!("VNI {vni} is not mapped")));
+            }
+            Some(0) => {
+                return Err(Refused::Precondition(
+                    "table: 0 is not a valid routing table".into(),
+                ))
+            }
+            Some(_) if self.installer.is_none() => {
+                let Some(tun) = self.tun.clone() else {
+                    return Err(Refused::Precondition(
+                        "no tunnel device: start the client with --tun DEV to install routes"
+                            .into(),
+                    ));
+                };
+                let installer = Installer::new(&tun).await.map_err(|e| {
+                    Refused::Precondition(format!(
+                        "cannot install routes through tunnel device {tun:?}: {e}"
+                    ))
+                })?;
+                self.installer = Some(installer);
+            }
+            _ => {}
+        }
+        let new: BTreeSet<u32> = table.into_iter().collect();
+        if new.is_empty() {
+            self.tables.remove(&vni);
+        } else {
+            self.tables.insert(vni, new.clone());
+        }
+        let routes: Vec<_> = self
+            .received
+            .snapshot()
+            .into_iter()
+            .filter(|(v, _, _)| *v == vni)
+            .collect();
+        for (_, dest, hops) in &routes {
+            for &t in new.difference(&old) {
+                self.install(t, vni, *dest, hops, false).await;
+            }
+            for &t in old.difference(&new) {
+                self.install(t, vni, *dest, &[], false).await;
+            }
+        }
+        info!(%vni, ?table, old = ?old, routes = routes.len(), "table mapping changed (API)");
+        Ok(())
+    }
+
+    fn received_entries(&self, vni: Option<Vni>) -> Vec<ReceivedEntry> {
+        let mut by_route: BTreeMap<Route, Vec<SocketAddr>> = BTreeMap::new();
+        for (id, status) in &self.servers {
+            for route in self.received.routes_of(*id) {
+                if vni.is_none_or(|v| v == route.vni) {
+                    by_route.entry(*route).or_default().push(status.addr);
+                }
+            }
+        }
+        by_route
+            .into_iter()
+            .map(|(route, mut servers)| {
+                servers.sort();
+                let hops = self.received.next_hops(route.vni, route.dest);
+                let installable = self.installer.is_some()
+                    && matches!(route.next_hop.addr.to_ip(), std::net::IpAddr::V6(a) if hops.contains(&a));
+                let installed_tables = match self.tables.get(&route.vni) {
+                    Some(tables) if installable => tables
+                        .iter()
+                        .copied()
+                        .filter(|t| !self.retry.contains(&(*t, route.vni, route.dest)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                ReceivedEntry {
+                    route,
+                    servers,
+                    installed_tables,
+                }
+            })
+            .collect()
     }
 
     /// Deletes an unconfirmed route at the reconciliation.

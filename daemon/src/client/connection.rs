@@ -26,8 +26,9 @@
 //! `BytesMut`); writes go through the server's [`Outbound`] queue, so only
 //! whole frames are written, batched into vectored writes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -202,10 +203,18 @@ impl Desired {
 }
 
 /// The client connections: one task per server, sharing one event channel
-/// and one shutdown signal.
+/// and one shutdown signal. Servers can be added and removed at runtime
+/// ([`Client::add_server`], [`Client::remove_server`]); a [`ServerId`] is
+/// never reused.
 pub struct Client {
-    servers: Vec<ServerHandle>,
+    servers: BTreeMap<ServerId, ServerHandle>,
     shutdown: watch::Sender<bool>,
+    config: ClientConfig,
+    /// What a server added later starts from (kept up to date by the commands).
+    desired: Mutex<Desired>,
+    /// Weak, so that the event channel still closes when every task ended.
+    events: mpsc::WeakSender<ClientEvent>,
+    next_id: usize,
 }
 
 struct ServerHandle {
@@ -225,25 +234,61 @@ impl Client {
         desired: Desired,
         events: mpsc::Sender<ClientEvent>,
     ) -> Client {
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let servers = servers
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| {
-                let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-                let task = tokio::spawn(run(
-                    ServerId(i),
-                    addr,
-                    config,
-                    desired.clone(),
-                    commands_rx,
-                    events.clone(),
-                    shutdown_rx.clone(),
-                ));
-                ServerHandle { commands, task }
-            })
-            .collect();
-        Client { servers, shutdown }
+        let (shutdown, _) = watch::channel(false);
+        let mut client = Client {
+            servers: BTreeMap::new(),
+            shutdown,
+            config,
+            desired: Mutex::new(desired),
+            events: events.downgrade(),
+            next_id: 0,
+        };
+        for &addr in servers {
+            client.spawn(addr, &events);
+        }
+        client
+    }
+
+    fn spawn(&mut self, addr: SocketAddr, events: &mpsc::Sender<ClientEvent>) -> ServerId {
+        let id = ServerId(self.next_id);
+        self.next_id += 1;
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let desired = self
+            .desired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let task = tokio::spawn(run(
+            id,
+            addr,
+            self.config,
+            desired,
+            commands_rx,
+            events.clone(),
+            self.shutdown.subscribe(),
+        ));
+        self.servers.insert(id, ServerHandle { commands, task });
+        id
+    }
+
+    /// Starts a connection task for one more server, from the current
+    /// desired state. `None` if the event channel is closed (nobody listens).
+    pub fn add_server(&mut self, addr: SocketAddr) -> Option<ServerId> {
+        let events = self.events.upgrade()?;
+        Some(self.spawn(addr, &events))
+    }
+
+    /// Stops the connection task of `server` (its session is closed; no
+    /// `Down` event is sent). Events it queued before may still arrive: the
+    /// caller ignores events of servers it removed. False if unknown.
+    pub fn remove_server(&mut self, server: ServerId) -> bool {
+        match self.servers.remove(&server) {
+            Some(handle) => {
+                handle.task.abort();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Number of servers.
@@ -252,9 +297,13 @@ impl Client {
     }
 
     /// Sends `cmd` to every connection task (waits only if a task's command
-    /// queue is full).
+    /// queue is full), and keeps it for servers added later.
     pub async fn command(&self, cmd: ClientCommand) {
-        for s in &self.servers {
+        self.desired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(cmd);
+        for s in self.servers.values() {
             // A task that ended (shutdown) has nothing left to update.
             let _ = s.commands.send(cmd).await;
         }
@@ -284,8 +333,8 @@ impl Client {
     /// events are sent for a shutdown. (Dropping the `Client` also stops the
     /// tasks, without waiting for them.)
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for s in self.servers {
+        self.shutdown.send_replace(true);
+        for s in self.servers.into_values() {
             let _ = s.task.await;
         }
     }

@@ -9,17 +9,21 @@
 //!   subscriptions and announcements on every new session, and reports what
 //!   it receives as [`ClientEvent`]s.
 //!
+//! - [`operator`]: the operator's API changes, stored durably, and how
+//!   they merge with the configuration at start.
 //! - [`agent`]: the hypervisor agent that wires the connections, the
 //!   received routes and the kernel installer together.
 
 pub mod agent;
 pub mod connection;
+pub mod operator;
 pub mod received;
 
 use std::fmt;
 
 pub use agent::{
-    Agent, AgentStats, ClientSettings, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
+    Agent, AgentHandle, AgentRequest, AgentStats, ClientSettings, ReceivedEntry, Refused,
+    ServerStatus, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
 };
 pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,

@@ -1,0 +1,188 @@
+//! The operator's runtime changes to the client role (through the API),
+//! kept in the state store so that they survive restarts.
+//!
+//! Three namespaces of the store's key/value table, one record per key, the
+//! last change made through the API:
+//!
+//! - [`SERVERS`]: key `ADDRESS:PORT`, value `added` or `removed`;
+//! - [`SUBSCRIPTIONS`]: key the VNI in decimal, value `subscribed` or
+//!   `unsubscribed`;
+//! - [`MAPPINGS`]: key the VNI in decimal, value the routing table in
+//!   decimal (the VNI maps to exactly that table) or `removed`.
+//!
+//! The merge rule at start ([`StoredClientState::apply`]): the flags and
+//! the config file give the starting point, and **a stored API change wins
+//! over them for the same key**. A server or subscription removed through
+//! the API stays removed even if the flags still name it (the `removed` /
+//! `unsubscribed` record is a tombstone), a mapping set through the API
+//! replaces the configured tables of that VNI, and a mapping removed
+//! through the API stays removed. To return a key to the configuration's
+//! control, change it back through the API (or delete the state
+//! directory). Records that cannot be read are logged and ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use tracing::warn;
+
+use super::ClientSettings;
+use crate::store::{Store, StoreError};
+use crate::wire::Vni;
+
+/// Store namespace of the servers added or removed through the API.
+pub const SERVERS: &str = "client.servers";
+/// Store namespace of the subscriptions changed through the API.
+pub const SUBSCRIPTIONS: &str = "client.subscriptions";
+/// Store namespace of the table mappings changed through the API.
+pub const MAPPINGS: &str = "client.mappings";
+
+const ADDED: &str = "added";
+const REMOVED: &str = "removed";
+const SUBSCRIBED: &str = "subscribed";
+const UNSUBSCRIBED: &str = "unsubscribed";
+
+/// The operator's stored changes (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredClientState {
+    /// Server -> added (true) or removed (false).
+    pub servers: BTreeMap<SocketAddr, bool>,
+    /// VNI -> subscribed (true) or unsubscribed (false).
+    pub subscriptions: BTreeMap<Vni, bool>,
+    /// VNI -> its table, or `None` when the mapping was removed.
+    pub mappings: BTreeMap<Vni, Option<u32>>,
+}
+
+impl StoredClientState {
+    /// Reads the records from `store`; unreadable ones are logged and skipped.
+    pub fn load(store: &Store) -> Result<StoredClientState, StoreError> {
+        let mut out = StoredClientState::default();
+        for (key, value) in store.list(SERVERS)? {
+            match (key.parse::<SocketAddr>(), value.as_str()) {
+                (Ok(addr), ADDED) => drop(out.servers.insert(addr, true)),
+                (Ok(addr), REMOVED) => drop(out.servers.insert(addr, false)),
+                _ => warn!(
+                    key,
+                    value, "ignoring an unreadable stored client server record"
+                ),
+            }
+        }
+        for (key, value) in store.list(SUBSCRIPTIONS)? {
+            match (key.parse::<u32>(), value.as_str()) {
+                (Ok(vni), SUBSCRIBED) => drop(out.subscriptions.insert(Vni(vni), true)),
+                (Ok(vni), UNSUBSCRIBED) => drop(out.subscriptions.insert(Vni(vni), false)),
+                _ => warn!(
+                    key,
+                    value, "ignoring an unreadable stored subscription record"
+                ),
+            }
+        }
+        for (key, value) in store.list(MAPPINGS)? {
+            let table = match value.as_str() {
+                REMOVED => Ok(None),
+                v => v.parse::<u32>().map(Some),
+            };
+            match (key.parse::<u32>(), table) {
+                (Ok(vni), Ok(t)) if t != Some(0) => drop(out.mappings.insert(Vni(vni), t)),
+                _ => warn!(
+                    key,
+                    value, "ignoring an unreadable stored table mapping record"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// True if nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.subscriptions.is_empty() && self.mappings.is_empty()
+    }
+
+    /// Merges the stored changes into `settings` (stored wins; see the
+    /// module documentation).
+    pub fn apply(&self, settings: &mut ClientSettings) {
+        for (addr, &added) in &self.servers {
+            settings.servers.retain(|a| a != addr);
+            if added {
+                settings.servers.push(*addr);
+            }
+        }
+        for (vni, &subscribed) in &self.subscriptions {
+            settings.subscriptions.retain(|v| v != vni);
+            if subscribed {
+                settings.subscriptions.push(*vni);
+            }
+        }
+        for (vni, table) in &self.mappings {
+            match table {
+                Some(t) => drop(settings.install_routes.insert(*vni, BTreeSet::from([*t]))),
+                None => drop(settings.install_routes.remove(vni)),
+            }
+        }
+    }
+}
+
+/// Records that `addr` was added (true) or removed (false), durably.
+pub fn record_server(store: &Store, addr: SocketAddr, added: bool) -> Result<(), StoreError> {
+    store.put(
+        SERVERS,
+        &addr.to_string(),
+        if added { ADDED } else { REMOVED },
+    )
+}
+
+/// Records that `vni` was subscribed (true) or unsubscribed (false), durably.
+pub fn record_subscription(store: &Store, vni: Vni, subscribed: bool) -> Result<(), StoreError> {
+    store.put(
+        SUBSCRIPTIONS,
+        &vni.0.to_string(),
+        if subscribed { SUBSCRIBED } else { UNSUBSCRIBED },
+    )
+}
+
+/// Records `vni`'s mapping (`None`: removed), durably.
+pub fn record_mapping(store: &Store, vni: Vni, table: Option<u32>) -> Result<(), StoreError> {
+    let value = table.map_or_else(|| REMOVED.to_string(), |t| t.to_string());
+    store.put(MAPPINGS, &vni.0.to_string(), &value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_changes_win_over_the_configuration() {
+        let a: SocketAddr = "[::1]:1".parse().unwrap();
+        let b: SocketAddr = "[::1]:2".parse().unwrap();
+        let c: SocketAddr = "[::1]:3".parse().unwrap();
+        let mut settings = ClientSettings {
+            servers: vec![a, b],
+            subscriptions: vec![Vni(1), Vni(2)],
+            announcements: vec![],
+            install_routes: BTreeMap::from([
+                (Vni(1), BTreeSet::from([10, 11])),
+                (Vni(2), BTreeSet::from([20])),
+            ]),
+            tun: None,
+            ipv4_only: false,
+            connection: Default::default(),
+            hold_time: Default::default(),
+            stale_time: Default::default(),
+            cleanup: false,
+        };
+        let stored = StoredClientState {
+            servers: BTreeMap::from([(a, false), (c, true)]),
+            subscriptions: BTreeMap::from([(Vni(2), false), (Vni(3), true)]),
+            mappings: BTreeMap::from([(Vni(1), Some(12)), (Vni(2), None), (Vni(3), Some(30))]),
+        };
+        stored.apply(&mut settings);
+        assert_eq!(settings.servers, vec![b, c]);
+        assert_eq!(settings.subscriptions, vec![Vni(1), Vni(3)]);
+        assert_eq!(
+            settings.install_routes,
+            BTreeMap::from([
+                (Vni(1), BTreeSet::from([12])),
+                (Vni(3), BTreeSet::from([30])),
+            ])
+        );
+    }
+}

@@ -242,6 +242,13 @@ pub struct ClientSection {
     /// `cleanup`: delete the protocol-254 routes of the mapped tables at
     /// start instead of keeping them (`--cleanup`).
     pub cleanup: bool,
+    /// `reconnect_min`: seconds before the first reconnect to a lost server
+    /// (`--reconnect-min`); the delay doubles per failed attempt, with jitter.
+    #[serde(deserialize_with = "parse::duration_secs")]
+    pub reconnect_min: u64,
+    /// `reconnect_max`: largest reconnect delay in seconds (`--reconnect-max`).
+    #[serde(deserialize_with = "parse::duration_secs")]
+    pub reconnect_max: u64,
 }
 
 impl Default for ClientSection {
@@ -257,6 +264,8 @@ impl Default for ClientSection {
             hold_time: crate::DEFAULT_HOLD_TIME_SECS,
             stale_time: crate::DEFAULT_STALE_TIME_SECS,
             cleanup: false,
+            reconnect_min: crate::DEFAULT_RECONNECT_MIN_SECS,
+            reconnect_max: crate::DEFAULT_RECONNECT_MAX_SECS,
         }
     }
 }

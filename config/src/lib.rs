@@ -82,6 +82,12 @@ pub const DEFAULT_HOLD_TIME_SECS: u64 = 30;
 /// installed routes after losing every server.
 pub const DEFAULT_STALE_TIME_SECS: u64 = 60;
 
+/// Default first reconnect delay of the client role, in seconds.
+pub const DEFAULT_RECONNECT_MIN_SECS: u64 = 1;
+
+/// Default largest reconnect delay of the client role, in seconds.
+pub const DEFAULT_RECONNECT_MAX_SECS: u64 = 30;
+
 /// Largest hold or stale time, in seconds, the configuration accepts (a day).
 pub const MAX_HOLD_SECS: u64 = 86_400;
 

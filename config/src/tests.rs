@@ -504,7 +504,9 @@ fn client_section_defaults_and_full() {
         keepalive = 3\n\
         hold_time = 0\n\
         stale_time = 86400\n\
-        cleanup = true\n";
+        cleanup = true\n\
+        reconnect_min = 2\n\
+        reconnect_max = 120\n";
     let client = parse(text).client.unwrap();
     assert_eq!(client.servers.len(), 2);
     assert_eq!(client.subscribe, vec![100, 200]);
@@ -517,6 +519,7 @@ fn client_section_defaults_and_full() {
         (client.keepalive, client.hold_time, client.stale_time),
         (3, 0, 86400)
     );
+    assert_eq!((client.reconnect_min, client.reconnect_max), (2, 120));
 }
 
 #[test]

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use metalbondd::app::{self, ApiSettings, Reloader, Settings};
+use metalbondd::client::connection::BackoffConfig;
 use metalbondd::client::{ClientConfig, ClientSettings};
 use metalbondd::server::{ServerConfig, SessionSettings};
 use metalbondd::wire::{Route, Vni};
@@ -183,6 +184,15 @@ struct ClientArgs {
     /// [file: client.cleanup].
     #[arg(long)]
     cleanup: bool,
+    /// Seconds before the first reconnect to a lost server; the delay then
+    /// doubles per failed attempt (with +-20% jitter). Default 1 [file:
+    /// client.reconnect_min].
+    #[arg(long, value_name = "SECS")]
+    reconnect_min: Option<u64>,
+    /// Largest reconnect delay in seconds. Default 30 [file:
+    /// client.reconnect_max].
+    #[arg(long, value_name = "SECS")]
+    reconnect_max: Option<u64>,
     /// Log debug details (RUST_LOG overrides).
     #[arg(short, long)]
     verbose: bool,
@@ -482,12 +492,27 @@ fn client_settings(
         ipv4_only: args.ipv4_only || section.ipv4_only,
         connection: ClientConfig {
             keepalive_secs: args.keepalive.unwrap_or(section.keepalive),
+            backoff: reconnect_backoff(
+                args.reconnect_min.unwrap_or(section.reconnect_min),
+                args.reconnect_max.unwrap_or(section.reconnect_max),
+            ),
             ..ClientConfig::default()
         },
         hold_time: Duration::from_secs(args.hold_time.unwrap_or(section.hold_time)),
         stale_time: Duration::from_secs(args.stale_time.unwrap_or(section.stale_time)),
         cleanup: args.cleanup || section.cleanup,
     })
+}
+
+/// The reconnect back-off from its configured bounds in seconds (a first
+/// delay of 0 becomes 100 ms, and the largest is at least the first).
+fn reconnect_backoff(min_secs: u64, max_secs: u64) -> BackoffConfig {
+    let initial = Duration::from_secs(min_secs).max(Duration::from_millis(100));
+    BackoffConfig {
+        initial,
+        max: Duration::from_secs(max_secs).max(initial),
+        ..BackoffConfig::default()
+    }
 }
 
 /// `metalbondd client ...`: the file given with `--config` (or the

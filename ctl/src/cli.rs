@@ -76,6 +76,48 @@ pub enum Command {
     /// Stream changes, one line per event, until interrupted.
     #[command(subcommand)]
     Watch(WatchCommand),
+    /// List the MetalBond servers of the client role.
+    Servers,
+    /// Add or remove a MetalBond server of the client role.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// List the subscribed VNIs of the client role.
+    Subscriptions,
+    /// Subscribe to a VNI (client role).
+    Subscribe {
+        /// VNI, 0..16777215.
+        #[arg(value_name = "VNI")]
+        vni: String,
+    },
+    /// Unsubscribe from a VNI; its received routes are dropped (client role).
+    Unsubscribe {
+        /// VNI, 0..16777215.
+        #[arg(value_name = "VNI")]
+        vni: String,
+    },
+    /// List the VNI -> routing table mappings (client role).
+    Mappings,
+    /// Install the received routes of a VNI in a routing table (client role).
+    Map {
+        /// VNI, 0..16777215.
+        #[arg(value_name = "VNI")]
+        vni: String,
+        /// Routing table, 1..4294967295.
+        #[arg(value_name = "TABLE")]
+        table: String,
+    },
+    /// Remove the table mapping of a VNI; its routes leave the kernel (client role).
+    Unmap {
+        /// VNI, 0..16777215.
+        #[arg(value_name = "VNI")]
+        vni: String,
+    },
+    /// List the routes received from the servers (client role).
+    Received {
+        /// Only this VNI.
+        #[arg(long, value_name = "N")]
+        vni: Option<u32>,
+    },
     /// Show the daemon's status.
     Status,
     /// Check the daemon's health (grpc.health.v1); exit 0 if SERVING.
@@ -122,6 +164,23 @@ pub enum RouteTypeArg {
     Nat,
     /// Load-balancer target.
     Lb,
+}
+
+/// `mbctl server ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Add a server and connect to it.
+    Add {
+        /// `ADDRESS:PORT` (`[2001:db8::2]:4711`).
+        #[arg(value_name = "ADDR")]
+        address: String,
+    },
+    /// Remove a server and close its session.
+    Remove {
+        /// `ADDRESS:PORT`, as listed by `mbctl servers`.
+        #[arg(value_name = "ADDR")]
+        address: String,
+    },
 }
 
 /// `mbctl watch ...`.
@@ -187,6 +246,9 @@ mod tests {
             &["mbctl", "--timeout", "0", "status"],
             &["mbctl", "-o", "yaml", "status"],
             &["mbctl", "completions", "tcsh"],
+            &["mbctl", "server"],
+            &["mbctl", "map", "1"],
+            &["mbctl", "received", "--vni", "x"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -213,5 +275,21 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn client_commands() {
+        let cli = Cli::try_parse_from(["mbctl", "server", "add", "[::1]:4711"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Server(ServerCommand::Add { ref address }) if address == "[::1]:4711"
+        ));
+        let cli = Cli::try_parse_from(["mbctl", "map", "200", "300"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Map { ref vni, ref table } if vni == "200" && table == "300"
+        ));
+        let cli = Cli::try_parse_from(["mbctl", "received", "--vni", "7"]).unwrap();
+        assert!(matches!(cli.command, Command::Received { vni: Some(7) }));
     }
 }

@@ -6,18 +6,19 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use metalbond_proto::api::{
-    self, daemon_service_client::DaemonServiceClient, peer_service_client::PeerServiceClient,
-    route_service_client::RouteServiceClient, vni_service_client::VniServiceClient,
+    self, client_service_client::ClientServiceClient, daemon_service_client::DaemonServiceClient,
+    peer_service_client::PeerServiceClient, route_service_client::RouteServiceClient,
+    vni_service_client::VniServiceClient,
 };
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::cli::{Cli, Command, Output, RouteTypeArg, RoutesArgs, WatchCommand};
+use crate::cli::{Cli, Command, Output, RouteTypeArg, RoutesArgs, ServerCommand, WatchCommand};
 use crate::client::{call, connect, default_socket};
 use crate::error::{CliError, EXIT_DAEMON, EXIT_OK};
 use crate::model::*;
-use crate::route::{format_route, parse_addr, parse_prefix, parse_route};
+use crate::route::{format_route, parse_addr, parse_prefix, parse_route, MAX_VNI};
 use crate::table::{human_bytes, human_duration, key_values, or_dash, short_list, Table};
 
 /// Largest answer accepted (a page of 10000 routes is far below this).
@@ -107,6 +108,26 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
             ..Default::default()
         }),
         Command::Watch(WatchCommand::Peers) => Request::WatchPeers,
+        Command::Servers => Request::Servers,
+        Command::Server(ServerCommand::Add { address }) => {
+            Request::AddServer(server_arg(&address)?)
+        }
+        Command::Server(ServerCommand::Remove { address }) => {
+            Request::RemoveServer(server_arg(&address)?)
+        }
+        Command::Subscriptions => Request::Subscriptions,
+        Command::Subscribe { vni } => Request::Subscribe(vni_arg(&vni)?),
+        Command::Unsubscribe { vni } => Request::Unsubscribe(vni_arg(&vni)?),
+        Command::Mappings => Request::Mappings,
+        Command::Map { vni, table } => Request::Map(api::SetTableMappingRequest {
+            vni: vni_arg(&vni)?,
+            table: table_arg(&table)?,
+        }),
+        Command::Unmap { vni } => Request::Unmap(vni_arg(&vni)?),
+        Command::Received { vni } => Request::Received(match vni {
+            Some(v) => Some(vni_arg(&v.to_string())?),
+            None => None,
+        }),
         Command::Status => Request::Status,
         Command::Health => Request::Health,
         Command::Reload => Request::Reload,
@@ -124,6 +145,16 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
         Request::Withdraw(req) => withdraw(&mut ctx, p, req).await,
         Request::WatchRoutes(filter) => watch_routes(&mut ctx, p, filter).await,
         Request::WatchPeers => watch_peers(&mut ctx, p).await,
+        Request::Servers => servers(&mut ctx, p).await,
+        Request::AddServer(a) => add_server(&mut ctx, p, a).await,
+        Request::RemoveServer(a) => remove_server(&mut ctx, p, a).await,
+        Request::Subscriptions => subscriptions(&mut ctx, p).await,
+        Request::Subscribe(vni) => subscribe(&mut ctx, p, vni).await,
+        Request::Unsubscribe(vni) => unsubscribe(&mut ctx, p, vni).await,
+        Request::Mappings => mappings(&mut ctx, p).await,
+        Request::Map(req) => map(&mut ctx, p, req).await,
+        Request::Unmap(vni) => unmap(&mut ctx, p, vni).await,
+        Request::Received(vni) => received(&mut ctx, p, vni).await,
         Request::Status => status(&mut ctx, p).await,
         Request::Health => health(&mut ctx, p).await,
         Request::Reload => reload(&mut ctx, p).await,
@@ -141,6 +172,16 @@ enum Request {
     Withdraw(api::WithdrawRoutesRequest),
     WatchRoutes(api::RouteFilter),
     WatchPeers,
+    Servers,
+    AddServer(String),
+    RemoveServer(String),
+    Subscriptions,
+    Subscribe(u32),
+    Unsubscribe(u32),
+    Mappings,
+    Map(api::SetTableMappingRequest),
+    Unmap(u32),
+    Received(Option<u32>),
     Status,
     Health,
     Reload,
@@ -161,6 +202,9 @@ impl Ctx {
     }
     fn vnis(&self) -> VniServiceClient<Channel> {
         VniServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+    fn client(&self) -> ClientServiceClient<Channel> {
+        ClientServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
     fn daemon(&self) -> DaemonServiceClient<Channel> {
         DaemonServiceClient::new(self.channel.clone())
@@ -211,6 +255,40 @@ pub fn route_filter(a: &RoutesArgs) -> Result<api::RouteFilter, CliError> {
         r#type: kind as i32,
         origin,
     })
+}
+
+/// A VNI argument, 0..16777215.
+pub fn vni_arg(s: &str) -> Result<u32, CliError> {
+    match s.trim().parse::<u32>() {
+        Ok(v) if v <= MAX_VNI => Ok(v),
+        _ => Err(CliError::Usage(format!(
+            "invalid VNI {s:?}: not a number from 0 to {MAX_VNI}"
+        ))),
+    }
+}
+
+/// A routing table argument, 1..4294967295 (table 0 is never "all tables").
+pub fn table_arg(s: &str) -> Result<u32, CliError> {
+    match s.trim().parse::<u32>() {
+        Ok(t) if t > 0 => Ok(t),
+        _ => Err(CliError::Usage(format!(
+            "invalid TABLE {s:?}: not a number from 1 to {}",
+            u32::MAX
+        ))),
+    }
+}
+
+/// A server argument, `ADDRESS:PORT`, sent in its canonical form
+/// (`[2001:db8::2]:4711`).
+pub fn server_arg(s: &str) -> Result<String, CliError> {
+    s.trim()
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "invalid server {s:?}: not ADDRESS:PORT (`[2001:db8::2]:4711`, `192.0.2.1:4711`)"
+            ))
+        })
 }
 
 /// `ADDR|ID`: a number is a session id, anything else an address.
@@ -373,16 +451,7 @@ pub fn routes_table(routes: &[RouteEntryJson]) -> String {
     let mut t = Table::new(&["VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS", "ANNOUNCERS"]);
     for e in routes {
         let nh = &e.route.next_hop;
-        let kind = if nh.kind == "other" {
-            format!("other({})", nh.wire_type)
-        } else {
-            nh.kind.to_string()
-        };
-        let ports = if nh.kind == "nat" {
-            format!("{}-{}", nh.nat_port_from, nh.nat_port_to)
-        } else {
-            "-".into()
-        };
+        let (kind, ports) = type_and_ports(nh);
         let announcers: Vec<String> = e.announcers.iter().map(AnnouncerJson::short).collect();
         t.row(vec![
             e.route.vni.to_string(),
@@ -391,6 +460,232 @@ pub fn routes_table(routes: &[RouteEntryJson]) -> String {
             kind,
             ports,
             short_list(&announcers, 3),
+        ]);
+    }
+    t.render()
+}
+
+/// TYPE and PORTS cells of a next hop.
+fn type_and_ports(nh: &NextHopJson) -> (String, String) {
+    let kind = if nh.kind == "other" {
+        format!("other({})", nh.wire_type)
+    } else {
+        nh.kind.to_string()
+    };
+    let ports = if nh.kind == "nat" {
+        format!("{}-{}", nh.nat_port_from, nh.nat_port_to)
+    } else {
+        "-".into()
+    };
+    (kind, ports)
+}
+
+async fn servers(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
+    let resp = call(
+        "ListServers",
+        ctx.timeout,
+        ctx.client().list_servers(api::ListServersRequest {}),
+    )
+    .await?;
+    let doc = ServerListJson {
+        servers: resp.servers.iter().map(ClientServerJson::from).collect(),
+    };
+    p.emit(&doc, |d| servers_table(&d.servers))?;
+    Ok(EXIT_OK)
+}
+
+/// The table of `mbctl servers`.
+pub fn servers_table(servers: &[ClientServerJson]) -> String {
+    let mut t = Table::new(&["ADDRESS", "STATE", "SINCE", "LAST ERROR"]);
+    for s in servers {
+        t.row(vec![
+            s.address.clone(),
+            s.state.to_string(),
+            s.since.clone().unwrap_or_else(|| "-".into()),
+            or_dash(&s.last_error),
+        ]);
+    }
+    t.render()
+}
+
+async fn add_server(ctx: &mut Ctx, p: &mut Printer, address: String) -> Result<u8, CliError> {
+    let req = api::AddServerRequest {
+        address: address.clone(),
+    };
+    call("AddServer", ctx.timeout, ctx.client().add_server(req)).await?;
+    p.emit(
+        &ServerAddedJson {
+            address,
+            added: true,
+        },
+        |d| format!("added server {}\n", d.address),
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn remove_server(ctx: &mut Ctx, p: &mut Printer, address: String) -> Result<u8, CliError> {
+    let req = api::RemoveServerRequest {
+        address: address.clone(),
+    };
+    call("RemoveServer", ctx.timeout, ctx.client().remove_server(req)).await?;
+    p.emit(
+        &ServerRemovedJson {
+            address,
+            removed: true,
+        },
+        |d| format!("removed server {}\n", d.address),
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn subscriptions(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
+    let resp = call(
+        "ListSubscriptions",
+        ctx.timeout,
+        ctx.client()
+            .list_subscriptions(api::ListSubscriptionsRequest {}),
+    )
+    .await?;
+    let doc = SubscriptionListJson { vnis: resp.vnis };
+    p.emit(&doc, |d| subscriptions_table(&d.vnis))?;
+    Ok(EXIT_OK)
+}
+
+/// The table of `mbctl subscriptions`.
+pub fn subscriptions_table(vnis: &[u32]) -> String {
+    let mut t = Table::new(&["VNI"]);
+    for v in vnis {
+        t.row(vec![v.to_string()]);
+    }
+    t.render()
+}
+
+async fn subscribe(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
+    let req = api::SubscribeRequest { vni };
+    call("Subscribe", ctx.timeout, ctx.client().subscribe(req)).await?;
+    p.emit(
+        &SubscribedJson {
+            vni,
+            subscribed: true,
+        },
+        |d| format!("subscribed to VNI {}\n", d.vni),
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn unsubscribe(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
+    let req = api::UnsubscribeRequest { vni };
+    call("Unsubscribe", ctx.timeout, ctx.client().unsubscribe(req)).await?;
+    p.emit(
+        &UnsubscribedJson {
+            vni,
+            unsubscribed: true,
+        },
+        |d| format!("unsubscribed from VNI {}\n", d.vni),
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn mappings(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
+    let resp = call(
+        "ListTableMappings",
+        ctx.timeout,
+        ctx.client()
+            .list_table_mappings(api::ListTableMappingsRequest {}),
+    )
+    .await?;
+    let doc = MappingListJson {
+        mappings: resp.mappings.iter().map(TableMappingJson::from).collect(),
+    };
+    p.emit(&doc, |d| mappings_table(&d.mappings))?;
+    Ok(EXIT_OK)
+}
+
+/// The table of `mbctl mappings`.
+pub fn mappings_table(mappings: &[TableMappingJson]) -> String {
+    let mut t = Table::new(&["VNI", "TABLE"]);
+    for m in mappings {
+        t.row(vec![m.vni.to_string(), m.table.to_string()]);
+    }
+    t.render()
+}
+
+async fn map(
+    ctx: &mut Ctx,
+    p: &mut Printer,
+    req: api::SetTableMappingRequest,
+) -> Result<u8, CliError> {
+    let doc = TableMappingJson {
+        vni: req.vni,
+        table: req.table,
+    };
+    call(
+        "SetTableMapping",
+        ctx.timeout,
+        ctx.client().set_table_mapping(req),
+    )
+    .await?;
+    p.emit(&doc, |d| {
+        format!("mapped VNI {} to table {}\n", d.vni, d.table)
+    })?;
+    Ok(EXIT_OK)
+}
+
+async fn unmap(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
+    let req = api::RemoveTableMappingRequest { vni };
+    call(
+        "RemoveTableMapping",
+        ctx.timeout,
+        ctx.client().remove_table_mapping(req),
+    )
+    .await?;
+    p.emit(
+        &UnmappedJson {
+            vni,
+            unmapped: true,
+        },
+        |d| format!("unmapped VNI {}\n", d.vni),
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn received(ctx: &mut Ctx, p: &mut Printer, vni: Option<u32>) -> Result<u8, CliError> {
+    let resp = call(
+        "ListReceivedRoutes",
+        ctx.timeout,
+        ctx.client()
+            .list_received_routes(api::ListReceivedRoutesRequest { vni }),
+    )
+    .await?;
+    let doc = ReceivedListJson {
+        routes: resp.routes.iter().map(ReceivedRouteJson::from).collect(),
+    };
+    p.emit(&doc, |d| received_table(&d.routes))?;
+    Ok(EXIT_OK)
+}
+
+/// The table of `mbctl received`.
+pub fn received_table(routes: &[ReceivedRouteJson]) -> String {
+    let mut t = Table::new(&[
+        "VNI",
+        "PREFIX",
+        "NEXT HOP",
+        "TYPE",
+        "PORTS",
+        "SERVERS",
+        "INSTALLED",
+    ]);
+    for r in routes {
+        let (kind, ports) = type_and_ports(&r.route.next_hop);
+        let tables: Vec<String> = r.installed_tables.iter().map(u32::to_string).collect();
+        t.row(vec![
+            r.route.vni.to_string(),
+            r.route.prefix.clone(),
+            r.route.next_hop.address.clone(),
+            kind,
+            ports,
+            short_list(&r.servers, 3),
+            or_dash(&tables.join(",")),
         ]);
     }
     t.render()
@@ -707,6 +1002,52 @@ mod tests {
         ] {
             assert_eq!(route_filter(&bad).unwrap_err().exit_code(), 2);
         }
+    }
+
+    #[test]
+    fn client_arguments() {
+        assert_eq!(vni_arg("0").unwrap(), 0);
+        assert_eq!(vni_arg("16777215").unwrap(), 16_777_215);
+        assert_eq!(table_arg("254").unwrap(), 254);
+        assert_eq!(table_arg("4294967295").unwrap(), u32::MAX);
+        assert_eq!(
+            server_arg("[2001:DB8::2]:4711").unwrap(),
+            "[2001:db8::2]:4711"
+        );
+        assert_eq!(server_arg("192.0.2.1:4711").unwrap(), "192.0.2.1:4711");
+        for bad in ["16777216", "-1", "x", ""] {
+            let err = vni_arg(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(!err.to_string().contains('\n'));
+        }
+        for bad in ["0", "4294967296", "main"] {
+            assert_eq!(table_arg(bad).unwrap_err().exit_code(), 2, "{bad}");
+        }
+        for bad in ["2001:db8::2", "host:4711", "[::1]:99999"] {
+            assert_eq!(server_arg(bad).unwrap_err().exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn received_table_columns() {
+        let routes = vec![
+            ReceivedRouteJson::from(&api::ReceivedRoute {
+                route: Some(parse_route("200#10.0.2.0/24@2001:db8::2#nat#1024#2048").unwrap()),
+                servers: vec!["[2001:db8::a]:4711".into(), "[2001:db8::b]:4711".into()],
+                installed_tables: vec![200, 201],
+            }),
+            ReceivedRouteJson::from(&api::ReceivedRoute {
+                route: Some(parse_route("100#10.0.1.0/24@2001:db8::1").unwrap()),
+                servers: vec![],
+                installed_tables: vec![],
+            }),
+        ];
+        assert_eq!(
+            received_table(&routes),
+            "VNI  PREFIX       NEXT HOP     TYPE  PORTS      SERVERS                                INSTALLED\n\
+             200  10.0.2.0/24  2001:db8::2  nat   1024-2048  [2001:db8::a]:4711,[2001:db8::b]:4711  200,201\n\
+             100  10.0.1.0/24  2001:db8::1  std   -          -                                      -\n"
+        );
     }
 
     #[test]

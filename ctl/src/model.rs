@@ -446,6 +446,151 @@ impl From<&api::PeerEvent> for PeerEventJson {
     }
 }
 
+/// A MetalBond server of the client role.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientServerJson {
+    /// `ADDRESS:PORT`.
+    pub address: String,
+    /// `up`, `down` or `unspecified`.
+    pub state: &'static str,
+    /// When the server entered its current state (RFC 3339), or null.
+    pub since: Option<String>,
+    /// Why the last attempt or session ended (empty if none did).
+    pub last_error: String,
+}
+
+impl From<&api::ClientServer> for ClientServerJson {
+    fn from(s: &api::ClientServer) -> Self {
+        ClientServerJson {
+            address: s.address.clone(),
+            state: server_state_name(s.state),
+            since: s.since.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
+            last_error: s.last_error.clone(),
+        }
+    }
+}
+
+/// `mbctl servers -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerListJson {
+    /// The servers.
+    pub servers: Vec<ClientServerJson>,
+}
+
+/// `mbctl server add -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerAddedJson {
+    /// The server, as sent.
+    pub address: String,
+    /// Always true (the daemon accepted the request).
+    pub added: bool,
+}
+
+/// `mbctl server remove -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerRemovedJson {
+    /// The server, as sent.
+    pub address: String,
+    /// Always true (the daemon accepted the request).
+    pub removed: bool,
+}
+
+/// `mbctl subscriptions -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionListJson {
+    /// The subscribed VNIs.
+    pub vnis: Vec<u32>,
+}
+
+/// `mbctl subscribe -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscribedJson {
+    /// The VNI.
+    pub vni: u32,
+    /// Always true (the daemon accepted the request).
+    pub subscribed: bool,
+}
+
+/// `mbctl unsubscribe -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnsubscribedJson {
+    /// The VNI.
+    pub vni: u32,
+    /// Always true (the daemon accepted the request).
+    pub unsubscribed: bool,
+}
+
+/// A VNI -> routing table mapping (also `mbctl map -o json`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TableMappingJson {
+    /// The VNI.
+    pub vni: u32,
+    /// The routing table its received routes are installed in.
+    pub table: u32,
+}
+
+impl From<&api::TableMapping> for TableMappingJson {
+    fn from(m: &api::TableMapping) -> Self {
+        TableMappingJson {
+            vni: m.vni,
+            table: m.table,
+        }
+    }
+}
+
+/// `mbctl mappings -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MappingListJson {
+    /// The mappings.
+    pub mappings: Vec<TableMappingJson>,
+}
+
+/// `mbctl unmap -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnmappedJson {
+    /// The VNI.
+    pub vni: u32,
+    /// Always true (the daemon accepted the request).
+    pub unmapped: bool,
+}
+
+/// A route received from the servers.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReceivedRouteJson {
+    /// The route.
+    pub route: RouteJson,
+    /// Addresses of the servers providing it.
+    pub servers: Vec<String>,
+    /// Routing tables it is installed in (empty: not installed).
+    pub installed_tables: Vec<u32>,
+}
+
+impl From<&api::ReceivedRoute> for ReceivedRouteJson {
+    fn from(r: &api::ReceivedRoute) -> Self {
+        ReceivedRouteJson {
+            route: RouteJson::from(&r.route.clone().unwrap_or_default()),
+            servers: r.servers.clone(),
+            installed_tables: r.installed_tables.clone(),
+        }
+    }
+}
+
+/// `mbctl received -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedListJson {
+    /// The received routes.
+    pub routes: Vec<ReceivedRouteJson>,
+}
+
+/// Short name of a client server state.
+pub fn server_state_name(s: i32) -> &'static str {
+    match api::ClientServerState::try_from(s) {
+        Ok(api::ClientServerState::Up) => "up",
+        Ok(api::ClientServerState::Down) => "down",
+        _ => "unspecified",
+    }
+}
+
 /// Short name of a peer role.
 pub fn role_name(r: i32) -> &'static str {
     match api::PeerRole::try_from(r) {
@@ -698,6 +843,37 @@ mod tests {
         let v = serde_json::to_value(PeerEventJson::from(&pe)).unwrap();
         assert_eq!(keys(&v), ["kind", "peer", "sequence"]);
         assert_eq!(v["kind"], "up");
+    }
+
+    #[test]
+    fn client_shapes() {
+        let s = api::ClientServer {
+            address: "[::1]:4711".into(),
+            state: api::ClientServerState::Down as i32,
+            last_error: "refused".into(),
+            since: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+        };
+        let v = serde_json::to_value(ClientServerJson::from(&s)).unwrap();
+        assert_eq!(
+            v,
+            json!({"address": "[::1]:4711", "state": "down",
+                   "since": "2023-11-14T22:13:20Z", "last_error": "refused"})
+        );
+        let none =
+            serde_json::to_value(ClientServerJson::from(&api::ClientServer::default())).unwrap();
+        assert_eq!(none["since"], serde_json::Value::Null);
+        assert_eq!(none["state"], "unspecified");
+        let r = api::ReceivedRoute {
+            route: Some(parse_route("1#10.0.0.0/8@::1").unwrap()),
+            servers: vec!["[::1]:4711".into()],
+            installed_tables: vec![],
+        };
+        let v = serde_json::to_value(ReceivedRouteJson::from(&r)).unwrap();
+        assert_eq!(keys(&v), ["installed_tables", "route", "servers"]);
+        assert_eq!(v["installed_tables"], json!([]));
     }
 
     #[test]

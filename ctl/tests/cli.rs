@@ -132,6 +132,69 @@ fn bad_filters_and_flags_exit_2() {
 }
 
 #[test]
+fn bad_client_arguments_are_one_line_and_exit_2_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let sock = sock.to_str().unwrap();
+    for (args, msg) in [
+        (
+            &["subscribe", "16777216"][..],
+            "mbctl: invalid VNI \"16777216\": not a number from 0 to 16777215\n",
+        ),
+        (
+            &["unsubscribe", "x"],
+            "mbctl: invalid VNI \"x\": not a number from 0 to 16777215\n",
+        ),
+        (
+            &["unmap", "1x"],
+            "mbctl: invalid VNI \"1x\": not a number from 0 to 16777215\n",
+        ),
+        (
+            &["map", "99999999", "1"],
+            "mbctl: invalid VNI \"99999999\": not a number from 0 to 16777215\n",
+        ),
+        (
+            &["map", "200", "0"],
+            "mbctl: invalid TABLE \"0\": not a number from 1 to 4294967295\n",
+        ),
+        (
+            &["received", "--vni", "16777216"],
+            "mbctl: invalid VNI \"16777216\": not a number from 0 to 16777215\n",
+        ),
+    ] {
+        let mut a = vec!["--socket", sock];
+        a.extend_from_slice(args);
+        let out = mbctl(&a);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(text(&out.stderr), msg, "{args:?}");
+    }
+    let out = mbctl(&["--socket", sock, "server", "add", "host:4711"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("mbctl: invalid server \"host:4711\": "),
+        "{err}"
+    );
+    let out = mbctl(&["-o", "json", "--socket", sock, "map", "1", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
+    // Good arguments get as far as connecting (exit 3).
+    for args in [
+        &["map", "16777215", "4294967295"][..],
+        &["subscribe", "0"],
+        &["server", "remove", "[::1]:4711"],
+        &["servers"],
+    ] {
+        let mut a = vec!["--socket", sock];
+        a.extend_from_slice(args);
+        assert_eq!(mbctl(&a).status.code(), Some(3), "{args:?}");
+    }
+}
+
+#[test]
 fn completions_for_every_shell() {
     let out = mbctl(&["completions", "bash"]);
     assert_eq!(out.status.code(), Some(0));

@@ -23,6 +23,13 @@ struct Seen {
     withdraw: Vec<WithdrawRoutesRequest>,
     get_peer: Vec<GetPeerRequest>,
     shutdowns: usize,
+    add_server: Vec<AddServerRequest>,
+    remove_server: Vec<RemoveServerRequest>,
+    subscribe: Vec<SubscribeRequest>,
+    unsubscribe: Vec<UnsubscribeRequest>,
+    set_mapping: Vec<SetTableMappingRequest>,
+    remove_mapping: Vec<RemoveTableMappingRequest>,
+    list_received: Vec<ListReceivedRoutesRequest>,
 }
 
 #[derive(Clone, Default)]
@@ -417,6 +424,166 @@ impl daemon_service_server::DaemonService for Fake {
     }
 }
 
+fn received_routes() -> Vec<ReceivedRoute> {
+    vec![
+        ReceivedRoute {
+            route: Some(listed(
+                100,
+                "10.0.1.0/24",
+                "2001:db8::1",
+                RouteType::Standard,
+                (0, 0),
+            )),
+            servers: vec!["[2001:db8::a]:4711".into(), "[2001:db8::b]:4711".into()],
+            installed_tables: vec![100],
+        },
+        ReceivedRoute {
+            route: Some(listed(
+                200,
+                "10.0.2.0/24",
+                "2001:db8::2",
+                RouteType::Nat,
+                (1024, 2048),
+            )),
+            servers: vec!["[2001:db8::a]:4711".into()],
+            installed_tables: vec![],
+        },
+    ]
+}
+
+#[tonic::async_trait]
+impl client_service_server::ClientService for Fake {
+    async fn list_servers(
+        &self,
+        _: Request<ListServersRequest>,
+    ) -> Result<Response<ListServersResponse>, Status> {
+        Ok(Response::new(ListServersResponse {
+            servers: vec![
+                ClientServer {
+                    address: "[2001:db8::a]:4711".into(),
+                    state: ClientServerState::Up as i32,
+                    last_error: String::new(),
+                    since: Some(Timestamp {
+                        seconds: 1_700_000_000,
+                        nanos: 0,
+                    }),
+                },
+                ClientServer {
+                    address: "192.0.2.1:4711".into(),
+                    state: ClientServerState::Down as i32,
+                    last_error: "connection refused".into(),
+                    since: None,
+                },
+            ],
+        }))
+    }
+
+    async fn add_server(
+        &self,
+        req: Request<AddServerRequest>,
+    ) -> Result<Response<AddServerResponse>, Status> {
+        let req = req.into_inner();
+        let exists = req.address == "[2001:db8::a]:4711";
+        self.seen.lock().unwrap().add_server.push(req);
+        if exists {
+            return Err(Status::already_exists(
+                "address: server [2001:db8::a]:4711 is configured already",
+            ));
+        }
+        Ok(Response::new(AddServerResponse {}))
+    }
+
+    async fn remove_server(
+        &self,
+        req: Request<RemoveServerRequest>,
+    ) -> Result<Response<RemoveServerResponse>, Status> {
+        self.seen
+            .lock()
+            .unwrap()
+            .remove_server
+            .push(req.into_inner());
+        Ok(Response::new(RemoveServerResponse {}))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _: Request<ListSubscriptionsRequest>,
+    ) -> Result<Response<ListSubscriptionsResponse>, Status> {
+        Ok(Response::new(ListSubscriptionsResponse {
+            vnis: vec![100, 200, 16_777_215],
+        }))
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<SubscribeResponse>, Status> {
+        self.seen.lock().unwrap().subscribe.push(req.into_inner());
+        Ok(Response::new(SubscribeResponse {}))
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<UnsubscribeRequest>,
+    ) -> Result<Response<UnsubscribeResponse>, Status> {
+        self.seen.lock().unwrap().unsubscribe.push(req.into_inner());
+        Ok(Response::new(UnsubscribeResponse {}))
+    }
+
+    async fn list_table_mappings(
+        &self,
+        _: Request<ListTableMappingsRequest>,
+    ) -> Result<Response<ListTableMappingsResponse>, Status> {
+        Ok(Response::new(ListTableMappingsResponse {
+            mappings: vec![
+                TableMapping {
+                    vni: 100,
+                    table: 100,
+                },
+                TableMapping {
+                    vni: 16_777_215,
+                    table: 4_000_000_000,
+                },
+            ],
+        }))
+    }
+
+    async fn set_table_mapping(
+        &self,
+        req: Request<SetTableMappingRequest>,
+    ) -> Result<Response<SetTableMappingResponse>, Status> {
+        self.seen.lock().unwrap().set_mapping.push(req.into_inner());
+        Ok(Response::new(SetTableMappingResponse {}))
+    }
+
+    async fn remove_table_mapping(
+        &self,
+        req: Request<RemoveTableMappingRequest>,
+    ) -> Result<Response<RemoveTableMappingResponse>, Status> {
+        let req = req.into_inner();
+        let vni = req.vni;
+        self.seen.lock().unwrap().remove_mapping.push(req);
+        if vni != 100 {
+            return Err(Status::not_found(format!("vni: VNI {vni} is not mapped")));
+        }
+        Ok(Response::new(RemoveTableMappingResponse {}))
+    }
+
+    async fn list_received_routes(
+        &self,
+        req: Request<ListReceivedRoutesRequest>,
+    ) -> Result<Response<ListReceivedRoutesResponse>, Status> {
+        let req = req.into_inner();
+        let vni = req.vni;
+        self.seen.lock().unwrap().list_received.push(req);
+        let routes = received_routes()
+            .into_iter()
+            .filter(|r| vni.is_none_or(|v| r.route.as_ref().unwrap().vni == v))
+            .collect();
+        Ok(Response::new(ListReceivedRoutesResponse { routes }))
+    }
+}
+
 /// A running fake daemon.
 struct Server {
     _dir: tempfile::TempDir,
@@ -452,6 +619,9 @@ fn start(fake: Fake, serving: bool) -> Server {
                 .add_service(route_service_server::RouteServiceServer::new(fake.clone()))
                 .add_service(peer_service_server::PeerServiceServer::new(fake.clone()))
                 .add_service(vni_service_server::VniServiceServer::new(fake.clone()))
+                .add_service(client_service_server::ClientServiceServer::new(
+                    fake.clone(),
+                ))
                 .add_service(daemon_service_server::DaemonServiceServer::new(fake))
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
                 .await
@@ -930,4 +1100,164 @@ fn closed_pipe_is_quiet() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn servers_table_json_and_changes() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["servers"]),
+        "\
+ADDRESS             STATE  SINCE                 LAST ERROR
+[2001:db8::a]:4711  up     2023-11-14T22:13:20Z  -
+192.0.2.1:4711      down   -                     connection refused
+"
+    );
+    assert_eq!(
+        s.json(&["servers"]),
+        serde_json::json!({"servers": [
+            {"address": "[2001:db8::a]:4711", "state": "up",
+             "since": "2023-11-14T22:13:20Z", "last_error": ""},
+            {"address": "192.0.2.1:4711", "state": "down",
+             "since": null, "last_error": "connection refused"}
+        ]})
+    );
+
+    assert_eq!(
+        s.ok(&["server", "add", "[2001:DB8::2]:4711"]),
+        "added server [2001:db8::2]:4711\n"
+    );
+    assert_eq!(
+        s.json(&["server", "remove", "192.0.2.1:4711"]),
+        serde_json::json!({"address": "192.0.2.1:4711", "removed": true})
+    );
+    let out = s.mbctl(&["server", "add", "[2001:db8::a]:4711"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: address: server [2001:db8::a]:4711 is configured already (ALREADY_EXISTS)\n"
+    );
+    // A bad address: exit 2 and nothing sent.
+    let out = s.mbctl(&["server", "add", "2001:db8::2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let seen = s.seen.lock().unwrap();
+    let added: Vec<&str> = seen.add_server.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(added, ["[2001:db8::2]:4711", "[2001:db8::a]:4711"]);
+    assert_eq!(seen.remove_server[0].address, "192.0.2.1:4711");
+}
+
+#[test]
+fn subscriptions_table_json_and_changes() {
+    let s = default_server();
+    assert_eq!(s.ok(&["subscriptions"]), "VNI\n100\n200\n16777215\n");
+    assert_eq!(
+        s.json(&["subscriptions"]),
+        serde_json::json!({"vnis": [100, 200, 16777215]})
+    );
+    assert_eq!(s.ok(&["subscribe", "300"]), "subscribed to VNI 300\n");
+    assert_eq!(
+        s.json(&["unsubscribe", "16777215"]),
+        serde_json::json!({"vni": 16777215, "unsubscribed": true})
+    );
+    let out = s.mbctl(&["subscribe", "16777216"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: invalid VNI \"16777216\": not a number from 0 to 16777215\n"
+    );
+    let seen = s.seen.lock().unwrap();
+    assert_eq!(seen.subscribe, vec![SubscribeRequest { vni: 300 }]);
+    assert_eq!(
+        seen.unsubscribe,
+        vec![UnsubscribeRequest { vni: 16_777_215 }]
+    );
+}
+
+#[test]
+fn mappings_table_json_and_changes() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["mappings"]),
+        "\
+VNI       TABLE
+100       100
+16777215  4000000000
+"
+    );
+    assert_eq!(
+        s.json(&["mappings"]),
+        serde_json::json!({"mappings": [
+            {"vni": 100, "table": 100},
+            {"vni": 16777215, "table": 4000000000u32}
+        ]})
+    );
+    assert_eq!(
+        s.ok(&["map", "200", "201"]),
+        "mapped VNI 200 to table 201\n"
+    );
+    assert_eq!(
+        s.json(&["map", "300", "301"]),
+        serde_json::json!({"vni": 300, "table": 301})
+    );
+    assert_eq!(s.ok(&["unmap", "100"]), "unmapped VNI 100\n");
+    let out = s.mbctl(&["unmap", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: vni: VNI 7 is not mapped (NOT_FOUND)\n"
+    );
+    // Table 0: exit 2, nothing sent.
+    let out = s.mbctl(&["map", "200", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let seen = s.seen.lock().unwrap();
+    assert_eq!(
+        seen.set_mapping,
+        vec![
+            SetTableMappingRequest {
+                vni: 200,
+                table: 201
+            },
+            SetTableMappingRequest {
+                vni: 300,
+                table: 301
+            },
+        ]
+    );
+    assert_eq!(seen.remove_mapping.len(), 2);
+}
+
+#[test]
+fn received_table_and_json() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["received"]),
+        "\
+VNI  PREFIX       NEXT HOP     TYPE  PORTS      SERVERS                                INSTALLED
+100  10.0.1.0/24  2001:db8::1  std   -          [2001:db8::a]:4711,[2001:db8::b]:4711  100
+200  10.0.2.0/24  2001:db8::2  nat   1024-2048  [2001:db8::a]:4711                     -
+"
+    );
+    let v = s.json(&["received", "--vni", "200"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"routes": [{
+            "route": {
+                "vni": 200,
+                "prefix": "10.0.2.0/24",
+                "next_hop": {
+                    "address": "2001:db8::2",
+                    "type": "nat",
+                    "nat_port_from": 1024,
+                    "nat_port_to": 2048,
+                    "target_vni": 0,
+                    "wire_type": 1
+                }
+            },
+            "servers": ["[2001:db8::a]:4711"],
+            "installed_tables": []
+        }]})
+    );
+    let seen = s.seen.lock().unwrap();
+    let vnis: Vec<Option<u32>> = seen.list_received.iter().map(|r| r.vni).collect();
+    assert_eq!(vnis, [None, Some(200)]);
 }

@@ -580,7 +580,10 @@ impl AgentTask {
     }
 
     /// Brings (table, dest) to `next_hops` (empty: delete). Failures are
-    /// logged, counted and, if they may go away, queued for a retry.
+    /// logged, counted and queued for a retry with the state desired then:
+    /// even an error that looks permanent (the kernel rejecting the route)
+    /// may go away when the desired state or the device changes. A retry
+    /// that fails again is logged at debug level only.
     async fn install(
         &mut self,
         table: u32,
@@ -626,16 +629,12 @@ impl AgentTask {
             }
             Err(e) => {
                 self.stats.kernel_errors.fetch_add(1, Relaxed);
-                let retry = e.is_retryable();
-                if retry {
-                    self.retry.insert(key);
-                } else {
-                    self.retry.remove(&key);
-                }
+                self.retry.insert(key);
+                let transient = e.is_retryable();
                 if retrying {
-                    debug!(table, %vni, %prefix, error = %e, retry, "kernel route retry failed");
+                    debug!(table, %vni, %prefix, error = %e, transient, "kernel route retry failed");
                 } else {
-                    warn!(table, %vni, %prefix, error = %e, retry, "kernel route change failed");
+                    warn!(table, %vni, %prefix, error = %e, transient, "kernel route change failed; retrying every second");
                 }
             }
         }
@@ -975,16 +974,12 @@ impl AgentTask {
             }
             Err(e) => {
                 self.stats.kernel_errors.fetch_add(1, Relaxed);
-                let retry = e.is_retryable();
-                if retry {
-                    self.held_retry.insert(key);
-                } else {
-                    self.held_retry.remove(&key);
-                }
+                self.held_retry.insert(key);
+                let transient = e.is_retryable();
                 if retrying {
-                    debug!(table, %prefix, error = %e, retry, "kernel route retry failed");
+                    debug!(table, %prefix, error = %e, transient, "kernel route retry failed");
                 } else {
-                    warn!(table, %prefix, error = %e, retry, "unconfirmed kernel route not deleted");
+                    warn!(table, %prefix, error = %e, transient, "unconfirmed kernel route not deleted; retrying every second");
                 }
             }
         }

@@ -48,6 +48,9 @@ pub struct Config {
     /// `[routes]`: routes the daemon announces itself.
     #[serde(deserialize_with = "parse::section")]
     pub routes: RoutesSection,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(deserialize_with = "parse::section")]
+    pub metrics: MetricsSection,
     /// `[client]`: the hypervisor role; present means enabled.
     #[serde(deserialize_with = "parse::opt_section")]
     pub client: Option<ClientSection>,
@@ -89,10 +92,11 @@ pub struct ServerSection {
     /// (`--pace-limit`); 0 disables pacing.
     #[serde(deserialize_with = "parse::bytes_usize")]
     pub pace_limit: usize,
-    /// `http`: the Go reference's HTTP address (`--http`); accepted for
-    /// compatibility, not served.
-    #[serde(deserialize_with = "parse::opt_nonempty_string")]
-    pub http: Option<String>,
+    /// `http`: address of the status page (`--http`, as in the Go
+    /// reference): `/`, `/routes.json`, `/routes.yaml`, `/metrics`,
+    /// `/healthz`. Off unless set.
+    #[serde(deserialize_with = "parse::opt_http_addr")]
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for ServerSection {
@@ -186,6 +190,30 @@ impl Default for LogSection {
         Self {
             level: crate::DEFAULT_LOG_LEVEL.to_string(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint (`/metrics` and `/healthz`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `listen`: address of the metrics listener (`--metrics`); off unless
+    /// set. The documented port is [`crate::DEFAULT_METRICS_PORT`].
+    #[serde(deserialize_with = "parse::opt_http_addr")]
+    pub listen: Option<SocketAddr>,
+    /// `vni_label_limit`: most VNIs with their own `vni` label in the
+    /// per-VNI metrics (`--metrics-vni-limit`); the rest are summed under
+    /// `vni="other"`.
+    #[serde(deserialize_with = "parse::count")]
+    pub vni_label_limit: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            vni_label_limit: crate::DEFAULT_METRICS_VNI_LABEL_LIMIT,
         }
     }
 }

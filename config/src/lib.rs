@@ -21,9 +21,10 @@ mod tests;
 
 pub use error::{line_col, ConfigError};
 pub use file::{
-    ApiSection, ClientSection, Config, LogFormat, LogSection, RoutesSection, ServerSection,
-    StateSection,
+    ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,
+    ServerSection, StateSection,
 };
+pub use parse::http_addr;
 /// A value together with its byte range in the configuration file.
 pub use toml::Spanned;
 
@@ -56,6 +57,13 @@ pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 60;
 /// Default limit, in bytes, on route data a paced peer may have
 /// unacknowledged (docs/adr/0006); 0 disables pacing.
 pub const DEFAULT_PACE_LIMIT_BYTES: usize = 16 * 1024;
+
+/// Port of the Prometheus metrics listener in the documentation, the
+/// examples and the packaging (the listener is off unless configured).
+pub const DEFAULT_METRICS_PORT: u16 = 9711;
+
+/// Default limit on VNIs with their own `vni` label in the per-VNI metrics.
+pub const DEFAULT_METRICS_VNI_LABEL_LIMIT: usize = 1000;
 
 /// Default path of the control API's Unix socket.
 pub const DEFAULT_API_SOCKET: &str = "/run/metalbondd/api.sock";

@@ -242,6 +242,38 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// An HTTP listen address as the Go reference takes it: `IP:PORT`, or
+/// `:PORT` for every address (IPv6 and IPv4), or `localhost:PORT`.
+pub fn http_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Some(port) = t.strip_prefix(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+        }
+    }
+    if let Some(port) = t.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+        }
+    }
+    t.parse().map_err(|_| {
+        format!("{s:?} is not an HTTP listen address (expected IP:PORT, :PORT or localhost:PORT, e.g. \"127.0.0.1:9711\")")
+    })
+}
+
+/// An optional HTTP listen address (see [`http_addr`]).
+pub(crate) fn opt_http_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    string_with(d, "an address string such as \"127.0.0.1:9711\"", http_addr).map(Some)
+}
+
+/// A count (0 allowed).
+pub(crate) fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let v: u64 = int_in(d, "a whole number (0 or more)", 0, i64::MAX as u64)?;
+    usize::try_from(v).map_err(|_| de::Error::custom(format!("{v} is too large")))
+}
+
 /// A socket address written as a string, one element of a list.
 pub(crate) struct Addr(pub(crate) SocketAddr);
 

@@ -101,6 +101,10 @@ dir = "/tmp/mb/state"
 level = "info,metalbondd=debug"
 format = "json"
 
+[metrics]
+listen = ":9711"
+vni_label_limit = 50
+
 [routes]
 static = [
     "100#10.0.1.0/24@2001:db8::1",
@@ -120,7 +124,7 @@ fn full_file() {
             max_lag_bytes: 1 << 20,
             write_timeout: 30,
             pace_limit: 0,
-            http: Some("[::1]:4712".into()),
+            http: Some("[::1]:4712".parse().unwrap()),
         }
     );
     assert_eq!(
@@ -152,9 +156,9 @@ fn full_file() {
     );
     // Routes keep their position (the opening quote) for error messages.
     let second = &c.routes.static_routes[1];
-    assert_eq!(c.position(second.span()), (28, 5));
+    assert_eq!(c.position(second.span()), (32, 5));
     let err = c.error_at(second.span(), "routes.static[1]: no good");
-    assert_eq!(err.to_string(), "test.toml:28:5: routes.static[1]: no good");
+    assert_eq!(err.to_string(), "test.toml:32:5: routes.static[1]: no good");
 }
 
 #[test]
@@ -404,7 +408,24 @@ fn empty_strings() {
         16,
         &["api.socket_group", "empty"],
     );
-    reject("[server]\nhttp = \"\"\n", 2, 8, &["server.http", "empty"]);
+    reject(
+        "[server]\nhttp = \"\"\n",
+        2,
+        8,
+        &["server.http", "not an HTTP listen address"],
+    );
+    reject(
+        "[metrics]\nlisten = \"somewhere\"\n",
+        2,
+        10,
+        &["metrics.listen", "not an HTTP listen address"],
+    );
+    reject(
+        "[metrics]\nvni_label_limit = -1\n",
+        2,
+        19,
+        &["metrics.vni_label_limit"],
+    );
 }
 
 #[test]
@@ -617,4 +638,26 @@ fn example_client_section_is_valid_when_uncommented() {
     assert_eq!(client.stale_time, DEFAULT_STALE_TIME_SECS);
     assert_eq!(client.keepalive, DEFAULT_KEEPALIVE_SECS);
     assert!(!client.cleanup && !client.ipv4_only);
+}
+
+#[test]
+fn metrics_section_and_go_style_http_addresses() {
+    let c = parse(FULL);
+    assert_eq!(
+        c.metrics,
+        crate::MetricsSection {
+            listen: Some(addr("[::]:9711")),
+            vni_label_limit: 50,
+        }
+    );
+    assert_eq!(Config::default().metrics.listen, None);
+    assert_eq!(
+        Config::default().metrics.vni_label_limit,
+        crate::DEFAULT_METRICS_VNI_LABEL_LIMIT
+    );
+    assert_eq!(crate::http_addr(":4712"), Ok(addr("[::]:4712")));
+    assert_eq!(crate::http_addr("localhost:80"), Ok(addr("127.0.0.1:80")));
+    assert_eq!(crate::http_addr("[::1]:9711"), Ok(addr("[::1]:9711")));
+    assert!(crate::http_addr(":99999").is_err());
+    assert!(crate::http_addr("host:1").is_err());
 }

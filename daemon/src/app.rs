@@ -15,12 +15,15 @@ use std::time::{Instant, SystemTime};
 
 use metalbond_proto::api as pb;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::api::{self, ApiState, ControlRequest};
 use crate::client::operator::StoredClientState;
 use crate::client::{Agent, ClientSettings};
+use crate::http::{self, HttpState, Readiness};
 use crate::logging::LogControl;
+use crate::metrics::Telemetry;
+use crate::notify;
 use crate::server::table_task::Op;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
@@ -44,6 +47,24 @@ pub struct ApiSettings {
     pub watch_max_lag_bytes: u64,
 }
 
+/// Metrics settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Address of the metrics listener; off when `None`.
+    pub listen: Option<SocketAddr>,
+    /// Most VNIs with their own `vni` label.
+    pub vni_label_limit: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            vni_label_limit: crate::metrics::DEFAULT_VNI_LABEL_LIMIT,
+        }
+    }
+}
+
 /// Everything the daemon needs to run, resolved from flags and the config file.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -57,8 +78,10 @@ pub struct Settings {
     pub static_routes: Vec<Route>,
     /// Log filter directive (e.g. `info`, `debug`).
     pub log_level: String,
-    /// Accepted for compatibility with the Go reference; not served yet.
-    pub http: Option<String>,
+    /// The status page listener (`--http`, as in the Go reference).
+    pub http: Option<SocketAddr>,
+    /// The Prometheus metrics listener.
+    pub metrics: MetricsSettings,
     /// The hypervisor (client) role, when enabled (`metalbondd client`, or a
     /// `[client]` section in the config file).
     pub client: Option<ClientSettings>,
@@ -75,9 +98,6 @@ pub async fn run(
 ) -> Result<(), String> {
     // First, so that a SIGTERM at any later moment is a graceful stop.
     let mut signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    if let Some(http) = &settings.http {
-        warn!(addr = %http, "--http is accepted for compatibility but not served yet");
-    }
     let store_dir = settings.state_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
@@ -111,10 +131,18 @@ pub async fn run(
     )
     .map_err(|e| e.to_string())?;
     info!(socket = %settings.api.socket.display(), "control API listening");
+    let http_listeners = http::bind(&http::plan(settings.metrics.listen, settings.http))
+        .await
+        .map_err(|e| e.to_string())?;
 
     let server = Server::start(settings.server.clone())
         .await
         .map_err(|e| e.to_string())?;
+    let mut telemetry = Telemetry::new().with_server(&server, settings.metrics.vni_label_limit);
+    if let Some(agent) = &agent {
+        telemetry = telemetry.with_client(agent.stats.clone());
+    }
+    let telemetry = Arc::new(telemetry);
 
     // The daemon's own routes, before any peer can subscribe and ask for a dump.
     let reader = store.clone();
@@ -161,14 +189,39 @@ pub async fn run(
         watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
         client: agent.as_ref().map(Agent::handle),
         client_lock: tokio::sync::Mutex::new(()),
+        metrics: telemetry.api(),
     });
     let tcp = settings
         .api
         .tcp_listen
         .map(|addr| (addr, settings.api.tcp_read_only));
-    let api_tasks = api::serve(state.clone(), unix, tcp, api_stop)
+    let api_tasks = api::serve(state.clone(), unix, tcp, api_stop.clone())
         .await
         .map_err(|e| e.to_string())?;
+    let readiness = Arc::new(Readiness::default());
+    let http_tasks = http::serve(
+        http_listeners,
+        Arc::new(HttpState {
+            telemetry,
+            table: server.table.clone(),
+            sessions: server.registry.clone(),
+            agent: agent.as_ref().map(Agent::handle),
+            readiness: readiness.clone(),
+        }),
+        api_stop,
+    );
+
+    // Every listener is bound and the daemon's routes are in the table.
+    readiness.serving();
+    notify::ready(&format!(
+        "serving: {} MetalBond listener(s), API at {}",
+        server.local_addrs.len(),
+        settings.api.socket.display()
+    ));
+    let watchdog = notify::watchdog_interval().map(|every| {
+        info!(interval = ?every, "systemd watchdog enabled");
+        tokio::spawn(notify::watchdog(every))
+    });
 
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -187,6 +240,7 @@ pub async fn run(
                 Some(ControlRequest::Reload(reply)) => Some(reply),
             },
         };
+        notify::reloading();
         let outcome = match &reload {
             None => Err("metalbondd was started without --config: nothing to reload".to_string()),
             Some(reload) => match reload() {
@@ -200,17 +254,23 @@ pub async fn run(
             }
             Err(e) => error!("configuration not reloaded, keeping the running one: {e}"),
         }
+        notify::ready("serving");
         if let Some(reply) = request {
             let _ = reply.send(outcome);
         }
     }
     info!("shutting down");
+    readiness.stopping();
+    notify::stopping();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if let Some(agent) = agent {
         agent.shutdown().await;
     }
     api_shutdown.send_replace(true);
     server.shutdown();
-    for task in api_tasks {
+    for task in api_tasks.into_iter().chain(http_tasks) {
         let _ = task.await;
     }
     let _ = std::fs::remove_file(&running.api.socket);
@@ -275,6 +335,7 @@ async fn apply(
         ("api", new.api != running.api),
         ("state.dir", new.state_dir != running.state_dir),
         ("server.http", new.http != running.http),
+        ("metrics", new.metrics != running.metrics),
         ("client", new.client != running.client),
     ] {
         if changed {

@@ -1,17 +1,23 @@
-//! metalbondd: a MetalBond v1 route server (and, later, hypervisor agent).
+//! metalbondd: a MetalBond v1 route server and hypervisor agent.
 //!
 //! Data flow: bytes -> [`wire`] frame decoder -> [`session`] state machine ->
 //! [`table`] (single owner) -> shared update log -> per-session batched writes.
 //! The protocol core ([`wire`], [`session`], [`table`]) does no I/O; the
-//! [`server`] module is the tokio shell around it.
+//! [`server`] module is the tokio shell around it, [`client`] the hypervisor
+//! role. [`api`] is the gRPC control API, [`metrics`] and [`http`] the
+//! Prometheus metrics and the HTTP status listener, [`notify`] systemd's
+//! readiness protocol.
 
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod app;
 pub mod client;
+pub mod http;
 pub mod kernel;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod session;
 pub mod store;

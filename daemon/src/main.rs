@@ -2,7 +2,8 @@
 //!
 //! `metalbondd` with no arguments serves on `[::1]:4711`. `metalbondd server
 //! --listen ADDR [--keepalive SECS] [--verbose] [--http ADDR]` accepts the Go
-//! reference's server flags, so it drops into the same systemd unit.
+//! reference's server flags, so it drops into the same systemd unit;
+//! `--metrics ADDR` adds a Prometheus endpoint.
 //!
 //! `--config FILE` reads a TOML configuration file (`examples/metalbondd.toml`);
 //! flags given on the command line override it, and SIGHUP re-reads it.
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use metalbondd::app::{self, ApiSettings, Reloader, Settings};
+use metalbondd::app::{self, ApiSettings, MetricsSettings, Reloader, Settings};
 use metalbondd::client::connection::BackoffConfig;
 use metalbondd::client::{ClientConfig, ClientSettings};
 use metalbondd::server::{ServerConfig, SessionSettings};
@@ -90,10 +91,19 @@ struct ServerArgs {
     /// Log format. Default text [file: log.format].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// HTTP listen address of the Go reference (status page); accepted for
-    /// compatibility, not served yet [file: server.http].
-    #[arg(long, value_name = "ADDR")]
-    http: Option<String>,
+    /// Status page as in the Go reference (/, /routes.json, /routes.yaml),
+    /// plus /metrics and /healthz: IP:PORT, :PORT (all addresses) or
+    /// localhost:PORT. Off by default [file: server.http].
+    #[arg(long, value_name = "ADDR", value_parser = defaults::http_addr)]
+    http: Option<SocketAddr>,
+    /// Prometheus metrics (/metrics) and /healthz on this address, e.g.
+    /// 127.0.0.1:9711. Off by default [file: metrics.listen].
+    #[arg(long, value_name = "ADDR", value_parser = defaults::http_addr)]
+    metrics: Option<SocketAddr>,
+    /// Most VNIs with their own label in the per-VNI metrics (the rest are
+    /// summed under vni="other"). Default 1000 [file: metrics.vni_label_limit].
+    #[arg(long, value_name = "N")]
+    metrics_vni_limit: Option<usize>,
     /// Most sessions open at once. Default 10000 [file: server.max_sessions].
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
@@ -199,10 +209,14 @@ struct ClientArgs {
     /// Log format. Default text.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// HTTP listen address of the Go reference; accepted for compatibility,
-    /// not served yet.
-    #[arg(long, value_name = "ADDR")]
-    http: Option<String>,
+    /// Status page as in the Go reference (/, /routes.json, /routes.yaml),
+    /// plus /metrics and /healthz. Off by default [file: server.http].
+    #[arg(long, value_name = "ADDR", value_parser = defaults::http_addr)]
+    http: Option<SocketAddr>,
+    /// Prometheus metrics (/metrics) and /healthz on this address, e.g.
+    /// 127.0.0.1:9711. Off by default [file: metrics.listen].
+    #[arg(long, value_name = "ADDR", value_parser = defaults::http_addr)]
+    metrics: Option<SocketAddr>,
     /// Unix socket of the control API. Default /run/metalbondd/api.sock.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -393,7 +407,13 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
         } else {
             config.log.level.clone()
         },
-        http: args.http.clone().or_else(|| file.http.clone()),
+        http: args.http.or(file.http),
+        metrics: MetricsSettings {
+            listen: args.metrics.or(config.metrics.listen),
+            vni_label_limit: args
+                .metrics_vni_limit
+                .unwrap_or(config.metrics.vni_label_limit),
+        },
         client: None,
     };
     let mut settings = settings;
@@ -526,7 +546,8 @@ fn load_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
     let server_args = ServerArgs {
         verbose: args.verbose,
         log_format: args.log_format,
-        http: args.http.clone(),
+        http: args.http,
+        metrics: args.metrics,
         api_socket: args.api_socket.clone(),
         state_dir: args.state_dir.clone(),
         ..ServerArgs::default()

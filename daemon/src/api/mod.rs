@@ -6,6 +6,7 @@ mod client_service;
 mod convert;
 mod daemon_service;
 mod listeners;
+mod metered;
 mod peer_service;
 mod read_only;
 mod route_service;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub client: Option<crate::client::AgentHandle>,
     /// Serialises changes to the client role (check, store, apply).
     pub client_lock: Mutex<()>,
+    /// Request counters.
+    pub metrics: Arc<crate::metrics::ApiMetrics>,
 }
 
 /// Starts serving the API on the given listeners until `shutdown` becomes true.
@@ -91,6 +94,7 @@ pub async fn serve(
         (
             health_reporter,
             tonic::transport::Server::builder()
+                .layer(metered::MeteredLayer::new(state.metrics.clone()))
                 .layer(read_only::ReadOnlyLayer::new(read_only))
                 .add_service(health)
                 .add_service(reflection_v1)

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::delivery::{Delivery, DeliveryTimers};
 use super::metrics::Metrics;
 use super::outbound::Outbound;
 use super::pacing::{self, Decision, Pacer};
@@ -158,6 +159,7 @@ pub async fn run(
         ops: Vec::new(),
         pacer: Pacer::new(settings.pace_limit),
         pace_spins: 0,
+        timers: DeliveryTimers::default(),
         metrics,
         settings,
     };
@@ -170,7 +172,10 @@ pub async fn run(
         let _ = conn
             .table
             .commands
-            .send(Command::Disconnect { session: id })
+            .send(Command::Disconnect {
+                session: id,
+                at: std::time::Instant::now(),
+            })
             .await;
     }
     conn.metrics.session_closed(ended.label());
@@ -203,6 +208,8 @@ struct Connection {
     pacer: Pacer,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
+    /// Dumps and updates queued whose delivery is being timed.
+    timers: DeliveryTimers,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
 }
@@ -218,6 +225,7 @@ impl Connection {
                 self.pull_from_log();
             }
             let lag = self.cursor.lag_bytes();
+            self.info.lag_bytes.store(lag, Relaxed);
             if lag > self.settings.max_lag_bytes {
                 return Ended::Lagging(lag);
             }
@@ -253,6 +261,7 @@ impl Connection {
                         self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
                         self.info.bytes_out.fetch_add(n as u64, Relaxed);
                         last_write_progress = Instant::now();
+                        self.complete_deliveries();
                     }
                     Err(e) => return Ended::Io(e),
                 },
@@ -313,6 +322,22 @@ impl Connection {
         }
     }
 
+    /// Observes the delivery times of what has been written completely.
+    fn complete_deliveries(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let metrics = &self.metrics;
+        self.timers.complete(
+            self.out.data_written(),
+            std::time::Instant::now(),
+            |kind, took| match kind {
+                Delivery::Updates => metrics.propagation.observe(took.as_secs_f64()),
+                Delivery::Dump => metrics.dump_duration.observe(took.as_secs_f64()),
+            },
+        );
+    }
+
     /// Decodes every whole frame in `rbuf` and hands the table the resulting
     /// operations in one batch.
     async fn on_read(&mut self, rbuf: &mut BytesMut) -> Result<(), Ended> {
@@ -322,7 +347,7 @@ impl Connection {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    self.flush_ops().await;
+                    self.flush_ops(now).await;
                     return Err(Ended::Decode(e));
                 }
             };
@@ -335,7 +360,7 @@ impl Connection {
                         self.info.updates_in.fetch_add(1, Relaxed);
                     }
                     if let Err(reason) = self.session.handle_message(msg, now) {
-                        self.flush_ops().await;
+                        self.flush_ops(now).await;
                         return Err(Ended::Protocol(reason));
                     }
                     self.collect_session_output();
@@ -346,11 +371,11 @@ impl Connection {
                 }
             }
         }
-        self.flush_ops().await;
+        self.flush_ops(now).await;
         Ok(())
     }
 
-    async fn flush_ops(&mut self) {
+    async fn flush_ops(&mut self, received: std::time::Instant) {
         if self.ops.is_empty() {
             return;
         }
@@ -362,6 +387,7 @@ impl Connection {
             .send(Command::Ops {
                 session: self.id,
                 ops,
+                received,
             })
             .await;
     }
@@ -380,6 +406,7 @@ impl Connection {
             match event {
                 Event::Established { keepalive } => {
                     info!(keepalive_secs = keepalive.as_secs(), "session established");
+                    Metrics::inc(&self.metrics.sessions_established);
                     self.established = true;
                     self.info
                         .keepalive_secs
@@ -401,6 +428,10 @@ impl Connection {
         let me = self.id;
         let out = &mut self.out;
         let subs = &mut self.subscriptions;
+        let timers = &mut self.timers;
+        let metrics = &self.metrics;
+        // When the oldest cause of the updates queued now arrived.
+        let mut oldest: Option<std::time::Instant> = None;
         let mut run: Option<(Bytes, std::ops::Range<usize>)> = None;
         // One-entry cache: consecutive updates are nearly always in one VNI.
         let mut last_vni: Option<(Vni, bool)> = None;
@@ -420,6 +451,7 @@ impl Connection {
                     range,
                     vni,
                     origin,
+                    since,
                 } => {
                     let wanted = match last_vni {
                         Some((v, w)) if v == vni => w,
@@ -433,6 +465,9 @@ impl Connection {
                         return true;
                     }
                     queued += 1;
+                    if let Some(t) = since {
+                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                    }
                     match &mut run {
                         Some((data, r))
                             if data.as_ptr() == frame.as_ptr() && r.end == range.start =>
@@ -453,6 +488,9 @@ impl Connection {
                     for buf in &m.dump {
                         out.push_data(buf.clone());
                     }
+                    timers.start(out.data_pushed(), m.requested_at, Delivery::Dump);
+                    Metrics::inc(&metrics.dumps);
+                    metrics.dump_routes.fetch_add(m.routes as u64, Relaxed);
                     queued += m.routes as u64;
                 }
                 Item::Marker(Entry::Unsubscribed { session, vni }) if *session == me => {
@@ -466,7 +504,13 @@ impl Connection {
             true
         });
         flush(&mut run, out);
+        if let Some(t) = oldest {
+            timers.start(out.data_pushed(), t, Delivery::Updates);
+        }
+        self.metrics.updates_out.fetch_add(queued, Relaxed);
         self.info.updates_out.fetch_add(queued, Relaxed);
+        // A dump with no routes is delivered as soon as it is queued.
+        self.complete_deliveries();
         self.info.messages_out.fetch_add(queued, Relaxed);
     }
 }

@@ -1,12 +1,17 @@
 //! Counters the server keeps about itself. Plain atomics: cheap on the hot
-//! path, read by the status and metrics endpoints.
+//! path, read by the API's status and mirrored into the Prometheus registry
+//! at scrape time (`crate::metrics`). The two latency distributions are
+//! Prometheus histograms (also lock-free atomics), observed per write batch,
+//! never per route.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use prometheus::{Histogram, HistogramOpts};
+
 /// Server-wide counters.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Connections accepted.
     pub sessions_accepted: AtomicU64,
@@ -30,8 +35,73 @@ pub struct Metrics {
     pub unknown_withdrawals: AtomicU64,
     /// Duplicate SUBSCRIBEs (no second dump).
     pub duplicate_subscribes: AtomicU64,
+    /// Sessions that completed the handshake (ESTABLISHED).
+    pub sessions_established: AtomicU64,
+    /// UPDATEs queued for peers (dump entries and live updates).
+    pub updates_out: AtomicU64,
+    /// SUBSCRIBE dumps sent.
+    pub dumps: AtomicU64,
+    /// Routes sent in SUBSCRIBE dumps.
+    pub dump_routes: AtomicU64,
+    /// From a SUBSCRIBE's arrival to the last byte of its dump written to
+    /// the subscriber's socket.
+    pub dump_duration: Histogram,
+    /// From an UPDATE's arrival (or an API/config change) to the frame
+    /// written to a subscriber's socket; the oldest update of each write
+    /// batch is observed.
+    pub propagation: Histogram,
     /// Sessions closed, by reason label.
     closes: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            sessions_accepted: AtomicU64::new(0),
+            sessions_rejected: AtomicU64::new(0),
+            sessions_active: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            unknown_frames: AtomicU64::new(0),
+            updates_in: AtomicU64::new(0),
+            unknown_withdrawals: AtomicU64::new(0),
+            duplicate_subscribes: AtomicU64::new(0),
+            sessions_established: AtomicU64::new(0),
+            updates_out: AtomicU64::new(0),
+            dumps: AtomicU64::new(0),
+            dump_routes: AtomicU64::new(0),
+            dump_duration: histogram(
+                "metalbondd_subscribe_dump_duration_seconds",
+                "Time from a SUBSCRIBE's arrival to the last byte of its dump written to the subscriber's socket.",
+                DUMP_BUCKETS,
+            ),
+            propagation: histogram(
+                "metalbondd_update_propagation_seconds",
+                "Time from an UPDATE's arrival (or an API or config change) to its frame written to a subscriber's socket; the oldest update of each write batch is observed.",
+                PROPAGATION_BUCKETS,
+            ),
+            closes: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// Buckets of [`Metrics::propagation`]: 10 us to 10 s.
+const PROPAGATION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of [`Metrics::dump_duration`]: 100 us to 2 min.
+const DUMP_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0,
+];
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid histogram options")
 }
 
 impl Metrics {

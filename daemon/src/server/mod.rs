@@ -1,6 +1,7 @@
 //! The route server: TCP listeners, one task per session, one table task.
 
 pub mod connection;
+pub mod delivery;
 pub mod metrics;
 pub mod outbound;
 pub mod pacing;

@@ -29,6 +29,10 @@ pub struct Outbound {
     /// Start of the frame of `data.front()` that contains `data_off`.
     data_frame_start: usize,
     bytes: usize,
+    /// Route data bytes ever queued.
+    data_pushed: u64,
+    /// Route data bytes ever written.
+    data_written: u64,
 }
 
 impl Outbound {
@@ -42,8 +46,20 @@ impl Outbound {
     pub fn push_data(&mut self, frames: Bytes) {
         if !frames.is_empty() {
             self.bytes += frames.len();
+            self.data_pushed += frames.len() as u64;
             self.data.push_back(frames);
         }
+    }
+
+    /// Route data bytes queued since the queue was created: the position,
+    /// in the session's route data stream, of the end of what is queued.
+    pub fn data_pushed(&self) -> u64 {
+        self.data_pushed
+    }
+
+    /// Route data bytes written since the queue was created.
+    pub fn data_written(&self) -> u64 {
+        self.data_written
     }
 
     /// Bytes waiting.
@@ -141,6 +157,7 @@ impl Outbound {
 
     /// Consumes `n` bytes of route data, keeping track of frame boundaries.
     fn advance_data(&mut self, mut n: usize) {
+        self.data_written += n as u64;
         while n > 0 {
             let front = self.data.front().expect("advance past queued data");
             let take = n.min(front.len() - self.data_off);
@@ -233,6 +250,22 @@ mod tests {
         let mut wire = f(1)[..2].to_vec();
         wire.extend(drain_all(&mut o, 3));
         assert_eq!(wire, [f(1), k(), f(2), f(3)].concat());
+    }
+
+    #[test]
+    fn data_positions_count_route_data_only() {
+        let mut o = Outbound::default();
+        o.push_data(cat(&[f(1), f(2)]));
+        o.advance(2); // cuts frame 1
+        o.push_control(Bytes::from(k()));
+        o.push_data(cat(&[f(3)]));
+        assert_eq!((o.data_pushed(), o.data_written()), (18, 2));
+        // The rest of frame 1 (4), the keepalive (8) and frame 2 (6).
+        o.advance(4 + 8 + 6);
+        assert_eq!(o.data_written(), 12);
+        o.advance(6);
+        assert_eq!((o.data_pushed(), o.data_written()), (18, 18));
+        assert!(o.is_empty());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct SessionInfo {
     pub updates_out: AtomicU64,
     /// Bytes waiting in the outbound queue.
     pub queue_bytes: AtomicU64,
+    /// Bytes of the update log not read yet.
+    pub lag_bytes: AtomicU64,
     last_error: Mutex<String>,
     reset: Notify,
 }
@@ -73,6 +75,7 @@ impl SessionInfo {
             updates_in: AtomicU64::new(0),
             updates_out: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
             reset: Notify::new(),
         }

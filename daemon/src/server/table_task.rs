@@ -5,6 +5,7 @@
 //! never waits for any session (ARCHITECTURE.md properties 3 and 4).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +52,8 @@ pub enum Command {
         session: SessionId,
         /// What, in order.
         ops: Vec<Op>,
+        /// When they were read from the socket.
+        received: Instant,
     },
     /// Operations of the daemon itself (API or config); `done` is answered
     /// once they are applied, with how many changed something.
@@ -61,6 +64,8 @@ pub enum Command {
         ops: Vec<Op>,
         /// Per operation: true if it changed what this announcer announces.
         done: oneshot::Sender<Vec<bool>>,
+        /// When they were asked for.
+        received: Instant,
     },
     /// A read-only question.
     Query(Query),
@@ -68,6 +73,8 @@ pub enum Command {
     Disconnect {
         /// Which.
         session: SessionId,
+        /// When it ended.
+        at: Instant,
     },
     /// Table counts.
     Stats {
@@ -190,7 +197,12 @@ impl TableHandle {
     pub async fn local_ops(&self, session: SessionId, ops: Vec<Op>) -> Option<Vec<bool>> {
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::LocalOps { session, ops, done })
+            .send(Command::LocalOps {
+                session,
+                ops,
+                done,
+                received: Instant::now(),
+            })
             .await
             .ok()?;
         rx.await.ok()
@@ -256,19 +268,34 @@ impl TableTask {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Ops { session, ops } => {
+            Command::Ops {
+                session,
+                ops,
+                received,
+            } => {
+                self.log.set_cause_time(received);
                 for op in ops {
-                    self.apply(session, op);
+                    self.apply(session, op, received);
                 }
             }
-            Command::Disconnect { session } => {
+            Command::Disconnect { session, at } => {
+                self.log.set_cause_time(at);
                 let log = &mut self.log;
                 self.table.remove_session(session, |route| {
                     log.append_update(Action::Remove, route, session);
                 });
             }
-            Command::LocalOps { session, ops, done } => {
-                let changed = ops.into_iter().map(|op| self.apply(session, op)).collect();
+            Command::LocalOps {
+                session,
+                ops,
+                done,
+                received,
+            } => {
+                self.log.set_cause_time(received);
+                let changed = ops
+                    .into_iter()
+                    .map(|op| self.apply(session, op, received))
+                    .collect();
                 let _ = done.send(changed);
             }
             Command::Stats { reply } => {
@@ -321,7 +348,7 @@ impl TableTask {
     }
 
     /// Applies one operation; true if it changed something for `session`.
-    fn apply(&mut self, session: SessionId, op: Op) -> bool {
+    fn apply(&mut self, session: SessionId, op: Op, received: Instant) -> bool {
         match op {
             Op::Announce(route) => match self.table.announce(session, &route) {
                 Announced::New => {
@@ -359,6 +386,7 @@ impl TableTask {
                         vni,
                         dump,
                         routes,
+                        requested_at: received,
                     })));
                 true
             }

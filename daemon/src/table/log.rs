@@ -15,6 +15,7 @@
 //! dump is ordered exactly between the updates before and after it.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -62,6 +63,8 @@ pub struct SubscribedMarker {
     pub dump: Vec<Bytes>,
     /// Number of routes in `dump`.
     pub routes: usize,
+    /// When the SUBSCRIBE arrived (for the dump duration metric).
+    pub requested_at: Instant,
 }
 
 /// A sealed, immutable piece of the log.
@@ -73,6 +76,10 @@ pub struct Chunk {
     pub data: Bytes,
     /// Entries in order.
     pub entries: Vec<Entry>,
+    /// When the oldest cause of this chunk's updates arrived (an UPDATE read
+    /// from a peer, an API call, a session's end), for the propagation
+    /// latency metric. `None` if the chunk has no updates.
+    pub oldest_cause: Option<Instant>,
     next: OnceLock<Arc<Chunk>>,
 }
 
@@ -107,6 +114,10 @@ pub struct LogWriter {
     tail: Arc<Chunk>,
     data: BytesMut,
     entries: Vec<Entry>,
+    /// When the cause of the updates being appended now arrived.
+    cause: Option<Instant>,
+    /// The oldest cause of the open chunk's updates.
+    oldest_cause: Option<Instant>,
     published: tokio::sync::watch::Sender<Arc<Chunk>>,
 }
 
@@ -120,6 +131,7 @@ impl LogWriter {
             start: 0,
             data: Bytes::new(),
             entries: Vec::new(),
+            oldest_cause: None,
             next: OnceLock::new(),
         });
         let (published, _) = tokio::sync::watch::channel(tail.clone());
@@ -127,6 +139,8 @@ impl LogWriter {
             tail,
             data: BytesMut::with_capacity(CHUNK_CAPACITY),
             entries: Vec::new(),
+            cause: None,
+            oldest_cause: None,
             published,
         }
     }
@@ -136,8 +150,16 @@ impl LogWriter {
         self.published.subscribe()
     }
 
+    /// Records when the cause of the updates appended from now on arrived.
+    pub fn set_cause_time(&mut self, at: Instant) {
+        self.cause = Some(at);
+    }
+
     /// Appends an UPDATE for `route`, caused by `origin`.
     pub fn append_update(&mut self, action: Action, route: &Route, origin: SessionId) {
+        if let Some(at) = self.cause {
+            self.oldest_cause = Some(self.oldest_cause.map_or(at, |t| t.min(at)));
+        }
         encode_update(action, route, &mut self.data);
         self.entries.push(Entry::Update {
             end: self.data.len() as u32,
@@ -170,6 +192,7 @@ impl LogWriter {
             start: self.tail.end(),
             data,
             entries: std::mem::take(&mut self.entries),
+            oldest_cause: self.oldest_cause.take(),
             next: OnceLock::new(),
         });
         let linked = self.tail.next.set(chunk.clone());
@@ -214,6 +237,8 @@ pub enum Item<'a> {
         vni: Vni,
         /// Cause.
         origin: SessionId,
+        /// When the oldest cause of the updates of this frame's chunk arrived.
+        since: Option<Instant>,
     },
     /// A marker entry.
     Marker(&'a Entry),
@@ -246,6 +271,7 @@ impl LogCursor {
                         range: self.offset..*end as usize,
                         vni: *vni,
                         origin: *origin,
+                        since: self.chunk.oldest_cause,
                     },
                     marker => Item::Marker(marker),
                 };

@@ -1,0 +1,340 @@
+//! The HTTP listener(s) for operators: Prometheus metrics, a health check
+//! and, for parity with the Go reference's `--http`, its status page.
+//!
+//! | path | served on | what |
+//! |---|---|---|
+//! | `/metrics` | every listener | Prometheus text format |
+//! | `/healthz` | every listener | 200 `serving` once the daemon serves, 503 before and while stopping |
+//! | `/routes.json`, `/routes.yaml` | `--http` | received routes in the reference's shape |
+//! | `/` | `--http` | sessions and routes per VNI (HTML) |
+//!
+//! A `--metrics` listener serves only the first two, so metrics can be
+//! exposed more widely than the route table. When `--http` and `--metrics`
+//! name the same address, one listener serves everything.
+
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::client::{AgentHandle, AgentRequest};
+use crate::metrics::Telemetry;
+use crate::server::registry::Registry as Sessions;
+use crate::server::table_task::{Query, RouteQuery, TableHandle};
+use status::{PeerRow, RouteView};
+
+/// Routes fetched from the table per request to it, so a big status page
+/// never holds the table task for long.
+const PAGE: usize = 10_000;
+
+/// Where the daemon is in its life, for `/healthz`.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+const STARTING: u8 = 0;
+const SERVING: u8 = 1;
+const STOPPING: u8 = 2;
+
+impl Readiness {
+    /// Every listener is bound and the daemon's routes are in the table.
+    pub fn serving(&self) {
+        self.0.store(SERVING, Relaxed);
+    }
+
+    /// Shutdown started.
+    pub fn stopping(&self) {
+        self.0.store(STOPPING, Relaxed);
+    }
+
+    /// True while serving.
+    pub fn is_serving(&self) -> bool {
+        self.0.load(Relaxed) == SERVING
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.0.load(Relaxed) {
+            STARTING => "starting",
+            SERVING => "serving",
+            _ => "stopping",
+        }
+    }
+}
+
+/// What the endpoints read.
+pub struct HttpState {
+    /// The metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// The route server's table.
+    pub table: TableHandle,
+    /// The route server's sessions.
+    pub sessions: Arc<Sessions>,
+    /// The hypervisor role, when it runs.
+    pub agent: Option<AgentHandle>,
+    /// For `/healthz`.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/metrics` and `/healthz`.
+    Metrics,
+    /// Everything, the status page included.
+    All,
+}
+
+/// One listener to start: address and endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Where.
+    pub addr: SocketAddr,
+    /// What.
+    pub endpoints: Endpoints,
+}
+
+/// The listeners for `--metrics` and `--http`: one per distinct address,
+/// serving everything when both flags name the same one.
+pub fn plan(metrics: Option<SocketAddr>, http: Option<SocketAddr>) -> Vec<Listen> {
+    match (metrics, http) {
+        (Some(m), Some(h)) if m == h => vec![Listen {
+            addr: h,
+            endpoints: Endpoints::All,
+        }],
+        (m, h) => m
+            .map(|addr| Listen {
+                addr,
+                endpoints: Endpoints::Metrics,
+            })
+            .into_iter()
+            .chain(h.map(|addr| Listen {
+                addr,
+                endpoints: Endpoints::All,
+            }))
+            .collect(),
+    }
+}
+
+/// Binds every planned listener (a failure is a startup error naming the
+/// address).
+pub async fn bind(plan: &[Listen]) -> std::io::Result<Vec<(TcpListener, Endpoints)>> {
+    let mut bound = Vec::new();
+    for l in plan {
+        let listener = TcpListener::bind(l.addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} for HTTP: {e}", l.addr),
+            )
+        })?;
+        bound.push((listener, l.endpoints));
+    }
+    Ok(bound)
+}
+
+/// Serves the bound listeners until `shutdown` becomes true.
+pub fn serve(
+    bound: Vec<(TcpListener, Endpoints)>,
+    state: Arc<HttpState>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    bound
+        .into_iter()
+        .map(|(listener, endpoints)| {
+            let addr = listener.local_addr().ok();
+            let what = match endpoints {
+                Endpoints::Metrics => "/metrics /healthz",
+                Endpoints::All => "/ /routes.json /routes.yaml /metrics /healthz",
+            };
+            if let Some(addr) = addr {
+                info!(%addr, endpoints = what, "HTTP listening");
+            }
+            let app = router(endpoints, state.clone());
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    error!(?addr, error = %e, "HTTP listener failed");
+                }
+            })
+        })
+        .collect()
+}
+
+fn router(endpoints: Endpoints, state: Arc<HttpState>) -> Router {
+    let mut app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    if endpoints == Endpoints::All {
+        app = app
+            .route("/", get(index))
+            .route("/routes.json", get(routes_json))
+            .route("/routes.yaml", get(routes_yaml));
+    }
+    app.with_state(state)
+}
+
+type Shared = State<Arc<HttpState>>;
+
+async fn metrics(State(s): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        s.telemetry.render().await,
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): Shared) -> Response {
+    let code = if s.readiness.is_serving() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("{}\n", s.readiness.describe())).into_response()
+}
+
+async fn routes_json(State(s): Shared) -> Response {
+    let view = route_view(&s).await;
+    let body = status::routes_json(
+        &view,
+        &status::date_text(SystemTime::now()),
+        env!("CARGO_PKG_VERSION"),
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn routes_yaml(State(s): Shared) -> Response {
+    let view = route_view(&s).await;
+    let body = status::routes_yaml(
+        &view,
+        &status::date_text(SystemTime::now()),
+        env!("CARGO_PKG_VERSION"),
+    );
+    ([(header::CONTENT_TYPE, "text/yaml")], body).into_response()
+}
+
+async fn index(State(s): Shared) -> Response {
+    let view = route_view(&s).await;
+    let peers = peer_rows(&s).await;
+    let body = status::index_html(
+        &peers,
+        &view,
+        &status::date_text(SystemTime::now()),
+        env!("CARGO_PKG_VERSION"),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+/// The received routes: the route server's table and, when the hypervisor
+/// role runs, the routes it received from its route servers.
+async fn route_view(s: &HttpState) -> RouteView {
+    let mut view = RouteView::default();
+    let mut after = None;
+    loop {
+        let Some((page, next)) = s
+            .table
+            .query(|reply| Query::Routes {
+                query: RouteQuery::default(),
+                after,
+                limit: PAGE,
+                reply,
+            })
+            .await
+        else {
+            break;
+        };
+        view.extend(page.into_iter().map(|(route, _)| route));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    if let Some(agent) = &s.agent {
+        if let Some(received) = agent.ask(|tx| AgentRequest::Received(None, tx)).await {
+            view.extend(received.into_iter().map(|e| e.route));
+        }
+    }
+    view
+}
+
+async fn peer_rows(s: &HttpState) -> Vec<PeerRow> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut rows: Vec<PeerRow> = s
+        .sessions
+        .all()
+        .iter()
+        .map(|p| PeerRow {
+            role: "server",
+            remote: p.remote.to_string(),
+            state: format!("{:?}", p.state()),
+            uptime: p.started.elapsed(),
+            updates_in: p.updates_in.load(Relaxed),
+            updates_out: p.updates_out.load(Relaxed),
+            last_error: p.last_error(),
+        })
+        .collect();
+    if let Some(agent) = &s.agent {
+        if let Some(servers) = agent.ask(AgentRequest::Servers).await {
+            rows.extend(servers.into_iter().map(|srv| {
+                PeerRow {
+                    role: "client",
+                    remote: srv.addr.to_string(),
+                    state: if srv.up { "Established" } else { "Down" }.into(),
+                    uptime: SystemTime::now()
+                        .duration_since(srv.since)
+                        .unwrap_or_default(),
+                    updates_in: 0,
+                    updates_out: 0,
+                    last_error: srv.last_error,
+                }
+            }));
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_listener_per_address() {
+        let a: SocketAddr = "127.0.0.1:9711".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(
+            plan(Some(a), Some(a)),
+            vec![Listen {
+                addr: a,
+                endpoints: Endpoints::All
+            }]
+        );
+        assert_eq!(
+            plan(Some(a), Some(b)),
+            vec![
+                Listen {
+                    addr: a,
+                    endpoints: Endpoints::Metrics
+                },
+                Listen {
+                    addr: b,
+                    endpoints: Endpoints::All
+                }
+            ]
+        );
+        assert!(plan(None, None).is_empty());
+    }
+}

@@ -260,8 +260,8 @@ mod tests {
         o.push_control(Bytes::from(k()));
         o.push_data(cat(&[f(3)]));
         assert_eq!((o.data_pushed(), o.data_written()), (18, 2));
-        // The rest of frame 1 (4), the keepalive (8) and frame 2 (6).
-        o.advance(4 + 8 + 6);
+        // The rest of frame 1 (4), the keepalive (4) and frame 2 (6).
+        o.advance(4 + 4 + 6);
         assert_eq!(o.data_written(), 12);
         o.advance(6);
         assert_eq!((o.data_pushed(), o.data_written()), (18, 18));

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use metalbond_proto::api as pb;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest};
 use crate::client::operator::StoredClientState;
@@ -270,11 +270,36 @@ pub async fn run(
     }
     api_shutdown.send_replace(true);
     server.shutdown();
-    for task in api_tasks.into_iter().chain(http_tasks) {
-        let _ = task.await;
+    // Listeners drain their requests; a client that does not let go (an
+    // endless watch, a stalled connection) does not hold the exit up.
+    let drain = futures_join_all(api_tasks.into_iter().chain(http_tasks).collect());
+    if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+        warn!(
+            after = ?SHUTDOWN_DRAIN,
+            "API or HTTP clients still connected at shutdown; closing them"
+        );
     }
     let _ = std::fs::remove_file(&running.api.socket);
     Ok(())
+}
+
+/// How long API and HTTP clients may take to finish at shutdown.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits for every task (aborting the rest when dropped).
+async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let mut guard = AbortOnDrop(tasks);
+    for task in guard.0.iter_mut() {
+        let _ = task.await;
+    }
 }
 
 /// Applies what can change at runtime; reports the rest.

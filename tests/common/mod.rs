@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod http;
 pub mod netns;
 
 use std::collections::VecDeque;
@@ -118,7 +119,7 @@ pub fn strip_ansi(s: &str) -> String {
 }
 
 /// The socket address after `addr=` in a log line, if any.
-fn parse_addr_field(line: &str) -> Option<SocketAddr> {
+pub fn parse_addr_field(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("addr=")? + "addr=".len()..];
     let token = rest.split_whitespace().next()?;
     let token = token.trim_matches(|c| c == '"' || c == ',');
@@ -270,7 +271,11 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // Never talk to a service manager the test runner runs under.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
         if let Ok(filter) = std::env::var("E2E_RUST_LOG") {
             cmd.env("RUST_LOG", filter);
         }
@@ -442,7 +447,11 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // Never talk to a service manager the test runner runs under.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
         Self::spawn_until_running(cmd, args, &format!(" in netns {ns}"), &format!("@{ns}"))
     }
 
@@ -457,7 +466,11 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // Never talk to a service manager the test runner runs under.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
         Self::spawn_until_running(cmd, args, "", "")
     }
 

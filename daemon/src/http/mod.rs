@@ -107,7 +107,8 @@ pub struct Listen {
 /// serving everything when both flags name the same one.
 pub fn plan(metrics: Option<SocketAddr>, http: Option<SocketAddr>) -> Vec<Listen> {
     match (metrics, http) {
-        (Some(m), Some(h)) if m == h => vec![Listen {
+        // Port 0 asks for a fresh port each: never the same listener.
+        (Some(m), Some(h)) if m == h && m.port() != 0 => vec![Listen {
             addr: h,
             endpoints: Endpoints::All,
         }],
@@ -156,7 +157,7 @@ pub fn serve(
                 Endpoints::All => "/ /routes.json /routes.yaml /metrics /healthz",
             };
             if let Some(addr) = addr {
-                info!(%addr, endpoints = what, "HTTP listening");
+                info!(%addr, endpoints = what, "serving HTTP");
             }
             let app = router(endpoints, state.clone());
             let mut shutdown = shutdown.clone();
@@ -310,6 +311,50 @@ async fn peer_rows(s: &HttpState) -> Vec<PeerRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    async fn healthz_of(readiness: Arc<Readiness>) -> (StatusCode, String) {
+        let metrics = Arc::new(crate::server::metrics::Metrics::default());
+        let state = Arc::new(HttpState {
+            telemetry: Arc::new(Telemetry::new()),
+            table: crate::server::table_task::spawn(metrics),
+            sessions: Arc::new(Sessions::default()),
+            agent: None,
+            readiness,
+        });
+        let response = router(Endpoints::Metrics, state)
+            .oneshot(
+                axum::http::Request::get("/healthz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_ok_only_while_serving() {
+        let readiness = Arc::new(Readiness::default());
+        assert_eq!(
+            healthz_of(readiness.clone()).await,
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+        );
+        readiness.serving();
+        assert_eq!(
+            healthz_of(readiness.clone()).await,
+            (StatusCode::OK, "serving\n".into())
+        );
+        readiness.stopping();
+        assert_eq!(
+            healthz_of(readiness).await,
+            (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into())
+        );
+    }
 
     #[test]
     fn one_listener_per_address() {
@@ -336,5 +381,7 @@ mod tests {
             ]
         );
         assert!(plan(None, None).is_empty());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(plan(Some(any), Some(any)).len(), 2);
     }
 }

@@ -25,6 +25,19 @@ const STATES: [(State, &str); 4] = [
     (State::Established, "established"),
 ];
 
+/// Session end reasons whose series exist from the start (the others,
+/// mostly protocol errors, appear when they first happen).
+const COMMON_END_REASONS: [&str; 8] = [
+    "peer_closed",
+    "io_error",
+    "reset",
+    "write_timeout",
+    "lagging",
+    "keepalive_timeout",
+    "handshake_timeout_hello",
+    "handshake_timeout_keepalive",
+];
+
 pub struct ServerMirror {
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
@@ -318,6 +331,9 @@ impl ServerMirror {
             f.slow_consumers.with_label_values(&[kind]);
         }
         s.handshake_timeouts.with_label_values(&[ROLE]);
+        for reason in COMMON_END_REASONS {
+            s.downs.with_label_values(&[ROLE, reason]);
+        }
         s.keepalive_timeouts.with_label_values(&[ROLE]);
         s.mirror_ends(ROLE, &m.closes(), Some(&f.slow_consumers));
     }

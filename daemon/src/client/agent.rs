@@ -46,10 +46,19 @@
 //! and VNI -> table mappings set or removed (the VNI's current routes are
 //! installed into the new table and deleted from the old ones). Durability
 //! is the API's job ([`super::operator`]).
+//!
+//! Counters ([`AgentStats`], shared with the connection tasks): every
+//! netlink call is counted by kind and outcome where it is made; the gauges
+//! of configured and established servers and of received routes are set
+//! from the task's state after each event and each API request; the
+//! installed routes per table follow each successful replace and delete
+//! (`InstalledRoutes`), so routes kept from an earlier run count once they
+//! are confirmed and stop counting when the reconciliation (after the hold
+//! or the stale time) deletes them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +67,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::operator::StoredClientState;
+use super::stats::InstalledRoutes;
+pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Change, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId};
 use crate::kernel::{Installer, KernelRoute, Prefix};
 use crate::wire::{Action, Destination, Route, Vni};
@@ -104,21 +115,13 @@ pub struct ClientSettings {
     pub cleanup: bool,
 }
 
-/// Counters of the agent (to be exposed as metrics later).
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    /// Kernel calls that failed (first attempts and retries).
-    pub kernel_errors: AtomicU64,
-    /// Kernel changes applied successfully.
-    pub kernel_changes: AtomicU64,
-}
-
 /// A running agent.
 pub struct Agent {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     control: mpsc::Sender<AgentRequest>,
-    /// The agent's counters.
+    /// The agent's counters (and those of its connections), for the
+    /// metrics; see [`AgentStats`].
     pub stats: Arc<AgentStats>,
 }
 
@@ -251,9 +254,16 @@ impl Agent {
             Some(installer)
         };
 
+        let stats = Arc::new(AgentStats::default());
         let mut held = BTreeSet::new();
         if let Some(installer) = &installer {
-            held = startup_routes(installer, &settings.install_routes, settings.cleanup).await;
+            held = startup_routes(
+                installer,
+                &settings.install_routes,
+                settings.cleanup,
+                &stats,
+            )
+            .await;
         }
 
         let mut received = ReceivedRoutes::new();
@@ -264,15 +274,15 @@ impl Agent {
             announcements: settings.announcements.iter().copied().collect(),
         };
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-        let client = Client::start(
+        let client = Client::start_with_stats(
             &settings.servers,
             settings.connection,
             desired.clone(),
             events_tx,
+            stats.clone(),
         );
         let (stop, stop_rx) = watch::channel(false);
         let (control, control_rx) = mpsc::channel(64);
-        let stats = Arc::new(AgentStats::default());
         info!(
             servers = settings.servers.len(),
             subscriptions = settings.subscriptions.len(),
@@ -308,6 +318,7 @@ impl Agent {
             received,
             up: HashSet::new(),
             retry: BTreeSet::new(),
+            installed: InstalledRoutes::new(stats.clone()),
             stats: stats.clone(),
             mode: if held.is_empty() {
                 Mode::Normal
@@ -328,6 +339,7 @@ impl Agent {
             hold_time: settings.hold_time,
             stale_time: settings.stale_time,
         };
+        state.publish_gauges();
         let task = tokio::spawn(state.run(events, control_rx, stop_rx));
         Ok(Agent {
             stop,
@@ -369,16 +381,21 @@ fn prefix_of(dest: Destination) -> Prefix {
 
 /// Dumps the protocol-254 routes of every mapped table. With `cleanup`
 /// they are deleted and nothing is returned; otherwise they are returned to
-/// be held until the reconciliation. Errors are logged, never fatal.
+/// be held until the reconciliation. Errors are logged, never fatal. The
+/// netlink calls are counted in `stats`; the routes found are not counted as
+/// installed (they are once a server confirms them).
 async fn startup_routes(
     installer: &Installer,
     tables: &BTreeMap<Vni, BTreeSet<u32>>,
     cleanup: bool,
+    stats: &AgentStats,
 ) -> BTreeSet<(u32, Prefix)> {
     let all: BTreeSet<u32> = tables.values().flatten().copied().collect();
     let mut found = BTreeSet::new();
     for table in all {
-        match installer.dump(table).await {
+        let dumped = installer.dump(table).await;
+        stats.netlink_dump.record(&dumped);
+        match dumped {
             Ok(routes) => found.extend(routes.into_iter().map(|r| (table, r.dest))),
             Err(e) => warn!(table, error = %e, "cannot read the routes of an earlier run"),
         }
@@ -388,7 +405,9 @@ async fn startup_routes(
     }
     let mut deleted = 0usize;
     for (table, prefix) in &found {
-        match installer.delete(*table, *prefix).await {
+        let result = installer.delete(*table, *prefix).await;
+        stats.netlink_delete.record(&result);
+        match result {
             Ok(_) => deleted += 1,
             Err(e) => warn!(table, %prefix, error = %e, "cleanup: cannot delete route"),
         }
@@ -434,6 +453,9 @@ struct AgentTask {
     up: HashSet<ServerId>,
     /// (table, VNI, destination) whose last kernel call failed, to retry.
     retry: BTreeSet<(u32, Vni, Destination)>,
+    /// What the agent installed and has not deleted since (the
+    /// installed-routes gauges).
+    installed: InstalledRoutes,
     stats: Arc<AgentStats>,
     mode: Mode,
     /// Kernel routes not deleted before the next reconciliation.
@@ -472,10 +494,16 @@ impl AgentTask {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => self.handle(ev).await,
+                    Some(ev) => {
+                        self.handle(ev).await;
+                        self.publish_gauges();
+                    }
                     None => return,
                 },
-                Some(req) = control.recv() => self.request(req).await,
+                Some(req) = control.recv() => {
+                    self.request(req).await;
+                    self.publish_gauges();
+                }
                 _ = tick.tick(), if !self.retry.is_empty() || !self.held_retry.is_empty() => {
                     self.retry_failed().await
                 }
@@ -485,6 +513,17 @@ impl AgentTask {
                 },
             }
         }
+    }
+
+    /// Sets the gauges of servers and received routes from the agent's
+    /// state (after each event or request: a few relaxed stores).
+    fn publish_gauges(&self) {
+        let s = &self.stats;
+        s.servers_configured
+            .store(self.servers.len() as u64, Relaxed);
+        s.servers_up.store(self.up.len() as u64, Relaxed);
+        s.received_routes
+            .store(self.received.route_count() as u64, Relaxed);
     }
 
     fn addr(&self, server: ServerId) -> String {
@@ -532,17 +571,21 @@ impl AgentTask {
                 }
                 return;
             }
-            ClientEvent::Down { server, reason } => {
+            ClientEvent::Down {
+                server,
+                reason,
+                label,
+            } => {
                 self.quiet_since.remove(&server);
                 if self.up.remove(&server) {
-                    info!(%server, addr = %self.addr(server), %reason, "route server down");
+                    info!(%server, addr = %self.addr(server), %reason, label, "route server down");
                     if self.up.is_empty() && self.installer.is_some() {
                         self.enter_stale();
                         let _ = self.received.drop_server(server);
                         return;
                     }
                 } else {
-                    debug!(%server, addr = %self.addr(server), %reason, "route server unreachable");
+                    debug!(%server, addr = %self.addr(server), %reason, label, "route server unreachable");
                 }
                 self.received.drop_server(server)
             }
@@ -603,15 +646,25 @@ impl AgentTask {
             return;
         }
         let result = if next_hops.is_empty() {
-            installer.delete(table, prefix).await.map(|_| ())
+            let r = installer.delete(table, prefix).await.map(|_| ());
+            self.stats.netlink_delete.record(&r);
+            if r.is_ok() {
+                self.installed.removed(table, prefix);
+            }
+            r
         } else {
-            installer
+            let r = installer
                 .replace(&KernelRoute {
                     table,
                     dest: prefix,
                     next_hops: next_hops.to_vec(),
                 })
-                .await
+                .await;
+            self.stats.netlink_replace.record(&r);
+            if r.is_ok() {
+                self.installed.installed(table, prefix);
+            }
+            r
         };
         let key = (table, vni, dest);
         match result {
@@ -966,9 +1019,12 @@ impl AgentTask {
             return;
         };
         let (table, prefix) = key;
-        match installer.delete(table, prefix).await {
+        let result = installer.delete(table, prefix).await;
+        self.stats.netlink_delete.record(&result);
+        match result {
             Ok(_) => {
                 self.stats.kernel_changes.fetch_add(1, Relaxed);
+                self.installed.removed(table, prefix);
                 self.held_retry.remove(&key);
                 debug!(table, %prefix, "unconfirmed kernel route deleted");
             }

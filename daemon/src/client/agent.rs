@@ -1041,3 +1041,209 @@ impl AgentTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Update;
+
+    /// An agent task without installer for `servers` (listeners that accept
+    /// and stay silent, so no connection task reports anything soon),
+    /// subscribed to VNI 100, as `Agent::start` builds it; also the
+    /// listeners (a third one for a server added later) and the event
+    /// receiver, which the test never reads.
+    async fn task() -> (
+        AgentTask,
+        Vec<tokio::net::TcpListener>,
+        mpsc::Receiver<ClientEvent>,
+    ) {
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let servers: Vec<SocketAddr> = listeners[..2]
+            .iter()
+            .map(|l| l.local_addr().unwrap())
+            .collect();
+        let stats = Arc::new(AgentStats::default());
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let desired = Desired {
+            subscriptions: vec![Vni(100)],
+            announcements: BTreeSet::new(),
+        };
+        let client = Client::start_with_stats(
+            &servers,
+            ClientConfig::default(),
+            desired.clone(),
+            events_tx,
+            stats.clone(),
+        );
+        let now = SystemTime::now();
+        let task = AgentTask {
+            servers: servers
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| {
+                    (
+                        ServerId(i),
+                        ServerStatus {
+                            addr,
+                            up: false,
+                            last_error: String::new(),
+                            since: now,
+                        },
+                    )
+                })
+                .collect(),
+            client,
+            subscriptions: desired.subscriptions,
+            tun: None,
+            tables: BTreeMap::new(),
+            ipv4_only: false,
+            installer: None,
+            received: ReceivedRoutes::new(),
+            up: HashSet::new(),
+            retry: BTreeSet::new(),
+            installed: InstalledRoutes::new(stats.clone()),
+            stats,
+            mode: Mode::Normal,
+            held: BTreeSet::new(),
+            held_retry: BTreeSet::new(),
+            quiet_since: HashMap::new(),
+            hold_time: DEFAULT_HOLD_TIME,
+            stale_time: DEFAULT_STALE_TIME,
+        };
+        task.publish_gauges();
+        (task, listeners, events_rx)
+    }
+
+    /// What the serve loop does with one event.
+    async fn event(t: &mut AgentTask, ev: ClientEvent) {
+        t.handle(ev).await;
+        t.publish_gauges();
+    }
+
+    /// What the serve loop does with one request.
+    async fn request<T>(
+        t: &mut AgentTask,
+        make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        t.request(make(tx)).await;
+        t.publish_gauges();
+        rx.await.unwrap()
+    }
+
+    fn add(server: usize, route: &str) -> ClientEvent {
+        ClientEvent::Update {
+            server: ServerId(server),
+            update: Update {
+                action: Action::Add,
+                route: route.parse().unwrap(),
+            },
+        }
+    }
+
+    fn down(server: usize) -> ClientEvent {
+        ClientEvent::Down {
+            server: ServerId(server),
+            reason: "server closed the connection".into(),
+            label: "peer_closed",
+        }
+    }
+
+    /// (configured, up, received)
+    fn gauges(t: &AgentTask) -> (u64, u64, u64) {
+        let s = &t.stats;
+        (
+            s.servers_configured.load(Relaxed),
+            s.servers_up.load(Relaxed),
+            s.received_routes.load(Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn gauges_follow_events_and_api_changes() {
+        let (mut t, listeners, _events) = task().await;
+        assert_eq!(gauges(&t), (2, 0, 0));
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(0),
+            },
+        )
+        .await;
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(1),
+            },
+        )
+        .await;
+        assert_eq!(gauges(&t), (2, 2, 0));
+
+        // Distinct routes, whoever provides them; a NAT next hop differing
+        // only in its ports is another route.
+        event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+        event(&mut t, add(1, "100#10.0.1.0/24@2001:db8::1")).await;
+        event(&mut t, add(0, "100#10.0.2.0/24@2001:db8::2")).await;
+        event(&mut t, add(0, "100#10.0.3.0/24@2001:db8::3#nat#0#1023")).await;
+        event(&mut t, add(0, "100#10.0.3.0/24@2001:db8::3#nat#1024#2047")).await;
+        // Not subscribed: not held.
+        event(&mut t, add(0, "200#10.0.4.0/24@2001:db8::4")).await;
+        assert_eq!(gauges(&t), (2, 2, 4));
+
+        // Server 0 down: only what server 1 provides is left.
+        event(&mut t, down(0)).await;
+        assert_eq!(gauges(&t), (2, 1, 1));
+        // A failed attempt (no Up before) changes no gauge.
+        event(&mut t, down(0)).await;
+        assert_eq!(gauges(&t), (2, 1, 1));
+
+        // Removing an established server through the API: not up any more,
+        // its routes gone; no session down is counted for it.
+        let addr1 = t.servers[&ServerId(1)].addr;
+        request(&mut t, |r| AgentRequest::RemoveServer(addr1, r))
+            .await
+            .unwrap();
+        assert_eq!(gauges(&t), (1, 0, 0));
+        // Events it had queued are ignored.
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(1),
+            },
+        )
+        .await;
+        event(&mut t, add(1, "100#10.0.1.0/24@2001:db8::1")).await;
+        assert_eq!(gauges(&t), (1, 0, 0));
+
+        let addr2 = listeners[2].local_addr().unwrap();
+        request(&mut t, |r| AgentRequest::AddServer(addr2, r))
+            .await
+            .unwrap();
+        // Refused: no change.
+        assert!(request(&mut t, |r| AgentRequest::AddServer(addr2, r))
+            .await
+            .is_err());
+        assert_eq!(gauges(&t), (2, 0, 0));
+
+        // Unsubscribing drops the VNI's received routes.
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(0),
+            },
+        )
+        .await;
+        event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+        assert_eq!(gauges(&t), (2, 1, 1));
+        request(&mut t, |r| AgentRequest::Unsubscribe(Vni(100), r))
+            .await
+            .unwrap();
+        assert_eq!(gauges(&t), (2, 1, 0));
+        // No route was installed (no table mapped): nothing counted.
+        assert!(t.stats.installed_routes().is_empty());
+        assert_eq!(t.stats.netlink_replace.ok.load(Relaxed), 0);
+    }
+}

@@ -1043,9 +1043,68 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// A fake route server's side of the handshake on `s`: waits for the
+    /// client's HELLO, answers HELLO and KEEPALIVE, then sends `routes` as
+    /// UPDATE ADDs.
+    async fn handshake(s: &mut TcpStream, routes: &[Route]) {
+        let hello = read_some(s, 1).await;
+        assert!(!hello.is_empty());
+        let mut out = frame(&Message::Hello(crate::wire::Hello {
+            keepalive_secs: 5,
+            is_server: true,
+        }));
+        out.extend(frame(&Message::Keepalive));
+        let mut upd = BytesMut::new();
+        for r in routes {
+            encode_update(Action::Add, r, &mut upd);
+        }
+        out.extend_from_slice(&upd);
+        s.write_all(&out).await.unwrap();
+    }
+
+    /// Waits (bounded) for the client's `Up`.
+    async fn next_up(rx: &mut mpsc::Receiver<ClientEvent>) {
+        let wait = Duration::from_secs(10);
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(ClientEvent::Up { .. })) => {}
+            other => panic!("no Up within {wait:?}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_a_server_or_shutting_down_is_not_a_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                handshake(&mut s, &[]).await;
+                // Until the client goes away.
+                let _ = read_some(&mut s, usize::MAX).await;
+            }
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let stats = client.stats().clone();
+        next_up(&mut rx).await;
+        assert!(client.remove_server(ServerId(0)));
+        let id = client.add_server(addr).unwrap();
+        assert_eq!(id, ServerId(1));
+        next_up(&mut rx).await;
+        client.shutdown().await;
+        server.await.unwrap();
+        assert_eq!(stats.session_ups.load(Relaxed), 2);
+        assert!(
+            stats.session_downs().is_empty(),
+            "{:?}",
+            stats.session_downs()
+        );
+        // Nothing but the two Ups was reported.
+        assert!(rx.recv().await.is_none());
+    }
+
     #[tokio::test]
     async fn a_session_counts_ups_updates_bytes_and_its_end() {
-        use crate::wire::Hello;
         let r1: Route = "100#10.0.1.0/24@2001:db8::1".parse().unwrap();
         let mine: Route = "100#10.9.0.0/24@2001:db8::99".parse().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1053,18 +1112,7 @@ mod tests {
         let (close_tx, close_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            // The client's HELLO.
-            let hello = read_some(&mut s, 1).await;
-            assert!(!hello.is_empty());
-            let mut out = frame(&Message::Hello(Hello {
-                keepalive_secs: 5,
-                is_server: true,
-            }));
-            out.extend(frame(&Message::Keepalive));
-            let mut upd = BytesMut::new();
-            encode_update(Action::Add, &r1, &mut upd);
-            out.extend_from_slice(&upd);
-            s.write_all(&out).await.unwrap();
+            handshake(&mut s, &[r1]).await;
             // Wait until the test saw everything, then close (peer_closed):
             // half-close, and read on until the client closes, so that
             // unread bytes do not turn the close into a reset.

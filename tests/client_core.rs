@@ -1,15 +1,25 @@
 //! The client (hypervisor) core against the real `metalbondd` server binary:
 //! connection tasks, subscriptions, announcements, multi-server reference
-//! counting, reconnects (PROTOCOL.md sections 3 and 5).
+//! counting, reconnects (PROTOCOL.md sections 3 and 5), and the agent's
+//! counters.
+//!
+//! One test runs an agent in-process inside a network namespace to check
+//! its kernel counters; like the netns suites it needs root and `ip`
+//! (iproute2), and without them prints why it was skipped and passes,
+//! unless `CI=true`, where it fails instead.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::netns::{ip, may_run, run_in_netns, wait_table, NetnsEnv};
 use common::*;
 use metalbondd::client::{
-    BackoffConfig, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId,
+    Agent, AgentStats, BackoffConfig, Client, ClientConfig, ClientEvent, ClientSettings, Desired,
+    ReceivedRoutes, ServerId, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME,
 };
 use metalbondd::wire::{Action, Route, Update, Vni};
 use tokio::sync::mpsc;
@@ -355,4 +365,180 @@ async fn keepalives_keep_the_session_up_beyond_the_timeout() {
     ann.announce(r).await;
     ev.update(0, add(r)).await;
     client.shutdown().await;
+}
+
+/// Polls `stats` until `pred` holds (bounded by [`T`]).
+async fn until_stats(what: &str, stats: &AgentStats, pred: impl Fn(&AgentStats) -> bool) {
+    let deadline = tokio::time::Instant::now() + T;
+    while !pred(stats) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what} within {T:?}: {stats:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn agent_counts_sessions_updates_and_received_routes() {
+    let d = Daemon::start(&[]);
+    let mut ann = RawPeer::established(d.addr).await;
+    let r = route("100#10.0.1.0/24@2001:db8::1");
+    ann.announce(r).await;
+    ann.ping().await;
+
+    let mine = route("100#10.9.0.0/24@2001:db8::99");
+    let agent = Agent::start(ClientSettings {
+        servers: vec![d.addr],
+        subscriptions: vec![Vni(100)],
+        announcements: vec![mine],
+        install_routes: BTreeMap::new(),
+        tun: None,
+        ipv4_only: false,
+        connection: config(),
+        hold_time: DEFAULT_HOLD_TIME,
+        stale_time: DEFAULT_STALE_TIME,
+        cleanup: false,
+    })
+    .await
+    .unwrap();
+    let stats = agent.stats.clone();
+    until_stats("established session with the route received", &stats, |s| {
+        s.servers_up.load(Relaxed) == 1 && s.received_routes.load(Relaxed) == 1
+    })
+    .await;
+    assert_eq!(stats.servers_configured.load(Relaxed), 1);
+    assert!(stats.session_ups.load(Relaxed) >= 1);
+    assert!(stats.updates_in.load(Relaxed) >= 1);
+    // Its own announcement.
+    assert!(stats.updates_out.load(Relaxed) >= 1);
+    assert!(stats.bytes_in.load(Relaxed) > 0);
+    assert!(stats.bytes_out.load(Relaxed) > 0);
+    assert!(stats.session_downs().is_empty(), "{stats:#?}");
+    assert!(stats.protocol_errors().is_empty(), "{stats:#?}");
+    // No table mapped: the kernel is never touched.
+    assert!(stats.installed_routes().is_empty());
+    assert_eq!(stats.netlink_replace.ok.load(Relaxed), 0);
+    assert_eq!(stats.netlink_dump.ok.load(Relaxed), 0);
+
+    // Another route, live.
+    let r2 = route("100#10.0.2.0/24@2001:db8::2");
+    ann.announce(r2).await;
+    until_stats("the second route", &stats, |s| {
+        s.received_routes.load(Relaxed) == 2
+    })
+    .await;
+    assert!(stats.updates_in.load(Relaxed) >= 2);
+
+    // The server goes away: the session ends (the server closed it; a
+    // reset if the close raced a keepalive), the routes are dropped.
+    drop(ann);
+    d.terminate(T);
+    until_stats("the end of the session", &stats, |s| {
+        let downs = s.session_downs();
+        s.servers_up.load(Relaxed) == 0
+            && (downs.contains_key("peer_closed") || downs.contains_key("io_error"))
+    })
+    .await;
+    assert_eq!(stats.received_routes.load(Relaxed), 0);
+    assert_eq!(stats.servers_configured.load(Relaxed), 1);
+    assert!(stats.protocol_errors().is_empty(), "{stats:#?}");
+    agent.shutdown().await;
+}
+
+#[test]
+fn agent_counts_kernel_routes_in_a_netns() {
+    if !may_run("agent_counts_kernel_routes_in_a_netns") {
+        return;
+    }
+    let env = NetnsEnv::create(&[("mbt0", "mbt1")]);
+    let ns = env.ns.clone();
+    // Routes of an earlier run: the server confirms the first, not the second.
+    for (dest, hop) in [
+        ("10.0.1.0/24", "2001:db8::1"),
+        ("10.0.9.0/24", "2001:db8::9"),
+    ] {
+        ip(&[
+            "-n", &ns, "route", "add", dest, "encap", "ip6", "dst", hop, "dev", "mbt0", "table",
+            "100", "proto", "254",
+        ]);
+    }
+    let d = env.server("s");
+    let addr = d.addr;
+    run_in_netns(&env.ns, move || async move {
+        let r1 = route("100#10.0.1.0/24@2001:db8::1");
+        let r2 = route("100#10.0.2.0/24@2001:db8::2");
+        let mut ann = RawPeer::established(addr).await;
+        ann.announce(r1).await;
+        ann.announce(r2).await;
+        ann.ping().await;
+
+        let agent = Agent::start(ClientSettings {
+            servers: vec![addr],
+            subscriptions: vec![Vni(100)],
+            announcements: vec![],
+            install_routes: BTreeMap::from([(Vni(100), BTreeSet::from([100]))]),
+            tun: Some("mbt0".into()),
+            ipv4_only: false,
+            connection: config(),
+            hold_time: Duration::from_secs(30),
+            stale_time: Duration::from_secs(1),
+            cleanup: false,
+        })
+        .await
+        .unwrap();
+        let stats = agent.stats.clone();
+        // The start-up dump of the one mapped table.
+        assert_eq!(stats.netlink_dump.ok.load(Relaxed), 1);
+        assert_eq!(stats.netlink_dump.failed.load(Relaxed), 0);
+
+        // Once the server resynced: both routes installed (the kept one
+        // confirmed), the unconfirmed one deleted.
+        until_stats("the reconciliation", &stats, |s| {
+            s.installed_routes() == BTreeMap::from([(100, 2)])
+                && s.netlink_delete.ok.load(Relaxed) >= 1
+        })
+        .await;
+        wait_table(
+            &ns,
+            100,
+            "mbt0",
+            &[
+                ("10.0.1.0/24", &["2001:db8::1"]),
+                ("10.0.2.0/24", &["2001:db8::2"]),
+            ],
+            &[],
+        )
+        .await;
+        assert!(stats.netlink_replace.ok.load(Relaxed) >= 2);
+        assert_eq!(stats.netlink_replace.failed.load(Relaxed), 0);
+        assert_eq!(stats.netlink_delete.failed.load(Relaxed), 0);
+        assert_eq!(stats.kernel_errors.load(Relaxed), 0);
+        assert_eq!(stats.received_routes.load(Relaxed), 2);
+
+        // A withdrawal deletes its route.
+        ann.withdraw(r2).await;
+        until_stats("the deletion of the withdrawn route", &stats, |s| {
+            s.installed_routes() == BTreeMap::from([(100, 1)])
+        })
+        .await;
+
+        // The server is lost (killed, so it withdraws nothing; the announcer
+        // must stay until then, or its disconnect withdraws the route): the
+        // route stays for the stale time, then goes.
+        drop(d);
+        drop(ann);
+        until_stats("the loss of the server", &stats, |s| {
+            s.servers_up.load(Relaxed) == 0
+        })
+        .await;
+        assert_eq!(stats.installed_routes(), BTreeMap::from([(100, 1)]));
+        until_stats("the end of the stale time", &stats, |s| {
+            s.installed_routes() == BTreeMap::from([(100, 0)])
+        })
+        .await;
+        wait_table(&ns, 100, "mbt0", &[], &[]).await;
+        assert_eq!(stats.netlink_delete.failed.load(Relaxed), 0);
+        agent.shutdown().await;
+    });
 }

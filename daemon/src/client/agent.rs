@@ -46,10 +46,19 @@
 //! and VNI -> table mappings set or removed (the VNI's current routes are
 //! installed into the new table and deleted from the old ones). Durability
 //! is the API's job ([`super::operator`]).
+//!
+//! Counters ([`AgentStats`], shared with the connection tasks): every
+//! netlink call is counted by kind and outcome where it is made; the gauges
+//! of configured and established servers and of received routes are set
+//! from the task's state after each event and each API request; the
+//! installed routes per table follow each successful replace and delete
+//! (`InstalledRoutes`), so routes kept from an earlier run count once they
+//! are confirmed and stop counting when the reconciliation (after the hold
+//! or the stale time) deletes them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +67,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::operator::StoredClientState;
+use super::stats::InstalledRoutes;
+pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Change, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId};
 use crate::kernel::{Installer, KernelRoute, Prefix};
 use crate::wire::{Action, Destination, Route, Vni};
@@ -104,21 +115,13 @@ pub struct ClientSettings {
     pub cleanup: bool,
 }
 
-/// Counters of the agent (to be exposed as metrics later).
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    /// Kernel calls that failed (first attempts and retries).
-    pub kernel_errors: AtomicU64,
-    /// Kernel changes applied successfully.
-    pub kernel_changes: AtomicU64,
-}
-
 /// A running agent.
 pub struct Agent {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     control: mpsc::Sender<AgentRequest>,
-    /// The agent's counters.
+    /// The agent's counters (and those of its connections), for the
+    /// metrics; see [`AgentStats`].
     pub stats: Arc<AgentStats>,
 }
 
@@ -251,9 +254,16 @@ impl Agent {
             Some(installer)
         };
 
+        let stats = Arc::new(AgentStats::default());
         let mut held = BTreeSet::new();
         if let Some(installer) = &installer {
-            held = startup_routes(installer, &settings.install_routes, settings.cleanup).await;
+            held = startup_routes(
+                installer,
+                &settings.install_routes,
+                settings.cleanup,
+                &stats,
+            )
+            .await;
         }
 
         let mut received = ReceivedRoutes::new();
@@ -264,15 +274,15 @@ impl Agent {
             announcements: settings.announcements.iter().copied().collect(),
         };
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-        let client = Client::start(
+        let client = Client::start_with_stats(
             &settings.servers,
             settings.connection,
             desired.clone(),
             events_tx,
+            stats.clone(),
         );
         let (stop, stop_rx) = watch::channel(false);
         let (control, control_rx) = mpsc::channel(64);
-        let stats = Arc::new(AgentStats::default());
         info!(
             servers = settings.servers.len(),
             subscriptions = settings.subscriptions.len(),
@@ -308,6 +318,7 @@ impl Agent {
             received,
             up: HashSet::new(),
             retry: BTreeSet::new(),
+            installed: InstalledRoutes::new(stats.clone()),
             stats: stats.clone(),
             mode: if held.is_empty() {
                 Mode::Normal
@@ -328,6 +339,7 @@ impl Agent {
             hold_time: settings.hold_time,
             stale_time: settings.stale_time,
         };
+        state.publish_gauges();
         let task = tokio::spawn(state.run(events, control_rx, stop_rx));
         Ok(Agent {
             stop,
@@ -369,16 +381,21 @@ fn prefix_of(dest: Destination) -> Prefix {
 
 /// Dumps the protocol-254 routes of every mapped table. With `cleanup`
 /// they are deleted and nothing is returned; otherwise they are returned to
-/// be held until the reconciliation. Errors are logged, never fatal.
+/// be held until the reconciliation. Errors are logged, never fatal. The
+/// netlink calls are counted in `stats`; the routes found are not counted as
+/// installed (they are once a server confirms them).
 async fn startup_routes(
     installer: &Installer,
     tables: &BTreeMap<Vni, BTreeSet<u32>>,
     cleanup: bool,
+    stats: &AgentStats,
 ) -> BTreeSet<(u32, Prefix)> {
     let all: BTreeSet<u32> = tables.values().flatten().copied().collect();
     let mut found = BTreeSet::new();
     for table in all {
-        match installer.dump(table).await {
+        let dumped = installer.dump(table).await;
+        stats.netlink_dump.record(&dumped);
+        match dumped {
             Ok(routes) => found.extend(routes.into_iter().map(|r| (table, r.dest))),
             Err(e) => warn!(table, error = %e, "cannot read the routes of an earlier run"),
         }
@@ -388,7 +405,9 @@ async fn startup_routes(
     }
     let mut deleted = 0usize;
     for (table, prefix) in &found {
-        match installer.delete(*table, *prefix).await {
+        let result = installer.delete(*table, *prefix).await;
+        stats.netlink_delete.record(&result);
+        match result {
             Ok(_) => deleted += 1,
             Err(e) => warn!(table, %prefix, error = %e, "cleanup: cannot delete route"),
         }
@@ -434,6 +453,9 @@ struct AgentTask {
     up: HashSet<ServerId>,
     /// (table, VNI, destination) whose last kernel call failed, to retry.
     retry: BTreeSet<(u32, Vni, Destination)>,
+    /// What the agent installed and has not deleted since (the
+    /// installed-routes gauges).
+    installed: InstalledRoutes,
     stats: Arc<AgentStats>,
     mode: Mode,
     /// Kernel routes not deleted before the next reconciliation.
@@ -472,10 +494,16 @@ impl AgentTask {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => self.handle(ev).await,
+                    Some(ev) => {
+                        self.handle(ev).await;
+                        self.publish_gauges();
+                    }
                     None => return,
                 },
-                Some(req) = control.recv() => self.request(req).await,
+                Some(req) = control.recv() => {
+                    self.request(req).await;
+                    self.publish_gauges();
+                }
                 _ = tick.tick(), if !self.retry.is_empty() || !self.held_retry.is_empty() => {
                     self.retry_failed().await
                 }
@@ -485,6 +513,17 @@ impl AgentTask {
                 },
             }
         }
+    }
+
+    /// Sets the gauges of servers and received routes from the agent's
+    /// state (after each event or request: a few relaxed stores).
+    fn publish_gauges(&self) {
+        let s = &self.stats;
+        s.servers_configured
+            .store(self.servers.len() as u64, Relaxed);
+        s.servers_up.store(self.up.len() as u64, Relaxed);
+        s.received_routes
+            .store(self.received.route_count() as u64, Relaxed);
     }
 
     fn addr(&self, server: ServerId) -> String {
@@ -532,17 +571,21 @@ impl AgentTask {
                 }
                 return;
             }
-            ClientEvent::Down { server, reason } => {
+            ClientEvent::Down {
+                server,
+                reason,
+                label,
+            } => {
                 self.quiet_since.remove(&server);
                 if self.up.remove(&server) {
-                    info!(%server, addr = %self.addr(server), %reason, "route server down");
+                    info!(%server, addr = %self.addr(server), %reason, label, "route server down");
                     if self.up.is_empty() && self.installer.is_some() {
                         self.enter_stale();
                         let _ = self.received.drop_server(server);
                         return;
                     }
                 } else {
-                    debug!(%server, addr = %self.addr(server), %reason, "route server unreachable");
+                    debug!(%server, addr = %self.addr(server), %reason, label, "route server unreachable");
                 }
                 self.received.drop_server(server)
             }
@@ -603,15 +646,25 @@ impl AgentTask {
             return;
         }
         let result = if next_hops.is_empty() {
-            installer.delete(table, prefix).await.map(|_| ())
+            let r = installer.delete(table, prefix).await.map(|_| ());
+            self.stats.netlink_delete.record(&r);
+            if r.is_ok() {
+                self.installed.removed(table, prefix);
+            }
+            r
         } else {
-            installer
+            let r = installer
                 .replace(&KernelRoute {
                     table,
                     dest: prefix,
                     next_hops: next_hops.to_vec(),
                 })
-                .await
+                .await;
+            self.stats.netlink_replace.record(&r);
+            if r.is_ok() {
+                self.installed.installed(table, prefix);
+            }
+            r
         };
         let key = (table, vni, dest);
         match result {
@@ -966,9 +1019,12 @@ impl AgentTask {
             return;
         };
         let (table, prefix) = key;
-        match installer.delete(table, prefix).await {
+        let result = installer.delete(table, prefix).await;
+        self.stats.netlink_delete.record(&result);
+        match result {
             Ok(_) => {
                 self.stats.kernel_changes.fetch_add(1, Relaxed);
+                self.installed.removed(table, prefix);
                 self.held_retry.remove(&key);
                 debug!(table, %prefix, "unconfirmed kernel route deleted");
             }
@@ -983,5 +1039,211 @@ impl AgentTask {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Update;
+
+    /// An agent task without installer for `servers` (listeners that accept
+    /// and stay silent, so no connection task reports anything soon),
+    /// subscribed to VNI 100, as `Agent::start` builds it; also the
+    /// listeners (a third one for a server added later) and the event
+    /// receiver, which the test never reads.
+    async fn task() -> (
+        AgentTask,
+        Vec<tokio::net::TcpListener>,
+        mpsc::Receiver<ClientEvent>,
+    ) {
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let servers: Vec<SocketAddr> = listeners[..2]
+            .iter()
+            .map(|l| l.local_addr().unwrap())
+            .collect();
+        let stats = Arc::new(AgentStats::default());
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let desired = Desired {
+            subscriptions: vec![Vni(100)],
+            announcements: BTreeSet::new(),
+        };
+        let client = Client::start_with_stats(
+            &servers,
+            ClientConfig::default(),
+            desired.clone(),
+            events_tx,
+            stats.clone(),
+        );
+        let now = SystemTime::now();
+        let task = AgentTask {
+            servers: servers
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| {
+                    (
+                        ServerId(i),
+                        ServerStatus {
+                            addr,
+                            up: false,
+                            last_error: String::new(),
+                            since: now,
+                        },
+                    )
+                })
+                .collect(),
+            client,
+            subscriptions: desired.subscriptions,
+            tun: None,
+            tables: BTreeMap::new(),
+            ipv4_only: false,
+            installer: None,
+            received: ReceivedRoutes::new(),
+            up: HashSet::new(),
+            retry: BTreeSet::new(),
+            installed: InstalledRoutes::new(stats.clone()),
+            stats,
+            mode: Mode::Normal,
+            held: BTreeSet::new(),
+            held_retry: BTreeSet::new(),
+            quiet_since: HashMap::new(),
+            hold_time: DEFAULT_HOLD_TIME,
+            stale_time: DEFAULT_STALE_TIME,
+        };
+        task.publish_gauges();
+        (task, listeners, events_rx)
+    }
+
+    /// What the serve loop does with one event.
+    async fn event(t: &mut AgentTask, ev: ClientEvent) {
+        t.handle(ev).await;
+        t.publish_gauges();
+    }
+
+    /// What the serve loop does with one request.
+    async fn request<T>(
+        t: &mut AgentTask,
+        make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        t.request(make(tx)).await;
+        t.publish_gauges();
+        rx.await.unwrap()
+    }
+
+    fn add(server: usize, route: &str) -> ClientEvent {
+        ClientEvent::Update {
+            server: ServerId(server),
+            update: Update {
+                action: Action::Add,
+                route: route.parse().unwrap(),
+            },
+        }
+    }
+
+    fn down(server: usize) -> ClientEvent {
+        ClientEvent::Down {
+            server: ServerId(server),
+            reason: "server closed the connection".into(),
+            label: "peer_closed",
+        }
+    }
+
+    /// (configured, up, received)
+    fn gauges(t: &AgentTask) -> (u64, u64, u64) {
+        let s = &t.stats;
+        (
+            s.servers_configured.load(Relaxed),
+            s.servers_up.load(Relaxed),
+            s.received_routes.load(Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn gauges_follow_events_and_api_changes() {
+        let (mut t, listeners, _events) = task().await;
+        assert_eq!(gauges(&t), (2, 0, 0));
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(0),
+            },
+        )
+        .await;
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(1),
+            },
+        )
+        .await;
+        assert_eq!(gauges(&t), (2, 2, 0));
+
+        // Distinct routes, whoever provides them; a NAT next hop differing
+        // only in its ports is another route.
+        event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+        event(&mut t, add(1, "100#10.0.1.0/24@2001:db8::1")).await;
+        event(&mut t, add(0, "100#10.0.2.0/24@2001:db8::2")).await;
+        event(&mut t, add(0, "100#10.0.3.0/24@2001:db8::3#nat#0#1023")).await;
+        event(&mut t, add(0, "100#10.0.3.0/24@2001:db8::3#nat#1024#2047")).await;
+        // Not subscribed: not held.
+        event(&mut t, add(0, "200#10.0.4.0/24@2001:db8::4")).await;
+        assert_eq!(gauges(&t), (2, 2, 4));
+
+        // Server 0 down: only what server 1 provides is left.
+        event(&mut t, down(0)).await;
+        assert_eq!(gauges(&t), (2, 1, 1));
+        // A failed attempt (no Up before) changes no gauge.
+        event(&mut t, down(0)).await;
+        assert_eq!(gauges(&t), (2, 1, 1));
+
+        // Removing an established server through the API: not up any more,
+        // its routes gone; no session down is counted for it.
+        let addr1 = t.servers[&ServerId(1)].addr;
+        request(&mut t, |r| AgentRequest::RemoveServer(addr1, r))
+            .await
+            .unwrap();
+        assert_eq!(gauges(&t), (1, 0, 0));
+        // Events it had queued are ignored.
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(1),
+            },
+        )
+        .await;
+        event(&mut t, add(1, "100#10.0.1.0/24@2001:db8::1")).await;
+        assert_eq!(gauges(&t), (1, 0, 0));
+
+        let addr2 = listeners[2].local_addr().unwrap();
+        request(&mut t, |r| AgentRequest::AddServer(addr2, r))
+            .await
+            .unwrap();
+        // Refused: no change.
+        assert!(request(&mut t, |r| AgentRequest::AddServer(addr2, r))
+            .await
+            .is_err());
+        assert_eq!(gauges(&t), (2, 0, 0));
+
+        // Unsubscribing drops the VNI's received routes.
+        event(
+            &mut t,
+            ClientEvent::Up {
+                server: ServerId(0),
+            },
+        )
+        .await;
+        event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+        assert_eq!(gauges(&t), (2, 1, 1));
+        request(&mut t, |r| AgentRequest::Unsubscribe(Vni(100), r))
+            .await
+            .unwrap();
+        assert_eq!(gauges(&t), (2, 1, 0));
+        // No route was installed (no table mapped): nothing counted.
+        assert!(t.stats.installed_routes().is_empty());
+        assert_eq!(t.stats.netlink_replace.ok.load(Relaxed), 0);
     }
 }

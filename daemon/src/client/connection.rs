@@ -25,10 +25,18 @@
 //! Reads reassemble frames across TCP reads ([`decode_frame`] on a
 //! `BytesMut`); writes go through the server's [`Outbound`] queue, so only
 //! whole frames are written, batched into vectored writes.
+//!
+//! Every task counts into the client's [`AgentStats`]: session ups, UPDATE
+//! frames and bytes in both directions (relaxed atomic adds), and, once per
+//! ended attempt, its reason label ([`AgentStats::session_downs`]) and, for
+//! a malformed frame or a protocol violation, a protocol error
+//! ([`AgentStats::protocol_errors`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -39,10 +47,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::stats::AgentStats;
 use super::ServerId;
 use crate::server::outbound::Outbound;
-use crate::session::{self, Event, Role, Session};
-use crate::wire::{decode_frame, encode_message, encode_update, Action, Frame, Route, Update, Vni};
+use crate::session::{self, CloseReason, Event, Role, Session};
+use crate::wire::{
+    decode_frame, encode_message, encode_update, Action, DecodeError, Frame, Message, Route,
+    Update, Vni,
+};
 
 /// Read buffer size (frames are reassembled across reads).
 const READ_BUFFER: usize = 16 * 1024;
@@ -144,8 +156,11 @@ pub enum ClientEvent {
     Down {
         /// The server.
         server: ServerId,
-        /// Why, for logs.
+        /// Why, for logs and the API.
         reason: String,
+        /// Why, as a short stable label (the key counted in
+        /// [`AgentStats::session_downs`]).
+        label: &'static str,
     },
     /// `server` sent an UPDATE (a dump entry or a live update).
     Update {
@@ -215,6 +230,8 @@ pub struct Client {
     /// Weak, so that the event channel still closes when every task ended.
     events: mpsc::WeakSender<ClientEvent>,
     next_id: usize,
+    /// What every connection task counts into.
+    stats: Arc<AgentStats>,
 }
 
 struct ServerHandle {
@@ -227,12 +244,31 @@ impl Client {
     /// index `i` is [`ServerId`]`(i)`. Every session starts from `desired`.
     /// Must be called within a tokio runtime. The caller must keep reading
     /// `events`: a full channel stalls the connections (and a stalled
-    /// session eventually times out).
+    /// session eventually times out). The tasks count into a fresh
+    /// [`AgentStats`] ([`Client::stats`]).
     pub fn start(
         servers: &[SocketAddr],
         config: ClientConfig,
         desired: Desired,
         events: mpsc::Sender<ClientEvent>,
+    ) -> Client {
+        Self::start_with_stats(
+            servers,
+            config,
+            desired,
+            events,
+            Arc::new(AgentStats::default()),
+        )
+    }
+
+    /// Like [`Client::start`], with the connection tasks counting into
+    /// `stats` (the agent's).
+    pub fn start_with_stats(
+        servers: &[SocketAddr],
+        config: ClientConfig,
+        desired: Desired,
+        events: mpsc::Sender<ClientEvent>,
+        stats: Arc<AgentStats>,
     ) -> Client {
         let (shutdown, _) = watch::channel(false);
         let mut client = Client {
@@ -242,6 +278,7 @@ impl Client {
             desired: Mutex::new(desired),
             events: events.downgrade(),
             next_id: 0,
+            stats,
         };
         for &addr in servers {
             client.spawn(addr, &events);
@@ -266,6 +303,7 @@ impl Client {
             commands_rx,
             events.clone(),
             self.shutdown.subscribe(),
+            self.stats.clone(),
         ));
         self.servers.insert(id, ServerHandle { commands, task });
         id
@@ -294,6 +332,13 @@ impl Client {
     /// Number of servers.
     pub fn server_count(&self) -> usize {
         self.servers.len()
+    }
+
+    /// The counters the connection tasks update (session ups and downs,
+    /// protocol errors, UPDATE frames and bytes). The gauges the agent keeps
+    /// (servers, received and installed routes) stay 0 without an agent.
+    pub fn stats(&self) -> &Arc<AgentStats> {
+        &self.stats
     }
 
     /// Sends `cmd` to every connection task (waits only if a task's command
@@ -340,6 +385,76 @@ impl Client {
     }
 }
 
+/// Why an attempt or a session ended: the log text (and the `Down`
+/// event's and the API's `reason`) is its [`fmt::Display`], the metric label
+/// [`End::label`].
+#[derive(Debug)]
+enum End {
+    /// The TCP connect failed.
+    ConnectFailed(std::io::Error),
+    /// The TCP connect did not complete within the connect timeout.
+    ConnectTimeout(Duration),
+    /// The session state machine closed the session (protocol violation or
+    /// timeout).
+    Protocol(CloseReason),
+    /// The server sent a malformed frame.
+    Decode(DecodeError),
+    /// The server closed the connection (at a frame boundary).
+    PeerClosed,
+    /// The server closed the connection after this many bytes of a frame.
+    TruncatedFrame(usize),
+    /// Reading or writing the socket failed.
+    Io(std::io::Error),
+}
+
+impl End {
+    /// Short stable label for metrics (the server side's labels where the
+    /// same thing happens there).
+    fn label(&self) -> &'static str {
+        match self {
+            End::ConnectFailed(_) => "connect_failed",
+            End::ConnectTimeout(_) => "connect_timeout",
+            End::Protocol(r) => r.label(),
+            End::Decode(e) => e.label(),
+            End::PeerClosed => "peer_closed",
+            End::TruncatedFrame(_) => "truncated_frame",
+            End::Io(_) => "io_error",
+        }
+    }
+
+    /// A malformed frame or a protocol violation of the server (not a
+    /// timeout, not a connection failure).
+    fn is_protocol_error(&self) -> bool {
+        match self {
+            End::Decode(_) => true,
+            End::Protocol(r) => matches!(
+                r,
+                CloseReason::ZeroKeepaliveInterval
+                    | CloseReason::DuplicateHello
+                    | CloseReason::KeepaliveBeforeHello
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            End::ConnectTimeout(t) => write!(f, "connect timed out after {t:?}"),
+            End::Protocol(r) => write!(f, "{r}"),
+            End::Decode(e) => write!(f, "malformed frame: {e}"),
+            End::PeerClosed => f.write_str("server closed the connection"),
+            End::TruncatedFrame(n) => write!(
+                f,
+                "server closed the connection in the middle of a frame ({n} bytes)"
+            ),
+            End::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
 /// How one attempt ended.
 enum Outcome {
     /// Shutdown requested or nobody listens to events any more: stop.
@@ -347,7 +462,7 @@ enum Outcome {
     /// The attempt or session ended; reconnect. `established_for` is how
     /// long the session was established, if it got that far.
     Ended {
-        reason: String,
+        end: End,
         established_for: Option<Duration>,
     },
 }
@@ -356,6 +471,9 @@ enum Outcome {
 /// It stops (without a `Down` event) when `shutdown` becomes true or its
 /// sender is dropped, when the command channel closes, or when the receiver
 /// of `events` is dropped; the open session, if any, is simply closed.
+/// Every attempt that ends otherwise is counted in `stats` (by label, and as
+/// a protocol error when it is one) before its `Down` event is sent.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     server: ServerId,
     addr: SocketAddr,
@@ -364,6 +482,7 @@ pub async fn run(
     mut commands: mpsc::Receiver<ClientCommand>,
     events: mpsc::Sender<ClientEvent>,
     mut shutdown: watch::Receiver<bool>,
+    stats: Arc<AgentStats>,
 ) {
     let mut attempt: u32 = 0;
     loop {
@@ -377,26 +496,37 @@ pub async fn run(
             commands: &mut commands,
             events: &events,
             shutdown: &mut shutdown,
+            stats: &stats,
         };
-        let (reason, established_for) = match conn.attempt(addr).await {
+        let (end, established_for) = match conn.attempt(addr).await {
             Outcome::Stop => return,
             Outcome::Ended {
-                reason,
+                end,
                 established_for,
-            } => (reason, established_for),
+            } => (end, established_for),
         };
+        let label = end.label();
+        stats.record_session_down(label);
+        if end.is_protocol_error() {
+            stats.record_protocol_error(label);
+        }
+        let reason = end.to_string();
         if established_for.is_some_and(|d| d >= config.stable_after) {
             attempt = 0;
         }
         let delay = backoff_delay(&config.backoff, attempt, rand::random::<f64>());
         attempt = attempt.saturating_add(1);
         if established_for.is_some() {
-            warn!(%server, %addr, %reason, retry_in = ?delay, "session with route server ended");
+            warn!(%server, %addr, %reason, label, retry_in = ?delay, "session with route server ended");
         } else {
-            debug!(%server, %addr, %reason, retry_in = ?delay, "cannot reach route server");
+            debug!(%server, %addr, %reason, label, retry_in = ?delay, "cannot reach route server");
         }
         if events
-            .send(ClientEvent::Down { server, reason })
+            .send(ClientEvent::Down {
+                server,
+                reason,
+                label,
+            })
             .await
             .is_err()
         {
@@ -429,11 +559,12 @@ struct Conn<'a> {
     commands: &'a mut mpsc::Receiver<ClientCommand>,
     events: &'a mpsc::Sender<ClientEvent>,
     shutdown: &'a mut watch::Receiver<bool>,
+    stats: &'a AgentStats,
 }
 
-fn ended(reason: impl Into<String>, established_at: Option<Instant>) -> Outcome {
+fn ended(end: End, established_at: Option<Instant>) -> Outcome {
     Outcome::Ended {
-        reason: reason.into(),
+        end,
         established_for: established_at.map(|t| t.elapsed()),
     }
 }
@@ -444,11 +575,8 @@ impl Conn<'_> {
         let stream = tokio::select! {
             r = connect => match r {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return ended(format!("connect failed: {e}"), None),
-                Err(_) => return ended(
-                    format!("connect timed out after {:?}", self.config.connect_timeout),
-                    None,
-                ),
+                Ok(Err(e)) => return ended(End::ConnectFailed(e), None),
+                Err(_) => return ended(End::ConnectTimeout(self.config.connect_timeout), None),
             },
             _ = self.shutdown.changed() => return Outcome::Stop,
         };
@@ -488,22 +616,19 @@ impl Conn<'_> {
             let can_write = !out.is_empty();
             tokio::select! {
                 read = rd.read_buf(&mut rbuf) => match read {
-                    Ok(0) if rbuf.is_empty() => {
-                        return ended("server closed the connection", established_at)
-                    }
-                    Ok(0) => {
-                        return ended(
-                            format!("server closed the connection in the middle of a frame ({} bytes)", rbuf.len()),
-                            established_at,
-                        )
-                    }
-                    Ok(_) => {
+                    Ok(0) if rbuf.is_empty() => return ended(End::PeerClosed, established_at),
+                    Ok(0) => return ended(End::TruncatedFrame(rbuf.len()), established_at),
+                    Ok(n) => {
+                        self.stats.bytes_in.fetch_add(n as u64, Relaxed);
                         let now = Instant::now().into_std();
                         loop {
                             match decode_frame(&mut rbuf) {
                                 Ok(Some(Frame::Message(msg))) => {
+                                    if matches!(msg, Message::Update(_)) {
+                                        self.stats.updates_in.fetch_add(1, Relaxed);
+                                    }
                                     if let Err(reason) = session.handle_message(msg, now) {
-                                        return ended(reason.to_string(), established_at);
+                                        return ended(End::Protocol(reason), established_at);
                                     }
                                     if let Some(o) = self.collect(&mut session, &mut out, &mut established_at).await {
                                         return o;
@@ -513,26 +638,29 @@ impl Conn<'_> {
                                     info!(msg_type, len, "skipped a frame of unknown message type");
                                 }
                                 Ok(None) => break,
-                                Err(e) => return ended(format!("malformed frame: {e}"), established_at),
+                                Err(e) => return ended(End::Decode(e), established_at),
                             }
                         }
                         if rbuf.capacity() - rbuf.len() < 1024 {
                             rbuf.reserve(READ_BUFFER);
                         }
                     }
-                    Err(e) => return ended(format!("socket error: {e}"), established_at),
+                    Err(e) => return ended(End::Io(e), established_at),
                 },
                 written = async {
                     let slices = out.slices(usize::MAX);
                     wr.write_vectored(&slices).await
                 }, if can_write => match written {
-                    Ok(0) => return ended("server closed the connection", established_at),
-                    Ok(n) => out.advance(n),
-                    Err(e) => return ended(format!("socket error: {e}"), established_at),
+                    Ok(0) => return ended(End::PeerClosed, established_at),
+                    Ok(n) => {
+                        self.stats.bytes_out.fetch_add(n as u64, Relaxed);
+                        out.advance(n);
+                    }
+                    Err(e) => return ended(End::Io(e), established_at),
                 },
                 _ = sleep_until_opt(deadline) => {
                     if let Err(reason) = session.handle_timeout(Instant::now().into_std()) {
-                        return ended(reason.to_string(), established_at);
+                        return ended(End::Protocol(reason), established_at);
                     }
                     if let Some(o) = self.collect(&mut session, &mut out, &mut established_at).await {
                         return o;
@@ -567,9 +695,11 @@ impl Conn<'_> {
             // goes out at establishment.
             ClientCommand::Announce(r) if session.is_established() => {
                 push_update(out, Action::Add, &r);
+                self.stats.updates_out.fetch_add(1, Relaxed);
             }
             ClientCommand::Withdraw(r) if session.is_established() => {
                 push_update(out, Action::Remove, &r);
+                self.stats.updates_out.fetch_add(1, Relaxed);
             }
             ClientCommand::Announce(_) | ClientCommand::Withdraw(_) => {}
         }
@@ -599,6 +729,7 @@ impl Conn<'_> {
                 Event::Established { keepalive } => {
                     info!(server = %self.server, keepalive_secs = keepalive.as_secs(), "session with route server established");
                     *established_at = Some(Instant::now());
+                    self.stats.session_ups.fetch_add(1, Relaxed);
                     // The SUBSCRIBEs were queued above (control lane, so
                     // they go first); then every announcement, in one batch.
                     let mut buf = BytesMut::new();
@@ -606,6 +737,9 @@ impl Conn<'_> {
                         encode_update(Action::Add, r, &mut buf);
                     }
                     out.push_data(buf.freeze());
+                    self.stats
+                        .updates_out
+                        .fetch_add(self.desired.announcements.len() as u64, Relaxed);
                     if self
                         .events
                         .send(ClientEvent::Up {
@@ -656,6 +790,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
     fn cfg() -> BackoffConfig {
         BackoffConfig::default()
@@ -718,6 +853,309 @@ mod tests {
             ..c
         };
         assert_eq!(backoff_delay(&tight, 0, 1.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn end_labels_reasons_and_protocol_errors() {
+        use crate::wire::DecodeError;
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let w = Duration::from_millis(12500);
+        // (end, label, log/API reason, counted as a protocol error)
+        let cases: Vec<(End, &str, String, bool)> = vec![
+            (
+                End::ConnectFailed(io()),
+                "connect_failed",
+                format!("connect failed: {}", io()),
+                false,
+            ),
+            (
+                End::ConnectTimeout(Duration::from_secs(2)),
+                "connect_timeout",
+                "connect timed out after 2s".into(),
+                false,
+            ),
+            (
+                End::PeerClosed,
+                "peer_closed",
+                "server closed the connection".into(),
+                false,
+            ),
+            (
+                End::TruncatedFrame(7),
+                "truncated_frame",
+                "server closed the connection in the middle of a frame (7 bytes)".into(),
+                false,
+            ),
+            (
+                End::Io(io()),
+                "io_error",
+                format!("socket error: {}", io()),
+                false,
+            ),
+            (
+                End::Decode(DecodeError::BadVersion(2)),
+                "bad_version",
+                format!("malformed frame: {}", DecodeError::BadVersion(2)),
+                true,
+            ),
+            (
+                End::Decode(DecodeError::MissingNextHop),
+                "missing_next_hop",
+                format!("malformed frame: {}", DecodeError::MissingNextHop),
+                true,
+            ),
+            (
+                End::Protocol(CloseReason::ZeroKeepaliveInterval),
+                "zero_keepalive_interval",
+                CloseReason::ZeroKeepaliveInterval.to_string(),
+                true,
+            ),
+            (
+                End::Protocol(CloseReason::DuplicateHello),
+                "duplicate_hello",
+                CloseReason::DuplicateHello.to_string(),
+                true,
+            ),
+            (
+                End::Protocol(CloseReason::KeepaliveBeforeHello),
+                "keepalive_before_hello",
+                CloseReason::KeepaliveBeforeHello.to_string(),
+                true,
+            ),
+            (
+                End::Protocol(CloseReason::HandshakeNoHello { waited: w }),
+                "handshake_timeout_hello",
+                CloseReason::HandshakeNoHello { waited: w }.to_string(),
+                false,
+            ),
+            (
+                End::Protocol(CloseReason::HandshakeNoKeepalive { waited: w }),
+                "handshake_timeout_keepalive",
+                CloseReason::HandshakeNoKeepalive { waited: w }.to_string(),
+                false,
+            ),
+            (
+                End::Protocol(CloseReason::KeepaliveTimeout { waited: w }),
+                "keepalive_timeout",
+                CloseReason::KeepaliveTimeout { waited: w }.to_string(),
+                false,
+            ),
+        ];
+        for (end, label, reason, protocol_error) in cases {
+            assert_eq!(end.label(), label, "{end:?}");
+            assert_eq!(end.to_string(), reason, "{end:?}");
+            assert_eq!(end.is_protocol_error(), protocol_error, "{end:?}");
+        }
+    }
+
+    /// Settings for the socket tests: quick retries, short connect timeout.
+    fn test_config() -> ClientConfig {
+        ClientConfig {
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+                ..BackoffConfig::default()
+            },
+            connect_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// The next `Down` of the client (bounded).
+    async fn next_down(rx: &mut mpsc::Receiver<ClientEvent>) -> (String, &'static str) {
+        let wait = Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(ClientEvent::Down { reason, label, .. })) => return (reason, label),
+                Ok(Some(_)) => {}
+                other => panic!("no Down within {wait:?}: {other:?}"),
+            }
+        }
+    }
+
+    fn frame(msg: &Message) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        encode_message(msg, &mut b);
+        b.to_vec()
+    }
+
+    /// Reads from `s` until at least `want` more bytes arrived or EOF.
+    async fn read_some(s: &mut TcpStream, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < want {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("client wrote nothing")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_counts_as_a_down_not_a_protocol_error() {
+        // A port nothing listens on.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let (reason, label) = next_down(&mut rx).await;
+        assert_eq!(label, "connect_failed");
+        assert!(reason.starts_with("connect failed: "), "{reason}");
+        let stats = client.stats().clone();
+        assert!(stats.session_downs()["connect_failed"] >= 1);
+        assert!(stats.protocol_errors().is_empty());
+        assert_eq!(stats.session_ups.load(Relaxed), 0);
+        client.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_counts_as_a_protocol_error_and_a_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // Version 2: rejected as soon as the first byte is read.
+            s.write_all(&[2, 0, 0, 1]).await.unwrap();
+            // Keep the socket open until the client closes it.
+            let _ = read_some(&mut s, usize::MAX).await;
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let (reason, label) = next_down(&mut rx).await;
+        assert_eq!(label, "bad_version");
+        assert!(reason.starts_with("malformed frame: "), "{reason}");
+        let stats = client.stats().clone();
+        client.shutdown().await;
+        assert_eq!(
+            stats.protocol_errors(),
+            BTreeMap::from([("bad_version", 1)])
+        );
+        assert_eq!(stats.session_downs(), BTreeMap::from([("bad_version", 1)]));
+        assert_eq!(stats.session_ups.load(Relaxed), 0);
+        assert!(stats.bytes_in.load(Relaxed) >= 4);
+        server.await.unwrap();
+    }
+
+    /// A fake route server's side of the handshake on `s`: waits for the
+    /// client's HELLO, answers HELLO and KEEPALIVE, then sends `routes` as
+    /// UPDATE ADDs.
+    async fn handshake(s: &mut TcpStream, routes: &[Route]) {
+        let hello = read_some(s, 1).await;
+        assert!(!hello.is_empty());
+        let mut out = frame(&Message::Hello(crate::wire::Hello {
+            keepalive_secs: 5,
+            is_server: true,
+        }));
+        out.extend(frame(&Message::Keepalive));
+        let mut upd = BytesMut::new();
+        for r in routes {
+            encode_update(Action::Add, r, &mut upd);
+        }
+        out.extend_from_slice(&upd);
+        s.write_all(&out).await.unwrap();
+    }
+
+    /// Waits (bounded) for the client's `Up`.
+    async fn next_up(rx: &mut mpsc::Receiver<ClientEvent>) {
+        let wait = Duration::from_secs(10);
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(ClientEvent::Up { .. })) => {}
+            other => panic!("no Up within {wait:?}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_a_server_or_shutting_down_is_not_a_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                handshake(&mut s, &[]).await;
+                // Until the client goes away.
+                let _ = read_some(&mut s, usize::MAX).await;
+            }
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let stats = client.stats().clone();
+        next_up(&mut rx).await;
+        assert!(client.remove_server(ServerId(0)));
+        let id = client.add_server(addr).unwrap();
+        assert_eq!(id, ServerId(1));
+        next_up(&mut rx).await;
+        client.shutdown().await;
+        server.await.unwrap();
+        assert_eq!(stats.session_ups.load(Relaxed), 2);
+        assert!(
+            stats.session_downs().is_empty(),
+            "{:?}",
+            stats.session_downs()
+        );
+        // Nothing but the two Ups was reported.
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_counts_ups_updates_bytes_and_its_end() {
+        let r1: Route = "100#10.0.1.0/24@2001:db8::1".parse().unwrap();
+        let mine: Route = "100#10.9.0.0/24@2001:db8::99".parse().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            handshake(&mut s, &[r1]).await;
+            // Wait until the test saw everything, then close (peer_closed):
+            // half-close, and read on until the client closes, so that
+            // unread bytes do not turn the close into a reset.
+            let _ = close_rx.await;
+            s.shutdown().await.unwrap();
+            let _ = read_some(&mut s, usize::MAX).await;
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let desired = Desired {
+            subscriptions: vec![Vni(100)],
+            announcements: BTreeSet::from([mine]),
+        };
+        let client = Client::start(&[addr], test_config(), desired, tx);
+        let stats = client.stats().clone();
+        let wait = Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(ClientEvent::Update { update, .. })) => {
+                    assert_eq!(update.route, r1);
+                    break;
+                }
+                Ok(Some(ClientEvent::Up { .. })) => {}
+                other => panic!("no UPDATE within {wait:?}: {other:?}"),
+            }
+        }
+        assert_eq!(stats.session_ups.load(Relaxed), 1);
+        assert_eq!(stats.updates_in.load(Relaxed), 1);
+        // The one announcement, queued at establishment.
+        assert_eq!(stats.updates_out.load(Relaxed), 1);
+        assert!(stats.bytes_in.load(Relaxed) > 0);
+        assert!(stats.session_downs().is_empty());
+        close_tx.send(()).unwrap();
+        let (reason, label) = next_down(&mut rx).await;
+        assert_eq!(
+            (reason.as_str(), label),
+            ("server closed the connection", "peer_closed")
+        );
+        assert_eq!(stats.session_downs(), BTreeMap::from([("peer_closed", 1)]));
+        assert!(stats.protocol_errors().is_empty());
+        // HELLO at least was written.
+        assert!(stats.bytes_out.load(Relaxed) > 0);
+        client.shutdown().await;
+        server.await.unwrap();
     }
 
     #[test]

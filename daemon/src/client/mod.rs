@@ -13,11 +13,13 @@
 //!   they merge with the configuration at start.
 //! - [`agent`]: the hypervisor agent that wires the connections, the
 //!   received routes and the kernel installer together.
+//! - [`stats`]: the role's counters ([`AgentStats`]), read by the metrics.
 
 pub mod agent;
 pub mod connection;
 pub mod operator;
 pub mod received;
+pub mod stats;
 
 use std::fmt;
 
@@ -29,6 +31,7 @@ pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
 };
 pub use received::{Change, ReceivedRoutes};
+pub use stats::NetlinkOpCounters;
 
 /// Identifies one configured route server (its index in the configured
 /// list). Stable across reconnects: received routes are counted per server,

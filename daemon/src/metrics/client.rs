@@ -64,17 +64,17 @@ impl ClientMirror {
         let get = |a: &AtomicU64| a.load(Relaxed);
         let configured = get(&st.servers_configured);
         let up = get(&st.servers_up).min(configured);
-        set(
-            &sh.sessions.with_label_values(&[ROLE, "established"]),
-            up,
-        );
+        set(&sh.sessions.with_label_values(&[ROLE, "established"]), up);
         set(
             &sh.sessions.with_label_values(&[ROLE, "down"]),
             configured - up,
         );
         set(&self.servers, configured);
         mirror(&sh.ups.with_label_values(&[ROLE]), get(&st.session_ups));
-        mirror(&sh.updates_in.with_label_values(&[ROLE]), get(&st.updates_in));
+        mirror(
+            &sh.updates_in.with_label_values(&[ROLE]),
+            get(&st.updates_in),
+        );
         mirror(
             &sh.updates_out.with_label_values(&[ROLE]),
             get(&st.updates_out),

@@ -11,8 +11,7 @@
 //! See docs/OPERATIONS.md for the list of metrics.
 
 mod api;
-// Enabled once AgentStats has the role's counters.
-// mod client;
+mod client;
 mod families;
 mod server;
 
@@ -35,7 +34,7 @@ pub const DEFAULT_VNI_LABEL_LIMIT: usize = 1000;
 pub struct Telemetry {
     registry: Registry,
     server: Option<server::ServerMirror>,
-    // client: Option<client::ClientMirror>,
+    client: Option<client::ClientMirror>,
     api: Arc<ApiMetrics>,
     sessions: SessionFamilies,
     /// One scrape at a time: mirroring reads a counter and adds the rest.
@@ -79,6 +78,7 @@ impl Telemetry {
         Self {
             registry,
             server: None,
+            client: None,
             api,
             sessions,
             scrape: tokio::sync::Mutex::new(()),
@@ -98,7 +98,12 @@ impl Telemetry {
     }
 
     /// Adds the hypervisor role's metrics.
-    pub fn with_client(self, _stats: Arc<AgentStats>) -> Self {
+    pub fn with_client(mut self, stats: Arc<AgentStats>) -> Self {
+        self.client = Some(client::ClientMirror::new(
+            &self.registry,
+            self.sessions.clone(),
+            stats,
+        ));
         self
     }
 
@@ -113,6 +118,9 @@ impl Telemetry {
         let _one_at_a_time = self.scrape.lock().await;
         if let Some(server) = &self.server {
             server.refresh().await;
+        }
+        if let Some(client) = &self.client {
+            client.refresh();
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

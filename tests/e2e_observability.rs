@@ -237,6 +237,14 @@ async fn metrics_are_named_by_convention_and_move() {
         1.0
     );
 
+    // One line per session event, none per route at the default level.
+    let logs = d.logs();
+    assert!(
+        !logs.contains("10.0.1.0/24"),
+        "a route was logged at info:\n{logs}"
+    );
+    assert!(logs.contains("session established"), "{logs}");
+
     // The announcer leaves: its route is withdrawn and its end is counted.
     drop(ann);
     assert_eq!(sub.expect_update(T).await, rem(r));

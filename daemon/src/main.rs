@@ -50,7 +50,7 @@ struct Cli {
 enum Command {
     /// Run a route server (the default).
     Server(ServerArgs),
-    /// Run the hypervisor role (preview): connect to route servers, subscribe
+    /// Run the hypervisor role: connect to route servers, subscribe
     /// to VNIs, announce routes and install received routes into kernel
     /// routing tables. Flags of the Go reference's `metalbond client`; with
     /// --config, the file's [client] section, the flags overriding it.

@@ -149,6 +149,9 @@ struct VniTable {
     index: HashTable<u32>,
     routes: usize,
     subscribers: usize,
+    /// Routes of this VNI per announcer (for the distinct announcer count
+    /// without a scan of the routes).
+    announcers: HashMap<SessionId, u32>,
 }
 
 impl VniTable {
@@ -261,6 +264,7 @@ impl RouteTable {
                 (i, Announced::New)
             }
         };
+        *vt.announcers.entry(session).or_default() += 1;
         self.sessions
             .entry(session)
             .or_default()
@@ -305,6 +309,12 @@ impl RouteTable {
         let entry = &mut vt.slots[slot as usize];
         let was_there = entry.announcers.remove(session);
         debug_assert!(was_there, "session index out of sync with slot announcers");
+        if let hashbrown::hash_map::Entry::Occupied(mut n) = vt.announcers.entry(session) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
         if entry.announcers.len() > 0 {
             return None;
         }
@@ -494,17 +504,11 @@ impl RouteTable {
             .vnis
             .iter()
             .filter(|(vni, _)| only.is_none_or(|o| o == **vni))
-            .map(|(&vni, vt)| {
-                let mut announcers: HashSet<SessionId> = HashSet::new();
-                for slot in &vt.slots {
-                    announcers.extend(slot.announcers.as_slice());
-                }
-                VniStats {
-                    vni,
-                    routes: vt.routes,
-                    announcers: announcers.len(),
-                    subscribers: vt.subscribers,
-                }
+            .map(|(&vni, vt)| VniStats {
+                vni,
+                routes: vt.routes,
+                announcers: vt.announcers.len(),
+                subscribers: vt.subscribers,
             })
             .collect();
         out.sort_unstable_by_key(|s| s.vni);

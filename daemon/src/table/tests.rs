@@ -324,6 +324,13 @@ mod properties {
                     got.sort();
                     prop_assert_eq!(got, set.iter().copied().collect::<Vec<_>>());
                 }
+                // Distinct announcers and routes per VNI, kept incrementally.
+                for stats in t.vni_stats(None) {
+                    let in_vni: Vec<_> = model.iter().filter(|(r, _)| r.vni == stats.vni).collect();
+                    let announcers: BTreeSet<SessionId> = in_vni.iter().flat_map(|(_, set)| set.iter().copied()).collect();
+                    prop_assert_eq!(stats.routes, in_vni.len());
+                    prop_assert_eq!(stats.announcers, announcers.len());
+                }
             }
         }
     }

@@ -95,6 +95,10 @@ struct Args {
     /// Print one JSON object per scenario on stdout (the human report goes to stderr).
     #[arg(long)]
     json: bool,
+    /// The server's metrics listener (`--metrics` of metalbondd), for the
+    /// scrape scenario.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Scenario selection.
@@ -114,6 +118,9 @@ enum Scenario {
     /// disconnects; time until subscribers hear the REMOVE. It must not grow
     /// with the table (a session's end costs time proportional to its own routes).
     SessionEnd,
+    /// With the N routes loaded and M subscribers: time K sequential
+    /// `GET /metrics` on `--metrics` (metalbondd only).
+    Scrape,
 }
 
 fn main() -> ExitCode {
@@ -179,6 +186,9 @@ fn validate(a: &Args) -> Result<(), String> {
     }
     if a.routes >= u64::MAX / 2 {
         return Err("--routes is too large".into());
+    }
+    if a.scenario == Scenario::Scrape && a.metrics.is_none() {
+        return Err("--scenario scrape needs --metrics ADDR".into());
     }
     Ok(())
 }
@@ -291,6 +301,13 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
             let (r, _subs, _ann) = bench.fanout("preload", 1, mem_start).await?;
             emit(r, false, &mut results);
             let r = bench.session_end().await?;
+            emit(r, true, &mut results);
+        }
+        Scenario::Scrape => {
+            let (r, _subs, _ann) = bench.fanout("preload", m, mem_start).await?;
+            emit(r, false, &mut results);
+            let addr = bench.args.metrics.expect("validated");
+            let r = scrape(addr, bench.args.latency_samples).await;
             emit(r, true, &mut results);
         }
     }
@@ -862,6 +879,57 @@ impl Sampler {
 }
 
 /// Nearest-rank percentiles of `samples` (microseconds).
+/// Times `k` sequential `GET /metrics` on `addr` (one connection each).
+async fn scrape(addr: SocketAddr, k: u64) -> ScenarioResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut samples = Vec::with_capacity(k as usize);
+    let mut notes = Vec::new();
+    let mut body_bytes = 0;
+    let start = Instant::now();
+    for _ in 0..k {
+        let t0 = Instant::now();
+        let got = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mbbench\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await?;
+            Ok::<_, std::io::Error>(raw)
+        }
+        .await;
+        match got {
+            Ok(raw) if raw.starts_with(b"HTTP/1.1 200") => {
+                samples.push(t0.elapsed().as_secs_f64() * 1e6);
+                body_bytes = raw.len();
+            }
+            Ok(raw) => {
+                notes.push(format!(
+                    "unexpected answer: {}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(80)])
+                ));
+                break;
+            }
+            Err(e) => {
+                notes.push(format!("GET /metrics on {addr}: {e}"));
+                break;
+            }
+        }
+    }
+    notes.push(format!("response size {body_bytes} bytes"));
+    ScenarioResult {
+        name: "scrape",
+        routes: k,
+        receivers: 0,
+        completed: samples.len() as u64 == k,
+        elapsed_s: start.elapsed().as_secs_f64(),
+        expected: k,
+        received: samples.len() as u64,
+        latency: Some(percentiles(&mut samples)),
+        notes,
+        ..Default::default()
+    }
+}
+
 fn percentiles(samples: &mut [f64]) -> Latency {
     if samples.is_empty() {
         return Latency::default();

@@ -94,6 +94,15 @@ impl ScenarioResult {
         self.received as f64 / self.elapsed_s
     }
 
+    /// What a latency sample is.
+    fn sample_noun(&self) -> &'static str {
+        if self.name == "scrape" {
+            "scrapes"
+        } else {
+            "updates"
+        }
+    }
+
     /// The human report of this scenario (several lines).
     pub fn human(&self) -> String {
         let mut s = String::new();
@@ -107,8 +116,8 @@ impl ScenarioResult {
         } else if let Some(l) = &self.latency {
             let _ = writeln!(
                 s,
-                "{:<9} {} updates: p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us (mean {:.0} us), {:.3} s{status}",
-                self.name, self.routes, l.p50, l.p90, l.p99, l.max, l.mean, self.elapsed_s
+                "{:<9} {} {}: p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us (mean {:.0} us), {:.3} s{status}",
+                self.name, self.routes, self.sample_noun(), l.p50, l.p90, l.p99, l.max, l.mean, self.elapsed_s
             );
         } else {
             let _ = write!(

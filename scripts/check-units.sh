@@ -155,7 +155,7 @@ for role in server client; do
     sed 's/^/   /' <<<"$out"
   else
     # What is not locked down, and the overall level.
-    grep -E '^✗|Overall exposure' <<<"$out" | sed 's/^/   /' || true
+    grep -E '^(✗|- )|Overall exposure' <<<"$out" | sed 's/^/   /' || true
   fi
   [ "$rc" -eq 0 ] || problem "$u: exposure above $((max / 10)).$((max % 10)) (or systemd-analyze failed, exit $rc)"
 done

@@ -143,6 +143,9 @@ fn check_config_accepts_good_files() {
         empty,
         examples_dir().join("metalbondd.toml"),
         examples_dir().join("minimal.toml"),
+        // The configs of the systemd units (systemd/, docs/OPERATIONS.md).
+        examples_dir().join("server.toml"),
+        examples_dir().join("client.toml"),
     ] {
         let f = path_str(&f);
         for args in [

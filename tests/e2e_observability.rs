@@ -133,6 +133,9 @@ async fn metrics_are_named_by_convention_and_move() {
     // A subscriber, an announcer, one route between them.
     let mut sub = RawPeer::established(d.addr).await;
     sub.subscribe(100).await;
+    // The answer to a KEEPALIVE sent after the SUBSCRIBE comes once the
+    // SUBSCRIBE is in the table's queue: the route below is a live update.
+    sub.ping().await;
     let mut ann = RawPeer::established(d.addr).await;
     let r = route("100#10.0.1.0/24@2001:db8::1");
     ann.announce(r).await;
@@ -246,8 +249,12 @@ async fn metrics_are_named_by_convention_and_move() {
     assert!(logs.contains("session established"), "{logs}");
 
     // The announcer leaves: its route is withdrawn and its end is counted.
+    let ann_addr = ann.local;
     drop(ann);
     assert_eq!(sub.expect_update(T).await, rem(r));
+    assert_eq!(late.expect_update(T).await, rem(r));
+    // Logged after its end was counted.
+    d.expect_session_closed_log(ann_addr).await;
     let gone = scrape(addr).await;
     assert_eq!(
         value(

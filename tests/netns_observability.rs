@@ -98,6 +98,15 @@ async fn client_metrics_follow_sessions_received_and_installed_routes() {
         1.0
     );
     assert_eq!(value(&text, "metalbondd_route_servers", &[]), 1.0);
+    // `metalbondd client` runs no route server: none of its families.
+    let server_side: Vec<_> = common::http::samples(&text)
+        .into_iter()
+        .filter(|s| {
+            s.labels.get("role").map(String::as_str) == Some("server")
+                || s.name == "metalbondd_routes"
+        })
+        .collect();
+    assert!(server_side.is_empty(), "{server_side:?}");
     assert_eq!(
         value(&text, "metalbondd_session_ups_total", &client_role),
         1.0

@@ -138,7 +138,12 @@ pub async fn run(
     let server = Server::start(settings.server.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let mut telemetry = Telemetry::new().with_server(&server, settings.metrics.vni_label_limit);
+    let mut telemetry = Telemetry::new();
+    // The route server's families only where it listens (not for
+    // `metalbondd client`, whose table holds nothing but API routes).
+    if !server.local_addrs.is_empty() {
+        telemetry = telemetry.with_server(&server, settings.metrics.vni_label_limit);
+    }
     if let Some(agent) = &agent {
         telemetry = telemetry.with_client(agent.stats.clone());
     }

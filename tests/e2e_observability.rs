@@ -67,6 +67,22 @@ const FAMILIES: &[(&str, &str)] = &[
     ("process_resident_memory_bytes", "gauge"),
 ];
 
+/// Scrapes until `done` holds (bounded by [`T`]); returns that scrape.
+async fn scrape_until(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let text = scrape(addr).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {T:?}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Every family of [`FAMILIES`] is declared with its type (except those in
 /// `not_yet`), and every family is named by the conventions.
 fn check_families(text: &str, not_yet: &[&str]) {
@@ -165,7 +181,13 @@ async fn metrics_are_named_by_convention_and_move() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
-    let after = scrape(addr).await;
+    // A delivery is timed right after the write that completes it, which
+    // may be just after the peer read it: wait for the observations.
+    let after = scrape_until(addr, |t| {
+        value_or_zero(t, "metalbondd_update_propagation_seconds_count", &[]) == 1.0
+            && value_or_zero(t, "metalbondd_subscribe_dump_duration_seconds_count", &[]) == 2.0
+    })
+    .await;
     check_families(&after, &[]);
     let v = |name: &str, labels: &[(&str, &str)]| value(&after, name, labels);
     let server = [("role", "server")];
@@ -255,7 +277,10 @@ async fn metrics_are_named_by_convention_and_move() {
     assert_eq!(late.expect_update(T).await, rem(r));
     // Logged after its end was counted.
     d.expect_session_closed_log(ann_addr).await;
-    let gone = scrape(addr).await;
+    let gone = scrape_until(addr, |t| {
+        value_or_zero(t, "metalbondd_update_propagation_seconds_count", &[]) == 3.0
+    })
+    .await;
     assert_eq!(
         value(
             &gone,

@@ -158,14 +158,11 @@ async fn client_metrics_follow_sessions_received_and_installed_routes() {
             &[("role", "client"), ("state", "down")],
         ) == 1.0
     });
-    let downs: f64 = common::http::samples(&text)
-        .iter()
-        .filter(|s| {
-            s.name == "metalbondd_session_downs_total"
-                && s.labels.get("role").map(String::as_str) == Some("client")
-        })
-        .map(|s| s.value)
-        .sum();
+    let downs = value_or_zero(
+        &text,
+        "metalbondd_session_downs_total",
+        &[("role", "client")],
+    );
     assert!(downs >= 1.0, "{text}");
     assert_eq!(
         value(&text, "metalbondd_kernel_routes", &[("table", "100")]),

@@ -124,10 +124,9 @@ pub fn families(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The value of the one sample named `name` whose labels include `labels`;
-/// panics if there is not exactly one.
-pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<Sample> = samples(text)
+/// The samples named `name` whose labels include `labels`.
+pub fn matching(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<Sample> {
+    samples(text)
         .into_iter()
         .filter(|s| {
             s.name == name
@@ -135,7 +134,13 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                     .iter()
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
-        .collect();
+        .collect()
+}
+
+/// The value of the one sample named `name` whose labels include `labels`;
+/// panics if there is not exactly one.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = matching(text, name, labels);
     assert_eq!(
         found.len(),
         1,
@@ -144,17 +149,8 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     found[0].value
 }
 
-/// Like [`value`], but 0 when there is no such sample.
+/// The sum of the samples named `name` whose labels include `labels` (0
+/// when there is none).
 pub fn value_or_zero(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let n = samples(text)
-        .into_iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum();
-    n
+    matching(text, name, labels).iter().map(|s| s.value).sum()
 }

@@ -291,24 +291,8 @@ impl Agent {
             ipv4_only = settings.ipv4_only,
             "hypervisor agent started"
         );
-        let now = SystemTime::now();
         let state = AgentTask {
-            servers: settings
-                .servers
-                .iter()
-                .enumerate()
-                .map(|(i, &addr)| {
-                    (
-                        ServerId(i),
-                        ServerStatus {
-                            addr,
-                            up: false,
-                            last_error: String::new(),
-                            since: now,
-                        },
-                    )
-                })
-                .collect(),
+            servers: initial_servers(&settings.servers),
             client,
             subscriptions: desired.subscriptions.clone(),
             tun: settings.tun.clone(),
@@ -435,6 +419,26 @@ enum Mode {
     /// Every server is lost; held routes are deleted at `deadline` unless a
     /// server comes back.
     Stale { deadline: Instant },
+}
+
+/// The configured servers at start: ids in order, none up yet.
+fn initial_servers(servers: &[SocketAddr]) -> BTreeMap<ServerId, ServerStatus> {
+    let now = SystemTime::now();
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            (
+                ServerId(i),
+                ServerStatus {
+                    addr,
+                    up: false,
+                    last_error: String::new(),
+                    since: now,
+                },
+            )
+        })
+        .collect()
 }
 
 struct AgentTask {
@@ -1078,23 +1082,8 @@ mod tests {
             events_tx,
             stats.clone(),
         );
-        let now = SystemTime::now();
         let task = AgentTask {
-            servers: servers
-                .iter()
-                .enumerate()
-                .map(|(i, &addr)| {
-                    (
-                        ServerId(i),
-                        ServerStatus {
-                            addr,
-                            up: false,
-                            last_error: String::new(),
-                            since: now,
-                        },
-                    )
-                })
-                .collect(),
+            servers: initial_servers(&servers),
             client,
             subscriptions: desired.subscriptions,
             tun: None,

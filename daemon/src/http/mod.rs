@@ -209,23 +209,26 @@ async fn healthz(State(s): Shared) -> Response {
 }
 
 async fn routes_json(State(s): Shared) -> Response {
-    let view = route_view(&s).await;
-    let body = status::routes_json(
-        &view,
-        &status::date_text(SystemTime::now()),
-        env!("CARGO_PKG_VERSION"),
-    );
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    route_document(&s, status::routes_json, "application/json").await
 }
 
 async fn routes_yaml(State(s): Shared) -> Response {
-    let view = route_view(&s).await;
-    let body = status::routes_yaml(
+    route_document(&s, status::routes_yaml, "text/yaml").await
+}
+
+/// The route table rendered by `render` (the reference's JSON or YAML).
+async fn route_document(
+    s: &HttpState,
+    render: fn(&RouteView, &str, &str) -> String,
+    content_type: &'static str,
+) -> Response {
+    let view = route_view(s).await;
+    let body = render(
         &view,
         &status::date_text(SystemTime::now()),
         env!("CARGO_PKG_VERSION"),
     );
-    ([(header::CONTENT_TYPE, "text/yaml")], body).into_response()
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn index(State(s): Shared) -> Response {

@@ -925,6 +925,8 @@ async fn status_and_health() {
         cells(&[
             ("version", version),
             ("listen_addresses", &addr),
+            ("metrics_address", "-"),
+            ("http_address", "-"),
             ("api_socket", &api_socket),
             ("state_dir", &state_dir),
             ("sessions", "2"),
@@ -946,6 +948,8 @@ async fn status_and_health() {
         json!({
             "version": version,
             "listen_addresses": [addr],
+            "metrics_address": null,
+            "http_address": null,
             "api_socket": api_socket,
             "state_dir": state_dir,
             "sessions": 2,

@@ -402,6 +402,19 @@ async fn status_page_serves_the_reference_shapes() {
     assert!(html.body.contains("<h3 id=\"vni-100\">VNI 100</h3>"));
     assert!(html.body.contains("<h2>Routes (4 in 2 VNIs)</h2>"));
 
+    // The API tells where the HTTP listeners are.
+    let mut api = common::api::connect(&d.api_socket()).await;
+    let st = api
+        .daemon
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (st.metrics_address, st.http_address),
+        (metrics_only.to_string(), status.to_string())
+    );
+
     // The status listener also serves metrics and health; the metrics-only
     // listener does not serve the route table.
     assert_eq!(get(status, "/metrics").await.status, 200);

@@ -870,6 +870,14 @@ pub fn status_details(s: &StatusJson) -> String {
         ),
         ("uptime", human_duration(s.uptime_seconds)),
         ("listen_addresses", or_dash(&s.listen_addresses.join(", "))),
+        (
+            "metrics_address",
+            s.metrics_address.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "http_address",
+            s.http_address.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("api_socket", or_dash(&s.api_socket)),
         ("state_dir", or_dash(&s.state_dir)),
         ("sessions", s.sessions.to_string()),

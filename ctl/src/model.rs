@@ -253,6 +253,10 @@ pub struct StatusJson {
     pub uptime_seconds: Option<u64>,
     /// MetalBond listen addresses.
     pub listen_addresses: Vec<String>,
+    /// Prometheus listener, or null when metrics are off.
+    pub metrics_address: Option<String>,
+    /// Status page listener (`--http`), or null when off.
+    pub http_address: Option<String>,
     /// Path of the API socket.
     pub api_socket: String,
     /// State directory.
@@ -278,6 +282,8 @@ impl From<&api::Status> for StatusJson {
             started_at: s.started_at.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
             uptime_seconds: s.uptime.as_ref().map(|d| d.seconds.max(0) as u64),
             listen_addresses: s.listen_addresses.clone(),
+            metrics_address: non_empty(&s.metrics_address),
+            http_address: non_empty(&s.http_address),
             api_socket: s.api_socket.clone(),
             state_dir: s.state_dir.clone(),
             sessions: s.sessions,
@@ -288,6 +294,11 @@ impl From<&api::Status> for StatusJson {
             static_routes: s.static_routes,
         }
     }
+}
+
+/// `Some(text)` unless `text` is empty.
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_string())
 }
 
 /// `mbctl reload -o json`.
@@ -754,8 +765,10 @@ mod tests {
             keys(&v),
             [
                 "api_socket",
+                "http_address",
                 "injected_routes",
                 "listen_addresses",
+                "metrics_address",
                 "next_hops",
                 "routes",
                 "sessions",

@@ -134,6 +134,9 @@ pub async fn run(
     let http_listeners = http::bind(&http::plan(settings.metrics.listen, settings.http))
         .await
         .map_err(|e| e.to_string())?;
+    let (metrics_addr, http_addr) = http::bound_addrs(&http_listeners);
+    // `--metrics` and `--http` on one address: one listener serves both.
+    let shared_http = settings.metrics.listen.is_some() && metrics_addr.is_none();
 
     let server = Server::start(settings.server.clone())
         .await
@@ -195,6 +198,8 @@ pub async fn run(
         client: agent.as_ref().map(Agent::handle),
         client_lock: tokio::sync::Mutex::new(()),
         metrics: telemetry.api(),
+        metrics_addr: metrics_addr.or(if shared_http { http_addr } else { None }),
+        http_addr,
     });
     let tcp = settings
         .api

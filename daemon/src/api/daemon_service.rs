@@ -36,6 +36,8 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             started_at: Some(timestamp(self.state.started_at)),
             uptime: Some(duration(self.state.started.elapsed())),
             listen_addresses: self.state.listen.iter().map(|a| a.to_string()).collect(),
+            metrics_address: addr_text(self.state.metrics_addr),
+            http_address: addr_text(self.state.http_addr),
             api_socket: self.state.api_socket.display().to_string(),
             state_dir: self
                 .state
@@ -82,4 +84,9 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             .map_err(|_| shutting_down())?;
         Ok(Response::new(pb::ShutdownResponse {}))
     }
+}
+
+/// An optional address as text ("" when absent).
+fn addr_text(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map(|a| a.to_string()).unwrap_or_default()
 }

@@ -68,6 +68,10 @@ pub struct ApiState {
     pub client_lock: Mutex<()>,
     /// Request counters.
     pub metrics: Arc<crate::metrics::ApiMetrics>,
+    /// Bound address of the metrics listener, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Bound address of the status page listener, if any.
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// Starts serving the API on the given listeners until `shutdown` becomes true.

@@ -126,6 +126,20 @@ pub fn plan(metrics: Option<SocketAddr>, http: Option<SocketAddr>) -> Vec<Listen
     }
 }
 
+/// The bound address serving `/metrics` for `--metrics` (the metrics-only
+/// listener, or the shared one) and the one serving the status page.
+pub fn bound_addrs(bound: &[(TcpListener, Endpoints)]) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let addr_of = |want: Endpoints| {
+        bound
+            .iter()
+            .find(|(_, e)| *e == want)
+            .and_then(|(l, _)| l.local_addr().ok())
+    };
+    let http = addr_of(Endpoints::All);
+    let metrics = addr_of(Endpoints::Metrics);
+    (metrics, http)
+}
+
 /// Binds every planned listener (a failure is a startup error naming the
 /// address).
 pub async fn bind(plan: &[Listen]) -> std::io::Result<Vec<(TcpListener, Endpoints)>> {

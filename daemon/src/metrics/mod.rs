@@ -28,7 +28,7 @@ use crate::server::Server;
 
 /// Most VNIs given their own `vni` label by default; the others are summed
 /// under `vni="other"`.
-pub const DEFAULT_VNI_LABEL_LIMIT: usize = 1000;
+pub const DEFAULT_VNI_LABEL_LIMIT: usize = metalbondd_config::DEFAULT_METRICS_VNI_LABEL_LIMIT;
 
 /// The daemon's metrics.
 pub struct Telemetry {

@@ -397,6 +397,8 @@ impl daemon_service_server::DaemonService for Fake {
                 nanos: 0,
             }),
             listen_addresses: vec!["[::]:4711".into(), "0.0.0.0:4711".into()],
+            metrics_address: "127.0.0.1:9711".into(),
+            http_address: String::new(),
             api_socket: "/run/metalbondd/api.sock".into(),
             state_dir: "/var/lib/metalbondd".into(),
             sessions: 2,
@@ -1012,6 +1014,8 @@ version:          0.1.0
 started_at:       2023-11-14T22:13:20Z
 uptime:           3m07s
 listen_addresses: [::]:4711, 0.0.0.0:4711
+metrics_address:  127.0.0.1:9711
+http_address:     -
 api_socket:       /run/metalbondd/api.sock
 state_dir:        /var/lib/metalbondd
 sessions:         2
@@ -1029,6 +1033,8 @@ static_routes:    1
         v["listen_addresses"],
         serde_json::json!(["[::]:4711", "0.0.0.0:4711"])
     );
+    assert_eq!(v["metrics_address"], "127.0.0.1:9711");
+    assert_eq!(v["http_address"], serde_json::Value::Null);
 
     assert_eq!(s.ok(&["health"]), "SERVING\n");
     assert_eq!(

@@ -489,7 +489,13 @@ async fn systemd_readiness_comes_after_every_listener_is_bound() {
     let pid = child.0.id() as libc::pid_t;
 
     let ready = recv_notification(&sock);
-    assert!(ready.starts_with("READY=1\nSTATUS=serving"), "{ready:?}");
+    assert_eq!(
+        ready,
+        format!(
+            "READY=1\nSTATUS=serving: route server on {mb}; API at {}",
+            api_socket.display()
+        )
+    );
     // At READY every listener accepts: MetalBond, the API, HTTP.
     let mut peer = RawPeer::connect(mb).await;
     peer.handshake(5).await;
@@ -519,7 +525,7 @@ async fn systemd_readiness_comes_after_every_listener_is_bound() {
         }
     }
     assert_eq!(after_hup[0], "RELOADING=1");
-    assert!(after_hup[1].starts_with("READY=1"), "{after_hup:?}");
+    assert_eq!(after_hup[1], ready, "the same status after a reload");
     // SIGTERM: STOPPING=1, then a clean exit.
     drop((api, peer));
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -553,4 +559,56 @@ async fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::p
         assert!(tokio::time::Instant::now() < deadline, "did not exit");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Starts the daemon with its stderr on a pipe made here and
+/// `JOURNAL_STREAM` naming that pipe (as systemd does for a service logging
+/// to journald) or another stream; returns its first log line.
+fn first_log_line(journal_stream_matches: bool) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(write.as_raw_fd(), &mut st) }, 0);
+    let ino = if journal_stream_matches {
+        st.st_ino as u64
+    } else {
+        st.st_ino as u64 + 1
+    };
+    let dir = unique_temp_dir();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_metalbondd"))
+        .args(["server", "--listen", "[::1]:0", "--api-socket"])
+        .arg(dir.join("api.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("JOURNAL_STREAM", format!("{}:{ino}", st.st_dev as u64))
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write))
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(read))
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+#[test]
+fn no_second_timestamp_when_logging_to_journald() {
+    let to_journal = first_log_line(true);
+    assert!(
+        to_journal.starts_with(" INFO") || to_journal.starts_with("INFO"),
+        "{to_journal:?}"
+    );
+    let elsewhere = first_log_line(false);
+    assert!(
+        elsewhere.starts_with("20") && elsewhere.contains("Z "),
+        "a timestamp first: {elsewhere:?}"
+    );
 }

@@ -671,7 +671,12 @@ async fn no_arguments_listen_on_default_port_4711() {
             return;
         }
     }
-    let d = match Daemon::spawn(&[]) {
+    // No MetalBond arguments; only the API socket and the state store go to
+    // a temporary directory, so the test never touches /run or /var/lib.
+    let dir = unique_temp_dir();
+    let sock = dir.join("api.sock").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let d = match Daemon::spawn(&["--api-socket", &sock, "--state-dir", &state]) {
         Ok(d) => d,
         // Someone else took the port between our check and the daemon's bind.
         Err(e) if e.contains("in use") => {

@@ -104,7 +104,7 @@ impl fmt::Display for CliError {
             CliError::Usage(m) | CliError::Other(m) => f.write_str(m),
             CliError::Connect { socket, source } => {
                 let hint = match source.kind() {
-                    io::ErrorKind::PermissionDenied => "may you use it?",
+                    io::ErrorKind::PermissionDenied => "is your user in the socket's group?",
                     _ => "is the daemon running?",
                 };
                 write!(

@@ -223,11 +223,12 @@ pub async fn run(
 
     // Every listener is bound and the daemon's routes are in the table.
     readiness.serving();
-    notify::ready(&format!(
-        "serving: {} MetalBond listener(s), API at {}",
-        server.local_addrs.len(),
-        settings.api.socket.display()
-    ));
+    let status = serving_status(
+        &server.local_addrs,
+        settings.client.as_ref(),
+        &settings.api.socket,
+    );
+    notify::ready(&status);
     let watchdog = notify::watchdog_interval().map(|every| {
         info!(interval = ?every, "systemd watchdog enabled");
         tokio::spawn(notify::watchdog(every))
@@ -264,7 +265,7 @@ pub async fn run(
             }
             Err(e) => error!("configuration not reloaded, keeping the running one: {e}"),
         }
-        notify::ready("serving");
+        notify::ready(&status);
         if let Some(reply) = request {
             let _ = reply.send(outcome);
         }
@@ -291,6 +292,30 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&running.api.socket);
     Ok(())
+}
+
+/// The `STATUS=` text systemd shows while the daemon serves.
+fn serving_status(
+    listen: &[SocketAddr],
+    client: Option<&ClientSettings>,
+    api_socket: &std::path::Path,
+) -> String {
+    let mut roles = Vec::new();
+    if !listen.is_empty() {
+        let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
+        roles.push(format!("route server on {}", addrs.join(", ")));
+    }
+    if let Some(c) = client {
+        roles.push(format!(
+            "hypervisor role with {} route server(s)",
+            c.servers.len()
+        ));
+    }
+    format!(
+        "serving: {}; API at {}",
+        roles.join(" and "),
+        api_socket.display()
+    )
 }
 
 /// How long API and HTTP clients may take to finish at shutdown.

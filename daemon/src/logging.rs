@@ -31,6 +31,9 @@ pub fn init(level: &str, json: bool) -> LogControl {
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry.with(fmt.json()).init();
+    } else if stderr_is_journal() {
+        // journald stamps every line itself: no second timestamp.
+        registry.with(fmt.without_time()).init();
     } else {
         registry.with(fmt).init();
     }
@@ -38,6 +41,27 @@ pub fn init(level: &str, json: bool) -> LogControl {
         handle,
         env_override,
     }
+}
+
+/// True when stderr is connected to the systemd journal: `$JOURNAL_STREAM`
+/// names the device and inode of that stream (systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream
+        .to_str()
+        .and_then(|s| s.split_once(':'))
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+    else {
+        return false;
+    };
+    // SAFETY: fstat on the process's stderr descriptor into a zeroed stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
 }
 
 impl LogControl {

@@ -560,7 +560,10 @@ async fn a_slow_watcher_gets_lagged_and_the_daemon_keeps_serving_peers() {
     // take a while to move 40,000 routes.
     let d = Daemon::start(&["--watch-max-lag-bytes", "200000", "--keepalive", "60"]);
     let mut api = common::api::connect_small_windows(&d.api_socket()).await;
-    let mut sub = RawPeer::established(d.addr).await;
+    // The session keepalive is the smaller of both sides' proposals: the
+    // peers propose 60 too.
+    let mut sub = RawPeer::connect(d.addr).await;
+    sub.handshake(60).await;
     sub.subscribe(4).await;
     // The watcher reads nothing while the routes arrive.
     let mut watch = api
@@ -569,7 +572,8 @@ async fn a_slow_watcher_gets_lagged_and_the_daemon_keeps_serving_peers() {
         .await
         .unwrap()
         .into_inner();
-    let mut announcer = RawPeer::established(d.addr).await;
+    let mut announcer = RawPeer::connect(d.addr).await;
+    announcer.handshake(60).await;
     let mut buf = bytes::BytesMut::new();
     for i in 0..N {
         let r = route(&format!("4#10.{}.{}.0/24@2001:db8::4", i / 256, i % 256));

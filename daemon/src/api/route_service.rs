@@ -258,6 +258,9 @@ enum Stop {
 
 /// How often a watcher blocked on a slow client checks its lag.
 const LAG_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+/// A watcher that keeps sending also checks its lag every this many events
+/// (a client that reads, but slower than the log grows).
+const LAG_CHECK_EVENTS: u64 = 256;
 
 impl Watcher {
     async fn run(mut self, snapshot: Vec<Route>, mut cursor: LogCursor) {
@@ -333,10 +336,17 @@ impl Watcher {
         }
     }
 
-    /// Sends the next event. While the client is slow to take it, checks how
-    /// far behind the log this watcher is: the log never waits for it, so a
-    /// watcher too far behind ends with a `lagged` event instead of a gap.
+    /// Sends the next event. Checks how far behind the log this watcher is
+    /// every [`LAG_CHECK_EVENTS`] events, and every [`LAG_CHECK`] while the
+    /// client is slow to take one: the log never waits for it, so a watcher
+    /// too far behind ends with a `lagged` event instead of a gap.
     async fn send(&mut self, event: Event, cursor: &LogCursor) -> Result<(), Stop> {
+        if self.sequence % LAG_CHECK_EVENTS == 0 {
+            let lag = cursor.lag_bytes();
+            if lag > self.max_lag {
+                return Err(Stop::Lagged(lag));
+            }
+        }
         loop {
             tokio::select! {
                 // Two slots, one used: the last slot stays free for `lagged`,

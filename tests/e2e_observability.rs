@@ -15,15 +15,12 @@ use metalbond_proto::api as pb;
 
 const T: Duration = Duration::from_secs(10);
 
-/// The address of the daemon's HTTP listener serving `endpoints`.
-async fn http_addr(d: &Daemon, endpoints: &str) -> SocketAddr {
-    let line = d
-        .wait_for_line(|l| l.contains("serving HTTP") && l.contains(endpoints), T)
-        .await
-        .unwrap_or_else(|| panic!("no `serving HTTP` line; log:\n{}", d.logs()));
-    parse_addr_field(&line).expect("addr field")
-}
+/// The `endpoints` field of the `serving HTTP` line of a `--metrics` listener.
+const METRICS_ONLY: &str = "endpoints=\"/metrics";
+/// ... and of a `--http` listener.
+const STATUS_PAGE: &str = "endpoints=\"/ /routes.json";
 
+/// The address of the daemon's HTTP listener serving `endpoints`.
 async fn scrape(addr: SocketAddr) -> String {
     let r = get(addr, "/metrics").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -113,7 +110,7 @@ fn check_families(text: &str, not_yet: &[&str]) {
 #[tokio::test]
 async fn metrics_are_named_by_convention_and_move() {
     let d = Daemon::start(&["--metrics", "127.0.0.1:0"]);
-    let addr = http_addr(&d, "/metrics").await;
+    let addr = d.http_addr(METRICS_ONLY).await;
     let before = scrape(addr).await;
     // Families with labels appear with their first sample: no VNI, no
     // protocol error and no API request yet.
@@ -304,7 +301,7 @@ async fn metrics_are_named_by_convention_and_move() {
 #[tokio::test]
 async fn vni_labels_are_bounded() {
     let d = Daemon::start(&["--metrics", "127.0.0.1:0", "--metrics-vni-limit", "2"]);
-    let addr = http_addr(&d, "/metrics").await;
+    let addr = d.http_addr(METRICS_ONLY).await;
     let mut sub = RawPeer::established(d.addr).await;
     for vni in 1..=4 {
         sub.subscribe(vni).await;
@@ -339,15 +336,8 @@ async fn vni_labels_are_bounded() {
 #[tokio::test]
 async fn status_page_serves_the_reference_shapes() {
     let d = Daemon::start(&["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
-    let status = http_addr(&d, "/routes.json").await;
-    let metrics_only = d
-        .wait_for_line(
-            |l| l.contains("serving HTTP") && !l.contains("/routes.json"),
-            T,
-        )
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .expect("metrics listener");
+    let status = d.http_addr(STATUS_PAGE).await;
+    let metrics_only = d.http_addr(METRICS_ONLY).await;
     let mut ann = RawPeer::established(d.addr).await;
     let r1 = route("100#10.0.1.0/24@2001:db8::1");
     let r2 = route("100#10.0.1.0/24@2001:db8::2");

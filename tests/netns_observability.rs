@@ -15,17 +15,9 @@ use std::time::Instant;
 use common::api::inject;
 use common::http::{get, value, value_or_zero};
 use common::netns::{may_run, run_in_netns, wait_table, NetnsEnv, POLL, WAIT};
-use common::{parse_addr_field, Daemon};
 
 const TUN: &str = "mbt0";
 const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
-
-async fn http_addr(d: &Daemon) -> SocketAddr {
-    d.wait_for_line(|l| l.contains("serving HTTP"), WAIT)
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .unwrap_or_else(|| panic!("no `serving HTTP` line; log:\n{}", d.logs()))
-}
 
 /// Scrapes `addr` inside the namespace until `check` holds (bounded);
 /// returns the last scrape.
@@ -72,7 +64,7 @@ async fn client_metrics_follow_sessions_received_and_installed_routes() {
             "[::1]:0",
         ],
     );
-    let addr = http_addr(&client).await;
+    let addr = client.http_addr("serving HTTP").await;
     wait_table(
         &env.ns,
         100,

@@ -134,9 +134,9 @@ pub async fn run(
     let http_listeners = http::bind(&http::plan(settings.metrics.listen, settings.http))
         .await
         .map_err(|e| e.to_string())?;
-    let (metrics_addr, http_addr) = http::bound_addrs(&http_listeners);
-    // `--metrics` and `--http` on one address: one listener serves both.
-    let shared_http = settings.metrics.listen.is_some() && metrics_addr.is_none();
+    let (metrics_only_addr, http_addr) = http::bound_addrs(&http_listeners);
+    // With `--metrics` and `--http` on one address, one listener serves both.
+    let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
 
     let server = Server::start(settings.server.clone())
         .await
@@ -198,7 +198,7 @@ pub async fn run(
         client: agent.as_ref().map(Agent::handle),
         client_lock: tokio::sync::Mutex::new(()),
         metrics: telemetry.api(),
-        metrics_addr: metrics_addr.or(if shared_http { http_addr } else { None }),
+        metrics_addr,
         http_addr,
     });
     let tcp = settings
@@ -283,7 +283,7 @@ pub async fn run(
     server.shutdown();
     // Listeners drain their requests; a client that does not let go (an
     // endless watch, a stalled connection) does not hold the exit up.
-    let drain = futures_join_all(api_tasks.into_iter().chain(http_tasks).collect());
+    let drain = join_or_abort(api_tasks.into_iter().chain(http_tasks).collect());
     if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
         warn!(
             after = ?SHUTDOWN_DRAIN,
@@ -321,8 +321,8 @@ fn serving_status(
 /// How long API and HTTP clients may take to finish at shutdown.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Waits for every task (aborting the rest when dropped).
-async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+/// Waits for every task; dropping the future aborts those still running.
+async fn join_or_abort(tasks: Vec<tokio::task::JoinHandle<()>>) {
     struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {

@@ -161,6 +161,23 @@ pub fn reason_field(line: &str) -> Option<String> {
     Some(words.join(" "))
 }
 
+/// The daemon's I/O and environment in every test: log captured on pipes,
+/// no colours, `RUST_LOG` only from `E2E_RUST_LOG`, and never a service
+/// manager the test runner itself may run under.
+fn daemon_io(cmd: &mut Command) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    if let Ok(filter) = std::env::var("E2E_RUST_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
+}
+
 fn spawn_reader(mut stream: impl Read + Send + 'static, logs: Arc<LogBuf>, tag: String) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(&mut stream);
@@ -266,19 +283,8 @@ impl Daemon {
                 });
             }
         }
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            // Never talk to a service manager the test runner runs under.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
-        if let Ok(filter) = std::env::var("E2E_RUST_LOG") {
-            cmd.env("RUST_LOG", filter);
-        }
+        cmd.args(args);
+        daemon_io(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start metalbondd {args:?}: {e}"))?;
@@ -391,6 +397,23 @@ impl Daemon {
         }
     }
 
+    /// The address of the HTTP listener whose `serving HTTP` log line
+    /// contains `marker` (bounded wait; panics with the log if none).
+    pub async fn http_addr(&self, marker: &str) -> SocketAddr {
+        self.wait_for_line(
+            |l| l.contains("serving HTTP") && l.contains(marker),
+            Duration::from_secs(10),
+        )
+        .await
+        .and_then(|l| parse_addr_field(&l))
+        .unwrap_or_else(|| {
+            panic!(
+                "no `serving HTTP` line with {marker}; log:\n{}",
+                self.logs()
+            )
+        })
+    }
+
     /// Waits (bounded) until the log contains `needle`.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         self.wait_for_line(|l| l.contains(needle), timeout)
@@ -442,16 +465,8 @@ impl Daemon {
     pub fn spawn_in_netns(ns: &str, args: &[&str]) -> Result<Daemon, String> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_metalbondd")])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            // Never talk to a service manager the test runner runs under.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
+            .args(args);
+        daemon_io(&mut cmd);
         Self::spawn_until_running(cmd, args, &format!(" in netns {ns}"), &format!("@{ns}"))
     }
 
@@ -461,16 +476,8 @@ impl Daemon {
     /// listener to wait for).
     pub fn spawn_running(args: &[&str]) -> Result<Daemon, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            // Never talk to a service manager the test runner runs under.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
+        cmd.args(args);
+        daemon_io(&mut cmd);
         Self::spawn_until_running(cmd, args, "", "")
     }
 
@@ -480,9 +487,6 @@ impl Daemon {
         where_: &str,
         tag_suffix: &str,
     ) -> Result<Daemon, String> {
-        if let Ok(filter) = std::env::var("E2E_RUST_LOG") {
-            cmd.env("RUST_LOG", filter);
-        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start metalbondd {args:?}{where_}: {e}"))?;

@@ -126,8 +126,8 @@ pub fn plan(metrics: Option<SocketAddr>, http: Option<SocketAddr>) -> Vec<Listen
     }
 }
 
-/// The bound address serving `/metrics` for `--metrics` (the metrics-only
-/// listener, or the shared one) and the one serving the status page.
+/// The bound addresses of the metrics-only listener and of the status page
+/// listener, if there are such listeners.
 pub fn bound_addrs(bound: &[(TcpListener, Endpoints)]) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let addr_of = |want: Endpoints| {
         bound
@@ -135,9 +135,7 @@ pub fn bound_addrs(bound: &[(TcpListener, Endpoints)]) -> (Option<SocketAddr>, O
             .find(|(_, e)| *e == want)
             .and_then(|(l, _)| l.local_addr().ok())
     };
-    let http = addr_of(Endpoints::All);
-    let metrics = addr_of(Endpoints::Metrics);
-    (metrics, http)
+    (addr_of(Endpoints::Metrics), addr_of(Endpoints::All))
 }
 
 /// Binds every planned listener (a failure is a startup error naming the

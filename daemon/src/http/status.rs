@@ -19,7 +19,7 @@ pub struct RouteView {
 }
 
 impl RouteView {
-    /// Adds routes (duplicates are kept once).
+    /// Adds routes (duplicates are kept once); next hops stay sorted.
     pub fn extend(&mut self, routes: impl IntoIterator<Item = Route>) {
         for r in routes {
             let hops = self
@@ -28,13 +28,8 @@ impl RouteView {
                 .or_default()
                 .entry(r.dest.to_string())
                 .or_default();
-            if !hops.contains(&r.next_hop) {
-                hops.push(r.next_hop);
-            }
-        }
-        for prefixes in self.vnet.values_mut() {
-            for hops in prefixes.values_mut() {
-                hops.sort();
+            if let Err(at) = hops.binary_search(&r.next_hop) {
+                hops.insert(at, r.next_hop);
             }
         }
     }

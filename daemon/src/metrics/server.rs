@@ -192,6 +192,16 @@ impl ServerMirror {
                 &["vni"],
             ),
         };
+        // Series that exist from the start, so that rate() and alerts work
+        // before the first occurrence.
+        for kind in ["write_timeout", "lagging"] {
+            families.slow_consumers.with_label_values(&[kind]);
+        }
+        shared.handshake_timeouts.with_label_values(&[ROLE]);
+        shared.keepalive_timeouts.with_label_values(&[ROLE]);
+        for reason in COMMON_END_REASONS {
+            shared.downs.with_label_values(&[ROLE, reason]);
+        }
         adopt_histogram(registry, &server.metrics.propagation);
         adopt_histogram(registry, &server.metrics.dump_duration);
         Self {
@@ -326,15 +336,6 @@ impl ServerMirror {
         mirror(&f.duplicate_subscribes, get(&m.duplicate_subscribes));
         mirror(&f.dumps, get(&m.dumps));
         mirror(&f.dump_routes, get(&m.dump_routes));
-        // Always present, so that rate() and alerts work from the start.
-        for kind in ["write_timeout", "lagging"] {
-            f.slow_consumers.with_label_values(&[kind]);
-        }
-        s.handshake_timeouts.with_label_values(&[ROLE]);
-        for reason in COMMON_END_REASONS {
-            s.downs.with_label_values(&[ROLE, reason]);
-        }
-        s.keepalive_timeouts.with_label_values(&[ROLE]);
         s.mirror_ends(ROLE, &m.closes(), Some(&f.slow_consumers));
     }
 }

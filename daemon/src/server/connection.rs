@@ -465,9 +465,6 @@ impl Connection {
                         return true;
                     }
                     queued += 1;
-                    if let Some(t) = since {
-                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
-                    }
                     match &mut run {
                         Some((data, r))
                             if data.as_ptr() == frame.as_ptr() && r.end == range.start =>
@@ -477,6 +474,11 @@ impl Connection {
                         _ => {
                             flush(&mut run, out);
                             run = Some((frame.clone(), range));
+                            // A run lies within one chunk, whose updates share
+                            // one cause time: look at it once per run.
+                            if let Some(t) = since {
+                                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                            }
                         }
                     }
                 }

@@ -76,9 +76,10 @@ pub struct Chunk {
     pub data: Bytes,
     /// Entries in order.
     pub entries: Vec<Entry>,
-    /// When the oldest cause of this chunk's updates arrived (an UPDATE read
-    /// from a peer, an API call, a session's end), for the propagation
-    /// latency metric. `None` if the chunk has no updates.
+    /// When the cause of this chunk's first update arrived (an UPDATE read
+    /// from a peer, an API call, a session's end): the oldest, as causes are
+    /// applied in arrival order. For the propagation latency metric; `None`
+    /// if the chunk has no updates.
     pub oldest_cause: Option<Instant>,
     next: OnceLock<Arc<Chunk>>,
 }
@@ -116,7 +117,7 @@ pub struct LogWriter {
     entries: Vec<Entry>,
     /// When the cause of the updates being appended now arrived.
     cause: Option<Instant>,
-    /// The oldest cause of the open chunk's updates.
+    /// The cause time of the open chunk's first update.
     oldest_cause: Option<Instant>,
     published: tokio::sync::watch::Sender<Arc<Chunk>>,
 }
@@ -157,8 +158,8 @@ impl LogWriter {
 
     /// Appends an UPDATE for `route`, caused by `origin`.
     pub fn append_update(&mut self, action: Action, route: &Route, origin: SessionId) {
-        if let Some(at) = self.cause {
-            self.oldest_cause = Some(self.oldest_cause.map_or(at, |t| t.min(at)));
+        if self.oldest_cause.is_none() {
+            self.oldest_cause = self.cause;
         }
         encode_update(action, route, &mut self.data);
         self.entries.push(Entry::Update {

@@ -338,59 +338,66 @@ async fn status_page_serves_the_reference_shapes() {
     let d = Daemon::start(&["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     let status = d.http_addr(STATUS_PAGE).await;
     let metrics_only = d.http_addr(METRICS_ONLY).await;
+    // The routes of the pages captured from the Go reference
+    // (tests/vectors/go-status-page): three from a peer, two of the
+    // daemon's own (the table holds both).
     let mut ann = RawPeer::established(d.addr).await;
-    let r1 = route("100#10.0.1.0/24@2001:db8::1");
-    let r2 = route("100#10.0.1.0/24@2001:db8::2");
-    let r3 = route("7#2001:db8:1::/64@2001:db8::3#lb");
-    for r in [r1, r2, r3] {
-        ann.announce(r).await;
+    for r in [
+        "100#10.1.0.0/16@2001:db8::1",
+        "23#10.0.23.0/24@2001:db8::10",
+        "23#2001:db8:5::/64@2001:db8::5#lb",
+    ] {
+        ann.announce(route(r)).await;
     }
-    // The daemon's own routes are in the table too.
     common::api::inject(
         &d.api_socket(),
-        &["100#10.0.2.0/24@2001:db8::9#nat#1024#2047"],
+        &[
+            "23#10.0.99.0/24@2001:db8::99#nat#1024#2047",
+            "23#10.0.23.0/24@2001:db8::1",
+        ],
     )
     .await;
-    // Wait for all four via a subscriber (the table applies in order).
+    // Wait for all five via a subscriber (the table applies in order).
     let mut sub = RawPeer::established(d.addr).await;
     sub.subscribe(100).await;
-    sub.subscribe(7).await;
-    sub.expect_updates(4, T).await;
+    sub.subscribe(23).await;
+    sub.expect_updates(5, T).await;
 
+    // Byte for byte the Go reference's page, date and version aside.
+    let go_page = |text: &str, date: &str| {
+        text.replace("2026-12-06 05:20:36", date)
+            .replace("0.5.0-6-g11ad382", env!("CARGO_PKG_VERSION"))
+    };
     let json = get(status, "/routes.json").await;
     assert_eq!(json.status, 200);
     assert_eq!(json.headers["content-type"], "application/json");
     let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
     let keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["date", "vnet", "metalbondVersion"]));
-    assert_eq!(
-        v["vnet"],
-        serde_json::json!({
-            "100": {
-                "10.0.1.0/24": ["2001:db8::1", "2001:db8::2"],
-                "10.0.2.0/24": ["2001:db8::9"],
-            },
-            "7": { "2001:db8:1::/64": ["2001:db8::3"] },
-        })
-    );
     let date = v["date"].as_str().unwrap();
     assert_eq!(date.len(), "2026-11-21 03:49:05".len(), "{date}");
+    let go_json = include_str!("vectors/go-status-page/routes.json");
+    assert_eq!(json.body, go_page(go_json, date), "{}", json.body);
+    let nat = &v["vnet"]["23"][r#"{"IPVersion":4,"Prefix":"10.0.99.0/24"}"#][0];
+    assert_eq!(
+        (&nat["Type"], &nat["NATPortRangeFrom"], &nat["NATPortRangeTo"]),
+        (&serde_json::json!(1), &serde_json::json!(1024), &serde_json::json!(2047))
+    );
 
     let yaml = get(status, "/routes.yaml").await;
     assert_eq!(yaml.status, 200);
-    assert!(
-        yaml.body.contains("vnet:\n  7:\n    \"2001:db8:1::/64\":\n    - \"2001:db8::3\"\n  100:\n    10.0.1.0/24:\n    - \"2001:db8::1\"\n    - \"2001:db8::2\"\n"),
-        "{}",
-        yaml.body
-    );
-    assert!(yaml.body.contains("metalbondversion: "), "{}", yaml.body);
+    assert_eq!(yaml.headers["content-type"], "text/yaml");
+    let date = yaml.body.lines().next().unwrap();
+    let date = date.trim_start_matches("date: ").trim_matches('"');
+    let go_yaml = include_str!("vectors/go-status-page/routes.yaml");
+    assert_eq!(yaml.body, go_page(go_yaml, date), "{}", yaml.body);
 
     let html = get(status, "/").await;
     assert_eq!(html.status, 200);
     assert!(html.headers["content-type"].starts_with("text/html"));
     assert!(html.body.contains(&ann.local.to_string()), "{}", html.body);
     assert!(html.body.contains("<h3 id=\"vni-100\">VNI 100</h3>"));
-    assert!(html.body.contains("<h2>Routes (4 in 2 VNIs)</h2>"));
+    assert!(html.body.contains("<h2>Routes (5 in 2 VNIs)</h2>"));
 
     // The API tells where the HTTP listeners are.
     let mut api = common::api::connect(&d.api_socket()).await;

@@ -137,7 +137,16 @@ async fn client_metrics_follow_sessions_received_and_installed_routes() {
     let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
     assert_eq!(
         v["vnet"],
-        serde_json::json!({"100": {"10.0.1.0/24": ["2001:db8::1"], "10.0.2.0/24": ["2001:db8::2"]}})
+        serde_json::json!({"100": {
+            r#"{"IPVersion":4,"Prefix":"10.0.1.0/24"}"#: [{
+                "TargetAddress": "2001:db8::1", "TargetVNI": 0, "Type": 0,
+                "NATPortRangeFrom": 0, "NATPortRangeTo": 0,
+            }],
+            r#"{"IPVersion":4,"Prefix":"10.0.2.0/24"}"#: [{
+                "TargetAddress": "2001:db8::2", "TargetVNI": 0, "Type": 0,
+                "NATPortRangeFrom": 0, "NATPortRangeTo": 0,
+            }],
+        }})
     );
 
     // The route server goes away: the session is down and its end counted;

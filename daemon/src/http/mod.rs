@@ -5,13 +5,14 @@
 //! |---|---|---|
 //! | `/metrics` | every listener | Prometheus text format |
 //! | `/healthz` | every listener | 200 `serving` once the daemon serves, 503 before and while stopping |
-//! | `/routes.json`, `/routes.yaml` | `--http` | received routes in the reference's shape |
+//! | `/routes.json`, `/routes.yaml` | `--http` | received routes in the Go reference's (v0.5.0) shape |
 //! | `/` | `--http` | sessions and routes per VNI (HTML) |
 //!
 //! A `--metrics` listener serves only the first two, so metrics can be
 //! exposed more widely than the route table. When `--http` and `--metrics`
 //! name the same address, one listener serves everything.
 
+mod go_yaml;
 pub mod status;
 
 use std::net::SocketAddr;

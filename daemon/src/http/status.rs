@@ -1,34 +1,59 @@
-//! The status page, in the Go reference's shapes: `/routes.json` and
-//! `/routes.yaml` hold `{date, vnet: {VNI: {prefix: [next hop, ...]}},
-//! metalbondVersion}` with next hops written as the reference writes them
-//! (`ADDR`, or `ADDR (VNI: N)` when the next hop has a target VNI); `/` is a
-//! small HTML page with the sessions and the routes per VNI.
+//! The status page, in the Go reference's (v0.5.0) shapes: `/routes.json`
+//! and `/routes.yaml` hold `{date, vnet: {VNI: {DESTINATION: [NEXT HOP, ...]}},
+//! metalbondVersion}`, where DESTINATION is the reference's text form of its
+//! destination struct, `{"IPVersion":4,"Prefix":"10.0.23.0/24"}`, and a next
+//! hop is an object with `TargetAddress`, `TargetVNI`, `Type` (the wire
+//! number: 0 standard, 1 NAT, 2 load-balancer target), `NATPortRangeFrom` and
+//! `NATPortRangeTo` (lower-case in YAML, as yaml.v2 writes field names). Keys
+//! come in the order of Go's JSON encoder (map keys sorted as strings: VNI
+//! `"100"` before `"23"`, IPv4 destinations before IPv6); next hops in the
+//! reference's order (by their text, `ADDR` or `ADDR (VNI: N)`). `/` is a small
+//! HTML page with the sessions and the routes per VNI.
 //!
-//! Rendering is pure (tested here); gathering the data is in [`super`].
+//! Rendering is pure (tested here, and against pages captured from the
+//! reference in tests/vectors/go-status-page); gathering the data is in
+//! [`super`].
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
-use crate::wire::{NextHop, Route};
+use super::go_yaml;
+use crate::wire::{Destination, NextHop, Route};
 
-/// The routes of the status page: VNI -> prefix -> next hops, sorted.
+/// The next hops of one destination.
+#[derive(Debug, PartialEq, Eq)]
+struct DestHops {
+    /// The prefix as text (`10.0.23.0/24`), for the HTML page.
+    prefix: String,
+    /// In the reference's order, see [`go_hop_order`].
+    hops: Vec<NextHop>,
+}
+
+/// The routes of the status page: VNI -> destination key -> next hops.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RouteView {
-    vnet: BTreeMap<u32, BTreeMap<String, Vec<NextHop>>>,
+    /// Destinations keyed by [`dest_key`], so that they iterate in the order
+    /// of Go's encoders.
+    vnet: BTreeMap<u32, BTreeMap<String, DestHops>>,
 }
 
 impl RouteView {
-    /// Adds routes (duplicates are kept once); next hops stay sorted.
+    /// Adds routes (duplicates are kept once); next hops stay in order.
     pub fn extend(&mut self, routes: impl IntoIterator<Item = Route>) {
         for r in routes {
-            let hops = self
+            let entry = self
                 .vnet
                 .entry(r.vni.0)
                 .or_default()
-                .entry(r.dest.to_string())
-                .or_default();
-            if let Err(at) = hops.binary_search(&r.next_hop) {
+                .entry(dest_key(&r.dest))
+                .or_insert_with(|| DestHops {
+                    prefix: r.dest.to_string(),
+                    hops: Vec::new(),
+                });
+            let hops = &mut entry.hops;
+            if let Err(at) = hops.binary_search_by(|h| go_hop_order(h, &r.next_hop)) {
                 hops.insert(at, r.next_hop);
             }
         }
@@ -38,17 +63,25 @@ impl RouteView {
     pub fn counts(&self) -> Vec<(u32, usize)> {
         self.vnet
             .iter()
-            .map(|(vni, p)| (*vni, p.values().map(Vec::len).sum()))
+            .map(|(vni, p)| (*vni, p.values().map(|d| d.hops.len()).sum()))
             .collect()
     }
 
     /// The VNIs in the order the reference's JSON encoder writes them
     /// (map keys sorted as strings).
-    fn vnis_as_go_json(&self) -> Vec<(String, &BTreeMap<String, Vec<NextHop>>)> {
+    fn vnis_as_go_json(&self) -> Vec<(String, &BTreeMap<String, DestHops>)> {
         let mut v: Vec<_> = self.vnet.iter().map(|(k, p)| (k.to_string(), p)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// The reference's text form of a destination, its map key in both
+/// documents: `{"IPVersion":4,"Prefix":"10.0.23.0/24"}` (the JSON of its
+/// destination struct).
+pub fn dest_key(dest: &Destination) -> String {
+    let version = if dest.addr.is_ipv6() { 6 } else { 4 };
+    format!(r#"{{"IPVersion":{version},"Prefix":"{dest}"}}"#)
 }
 
 /// A next hop as the reference prints it.
@@ -58,6 +91,55 @@ pub fn hop_text(hop: &NextHop) -> String {
     } else {
         hop.addr.to_string()
     }
+}
+
+/// [`hop_text`] without an allocation: the longest text, an IPv6 address
+/// (45 bytes) and ` (VNI: 4294967295)`, fits in 64 bytes.
+struct HopText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl HopText {
+    fn of(hop: &NextHop) -> Self {
+        let mut t = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        let _ = if hop.target_vni != 0 {
+            write!(t, "{} (VNI: {})", hop.addr, hop.target_vni)
+        } else {
+            write!(t, "{}", hop.addr)
+        };
+        t
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Write for HopText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// The reference sorts a destination's next hops by their text
+/// ([`hop_text`]); hops with the same text (same address and target VNI,
+/// another type) are ordered by the rest, where the reference's unstable
+/// sort leaves them in any order.
+fn go_hop_order(a: &NextHop, b: &NextHop) -> Ordering {
+    HopText::of(a)
+        .as_bytes()
+        .cmp(HopText::of(b).as_bytes())
+        .then_with(|| a.cmp(b))
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC), the reference's date format.
@@ -95,9 +177,12 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// `/routes.json`: the reference's shape, indented like its `MarshalIndent`.
+/// `/routes.json`: the reference's shape, indented like its `MarshalIndent`
+/// (two spaces, every next hop an object over several lines, no newline at
+/// the end).
 pub fn routes_json(view: &RouteView, date: &str, version: &str) -> String {
-    let mut out = String::with_capacity(64 + view.vnet.len() * 64);
+    let hops: usize = view.counts().iter().map(|c| c.1).sum();
+    let mut out = String::with_capacity(128 + hops * 192);
     out.push_str("{\n");
     let _ = writeln!(out, "  \"date\": {},", json_string(date));
     if view.vnet.is_empty() {
@@ -105,15 +190,23 @@ pub fn routes_json(view: &RouteView, date: &str, version: &str) -> String {
     } else {
         out.push_str("  \"vnet\": {\n");
         let vnis = view.vnis_as_go_json();
-        for (i, (vni, prefixes)) in vnis.iter().enumerate() {
+        for (i, (vni, dests)) in vnis.iter().enumerate() {
             let _ = writeln!(out, "    {}: {{", json_string(vni));
-            for (j, (prefix, hops)) in prefixes.iter().enumerate() {
-                let _ = writeln!(out, "      {}: [", json_string(prefix));
-                for (k, hop) in hops.iter().enumerate() {
-                    let comma = if k + 1 < hops.len() { "," } else { "" };
-                    let _ = writeln!(out, "        {}{comma}", json_string(&hop_text(hop)));
+            for (j, (key, dest)) in dests.iter().enumerate() {
+                let _ = writeln!(out, "      {}: [", json_string(key));
+                for (k, hop) in dest.hops.iter().enumerate() {
+                    let comma = if k + 1 < dest.hops.len() { "," } else { "" };
+                    let _ = writeln!(
+                        out,
+                        "        {{\n          \"TargetAddress\": {},\n          \"TargetVNI\": {},\n          \"Type\": {},\n          \"NATPortRangeFrom\": {},\n          \"NATPortRangeTo\": {}\n        }}{comma}",
+                        json_string(&hop.addr.to_string()),
+                        hop.target_vni,
+                        hop.kind.0,
+                        hop.nat_from,
+                        hop.nat_to
+                    );
                 }
-                let comma = if j + 1 < prefixes.len() { "," } else { "" };
+                let comma = if j + 1 < dests.len() { "," } else { "" };
                 let _ = writeln!(out, "      ]{comma}");
             }
             let comma = if i + 1 < vnis.len() { "," } else { "" };
@@ -126,41 +219,37 @@ pub fn routes_json(view: &RouteView, date: &str, version: &str) -> String {
     out
 }
 
-/// A YAML scalar: plain when that cannot be misread (letters, digits and
-/// `./-_`, not starting with a digit that could make it a number), quoted
-/// otherwise (IPv6 addresses, dates, next hops with a VNI).
-fn yaml_scalar(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'))
-        && s.contains('/');
-    if plain {
-        s.to_string()
-    } else {
-        json_string(s)
-    }
-}
-
-/// `/routes.yaml`: the reference's shape (its YAML encoder lower-cases the
-/// field names: `date`, `vnet`, `metalbondversion`).
+/// `/routes.yaml`: the reference's shape as yaml.v2 writes it (field names
+/// lower-cased, VNIs in numeric order, destination keys single-quoted).
+/// yaml.v2 cannot sort the reference's struct keys and writes the
+/// destinations of a VNI in Go's random map order; they are written here in
+/// the JSON document's order.
 pub fn routes_yaml(view: &RouteView, date: &str, version: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "date: {}", json_string(date));
+    let _ = writeln!(out, "date: {}", go_yaml::string(date));
     if view.vnet.is_empty() {
         out.push_str("vnet: {}\n");
     } else {
         out.push_str("vnet:\n");
-        for (vni, prefixes) in &view.vnet {
+        for (vni, dests) in &view.vnet {
             let _ = writeln!(out, "  {vni}:");
-            for (prefix, hops) in prefixes {
-                let _ = writeln!(out, "    {}:", yaml_scalar(prefix));
-                for hop in hops {
-                    let _ = writeln!(out, "    - {}", yaml_scalar(&hop_text(hop)));
+            for (key, dest) in dests {
+                let _ = writeln!(out, "    {}:", go_yaml::string(key));
+                for hop in &dest.hops {
+                    let _ = writeln!(
+                        out,
+                        "    - targetaddress: {}\n      targetvni: {}\n      type: {}\n      natportrangefrom: {}\n      natportrangeto: {}",
+                        go_yaml::string(&hop.addr.to_string()),
+                        hop.target_vni,
+                        hop.kind.0,
+                        hop.nat_from,
+                        hop.nat_to
+                    );
                 }
             }
         }
     }
-    let _ = writeln!(out, "metalbondversion: {}", json_string(version));
+    let _ = writeln!(out, "metalbondversion: {}", go_yaml::string(version));
     out
 }
 
@@ -244,8 +333,8 @@ pub fn index_html(peers: &[PeerRow], view: &RouteView, date: &str, version: &str
     'vnis: for (vni, prefixes) in &view.vnet {
         let _ = writeln!(h, "<h3 id=\"vni-{vni}\">VNI {vni}</h3>");
         h.push_str("<table><tr><th>prefix</th><th>next hop</th><th>type</th></tr>\n");
-        for (prefix, hops) in prefixes {
-            for hop in hops {
+        for dest in prefixes.values() {
+            for hop in &dest.hops {
                 if listed == HTML_ROUTE_LIMIT {
                     h.push_str("</table>\n");
                     let _ = writeln!(
@@ -258,7 +347,7 @@ pub fn index_html(peers: &[PeerRow], view: &RouteView, date: &str, version: &str
                 let _ = writeln!(
                     h,
                     "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
-                    esc(prefix),
+                    esc(&dest.prefix),
                     esc(&hop_text(hop)),
                     esc(&hop.kind.to_string())
                 );
@@ -289,32 +378,107 @@ mod tests {
         v
     }
 
-    #[test]
-    fn json_has_the_reference_shape_and_key_order() {
-        let json = routes_json(&view(), "2026-11-21 03:49:05", "0.1.0");
-        let expected = r#"{
-  "date": "2026-11-21 03:49:05",
-  "vnet": {
-    "100": {
-      "10.0.1.0/24": [
-        "2001:db8::1",
-        "2001:db8::2"
-      ],
-      "10.0.2.0/24": [
-        "2001:db8::3"
-      ]
-    },
-    "20": {
-      "2001:db8:1::/64": [
-        "2001:db8::9"
-      ]
+    /// A page captured from the Go reference with its date and version
+    /// replaced by `date` and `version`.
+    fn go_page(text: &str, date: &str, version: &str) -> String {
+        text.replace("2026-12-06 05:20:36", date)
+            .replace("0.5.0-6-g11ad382", version)
     }
-  },
-  "metalbondVersion": "0.1.0"
-}"#;
-        assert_eq!(json, expected);
+
+    /// The routes the Go client announced for the captured pages
+    /// (tests/vectors/go-status-page/README.md), in another order.
+    fn go_fixture_view() -> RouteView {
+        let mut v = RouteView::default();
+        v.extend(
+            [
+                "100#10.1.0.0/16@2001:db8::1",
+                "23#10.0.23.0/24@2001:db8::10",
+                "23#2001:db8:5::/64@2001:db8::5#lb",
+                "23#10.0.99.0/24@2001:db8::99#nat#1024#2047",
+                "23#10.0.23.0/24@2001:db8::1",
+            ]
+            .map(|s| s.parse::<Route>().unwrap()),
+        );
+        v
+    }
+
+    #[test]
+    fn json_is_byte_for_byte_the_references() {
+        let ours = routes_json(&go_fixture_view(), "2026-11-21 03:49:05", "0.1.0");
+        let go = include_str!("../../../tests/vectors/go-status-page/routes.json");
+        assert_eq!(ours, go_page(go, "2026-11-21 03:49:05", "0.1.0"));
+    }
+
+    #[test]
+    fn yaml_is_byte_for_byte_the_references() {
+        let ours = routes_yaml(&go_fixture_view(), "2026-11-21 03:49:05", "0.1.0");
+        let go = include_str!("../../../tests/vectors/go-status-page/routes.yaml");
+        assert_eq!(ours, go_page(go, "2026-11-21 03:49:05", "0.1.0"));
+    }
+
+    #[test]
+    fn the_client_role_page_has_the_same_shape() {
+        // A Go client's page: the routes it received (VNI 23 only).
+        let mut v = RouteView::default();
+        v.extend(
+            [
+                "23#2001:db8:5::/64@2001:db8::5#lb",
+                "23#10.0.99.0/24@2001:db8::99#nat#1024#2047",
+                "23#10.0.23.0/24@2001:db8::10",
+                "23#10.0.23.0/24@2001:db8::1",
+            ]
+            .map(|s| s.parse::<Route>().unwrap()),
+        );
+        let go = include_str!("../../../tests/vectors/go-status-page/client-routes.json");
+        let go = go.replace("2026-12-06 05:21:11", "2026-12-06 05:20:36");
+        assert_eq!(routes_json(&v, "d", "v"), go_page(&go, "d", "v"));
+    }
+
+    #[test]
+    fn json_keys_sort_as_strings_and_hops_by_text() {
+        let json = routes_json(&view(), "d", "v");
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(parsed["vnet"]["100"]["10.0.1.0/24"][1], "2001:db8::2");
+        let v4 = r#"{"IPVersion":4,"Prefix":"10.0.1.0/24"}"#;
+        let hops = &parsed["vnet"]["100"][v4];
+        assert_eq!(hops[0]["TargetAddress"], "2001:db8::1");
+        assert_eq!(hops[1]["TargetAddress"], "2001:db8::2");
+        let nat = &parsed["vnet"]["100"][r#"{"IPVersion":4,"Prefix":"10.0.2.0/24"}"#][0];
+        assert_eq!(
+            (nat["Type"].as_u64(), nat["NATPortRangeFrom"].as_u64()),
+            (Some(1), Some(1024))
+        );
+        assert_eq!(nat["NATPortRangeTo"], 2047);
+        let lb = &parsed["vnet"]["20"][r#"{"IPVersion":6,"Prefix":"2001:db8:1::/64"}"#][0];
+        assert_eq!((lb["Type"].as_u64(), lb["TargetVNI"].as_u64()), (Some(2), Some(0)));
+        // Go's encoder order: "100" before "20"; within a VNI, keys as strings.
+        let at = |needle: &str| json.find(needle).unwrap();
+        assert!(at("\"100\"") < at("\"20\""));
+        let mut v = RouteView::default();
+        v.extend(
+            [
+                "1#2001:db8::/64@2001:db8::9",
+                "1#10.0.3.0/24@2001:db8::10",
+                "1#10.0.3.0/24@2001:db8::9",
+                "1#10.0.3.0/24@2001:db8::9#lb",
+                "1#10.0.23.0/24@2001:db8::1",
+            ]
+            .map(|s| s.parse::<Route>().unwrap()),
+        );
+        let json = routes_json(&v, "d", "v");
+        let at = |needle: &str| json.find(needle).unwrap();
+        assert!(at("10.0.23.0/24") < at("10.0.3.0/24"));
+        assert!(at("10.0.3.0/24") < at("IPVersion\\\":6"));
+        // "2001:db8::10" < "2001:db8::9" as text; the lb hop follows the
+        // standard one with the same address.
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let hops = &parsed["vnet"]["1"][r#"{"IPVersion":4,"Prefix":"10.0.3.0/24"}"#];
+        let got: Vec<_> = hops
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{}/{}", h["TargetAddress"].as_str().unwrap(), h["Type"]))
+            .collect();
+        assert_eq!(got, ["2001:db8::10/0", "2001:db8::9/0", "2001:db8::9/2"]);
     }
 
     #[test]
@@ -322,28 +486,26 @@ mod tests {
         let json = routes_json(&RouteView::default(), "d", "v");
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed["vnet"], serde_json::json!({}));
-        let mut hop = view().vnet[&100]["10.0.1.0/24"][0];
+        assert_eq!(
+            routes_yaml(&RouteView::default(), "2026-11-21 03:49:05", "0.1.0"),
+            "date: \"2026-11-21 03:49:05\"\nvnet: {}\nmetalbondversion: 0.1.0\n"
+        );
+        let mut hop = view().vnet[&100][r#"{"IPVersion":4,"Prefix":"10.0.1.0/24"}"#].hops[0];
         hop.target_vni = 7;
         assert_eq!(hop_text(&hop), "2001:db8::1 (VNI: 7)");
-    }
-
-    #[test]
-    fn yaml_has_the_reference_shape() {
-        let yaml = routes_yaml(&view(), "2026-11-21 03:49:05", "0.1.0");
-        let expected = "date: \"2026-11-21 03:49:05\"
-vnet:
-  20:
-    \"2001:db8:1::/64\":
-    - \"2001:db8::9\"
-  100:
-    10.0.1.0/24:
-    - \"2001:db8::1\"
-    - \"2001:db8::2\"
-    10.0.2.0/24:
-    - \"2001:db8::3\"
-metalbondversion: \"0.1.0\"
-";
-        assert_eq!(yaml, expected);
+        hop.addr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .into();
+        hop.target_vni = u32::MAX;
+        assert_eq!(HopText::of(&hop).as_bytes(), hop_text(&hop).as_bytes());
+        let mut v = RouteView::default();
+        v.extend(["1#10.0.0.0/8@2001:db8::1"].map(|s| s.parse::<Route>().unwrap()));
+        let mut r: Route = "1#10.0.0.0/8@2001:db8::1".parse().unwrap();
+        r.next_hop.target_vni = 7;
+        v.extend([r]);
+        let json = routes_json(&v, "d", "v");
+        assert!(json.contains("\"TargetVNI\": 7"), "{json}");
     }
 
     #[test]
@@ -368,6 +530,7 @@ metalbondversion: \"0.1.0\"
         let html = index_html(&peers, &view(), "d", "v");
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
         assert!(html.contains("<h2>Routes (4 in 2 VNIs)</h2>"));
+        assert!(html.contains("<tr><td><code>10.0.2.0/24</code></td><td><code>2001:db8::3</code></td><td>nat</td></tr>"));
         assert!(html.contains("id=\"vni-20\""));
         let mut big = RouteView::default();
         big.extend((0..HTML_ROUTE_LIMIT as u32 + 10).map(|i| {

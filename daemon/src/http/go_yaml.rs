@@ -203,6 +203,7 @@ mod tests {
 
     #[test]
     fn writes_strings_as_yaml_v2_does() {
+        // Every expectation checked with yaml.v2 2.4.0's Marshal.
         for (s, want) in [
             // Seen in the reference's /routes.yaml.
             ("2001:db8::1", "2001:db8::1"),
@@ -233,9 +234,21 @@ mod tests {
             ("- x", "'- x'"),
             ("a: b", "'a: b'"),
             ("a #b", "'a #b'"),
-            ("it's {", "'it''s {'"),
+            ("{it's}", "'{it''s}'"),
+            // Flow indicators inside are fine in block context.
+            ("it's {", "it's {"),
             ("'", "''''"),
             (" x", "' x'"),
+            ("1:2::", "'1:2::'"),
+            ("2001:10:20::", "'2001:10:20::'"),
+            ("12:30", "\"12:30\""),
+            ("1:60", "1:60"),
+            ("0b101", "\"0b101\""),
+            ("0o17", "\"0o17\""),
+            ("-1", "\"-1\""),
+            ("+.inf", "\"+.inf\""),
+            ("0.1.0-dev+abc", "0.1.0-dev+abc"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2:3:4:5:6"),
         ] {
             assert_eq!(string(s), want, "{s:?}");
         }

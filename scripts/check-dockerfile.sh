@@ -8,7 +8,7 @@
 #      rust-version) to debian:bookworm-slim, no protoc, a non-root USER,
 #      EXPOSE 4711, HEALTHCHECK with `mbctl ... health`, ENTRYPOINT metalbondd
 #      listening on [::]:4711, a .dockerignore that keeps target/ and .git
-#      out, and the cargo build command below;
+#      out and vendor/ in, and the cargo build command below;
 #   3. with --build: runs that cargo command, exactly as the image's build
 #      stage does, so that CI builds the image's release binaries (Cargo.lock
 #      up to date, release profile builds and links).
@@ -114,6 +114,11 @@ fi
 for pattern in target .git; do
   grep -qE "^/?$pattern/?\$" .dockerignore 2>/dev/null || problem ".dockerignore does not exclude $pattern"
 done
+# The patched crates of the workspace's [patch.crates-io] (vendor/) are part
+# of the sources the image builds (docs/adr/0012-any-grpc-authority.md).
+if grep -qE '^/?vendor(/|$)' .dockerignore 2>/dev/null; then
+  problem ".dockerignore excludes vendor/ ([patch.crates-io] builds from it)"
+fi
 [ "$fail" -eq 0 ] && echo "   ok"
 
 # --- 3. the image's release build ------------------------------------------------

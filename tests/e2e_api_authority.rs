@@ -267,7 +267,10 @@ async fn python_grpcio_with_its_default_authority() {
         return;
     };
     let d = Daemon::start(&[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/grpc_unix_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/grpc_unix_client.py"
+    );
     let socket = d.api_socket();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)

@@ -380,8 +380,16 @@ async fn status_page_serves_the_reference_shapes() {
     assert_eq!(json.body, go_page(go_json, date), "{}", json.body);
     let nat = &v["vnet"]["23"][r#"{"IPVersion":4,"Prefix":"10.0.99.0/24"}"#][0];
     assert_eq!(
-        (&nat["Type"], &nat["NATPortRangeFrom"], &nat["NATPortRangeTo"]),
-        (&serde_json::json!(1), &serde_json::json!(1024), &serde_json::json!(2047))
+        (
+            &nat["Type"],
+            &nat["NATPortRangeFrom"],
+            &nat["NATPortRangeTo"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1024),
+            &serde_json::json!(2047)
+        )
     );
 
     let yaml = get(status, "/routes.yaml").await;

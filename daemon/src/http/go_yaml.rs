@@ -29,10 +29,10 @@ fn double_quoted(s: &str) -> String {
 /// yaml.v2's `resolve("", s)` is not `!!str`.
 fn resolves_to_non_string(s: &str) -> bool {
     const WORDS: &[&str] = &[
-        "", "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No",
-        "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off",
-        "OFF", ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF",
-        "-.inf", "-.Inf", "-.INF", "<<",
+        "", "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO",
+        "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+        ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf",
+        "-.Inf", "-.INF", "<<",
     ];
     if WORDS.contains(&s) {
         return true;
@@ -89,7 +89,10 @@ fn is_yaml_float(s: &str) -> bool {
         return false;
     }
     if let [b'e' | b'E', rest @ ..] = b {
-        let rest = rest.strip_prefix(b"+").or(rest.strip_prefix(b"-")).unwrap_or(rest);
+        let rest = rest
+            .strip_prefix(b"+")
+            .or(rest.strip_prefix(b"-"))
+            .unwrap_or(rest);
         let exp = digits(rest);
         return exp > 0 && exp == rest.len();
     }
@@ -150,7 +153,10 @@ fn is_base60_float(s: &str) -> bool {
     if !b.first().is_some_and(u8::is_ascii_digit) {
         return false;
     }
-    let head = b.iter().take_while(|c| c.is_ascii_digit() || **c == b'_').count();
+    let head = b
+        .iter()
+        .take_while(|c| c.is_ascii_digit() || **c == b'_')
+        .count();
     b = &b[head..];
     let mut groups = 0;
     while let [b':', rest @ ..] = b {

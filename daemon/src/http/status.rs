@@ -449,7 +449,10 @@ mod tests {
         );
         assert_eq!(nat["NATPortRangeTo"], 2047);
         let lb = &parsed["vnet"]["20"][r#"{"IPVersion":6,"Prefix":"2001:db8:1::/64"}"#][0];
-        assert_eq!((lb["Type"].as_u64(), lb["TargetVNI"].as_u64()), (Some(2), Some(0)));
+        assert_eq!(
+            (lb["Type"].as_u64(), lb["TargetVNI"].as_u64()),
+            (Some(2), Some(0))
+        );
         // Go's encoder order: "100" before "20"; within a VNI, keys as strings.
         let at = |needle: &str| json.find(needle).unwrap();
         assert!(at("\"100\"") < at("\"20\""));

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod addr;
 mod error;
 mod file;
 mod parse;
@@ -19,6 +20,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
+pub use addr::{listen_addr, no_duplicate_listen, ServerAddr};
 pub use error::{line_col, ConfigError};
 pub use file::{
     ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,

@@ -353,9 +353,16 @@ impl Daemon {
     /// Sends SIGTERM to the daemon's PID and waits (bounded) for it to exit.
     /// Returns its exit status, or `None` if it did not exit in time.
     pub fn terminate(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.stop_with(libc::SIGTERM, timeout)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) to the daemon's PID and waits
+    /// (bounded) for it to exit. Returns its exit status, or `None` if it
+    /// did not exit in time.
+    pub fn stop_with(&self, signal: i32, timeout: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) with our own child's PID and a valid signal number.
         unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+            libc::kill(self.pid as libc::pid_t, signal);
         }
         let deadline = Instant::now() + timeout;
         loop {

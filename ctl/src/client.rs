@@ -32,15 +32,44 @@ impl Role {
     }
 }
 
+/// What is at a candidate socket path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing.
+    Missing,
+    /// A file this user may not write (another user's daemon).
+    Present,
+    /// A file this user may write: a socket it can connect to.
+    Usable,
+}
+
 /// The default socket path, as the daemon picks it (see
 /// [`resolve_default_socket`]).
 pub fn default_socket(role: Option<Role>) -> PathBuf {
     resolve_default_socket(
         role,
-        |p| p.exists(),
+        probe,
         std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
         current_uid(),
     )
+}
+
+fn probe(path: &Path) -> Probe {
+    use std::os::unix::ffi::OsStrExt;
+    if !path.exists() {
+        return Probe::Missing;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Probe::Present;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let writable =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) } == 0;
+    if writable {
+        Probe::Usable
+    } else {
+        Probe::Present
+    }
 }
 
 /// Where the daemon of `role` puts its socket, in its order of preference:
@@ -56,16 +85,17 @@ fn candidates(role: Role, xdg_runtime_dir: Option<&Path>, uid: u32) -> Vec<PathB
     out
 }
 
-/// The rule of [`default_socket`], without looking at the machine
-/// (`exists` says whether a socket file is there): the first existing
-/// socket of `role`; with no role given, of the server, else of the client
-/// role (so a host running only `metalbondd client` needs no option). With
-/// none there, where the daemon of that role (the server's if none given)
-/// would put it: `/run/...` for root, else under `$XDG_RUNTIME_DIR`, else
-/// under `/tmp`.
+/// The rule of [`default_socket`], without looking at the machine (`probe`
+/// says what is at a path): the first socket of `role` this user may
+/// write; with no role given, of the server, else of the client role (so a
+/// host running only `metalbondd client` needs no option). Failing that,
+/// the first one there at all (connecting then says "permission denied"
+/// and how to fix it); with none there, where the daemon of that role (the
+/// server's if none given) would put it: `/run/...` for root, else under
+/// `$XDG_RUNTIME_DIR`, else under `/tmp`.
 pub fn resolve_default_socket(
     role: Option<Role>,
-    exists: impl Fn(&Path) -> bool,
+    probe: impl Fn(&Path) -> Probe,
     xdg_runtime_dir: Option<PathBuf>,
     uid: u32,
 ) -> PathBuf {
@@ -75,9 +105,13 @@ pub fn resolve_default_socket(
         Some(Role::Client) => &[Role::Client],
         None => &[Role::Server, Role::Client],
     };
-    for &r in roles {
-        if let Some(found) = candidates(r, xdg, uid).into_iter().find(|p| exists(p)) {
-            return found;
+    let all: Vec<PathBuf> = roles
+        .iter()
+        .flat_map(|&r| candidates(r, xdg, uid))
+        .collect();
+    for wanted in [Probe::Usable, Probe::Present] {
+        if let Some(found) = all.iter().find(|p| probe(p) == wanted) {
+            return found.clone();
         }
     }
     let mut expected = candidates(roles[0], xdg, uid);
@@ -181,7 +215,13 @@ mod tests {
         let xdg = || Some(p("/run/user/1000"));
         let only = |there: &[&str]| {
             let there: Vec<PathBuf> = there.iter().map(PathBuf::from).collect();
-            move |x: &Path| there.iter().any(|t| t == x)
+            move |x: &Path| {
+                if there.iter().any(|t| t == x) {
+                    Probe::Usable
+                } else {
+                    Probe::Missing
+                }
+            }
         };
         let server = "/run/metalbondd/api.sock";
         let client = "/run/metalbondd-client/api.sock";
@@ -234,6 +274,20 @@ mod tests {
         assert_eq!(
             resolve_default_socket(Some(Role::Client), only(&[]), xdg(), 0),
             p(client)
+        );
+        // Another user's socket comes after this user's, but before none.
+        let root_server = |x: &Path| match x.to_str() {
+            Some("/run/metalbondd/api.sock") => Probe::Present,
+            Some("/run/user/1000/metalbondd-client/api.sock") => Probe::Usable,
+            _ => Probe::Missing,
+        };
+        assert_eq!(
+            resolve_default_socket(None, root_server, xdg(), 1000),
+            p(user_client)
+        );
+        assert_eq!(
+            resolve_default_socket(Some(Role::Server), root_server, xdg(), 1000),
+            p(server)
         );
         // Only the client role's: not taken when the server is asked for.
         assert_eq!(

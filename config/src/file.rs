@@ -122,7 +122,8 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// `socket`: path of the Unix socket; `None` when the file does not set
-    /// it (the daemon then picks its default, [`crate::DEFAULT_API_SOCKET`]).
+    /// it (the daemon then picks its default for its role, e.g.
+    /// [`crate::DEFAULT_API_SOCKET`] for a route server run as root).
     #[serde(deserialize_with = "parse::opt_path")]
     pub socket: Option<PathBuf>,
     /// `socket_mode`: permission bits of the socket, written in the file as
@@ -160,7 +161,8 @@ impl Default for ApiSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StateSection {
     /// `dir`: directory of the state store; `None` when the file does not
-    /// set it (the daemon then picks its default, [`crate::DEFAULT_STATE_DIR`]).
+    /// set it (the daemon then picks its default for its role, e.g.
+    /// [`crate::DEFAULT_STATE_DIR`] for a route server run as root).
     #[serde(deserialize_with = "parse::opt_path")]
     pub dir: Option<PathBuf>,
 }

@@ -49,9 +49,10 @@ pub struct AgentStats {
     pub kernel_changes: AtomicU64,
     /// Route replace (add/change) calls.
     pub netlink_replace: NetlinkOpCounters,
-    /// Route delete calls (route changes, reconciliation, start-up cleanup).
+    /// Route delete calls (route changes, reconciliation, the flush at
+    /// start, the cleanup at exit).
     pub netlink_delete: NetlinkOpCounters,
-    /// Route dumps (start-up reconciliation, cleanup).
+    /// Route dumps (start-up reconciliation, flush at start, cleanup at exit).
     pub netlink_dump: NetlinkOpCounters,
     /// Gauge: received routes, i.e. distinct (vni, prefix, next hop) the
     /// agent currently holds from any server (what the API's received list

@@ -328,7 +328,8 @@ struct NsHosts(PathBuf);
 impl NsHosts {
     fn new(ns: &str, text: &str) -> NsHosts {
         let dir = Path::new("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let hosts = NsHosts(dir.join("hosts"));
         hosts.set(text);
         hosts
@@ -399,9 +400,27 @@ fn test_user() -> Option<u32> {
     (unsafe { libc::geteuid() } == 0).then_some(65534)
 }
 
-/// `mbctl ARGS` as [`test_user`] with `env`, no socket given.
-async fn mbctl_as(env: &[(&str, &Path)], extra_env: &[(&str, &str)], args: &[&str]) -> Out {
-    let mut cmd = Command::new(mbctl_bin());
+/// Copies of the `metalbondd` and `mbctl` binaries in `dir`, so that the
+/// test user can run them wherever the target directory is (a checkout
+/// under a private home, say).
+fn reachable_binaries(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let daemon = dir.join("metalbondd");
+    let ctl = dir.join("mbctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_metalbondd"), &daemon).unwrap();
+    std::fs::copy(mbctl_bin(), &ctl).unwrap();
+    (daemon, ctl)
+}
+
+/// `mbctl ARGS` (the binary `exe`) as [`test_user`] with `env`, no socket
+/// given.
+async fn mbctl_as(
+    exe: &Path,
+    env: &[(&str, &Path)],
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> Out {
+    let mut cmd = Command::new(exe);
     cmd.args(args)
         .env_remove("MBCTL_SOCKET")
         .env_remove("MBCTL_ROLE")
@@ -429,10 +448,16 @@ async fn first_run_as_a_user_with_both_roles_and_default_paths() {
     // /tmp/metalbondd-UID is the last resort: with XDG_RUNTIME_DIR set it
     // is not used, and HOME gives the state directory.
     let env: [(&str, &Path); 2] = [("HOME", &home), ("XDG_RUNTIME_DIR", &runtime)];
+    let (daemon, ctl) = reachable_binaries(&base.join("bin"));
 
     // No path on the command line.
-    let server = Daemon::spawn_running_as(test_user(), &env, &["server", "--listen", "[::1]:0"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let server = Daemon::spawn_running_as(
+        &daemon,
+        test_user(),
+        &env,
+        &["server", "--listen", "[::1]:0"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let logs = server.logs();
     let state = home.join(".local/state/metalbondd/state.redb");
     let socket = runtime.join("metalbondd/api.sock");
@@ -447,8 +472,13 @@ async fn first_run_as_a_user_with_both_roles_and_default_paths() {
 
     // The client role next to it: its own defaults, no collision.
     let upstream = server.addr.to_string();
-    let client = Daemon::spawn_running_as(test_user(), &env, &["client", "--server", &upstream])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let client = Daemon::spawn_running_as(
+        &daemon,
+        test_user(),
+        &env,
+        &["client", "--server", &upstream],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let logs = client.logs();
     let client_state = home.join(".local/state/metalbondd-client/state.redb");
     let client_socket = runtime.join("metalbondd-client/api.sock");
@@ -463,7 +493,9 @@ async fn first_run_as_a_user_with_both_roles_and_default_paths() {
     wait_up(&client, &[&format!("addr={upstream}")]).await;
 
     // mbctl finds the server by default, the client with -c or MBCTL_ROLE.
-    let status = mbctl_as(&env, &[], &["-o", "json", "status"]).await.json();
+    let status = mbctl_as(&ctl, &env, &[], &["-o", "json", "status"])
+        .await
+        .json();
     assert_eq!(
         status["api_socket"],
         socket.display().to_string(),
@@ -476,7 +508,7 @@ async fn first_run_as_a_user_with_both_roles_and_default_paths() {
             &["-o", "json", "servers"][..],
         ),
     ] {
-        let listed = mbctl_as(&env, extra, args).await.json();
+        let listed = mbctl_as(&ctl, &env, extra, args).await.json();
         assert_eq!(
             listed["servers"][0]["address"],
             upstream.as_str(),
@@ -487,17 +519,19 @@ async fn first_run_as_a_user_with_both_roles_and_default_paths() {
 
     // With the server gone, the client role's socket is the only one:
     // found without naming the role.
-    mbctl_as(&env, &[], &["shutdown"]).await.ok();
+    mbctl_as(&ctl, &env, &[], &["shutdown"]).await.ok();
     assert!(server.terminate(T).is_some_and(|s| s.success()));
     assert!(!socket.exists(), "server socket left behind");
-    let listed = mbctl_as(&env, &[], &["-o", "json", "servers"]).await.json();
+    let listed = mbctl_as(&ctl, &env, &[], &["-o", "json", "servers"])
+        .await
+        .json();
     assert_eq!(
         listed["servers"][0]["address"],
         upstream.as_str(),
         "{listed}"
     );
 
-    mbctl_as(&env, &[], &["shutdown"]).await.ok();
+    mbctl_as(&ctl, &env, &[], &["shutdown"]).await.ok();
     let deadline = Instant::now() + T;
     while client.is_alive() {
         assert!(Instant::now() < deadline, "client did not stop");

@@ -489,15 +489,16 @@ impl Daemon {
         Self::spawn_until_running(cmd, args, "", "")
     }
 
-    /// Like [`Daemon::spawn_running`], as the non-root user of [`as_user`]
-    /// with `env` (HOME, XDG directories) set and the XDG variables not in
-    /// `env` removed.
+    /// Like [`Daemon::spawn_running`] with the binary `exe` (a copy the user
+    /// can reach), as the user of [`as_user`] with `env` (HOME, XDG
+    /// directories) set and the XDG variables not in `env` removed.
     pub fn spawn_running_as(
+        exe: &std::path::Path,
         user: Option<u32>,
         env: &[(&str, &std::path::Path)],
         args: &[&str],
     ) -> Result<Daemon, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
+        let mut cmd = Command::new(exe);
         cmd.args(args);
         daemon_io(&mut cmd);
         as_user(&mut cmd, user, env);

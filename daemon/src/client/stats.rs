@@ -90,7 +90,8 @@ impl AgentStats {
     /// Attempts or sessions that ended, by reason label (a short stable
     /// snake_case label). Every end of a connection attempt counts, whether
     /// a session was established or not: a connection that could not be
-    /// made counts as `connect_failed` or `connect_timeout`, a handshake
+    /// made counts as `connect_failed` or `connect_timeout` (a server name
+    /// that did not resolve as `resolve_failed`), a handshake
     /// that timed out as `handshake_timeout_hello` or
     /// `handshake_timeout_keepalive`. Other labels: `keepalive_timeout`,
     /// `peer_closed` (the server closed the connection), `truncated_frame`

@@ -115,7 +115,7 @@ impl Events {
         self.wait(
             &format!("Up of {s}"),
             timeout,
-            |e| matches!(e, ClientEvent::Up { server } if *server == s),
+            |e| matches!(e, ClientEvent::Up { server, .. } if *server == s),
         )
         .await;
     }
@@ -168,7 +168,8 @@ impl Events {
 
 fn start_client(servers: &[SocketAddr], desired: Desired) -> (Client, Events) {
     let (tx, rx) = mpsc::channel(1024);
-    let client = Client::start(servers, config(), desired, tx);
+    let servers: Vec<_> = servers.iter().map(|&a| a.into()).collect();
+    let client = Client::start(&servers, config(), desired, tx);
     (client, Events::new(rx))
 }
 
@@ -389,7 +390,7 @@ async fn agent_counts_sessions_updates_and_received_routes() {
 
     let mine = route("100#10.9.0.0/24@2001:db8::99");
     let agent = Agent::start(ClientSettings {
-        servers: vec![d.addr],
+        servers: vec![d.addr.into()],
         subscriptions: vec![Vni(100)],
         announcements: vec![mine],
         install_routes: BTreeMap::new(),
@@ -399,6 +400,7 @@ async fn agent_counts_sessions_updates_and_received_routes() {
         hold_time: DEFAULT_HOLD_TIME,
         stale_time: DEFAULT_STALE_TIME,
         cleanup: false,
+        flush_at_start: false,
     })
     .await
     .unwrap();
@@ -474,7 +476,7 @@ fn agent_counts_kernel_routes_in_a_netns() {
         ann.ping().await;
 
         let agent = Agent::start(ClientSettings {
-            servers: vec![addr],
+            servers: vec![addr.into()],
             subscriptions: vec![Vni(100)],
             announcements: vec![],
             install_routes: BTreeMap::from([(Vni(100), BTreeSet::from([100]))]),
@@ -484,6 +486,7 @@ fn agent_counts_kernel_routes_in_a_netns() {
             hold_time: Duration::from_secs(30),
             stale_time: Duration::from_secs(1),
             cleanup: false,
+            flush_at_start: false,
         })
         .await
         .unwrap();

@@ -1,5 +1,6 @@
 //! No data-plane flap (issue 4): `metalbondd` client restarts, losing every
-//! server (stale time), `--cleanup`, and the client role from a config file,
+//! server (stale time), `--flush-at-start`, `--cleanup` (routes deleted at a
+//! clean exit, as in the Go reference), and the client role from a config file,
 //! with real server and client processes inside a network namespace and the
 //! kernel routes read back with `ip route`.
 //!
@@ -375,8 +376,8 @@ async fn wait_confirmed_route(ns: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cleanup_removes_earlier_routes_at_start() {
-    if !may_run("cleanup_removes_earlier_routes_at_start") {
+async fn flush_at_start_removes_earlier_routes_at_start() {
+    if !may_run("flush_at_start_removes_earlier_routes_at_start") {
         return;
     }
     let env = NetnsEnv::create(VETHS);
@@ -386,7 +387,7 @@ async fn cleanup_removes_earlier_routes_at_start() {
     let _client = env.client(
         "c",
         &[S1, DEAD],
-        &client_args(&["--cleanup", "--hold-time", "30"]),
+        &client_args(&["--flush-at-start", "--hold-time", "30"]),
     );
     // Deleted before the client reports running, long before any hold time.
     let t100 = raw_v4(&env.ns, 100);
@@ -403,6 +404,104 @@ async fn cleanup_removes_earlier_routes_at_start() {
     wait_confirmed_route(&env.ns).await;
     let t100 = raw_v4(&env.ns, 100);
     assert!(!has_prefix(&t100, "10.0.99.0/24"), "{t100}");
+}
+
+/// Waits (bounded) until IPv4 table 100 lists every prefix of `want`.
+async fn wait_v4_prefixes(ns: &str, want: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let t100 = raw_v4(ns, 100);
+        if want.iter().all(|p| has_prefix(&t100, p)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{want:?} not all in: {t100}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A client with the routes of two servers' VNI 100 in table 100 (one
+/// route the server confirmed over an earlier run's, one received, one
+/// held from an earlier run) exits on `signal`. With `--cleanup` (the Go
+/// reference's "Cleanup routes upon exit") every protocol-254 route of
+/// the mapped table is gone once it exited, and nothing else; without it
+/// they all stay for the next start.
+async fn exit_on(signal: i32, cleanup: bool) {
+    let env = NetnsEnv::create(VETHS);
+    let _server = env.server_with("s", S1, "s", &[]);
+    inject(&env.sock("s"), &[R1, R2]).await;
+    add_earlier_routes(&env.ns);
+    let mut extra = vec!["--hold-time", "30"];
+    if cleanup {
+        extra.push("--cleanup");
+    }
+    // DEAD keeps the earlier run's unconfirmed route held.
+    let client = env.client("c", &[S1, DEAD], &client_args(&extra));
+    wait_confirmed_route(&env.ns).await;
+    let ours = ["10.0.1.0/24", "10.0.2.0/24", "10.0.99.0/24"];
+    wait_v4_prefixes(&env.ns, &ours).await;
+
+    let status = client.stop_with(signal, WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "client did not exit cleanly on signal {signal}: {status:?}; log:\n{}",
+        client.logs()
+    );
+    let t100 = raw_v4(&env.ns, 100);
+    for prefix in ours {
+        assert_eq!(
+            has_prefix(&t100, prefix),
+            !cleanup,
+            "cleanup={cleanup} signal={signal}: {prefix} in table 100: {t100}"
+        );
+    }
+    assert!(
+        has_prefix(&t100, "10.0.98.0/24"),
+        "another protocol's route deleted: {t100}"
+    );
+    let t200 = raw_v4(&env.ns, 200);
+    assert!(
+        has_prefix(&t200, "10.0.97.0/24"),
+        "unmapped table touched: {t200}"
+    );
+    if cleanup {
+        assert!(
+            client.logs().contains("cleanup at exit"),
+            "{}",
+            client.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_deletes_our_routes_at_sigterm() {
+    if !may_run("cleanup_deletes_our_routes_at_sigterm") {
+        return;
+    }
+    exit_on(libc::SIGTERM, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_deletes_our_routes_at_sigint() {
+    if !may_run("cleanup_deletes_our_routes_at_sigint") {
+        return;
+    }
+    exit_on(libc::SIGINT, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_cleanup_routes_stay_at_sigterm() {
+    if !may_run("without_cleanup_routes_stay_at_sigterm") {
+        return;
+    }
+    exit_on(libc::SIGTERM, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_cleanup_routes_stay_at_sigint() {
+    if !may_run("without_cleanup_routes_stay_at_sigint") {
+        return;
+    }
+    exit_on(libc::SIGINT, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::addr::ServerAddr;
 use crate::error::{line_col, ConfigError};
 use crate::parse;
 
@@ -70,7 +71,8 @@ struct Source {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// `listen`: addresses to listen on (`--listen`); at least one.
+    /// `listen`: addresses to listen on (`--listen`): `IP:PORT`, `:PORT`
+    /// or `NAME:PORT` ([`crate::listen_addr`]); at least one, none twice.
     #[serde(deserialize_with = "parse::listen")]
     pub listen: Vec<SocketAddr>,
     /// `keepalive`: interval in seconds offered to clients (`--keepalive`);
@@ -120,7 +122,8 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// `socket`: path of the Unix socket; `None` when the file does not set
-    /// it (the daemon then picks its default, [`crate::DEFAULT_API_SOCKET`]).
+    /// it (the daemon then picks its default for its role, e.g.
+    /// [`crate::DEFAULT_API_SOCKET`] for a route server run as root).
     #[serde(deserialize_with = "parse::opt_path")]
     pub socket: Option<PathBuf>,
     /// `socket_mode`: permission bits of the socket, written in the file as
@@ -158,7 +161,8 @@ impl Default for ApiSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StateSection {
     /// `dir`: directory of the state store; `None` when the file does not
-    /// set it (the daemon then picks its default, [`crate::DEFAULT_STATE_DIR`]).
+    /// set it (the daemon then picks its default for its role, e.g.
+    /// [`crate::DEFAULT_STATE_DIR`] for a route server run as root).
     #[serde(deserialize_with = "parse::opt_path")]
     pub dir: Option<PathBuf>,
 }
@@ -235,9 +239,10 @@ pub struct RoutesSection {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSection {
-    /// `servers`: route servers to connect to (`--server`); at least one.
+    /// `servers`: route servers to connect to (`--server`), `HOST:PORT`
+    /// with an IP address or a DNS name; at least one.
     #[serde(deserialize_with = "parse::client_servers")]
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<ServerAddr>,
     /// `subscribe`: VNIs to subscribe to (`--subscribe`).
     #[serde(deserialize_with = "parse::vnis")]
     pub subscribe: Vec<u32>,
@@ -268,8 +273,13 @@ pub struct ClientSection {
     #[serde(deserialize_with = "parse::duration_secs")]
     pub stale_time: u64,
     /// `cleanup`: delete the protocol-254 routes of the mapped tables at
-    /// start instead of keeping them (`--cleanup`).
+    /// a clean exit (SIGINT, SIGTERM, API Shutdown), as the Go reference's
+    /// `--cleanup` (`--cleanup`).
     pub cleanup: bool,
+    /// `flush_at_start`: delete the protocol-254 routes of the mapped
+    /// tables at start instead of keeping and reconciling them
+    /// (`--flush-at-start`).
+    pub flush_at_start: bool,
     /// `reconnect_min`: seconds before the first reconnect to a lost server
     /// (`--reconnect-min`); the delay doubles per failed attempt, with jitter.
     #[serde(deserialize_with = "parse::duration_secs")]
@@ -292,6 +302,7 @@ impl Default for ClientSection {
             hold_time: crate::DEFAULT_HOLD_TIME_SECS,
             stale_time: crate::DEFAULT_STALE_TIME_SECS,
             cleanup: false,
+            flush_at_start: false,
             reconnect_min: crate::DEFAULT_RECONNECT_MIN_SECS,
             reconnect_max: crate::DEFAULT_RECONNECT_MAX_SECS,
         }

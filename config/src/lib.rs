@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod addr;
 mod error;
 mod file;
 mod parse;
@@ -19,6 +20,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
+pub use addr::{listen_addr, no_duplicate_listen, ServerAddr};
 pub use error::{line_col, ConfigError};
 pub use file::{
     ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,
@@ -65,7 +67,9 @@ pub const DEFAULT_METRICS_PORT: u16 = 9711;
 /// Default limit on VNIs with their own `vni` label in the per-VNI metrics.
 pub const DEFAULT_METRICS_VNI_LABEL_LIMIT: usize = 1000;
 
-/// Default path of the control API's Unix socket.
+/// Path of the control API's Unix socket of a route server run as root (the
+/// daemon's default when it may create `/run/metalbondd`; otherwise, and for
+/// the client role, see `metalbondd::store::default_api_socket`).
 pub const DEFAULT_API_SOCKET: &str = "/run/metalbondd/api.sock";
 
 /// Default permission bits of the control API's Unix socket.
@@ -78,7 +82,9 @@ pub const DEFAULT_API_TCP_READ_ONLY: bool = true;
 /// update log before it gets a `lagged` event and its stream ends.
 pub const DEFAULT_WATCH_MAX_LAG_BYTES: u64 = 64 << 20;
 
-/// Default directory of the daemon's state store.
+/// Directory of the state store of a route server run as root (the daemon's
+/// default when it may create it; otherwise, and for the client role, see
+/// `metalbondd::store::default_state_dir`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalbondd";
 
 /// Default hold time, in seconds: how long the hypervisor role keeps the

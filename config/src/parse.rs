@@ -13,6 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::addr::{listen_addr, ServerAddr};
 use crate::error::ConfigError;
 use crate::file::LogFormat;
 use crate::MAX_KEEPALIVE_SECS;
@@ -185,14 +186,29 @@ pub(crate) fn static_routes<'de, D: Deserializer<'de>>(
     )
 }
 
-/// `client.servers`: a list of socket addresses (checked non-empty after
-/// parsing, with the section's position).
-pub(crate) fn client_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    let addrs: Vec<Addr> = list_of(
+/// `client.servers`: a list of server addresses, `HOST:PORT` with an IP
+/// address or a DNS name (checked non-empty after parsing, with the
+/// section's position).
+pub(crate) fn client_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ServerAddr>, D::Error> {
+    let addrs: Vec<Server> = list_of(
         d,
-        "a list of socket addresses such as [\"[2001:db8::1]:4711\"]",
+        "a list of server addresses such as [\"[2001:db8::1]:4711\", \"metalbond.example:4711\"]",
     )?;
     Ok(addrs.into_iter().map(|a| a.0).collect())
+}
+
+/// A server address written as a string, one element of a list.
+struct Server(ServerAddr);
+
+impl<'de> de::Deserialize<'de> for Server {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_with(
+            d,
+            "a server address string such as \"metalbond.example:4711\"",
+            str::parse,
+        )
+        .map(Server)
+    }
 }
 
 /// One VNI (0 to 2^32-1).
@@ -274,29 +290,35 @@ pub(crate) fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> 
     usize::try_from(v).map_err(|_| de::Error::custom(format!("{v} is too large")))
 }
 
-/// A socket address written as a string, one element of a list.
-pub(crate) struct Addr(pub(crate) SocketAddr);
+/// A listen address written as a string (see [`listen_addr`]), one
+/// element of a list.
+struct Listen(SocketAddr);
 
-impl<'de> de::Deserialize<'de> for Addr {
+impl<'de> de::Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         string_with(
             d,
-            "a socket address string such as \"[::]:4711\"",
-            socket_addr,
+            "a listen address string such as \"[::]:4711\" or \":4711\"",
+            listen_addr,
         )
-        .map(Addr)
+        .map(Listen)
     }
 }
 
-/// `server.listen`: a non-empty list of socket addresses.
+/// `server.listen`: a non-empty list of listen addresses, no address twice.
 pub(crate) fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    let addrs: Vec<Addr> = list_of(d, "a list of socket addresses such as [\"[::]:4711\"]")?;
+    let addrs: Vec<Listen> = list_of(
+        d,
+        "a list of listen addresses such as [\"[::]:4711\"] or [\":4711\"]",
+    )?;
     if addrs.is_empty() {
         return Err(de::Error::custom(
             "the list is empty: give at least one address to listen on",
         ));
     }
-    Ok(addrs.into_iter().map(|a| a.0).collect())
+    let addrs: Vec<SocketAddr> = addrs.into_iter().map(|a| a.0).collect();
+    crate::addr::no_duplicate_listen(&addrs).map_err(de::Error::custom)?;
+    Ok(addrs)
 }
 
 /// An optional socket address (present means given).

@@ -3,6 +3,10 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+fn server(s: &str) -> ServerAddr {
+    s.parse().unwrap()
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -254,7 +258,7 @@ fn wrong_types() {
         "[server]\nlisten = \"[::]:4711\"\n",
         2,
         10,
-        &["server.listen", "expected a list of socket addresses"],
+        &["server.listen", "expected a list of listen addresses"],
     );
     reject(
         "[server]\nmax_sessions = 1.5\n",
@@ -296,16 +300,44 @@ fn wrong_types() {
 }
 
 #[test]
+fn go_address_forms() {
+    let c = parse(
+        "[server]\nlisten = [\":4711\", \"localhost:4712\"]\n\
+         [client]\nservers = [\"metalbond.example:4711\", \"[::1]:4711\"]\n",
+    );
+    assert_eq!(
+        c.server.listen,
+        vec![addr("[::]:4711"), addr("127.0.0.1:4712")]
+    );
+    let servers = c.client.unwrap().servers;
+    assert_eq!(servers[0].name(), Some("metalbond.example"));
+    assert_eq!(servers[0].to_string(), "metalbond.example:4711");
+    assert_eq!(servers[1].socket_addr(), Some(addr("[::1]:4711")));
+}
+
+#[test]
 fn bad_socket_addresses() {
     reject(
-        "[server]\nlisten = [\"[::]:4711\", \"localhost:4711\"]\n",
+        "[server]\nlisten = [\"[::]:4711\", \"no-such-host.invalid:4711\"]\n",
         2,
         24,
         &[
             "server.listen[1]",
-            "\"localhost:4711\"",
-            "not a socket address",
+            "\"no-such-host.invalid:4711\"",
+            "cannot resolve",
         ],
+    );
+    reject(
+        "[server]\nlisten = [\"[::]:4711\", \"bad host:4711\"]\n",
+        2,
+        24,
+        &["server.listen[1]", "bad host name", ":PORT"],
+    );
+    reject(
+        "[server]\nlisten = [\"[::1]:4711\", \"127.0.0.1:4711\", \"[::1]:4711\"]\n",
+        2,
+        10,
+        &["server.listen", "[::1]:4711 is given twice"],
     );
     reject(
         "[server]\nlisten = [\"[::]\"]\n",
@@ -502,11 +534,11 @@ fn client_section_absent_means_no_client_role() {
 fn client_section_defaults_and_full() {
     let c = parse("[client]\nservers = [\"[2001:db8::1]:4711\"]\n");
     let client = c.client.expect("client section");
-    assert_eq!(client.servers, vec![addr("[2001:db8::1]:4711")]);
+    assert_eq!(client.servers, vec![server("[2001:db8::1]:4711")]);
     assert_eq!(
         client,
         ClientSection {
-            servers: vec![addr("[2001:db8::1]:4711")],
+            servers: vec![server("[2001:db8::1]:4711")],
             ..ClientSection::default()
         }
     );
@@ -526,6 +558,7 @@ fn client_section_defaults_and_full() {
         hold_time = 0\n\
         stale_time = 86400\n\
         cleanup = true\n\
+        flush_at_start = true\n\
         reconnect_min = 2\n\
         reconnect_max = 120\n";
     let client = parse(text).client.unwrap();
@@ -535,7 +568,7 @@ fn client_section_defaults_and_full() {
     assert_eq!(client.announce[0].get_ref(), "100#10.0.1.0/24@2001:db8::9");
     assert_eq!(client.install_routes, vec![(100, 100), (200, u32::MAX)]);
     assert_eq!(client.tun.as_deref(), Some("overlay-tun"));
-    assert!(client.ipv4_only && client.cleanup);
+    assert!(client.ipv4_only && client.cleanup && client.flush_at_start);
     assert_eq!(
         (client.keepalive, client.hold_time, client.stale_time),
         (3, 0, 86400)
@@ -586,7 +619,13 @@ fn bad_client_sections() {
         "[client]\nservers = [\"nope\"]\n",
         2,
         12,
-        &["client.servers[0]", "socket address"],
+        &["client.servers[0]", "no port", "HOST:PORT"],
+    );
+    reject(
+        "[client]\nservers = [\"2001:db8::1\"]\n",
+        2,
+        12,
+        &["client.servers[0]", "brackets"],
     );
     reject(
         "# the client\n  [client]\nsubscribe = [100]\n",

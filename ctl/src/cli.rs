@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 
+pub use crate::client::Role;
+
 /// Control a running metalbondd: sessions, VNIs, routes, and the daemon itself.
 #[derive(Debug, Parser)]
 #[command(name = "mbctl", version, about, long_about = None)]
@@ -12,10 +14,28 @@ use clap_complete::Shell;
     after_help = "Exit status: 0 ok, 1 error from the daemon, 2 usage error, 3 cannot connect."
 )]
 pub struct Cli {
-    /// Path of the daemon's API socket [default: /run/metalbondd/api.sock if it
-    /// exists, else $XDG_RUNTIME_DIR/metalbondd/api.sock, else /tmp/metalbondd-UID/api.sock]
+    /// Path of the daemon's API socket [default: the first that exists of
+    /// /run/metalbondd/api.sock, $XDG_RUNTIME_DIR/metalbondd/api.sock,
+    /// /tmp/metalbondd-UID/api.sock, then the same for the client role
+    /// (metalbondd-client)]
     #[arg(long, global = true, env = "MBCTL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Without --socket, talk to the daemon of this role: `server` (also a
+    /// daemon running both roles) or `client` (`metalbondd client`, whose
+    /// socket is /run/metalbondd-client/api.sock or its fallbacks).
+    #[arg(
+        long,
+        global = true,
+        env = "MBCTL_ROLE",
+        value_enum,
+        value_name = "ROLE"
+    )]
+    pub role: Option<Role>,
+
+    /// Short for --role client.
+    #[arg(short = 'c', long = "client", global = true)]
+    pub client: bool,
 
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
@@ -29,6 +49,17 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The role whose default socket to use (`-c` wins over `--role`).
+    pub fn role(&self) -> Option<Role> {
+        if self.client {
+            Some(Role::Client)
+        } else {
+            self.role
+        }
+    }
 }
 
 /// Output format.
@@ -171,13 +202,15 @@ pub enum RouteTypeArg {
 pub enum ServerCommand {
     /// Add a server and connect to it.
     Add {
-        /// `ADDRESS:PORT` (`[2001:db8::2]:4711`).
+        /// `HOST:PORT`: an IP address (`[2001:db8::2]:4711`) or a name
+        /// (`metalbond.example:4711`), resolved by the daemon on every
+        /// connection attempt.
         #[arg(value_name = "ADDR")]
         address: String,
     },
     /// Remove a server and close its session.
     Remove {
-        /// `ADDRESS:PORT`, as listed by `mbctl servers`.
+        /// `HOST:PORT`, as listed by `mbctl servers`.
         #[arg(value_name = "ADDR")]
         address: String,
     },

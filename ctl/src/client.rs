@@ -11,31 +11,114 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::CliError;
 
-/// The socket of a system daemon.
-pub const SYSTEM_SOCKET: &str = "/run/metalbondd/api.sock";
+/// Which daemon `mbctl` talks to when no socket is given: the route server
+/// (also a daemon running both roles) or the client (hypervisor) role
+/// alone, which has its own default paths (`metalbondd-client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// `metalbondd` / `metalbondd server`: `/run/metalbondd/api.sock`.
+    Server,
+    /// `metalbondd client`: `/run/metalbondd-client/api.sock`.
+    Client,
+}
 
-/// The default socket path: `/run/metalbondd/api.sock` if it exists, else
-/// `$XDG_RUNTIME_DIR/metalbondd/api.sock`, else `/tmp/metalbondd-<uid>/api.sock`.
-pub fn default_socket() -> PathBuf {
+impl Role {
+    /// The directory name the daemon uses for this role.
+    fn dir_name(self) -> &'static str {
+        match self {
+            Role::Server => "metalbondd",
+            Role::Client => "metalbondd-client",
+        }
+    }
+}
+
+/// What is at a candidate socket path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing.
+    Missing,
+    /// A file this user may not write (another user's daemon).
+    Present,
+    /// A file this user may write: a socket it can connect to.
+    Usable,
+}
+
+/// The default socket path, as the daemon picks it (see
+/// [`resolve_default_socket`]).
+pub fn default_socket(role: Option<Role>) -> PathBuf {
     resolve_default_socket(
-        Path::new(SYSTEM_SOCKET).exists(),
+        role,
+        probe,
         std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
         current_uid(),
     )
 }
 
-/// The rule of [`default_socket`], without looking at the machine.
+fn probe(path: &Path) -> Probe {
+    use std::os::unix::ffi::OsStrExt;
+    if !path.exists() {
+        return Probe::Missing;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Probe::Present;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let writable =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) } == 0;
+    if writable {
+        Probe::Usable
+    } else {
+        Probe::Present
+    }
+}
+
+/// Where the daemon of `role` puts its socket, in its order of preference:
+/// `/run/NAME/api.sock`, `$XDG_RUNTIME_DIR/NAME/api.sock`,
+/// `/tmp/NAME-UID/api.sock` (NAME `metalbondd` or `metalbondd-client`).
+fn candidates(role: Role, xdg_runtime_dir: Option<&Path>, uid: u32) -> Vec<PathBuf> {
+    let name = role.dir_name();
+    let mut out = vec![Path::new("/run").join(name).join("api.sock")];
+    if let Some(dir) = xdg_runtime_dir.filter(|d| d.is_absolute()) {
+        out.push(dir.join(name).join("api.sock"));
+    }
+    out.push(PathBuf::from(format!("/tmp/{name}-{uid}/api.sock")));
+    out
+}
+
+/// The rule of [`default_socket`], without looking at the machine (`probe`
+/// says what is at a path): the first socket of `role` this user may
+/// write; with no role given, of the server, else of the client role (so a
+/// host running only `metalbondd client` needs no option). Failing that,
+/// the first one there at all (connecting then says "permission denied"
+/// and how to fix it); with none there, where the daemon of that role (the
+/// server's if none given) would put it: `/run/...` for root, else under
+/// `$XDG_RUNTIME_DIR`, else under `/tmp`.
 pub fn resolve_default_socket(
-    system_exists: bool,
+    role: Option<Role>,
+    probe: impl Fn(&Path) -> Probe,
     xdg_runtime_dir: Option<PathBuf>,
     uid: u32,
 ) -> PathBuf {
-    if system_exists {
-        return PathBuf::from(SYSTEM_SOCKET);
+    let xdg = xdg_runtime_dir.as_deref();
+    let roles: &[Role] = match role {
+        Some(Role::Server) => &[Role::Server],
+        Some(Role::Client) => &[Role::Client],
+        None => &[Role::Server, Role::Client],
+    };
+    let all: Vec<PathBuf> = roles
+        .iter()
+        .flat_map(|&r| candidates(r, xdg, uid))
+        .collect();
+    for wanted in [Probe::Usable, Probe::Present] {
+        if let Some(found) = all.iter().find(|p| probe(p) == wanted) {
+            return found.clone();
+        }
     }
-    match xdg_runtime_dir {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join("metalbondd").join("api.sock"),
-        _ => PathBuf::from(format!("/tmp/metalbondd-{uid}/api.sock")),
+    let mut expected = candidates(roles[0], xdg, uid);
+    if uid == 0 {
+        expected.swap_remove(0)
+    } else {
+        expected.remove(1)
     }
 }
 
@@ -128,21 +211,88 @@ mod tests {
 
     #[test]
     fn default_socket_rule() {
+        let p = PathBuf::from;
+        let xdg = || Some(p("/run/user/1000"));
+        let only = |there: &[&str]| {
+            let there: Vec<PathBuf> = there.iter().map(PathBuf::from).collect();
+            move |x: &Path| {
+                if there.iter().any(|t| t == x) {
+                    Probe::Usable
+                } else {
+                    Probe::Missing
+                }
+            }
+        };
+        let server = "/run/metalbondd/api.sock";
+        let client = "/run/metalbondd-client/api.sock";
+        let user_server = "/run/user/1000/metalbondd/api.sock";
+        let user_client = "/run/user/1000/metalbondd-client/api.sock";
+        // The system daemon first, then the user's; the server's first.
         assert_eq!(
-            resolve_default_socket(true, Some("/run/user/1000".into()), 1000),
-            PathBuf::from("/run/metalbondd/api.sock")
+            resolve_default_socket(None, only(&[server, user_server]), xdg(), 1000),
+            p(server)
         );
         assert_eq!(
-            resolve_default_socket(false, Some("/run/user/1000".into()), 1000),
-            PathBuf::from("/run/user/1000/metalbondd/api.sock")
+            resolve_default_socket(None, only(&[user_server, client]), xdg(), 1000),
+            p(user_server)
+        );
+        // Only a client-role daemon: found without naming the role.
+        assert_eq!(
+            resolve_default_socket(None, only(&[user_client]), xdg(), 1000),
+            p(user_client)
         );
         assert_eq!(
-            resolve_default_socket(false, None, 1000),
-            PathBuf::from("/tmp/metalbondd-1000/api.sock")
+            resolve_default_socket(None, only(&["/tmp/metalbondd-client-7/api.sock"]), None, 7),
+            p("/tmp/metalbondd-client-7/api.sock")
+        );
+        // Both there: the role picks.
+        assert_eq!(
+            resolve_default_socket(Some(Role::Client), only(&[server, client]), xdg(), 0),
+            p(client)
         );
         assert_eq!(
-            resolve_default_socket(false, Some("".into()), 7),
-            PathBuf::from("/tmp/metalbondd-7/api.sock")
+            resolve_default_socket(Some(Role::Server), only(&[server, client]), xdg(), 0),
+            p(server)
+        );
+        // Nothing there: where that role's daemon would be.
+        assert_eq!(
+            resolve_default_socket(None, only(&[]), xdg(), 1000),
+            p(user_server)
+        );
+        assert_eq!(
+            resolve_default_socket(Some(Role::Client), only(&[]), xdg(), 1000),
+            p(user_client)
+        );
+        assert_eq!(
+            resolve_default_socket(None, only(&[]), None, 1000),
+            p("/tmp/metalbondd-1000/api.sock")
+        );
+        assert_eq!(
+            resolve_default_socket(None, only(&[]), Some(p("")), 7),
+            p("/tmp/metalbondd-7/api.sock")
+        );
+        assert_eq!(
+            resolve_default_socket(Some(Role::Client), only(&[]), xdg(), 0),
+            p(client)
+        );
+        // Another user's socket comes after this user's, but before none.
+        let root_server = |x: &Path| match x.to_str() {
+            Some("/run/metalbondd/api.sock") => Probe::Present,
+            Some("/run/user/1000/metalbondd-client/api.sock") => Probe::Usable,
+            _ => Probe::Missing,
+        };
+        assert_eq!(
+            resolve_default_socket(None, root_server, xdg(), 1000),
+            p(user_client)
+        );
+        assert_eq!(
+            resolve_default_socket(Some(Role::Server), root_server, xdg(), 1000),
+            p(server)
+        );
+        // Only the client role's: not taken when the server is asked for.
+        assert_eq!(
+            resolve_default_socket(Some(Role::Server), only(&[client]), None, 0),
+            p(server)
         );
     }
 

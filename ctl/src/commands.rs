@@ -74,7 +74,10 @@ impl Printer {
 /// for `health` when the daemon is not SERVING).
 pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
     let timeout = Duration::from_secs_f64(cli.timeout);
-    let socket: PathBuf = cli.socket.clone().unwrap_or_else(default_socket);
+    let socket: PathBuf = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| default_socket(cli.role()));
 
     // Everything that needs no daemon, and every argument check, comes first:
     // a bad argument is exit 2 with nothing sent, daemon or not.
@@ -278,17 +281,30 @@ pub fn table_arg(s: &str) -> Result<u32, CliError> {
     }
 }
 
-/// A server argument, `ADDRESS:PORT`, sent in its canonical form
-/// (`[2001:db8::2]:4711`).
+/// A server argument, `HOST:PORT` with an IP address (sent in its
+/// canonical form, `[2001:db8::2]:4711`) or a host name (sent lower-cased;
+/// the daemon checks it fully and resolves it).
 pub fn server_arg(s: &str) -> Result<String, CliError> {
-    s.trim()
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.to_string())
-        .map_err(|_| {
-            CliError::Usage(format!(
-                "invalid server {s:?}: not ADDRESS:PORT (`[2001:db8::2]:4711`, `192.0.2.1:4711`)"
-            ))
-        })
+    let t = s.trim();
+    if let Ok(a) = t.parse::<std::net::SocketAddr>() {
+        return Ok(a.to_string());
+    }
+    let bad = || {
+        CliError::Usage(format!(
+            "invalid server {s:?}: not HOST:PORT (`[2001:db8::2]:4711`, `192.0.2.1:4711`, `metalbond.example:4711`)"
+        ))
+    };
+    let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
+    let name_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        // All digits and dots is a malformed IPv4 address, not a name.
+        && !host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if !name_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
 /// `ADDR|ID`: a number is a session id, anything else an address.
@@ -496,11 +512,26 @@ async fn servers(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
 
 /// The table of `mbctl servers`.
 pub fn servers_table(servers: &[ClientServerJson]) -> String {
-    let mut t = Table::new(&["ADDRESS", "STATE", "SINCE", "LAST ERROR"]);
+    let mut t = Table::new(&[
+        "ADDRESS",
+        "STATE",
+        "CONNECTED",
+        "RESOLVED",
+        "SINCE",
+        "LAST ERROR",
+    ]);
     for s in servers {
+        // A literal address resolves to itself: not worth a column entry.
+        let resolved = if s.resolved.len() == 1 && s.resolved[0] == s.address {
+            "-".to_string()
+        } else {
+            short_list(&s.resolved, 3)
+        };
         t.row(vec![
             s.address.clone(),
             s.state.to_string(),
+            s.connected.clone().unwrap_or_else(|| "-".into()),
+            resolved,
             s.since.clone().unwrap_or_else(|| "-".into()),
             or_dash(&s.last_error),
         ]);
@@ -1023,6 +1054,11 @@ mod tests {
             "[2001:db8::2]:4711"
         );
         assert_eq!(server_arg("192.0.2.1:4711").unwrap(), "192.0.2.1:4711");
+        assert_eq!(
+            server_arg("MetalBond.example:4711").unwrap(),
+            "metalbond.example:4711"
+        );
+        assert_eq!(server_arg("localhost:4711").unwrap(), "localhost:4711");
         for bad in ["16777216", "-1", "x", ""] {
             let err = vni_arg(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");
@@ -1031,7 +1067,15 @@ mod tests {
         for bad in ["0", "4294967296", "main"] {
             assert_eq!(table_arg(bad).unwrap_err().exit_code(), 2, "{bad}");
         }
-        for bad in ["2001:db8::2", "host:4711", "[::1]:99999"] {
+        for bad in [
+            "2001:db8::2",
+            "host",
+            "host:99999",
+            "bad host:4711",
+            "1.2.3:4711",
+            ":4711",
+            "[::1]:99999",
+        ] {
             assert_eq!(server_arg(bad).unwrap_err().exit_code(), 2, "{bad}");
         }
     }

@@ -460,10 +460,14 @@ impl From<&api::PeerEvent> for PeerEventJson {
 /// A MetalBond server of the client role.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ClientServerJson {
-    /// `ADDRESS:PORT`.
+    /// `HOST:PORT` as configured (an IP address or a name).
     pub address: String,
     /// `up`, `down` or `unspecified`.
     pub state: &'static str,
+    /// What the address resolved to at the last attempt (`IP:PORT` each).
+    pub resolved: Vec<String>,
+    /// The address of the established session, or null when down.
+    pub connected: Option<String>,
     /// When the server entered its current state (RFC 3339), or null.
     pub since: Option<String>,
     /// Why the last attempt or session ended (empty if none did).
@@ -475,6 +479,8 @@ impl From<&api::ClientServer> for ClientServerJson {
         ClientServerJson {
             address: s.address.clone(),
             state: server_state_name(s.state),
+            resolved: s.resolved.clone(),
+            connected: Some(s.connected.clone()).filter(|c| !c.is_empty()),
             since: s.since.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
             last_error: s.last_error.clone(),
         }
@@ -861,18 +867,21 @@ mod tests {
     #[test]
     fn client_shapes() {
         let s = api::ClientServer {
-            address: "[::1]:4711".into(),
+            address: "metalbond.example:4711".into(),
             state: api::ClientServerState::Down as i32,
             last_error: "refused".into(),
             since: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
                 nanos: 0,
             }),
+            resolved: vec!["[2001:db8::1]:4711".into(), "192.0.2.1:4711".into()],
+            connected: String::new(),
         };
         let v = serde_json::to_value(ClientServerJson::from(&s)).unwrap();
         assert_eq!(
             v,
-            json!({"address": "[::1]:4711", "state": "down",
+            json!({"address": "metalbond.example:4711", "state": "down",
+                   "resolved": ["[2001:db8::1]:4711", "192.0.2.1:4711"], "connected": null,
                    "since": "2023-11-14T22:13:20Z", "last_error": "refused"})
         );
         let none =

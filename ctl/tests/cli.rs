@@ -169,14 +169,18 @@ fn bad_client_arguments_are_one_line_and_exit_2_before_connecting() {
         assert!(out.stdout.is_empty(), "{args:?}");
         assert_eq!(text(&out.stderr), msg, "{args:?}");
     }
-    let out = mbctl(&["--socket", sock, "server", "add", "host:4711"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("mbctl: invalid server \"host:4711\": "),
-        "{err}"
-    );
+    // A host name is a server address (the daemon resolves it); a name
+    // with a space, or no port, is not.
+    for bad in ["bad host:4711", "host"] {
+        let out = mbctl(&["--socket", sock, "server", "add", bad]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("mbctl: invalid server \"{bad}\": ")),
+            "{err}"
+        );
+    }
     let out = mbctl(&["-o", "json", "--socket", sock, "map", "1", "0"]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -186,6 +190,7 @@ fn bad_client_arguments_are_one_line_and_exit_2_before_connecting() {
         &["map", "16777215", "4294967295"][..],
         &["subscribe", "0"],
         &["server", "remove", "[::1]:4711"],
+        &["server", "add", "metalbond.example:4711"],
         &["servers"],
     ] {
         let mut a = vec!["--socket", sock];

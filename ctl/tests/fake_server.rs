@@ -469,12 +469,27 @@ impl client_service_server::ClientService for Fake {
                         seconds: 1_700_000_000,
                         nanos: 0,
                     }),
+                    resolved: vec!["[2001:db8::a]:4711".into()],
+                    connected: "[2001:db8::a]:4711".into(),
+                },
+                ClientServer {
+                    address: "metalbond.example:4711".into(),
+                    state: ClientServerState::Up as i32,
+                    last_error: String::new(),
+                    since: Some(Timestamp {
+                        seconds: 1_700_000_001,
+                        nanos: 0,
+                    }),
+                    resolved: vec!["[2001:db8::7]:4711".into(), "192.0.2.7:4711".into()],
+                    connected: "192.0.2.7:4711".into(),
                 },
                 ClientServer {
                     address: "192.0.2.1:4711".into(),
                     state: ClientServerState::Down as i32,
                     last_error: "connection refused".into(),
                     since: None,
+                    resolved: vec!["192.0.2.1:4711".into()],
+                    connected: String::new(),
                 },
             ],
         }))
@@ -1114,17 +1129,23 @@ fn servers_table_json_and_changes() {
     assert_eq!(
         s.ok(&["servers"]),
         "\
-ADDRESS             STATE  SINCE                 LAST ERROR
-[2001:db8::a]:4711  up     2023-11-14T22:13:20Z  -
-192.0.2.1:4711      down   -                     connection refused
+ADDRESS                 STATE  CONNECTED           RESOLVED                           SINCE                 LAST ERROR
+[2001:db8::a]:4711      up     [2001:db8::a]:4711  -                                  2023-11-14T22:13:20Z  -
+metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:4711  2023-11-14T22:13:21Z  -
+192.0.2.1:4711          down   -                   -                                  -                     connection refused
 "
     );
     assert_eq!(
         s.json(&["servers"]),
         serde_json::json!({"servers": [
             {"address": "[2001:db8::a]:4711", "state": "up",
+             "resolved": ["[2001:db8::a]:4711"], "connected": "[2001:db8::a]:4711",
              "since": "2023-11-14T22:13:20Z", "last_error": ""},
+            {"address": "metalbond.example:4711", "state": "up",
+             "resolved": ["[2001:db8::7]:4711", "192.0.2.7:4711"], "connected": "192.0.2.7:4711",
+             "since": "2023-11-14T22:13:21Z", "last_error": ""},
             {"address": "192.0.2.1:4711", "state": "down",
+             "resolved": ["192.0.2.1:4711"], "connected": null,
              "since": null, "last_error": "connection refused"}
         ]})
     );
@@ -1132,6 +1153,11 @@ ADDRESS             STATE  SINCE                 LAST ERROR
     assert_eq!(
         s.ok(&["server", "add", "[2001:DB8::2]:4711"]),
         "added server [2001:db8::2]:4711\n"
+    );
+    // A name: sent lower-cased, for the daemon to resolve.
+    assert_eq!(
+        s.ok(&["server", "add", "MetalBond.example:4711"]),
+        "added server metalbond.example:4711\n"
     );
     assert_eq!(
         s.json(&["server", "remove", "192.0.2.1:4711"]),
@@ -1148,7 +1174,14 @@ ADDRESS             STATE  SINCE                 LAST ERROR
     assert_eq!(out.status.code(), Some(2));
     let seen = s.seen.lock().unwrap();
     let added: Vec<&str> = seen.add_server.iter().map(|r| r.address.as_str()).collect();
-    assert_eq!(added, ["[2001:db8::2]:4711", "[2001:db8::a]:4711"]);
+    assert_eq!(
+        added,
+        [
+            "[2001:db8::2]:4711",
+            "metalbond.example:4711",
+            "[2001:db8::a]:4711"
+        ]
+    );
     assert_eq!(seen.remove_server[0].address, "192.0.2.1:4711");
 }
 

@@ -2,8 +2,14 @@
 //!
 //! `metalbondd` with no arguments serves on `[::1]:4711`. `metalbondd server
 //! --listen ADDR [--keepalive SECS] [--verbose] [--http ADDR]` accepts the Go
-//! reference's server flags, so it drops into the same systemd unit;
-//! `--metrics ADDR` adds a Prometheus endpoint.
+//! reference's server flags and address forms (`:4711`, `localhost:4711`,
+//! and host names for `client --server`), so it drops into the same systemd
+//! unit; `--metrics ADDR` adds a Prometheus endpoint.
+//!
+//! The default state directory and API socket depend on the role and on
+//! what the user may write ([`metalbondd::store::default_state_dir`]): a
+//! route server (or a daemon running both roles) uses `metalbondd`, the
+//! client role alone `metalbondd-client`, so both run on one host.
 //!
 //! `--config FILE` reads a TOML configuration file (`examples/metalbondd.toml`);
 //! flags given on the command line override it, and SIGHUP re-reads it.
@@ -24,8 +30,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use metalbondd::app::{self, ApiSettings, MetricsSettings, Reloader, Settings};
 use metalbondd::client::connection::BackoffConfig;
-use metalbondd::client::{ClientConfig, ClientSettings};
+use metalbondd::client::{ClientConfig, ClientSettings, ServerAddr};
 use metalbondd::server::{ServerConfig, SessionSettings};
+use metalbondd::store::{default_api_socket, default_state_dir, PathRole};
 use metalbondd::wire::{Route, Vni};
 use metalbondd_config::{self as defaults, Config, ConfigError};
 use tracing::{error, info};
@@ -76,9 +83,11 @@ struct ServerArgs {
     /// instead of running.
     #[arg(long, requires = "config")]
     check: bool,
-    /// Address to listen on; repeat for several. Default [::1]:4711 (loopback
-    /// only) [file: server.listen].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on, as in Go: IP:PORT, :PORT (every address, IPv4
+    /// and IPv6) or NAME:PORT (e.g. localhost:4711, resolved at start);
+    /// repeat for several (none twice). Default [::1]:4711 (loopback only)
+    /// [file: server.listen].
+    #[arg(long, value_name = "ADDR", value_parser = defaults::listen_addr)]
     listen: Vec<SocketAddr>,
     /// Keepalive interval in seconds offered to clients (0 means 5). Default
     /// 5 [file: server.keepalive].
@@ -120,12 +129,15 @@ struct ServerArgs {
     /// Default 60 [file: server.write_timeout].
     #[arg(long, value_name = "SECS")]
     write_timeout: Option<u64>,
-    /// Unix socket of the control API. Default /run/metalbondd/api.sock
-    /// [file: api.socket].
+    /// Unix socket of the control API. Default /run/metalbondd/api.sock if
+    /// /run/metalbondd can be created, else
+    /// $XDG_RUNTIME_DIR/metalbondd/api.sock, else
+    /// /tmp/metalbondd-UID/api.sock [file: api.socket].
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
     /// Directory of the daemon's state store. Default /var/lib/metalbondd
-    /// [file: state.dir].
+    /// if it can be created, else $XDG_STATE_HOME/metalbondd, else
+    /// ~/.local/state/metalbondd [file: state.dir].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// A route watcher (API WatchRoutes) this many bytes behind the update
@@ -145,19 +157,23 @@ struct ClientArgs {
     /// role does not run: use `metalbondd --config FILE` for both roles).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Route server to connect to, e.g. [2001:db8::1]:4711; repeatable.
-    /// Required unless the config file gives client.servers.
-    #[arg(long, value_name = "ADDR", required_unless_present = "config")]
-    server: Vec<SocketAddr>,
-    /// VNI to subscribe to; repeatable.
+    /// Route server to connect to, HOST:PORT with an IP address or a name,
+    /// e.g. [2001:db8::1]:4711 or metalbond.example:4711 (resolved on every
+    /// connection attempt; every address it resolves to is tried);
+    /// repeatable. Required unless the config file gives client.servers
+    /// [file: client.servers].
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "config")]
+    server: Vec<ServerAddr>,
+    /// VNI to subscribe to; repeatable [file: client.subscribe].
     #[arg(long, value_name = "VNI")]
     subscribe: Vec<u32>,
     /// Route to announce: VNI#PREFIX@NEXTHOP[#TYPE[#FROM#TO]] or the Go form
-    /// VNI#PREFIX#NEXTHOP[#TYPE][#FROM#TO]; repeatable.
+    /// VNI#PREFIX#NEXTHOP[#TYPE][#FROM#TO]; repeatable [file:
+    /// client.announce].
     #[arg(long, value_name = "ROUTE")]
     announce: Vec<String>,
     /// Install the received routes of VNI into routing table TABLE (not 0);
-    /// repeatable. Needs --tun.
+    /// repeatable. Needs --tun [file: client.install_routes].
     #[arg(long, value_name = "VNI#TABLE")]
     install_routes: Vec<String>,
     /// Tunnel device the installed routes leave through (an ip6tnl device)
@@ -173,11 +189,11 @@ struct ClientArgs {
     #[arg(long, value_name = "SECS")]
     keepalive: Option<u32>,
     /// At start, protocol-254 routes already in the mapped tables (an
-    /// earlier run's) are kept, and the received routes replace them in
-    /// place; those the servers do not confirm are deleted once this many
-    /// seconds have passed, or earlier once every server is established and
-    /// has sent its dump (no UPDATE for 1 s). Default 30 [file:
-    /// client.hold_time].
+    /// earlier run's) are kept (unless --flush-at-start), and the received
+    /// routes replace them in place; those the servers do not confirm are
+    /// deleted once this many seconds have passed, or earlier once every
+    /// server is established and has sent its dump (no UPDATE for 1 s).
+    /// Default 30 [file: client.hold_time].
     #[arg(long, value_name = "SECS")]
     hold_time: Option<u64>,
     /// When the last established server is lost, installed routes stay
@@ -186,14 +202,20 @@ struct ClientArgs {
     /// client.stale_time].
     #[arg(long, value_name = "SECS")]
     stale_time: Option<u64>,
-    /// At start, delete every protocol-254 route in the mapped tables
-    /// (routes left by an earlier run, or added by hand with proto 254)
-    /// before connecting, as the Go reference does, instead of keeping and
-    /// reconciling them; received routes are then installed as they arrive
-    /// (the data plane has a gap). Only the mapped tables are touched
+    /// Cleanup routes upon exit, as the Go reference's --cleanup: at a clean
+    /// exit (SIGINT, SIGTERM, mbctl shutdown) delete every protocol-254
+    /// route in the mapped tables. Without it they stay, and the next start
+    /// takes them over without a gap. Only the mapped tables are touched
     /// [file: client.cleanup].
     #[arg(long)]
     cleanup: bool,
+    /// At start, delete every protocol-254 route in the mapped tables
+    /// (left by an earlier run, or added by hand with proto 254) before
+    /// connecting, instead of keeping and reconciling them; received routes
+    /// are then installed as they arrive (the data plane has a gap). Only
+    /// the mapped tables are touched [file: client.flush_at_start].
+    #[arg(long)]
+    flush_at_start: bool,
     /// Seconds before the first reconnect to a lost server; the delay then
     /// doubles per failed attempt (with +-20% jitter). Default 1 [file:
     /// client.reconnect_min].
@@ -203,10 +225,11 @@ struct ClientArgs {
     /// client.reconnect_max].
     #[arg(long, value_name = "SECS")]
     reconnect_max: Option<u64>,
-    /// Log debug details (RUST_LOG overrides).
+    /// Log debug details (the file's log.level becomes "debug"; RUST_LOG
+    /// overrides both).
     #[arg(short, long)]
     verbose: bool,
-    /// Log format. Default text.
+    /// Log format. Default text [file: log.format].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// Status page as in the Go reference (/, /routes.json, /routes.yaml),
@@ -217,10 +240,16 @@ struct ClientArgs {
     /// 127.0.0.1:9711. Off by default [file: metrics.listen].
     #[arg(long, value_name = "ADDR", value_parser = defaults::http_addr)]
     metrics: Option<SocketAddr>,
-    /// Unix socket of the control API. Default /run/metalbondd/api.sock.
+    /// Unix socket of the control API. Default
+    /// /run/metalbondd-client/api.sock if /run/metalbondd-client can be
+    /// created, else $XDG_RUNTIME_DIR/metalbondd-client/api.sock, else
+    /// /tmp/metalbondd-client-UID/api.sock [file: api.socket].
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
-    /// Directory of the daemon's state store. Default /var/lib/metalbondd.
+    /// Directory of the daemon's state store. Default
+    /// /var/lib/metalbondd-client if it can be created, else
+    /// $XDG_STATE_HOME/metalbondd-client, else
+    /// ~/.local/state/metalbondd-client [file: state.dir].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
@@ -259,6 +288,12 @@ fn main() -> ExitCode {
         }
         None => cli.server,
     };
+    // Before anything is bound: "Address already in use" would not say
+    // that the same address was simply given twice.
+    if let Err(e) = defaults::no_duplicate_listen(&args.listen) {
+        eprintln!("metalbondd: --listen: {e}");
+        return ExitCode::from(2);
+    }
     if args.check {
         // clap enforces that --check comes with --config.
         let path = args.config.clone().unwrap_or_default();
@@ -313,7 +348,7 @@ fn run(
 /// `check-config FILE` / `--check --config FILE`: validates without starting
 /// anything.
 fn check_config(path: &Path, args: &ServerArgs) -> ExitCode {
-    match Config::load(path).and_then(|config| resolve(&config, args)) {
+    match Config::load(path).and_then(|config| resolve(&config, args, PathRole::Server)) {
         Ok(_) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
@@ -331,7 +366,7 @@ fn load(args: &ServerArgs) -> Result<(Settings, LogFormat), ConfigError> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    resolve(&config, args)
+    resolve(&config, args, PathRole::Server)
 }
 
 /// Re-reads the same file with the same flags on SIGHUP; `None` without
@@ -347,9 +382,14 @@ fn reloader(args: &ServerArgs) -> Option<Reloader> {
 }
 
 /// Merges the configuration file and the flags (a flag given wins) into the
-/// daemon's settings and the log format. Parses the static routes; a bad one
-/// is an error at its position in the file.
-fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), ConfigError> {
+/// daemon's settings and the log format; paths neither gives are `role`'s
+/// defaults. Parses the static routes; a bad one is an error at its
+/// position in the file.
+fn resolve(
+    config: &Config,
+    args: &ServerArgs,
+    role: PathRole,
+) -> Result<(Settings, LogFormat), ConfigError> {
     let file = &config.server;
     let listen = if args.listen.is_empty() {
         file.listen.clone()
@@ -386,7 +426,7 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
                 .api_socket
                 .clone()
                 .or_else(|| api.socket.clone())
-                .unwrap_or_else(|| PathBuf::from(defaults::DEFAULT_API_SOCKET)),
+                .unwrap_or_else(|| default_api_socket(role)),
             socket_mode: api.socket_mode,
             socket_group: api.socket_group.clone(),
             tcp_listen: api.tcp_listen,
@@ -400,7 +440,7 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
             .state_dir
             .clone()
             .or_else(|| config.state.dir.clone())
-            .unwrap_or_else(|| PathBuf::from(defaults::DEFAULT_STATE_DIR)),
+            .unwrap_or_else(|| default_state_dir(role)),
         static_routes,
         log_level: if args.verbose {
             "debug".to_string()
@@ -521,6 +561,7 @@ fn client_settings(
         hold_time: Duration::from_secs(args.hold_time.unwrap_or(section.hold_time)),
         stale_time: Duration::from_secs(args.stale_time.unwrap_or(section.stale_time)),
         cleanup: args.cleanup || section.cleanup,
+        flush_at_start: args.flush_at_start || section.flush_at_start,
     })
 }
 
@@ -554,7 +595,8 @@ fn load_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
     };
     // The server part of the file is not used; only its shared sections
     // (the client section is resolved again below with the flags).
-    let (mut settings, log_format) = resolve(&config, &server_args).map_err(|e| e.to_string())?;
+    let (mut settings, log_format) =
+        resolve(&config, &server_args, PathRole::Client).map_err(|e| e.to_string())?;
     settings.server.listen.clear();
     let section = config.client.clone().unwrap_or_default();
     settings.client = Some(client_settings(&config, &section, args).map_err(|e| e.to_string())?);

@@ -588,21 +588,50 @@ fn env_base(value: Option<OsString>) -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
 }
 
-fn state_dir_candidates(xdg_state_home: Option<OsString>, home: Option<OsString>) -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from("/var/lib/metalbondd")];
-    out.extend(env_base(xdg_state_home).map(|d| d.join("metalbondd")));
-    out.extend(env_base(home).map(|h| h.join(".local/state/metalbondd")));
+/// Whose default paths: a route server (also a daemon that runs both
+/// roles) or the client (hypervisor) role alone, so that both can run on
+/// one host with their defaults. The names match the systemd units'
+/// `StateDirectory=` and `RuntimeDirectory=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathRole {
+    /// `metalbondd` (`/var/lib/metalbondd`, `/run/metalbondd/api.sock`).
+    Server,
+    /// `metalbondd-client` (`/var/lib/metalbondd-client`,
+    /// `/run/metalbondd-client/api.sock`).
+    Client,
+}
+
+impl PathRole {
+    /// The directory name under `/var/lib`, `/run` and the XDG bases.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            PathRole::Server => "metalbondd",
+            PathRole::Client => "metalbondd-client",
+        }
+    }
+}
+
+fn state_dir_candidates(
+    role: PathRole,
+    xdg_state_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Vec<PathBuf> {
+    let name = role.dir_name();
+    let mut out = vec![Path::new("/var/lib").join(name)];
+    out.extend(env_base(xdg_state_home).map(|d| d.join(name)));
+    out.extend(env_base(home).map(|h| h.join(".local/state").join(name)));
     out
 }
 
-fn runtime_dir_candidates(xdg_runtime_dir: Option<OsString>) -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from("/run/metalbondd")];
-    out.extend(env_base(xdg_runtime_dir).map(|d| d.join("metalbondd")));
+fn runtime_dir_candidates(role: PathRole, xdg_runtime_dir: Option<OsString>) -> Vec<PathBuf> {
+    let name = role.dir_name();
+    let mut out = vec![Path::new("/run").join(name)];
+    out.extend(env_base(xdg_runtime_dir).map(|d| d.join(name)));
     out
 }
 
-fn tmp_fallback(uid: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/metalbondd-{uid}"))
+fn tmp_fallback(role: PathRole, uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/{}-{uid}", role.dir_name()))
 }
 
 /// True if `dir` exists and we may create files in it, or does not exist
@@ -638,22 +667,29 @@ fn writable(p: &Path) -> bool {
     }
 }
 
-/// Default state directory: `/var/lib/metalbondd` if it is writable or can be
-/// created (normally: running as root), else `$XDG_STATE_HOME/metalbondd`,
-/// else `$HOME/.local/state/metalbondd`, else `/tmp/metalbondd-<uid>` (which
-/// may not survive a reboot).
-pub fn default_state_dir() -> PathBuf {
-    let candidates =
-        state_dir_candidates(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"));
-    choose_dir(&candidates, tmp_fallback(effective_uid()), dir_usable)
+/// Default state directory of `role` (here for the server,
+/// `metalbondd-client` instead of `metalbondd` for the client role):
+/// `/var/lib/metalbondd` if it is writable or can be created (normally:
+/// running as root), else `$XDG_STATE_HOME/metalbondd`, else
+/// `$HOME/.local/state/metalbondd`, else `/tmp/metalbondd-<uid>` (which may
+/// not survive a reboot).
+pub fn default_state_dir(role: PathRole) -> PathBuf {
+    let candidates = state_dir_candidates(
+        role,
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    );
+    choose_dir(&candidates, tmp_fallback(role, effective_uid()), dir_usable)
 }
 
-/// Default control API socket: `/run/metalbondd/api.sock` if `/run/metalbondd`
-/// is writable or can be created, else `$XDG_RUNTIME_DIR/metalbondd/api.sock`,
-/// else `/tmp/metalbondd-<uid>/api.sock`.
-pub fn default_api_socket() -> PathBuf {
-    let candidates = runtime_dir_candidates(std::env::var_os("XDG_RUNTIME_DIR"));
-    choose_dir(&candidates, tmp_fallback(effective_uid()), dir_usable).join("api.sock")
+/// Default control API socket of `role` (see [`default_state_dir`] for
+/// the client role's names): `/run/metalbondd/api.sock` if
+/// `/run/metalbondd` is writable or can be created, else
+/// `$XDG_RUNTIME_DIR/metalbondd/api.sock`, else
+/// `/tmp/metalbondd-<uid>/api.sock`.
+pub fn default_api_socket(role: PathRole) -> PathBuf {
+    let candidates = runtime_dir_candidates(role, std::env::var_os("XDG_RUNTIME_DIR"));
+    choose_dir(&candidates, tmp_fallback(role, effective_uid()), dir_usable).join("api.sock")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod http;
+pub mod mbctl;
 pub mod netns;
 
 use std::collections::VecDeque;
@@ -353,9 +354,16 @@ impl Daemon {
     /// Sends SIGTERM to the daemon's PID and waits (bounded) for it to exit.
     /// Returns its exit status, or `None` if it did not exit in time.
     pub fn terminate(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.stop_with(libc::SIGTERM, timeout)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) to the daemon's PID and waits
+    /// (bounded) for it to exit. Returns its exit status, or `None` if it
+    /// did not exit in time.
+    pub fn stop_with(&self, signal: i32, timeout: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) with our own child's PID and a valid signal number.
         unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+            libc::kill(self.pid as libc::pid_t, signal);
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -481,6 +489,22 @@ impl Daemon {
         Self::spawn_until_running(cmd, args, "", "")
     }
 
+    /// Like [`Daemon::spawn_running`] with the binary `exe` (a copy the user
+    /// can reach), as the user of [`as_user`] with `env` (HOME, XDG
+    /// directories) set and the XDG variables not in `env` removed.
+    pub fn spawn_running_as(
+        exe: &std::path::Path,
+        user: Option<u32>,
+        env: &[(&str, &std::path::Path)],
+        args: &[&str],
+    ) -> Result<Daemon, String> {
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        daemon_io(&mut cmd);
+        as_user(&mut cmd, user, env);
+        Self::spawn_until_running(cmd, args, &format!(" as uid {user:?}"), "")
+    }
+
     fn spawn_until_running(
         mut cmd: Command,
         args: &[&str],
@@ -538,6 +562,35 @@ impl Daemon {
                 "metalbondd {args:?}{where_} did not log `metalbondd running` within {START_TIMEOUT:?}; log:\n{}",
                 daemon.logs()
             ))
+        }
+    }
+}
+
+/// Makes `cmd` run as `user` (its uid and gid, no supplementary groups)
+/// if given, else as this process's user, with `env` set and the XDG base
+/// variables not in `env` removed, so that the default paths come from
+/// `env` alone.
+pub fn as_user(cmd: &mut Command, user: Option<u32>, env: &[(&str, &std::path::Path)]) {
+    for var in ["HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"] {
+        cmd.env_remove(var);
+    }
+    for (var, value) in env {
+        cmd.env(var, value);
+    }
+    if let Some(id) = user {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the forked child before exec and only calls
+        // setgroups, setgid and setuid, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(id) != 0
+                    || libc::setuid(id) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
     }
 }

@@ -5,7 +5,6 @@
 //! the agent, all under one lock, so that the reply means "durable and
 //! applied". Without the client role every method is FAILED_PRECONDITION.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metalbond_proto::api as pb;
@@ -14,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{invalid, route_to_api, timestamp, vni_from_api};
 use super::{blocking, shutting_down, ApiState};
 use crate::client::operator::{record_mapping, record_server, record_subscription};
-use crate::client::{AgentHandle, AgentRequest, Refused};
+use crate::client::{AgentHandle, AgentRequest, Refused, ServerAddr};
 use crate::wire::Vni;
 
 /// The ClientService implementation.
@@ -52,17 +51,15 @@ fn refused(r: Refused) -> Status {
     }
 }
 
-/// Parses a server address (`ADDRESS:PORT`).
-fn server_from_api(field: &str, address: &str) -> Result<SocketAddr, Status> {
+/// Parses a server address (`HOST:PORT`, HOST an IP address or a name).
+fn server_from_api(field: &str, address: &str) -> Result<ServerAddr, Status> {
     if address.is_empty() {
-        return Err(invalid(field, "required (e.g. [2001:db8::1]:4711)"));
-    }
-    address.parse().map_err(|_| {
-        invalid(
+        return Err(invalid(
             field,
-            format!("{address:?} is not ADDRESS:PORT (e.g. [2001:db8::1]:4711)"),
-        )
-    })
+            "required (e.g. [2001:db8::1]:4711 or metalbond.example:4711)",
+        ));
+    }
+    address.parse().map_err(|e: String| invalid(field, e))
 }
 
 fn table_from_api(table: u32) -> Result<u32, Status> {
@@ -79,7 +76,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         _request: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ListServersResponse>, Status> {
         let mut servers = self.ask(AgentRequest::Servers).await?;
-        servers.sort_by_key(|s| s.addr);
+        servers.sort_by(|a, b| a.addr.cmp(&b.addr));
         Ok(Response::new(pb::ListServersResponse {
             servers: servers
                 .into_iter()
@@ -92,6 +89,8 @@ impl pb::client_service_server::ClientService for ClientApi {
                     } as i32,
                     last_error: s.last_error,
                     since: Some(timestamp(s.since)),
+                    resolved: s.resolved.iter().map(ToString::to_string).collect(),
+                    connected: s.connected.map(|a| a.to_string()).unwrap_or_default(),
                 })
                 .collect(),
         }))
@@ -111,7 +110,8 @@ impl pb::client_service_server::ClientService for ClientApi {
             )));
         }
         let store = self.state.store.clone();
-        blocking(move || record_server(&store, addr, true)).await?;
+        let record = addr.clone();
+        blocking(move || record_server(&store, &record, true)).await?;
         self.ask(|r| AgentRequest::AddServer(addr, r))
             .await?
             .map_err(refused)?;
@@ -132,7 +132,8 @@ impl pb::client_service_server::ClientService for ClientApi {
             )));
         }
         let store = self.state.store.clone();
-        blocking(move || record_server(&store, addr, false)).await?;
+        let record = addr.clone();
+        blocking(move || record_server(&store, &record, false)).await?;
         self.ask(|r| AgentRequest::RemoveServer(addr, r))
             .await?
             .map_err(refused)?;

@@ -20,8 +20,8 @@
 //! No data-plane flap on restarts (issue 4):
 //!
 //! - At start the agent dumps the protocol-254 routes of every mapped table
-//!   and keeps them ("held"), unless `cleanup` is set, which deletes them
-//!   first. Held routes are never deleted before the reconciliation; a held
+//!   and keeps them ("held"), unless `flush_at_start` is set, which deletes
+//!   them first. Held routes are never deleted before the reconciliation; a held
 //!   (table, prefix) that a server sends is replaced in place. The
 //!   reconciliation runs when the hold time has passed since start, or
 //!   earlier once every configured server is established and has delivered
@@ -47,6 +47,12 @@
 //! installed into the new table and deleted from the old ones). Durability
 //! is the API's job ([`super::operator`]).
 //!
+//! At a clean exit ([`Agent::shutdown`]: SIGINT, SIGTERM, API Shutdown)
+//! the routes stay in the kernel, so that a restart does not flap the data
+//! plane, unless `cleanup` is set: then, as the Go reference's `--cleanup`
+//! ("Cleanup routes upon exit"), every protocol-254 route of the mapped
+//! tables is deleted after the sessions are closed.
+//!
 //! Counters ([`AgentStats`], shared with the connection tasks): every
 //! netlink call is counted by kind and outcome where it is made; the gauges
 //! of configured and established servers and of received routes are set
@@ -69,7 +75,9 @@ use tracing::{debug, info, warn};
 use super::operator::StoredClientState;
 use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
-use super::{Change, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId};
+use super::{
+    Change, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerAddr, ServerId,
+};
 use crate::kernel::{Installer, KernelRoute, Prefix};
 use crate::wire::{Action, Destination, Route, Vni};
 
@@ -90,8 +98,9 @@ pub const DEFAULT_STALE_TIME: Duration = Duration::from_secs(60);
 /// Settings of the hypervisor role.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientSettings {
-    /// Route servers to connect to (each is a [`ServerId`] by its index).
-    pub servers: Vec<SocketAddr>,
+    /// Route servers to connect to (each is a [`ServerId`] by its index),
+    /// by IP address or by name (resolved on every connection attempt).
+    pub servers: Vec<ServerAddr>,
     /// VNIs to subscribe to.
     pub subscriptions: Vec<Vni>,
     /// Routes this node announces (also the loop-prevention set).
@@ -110,9 +119,12 @@ pub struct ClientSettings {
     pub hold_time: Duration,
     /// How long installed routes stay after the last server was lost.
     pub stale_time: Duration,
+    /// Delete the protocol-254 routes of the mapped tables at a clean exit
+    /// (the Go reference's `--cleanup`).
+    pub cleanup: bool,
     /// Delete the protocol-254 routes of the mapped tables at start instead
     /// of keeping and reconciling them.
-    pub cleanup: bool,
+    pub flush_at_start: bool,
 }
 
 /// A running agent.
@@ -128,8 +140,13 @@ pub struct Agent {
 /// One configured route server, as the API lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerStatus {
-    /// Its address.
-    pub addr: SocketAddr,
+    /// Its address, as configured (an IP address or a name).
+    pub addr: ServerAddr,
+    /// What the address resolved to at the last attempt (empty before the
+    /// first, or when the name did not resolve).
+    pub resolved: Vec<SocketAddr>,
+    /// The address of the established session.
+    pub connected: Option<SocketAddr>,
     /// The session is established.
     pub up: bool,
     /// Why the last attempt or session ended (empty if none did).
@@ -144,7 +161,7 @@ pub struct ReceivedEntry {
     /// The route.
     pub route: Route,
     /// The servers that provide it.
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<ServerAddr>,
     /// The tables its destination is installed in (as far as the agent
     /// knows: mapped, installable, and no failed kernel call pending).
     pub installed_tables: Vec<u32>,
@@ -167,9 +184,9 @@ pub enum AgentRequest {
     /// The configured servers.
     Servers(oneshot::Sender<Vec<ServerStatus>>),
     /// Connect to one more server.
-    AddServer(SocketAddr, oneshot::Sender<Result<(), Refused>>),
+    AddServer(ServerAddr, oneshot::Sender<Result<(), Refused>>),
     /// Stop using a server.
-    RemoveServer(SocketAddr, oneshot::Sender<Result<(), Refused>>),
+    RemoveServer(ServerAddr, oneshot::Sender<Result<(), Refused>>),
     /// The subscribed VNIs.
     Subscriptions(oneshot::Sender<Vec<Vni>>),
     /// Subscribe to a VNI.
@@ -260,7 +277,7 @@ impl Agent {
             held = startup_routes(
                 installer,
                 &settings.install_routes,
-                settings.cleanup,
+                settings.flush_at_start,
                 &stats,
             )
             .await;
@@ -322,6 +339,7 @@ impl Agent {
             quiet_since: HashMap::new(),
             hold_time: settings.hold_time,
             stale_time: settings.stale_time,
+            cleanup: settings.cleanup,
         };
         state.publish_gauges();
         let task = tokio::spawn(state.run(events, control_rx, stop_rx));
@@ -341,7 +359,8 @@ impl Agent {
     }
 
     /// Closes the sessions and stops the agent task. Installed routes stay
-    /// in the kernel.
+    /// in the kernel, unless `cleanup` is set: then the protocol-254 routes
+    /// of the mapped tables are deleted before this returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -363,15 +382,30 @@ fn prefix_of(dest: Destination) -> Prefix {
     Prefix::new(dest.addr.to_ip(), dest.prefix_len)
 }
 
-/// Dumps the protocol-254 routes of every mapped table. With `cleanup`
-/// they are deleted and nothing is returned; otherwise they are returned to
-/// be held until the reconciliation. Errors are logged, never fatal. The
-/// netlink calls are counted in `stats`; the routes found are not counted as
-/// installed (they are once a server confirms them).
+/// Dumps the protocol-254 routes of every mapped table. With
+/// `flush_at_start` they are deleted and nothing is returned; otherwise they
+/// are returned to be held until the reconciliation. Errors are logged,
+/// never fatal. The netlink calls are counted in `stats`; the routes found
+/// are not counted as installed (they are once a server confirms them).
 async fn startup_routes(
     installer: &Installer,
     tables: &BTreeMap<Vni, BTreeSet<u32>>,
-    cleanup: bool,
+    flush_at_start: bool,
+    stats: &AgentStats,
+) -> BTreeSet<(u32, Prefix)> {
+    let found = dump_mapped(installer, tables, stats).await;
+    if !flush_at_start {
+        return found;
+    }
+    delete_all(installer, &found, stats, "flush at start").await;
+    BTreeSet::new()
+}
+
+/// The protocol-254 routes in every table of `tables` (a table that cannot
+/// be read is logged and skipped).
+async fn dump_mapped(
+    installer: &Installer,
+    tables: &BTreeMap<Vni, BTreeSet<u32>>,
     stats: &AgentStats,
 ) -> BTreeSet<(u32, Prefix)> {
     let all: BTreeSet<u32> = tables.values().flatten().copied().collect();
@@ -381,27 +415,36 @@ async fn startup_routes(
         stats.netlink_dump.record(&dumped);
         match dumped {
             Ok(routes) => found.extend(routes.into_iter().map(|r| (table, r.dest))),
-            Err(e) => warn!(table, error = %e, "cannot read the routes of an earlier run"),
+            Err(e) => warn!(table, error = %e, "cannot read the protocol-254 routes of a table"),
         }
     }
-    if !cleanup {
-        return found;
-    }
+    found
+}
+
+/// Deletes `routes` (a failure is logged and counted, never fatal) and
+/// logs how many went, under `what`.
+async fn delete_all(
+    installer: &Installer,
+    routes: &BTreeSet<(u32, Prefix)>,
+    stats: &AgentStats,
+    what: &str,
+) -> usize {
     let mut deleted = 0usize;
-    for (table, prefix) in &found {
+    for (table, prefix) in routes {
         let result = installer.delete(*table, *prefix).await;
         stats.netlink_delete.record(&result);
         match result {
             Ok(_) => deleted += 1,
-            Err(e) => warn!(table, %prefix, error = %e, "cleanup: cannot delete route"),
+            Err(e) => warn!(table, %prefix, error = %e, what, "cannot delete route"),
         }
     }
     info!(
         deleted,
-        found = found.len(),
-        "cleanup: protocol-254 routes of the mapped tables removed"
+        found = routes.len(),
+        what,
+        "protocol-254 routes of the mapped tables removed"
     );
-    BTreeSet::new()
+    deleted
 }
 
 /// Whether kernel routes are being held back from deletion.
@@ -422,23 +465,27 @@ enum Mode {
 }
 
 /// The configured servers at start: ids in order, none up yet.
-fn initial_servers(servers: &[SocketAddr]) -> BTreeMap<ServerId, ServerStatus> {
+fn initial_servers(servers: &[ServerAddr]) -> BTreeMap<ServerId, ServerStatus> {
     let now = SystemTime::now();
     servers
         .iter()
         .enumerate()
-        .map(|(i, &addr)| {
-            (
-                ServerId(i),
-                ServerStatus {
-                    addr,
-                    up: false,
-                    last_error: String::new(),
-                    since: now,
-                },
-            )
-        })
+        .map(|(i, addr)| (ServerId(i), ServerStatus::new(addr.clone(), now)))
         .collect()
+}
+
+impl ServerStatus {
+    /// A server just configured: down, never tried.
+    fn new(addr: ServerAddr, since: SystemTime) -> Self {
+        Self {
+            addr,
+            resolved: Vec::new(),
+            connected: None,
+            up: false,
+            last_error: String::new(),
+            since,
+        }
+    }
 }
 
 struct AgentTask {
@@ -470,6 +517,8 @@ struct AgentTask {
     quiet_since: HashMap<ServerId, Instant>,
     hold_time: Duration,
     stale_time: Duration,
+    /// Delete the routes of the mapped tables at exit.
+    cleanup: bool,
 }
 
 impl AgentTask {
@@ -483,6 +532,14 @@ impl AgentTask {
         // Dropping the receiver unblocks tasks waiting to send an event.
         drop(events);
         self.client.shutdown().await;
+        if self.cleanup {
+            if let Some(installer) = &self.installer {
+                // What is in the tables now, not only what this run
+                // installed: held routes of an earlier run go too.
+                let found = dump_mapped(installer, &self.tables, &self.stats).await;
+                delete_all(installer, &found, &self.stats, "cleanup at exit").await;
+            }
+        }
     }
 
     async fn serve(
@@ -539,7 +596,7 @@ impl AgentTask {
 
     async fn handle(&mut self, ev: ClientEvent) {
         let server = match &ev {
-            ClientEvent::Up { server }
+            ClientEvent::Up { server, .. }
             | ClientEvent::Down { server, .. }
             | ClientEvent::Update { server, .. } => *server,
         };
@@ -548,24 +605,30 @@ impl AgentTask {
             return;
         };
         match &ev {
-            ClientEvent::Up { .. } => {
+            ClientEvent::Up { peer, resolved, .. } => {
                 status.up = true;
                 status.since = SystemTime::now();
+                status.connected = Some(*peer);
+                status.resolved = resolved.clone();
             }
-            ClientEvent::Down { reason, .. } => {
+            ClientEvent::Down {
+                reason, resolved, ..
+            } => {
                 if status.up || status.last_error.is_empty() {
                     status.since = SystemTime::now();
                 }
                 status.up = false;
+                status.connected = None;
+                status.resolved = resolved.clone();
                 status.last_error = reason.clone();
             }
             ClientEvent::Update { .. } => {}
         }
         let changes = match ev {
-            ClientEvent::Up { server } => {
+            ClientEvent::Up { server, peer, .. } => {
                 self.up.insert(server);
                 self.quiet_since.insert(server, Instant::now());
-                info!(%server, addr = %self.addr(server), "route server up");
+                info!(%server, addr = %self.addr(server), %peer, "route server up");
                 if let Mode::Stale { .. } = self.mode {
                     info!(%server, "a route server is back: reconciling after its resync");
                     self.mode = Mode::Hold {
@@ -579,6 +642,7 @@ impl AgentTask {
                 server,
                 reason,
                 label,
+                ..
             } => {
                 self.quiet_since.remove(&server);
                 if self.up.remove(&server) {
@@ -859,7 +923,7 @@ impl AgentTask {
         }
     }
 
-    fn add_server(&mut self, addr: SocketAddr) -> Result<(), Refused> {
+    fn add_server(&mut self, addr: ServerAddr) -> Result<(), Refused> {
         if self.servers.values().any(|s| s.addr == addr) {
             return Err(Refused::AlreadyExists(format!(
                 "server {addr} is configured already"
@@ -867,22 +931,15 @@ impl AgentTask {
         }
         let id = self
             .client
-            .add_server(addr)
+            .add_server(addr.clone())
             .ok_or_else(|| Refused::Precondition("the client role is stopping".into()))?;
-        self.servers.insert(
-            id,
-            ServerStatus {
-                addr,
-                up: false,
-                last_error: String::new(),
-                since: SystemTime::now(),
-            },
-        );
+        self.servers
+            .insert(id, ServerStatus::new(addr.clone(), SystemTime::now()));
         info!(server = %id, %addr, "route server added (API)");
         Ok(())
     }
 
-    async fn remove_server(&mut self, addr: SocketAddr) -> Result<(), Refused> {
+    async fn remove_server(&mut self, addr: ServerAddr) -> Result<(), Refused> {
         let Some(id) = self
             .servers
             .iter()
@@ -985,11 +1042,14 @@ impl AgentTask {
     }
 
     fn received_entries(&self, vni: Option<Vni>) -> Vec<ReceivedEntry> {
-        let mut by_route: BTreeMap<Route, Vec<SocketAddr>> = BTreeMap::new();
+        let mut by_route: BTreeMap<Route, Vec<ServerAddr>> = BTreeMap::new();
         for (id, status) in &self.servers {
             for route in self.received.routes_of(*id) {
                 if vni.is_none_or(|v| v == route.vni) {
-                    by_route.entry(*route).or_default().push(status.addr);
+                    by_route
+                        .entry(*route)
+                        .or_default()
+                        .push(status.addr.clone());
                 }
             }
         }
@@ -1065,9 +1125,9 @@ mod tests {
         for _ in 0..3 {
             listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
-        let servers: Vec<SocketAddr> = listeners[..2]
+        let servers: Vec<ServerAddr> = listeners[..2]
             .iter()
-            .map(|l| l.local_addr().unwrap())
+            .map(|l| l.local_addr().unwrap().into())
             .collect();
         let stats = Arc::new(AgentStats::default());
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -1101,6 +1161,7 @@ mod tests {
             quiet_since: HashMap::new(),
             hold_time: DEFAULT_HOLD_TIME,
             stale_time: DEFAULT_STALE_TIME,
+            cleanup: false,
         };
         task.publish_gauges();
         (task, listeners, events_rx)
@@ -1138,6 +1199,16 @@ mod tests {
             server: ServerId(server),
             reason: "server closed the connection".into(),
             label: "peer_closed",
+            resolved: Vec::new(),
+        }
+    }
+
+    fn up(server: usize) -> ClientEvent {
+        let peer: SocketAddr = "[::1]:4711".parse().unwrap();
+        ClientEvent::Up {
+            server: ServerId(server),
+            peer,
+            resolved: vec![peer],
         }
     }
 
@@ -1155,20 +1226,8 @@ mod tests {
     async fn gauges_follow_events_and_api_changes() {
         let (mut t, listeners, _events) = task().await;
         assert_eq!(gauges(&t), (2, 0, 0));
-        event(
-            &mut t,
-            ClientEvent::Up {
-                server: ServerId(0),
-            },
-        )
-        .await;
-        event(
-            &mut t,
-            ClientEvent::Up {
-                server: ServerId(1),
-            },
-        )
-        .await;
+        event(&mut t, up(0)).await;
+        event(&mut t, up(1)).await;
         assert_eq!(gauges(&t), (2, 2, 0));
 
         // Distinct routes, whoever provides them; a NAT next hop differing
@@ -1191,24 +1250,18 @@ mod tests {
 
         // Removing an established server through the API: not up any more,
         // its routes gone; no session down is counted for it.
-        let addr1 = t.servers[&ServerId(1)].addr;
+        let addr1 = t.servers[&ServerId(1)].addr.clone();
         request(&mut t, |r| AgentRequest::RemoveServer(addr1, r))
             .await
             .unwrap();
         assert_eq!(gauges(&t), (1, 0, 0));
         // Events it had queued are ignored.
-        event(
-            &mut t,
-            ClientEvent::Up {
-                server: ServerId(1),
-            },
-        )
-        .await;
+        event(&mut t, up(1)).await;
         event(&mut t, add(1, "100#10.0.1.0/24@2001:db8::1")).await;
         assert_eq!(gauges(&t), (1, 0, 0));
 
-        let addr2 = listeners[2].local_addr().unwrap();
-        request(&mut t, |r| AgentRequest::AddServer(addr2, r))
+        let addr2: ServerAddr = listeners[2].local_addr().unwrap().into();
+        request(&mut t, |r| AgentRequest::AddServer(addr2.clone(), r))
             .await
             .unwrap();
         // Refused: no change.
@@ -1218,13 +1271,7 @@ mod tests {
         assert_eq!(gauges(&t), (2, 0, 0));
 
         // Unsubscribing drops the VNI's received routes.
-        event(
-            &mut t,
-            ClientEvent::Up {
-                server: ServerId(0),
-            },
-        )
-        .await;
+        event(&mut t, up(0)).await;
         event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
         assert_eq!(gauges(&t), (2, 1, 1));
         request(&mut t, |r| AgentRequest::Unsubscribe(Vni(100), r))

@@ -3,7 +3,10 @@
 //! Each task keeps one session to its server up for as long as the client
 //! runs (PROTOCOL.md sections 3 and 5):
 //!
-//! 1. connect (TCP_NODELAY on, bounded by a connect timeout);
+//! 1. resolve the server's name, if it has one (again on every attempt,
+//!    so a service that moved is followed), and connect to the first
+//!    resolved address that accepts, trying them in order (TCP_NODELAY on,
+//!    each bounded by the connect timeout);
 //! 2. run a [`Session`] in the client role: HELLO first, keepalives at the
 //!    negotiated cadence, timeouts;
 //! 3. once ESTABLISHED: send every desired SUBSCRIBE, then every
@@ -48,7 +51,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::stats::AgentStats;
-use super::ServerId;
+use super::{ServerAddr, ServerId};
 use crate::server::outbound::Outbound;
 use crate::session::{self, CloseReason, Event, Role, Session};
 use crate::wire::{
@@ -148,6 +151,10 @@ pub enum ClientEvent {
     Up {
         /// The server.
         server: ServerId,
+        /// The address connected to.
+        peer: SocketAddr,
+        /// What the server's address resolved to for this attempt.
+        resolved: Vec<SocketAddr>,
     },
     /// An attempt or a session with `server` ended. Comes after every
     /// [`ClientEvent::Up`], and also after a failed connect or handshake
@@ -161,6 +168,9 @@ pub enum ClientEvent {
         /// Why, as a short stable label (the key counted in
         /// [`AgentStats::session_downs`]).
         label: &'static str,
+        /// What the server's address resolved to for the attempt (empty
+        /// if its name did not resolve).
+        resolved: Vec<SocketAddr>,
     },
     /// `server` sent an UPDATE (a dump entry or a live update).
     Update {
@@ -247,7 +257,7 @@ impl Client {
     /// session eventually times out). The tasks count into a fresh
     /// [`AgentStats`] ([`Client::stats`]).
     pub fn start(
-        servers: &[SocketAddr],
+        servers: &[ServerAddr],
         config: ClientConfig,
         desired: Desired,
         events: mpsc::Sender<ClientEvent>,
@@ -264,7 +274,7 @@ impl Client {
     /// Like [`Client::start`], with the connection tasks counting into
     /// `stats` (the agent's).
     pub fn start_with_stats(
-        servers: &[SocketAddr],
+        servers: &[ServerAddr],
         config: ClientConfig,
         desired: Desired,
         events: mpsc::Sender<ClientEvent>,
@@ -280,13 +290,13 @@ impl Client {
             next_id: 0,
             stats,
         };
-        for &addr in servers {
-            client.spawn(addr, &events);
+        for addr in servers {
+            client.spawn(addr.clone(), &events);
         }
         client
     }
 
-    fn spawn(&mut self, addr: SocketAddr, events: &mpsc::Sender<ClientEvent>) -> ServerId {
+    fn spawn(&mut self, addr: ServerAddr, events: &mpsc::Sender<ClientEvent>) -> ServerId {
         let id = ServerId(self.next_id);
         self.next_id += 1;
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -311,7 +321,7 @@ impl Client {
 
     /// Starts a connection task for one more server, from the current
     /// desired state. `None` if the event channel is closed (nobody listens).
-    pub fn add_server(&mut self, addr: SocketAddr) -> Option<ServerId> {
+    pub fn add_server(&mut self, addr: ServerAddr) -> Option<ServerId> {
         let events = self.events.upgrade()?;
         Some(self.spawn(addr, &events))
     }
@@ -390,7 +400,9 @@ impl Client {
 /// [`End::label`].
 #[derive(Debug)]
 enum End {
-    /// The TCP connect failed.
+    /// The server's name did not resolve.
+    Resolve(String),
+    /// The TCP connect failed (to every resolved address).
     ConnectFailed(std::io::Error),
     /// The TCP connect did not complete within the connect timeout.
     ConnectTimeout(Duration),
@@ -412,6 +424,7 @@ impl End {
     /// same thing happens there).
     fn label(&self) -> &'static str {
         match self {
+            End::Resolve(_) => "resolve_failed",
             End::ConnectFailed(_) => "connect_failed",
             End::ConnectTimeout(_) => "connect_timeout",
             End::Protocol(r) => r.label(),
@@ -441,6 +454,7 @@ impl End {
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            End::Resolve(e) => write!(f, "cannot resolve: {e}"),
             End::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             End::ConnectTimeout(t) => write!(f, "connect timed out after {t:?}"),
             End::Protocol(r) => write!(f, "{r}"),
@@ -476,7 +490,7 @@ enum Outcome {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     server: ServerId,
-    addr: SocketAddr,
+    addr: ServerAddr,
     config: ClientConfig,
     mut desired: Desired,
     mut commands: mpsc::Receiver<ClientCommand>,
@@ -497,8 +511,11 @@ pub async fn run(
             events: &events,
             shutdown: &mut shutdown,
             stats: &stats,
+            resolved: Vec::new(),
         };
-        let (end, established_for) = match conn.attempt(addr).await {
+        let outcome = conn.attempt(&addr).await;
+        let resolved = std::mem::take(&mut conn.resolved);
+        let (end, established_for) = match outcome {
             Outcome::Stop => return,
             Outcome::Ended {
                 end,
@@ -526,6 +543,7 @@ pub async fn run(
                 server,
                 reason,
                 label,
+                resolved,
             })
             .await
             .is_err()
@@ -560,6 +578,8 @@ struct Conn<'a> {
     events: &'a mpsc::Sender<ClientEvent>,
     shutdown: &'a mut watch::Receiver<bool>,
     stats: &'a AgentStats,
+    /// What the server's address resolved to for this attempt.
+    resolved: Vec<SocketAddr>,
 }
 
 fn ended(end: End, established_at: Option<Instant>) -> Outcome {
@@ -570,13 +590,23 @@ fn ended(end: End, established_at: Option<Instant>) -> Outcome {
 }
 
 impl Conn<'_> {
-    async fn attempt(&mut self, addr: SocketAddr) -> Outcome {
-        let connect = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr));
-        let stream = tokio::select! {
-            r = connect => match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return ended(End::ConnectFailed(e), None),
-                Err(_) => return ended(End::ConnectTimeout(self.config.connect_timeout), None),
+    async fn attempt(&mut self, addr: &ServerAddr) -> Outcome {
+        let timeout = self.config.connect_timeout;
+        let resolved = tokio::select! {
+            r = resolve(addr, timeout) => r,
+            _ = self.shutdown.changed() => return Outcome::Stop,
+        };
+        self.resolved = match resolved {
+            Ok(addrs) => addrs,
+            Err(e) => return ended(End::Resolve(e), None),
+        };
+        if addr.name().is_some() {
+            debug!(server = %self.server, %addr, resolved = ?self.resolved, "resolved");
+        }
+        let (stream, peer) = tokio::select! {
+            r = connect_any(&self.resolved, timeout) => match r {
+                Ok(connected) => connected,
+                Err(end) => return ended(end, None),
             },
             _ = self.shutdown.changed() => return Outcome::Stop,
         };
@@ -584,11 +614,11 @@ impl Conn<'_> {
             // Only latency suffers; keep going.
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        debug!(server = %self.server, %addr, "connected");
-        self.run_session(stream).await
+        debug!(server = %self.server, %addr, %peer, "connected");
+        self.run_session(stream, peer).await
     }
 
-    async fn run_session(&mut self, mut stream: TcpStream) -> Outcome {
+    async fn run_session(&mut self, mut stream: TcpStream, peer: SocketAddr) -> Outcome {
         let mut session = Session::new(
             session::Config {
                 role: Role::Client,
@@ -606,7 +636,7 @@ impl Conn<'_> {
         let (mut rd, mut wr) = stream.split();
         // HELLO.
         if let Some(o) = self
-            .collect(&mut session, &mut out, &mut established_at)
+            .collect(&mut session, &mut out, &mut established_at, peer)
             .await
         {
             return o;
@@ -630,7 +660,7 @@ impl Conn<'_> {
                                     if let Err(reason) = session.handle_message(msg, now) {
                                         return ended(End::Protocol(reason), established_at);
                                     }
-                                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at).await {
+                                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at, peer).await {
                                         return o;
                                     }
                                 }
@@ -662,7 +692,7 @@ impl Conn<'_> {
                     if let Err(reason) = session.handle_timeout(Instant::now().into_std()) {
                         return ended(End::Protocol(reason), established_at);
                     }
-                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at).await {
+                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at, peer).await {
                         return o;
                     }
                 }
@@ -718,6 +748,7 @@ impl Conn<'_> {
         session: &mut Session,
         out: &mut Outbound,
         established_at: &mut Option<Instant>,
+        peer: SocketAddr,
     ) -> Option<Outcome> {
         while let Some(msg) = session.poll_transmit() {
             let mut buf = BytesMut::with_capacity(16);
@@ -744,6 +775,8 @@ impl Conn<'_> {
                         .events
                         .send(ClientEvent::Up {
                             server: self.server,
+                            peer,
+                            resolved: self.resolved.clone(),
                         })
                         .await
                         .is_err()
@@ -772,6 +805,72 @@ impl Conn<'_> {
         }
         None
     }
+}
+
+/// The addresses of `server`: its IP address, or what its name resolves to
+/// now (bounded by `timeout`), without duplicates, in the resolver's order.
+pub async fn resolve(server: &ServerAddr, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+    if let Some(addr) = server.socket_addr() {
+        return Ok(vec![addr]);
+    }
+    let name = server.name().unwrap_or_default();
+    let lookup = tokio::net::lookup_host((name, server.port()));
+    let found = match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return Err(format!("{name}: {e}")),
+        Err(_) => return Err(format!("{name}: no answer within {timeout:?}")),
+    };
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{name}: no address"));
+    }
+    Ok(out)
+}
+
+/// Connects to the first of `addrs` that accepts, in order, each attempt
+/// bounded by `timeout`. With one address, its error as it is; with
+/// several, every address's error in one.
+async fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), End> {
+    let mut errors = Vec::new();
+    let mut last = None;
+    for &addr in addrs {
+        let (end, why) = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok((stream, addr)),
+            Ok(Err(e)) => {
+                let why = e.to_string();
+                (End::ConnectFailed(e), why)
+            }
+            Err(_) => (
+                End::ConnectTimeout(timeout),
+                format!("timed out after {timeout:?}"),
+            ),
+        };
+        debug!(%addr, error = %why, "cannot connect");
+        errors.push(format!("{addr}: {why}"));
+        last = Some(end);
+    }
+    let Some(end) = last else {
+        return Err(End::Resolve("no address to connect to".into()));
+    };
+    if errors.len() == 1 {
+        return Err(end);
+    }
+    let kind = match &end {
+        End::ConnectFailed(e) => e.kind(),
+        _ => std::io::ErrorKind::TimedOut,
+    };
+    Err(End::ConnectFailed(std::io::Error::new(
+        kind,
+        format!("every address failed: {}", errors.join("; ")),
+    )))
 }
 
 fn push_update(out: &mut Outbound, action: Action, route: &Route) {
@@ -1004,7 +1103,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let (tx, mut rx) = mpsc::channel(16);
-        let client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let client = Client::start(&[addr.into()], test_config(), Desired::default(), tx);
         let (reason, label) = next_down(&mut rx).await;
         assert_eq!(label, "connect_failed");
         assert!(reason.starts_with("connect failed: "), "{reason}");
@@ -1012,6 +1111,54 @@ mod tests {
         assert!(stats.session_downs()["connect_failed"] >= 1);
         assert!(stats.protocol_errors().is_empty());
         assert_eq!(stats.session_ups.load(Relaxed), 0);
+        client.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn every_resolved_address_is_tried_in_order() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let t = Duration::from_secs(2);
+        let (_, peer) = connect_any(&[refused, open], t).await.unwrap();
+        assert_eq!(peer, open);
+        let Err(End::ConnectFailed(e)) = connect_any(&[refused, refused], t).await else {
+            panic!("two refused addresses connected");
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("every address failed: "), "{text}");
+        assert_eq!(text.matches(&refused.to_string()).count(), 2, "{text}");
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_and_bad_names_are_a_down() {
+        let t = Duration::from_secs(2);
+        let ip: ServerAddr = "[::1]:4711".parse().unwrap();
+        assert_eq!(
+            resolve(&ip, t).await.unwrap(),
+            vec!["[::1]:4711".parse().unwrap()]
+        );
+        let local: ServerAddr = "localhost:4711".parse().unwrap();
+        let addrs = resolve(&local, t).await.unwrap();
+        assert!(
+            !addrs.is_empty()
+                && addrs
+                    .iter()
+                    .all(|a| a.ip().is_loopback() && a.port() == 4711)
+        );
+
+        let bad: ServerAddr = "no-such-host.invalid:4711".parse().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let client = Client::start(&[bad], test_config(), Desired::default(), tx);
+        let (reason, label) = next_down(&mut rx).await;
+        assert_eq!(label, "resolve_failed");
+        assert!(
+            reason.starts_with("cannot resolve: no-such-host.invalid"),
+            "{reason}"
+        );
         client.shutdown().await;
     }
 
@@ -1027,7 +1174,7 @@ mod tests {
             let _ = read_some(&mut s, usize::MAX).await;
         });
         let (tx, mut rx) = mpsc::channel(16);
-        let client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let client = Client::start(&[addr.into()], test_config(), Desired::default(), tx);
         let (reason, label) = next_down(&mut rx).await;
         assert_eq!(label, "bad_version");
         assert!(reason.starts_with("malformed frame: "), "{reason}");
@@ -1084,11 +1231,11 @@ mod tests {
             }
         });
         let (tx, mut rx) = mpsc::channel(16);
-        let mut client = Client::start(&[addr], test_config(), Desired::default(), tx);
+        let mut client = Client::start(&[addr.into()], test_config(), Desired::default(), tx);
         let stats = client.stats().clone();
         next_up(&mut rx).await;
         assert!(client.remove_server(ServerId(0)));
-        let id = client.add_server(addr).unwrap();
+        let id = client.add_server(addr.into()).unwrap();
         assert_eq!(id, ServerId(1));
         next_up(&mut rx).await;
         client.shutdown().await;
@@ -1125,7 +1272,7 @@ mod tests {
             subscriptions: vec![Vni(100)],
             announcements: BTreeSet::from([mine]),
         };
-        let client = Client::start(&[addr], test_config(), desired, tx);
+        let client = Client::start(&[addr.into()], test_config(), desired, tx);
         let stats = client.stats().clone();
         let wait = Duration::from_secs(10);
         loop {

@@ -30,6 +30,7 @@ pub use agent::{
 pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
 };
+pub use metalbondd_config::ServerAddr;
 pub use received::{Change, ReceivedRoutes};
 pub use stats::NetlinkOpCounters;
 

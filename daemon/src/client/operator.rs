@@ -4,7 +4,8 @@
 //! Three namespaces of the store's key/value table, one record per key, the
 //! last change made through the API:
 //!
-//! - [`SERVERS`]: key `ADDRESS:PORT`, value `added` or `removed`;
+//! - [`SERVERS`]: key `HOST:PORT` (an IP address or a name), value `added`
+//!   or `removed`;
 //! - [`SUBSCRIPTIONS`]: key the VNI in decimal, value `subscribed` or
 //!   `unsubscribed`;
 //! - [`MAPPINGS`]: key the VNI in decimal, value the routing table in
@@ -21,11 +22,10 @@
 //! directory). Records that cannot be read are logged and ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
 use tracing::warn;
 
-use super::ClientSettings;
+use super::{ClientSettings, ServerAddr};
 use crate::store::{Store, StoreError};
 use crate::wire::Vni;
 
@@ -45,7 +45,7 @@ const UNSUBSCRIBED: &str = "unsubscribed";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredClientState {
     /// Server -> added (true) or removed (false).
-    pub servers: BTreeMap<SocketAddr, bool>,
+    pub servers: BTreeMap<ServerAddr, bool>,
     /// VNI -> subscribed (true) or unsubscribed (false).
     pub subscriptions: BTreeMap<Vni, bool>,
     /// VNI -> its table, or `None` when the mapping was removed.
@@ -57,7 +57,7 @@ impl StoredClientState {
     pub fn load(store: &Store) -> Result<StoredClientState, StoreError> {
         let mut out = StoredClientState::default();
         for (key, value) in store.list(SERVERS)? {
-            match (key.parse::<SocketAddr>(), value.as_str()) {
+            match (key.parse::<ServerAddr>(), value.as_str()) {
                 (Ok(addr), ADDED) => drop(out.servers.insert(addr, true)),
                 (Ok(addr), REMOVED) => drop(out.servers.insert(addr, false)),
                 _ => warn!(
@@ -103,7 +103,7 @@ impl StoredClientState {
         for (addr, &added) in &self.servers {
             settings.servers.retain(|a| a != addr);
             if added {
-                settings.servers.push(*addr);
+                settings.servers.push(addr.clone());
             }
         }
         for (vni, &subscribed) in &self.subscriptions {
@@ -122,7 +122,7 @@ impl StoredClientState {
 }
 
 /// Records that `addr` was added (true) or removed (false), durably.
-pub fn record_server(store: &Store, addr: SocketAddr, added: bool) -> Result<(), StoreError> {
+pub fn record_server(store: &Store, addr: &ServerAddr, added: bool) -> Result<(), StoreError> {
     store.put(
         SERVERS,
         &addr.to_string(),
@@ -151,11 +151,11 @@ mod tests {
 
     #[test]
     fn stored_changes_win_over_the_configuration() {
-        let a: SocketAddr = "[::1]:1".parse().unwrap();
-        let b: SocketAddr = "[::1]:2".parse().unwrap();
-        let c: SocketAddr = "[::1]:3".parse().unwrap();
+        let a: ServerAddr = "[::1]:1".parse().unwrap();
+        let b: ServerAddr = "[::1]:2".parse().unwrap();
+        let c: ServerAddr = "metalbond.example:3".parse().unwrap();
         let mut settings = ClientSettings {
-            servers: vec![a, b],
+            servers: vec![a.clone(), b.clone()],
             subscriptions: vec![Vni(1), Vni(2)],
             announcements: vec![],
             install_routes: BTreeMap::from([
@@ -168,9 +168,10 @@ mod tests {
             hold_time: Default::default(),
             stale_time: Default::default(),
             cleanup: false,
+            flush_at_start: false,
         };
         let stored = StoredClientState {
-            servers: BTreeMap::from([(a, false), (c, true)]),
+            servers: BTreeMap::from([(a, false), (c.clone(), true)]),
             subscriptions: BTreeMap::from([(Vni(2), false), (Vni(3), true)]),
             mappings: BTreeMap::from([(Vni(1), Some(12)), (Vni(2), None), (Vni(3), Some(30))]),
         };

@@ -49,9 +49,10 @@ pub struct AgentStats {
     pub kernel_changes: AtomicU64,
     /// Route replace (add/change) calls.
     pub netlink_replace: NetlinkOpCounters,
-    /// Route delete calls (route changes, reconciliation, start-up cleanup).
+    /// Route delete calls (route changes, reconciliation, the flush at
+    /// start, the cleanup at exit).
     pub netlink_delete: NetlinkOpCounters,
-    /// Route dumps (start-up reconciliation, cleanup).
+    /// Route dumps (start-up reconciliation, flush at start, cleanup at exit).
     pub netlink_dump: NetlinkOpCounters,
     /// Gauge: received routes, i.e. distinct (vni, prefix, next hop) the
     /// agent currently holds from any server (what the API's received list
@@ -89,7 +90,8 @@ impl AgentStats {
     /// Attempts or sessions that ended, by reason label (a short stable
     /// snake_case label). Every end of a connection attempt counts, whether
     /// a session was established or not: a connection that could not be
-    /// made counts as `connect_failed` or `connect_timeout`, a handshake
+    /// made counts as `connect_failed` or `connect_timeout` (a server name
+    /// that did not resolve as `resolve_failed`), a handshake
     /// that timed out as `handshake_timeout_hello` or
     /// `handshake_timeout_keepalive`. Other labels: `keepalive_timeout`,
     /// `peer_closed` (the server closed the connection), `truncated_frame`

@@ -97,7 +97,7 @@ pub fn classify_end(label: &str) -> EndClass {
         "keepalive_timeout" => EndClass::KeepaliveTimeout,
         "write_timeout" | "lagging" => EndClass::SlowConsumer,
         "peer_closed" | "io_error" | "reset" | "shutdown" | "connect_failed"
-        | "connect_timeout" => EndClass::Normal,
+        | "connect_timeout" | "resolve_failed" => EndClass::Normal,
         _ => EndClass::ProtocolError,
     }
 }
@@ -154,6 +154,7 @@ mod tests {
             "reset",
             "shutdown",
             "connect_failed",
+            "resolve_failed",
         ] {
             assert_eq!(classify_end(normal), EndClass::Normal);
         }

@@ -231,6 +231,11 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED {
+        // `[::]` (and `:PORT`) means every address, IPv4 too, as in Go's
+        // net.Listen, whatever the host's net.ipv6.bindv6only says.
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

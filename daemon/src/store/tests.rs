@@ -450,7 +450,7 @@ fn candidates_follow_the_xdg_rules() {
     let os = |s: &str| Some(OsString::from(s));
     let p = PathBuf::from;
     assert_eq!(
-        state_dir_candidates(os("/x/state"), os("/home/u")),
+        state_dir_candidates(PathRole::Server, os("/x/state"), os("/home/u")),
         vec![
             p("/var/lib/metalbondd"),
             p("/x/state/metalbondd"),
@@ -459,19 +459,45 @@ fn candidates_follow_the_xdg_rules() {
     );
     // Unset, empty or relative values are ignored.
     assert_eq!(
-        state_dir_candidates(os("relative"), os("")),
+        state_dir_candidates(PathRole::Server, os("relative"), os("")),
         vec![p("/var/lib/metalbondd")]
     );
     assert_eq!(
-        state_dir_candidates(None, os("/root")),
+        state_dir_candidates(PathRole::Server, None, os("/root")),
         vec![p("/var/lib/metalbondd"), p("/root/.local/state/metalbondd")]
     );
     assert_eq!(
-        runtime_dir_candidates(os("/run/user/1000")),
+        runtime_dir_candidates(PathRole::Server, os("/run/user/1000")),
         vec![p("/run/metalbondd"), p("/run/user/1000/metalbondd")]
     );
-    assert_eq!(runtime_dir_candidates(None), vec![p("/run/metalbondd")]);
-    assert_eq!(tmp_fallback(1000), p("/tmp/metalbondd-1000"));
+    assert_eq!(
+        runtime_dir_candidates(PathRole::Server, None),
+        vec![p("/run/metalbondd")]
+    );
+    assert_eq!(
+        tmp_fallback(PathRole::Server, 1000),
+        p("/tmp/metalbondd-1000")
+    );
+    // The client role's own names, with the same fallbacks.
+    assert_eq!(
+        state_dir_candidates(PathRole::Client, os("/x/state"), os("/home/u")),
+        vec![
+            p("/var/lib/metalbondd-client"),
+            p("/x/state/metalbondd-client"),
+            p("/home/u/.local/state/metalbondd-client")
+        ]
+    );
+    assert_eq!(
+        runtime_dir_candidates(PathRole::Client, os("/run/user/1000")),
+        vec![
+            p("/run/metalbondd-client"),
+            p("/run/user/1000/metalbondd-client")
+        ]
+    );
+    assert_eq!(
+        tmp_fallback(PathRole::Client, 1000),
+        p("/tmp/metalbondd-client-1000")
+    );
 }
 
 #[test]
@@ -491,11 +517,13 @@ fn dir_usable_probe() {
 
 #[test]
 fn default_paths_are_absolute() {
-    let state = default_state_dir();
-    assert!(state.is_absolute(), "{}", state.display());
-    let sock = default_api_socket();
-    assert!(sock.is_absolute(), "{}", sock.display());
-    assert!(sock.ends_with("metalbondd/api.sock") || sock.ends_with("api.sock"));
+    for role in [PathRole::Server, PathRole::Client] {
+        let state = default_state_dir(role);
+        assert!(state.is_absolute(), "{}", state.display());
+        let sock = default_api_socket(role);
+        assert!(sock.is_absolute(), "{}", sock.display());
+        assert!(sock.ends_with("api.sock"), "{}", sock.display());
+    }
 }
 
 // --- kill -9 crash test -------------------------------------------------------

@@ -17,7 +17,7 @@ use metalbond_proto::api as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::api::{self, ApiState, ControlRequest};
+use crate::api::{self, ApiState, ControlRequest, ReloadError};
 use crate::client::operator::StoredClientState;
 use crate::client::{Agent, ClientSettings};
 use crate::http::{self, HttpState, Readiness};
@@ -253,17 +253,22 @@ pub async fn run(
         };
         notify::reloading();
         let outcome = match &reload {
-            None => Err("metalbondd was started without --config: nothing to reload".to_string()),
+            None => Err(ReloadError::NoConfigFile),
             Some(reload) => match reload() {
                 Ok(new) => Ok(apply(&mut running, new, &server, &state, log.as_ref()).await),
-                Err(e) => Err(e),
+                Err(e) => Err(ReloadError::Rejected(e)),
             },
         };
         match &outcome {
             Ok(r) => {
                 info!(applied = ?r.applied, needs_restart = ?r.needs_restart, "configuration reloaded")
             }
-            Err(e) => error!("configuration not reloaded, keeping the running one: {e}"),
+            // The operator asked for something this daemon has not got; the
+            // daemon itself is fine.
+            Err(e @ ReloadError::NoConfigFile) => warn!("reload requested: {e}"),
+            Err(ReloadError::Rejected(e)) => {
+                error!("configuration not reloaded, keeping the running one: {e}")
+            }
         }
         notify::ready(&status);
         if let Some(reply) = request {

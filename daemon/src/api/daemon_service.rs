@@ -67,9 +67,7 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             .map_err(|_| shutting_down())?;
         match rx.await.map_err(|_| shutting_down())? {
             Ok(response) => Ok(Response::new(response)),
-            Err(e) => Err(Status::failed_precondition(format!(
-                "configuration rejected, the running one is kept: {e}"
-            ))),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
     }
 

@@ -15,11 +15,12 @@
 mod error;
 mod file;
 mod parse;
+mod recover;
 
 #[cfg(test)]
 mod tests;
 
-pub use error::{line_col, ConfigError};
+pub use error::{line_col, ConfigError, ConfigErrors};
 pub use file::{
     ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,
     ServerSection, StateSection,

@@ -196,6 +196,11 @@ pub async fn run(
         control: control_tx,
         watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
         client: agent.as_ref().map(Agent::handle),
+        client_stats: agent.as_ref().map(|a| a.stats.clone()),
+        overrides: agent
+            .as_ref()
+            .map(|a| a.overrides.clone())
+            .unwrap_or_default(),
         client_lock: tokio::sync::Mutex::new(()),
         metrics: telemetry.api(),
         metrics_addr,

@@ -92,6 +92,8 @@ impl pb::client_service_server::ClientService for ClientApi {
                     } as i32,
                     last_error: s.last_error,
                     since: Some(timestamp(s.since)),
+                    updates_received: s.updates_in,
+                    updates_sent: s.updates_out,
                 })
                 .collect(),
         }))

@@ -88,6 +88,10 @@ pub struct ApiState {
     pub watch_max_lag_bytes: u64,
     /// The client role's agent, when the daemon runs it.
     pub client: Option<crate::client::AgentHandle>,
+    /// The client role's counters, when it runs.
+    pub client_stats: Option<Arc<crate::client::stats::AgentStats>>,
+    /// Settings given at start that stored API changes replaced.
+    pub overrides: Vec<crate::client::operator::Override>,
     /// Serialises changes to the client role (check, store, apply).
     pub client_lock: Mutex<()>,
     /// Request counters.

@@ -66,7 +66,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::operator::StoredClientState;
+use super::operator::{Override, StoredClientState};
 use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Change, Client, ClientConfig, ClientEvent, Desired, ReceivedRoutes, ServerId};
@@ -123,6 +123,9 @@ pub struct Agent {
     /// The agent's counters (and those of its connections), for the
     /// metrics; see [`AgentStats`].
     pub stats: Arc<AgentStats>,
+    /// The settings given at start that stored API changes replaced (each
+    /// was logged as a WARN).
+    pub overrides: Vec<Override>,
 }
 
 /// One configured route server, as the API lists it.
@@ -132,10 +135,16 @@ pub struct ServerStatus {
     pub addr: SocketAddr,
     /// The session is established.
     pub up: bool,
-    /// Why the last attempt or session ended (empty if none did).
+    /// Why the last attempt or session ended while the server is down
+    /// (cleared when a session is established: an old failure next to `up`
+    /// would only mislead).
     pub last_error: String,
     /// When it entered its current state (or was added).
     pub since: SystemTime,
+    /// UPDATEs received from it (all its sessions).
+    pub updates_in: u64,
+    /// UPDATEs sent to it (all its sessions).
+    pub updates_out: u64,
 }
 
 /// One received route, as the API lists it.
@@ -226,6 +235,14 @@ impl Agent {
                     "client: --install-routes {vni}#0: table 0 is not a valid routing table"
                 ));
             }
+        }
+        let overrides = stored.overrides(&settings);
+        for o in &overrides {
+            warn!(
+                setting = %o.setting,
+                replaced_by = %o.replaced_by,
+                "a setting given at start is overridden by a change stored through the API (change it back through the API to return it to the configuration)"
+            );
         }
         if !stored.is_empty() {
             stored.apply(&mut settings);
@@ -330,6 +347,7 @@ impl Agent {
             task,
             control,
             stats,
+            overrides,
         })
     }
 
@@ -435,6 +453,8 @@ fn initial_servers(servers: &[SocketAddr]) -> BTreeMap<ServerId, ServerStatus> {
                     up: false,
                     last_error: String::new(),
                     since: now,
+                    updates_in: 0,
+                    updates_out: 0,
                 },
             )
         })
@@ -551,6 +571,7 @@ impl AgentTask {
             ClientEvent::Up { .. } => {
                 status.up = true;
                 status.since = SystemTime::now();
+                status.last_error.clear();
             }
             ClientEvent::Down { reason, .. } => {
                 if status.up || status.last_error.is_empty() {
@@ -817,7 +838,19 @@ impl AgentTask {
     async fn request(&mut self, req: AgentRequest) {
         match req {
             AgentRequest::Servers(reply) => {
-                let _ = reply.send(self.servers.values().cloned().collect());
+                let servers = self
+                    .servers
+                    .iter()
+                    .map(|(&id, status)| {
+                        let mut status = status.clone();
+                        if let Some(c) = self.client.server_counters(id) {
+                            status.updates_in = c.updates_in.load(Relaxed);
+                            status.updates_out = c.updates_out.load(Relaxed);
+                        }
+                        status
+                    })
+                    .collect();
+                let _ = reply.send(servers);
             }
             AgentRequest::AddServer(addr, reply) => {
                 let _ = reply.send(self.add_server(addr));
@@ -876,6 +909,8 @@ impl AgentTask {
                 up: false,
                 last_error: String::new(),
                 since: SystemTime::now(),
+                updates_in: 0,
+                updates_out: 0,
             },
         );
         info!(server = %id, %addr, "route server added (API)");

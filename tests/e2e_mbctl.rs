@@ -587,7 +587,7 @@ async fn peers_and_peer_in_table_and_json() {
     let ra = row(&rows, "REMOTE", &a_local);
     let rb = row(&rows, "REMOTE", &b_local);
     for (r, vnis, in_out) in [(ra, "100,200", "0/1"), (rb, "-", "1/0")] {
-        assert_eq!(r["ROLE"], "client", "{r:?}");
+        assert_eq!(r["ROLE"], "server", "{r:?}");
         assert_eq!(r["STATE"], "established", "{r:?}");
         assert_eq!(r["KEEPALIVE"], format!("{DEFAULT_KEEPALIVE}s"), "{r:?}");
         assert!(r["UPTIME"].ends_with('s'), "{r:?}");
@@ -607,7 +607,7 @@ async fn peers_and_peer_in_table_and_json() {
     assert_eq!(peers.len(), 2);
     for p in peers {
         assert_eq!(keys(p), PEER_FIELDS, "{p}");
-        assert_eq!(p["role"], "client");
+        assert_eq!(p["role"], "server");
         assert_eq!(p["state"], "established");
         assert_eq!(p["keepalive_seconds"], DEFAULT_KEEPALIVE);
         assert_eq!(p["local_address"], d.addr.to_string());
@@ -664,7 +664,7 @@ async fn peers_and_peer_in_table_and_json() {
     assert_eq!(kv["session_id"], b_id);
     assert_eq!(kv["remote_address"], b_local);
     assert_eq!(kv["local_address"], d.addr.to_string());
-    assert_eq!(kv["role"], "client");
+    assert_eq!(kv["role"], "server");
     assert_eq!(kv["state"], "established");
     assert_eq!(kv["routes_announced"], "1");
     assert_eq!(kv["updates_received"], "1");
@@ -1288,33 +1288,56 @@ async fn watch_peers_json_shows_up_and_down() {
 
     let peer = RawPeer::established(d.addr).await;
     let me = peer.local.to_string();
-    // Up events of probes that were slow to show may come first.
+    // Each session: `up` when accepted, `established` when its handshake
+    // completed. Events of probes that were slow to show may come first.
+    let mut my_up: Option<u64> = None;
     loop {
         assert_eq!(keys(&ev), ["kind", "peer", "sequence"], "{ev}");
-        assert_eq!(ev["kind"], "up", "{ev}");
         assert_eq!(keys(&ev["peer"]), PEER_FIELDS, "{ev}");
-        assert_eq!(ev["peer"]["role"], "client", "{ev}");
+        assert_eq!(ev["peer"]["role"], "server", "{ev}");
         assert_eq!(ev["peer"]["local_address"], d.addr.to_string(), "{ev}");
         let remote = ev["peer"]["remote_address"].as_str().unwrap();
-        if remote == me {
-            break;
+        let id = ev["peer"]["session_id"].as_u64().unwrap();
+        match (ev["kind"].as_str().unwrap(), remote == me) {
+            ("up", true) => {
+                assert_eq!(my_up, None, "two ups: {ev}");
+                my_up = Some(id);
+            }
+            ("established", true) => {
+                assert_eq!(my_up, Some(id), "established before up: {ev}");
+                assert_eq!(ev["peer"]["state"], "established", "{ev}");
+                assert_eq!(ev["peer"]["keepalive_seconds"], DEFAULT_KEEPALIVE, "{ev}");
+                break;
+            }
+            ("up" | "established", false) => {
+                assert!(probe_addrs.contains(remote), "event of an unknown peer: {ev}")
+            }
+            _ => panic!("unexpected event: {ev}"),
         }
-        assert!(probe_addrs.contains(remote), "up of an unknown peer: {ev}");
         ev = watch.event().await;
         sequence += 1;
         assert_eq!(ev["sequence"], sequence, "{ev}");
     }
-    let id = ev["peer"]["session_id"].as_u64().unwrap();
-    assert!(id > 0);
+    let id = my_up.unwrap();
+    assert!(id >= 16, "session ids start at 16: {id}");
 
     drop(peer);
-    let down = watch.event().await;
+    // A probe's handshake may complete on the server after ours did.
+    let down = loop {
+        let e = watch.event().await;
+        sequence += 1;
+        assert_eq!(e["sequence"], sequence, "{e}");
+        let remote = e["peer"]["remote_address"].as_str().unwrap_or_default();
+        if e["kind"] == "established" && probe_addrs.contains(remote) {
+            continue;
+        }
+        break e;
+    };
     assert_eq!(
         keys(&down),
         ["kind", "peer", "reason", "sequence"],
         "{down}"
     );
-    assert_eq!(down["sequence"], sequence + 1, "{down}");
     assert_eq!(down["kind"], "down", "{down}");
     assert_eq!(down["peer"]["session_id"], id, "{down}");
     assert_eq!(down["peer"]["remote_address"], me, "{down}");

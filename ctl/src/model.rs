@@ -368,6 +368,15 @@ pub struct ReloadJson {
     pub needs_restart: Vec<String>,
 }
 
+/// `mbctl peer reset -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerResetJson {
+    /// The session, as given (id or address).
+    pub peer: String,
+    /// Always true (the daemon closed it).
+    pub reset: bool,
+}
+
 /// `mbctl announce -o json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AnnounceJson {

@@ -302,8 +302,19 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(settings, reload, Some(log))) {
-        Ok(()) => ExitCode::SUCCESS,
+    let started = std::time::Instant::now();
+    let outcome = runtime.block_on(app::run(settings, reload, Some(log)));
+    // Tasks still holding the state store close it here: the final line
+    // comes after everything is written and closed.
+    drop(runtime);
+    match outcome {
+        Ok(()) => {
+            info!(
+                uptime_secs = format!("{:.3}", started.elapsed().as_secs_f64()),
+                "metalbondd stopped"
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE

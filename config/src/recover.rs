@@ -17,7 +17,7 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::error::{line_col, ConfigError};
+use crate::error::ConfigError;
 use crate::parse;
 
 /// At most this many errors are collected (each costs one parse).
@@ -70,14 +70,14 @@ where
             }
             Err(e) => e,
         };
-        let mut reported = parse::toml_error(path, &work, &err);
+        // Offsets are the same in both texts; keys and positions are taken
+        // from the original (a removed list item does not renumber the
+        // next, and blanked multi-byte characters do not shift columns).
+        let reported = parse::toml_error(path, text, &err);
         let Some(span) = err.span() else {
             errors.push(reported);
             break;
         };
-        // Blanking may have turned a multi-byte character into several
-        // spaces: positions come from the original text.
-        reported.location = Some(line_col(text, span.start));
         let Some(found) = DeTable::parse(&work)
             .ok()
             .and_then(|doc| culprit(&work, doc.get_ref(), span.start, &mut String::new()))

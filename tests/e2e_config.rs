@@ -309,7 +309,10 @@ fn assert_every_error_in_file_order(run: (i32, String, String), file: &Path) {
     ];
     assert_eq!(lines.len(), want.len(), "one line per error: {err}");
     for (line, (prefix, word)) in lines.iter().zip(&want) {
-        assert!(line.starts_with(prefix.as_str()), "{line:?} does not start with {prefix:?}; all:\n{err}");
+        assert!(
+            line.starts_with(prefix.as_str()),
+            "{line:?} does not start with {prefix:?}; all:\n{err}"
+        );
         assert!(line.contains(word), "{line:?} does not mention {word:?}");
     }
 }

@@ -1312,7 +1312,10 @@ async fn watch_peers_json_shows_up_and_down() {
                 break;
             }
             ("up" | "established", false) => {
-                assert!(probe_addrs.contains(remote), "event of an unknown peer: {ev}")
+                assert!(
+                    probe_addrs.contains(remote),
+                    "event of an unknown peer: {ev}"
+                )
             }
             _ => panic!("unexpected event: {ev}"),
         }
@@ -1466,14 +1469,23 @@ async fn withdraw_of_a_route_announced_with_another_type_names_that_type() {
         .fails(1);
     assert!(msg.ends_with("(NOT_FOUND)"), "{msg}");
     assert!(msg.contains("exists with another type"), "{msg}");
-    assert!(msg.contains("100#10.0.3.0/24@2001:db8::3#lb (type lb)"), "{msg}");
-    let msg = mbctl(&sock, &["-o", "json", "withdraw", "100#10.0.3.0/24@2001:db8::3"])
-        .await
-        .fails_json(1, "NOT_FOUND");
+    assert!(
+        msg.contains("100#10.0.3.0/24@2001:db8::3#lb (type lb)"),
+        "{msg}"
+    );
+    let msg = mbctl(
+        &sock,
+        &["-o", "json", "withdraw", "100#10.0.3.0/24@2001:db8::3"],
+    )
+    .await
+    .fails_json(1, "NOT_FOUND");
     assert!(msg.contains("type lb"), "{msg}");
     // Nothing was withdrawn; a route with nothing like it keeps the plain message.
     let listed = listed_routes(&sock).await;
-    assert!(listed.contains_key("100#10.0.3.0/24@2001:db8::3#lb"), "{listed:?}");
+    assert!(
+        listed.contains_key("100#10.0.3.0/24@2001:db8::3#lb"),
+        "{listed:?}"
+    );
     let msg = mbctl(&sock, &["withdraw", "100#10.0.9.0/24@2001:db8::3"])
         .await
         .fails(1);
@@ -1499,7 +1511,12 @@ async fn peer_reset_and_vni_against_the_daemon() {
     let kv = parse_key_values(mbctl(&sock, &["vni", "100"]).await.ok());
     assert_eq!(
         kv,
-        cells(&[("vni", "100"), ("routes", "2"), ("announcers", "2"), ("subscribers", "1")])
+        cells(&[
+            ("vni", "100"),
+            ("routes", "2"),
+            ("announcers", "2"),
+            ("subscribers", "1")
+        ])
     );
     let v = mbctl(&sock, &["-o", "json", "vni", "100"]).await.json();
     assert_eq!(keys(&v), ["announcers", "routes", "subscribers", "vni"]);
@@ -1583,9 +1600,7 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
         ],
     );
     assert!(
-        client
-            .wait_for_log("route server unreachable", T)
-            .await,
+        client.wait_for_log("route server unreachable", T).await,
         "{}",
         client.logs()
     );
@@ -1607,7 +1622,11 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     .unwrap_or_else(|e| panic!("{e}"));
     mbctl(
         &ssock,
-        &["announce", "100#10.0.1.0/24@2001:db8::1", "100#10.0.2.0/24@2001:db8::2"],
+        &[
+            "announce",
+            "100#10.0.1.0/24@2001:db8::1",
+            "100#10.0.2.0/24@2001:db8::2",
+        ],
     )
     .await
     .ok();
@@ -1633,7 +1652,10 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["ADDRESS"], server_addr);
     assert_eq!(rows[0]["STATE"], "up");
-    assert_eq!(rows[0]["LAST ERROR"], "-", "an old error next to up: {rows:?}");
+    assert_eq!(
+        rows[0]["LAST ERROR"], "-",
+        "an old error next to up: {rows:?}"
+    );
     assert_eq!(rows[0]["IN/OUT"], "2/1", "{rows:?}");
     let up = mbctl(&csock, &["-o", "json", "servers"]).await.json();
     assert_eq!(up["servers"][0]["last_error"], "", "{up}");
@@ -1660,7 +1682,11 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     let page = common::http::get(http, "/").await.body;
     let row = page
         .lines()
-        .find(|l| l.starts_with(&format!("<tr><td>client</td><td><code>{server_addr}</code>")))
+        .find(|l| {
+            l.starts_with(&format!(
+                "<tr><td>client</td><td><code>{server_addr}</code>"
+            ))
+        })
         .unwrap_or_else(|| panic!("no row of the server: {page}"));
     let cells: Vec<&str> = row
         .split("<td>")
@@ -1692,7 +1718,11 @@ async fn api_changes_that_override_flags_are_warned_and_shown() {
         mbctl(&csock, &["unsubscribe", "200"]).await.ok(),
         "unsubscribed from VNI 200\n"
     );
-    assert!(client.logs().lines().all(|l| !l.contains(" WARN ")), "{}", client.logs());
+    assert!(
+        client.logs().lines().all(|l| !l.contains(" WARN ")),
+        "{}",
+        client.logs()
+    );
     let status = client.terminate(T);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 
@@ -1702,8 +1732,15 @@ async fn api_changes_that_override_flags_are_warned_and_shown() {
         .wait_for_line(|l| l.contains(" WARN ") && l.contains("--subscribe 200"), T)
         .await
         .unwrap_or_else(|| panic!("no WARN naming --subscribe 200: {}", client.logs()));
-    assert!(warn.contains("VNI 200 unsubscribed through the API"), "{warn}");
-    assert!(!client.logs().contains("--subscribe 100"), "{}", client.logs());
+    assert!(
+        warn.contains("VNI 200 unsubscribed through the API"),
+        "{warn}"
+    );
+    assert!(
+        !client.logs().contains("--subscribe 100"),
+        "{}",
+        client.logs()
+    );
     let kv = parse_key_values(mbctl(&csock, &["status"]).await.ok());
     assert_eq!(
         kv["overridden"],
@@ -1725,5 +1762,9 @@ async fn api_changes_that_override_flags_are_warned_and_shown() {
     let client = start_client(&dir, &args);
     let st = mbctl(&csock, &["-o", "json", "status"]).await.json();
     assert_eq!(st["overrides"], json!([]), "{st}");
-    assert!(client.logs().lines().all(|l| !l.contains(" WARN ")), "{}", client.logs());
+    assert!(
+        client.logs().lines().all(|l| !l.contains(" WARN ")),
+        "{}",
+        client.logs()
+    );
 }

@@ -713,7 +713,11 @@ async fn no_arguments_listen_on_default_port_4711() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_an_idle_daemon_with_a_final_line() {
     let d = Daemon::start(&[]);
-    assert!(d.wait_for_log("metalbondd running", T).await, "{}", d.logs());
+    assert!(
+        d.wait_for_log("metalbondd running", T).await,
+        "{}",
+        d.logs()
+    );
     let sent = Instant::now();
     let status = tokio::task::block_in_place(|| d.terminate(Duration::from_secs(10)))
         .unwrap_or_else(|| panic!("metalbondd did not exit within 10 s of SIGTERM"));

@@ -681,7 +681,11 @@ fn every_error_is_reported_in_file_order() {
     let text = "[server]\nkeepalive = -1\nlisten = [\"x\", \"[::1]:1\", \"y\"]\n\n[logging]\nlevel = 1\n\n[api]\nsocket_mode = \"9\"\n";
     let errors = all_errors(text);
     let at: Vec<(usize, usize)> = errors.iter().map(|e| (e.0, e.1)).collect();
-    assert_eq!(at, [(2, 13), (3, 11), (3, 27), (5, 2), (9, 15)], "{errors:?}");
+    assert_eq!(
+        at,
+        [(2, 13), (3, 11), (3, 27), (5, 2), (9, 15)],
+        "{errors:?}"
+    );
     assert!(errors[0].2.starts_with("server.keepalive"), "{errors:?}");
     assert!(errors[1].2.starts_with("server.listen[0]"), "{errors:?}");
     // Both bad items of one list, and no complaint about the list itself.
@@ -710,7 +714,10 @@ fn client_checks_do_not_repeat_an_error_of_the_section() {
     let errors = all_errors("[client]\nsubscribe = [1]\n[api]\nsocket_mode = \"9\"\n");
     let messages: Vec<&str> = errors.iter().map(|e| e.2.as_str()).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(messages[0].starts_with("client.servers: give at least one"), "{messages:?}");
+    assert!(
+        messages[0].starts_with("client.servers: give at least one"),
+        "{messages:?}"
+    );
     assert!(messages[1].starts_with("api.socket_mode"), "{messages:?}");
 }
 

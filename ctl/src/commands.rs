@@ -976,10 +976,7 @@ pub fn status_details(s: &StatusJson) -> String {
         ]);
     }
     for o in &s.overrides {
-        lines.push((
-            "overridden",
-            format!("{} -> {}", o.setting, o.replaced_by),
-        ));
+        lines.push(("overridden", format!("{} -> {}", o.setting, o.replaced_by)));
     }
     key_values(&lines)
 }

@@ -331,7 +331,9 @@ impl peer_service_server::PeerService for Fake {
         let req = req.into_inner();
         self.seen.lock().unwrap().reset_peer.push(req.clone());
         match req.peer {
-            Some(reset_peer_request::Peer::SessionId(16)) => Ok(Response::new(ResetPeerResponse {})),
+            Some(reset_peer_request::Peer::SessionId(16)) => {
+                Ok(Response::new(ResetPeerResponse {}))
+            }
             Some(reset_peer_request::Peer::Address(a)) if a == "[2001:db8::7]:40522" => {
                 Ok(Response::new(ResetPeerResponse {}))
             }

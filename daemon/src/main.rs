@@ -395,7 +395,9 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
     for (i, text) in config.routes.static_routes.iter().enumerate() {
         match text.get_ref().parse::<Route>() {
             Ok(route) => static_routes.push(route),
-            Err(e) => errors.extend([config.error_at(text.span(), format!("routes.static[{i}]: {e}"))]),
+            Err(e) => {
+                errors.extend([config.error_at(text.span(), format!("routes.static[{i}]: {e}"))])
+            }
         }
     }
 
@@ -452,9 +454,7 @@ fn resolve(config: &Config, args: &ServerArgs) -> Result<(Settings, LogFormat), 
         match client_settings(config, section, &ClientArgs::default()) {
             Ok(client) => settings.client = Some(client),
             Err(ClientError::Config(e)) => errors.extend(e.0),
-            Err(ClientError::Flag(e)) => {
-                errors.extend([ConfigError::whole_file(config.path(), e)])
-            }
+            Err(ClientError::Flag(e)) => errors.extend([ConfigError::whole_file(config.path(), e)]),
         }
     }
     if !errors.is_empty() {
@@ -493,9 +493,8 @@ fn client_settings(
         for (i, text) in section.announce.iter().enumerate() {
             match text.get_ref().parse::<Route>() {
                 Ok(route) => announcements.push(route),
-                Err(e) => errors.extend([
-                    config.error_at(text.span(), format!("client.announce[{i}]: {e}"))
-                ]),
+                Err(e) => errors
+                    .extend([config.error_at(text.span(), format!("client.announce[{i}]: {e}"))]),
             }
         }
         if !errors.is_empty() {

@@ -31,7 +31,10 @@ impl Daemon {
             .ask(AgentRequest::Subscriptions)
             .await
             .map_or(0, |s| s.len());
-        let mapped_vnis = agent.ask(AgentRequest::Mappings).await.map_or(0, |m| m.len());
+        let mapped_vnis = agent
+            .ask(AgentRequest::Mappings)
+            .await
+            .map_or(0, |m| m.len());
         Some(pb::ClientStatus {
             servers: stats.servers_configured.load(Relaxed),
             servers_established: stats.servers_up.load(Relaxed),

@@ -235,7 +235,9 @@ impl pb::route_service_server::RouteService for Routes {
                 let route = routes[i];
                 let store = self.state.store.clone();
                 let injected = blocking(move || store.routes()).await?;
-                return Err(Status::not_found(not_injected_message(i, &route, &injected)));
+                return Err(Status::not_found(not_injected_message(
+                    i, &route, &injected,
+                )));
             }
         }
         let store = self.state.store.clone();

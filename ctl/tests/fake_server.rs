@@ -733,6 +733,26 @@ ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUN
     assert_eq!(peers[1]["last_error"], "keepalive timeout");
 }
 
+/// docs/MBCTL.md shows what `mbctl` prints for the fake's answers, whose
+/// session ids and roles are the daemon's (ids from 16, role `server` for
+/// accepted sessions): the examples cannot drift from the real output.
+#[test]
+fn mbctl_md_examples_are_real_output() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/MBCTL.md"))
+        .expect("docs/MBCTL.md");
+    let s = default_server();
+    for (command, args) in [
+        ("$ mbctl peers\n", &["peers"][..]),
+        ("$ mbctl servers\n", &["servers"][..]),
+    ] {
+        let shown = format!("{command}{}", s.ok(args));
+        assert!(
+            doc.contains(&shown),
+            "docs/MBCTL.md does not show the real output:\n{shown}"
+        );
+    }
+}
+
 #[test]
 fn one_peer_by_id_and_address() {
     let s = default_server();

@@ -344,7 +344,7 @@ async fn peers_are_listed_watched_and_reset() {
         .unwrap()
         .into_inner();
     assert_eq!(me.state, pb::SessionState::Established as i32);
-    assert_eq!(me.role, pb::PeerRole::Client as i32);
+    assert_eq!(me.role, pb::PeerRole::Server as i32);
     assert_eq!(me.keepalive_seconds, DEFAULT_KEEPALIVE);
     assert_eq!(me.subscribed_vnis, vec![7]);
     assert_eq!(me.routes_announced, 2, "its route and the barrier marker");

@@ -272,6 +272,64 @@ fn daemon_refuses_to_start_with_a_bad_file() {
     }
 }
 
+/// A file with several errors in several sections: every one is reported,
+/// one `FILE:LINE:COL: reason` line each, in file order (the keys of a
+/// section reach the parser sorted, so "api" would come before "server").
+const MANY_ERRORS: &str = "\
+[server]
+listen = [\"[::1]:0\", \"not-an-address\"]
+keepalive = 86400
+kepalive = 7
+
+[api]
+socket_mode = \"rw-rw----\"
+
+[routes]
+static = [
+    \"100#10.0.1.0/24@2001:db8::1\",
+    \"100#10.0.1.0/99@2001:db8::1\",
+    \"100#10.0.2.0/24@not-an-ip\",
+]
+";
+
+#[track_caller]
+fn assert_every_error_in_file_order(run: (i32, String, String), file: &Path) {
+    let (code, out, err) = run;
+    assert_eq!(code, 1, "exit code; stderr: {err}");
+    assert_eq!(out, "", "stdout of a failed check");
+    let f = file.display();
+    let lines: Vec<&str> = err.lines().collect();
+    let want = [
+        (format!("{f}:2:22: "), "server.listen[1]"),
+        (format!("{f}:3:13: "), "server.keepalive"),
+        (format!("{f}:4:1: "), "unknown key `server.kepalive`"),
+        (format!("{f}:7:15: "), "api.socket_mode"),
+        (format!("{f}:12:5: "), "routes.static[1]"),
+        (format!("{f}:13:5: "), "routes.static[2]"),
+    ];
+    assert_eq!(lines.len(), want.len(), "one line per error: {err}");
+    for (line, (prefix, word)) in lines.iter().zip(&want) {
+        assert!(
+            line.starts_with(prefix.as_str()),
+            "{line:?} does not start with {prefix:?}; all:\n{err}"
+        );
+        assert!(line.contains(word), "{line:?} does not mention {word:?}");
+    }
+}
+
+#[test]
+fn check_config_reports_every_error_in_file_order() {
+    let s = Scratch::new("many");
+    let file = s.write("bad.toml", MANY_ERRORS);
+    assert_every_error_in_file_order(run_to_exit(&["check-config", path_str(&file)]), &file);
+    assert_every_error_in_file_order(
+        run_to_exit(&["--check", "--config", path_str(&file)]),
+        &file,
+    );
+    // The daemon refuses to start and lists them all too.
+    assert_every_error_in_file_order(run_to_exit(&["--config", path_str(&file)]), &file);
+}
+
 /// The example files are valid and every static route in them parses (so
 /// that they never rot).
 #[test]

@@ -450,7 +450,7 @@ async fn peers_and_peer_in_table_and_json() {
     let ra = row(&rows, "REMOTE", &a_local);
     let rb = row(&rows, "REMOTE", &b_local);
     for (r, vnis, in_out) in [(ra, "100,200", "0/1"), (rb, "-", "1/0")] {
-        assert_eq!(r["ROLE"], "client", "{r:?}");
+        assert_eq!(r["ROLE"], "server", "{r:?}");
         assert_eq!(r["STATE"], "established", "{r:?}");
         assert_eq!(r["KEEPALIVE"], format!("{DEFAULT_KEEPALIVE}s"), "{r:?}");
         assert!(r["UPTIME"].ends_with('s'), "{r:?}");
@@ -470,7 +470,7 @@ async fn peers_and_peer_in_table_and_json() {
     assert_eq!(peers.len(), 2);
     for p in peers {
         assert_eq!(keys(p), PEER_FIELDS, "{p}");
-        assert_eq!(p["role"], "client");
+        assert_eq!(p["role"], "server");
         assert_eq!(p["state"], "established");
         assert_eq!(p["keepalive_seconds"], DEFAULT_KEEPALIVE);
         assert_eq!(p["local_address"], d.addr.to_string());
@@ -527,7 +527,7 @@ async fn peers_and_peer_in_table_and_json() {
     assert_eq!(kv["session_id"], b_id);
     assert_eq!(kv["remote_address"], b_local);
     assert_eq!(kv["local_address"], d.addr.to_string());
-    assert_eq!(kv["role"], "client");
+    assert_eq!(kv["role"], "server");
     assert_eq!(kv["state"], "established");
     assert_eq!(kv["routes_announced"], "1");
     assert_eq!(kv["updates_received"], "1");
@@ -821,6 +821,8 @@ async fn status_and_health() {
             "next_hops": 3,
             "injected_routes": 2,
             "static_routes": 0,
+            "overrides": [],
+            "client": null,
         })
     );
 
@@ -1151,33 +1153,59 @@ async fn watch_peers_json_shows_up_and_down() {
 
     let peer = RawPeer::established(d.addr).await;
     let me = peer.local.to_string();
-    // Up events of probes that were slow to show may come first.
+    // Each session: `up` when accepted, `established` when its handshake
+    // completed. Events of probes that were slow to show may come first.
+    let mut my_up: Option<u64> = None;
     loop {
         assert_eq!(keys(&ev), ["kind", "peer", "sequence"], "{ev}");
-        assert_eq!(ev["kind"], "up", "{ev}");
         assert_eq!(keys(&ev["peer"]), PEER_FIELDS, "{ev}");
-        assert_eq!(ev["peer"]["role"], "client", "{ev}");
+        assert_eq!(ev["peer"]["role"], "server", "{ev}");
         assert_eq!(ev["peer"]["local_address"], d.addr.to_string(), "{ev}");
         let remote = ev["peer"]["remote_address"].as_str().unwrap();
-        if remote == me {
-            break;
+        let id = ev["peer"]["session_id"].as_u64().unwrap();
+        match (ev["kind"].as_str().unwrap(), remote == me) {
+            ("up", true) => {
+                assert_eq!(my_up, None, "two ups: {ev}");
+                my_up = Some(id);
+            }
+            ("established", true) => {
+                assert_eq!(my_up, Some(id), "established before up: {ev}");
+                assert_eq!(ev["peer"]["state"], "established", "{ev}");
+                assert_eq!(ev["peer"]["keepalive_seconds"], DEFAULT_KEEPALIVE, "{ev}");
+                break;
+            }
+            ("up" | "established", false) => {
+                assert!(
+                    probe_addrs.contains(remote),
+                    "event of an unknown peer: {ev}"
+                )
+            }
+            _ => panic!("unexpected event: {ev}"),
         }
-        assert!(probe_addrs.contains(remote), "up of an unknown peer: {ev}");
         ev = watch.event().await;
         sequence += 1;
         assert_eq!(ev["sequence"], sequence, "{ev}");
     }
-    let id = ev["peer"]["session_id"].as_u64().unwrap();
-    assert!(id > 0);
+    let id = my_up.unwrap();
+    assert!(id >= 16, "session ids start at 16: {id}");
 
     drop(peer);
-    let down = watch.event().await;
+    // A probe's handshake may complete on the server after ours did.
+    let down = loop {
+        let e = watch.event().await;
+        sequence += 1;
+        assert_eq!(e["sequence"], sequence, "{e}");
+        let remote = e["peer"]["remote_address"].as_str().unwrap_or_default();
+        if e["kind"] == "established" && probe_addrs.contains(remote) {
+            continue;
+        }
+        break e;
+    };
     assert_eq!(
         keys(&down),
         ["kind", "peer", "reason", "sequence"],
         "{down}"
     );
-    assert_eq!(down["sequence"], sequence + 1, "{down}");
     assert_eq!(down["kind"], "down", "{down}");
     assert_eq!(down["peer"]["session_id"], id, "{down}");
     assert_eq!(down["peer"]["remote_address"], me, "{down}");
@@ -1200,13 +1228,25 @@ async fn reload_without_config_fails_and_shutdown_stops_the_daemon() {
     let d = Daemon::start(&[]);
     let sock = d.api_socket();
     let msg = mbctl(&sock, &["reload"]).await.fails(1);
-    assert!(msg.ends_with("(FAILED_PRECONDITION)"), "{msg}");
-    assert!(msg.contains("--config"), "{msg}");
+    assert_eq!(
+        msg,
+        "no configuration file to reload: started without --config (FAILED_PRECONDITION)"
+    );
     let msg = mbctl(&sock, &["-o", "json", "reload"])
         .await
         .fails_json(1, "FAILED_PRECONDITION");
-    assert!(msg.contains("--config"), "{msg}");
+    assert_eq!(
+        msg,
+        "no configuration file to reload: started without --config"
+    );
     assert!(d.is_alive());
+    // Not a failure of the daemon: a WARN, never an ERROR.
+    let line = d
+        .wait_for_line(|l| l.contains("no configuration file to reload"), T)
+        .await
+        .unwrap_or_else(|| panic!("not logged: {}", d.logs()));
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(!d.logs().contains(" ERROR "), "{}", d.logs());
     assert_eq!(mbctl(&sock, &["health"]).await.ok(), "SERVING\n");
 
     assert_eq!(
@@ -1273,4 +1313,321 @@ async fn socket_from_the_environment_and_no_daemon() {
     let msg = run(cmd).await.fails_json(3, "UNAVAILABLE");
     assert!(msg.starts_with("cannot connect to metalbondd at "), "{msg}");
     let _ = std::fs::remove_dir_all(missing.parent().unwrap());
+}
+
+// ---------------------------------------------------------------------------
+// Operator surprises (issue 10)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn withdraw_of_a_route_announced_with_another_type_names_that_type() {
+    let d = Daemon::start(&[]);
+    let sock = d.api_socket();
+    mbctl(&sock, &["announce", "100#10.0.3.0/24@2001:db8::3#lb"])
+        .await
+        .ok();
+    // The same destination and next hop, withdrawn as a standard route.
+    let msg = mbctl(&sock, &["withdraw", "100#10.0.3.0/24@2001:db8::3"])
+        .await
+        .fails(1);
+    assert!(msg.ends_with("(NOT_FOUND)"), "{msg}");
+    assert!(msg.contains("exists with another type"), "{msg}");
+    assert!(
+        msg.contains("100#10.0.3.0/24@2001:db8::3#lb (type lb)"),
+        "{msg}"
+    );
+    let msg = mbctl(
+        &sock,
+        &["-o", "json", "withdraw", "100#10.0.3.0/24@2001:db8::3"],
+    )
+    .await
+    .fails_json(1, "NOT_FOUND");
+    assert!(msg.contains("type lb"), "{msg}");
+    // Nothing was withdrawn; a route with nothing like it keeps the plain message.
+    let listed = listed_routes(&sock).await;
+    assert!(
+        listed.contains_key("100#10.0.3.0/24@2001:db8::3#lb"),
+        "{listed:?}"
+    );
+    let msg = mbctl(&sock, &["withdraw", "100#10.0.9.0/24@2001:db8::3"])
+        .await
+        .fails(1);
+    assert!(msg.contains("was not announced through the API"), "{msg}");
+    assert!(!msg.contains("another"), "{msg}");
+    // The right type withdraws it.
+    mbctl(&sock, &["withdraw", "100#10.0.3.0/24@2001:db8::3#lb"])
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn peer_reset_and_vni_against_the_daemon() {
+    let d = Daemon::start(&[]);
+    let sock = d.api_socket();
+    let mut peer = RawPeer::established(d.addr).await;
+    peer.announce(route("100#10.0.1.0/24@2001:db8::1")).await;
+    // The announcement and the subscription are in the table once the
+    // helper's marker came back in the dump.
+    let mut helper = RawPeer::established(d.addr).await;
+    barrier(&mut peer, &mut helper, 100).await;
+
+    let kv = parse_key_values(mbctl(&sock, &["vni", "100"]).await.ok());
+    assert_eq!(
+        kv,
+        cells(&[
+            ("vni", "100"),
+            ("routes", "2"),
+            ("announcers", "2"),
+            ("subscribers", "1")
+        ])
+    );
+    let v = mbctl(&sock, &["-o", "json", "vni", "100"]).await.json();
+    assert_eq!(keys(&v), ["announcers", "routes", "subscribers", "vni"]);
+    assert_eq!(v["vni"], 100);
+    let msg = mbctl(&sock, &["vni", "4242"]).await.fails(1);
+    assert!(msg.ends_with("(NOT_FOUND)"), "{msg}");
+
+    let me = peer.local.to_string();
+    let id = mbctl(&sock, &["-o", "json", "peer", &me]).await.json()["session_id"]
+        .as_u64()
+        .unwrap();
+    assert!(id >= 16, "session ids start at 16: {id}");
+    assert_eq!(
+        mbctl(&sock, &["peer", "reset", &id.to_string()]).await.ok(),
+        format!("reset session {id} (its client reconnects)\n")
+    );
+    // The daemon closes that session: the peer sees its socket closed.
+    peer.expect_closed(T).await;
+    let msg = mbctl(&sock, &["peer", "reset", &id.to_string()])
+        .await
+        .fails(1);
+    assert!(msg.ends_with("(NOT_FOUND)"), "{msg}");
+    let other = helper.local.to_string();
+    assert_eq!(
+        mbctl(&sock, &["-o", "json", "peer", "reset", &other])
+            .await
+            .json(),
+        json!({"peer": other, "reset": true})
+    );
+    helper.expect_closed(T).await;
+}
+
+/// A port on [::1] that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `metalbondd client ARGS` with its own API socket and state
+/// directory in `dir`.
+fn start_client(dir: &Path, args: &[&str]) -> Daemon {
+    let sock = dir.join("api.sock");
+    let state = dir.join("state");
+    let mut full = vec![
+        "client",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    full.extend_from_slice(args);
+    Daemon::spawn_running(&full).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn client_role_status_servers_and_status_page_show_its_counters() {
+    let port = free_port();
+    let server_addr = format!("[::1]:{port}");
+    let dir = unique_temp_dir();
+    let csock = dir.join("api.sock");
+    // The server is not there yet: the first attempts fail.
+    let client = start_client(
+        &dir,
+        &[
+            "--server",
+            &server_addr,
+            "--subscribe",
+            "100",
+            "--announce",
+            "100#10.0.9.0/24@2001:db8::9",
+            "--reconnect-min",
+            "0",
+            "--reconnect-max",
+            "1",
+            "--http",
+            "127.0.0.1:0",
+            "--verbose",
+        ],
+    );
+    assert!(
+        client.wait_for_log("route server unreachable", T).await,
+        "{}",
+        client.logs()
+    );
+    let down = mbctl(&csock, &["-o", "json", "servers"]).await.json();
+    assert_eq!(down["servers"][0]["state"], "down", "{down}");
+    assert_ne!(down["servers"][0]["last_error"], "", "{down}");
+
+    let sdir = unique_temp_dir();
+    let ssock = sdir.join("api.sock");
+    let server = Daemon::spawn(&[
+        "server",
+        "--listen",
+        &server_addr,
+        "--api-socket",
+        ssock.to_str().unwrap(),
+        "--state-dir",
+        sdir.join("state").to_str().unwrap(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    mbctl(
+        &ssock,
+        &[
+            "announce",
+            "100#10.0.1.0/24@2001:db8::1",
+            "100#10.0.2.0/24@2001:db8::2",
+        ],
+    )
+    .await
+    .ok();
+    for prefix in ["10.0.1.0/24", "10.0.2.0/24"] {
+        assert!(
+            client
+                .wait_for_line(
+                    |l| l.contains("received") && l.contains(prefix),
+                    Duration::from_secs(15)
+                )
+                .await
+                .is_some(),
+            "{}",
+            client.logs()
+        );
+    }
+
+    // mbctl servers: up, the old failure gone, the UPDATE counters.
+    let rows = parse_table(
+        mbctl(&csock, &["servers"]).await.ok(),
+        &["ADDRESS", "STATE", "SINCE", "IN/OUT", "LAST ERROR"],
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["ADDRESS"], server_addr);
+    assert_eq!(rows[0]["STATE"], "up");
+    assert_eq!(
+        rows[0]["LAST ERROR"], "-",
+        "an old error next to up: {rows:?}"
+    );
+    assert_eq!(rows[0]["IN/OUT"], "2/1", "{rows:?}");
+    let up = mbctl(&csock, &["-o", "json", "servers"]).await.json();
+    assert_eq!(up["servers"][0]["last_error"], "", "{up}");
+    assert_eq!(up["servers"][0]["updates_received"], 2, "{up}");
+    assert_eq!(up["servers"][0]["updates_sent"], 1, "{up}");
+
+    // mbctl status: the client role's counters.
+    let kv = parse_key_values(mbctl(&csock, &["status"]).await.ok());
+    assert_eq!(kv["client_servers"], "1 (1 established)", "{kv:?}");
+    assert_eq!(kv["client_subscriptions"], "1", "{kv:?}");
+    assert_eq!(kv["client_received_routes"], "2", "{kv:?}");
+    assert_eq!(kv["client_installed_routes"], "0", "{kv:?}");
+    assert_eq!(kv["client_updates_in/out"], "2/1", "{kv:?}");
+    assert!(!kv.contains_key("overridden"), "{kv:?}");
+    let st = mbctl(&csock, &["-o", "json", "status"]).await.json();
+    assert_eq!(st["client"]["servers_established"], 1, "{st}");
+    assert_eq!(st["client"]["received_routes"], 2, "{st}");
+    // A server-only daemon has no client part.
+    let st = mbctl(&ssock, &["-o", "json", "status"]).await.json();
+    assert_eq!(st["client"], Value::Null, "{st}");
+
+    // The status page: the real counters of the session with the server.
+    let http = client.http_addr("/routes.json").await;
+    let page = common::http::get(http, "/").await.body;
+    let row = page
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "<tr><td>client</td><td><code>{server_addr}</code>"
+            ))
+        })
+        .unwrap_or_else(|| panic!("no row of the server: {page}"));
+    let cells: Vec<&str> = row
+        .split("<td>")
+        .skip(1)
+        .map(|c| c.split('<').next().unwrap_or_default())
+        .collect();
+    // role, peer (in <code>), state, for, updates in, updates out, last error
+    assert_eq!(cells[2], "Established", "{row}");
+    assert_eq!(cells[4..], ["2", "1", ""][..], "{row}");
+    drop(server);
+}
+
+#[tokio::test]
+async fn api_changes_that_override_flags_are_warned_and_shown() {
+    let server = Daemon::start(&[]);
+    let server_addr = server.addr.to_string();
+    let dir = unique_temp_dir();
+    let csock = dir.join("api.sock");
+    let args = [
+        "--server",
+        &server_addr,
+        "--subscribe",
+        "100",
+        "--subscribe",
+        "200",
+    ];
+    let client = start_client(&dir, &args);
+    assert_eq!(
+        mbctl(&csock, &["unsubscribe", "200"]).await.ok(),
+        "unsubscribed from VNI 200\n"
+    );
+    assert!(
+        client.logs().lines().all(|l| !l.contains(" WARN ")),
+        "{}",
+        client.logs()
+    );
+    let status = client.terminate(T);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+
+    // The same command line again: the stored unsubscribe wins, loudly.
+    let client = start_client(&dir, &args);
+    let warn = client
+        .wait_for_line(|l| l.contains(" WARN ") && l.contains("--subscribe 200"), T)
+        .await
+        .unwrap_or_else(|| panic!("no WARN naming --subscribe 200: {}", client.logs()));
+    assert!(
+        warn.contains("VNI 200 unsubscribed through the API"),
+        "{warn}"
+    );
+    assert!(
+        !client.logs().contains("--subscribe 100"),
+        "{}",
+        client.logs()
+    );
+    let kv = parse_key_values(mbctl(&csock, &["status"]).await.ok());
+    assert_eq!(
+        kv["overridden"],
+        "--subscribe 200 (client.subscribe) -> VNI 200 unsubscribed through the API"
+    );
+    assert_eq!(kv["client_subscriptions"], "1");
+    let st = mbctl(&csock, &["-o", "json", "status"]).await.json();
+    assert_eq!(
+        st["overrides"],
+        json!([{
+            "setting": "--subscribe 200 (client.subscribe)",
+            "replaced_by": "VNI 200 unsubscribed through the API"
+        }])
+    );
+    // Subscribing again through the API returns it to the configuration:
+    // the next start has nothing to override.
+    mbctl(&csock, &["subscribe", "200"]).await.ok();
+    assert!(client.terminate(T).is_some_and(|s| s.success()));
+    let client = start_client(&dir, &args);
+    let st = mbctl(&csock, &["-o", "json", "status"]).await.json();
+    assert_eq!(st["overrides"], json!([]), "{st}");
+    assert!(
+        client.logs().lines().all(|l| !l.contains(" WARN ")),
+        "{}",
+        client.logs()
+    );
 }

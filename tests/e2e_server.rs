@@ -705,3 +705,32 @@ async fn no_arguments_listen_on_default_port_4711() {
     p.expect_exactly(&[add(r)], "route via the default listener")
         .await;
 }
+
+/// SIGTERM to an idle daemon: it exits cleanly and says so in a final line
+/// with its uptime, after everything (the state store included) is closed.
+/// The time it takes is printed, not asserted (see the ops report for the
+/// numbers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_an_idle_daemon_with_a_final_line() {
+    let d = Daemon::start(&[]);
+    assert!(
+        d.wait_for_log("metalbondd running", T).await,
+        "{}",
+        d.logs()
+    );
+    let sent = Instant::now();
+    let status = tokio::task::block_in_place(|| d.terminate(Duration::from_secs(10)))
+        .unwrap_or_else(|| panic!("metalbondd did not exit within 10 s of SIGTERM"));
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}; log:\n{}", d.logs());
+    let last = d
+        .wait_for_line(|l| l.contains("metalbondd stopped"), T)
+        .await
+        .unwrap_or_else(|| panic!("no final line; log:\n{}", d.logs()));
+    assert!(last.contains("uptime_secs="), "{last}");
+    let logs = d.logs();
+    let stopping = logs.find("shutting down").expect("a `shutting down` line");
+    let stopped = logs.find("metalbondd stopped").unwrap();
+    assert!(stopping < stopped, "{logs}");
+    eprintln!("SIGTERM to exit of an idle daemon: {took:?}");
+}

@@ -239,14 +239,56 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("vni: "), "{}", err.message());
     assert_eq!(mappings(&mut capi).await, vec![(100, 100), (200, 200)]);
+    // Unmap the VNI the flags map (`--install-routes 100#100`).
+    capi.client
+        .remove_table_mapping(pb::RemoveTableMappingRequest { vni: 100 })
+        .await
+        .unwrap();
+    assert_eq!(mappings(&mut capi).await, vec![(200, 200)]);
 
     // Restart with the same state directory and flags (now naming the
-    // removed server too): the API changes win.
+    // removed server too): the API changes win, and say so.
     drop(capi);
     drop(client);
-    let _client = env.client("c", &[server.addr, second.addr], CLIENT_ARGS);
+    let client = env.client("c", &[server.addr, second.addr], CLIENT_ARGS);
     let mut capi = api::connect(&env.sock("c")).await;
-    assert_eq!(mappings(&mut capi).await, vec![(100, 100), (200, 200)]);
+    assert_eq!(mappings(&mut capi).await, vec![(200, 200)]);
+    let want = [
+        (
+            format!("--server {s2} (client.servers)"),
+            format!("server {s2} removed through the API"),
+        ),
+        (
+            "--subscribe 100 (client.subscribe)".to_string(),
+            "VNI 100 unsubscribed through the API".to_string(),
+        ),
+        (
+            "--install-routes 100#100 (client.install_routes)".to_string(),
+            "VNI 100 unmapped through the API".to_string(),
+        ),
+    ];
+    let status = capi
+        .daemon
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let overrides: Vec<(String, String)> = status
+        .overrides
+        .into_iter()
+        .map(|o| (o.setting, o.replaced_by))
+        .collect();
+    assert_eq!(overrides, want);
+    for (setting, replaced_by) in &want {
+        let line = client
+            .wait_for_line(
+                |l| l.contains(" WARN ") && l.contains(setting.as_str()),
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|| panic!("no WARN naming {setting}: {}", client.logs()));
+        assert!(line.contains(replaced_by.as_str()), "{line}");
+    }
     assert_eq!(subscriptions(&mut capi).await, vec![200]);
     let listed: Vec<String> = servers(&mut capi)
         .await

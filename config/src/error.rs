@@ -89,3 +89,49 @@ fn one_line(message: String) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// Every error of a configuration file, in file order. Displays as one
+/// `FILE:LINE:COL: message` line per error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// Adds `errors` and keeps the whole list in file order (errors without
+    /// a position first).
+    pub fn extend(&mut self, errors: impl IntoIterator<Item = ConfigError>) {
+        self.0.extend(errors);
+        self.0.sort_by_key(|e| e.location);
+    }
+
+    /// True if there is no error.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl From<Vec<ConfigError>> for ConfigErrors {
+    fn from(mut errors: Vec<ConfigError>) -> Self {
+        errors.sort_by_key(|e| e.location);
+        ConfigErrors(errors)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}

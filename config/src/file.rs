@@ -28,6 +28,7 @@ use toml::Spanned;
 use crate::addr::ServerAddr;
 use crate::error::{line_col, ConfigError};
 use crate::parse;
+use crate::recover;
 
 /// The whole configuration file. Every section and key is optional; a
 /// missing one takes the command line's default.
@@ -323,23 +324,51 @@ fn client_header(text: &str) -> usize {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`; the first error in the file
+    /// if it has any (see [`Config::check_file`] for all of them).
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::whole_file(path, format!("cannot read the file: {e}")))?;
-        Self::parse(&text, path)
+        first_error(Self::check_file(path))
     }
 
-    /// Parses and validates `text`; `path` names the file in errors.
+    /// Parses and validates `text`; `path` names the file in errors. The
+    /// first error in the file if it has any.
     pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        first_error(Self::check_text(text, path))
+    }
+
+    /// Reads and validates the file at `path`, reporting every error in it
+    /// in file order. The configuration returned holds defaults where the
+    /// file has errors: use it for further checks (static routes) only, and
+    /// run with it only if there are no errors.
+    pub fn check_file(path: impl AsRef<Path>) -> (Config, Vec<ConfigError>) {
         let path = path.as_ref();
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| parse::toml_error(path, text, &e))?;
-        if let Some(client) = &config.client {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::check_text(&text, path),
+            Err(e) => (
+                Config::default(),
+                vec![ConfigError::whole_file(
+                    path,
+                    format!("cannot read the file: {e}"),
+                )],
+            ),
+        }
+    }
+
+    /// Like [`Config::check_file`], for `text` (the contents of `path`).
+    pub fn check_text(text: &str, path: impl AsRef<Path>) -> (Config, Vec<ConfigError>) {
+        let path = path.as_ref();
+        let recover::Parsed {
+            value: mut config,
+            mut errors,
+            failed_keys,
+        } = recover::parse_all::<Config>(text, path);
+        // Checks across keys, unless a key they look at was removed already
+        // (an empty `servers` after its only entry failed is no news).
+        let client_intact = !failed_keys.iter().any(|k| k.starts_with("client"));
+        if let (Some(client), true) = (&config.client, client_intact) {
             let header = client_header(text);
             if client.servers.is_empty() {
-                return Err(ConfigError::at(
+                errors.push(ConfigError::at(
                     path,
                     text,
                     header,
@@ -347,7 +376,7 @@ impl Config {
                 ));
             }
             if !client.install_routes.is_empty() && client.tun.is_none() {
-                return Err(ConfigError::at(
+                errors.push(ConfigError::at(
                     path,
                     text,
                     header,
@@ -355,11 +384,12 @@ impl Config {
                 ));
             }
         }
+        errors.sort_by_key(|e| e.location);
         config.source = Source {
             path: path.to_path_buf(),
             text: text.to_string(),
         };
-        Ok(config)
+        (config, errors)
     }
 
     /// The file this configuration was read from (empty for
@@ -378,5 +408,13 @@ impl Config {
     /// not parse.
     pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError::at(&self.source.path, &self.source.text, span.start, message)
+    }
+}
+
+/// The configuration, or the first of its errors.
+fn first_error((config, errors): (Config, Vec<ConfigError>)) -> Result<Config, ConfigError> {
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(config),
     }
 }

@@ -16,12 +16,13 @@ mod addr;
 mod error;
 mod file;
 mod parse;
+mod recover;
 
 #[cfg(test)]
 mod tests;
 
 pub use addr::{listen_addr, no_duplicate_listen, ServerAddr};
-pub use error::{line_col, ConfigError};
+pub use error::{line_col, ConfigError, ConfigErrors};
 pub use file::{
     ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,
     ServerSection, StateSection,

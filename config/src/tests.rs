@@ -700,3 +700,81 @@ fn metrics_section_and_go_style_http_addresses() {
     assert!(crate::http_addr(":99999").is_err());
     assert!(crate::http_addr("host:1").is_err());
 }
+
+/// Every error of `text`, as `(line, col, message)`.
+fn all_errors(text: &str) -> Vec<(usize, usize, String)> {
+    let (_, errors) = Config::check_text(text, "bad.toml");
+    errors
+        .into_iter()
+        .map(|e| {
+            let (line, col) = e.location.expect("a position");
+            (line, col, e.message)
+        })
+        .collect()
+}
+
+#[test]
+fn every_error_is_reported_in_file_order() {
+    // "server" is parsed after "log" and "api" (keys reach serde sorted),
+    // but its errors come first because they come first in the file.
+    let text = "[server]\nkeepalive = -1\nlisten = [\"x\", \"[::1]:1\", \"y\"]\n\n[logging]\nlevel = 1\n\n[api]\nsocket_mode = \"9\"\n";
+    let errors = all_errors(text);
+    let at: Vec<(usize, usize)> = errors.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(
+        at,
+        [(2, 13), (3, 11), (3, 27), (5, 2), (9, 15)],
+        "{errors:?}"
+    );
+    assert!(errors[0].2.starts_with("server.keepalive"), "{errors:?}");
+    assert!(errors[1].2.starts_with("server.listen[0]"), "{errors:?}");
+    // Both bad items of one list, and no complaint about the list itself.
+    assert!(errors[2].2.starts_with("server.listen[2]"), "{errors:?}");
+    assert!(errors[3].2.contains("unknown key `logging`"), "{errors:?}");
+    assert!(errors[4].2.starts_with("api.socket_mode"), "{errors:?}");
+    // `Config::parse` still gives the first of them.
+    reject(text, 2, 13, &["server.keepalive"]);
+}
+
+#[test]
+fn a_list_whose_only_item_fails_is_not_also_reported_empty() {
+    let errors = all_errors("[server]\nlisten = [\"nope\"]\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].0, errors[0].1), (2, 11));
+}
+
+#[test]
+fn client_checks_do_not_repeat_an_error_of_the_section() {
+    // The bad server is reported; "give at least one route server" would
+    // only repeat it.
+    let errors = all_errors("[client]\nservers = [\"nope\"]\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].2.starts_with("client.servers[0]"), "{errors:?}");
+    // Without any error in the section, the cross-key check still runs.
+    let errors = all_errors("[client]\nsubscribe = [1]\n[api]\nsocket_mode = \"9\"\n");
+    let messages: Vec<&str> = errors.iter().map(|e| e.2.as_str()).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        messages[0].starts_with("client.servers: give at least one"),
+        "{messages:?}"
+    );
+    assert!(messages[1].starts_with("api.socket_mode"), "{messages:?}");
+}
+
+#[test]
+fn positions_survive_removed_multibyte_text() {
+    // The first error's value holds multi-byte characters; the second
+    // error on the next line keeps its column.
+    let errors = all_errors("[log]\nformat = \"ünïcödé\"\nlevel = \"\"\n");
+    let at: Vec<(usize, usize)> = errors.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(at, [(2, 10), (3, 9)], "{errors:?}");
+}
+
+#[test]
+fn syntax_errors_are_all_reported() {
+    let errors = all_errors("[server]\nkeepalive = = 5\n[api]\nsocket = \n");
+    assert!(!errors.is_empty());
+    assert_eq!(errors[0].0, 2, "{errors:?}");
+    let mut sorted = errors.clone();
+    sorted.sort();
+    assert_eq!(sorted, errors, "in file order");
+}

@@ -76,14 +76,16 @@ pub enum Output {
 pub enum Command {
     /// List the sessions (peers).
     Peers,
-    /// Show one session.
-    Peer {
-        /// Session id, remote address (`[2001:db8::7]:40522`) or just its IP.
-        #[arg(value_name = "ADDR|ID")]
-        peer: String,
-    },
+    /// Show one session, or reset it (`mbctl peer reset ADDR|ID`).
+    Peer(PeerArgs),
     /// List the VNIs.
     Vnis,
+    /// Show one VNI: routes, distinct announcers, subscribers.
+    Vni {
+        /// VNI, 0..16777215.
+        #[arg(value_name = "VNI")]
+        vni: String,
+    },
     /// List routes (all pages).
     Routes(RoutesArgs),
     /// Announce routes from the daemon (all or none).
@@ -162,6 +164,29 @@ pub enum Command {
         /// The shell.
         #[arg(value_enum)]
         shell: Shell,
+    },
+}
+
+/// `mbctl peer ADDR|ID` or `mbctl peer reset ADDR|ID`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct PeerArgs {
+    /// Session id, remote address (`[2001:db8::7]:40522`) or just its IP.
+    #[arg(value_name = "ADDR|ID", required = true)]
+    pub peer: Option<String>,
+    /// What to do with the session (default: show it).
+    #[command(subcommand)]
+    pub action: Option<PeerAction>,
+}
+
+/// `mbctl peer ...` actions.
+#[derive(Debug, Subcommand)]
+pub enum PeerAction {
+    /// Close the session (ResetPeer); its client reconnects.
+    Reset {
+        /// Session id, remote address (`[2001:db8::7]:40522`) or just its IP.
+        #[arg(value_name = "ADDR|ID")]
+        peer: String,
     },
 }
 
@@ -324,5 +349,33 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["mbctl", "received", "--vni", "7"]).unwrap();
         assert!(matches!(cli.command, Command::Received { vni: Some(7) }));
+    }
+
+    #[test]
+    fn peer_show_and_reset_and_vni() {
+        let cli = Cli::try_parse_from(["mbctl", "peer", "17"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Peer(PeerArgs { peer: Some(ref p), action: None }) if p == "17"
+        ));
+        let cli = Cli::try_parse_from(["mbctl", "peer", "reset", "[::1]:4000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Peer(PeerArgs {
+                peer: None,
+                action: Some(PeerAction::Reset { ref peer })
+            }) if peer == "[::1]:4000"
+        ));
+        let cli = Cli::try_parse_from(["mbctl", "vni", "100"]).unwrap();
+        assert!(matches!(cli.command, Command::Vni { ref vni } if vni == "100"));
+        for args in [
+            &["mbctl", "peer"][..],
+            &["mbctl", "peer", "reset"],
+            &["mbctl", "peer", "1", "2"],
+            &["mbctl", "vni"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
     }
 }

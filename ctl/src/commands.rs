@@ -14,7 +14,10 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::cli::{Cli, Command, Output, RouteTypeArg, RoutesArgs, ServerCommand, WatchCommand};
+use crate::cli::{
+    Cli, Command, Output, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand,
+    WatchCommand,
+};
 use crate::client::{call, connect, default_socket};
 use crate::error::{CliError, EXIT_DAEMON, EXIT_OK};
 use crate::model::*;
@@ -103,9 +106,17 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
             allow_missing,
         }),
         Command::Routes(args) => Request::Routes(route_filter(&args)?),
-        Command::Peer { peer } => Request::Peer(peer_selector(&peer)),
+        Command::Peer(PeerArgs {
+            action: Some(PeerAction::Reset { peer }),
+            ..
+        }) => Request::ResetPeer(peer_selector(&peer)),
+        Command::Peer(PeerArgs { peer, .. }) => {
+            // clap requires ADDR|ID without an action.
+            Request::Peer(peer_selector(peer.as_deref().unwrap_or_default()))
+        }
         Command::Peers => Request::Peers,
         Command::Vnis => Request::Vnis,
+        Command::Vni { vni } => Request::Vni(vni_arg(&vni)?),
         Command::Watch(WatchCommand::Routes { vni }) => Request::WatchRoutes(api::RouteFilter {
             vni,
             ..Default::default()
@@ -142,7 +153,9 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
     match request {
         Request::Peers => peers(&mut ctx, p).await,
         Request::Peer(sel) => peer(&mut ctx, p, sel).await,
+        Request::ResetPeer(sel) => reset_peer(&mut ctx, p, sel).await,
         Request::Vnis => vnis(&mut ctx, p).await,
+        Request::Vni(vni) => vni_one(&mut ctx, p, vni).await,
         Request::Routes(filter) => routes(&mut ctx, p, filter).await,
         Request::Announce(req) => announce(&mut ctx, p, req).await,
         Request::Withdraw(req) => withdraw(&mut ctx, p, req).await,
@@ -169,7 +182,9 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
 enum Request {
     Peers,
     Peer(api::get_peer_request::Peer),
+    ResetPeer(api::get_peer_request::Peer),
     Vnis,
+    Vni(u32),
     Routes(api::RouteFilter),
     Announce(api::AnnounceRoutesRequest),
     Withdraw(api::WithdrawRoutesRequest),
@@ -407,6 +422,50 @@ pub fn peer_details(peer: &PeerJson) -> String {
     ])
 }
 
+async fn reset_peer(
+    ctx: &mut Ctx,
+    p: &mut Printer,
+    sel: api::get_peer_request::Peer,
+) -> Result<u8, CliError> {
+    use api::get_peer_request::Peer as Sel;
+    use api::reset_peer_request::Peer as Which;
+    let (which, text) = match sel {
+        Sel::SessionId(id) => (Which::SessionId(id), id.to_string()),
+        Sel::Address(a) => (Which::Address(a.clone()), a),
+    };
+    let req = api::ResetPeerRequest { peer: Some(which) };
+    call("ResetPeer", ctx.timeout, ctx.peers().reset_peer(req)).await?;
+    p.emit(
+        &PeerResetJson {
+            peer: text,
+            reset: true,
+        },
+        |r| format!("reset session {} (its client reconnects)\n", r.peer),
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn vni_one(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
+    let resp = call(
+        "GetVni",
+        ctx.timeout,
+        ctx.vnis().get_vni(api::GetVniRequest { vni }),
+    )
+    .await?;
+    p.emit(&VniJson::from(&resp), vni_details)?;
+    Ok(EXIT_OK)
+}
+
+/// The `key: value` lines of `mbctl vni`.
+pub fn vni_details(v: &VniJson) -> String {
+    key_values(&[
+        ("vni", v.vni.to_string()),
+        ("routes", v.routes.to_string()),
+        ("announcers", v.announcers.to_string()),
+        ("subscribers", v.subscribers.to_string()),
+    ])
+}
+
 async fn vnis(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
     let resp = call(
         "ListVnis",
@@ -518,6 +577,7 @@ pub fn servers_table(servers: &[ClientServerJson]) -> String {
         "CONNECTED",
         "RESOLVED",
         "SINCE",
+        "IN/OUT",
         "LAST ERROR",
     ]);
     for s in servers {
@@ -533,6 +593,7 @@ pub fn servers_table(servers: &[ClientServerJson]) -> String {
             s.connected.clone().unwrap_or_else(|| "-".into()),
             resolved,
             s.since.clone().unwrap_or_else(|| "-".into()),
+            format!("{}/{}", s.updates_received, s.updates_sent),
             or_dash(&s.last_error),
         ]);
     }
@@ -802,12 +863,22 @@ pub fn route_event_line(e: &RouteEventJson, raw: &api::RouteEvent) -> String {
 }
 
 /// One line of `mbctl watch peers` in table mode:
-/// `SEQ up ID REMOTE ROLE STATE` or `SEQ down ID REMOTE: REASON`.
+/// `SEQ up ID REMOTE ROLE STATE`, `SEQ established ID REMOTE ROLE STATE`
+/// or `SEQ down ID REMOTE: REASON`.
 pub fn peer_event_line(e: &PeerEventJson) -> String {
     let line = match &e.event {
-        PeerEventKind::Up { peer } => format!(
-            "{} up {} {} {} {}",
-            e.sequence, peer.session_id, peer.remote_address, peer.role, peer.state
+        PeerEventKind::Up { peer } | PeerEventKind::Established { peer } => format!(
+            "{} {} {} {} {} {}",
+            e.sequence,
+            if matches!(e.event, PeerEventKind::Up { .. }) {
+                "up"
+            } else {
+                "established"
+            },
+            peer.session_id,
+            peer.remote_address,
+            peer.role,
+            peer.state
         ),
         PeerEventKind::Down { peer, reason } => {
             let who = peer
@@ -891,9 +962,11 @@ async fn status(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-/// The `key: value` lines of `mbctl status`.
+/// The `key: value` lines of `mbctl status`: the daemon, then the client
+/// role's counters when it runs, then each setting given at start that a
+/// stored API change overrides.
 pub fn status_details(s: &StatusJson) -> String {
-    key_values(&[
+    let mut lines = vec![
         ("version", or_dash(&s.version)),
         (
             "started_at",
@@ -917,7 +990,27 @@ pub fn status_details(s: &StatusJson) -> String {
         ("next_hops", s.next_hops.to_string()),
         ("injected_routes", s.injected_routes.to_string()),
         ("static_routes", s.static_routes.to_string()),
-    ])
+    ];
+    if let Some(c) = &s.client {
+        lines.extend([
+            (
+                "client_servers",
+                format!("{} ({} established)", c.servers, c.servers_established),
+            ),
+            ("client_subscriptions", c.subscriptions.to_string()),
+            ("client_mapped_vnis", c.mapped_vnis.to_string()),
+            ("client_received_routes", c.received_routes.to_string()),
+            ("client_installed_routes", c.installed_routes.to_string()),
+            (
+                "client_updates_in/out",
+                format!("{}/{}", c.updates_received, c.updates_sent),
+            ),
+        ]);
+    }
+    for o in &s.overrides {
+        lines.push(("overridden", format!("{} -> {}", o.setting, o.replaced_by)));
+    }
+    key_values(&lines)
 }
 
 async fn health(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {

@@ -273,6 +273,55 @@ pub struct StatusJson {
     pub injected_routes: u64,
     /// Static routes of the configuration.
     pub static_routes: u64,
+    /// Settings given at start that stored API changes replaced.
+    pub overrides: Vec<OverrideJson>,
+    /// The client role's counters, or null when it does not run.
+    pub client: Option<ClientStatusJson>,
+}
+
+/// A setting given at start that a stored API change replaced.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OverrideJson {
+    /// The flag and configuration key with the value given.
+    pub setting: String,
+    /// What is in effect instead.
+    pub replaced_by: String,
+}
+
+/// The client role's part of `mbctl status -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientStatusJson {
+    /// Route servers configured.
+    pub servers: u64,
+    /// Of them, with an established session.
+    pub servers_established: u64,
+    /// Subscribed VNIs.
+    pub subscriptions: u64,
+    /// VNIs mapped to routing tables.
+    pub mapped_vnis: u64,
+    /// Distinct routes received.
+    pub received_routes: u64,
+    /// Routes installed in the kernel.
+    pub installed_routes: u64,
+    /// UPDATEs received from the servers.
+    pub updates_received: u64,
+    /// UPDATEs sent to the servers.
+    pub updates_sent: u64,
+}
+
+impl From<&api::ClientStatus> for ClientStatusJson {
+    fn from(c: &api::ClientStatus) -> Self {
+        ClientStatusJson {
+            servers: c.servers,
+            servers_established: c.servers_established,
+            subscriptions: c.subscriptions,
+            mapped_vnis: c.mapped_vnis,
+            received_routes: c.received_routes,
+            installed_routes: c.installed_routes,
+            updates_received: c.updates_received,
+            updates_sent: c.updates_sent,
+        }
+    }
 }
 
 impl From<&api::Status> for StatusJson {
@@ -292,6 +341,15 @@ impl From<&api::Status> for StatusJson {
             next_hops: s.next_hops,
             injected_routes: s.injected_routes,
             static_routes: s.static_routes,
+            overrides: s
+                .overrides
+                .iter()
+                .map(|o| OverrideJson {
+                    setting: o.setting.clone(),
+                    replaced_by: o.replaced_by.clone(),
+                })
+                .collect(),
+            client: s.client.as_ref().map(ClientStatusJson::from),
         }
     }
 }
@@ -308,6 +366,15 @@ pub struct ReloadJson {
     pub applied: Vec<String>,
     /// What changed but needs a restart.
     pub needs_restart: Vec<String>,
+}
+
+/// `mbctl peer reset -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerResetJson {
+    /// The session, as given (id or address).
+    pub peer: String,
+    /// Always true (the daemon closed it).
+    pub reset: bool,
 }
 
 /// `mbctl announce -o json`.
@@ -415,8 +482,13 @@ pub struct PeerEventJson {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PeerEventKind {
-    /// A session came up.
+    /// A session's connection exists (no handshake yet).
     Up {
+        /// The session.
+        peer: PeerJson,
+    },
+    /// A session completed its handshake.
+    Established {
         /// The session.
         peer: PeerJson,
     },
@@ -441,6 +513,7 @@ impl From<&api::PeerEvent> for PeerEventJson {
         use api::peer_event::Event;
         let event = match &e.event {
             Some(Event::Up(p)) => PeerEventKind::Up { peer: p.into() },
+            Some(Event::Established(p)) => PeerEventKind::Established { peer: p.into() },
             Some(Event::Down(d)) => PeerEventKind::Down {
                 peer: d.peer.as_ref().map(PeerJson::from),
                 reason: d.reason.clone(),
@@ -470,8 +543,13 @@ pub struct ClientServerJson {
     pub connected: Option<String>,
     /// When the server entered its current state (RFC 3339), or null.
     pub since: Option<String>,
-    /// Why the last attempt or session ended (empty if none did).
+    /// Why the last attempt or session ended, while the server is down
+    /// (empty while it is up).
     pub last_error: String,
+    /// UPDATEs received from the server.
+    pub updates_received: u64,
+    /// UPDATEs sent to the server.
+    pub updates_sent: u64,
 }
 
 impl From<&api::ClientServer> for ClientServerJson {
@@ -483,6 +561,8 @@ impl From<&api::ClientServer> for ClientServerJson {
             connected: Some(s.connected.clone()).filter(|c| !c.is_empty()),
             since: s.since.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
             last_error: s.last_error.clone(),
+            updates_received: s.updates_received,
+            updates_sent: s.updates_sent,
         }
     }
 }
@@ -771,11 +851,13 @@ mod tests {
             keys(&v),
             [
                 "api_socket",
+                "client",
                 "http_address",
                 "injected_routes",
                 "listen_addresses",
                 "metrics_address",
                 "next_hops",
+                "overrides",
                 "routes",
                 "sessions",
                 "started_at",
@@ -862,6 +944,13 @@ mod tests {
         let v = serde_json::to_value(PeerEventJson::from(&pe)).unwrap();
         assert_eq!(keys(&v), ["kind", "peer", "sequence"]);
         assert_eq!(v["kind"], "up");
+        let pe = api::PeerEvent {
+            sequence: 2,
+            event: Some(P::Established(api::Peer::default())),
+        };
+        let v = serde_json::to_value(PeerEventJson::from(&pe)).unwrap();
+        assert_eq!(keys(&v), ["kind", "peer", "sequence"]);
+        assert_eq!(v["kind"], "established");
     }
 
     #[test]
@@ -876,13 +965,16 @@ mod tests {
             }),
             resolved: vec!["[2001:db8::1]:4711".into(), "192.0.2.1:4711".into()],
             connected: String::new(),
+            updates_received: 7,
+            updates_sent: 2,
         };
         let v = serde_json::to_value(ClientServerJson::from(&s)).unwrap();
         assert_eq!(
             v,
             json!({"address": "metalbond.example:4711", "state": "down",
                    "resolved": ["[2001:db8::1]:4711", "192.0.2.1:4711"], "connected": null,
-                   "since": "2023-11-14T22:13:20Z", "last_error": "refused"})
+                   "since": "2023-11-14T22:13:20Z", "last_error": "refused",
+                   "updates_received": 7, "updates_sent": 2})
         );
         let none =
             serde_json::to_value(ClientServerJson::from(&api::ClientServer::default())).unwrap();

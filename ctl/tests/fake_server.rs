@@ -22,6 +22,7 @@ struct Seen {
     announce: Vec<AnnounceRoutesRequest>,
     withdraw: Vec<WithdrawRoutesRequest>,
     get_peer: Vec<GetPeerRequest>,
+    reset_peer: Vec<ResetPeerRequest>,
     shutdowns: usize,
     add_server: Vec<AddServerRequest>,
     remove_server: Vec<RemoveServerRequest>,
@@ -37,6 +38,10 @@ struct Fake {
     seen: Arc<Mutex<Seen>>,
     /// Answer GetStatus only after this long.
     status_delay: Duration,
+    /// GetStatus: the overridden settings.
+    overrides: Vec<SettingOverride>,
+    /// GetStatus: the client role, if it "runs".
+    client_status: Option<ClientStatus>,
 }
 
 fn route(vni: u32, prefix: &str, nh: &str, kind: RouteType, ports: (u32, u32)) -> Route {
@@ -91,7 +96,7 @@ fn all_routes() -> Vec<RouteEntry> {
                 RouteType::Standard,
                 (0, 0),
             )),
-            announcers: vec![peer_announcer(1, "[2001:db8::7]:40522")],
+            announcers: vec![peer_announcer(16, "[2001:db8::7]:40522")],
         },
         RouteEntry {
             route: Some(listed(
@@ -102,8 +107,8 @@ fn all_routes() -> Vec<RouteEntry> {
                 (0, 0),
             )),
             announcers: vec![
-                peer_announcer(1, "[2001:db8::7]:40522"),
-                peer_announcer(2, "[2001:db8::8]:50000"),
+                peer_announcer(16, "[2001:db8::7]:40522"),
+                peer_announcer(17, "[2001:db8::8]:50000"),
             ],
         },
         RouteEntry {
@@ -141,10 +146,10 @@ fn all_routes() -> Vec<RouteEntry> {
 
 fn peer_one() -> Peer {
     Peer {
-        session_id: 1,
+        session_id: 16,
         remote_address: "[2001:db8::7]:40522".into(),
         local_address: "[2001:db8::1]:4711".into(),
-        role: PeerRole::Client as i32,
+        role: PeerRole::Server as i32,
         state: SessionState::Established as i32,
         keepalive_seconds: 5,
         connected_at: Some(Timestamp {
@@ -170,10 +175,10 @@ fn peer_one() -> Peer {
 
 fn peer_two() -> Peer {
     Peer {
-        session_id: 2,
+        session_id: 17,
         remote_address: "[2001:db8::8]:50000".into(),
         local_address: "[2001:db8::1]:4711".into(),
-        role: PeerRole::Client as i32,
+        role: PeerRole::Server as i32,
         state: SessionState::HelloSent as i32,
         keepalive_seconds: 0,
         connected_at: None,
@@ -309,7 +314,7 @@ impl peer_service_server::PeerService for Fake {
         let req = req.into_inner();
         self.seen.lock().unwrap().get_peer.push(req.clone());
         match req.peer {
-            Some(get_peer_request::Peer::SessionId(1)) => Ok(Response::new(peer_one())),
+            Some(get_peer_request::Peer::SessionId(16)) => Ok(Response::new(peer_one())),
             Some(get_peer_request::Peer::Address(a))
                 if a == "2001:db8::7" || a == "[2001:db8::7]:40522" =>
             {
@@ -321,9 +326,19 @@ impl peer_service_server::PeerService for Fake {
 
     async fn reset_peer(
         &self,
-        _: Request<ResetPeerRequest>,
+        req: Request<ResetPeerRequest>,
     ) -> Result<Response<ResetPeerResponse>, Status> {
-        Ok(Response::new(ResetPeerResponse {}))
+        let req = req.into_inner();
+        self.seen.lock().unwrap().reset_peer.push(req.clone());
+        match req.peer {
+            Some(reset_peer_request::Peer::SessionId(16)) => {
+                Ok(Response::new(ResetPeerResponse {}))
+            }
+            Some(reset_peer_request::Peer::Address(a)) if a == "[2001:db8::7]:40522" => {
+                Ok(Response::new(ResetPeerResponse {}))
+            }
+            _ => Err(Status::not_found("no such session")),
+        }
     }
 
     type WatchPeersStream = EventStream<PeerEvent>;
@@ -340,6 +355,10 @@ impl peer_service_server::PeerService for Fake {
             }),
             Ok(PeerEvent {
                 sequence: 2,
+                event: Some(Event::Established(peer_one())),
+            }),
+            Ok(PeerEvent {
+                sequence: 3,
                 event: Some(Event::Down(PeerDown {
                     peer: Some(peer_two()),
                     reason: "keepalive timeout".into(),
@@ -374,8 +393,16 @@ impl vni_service_server::VniService for Fake {
         }))
     }
 
-    async fn get_vni(&self, _: Request<GetVniRequest>) -> Result<Response<api::Vni>, Status> {
-        Err(Status::unimplemented("not in the fake"))
+    async fn get_vni(&self, req: Request<GetVniRequest>) -> Result<Response<api::Vni>, Status> {
+        match req.into_inner().vni {
+            100 => Ok(Response::new(api::Vni {
+                vni: 100,
+                routes: 2,
+                announcers: 2,
+                subscribers: 1,
+            })),
+            vni => Err(Status::not_found(format!("no VNI {vni}"))),
+        }
     }
 }
 
@@ -407,6 +434,8 @@ impl daemon_service_server::DaemonService for Fake {
             next_hops: 5,
             injected_routes: 2,
             static_routes: 1,
+            overrides: self.overrides.clone(),
+            client: self.client_status,
         }))
     }
 
@@ -471,6 +500,8 @@ impl client_service_server::ClientService for Fake {
                     }),
                     resolved: vec!["[2001:db8::a]:4711".into()],
                     connected: "[2001:db8::a]:4711".into(),
+                    updates_received: 12,
+                    updates_sent: 3,
                 },
                 ClientServer {
                     address: "metalbond.example:4711".into(),
@@ -482,6 +513,8 @@ impl client_service_server::ClientService for Fake {
                     }),
                     resolved: vec!["[2001:db8::7]:4711".into(), "192.0.2.7:4711".into()],
                     connected: "192.0.2.7:4711".into(),
+                    updates_received: 5,
+                    updates_sent: 1,
                 },
                 ClientServer {
                     address: "192.0.2.1:4711".into(),
@@ -490,6 +523,8 @@ impl client_service_server::ClientService for Fake {
                     since: None,
                     resolved: vec!["192.0.2.1:4711".into()],
                     connected: String::new(),
+                    updates_received: 0,
+                    updates_sent: 0,
                 },
             ],
         }))
@@ -698,14 +733,15 @@ fn peers_table_and_json() {
         s.ok(&["peers"]),
         "\
 ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUNCED  IN/OUT  QUEUE  LAST ERROR
-1   [2001:db8::7]:40522  client  established  5s         2h05m   100,200  2          2/3     0B     -
-2   [2001:db8::8]:50000  client  hello_sent   -          3s      -        0          0/0     16KiB  keepalive timeout
+16  [2001:db8::7]:40522  server  established  5s         2h05m   100,200  2          2/3     0B     -
+17  [2001:db8::8]:50000  server  hello_sent   -          3s      -        0          0/0     16KiB  keepalive timeout
 "
     );
     let v = s.json(&["peers"]);
     let peers = v["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 2);
-    assert_eq!(peers[0]["session_id"], 1);
+    assert_eq!(peers[0]["session_id"], 16);
+    assert_eq!(peers[0]["role"], "server");
     assert_eq!(peers[0]["remote_address"], "[2001:db8::7]:40522");
     assert_eq!(peers[0]["state"], "established");
     assert_eq!(peers[0]["connected_at"], "2023-11-14T22:13:20Z");
@@ -714,23 +750,43 @@ ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUN
     assert_eq!(peers[1]["last_error"], "keepalive timeout");
 }
 
+/// docs/MBCTL.md shows what `mbctl` prints for the fake's answers, whose
+/// session ids and roles are the daemon's (ids from 16, role `server` for
+/// accepted sessions): the examples cannot drift from the real output.
+#[test]
+fn mbctl_md_examples_are_real_output() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/MBCTL.md"))
+        .expect("docs/MBCTL.md");
+    let s = default_server();
+    for (command, args) in [
+        ("$ mbctl peers\n", &["peers"][..]),
+        ("$ mbctl servers\n", &["servers"][..]),
+    ] {
+        let shown = format!("{command}{}", s.ok(args));
+        assert!(
+            doc.contains(&shown),
+            "docs/MBCTL.md does not show the real output:\n{shown}"
+        );
+    }
+}
+
 #[test]
 fn one_peer_by_id_and_address() {
     let s = default_server();
-    let out = s.ok(&["peer", "1"]);
+    let out = s.ok(&["peer", "16"]);
     assert!(
-        out.starts_with("session_id:        1\nremote_address:    [2001:db8::7]:40522\n"),
+        out.starts_with("session_id:        16\nremote_address:    [2001:db8::7]:40522\n"),
         "{out}"
     );
     assert!(out.contains("\nstate:             established\n"), "{out}");
     assert!(out.contains("\nsubscribed_vnis:   100,200\n"), "{out}");
     let v = s.json(&["peer", "2001:db8::7"]);
-    assert_eq!(v["session_id"], 1);
+    assert_eq!(v["session_id"], 16);
     {
         let seen = s.seen.lock().unwrap();
         assert_eq!(
             seen.get_peer[0].peer,
-            Some(get_peer_request::Peer::SessionId(1))
+            Some(get_peer_request::Peer::SessionId(16))
         );
         assert_eq!(
             seen.get_peer[1].peer,
@@ -823,7 +879,7 @@ VNI  PREFIX            NEXT HOP        TYPE  PORTS      ANNOUNCERS
         })
     );
     assert_eq!(routes[0]["announcers"][0]["kind"], "peer");
-    assert_eq!(routes[0]["announcers"][0]["session_id"], 1);
+    assert_eq!(routes[0]["announcers"][0]["session_id"], 16);
 }
 
 #[test]
@@ -1006,7 +1062,7 @@ fn watch_peers_lines() {
     let s = default_server();
     assert_eq!(
         s.ok(&["watch", "peers"]),
-        "1 up 1 [2001:db8::7]:40522 client established\n2 down 2 [2001:db8::8]:50000: keepalive timeout\n"
+        "1 up 16 [2001:db8::7]:40522 server established\n2 established 16 [2001:db8::7]:40522 server established\n3 down 17 [2001:db8::8]:50000: keepalive timeout\n"
     );
     let out = s.ok(&["-o", "json", "watch", "peers"]);
     let lines: Vec<serde_json::Value> = out
@@ -1014,9 +1070,121 @@ fn watch_peers_lines() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["kind"], "up");
-    assert_eq!(lines[0]["peer"]["session_id"], 1);
-    assert_eq!(lines[1]["kind"], "down");
-    assert_eq!(lines[1]["reason"], "keepalive timeout");
+    assert_eq!(lines[0]["peer"]["session_id"], 16);
+    assert_eq!(lines[1]["kind"], "established");
+    assert_eq!(lines[1]["peer"]["session_id"], 16);
+    assert_eq!(lines[2]["kind"], "down");
+    assert_eq!(lines[2]["reason"], "keepalive timeout");
+}
+
+#[test]
+fn peer_reset_by_id_and_address() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["peer", "reset", "16"]),
+        "reset session 16 (its client reconnects)\n"
+    );
+    assert_eq!(
+        s.json(&["peer", "reset", "[2001:db8::7]:40522"]),
+        serde_json::json!({"peer": "[2001:db8::7]:40522", "reset": true})
+    );
+    let out = s.mbctl(&["peer", "reset", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: no such session (NOT_FOUND)\n"
+    );
+    let seen = s.seen.lock().unwrap();
+    assert_eq!(
+        seen.reset_peer
+            .iter()
+            .map(|r| r.peer.clone().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            reset_peer_request::Peer::SessionId(16),
+            reset_peer_request::Peer::Address("[2001:db8::7]:40522".into()),
+            reset_peer_request::Peer::SessionId(99),
+        ]
+    );
+    // Nothing else was reset or shown.
+    assert!(seen.get_peer.is_empty());
+}
+
+#[test]
+fn one_vni_table_and_json() {
+    let s = default_server();
+    assert_eq!(
+        s.ok(&["vni", "100"]),
+        "vni:         100\nroutes:      2\nannouncers:  2\nsubscribers: 1\n"
+    );
+    assert_eq!(
+        s.json(&["vni", "100"]),
+        serde_json::json!({"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1})
+    );
+    let out = s.mbctl(&["vni", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mbctl: no VNI 7 (NOT_FOUND)\n"
+    );
+    // Out of range: a usage error, nothing sent.
+    assert_eq!(s.mbctl(&["vni", "16777216"]).status.code(), Some(2));
+}
+
+#[test]
+fn status_of_a_client_role_with_overrides() {
+    let s = start(
+        Fake {
+            overrides: vec![SettingOverride {
+                setting: "--install-routes 100#100 (client.install_routes)".into(),
+                replaced_by: "VNI 100 unmapped through the API".into(),
+            }],
+            client_status: Some(ClientStatus {
+                servers: 2,
+                servers_established: 1,
+                subscriptions: 3,
+                mapped_vnis: 1,
+                received_routes: 40,
+                installed_routes: 38,
+                updates_received: 45,
+                updates_sent: 2,
+            }),
+            ..Fake::default()
+        },
+        true,
+    );
+    let out = s.ok(&["status"]);
+    assert!(
+        out.ends_with(
+            "\
+client_servers:          2 (1 established)
+client_subscriptions:    3
+client_mapped_vnis:      1
+client_received_routes:  40
+client_installed_routes: 38
+client_updates_in/out:   45/2
+overridden:              --install-routes 100#100 (client.install_routes) -> VNI 100 unmapped through the API
+"
+        ),
+        "{out}"
+    );
+    let v = s.json(&["status"]);
+    assert_eq!(
+        v["overrides"],
+        serde_json::json!([{
+            "setting": "--install-routes 100#100 (client.install_routes)",
+            "replaced_by": "VNI 100 unmapped through the API"
+        }])
+    );
+    assert_eq!(v["client"]["servers_established"], 1);
+    assert_eq!(v["client"]["received_routes"], 40);
+    assert_eq!(v["client"]["updates_received"], 45);
+    // Without the client role: null, no client lines.
+    let s = default_server();
+    let out = s.ok(&["status"]);
+    assert!(!out.contains("client_"), "{out}");
+    assert_eq!(s.json(&["status"])["client"], serde_json::Value::Null);
+    assert_eq!(s.json(&["status"])["overrides"], serde_json::json!([]));
 }
 
 #[test]
@@ -1129,10 +1297,10 @@ fn servers_table_json_and_changes() {
     assert_eq!(
         s.ok(&["servers"]),
         "\
-ADDRESS                 STATE  CONNECTED           RESOLVED                           SINCE                 LAST ERROR
-[2001:db8::a]:4711      up     [2001:db8::a]:4711  -                                  2023-11-14T22:13:20Z  -
-metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:4711  2023-11-14T22:13:21Z  -
-192.0.2.1:4711          down   -                   -                                  -                     connection refused
+ADDRESS                 STATE  CONNECTED           RESOLVED                           SINCE                 IN/OUT  LAST ERROR
+[2001:db8::a]:4711      up     [2001:db8::a]:4711  -                                  2023-11-14T22:13:20Z  12/3    -
+metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:4711  2023-11-14T22:13:21Z  5/1     -
+192.0.2.1:4711          down   -                   -                                  -                     0/0     connection refused
 "
     );
     assert_eq!(
@@ -1140,13 +1308,16 @@ metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:
         serde_json::json!({"servers": [
             {"address": "[2001:db8::a]:4711", "state": "up",
              "resolved": ["[2001:db8::a]:4711"], "connected": "[2001:db8::a]:4711",
-             "since": "2023-11-14T22:13:20Z", "last_error": ""},
+             "since": "2023-11-14T22:13:20Z", "last_error": "",
+             "updates_received": 12, "updates_sent": 3},
             {"address": "metalbond.example:4711", "state": "up",
              "resolved": ["[2001:db8::7]:4711", "192.0.2.7:4711"], "connected": "192.0.2.7:4711",
-             "since": "2023-11-14T22:13:21Z", "last_error": ""},
+             "since": "2023-11-14T22:13:21Z", "last_error": "",
+             "updates_received": 5, "updates_sent": 1},
             {"address": "192.0.2.1:4711", "state": "down",
              "resolved": ["192.0.2.1:4711"], "connected": null,
-             "since": null, "last_error": "connection refused"}
+             "since": null, "last_error": "connection refused",
+             "updates_received": 0, "updates_sent": 0}
         ]})
     );
 

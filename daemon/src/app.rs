@@ -17,7 +17,7 @@ use metalbond_proto::api as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::api::{self, ApiState, ControlRequest};
+use crate::api::{self, ApiState, ControlRequest, ReloadError};
 use crate::client::operator::StoredClientState;
 use crate::client::{Agent, ClientSettings};
 use crate::http::{self, HttpState, Readiness};
@@ -196,6 +196,11 @@ pub async fn run(
         control: control_tx,
         watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
         client: agent.as_ref().map(Agent::handle),
+        client_stats: agent.as_ref().map(|a| a.stats.clone()),
+        overrides: agent
+            .as_ref()
+            .map(|a| a.overrides.clone())
+            .unwrap_or_default(),
         client_lock: tokio::sync::Mutex::new(()),
         metrics: telemetry.api(),
         metrics_addr,
@@ -253,17 +258,22 @@ pub async fn run(
         };
         notify::reloading();
         let outcome = match &reload {
-            None => Err("metalbondd was started without --config: nothing to reload".to_string()),
+            None => Err(ReloadError::NoConfigFile),
             Some(reload) => match reload() {
                 Ok(new) => Ok(apply(&mut running, new, &server, &state, log.as_ref()).await),
-                Err(e) => Err(e),
+                Err(e) => Err(ReloadError::Rejected(e)),
             },
         };
         match &outcome {
             Ok(r) => {
                 info!(applied = ?r.applied, needs_restart = ?r.needs_restart, "configuration reloaded")
             }
-            Err(e) => error!("configuration not reloaded, keeping the running one: {e}"),
+            // The operator asked for something this daemon has not got; the
+            // daemon itself is fine.
+            Err(e @ ReloadError::NoConfigFile) => warn!("reload requested: {e}"),
+            Err(ReloadError::Rejected(e)) => {
+                error!("configuration not reloaded, keeping the running one: {e}")
+            }
         }
         notify::ready(&status);
         if let Some(reply) = request {

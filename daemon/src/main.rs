@@ -14,8 +14,8 @@
 //! `--config FILE` reads a TOML configuration file (`examples/metalbondd.toml`);
 //! flags given on the command line override it, and SIGHUP re-reads it.
 //! `metalbondd check-config FILE` (or `--check --config FILE`) validates a
-//! file, static routes included, and exits: `FILE: ok` or
-//! `FILE:LINE:COL: reason`.
+//! file, static routes included, and exits: `FILE: ok`, or one
+//! `FILE:LINE:COL: reason` line per error, in file order.
 //!
 //! A `[client]` section in the file also runs the hypervisor role next to the
 //! server; `metalbondd client [--config FILE] FLAGS` runs it alone, its flags
@@ -34,7 +34,7 @@ use metalbondd::client::{ClientConfig, ClientSettings, ServerAddr};
 use metalbondd::server::{ServerConfig, SessionSettings};
 use metalbondd::store::{default_api_socket, default_state_dir, PathRole};
 use metalbondd::wire::{Route, Vni};
-use metalbondd_config::{self as defaults, Config, ConfigError};
+use metalbondd_config::{self as defaults, Config, ConfigError, ConfigErrors};
 use tracing::{error, info};
 
 /// MetalBond v1 route server.
@@ -63,7 +63,8 @@ enum Command {
     /// --config, the file's [client] section, the flags overriding it.
     Client(ClientArgs),
     /// Validate a configuration file, static routes included, and exit:
-    /// prints `FILE: ok` (exit 0) or `FILE:LINE:COL: reason` (exit 1).
+    /// prints `FILE: ok` (exit 0) or every error, one `FILE:LINE:COL:
+    /// reason` line each in file order (exit 1).
     CheckConfig {
         /// The TOML configuration file.
         #[arg(value_name = "FILE")]
@@ -336,8 +337,19 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(settings, reload, Some(log))) {
-        Ok(()) => ExitCode::SUCCESS,
+    let started = std::time::Instant::now();
+    let outcome = runtime.block_on(app::run(settings, reload, Some(log)));
+    // Tasks still holding the state store close it here: the final line
+    // comes after everything is written and closed.
+    drop(runtime);
+    match outcome {
+        Ok(()) => {
+            info!(
+                uptime_secs = format!("{:.3}", started.elapsed().as_secs_f64()),
+                "metalbondd stopped"
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE
@@ -348,7 +360,7 @@ fn run(
 /// `check-config FILE` / `--check --config FILE`: validates without starting
 /// anything.
 fn check_config(path: &Path, args: &ServerArgs) -> ExitCode {
-    match Config::load(path).and_then(|config| resolve(&config, args, PathRole::Server)) {
+    match read_config(path, args).and_then(|config| resolve(&config, args, PathRole::Server)) {
         Ok(_) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
@@ -361,12 +373,29 @@ fn check_config(path: &Path, args: &ServerArgs) -> ExitCode {
 }
 
 /// The file given with `--config` (or the defaults) with the flags applied.
-fn load(args: &ServerArgs) -> Result<(Settings, LogFormat), ConfigError> {
+fn load(args: &ServerArgs) -> Result<(Settings, LogFormat), ConfigErrors> {
     let config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => read_config(path, args)?,
         None => Config::default(),
     };
     resolve(&config, args, PathRole::Server)
+}
+
+/// Reads the file at `path`. With errors, every one of them in file order,
+/// those of its static routes included (one `FILE:LINE:COL: reason` line
+/// each).
+fn read_config(path: &Path, args: &ServerArgs) -> Result<Config, ConfigErrors> {
+    let (config, errors) = Config::check_file(path);
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    let mut errors = ConfigErrors::from(errors);
+    if let Err(more) = resolve(&config, args, PathRole::Server) {
+        // Positioned errors only: a complaint about the file as a whole
+        // (no route server left) may follow from an error reported above.
+        errors.extend(more.0.into_iter().filter(|e| e.location.is_some()));
+    }
+    Err(errors)
 }
 
 /// Re-reads the same file with the same flags on SIGHUP; `None` without
@@ -375,9 +404,11 @@ fn reloader(args: &ServerArgs) -> Option<Reloader> {
     args.config.as_ref()?;
     let args = args.clone();
     Some(Box::new(move || {
-        load(&args)
-            .map(|(settings, _)| settings)
-            .map_err(|e| e.to_string())
+        load(&args).map(|(settings, _)| settings).map_err(|e| {
+            // One log line and one API message, however many errors.
+            let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+            lines.join("; ")
+        })
     }))
 }
 
@@ -389,7 +420,7 @@ fn resolve(
     config: &Config,
     args: &ServerArgs,
     role: PathRole,
-) -> Result<(Settings, LogFormat), ConfigError> {
+) -> Result<(Settings, LogFormat), ConfigErrors> {
     let file = &config.server;
     let listen = if args.listen.is_empty() {
         file.listen.clone()
@@ -399,13 +430,15 @@ fn resolve(
     let keepalive = defaults::effective_keepalive_secs(args.keepalive.unwrap_or(file.keepalive));
     let write_timeout = args.write_timeout.unwrap_or(file.write_timeout);
 
+    let mut errors = ConfigErrors::default();
     let mut static_routes = Vec::with_capacity(config.routes.static_routes.len());
     for (i, text) in config.routes.static_routes.iter().enumerate() {
-        let route: Route = text
-            .get_ref()
-            .parse()
-            .map_err(|e| config.error_at(text.span(), format!("routes.static[{i}]: {e}")))?;
-        static_routes.push(route);
+        match text.get_ref().parse::<Route>() {
+            Ok(route) => static_routes.push(route),
+            Err(e) => {
+                errors.extend([config.error_at(text.span(), format!("routes.static[{i}]: {e}"))])
+            }
+        }
     }
 
     let api = &config.api;
@@ -458,12 +491,14 @@ fn resolve(
     };
     let mut settings = settings;
     if let Some(section) = &config.client {
-        settings.client = Some(
-            client_settings(config, section, &ClientArgs::default()).map_err(|e| match e {
-                ClientError::Config(e) => e,
-                ClientError::Flag(e) => ConfigError::whole_file(config.path(), e),
-            })?,
-        );
+        match client_settings(config, section, &ClientArgs::default()) {
+            Ok(client) => settings.client = Some(client),
+            Err(ClientError::Config(e)) => errors.extend(e.0),
+            Err(ClientError::Flag(e)) => errors.extend([ConfigError::whole_file(config.path(), e)]),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     let log_format = args.log_format.unwrap_or_else(|| config.log.format.into());
     Ok((settings, log_format))
@@ -472,7 +507,7 @@ fn resolve(
 /// An error resolving the client role: in the file (with its position) or
 /// in a flag.
 enum ClientError {
-    Config(ConfigError),
+    Config(ConfigErrors),
     Flag(String),
 }
 
@@ -494,13 +529,16 @@ fn client_settings(
 ) -> Result<ClientSettings, ClientError> {
     let mut announcements = Vec::new();
     if args.announce.is_empty() {
+        let mut errors = ConfigErrors::default();
         for (i, text) in section.announce.iter().enumerate() {
-            let route: Route = text.get_ref().parse().map_err(|e| {
-                ClientError::Config(
-                    config.error_at(text.span(), format!("client.announce[{i}]: {e}")),
-                )
-            })?;
-            announcements.push(route);
+            match text.get_ref().parse::<Route>() {
+                Ok(route) => announcements.push(route),
+                Err(e) => errors
+                    .extend([config.error_at(text.span(), format!("client.announce[{i}]: {e}"))]),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ClientError::Config(errors));
         }
     } else {
         for text in &args.announce {
@@ -581,7 +619,7 @@ fn reconnect_backoff(min_secs: u64, max_secs: u64) -> BackoffConfig {
 /// announcement or mapping is a one-line error.
 fn load_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
     let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        Some(path) => read_config(path, &ServerArgs::default()).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     let server_args = ServerArgs {

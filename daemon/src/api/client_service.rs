@@ -91,6 +91,8 @@ impl pb::client_service_server::ClientService for ClientApi {
                     since: Some(timestamp(s.since)),
                     resolved: s.resolved.iter().map(ToString::to_string).collect(),
                     connected: s.connected.map(|a| a.to_string()).unwrap_or_default(),
+                    updates_received: s.updates_in,
+                    updates_sent: s.updates_out,
                 })
                 .collect(),
         }))

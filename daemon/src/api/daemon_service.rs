@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{duration, timestamp};
 use super::{blocking, shutting_down, ApiState, ControlRequest};
+use crate::client::AgentRequest;
 
 /// The DaemonService implementation.
 pub struct Daemon {
@@ -19,6 +20,31 @@ impl Daemon {
     /// Serves the daemon's status and lifecycle from `state`.
     pub fn new(state: Arc<ApiState>) -> Self {
         Self { state }
+    }
+
+    /// The client role's counters (`None` when it does not run): gauges and
+    /// counters from its atomics, subscriptions and mappings from the agent.
+    async fn client_status(&self) -> Option<pb::ClientStatus> {
+        let stats = self.state.client_stats.as_ref()?;
+        let agent = self.state.client.as_ref()?;
+        let subscriptions = agent
+            .ask(AgentRequest::Subscriptions)
+            .await
+            .map_or(0, |s| s.len());
+        let mapped_vnis = agent
+            .ask(AgentRequest::Mappings)
+            .await
+            .map_or(0, |m| m.len());
+        Some(pb::ClientStatus {
+            servers: stats.servers_configured.load(Relaxed),
+            servers_established: stats.servers_up.load(Relaxed),
+            subscriptions: subscriptions as u64,
+            mapped_vnis: mapped_vnis as u64,
+            received_routes: stats.received_routes.load(Relaxed),
+            installed_routes: stats.installed_routes().values().sum(),
+            updates_received: stats.updates_in.load(Relaxed),
+            updates_sent: stats.updates_out.load(Relaxed),
+        })
     }
 }
 
@@ -52,6 +78,16 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             next_hops: stats.next_hops as u64,
             injected_routes: injected as u64,
             static_routes: self.state.static_routes.load(Relaxed) as u64,
+            overrides: self
+                .state
+                .overrides
+                .iter()
+                .map(|o| pb::SettingOverride {
+                    setting: o.setting.clone(),
+                    replaced_by: o.replaced_by.clone(),
+                })
+                .collect(),
+            client: self.client_status().await,
         }))
     }
 
@@ -67,9 +103,7 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             .map_err(|_| shutting_down())?;
         match rx.await.map_err(|_| shutting_down())? {
             Ok(response) => Ok(Response::new(response)),
-            Err(e) => Err(Status::failed_precondition(format!(
-                "configuration rejected, the running one is kept: {e}"
-            ))),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
     }
 

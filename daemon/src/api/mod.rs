@@ -33,9 +33,33 @@ use crate::store::Store;
 #[derive(Debug)]
 pub enum ControlRequest {
     /// Re-read the configuration file; answer what was applied.
-    Reload(oneshot::Sender<Result<pb::ReloadResponse, String>>),
+    Reload(oneshot::Sender<Result<pb::ReloadResponse, ReloadError>>),
     /// Stop gracefully.
     Shutdown,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The daemon was started without `--config`: there is no file to
+    /// re-read. Not a failure of the daemon, so it is not logged as one.
+    NoConfigFile,
+    /// The file does not validate (the reason, `FILE:LINE:COL: ...`); the
+    /// running configuration is kept.
+    Rejected(String),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::NoConfigFile => {
+                f.write_str("no configuration file to reload: started without --config")
+            }
+            ReloadError::Rejected(e) => {
+                write!(f, "configuration rejected, the running one is kept: {e}")
+            }
+        }
+    }
 }
 
 /// Everything the API services read and act on.
@@ -64,6 +88,10 @@ pub struct ApiState {
     pub watch_max_lag_bytes: u64,
     /// The client role's agent, when the daemon runs it.
     pub client: Option<crate::client::AgentHandle>,
+    /// The client role's counters, when it runs.
+    pub client_stats: Option<Arc<crate::client::stats::AgentStats>>,
+    /// Settings given at start that stored API changes replaced.
+    pub overrides: Vec<crate::client::operator::Override>,
     /// Serialises changes to the client role (check, store, apply).
     pub client_lock: Mutex<()>,
     /// Request counters.

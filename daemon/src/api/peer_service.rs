@@ -108,10 +108,11 @@ pub fn peer_to_api(s: &SessionInfo, routes_announced: usize, vnis: &[Vni]) -> pb
         session_id: u64::from(s.id),
         remote_address: s.remote.to_string(),
         local_address: s.local.to_string(),
+        // The role of this daemon in the session, as in the metrics' `role`
+        // label and on the status page (docs/adr/0014).
         role: match s.role {
-            // We are the server of this session: the peer is a client.
-            Role::Server => pb::PeerRole::Client,
-            Role::Client => pb::PeerRole::Server,
+            Role::Server => pb::PeerRole::Server,
+            Role::Client => pb::PeerRole::Client,
         } as i32,
         state: state_to_api(s.state()) as i32,
         keepalive_seconds: s.keepalive_secs.load(Relaxed),
@@ -178,6 +179,7 @@ impl pb::peer_service_server::PeerService for Peers {
             loop {
                 let event = match events.recv().await {
                     Ok(PeerEvent::Up(s)) => Event::Up(peer_to_api(&s, 0, &[])),
+                    Ok(PeerEvent::Established(s)) => Event::Established(peer_to_api(&s, 0, &[])),
                     Ok(PeerEvent::Down(s, reason)) => Event::Down(pb::PeerDown {
                         peer: Some(peer_to_api(&s, 0, &[])),
                         reason,

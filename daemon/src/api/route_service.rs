@@ -87,6 +87,50 @@ impl Routes {
     }
 }
 
+/// The NOT_FOUND message of a withdrawal of `route` (at `routes[i]`) that
+/// is not injected. When the API injected the same destination and next-hop
+/// address with another type (or NAT port range, or target VNI), the
+/// message says so and names what is announced, so the operator sees which
+/// form to withdraw instead of a bare "not announced".
+fn not_injected_message(i: usize, route: &Route, injected: &[Route]) -> String {
+    let others: Vec<String> = injected
+        .iter()
+        .filter(|r| {
+            r.vni == route.vni && r.dest == route.dest && r.next_hop.addr == route.next_hop.addr
+        })
+        .map(|r| {
+            let nh = &r.next_hop;
+            let mut what = format!("{r} (type {}", nh.kind);
+            if nh.kind == crate::wire::NextHopType::NAT || nh.nat_from != 0 || nh.nat_to != 0 {
+                what.push_str(&format!(", ports {}-{}", nh.nat_from, nh.nat_to));
+            }
+            if nh.target_vni != 0 {
+                what.push_str(&format!(", target vni {}", nh.target_vni));
+            }
+            what + ")"
+        })
+        .collect();
+    if others.is_empty() {
+        return format!("routes[{i}]: {route} was not announced through the API");
+    }
+    let same_kind = injected.iter().any(|r| {
+        r.vni == route.vni
+            && r.dest == route.dest
+            && r.next_hop.addr == route.next_hop.addr
+            && r.next_hop.kind == route.next_hop.kind
+    });
+    let how = if same_kind {
+        "with another NAT port range or target VNI"
+    } else {
+        "with another type"
+    };
+    format!(
+        "routes[{i}]: {route} (type {}) was not announced through the API; it exists {how}: {}",
+        route.next_hop.kind,
+        others.join(", ")
+    )
+}
+
 fn encode_token(cursor: PageCursor) -> String {
     format!("{}.{}", cursor.0 .0, cursor.1)
 }
@@ -188,9 +232,11 @@ impl pb::route_service_server::RouteService for Routes {
         let existing = self.injected(&routes).await?;
         if !req.allow_missing {
             if let Some(i) = existing.iter().position(|&e| !e) {
-                return Err(Status::not_found(format!(
-                    "routes[{i}]: {} was not announced through the API",
-                    routes[i]
+                let route = routes[i];
+                let store = self.state.store.clone();
+                let injected = blocking(move || store.routes()).await?;
+                return Err(Status::not_found(not_injected_message(
+                    i, &route, &injected,
                 )));
             }
         }

@@ -72,7 +72,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::operator::StoredClientState;
+use super::operator::{Override, StoredClientState};
 use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{
@@ -135,6 +135,9 @@ pub struct Agent {
     /// The agent's counters (and those of its connections), for the
     /// metrics; see [`AgentStats`].
     pub stats: Arc<AgentStats>,
+    /// The settings given at start that stored API changes replaced (each
+    /// was logged as a WARN).
+    pub overrides: Vec<Override>,
 }
 
 /// One configured route server, as the API lists it.
@@ -149,10 +152,16 @@ pub struct ServerStatus {
     pub connected: Option<SocketAddr>,
     /// The session is established.
     pub up: bool,
-    /// Why the last attempt or session ended (empty if none did).
+    /// Why the last attempt or session ended while the server is down
+    /// (cleared when a session is established: an old failure next to `up`
+    /// would only mislead).
     pub last_error: String,
     /// When it entered its current state (or was added).
     pub since: SystemTime,
+    /// UPDATEs received from it (all its sessions).
+    pub updates_in: u64,
+    /// UPDATEs sent to it (all its sessions).
+    pub updates_out: u64,
 }
 
 /// One received route, as the API lists it.
@@ -243,6 +252,14 @@ impl Agent {
                     "client: --install-routes {vni}#0: table 0 is not a valid routing table"
                 ));
             }
+        }
+        let overrides = stored.overrides(&settings);
+        for o in &overrides {
+            warn!(
+                setting = %o.setting,
+                replaced_by = %o.replaced_by,
+                "a setting given at start is overridden by a change stored through the API (change it back through the API to return it to the configuration)"
+            );
         }
         if !stored.is_empty() {
             stored.apply(&mut settings);
@@ -348,6 +365,7 @@ impl Agent {
             task,
             control,
             stats,
+            overrides,
         })
     }
 
@@ -484,6 +502,8 @@ impl ServerStatus {
             up: false,
             last_error: String::new(),
             since,
+            updates_in: 0,
+            updates_out: 0,
         }
     }
 }
@@ -610,6 +630,7 @@ impl AgentTask {
                 status.since = SystemTime::now();
                 status.connected = Some(*peer);
                 status.resolved = resolved.clone();
+                status.last_error.clear();
             }
             ClientEvent::Down {
                 reason, resolved, ..
@@ -881,7 +902,19 @@ impl AgentTask {
     async fn request(&mut self, req: AgentRequest) {
         match req {
             AgentRequest::Servers(reply) => {
-                let _ = reply.send(self.servers.values().cloned().collect());
+                let servers = self
+                    .servers
+                    .iter()
+                    .map(|(&id, status)| {
+                        let mut status = status.clone();
+                        if let Some(c) = self.client.server_counters(id) {
+                            status.updates_in = c.updates_in.load(Relaxed);
+                            status.updates_out = c.updates_out.load(Relaxed);
+                        }
+                        status
+                    })
+                    .collect();
+                let _ = reply.send(servers);
             }
             AgentRequest::AddServer(addr, reply) => {
                 let _ = reply.send(self.add_server(addr));

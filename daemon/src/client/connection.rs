@@ -50,7 +50,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::stats::AgentStats;
+use super::stats::{AgentStats, ServerCounters};
 use super::{ServerAddr, ServerId};
 use crate::server::outbound::Outbound;
 use crate::session::{self, CloseReason, Event, Role, Session};
@@ -247,6 +247,7 @@ pub struct Client {
 struct ServerHandle {
     commands: mpsc::Sender<ClientCommand>,
     task: JoinHandle<()>,
+    counters: Arc<ServerCounters>,
 }
 
 impl Client {
@@ -305,6 +306,7 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let counters = Arc::new(ServerCounters::default());
         let task = tokio::spawn(run(
             id,
             addr,
@@ -313,9 +315,16 @@ impl Client {
             commands_rx,
             events.clone(),
             self.shutdown.subscribe(),
-            self.stats.clone(),
+            (self.stats.clone(), counters.clone()),
         ));
-        self.servers.insert(id, ServerHandle { commands, task });
+        self.servers.insert(
+            id,
+            ServerHandle {
+                commands,
+                task,
+                counters,
+            },
+        );
         id
     }
 
@@ -337,6 +346,11 @@ impl Client {
             }
             None => false,
         }
+    }
+
+    /// The counters of `server` (`None` if unknown).
+    pub fn server_counters(&self, server: ServerId) -> Option<&ServerCounters> {
+        self.servers.get(&server).map(|h| &*h.counters)
     }
 
     /// Number of servers.
@@ -486,7 +500,8 @@ enum Outcome {
 /// sender is dropped, when the command channel closes, or when the receiver
 /// of `events` is dropped; the open session, if any, is simply closed.
 /// Every attempt that ends otherwise is counted in `stats` (by label, and as
-/// a protocol error when it is one) before its `Down` event is sent.
+/// a protocol error when it is one) before its `Down` event is sent. The
+/// server's own UPDATE counters go to `counters` too.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     server: ServerId,
@@ -496,7 +511,7 @@ pub async fn run(
     mut commands: mpsc::Receiver<ClientCommand>,
     events: mpsc::Sender<ClientEvent>,
     mut shutdown: watch::Receiver<bool>,
-    stats: Arc<AgentStats>,
+    (stats, counters): (Arc<AgentStats>, Arc<ServerCounters>),
 ) {
     let mut attempt: u32 = 0;
     loop {
@@ -512,6 +527,7 @@ pub async fn run(
             shutdown: &mut shutdown,
             stats: &stats,
             resolved: Vec::new(),
+            counters: &counters,
         };
         let outcome = conn.attempt(&addr).await;
         let resolved = std::mem::take(&mut conn.resolved);
@@ -580,6 +596,7 @@ struct Conn<'a> {
     stats: &'a AgentStats,
     /// What the server's address resolved to for this attempt.
     resolved: Vec<SocketAddr>,
+    counters: &'a ServerCounters,
 }
 
 fn ended(end: End, established_at: Option<Instant>) -> Outcome {
@@ -656,6 +673,7 @@ impl Conn<'_> {
                                 Ok(Some(Frame::Message(msg))) => {
                                     if matches!(msg, Message::Update(_)) {
                                         self.stats.updates_in.fetch_add(1, Relaxed);
+                                        self.counters.updates_in.fetch_add(1, Relaxed);
                                     }
                                     if let Err(reason) = session.handle_message(msg, now) {
                                         return ended(End::Protocol(reason), established_at);
@@ -706,6 +724,12 @@ impl Conn<'_> {
         }
     }
 
+    /// Counts `n` UPDATEs queued for the server.
+    fn count_updates_out(&self, n: u64) {
+        self.stats.updates_out.fetch_add(n, Relaxed);
+        self.counters.updates_out.fetch_add(n, Relaxed);
+    }
+
     /// Applies a command to the desired state and, when established, to
     /// the live session.
     fn on_command(&mut self, cmd: ClientCommand, session: &mut Session, out: &mut Outbound) {
@@ -725,11 +749,11 @@ impl Conn<'_> {
             // goes out at establishment.
             ClientCommand::Announce(r) if session.is_established() => {
                 push_update(out, Action::Add, &r);
-                self.stats.updates_out.fetch_add(1, Relaxed);
+                self.count_updates_out(1);
             }
             ClientCommand::Withdraw(r) if session.is_established() => {
                 push_update(out, Action::Remove, &r);
-                self.stats.updates_out.fetch_add(1, Relaxed);
+                self.count_updates_out(1);
             }
             ClientCommand::Announce(_) | ClientCommand::Withdraw(_) => {}
         }
@@ -768,9 +792,7 @@ impl Conn<'_> {
                         encode_update(Action::Add, r, &mut buf);
                     }
                     out.push_data(buf.freeze());
-                    self.stats
-                        .updates_out
-                        .fetch_add(self.desired.announcements.len() as u64, Relaxed);
+                    self.count_updates_out(self.desired.announcements.len() as u64);
                     if self
                         .events
                         .send(ClientEvent::Up {

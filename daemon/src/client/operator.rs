@@ -20,6 +20,11 @@
 //! through the API stays removed. To return a key to the configuration's
 //! control, change it back through the API (or delete the state
 //! directory). Records that cannot be read are logged and ignored.
+//!
+//! So that a flag never loses silently, [`StoredClientState::overrides`]
+//! lists every setting given at start that a stored change replaces; the
+//! agent logs a WARN for each and the API's GetStatus (`mbctl status`)
+//! shows them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +45,17 @@ const ADDED: &str = "added";
 const REMOVED: &str = "removed";
 const SUBSCRIBED: &str = "subscribed";
 const UNSUBSCRIBED: &str = "unsubscribed";
+
+/// A setting given at start (flag or configuration file) that a change
+/// stored through the API replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Override {
+    /// The flag and the configuration key with the value given, e.g.
+    /// `--install-routes 100#100 (client.install_routes)`.
+    pub setting: String,
+    /// What is in effect instead, e.g. `VNI 100 unmapped through the API`.
+    pub replaced_by: String,
+}
 
 /// The operator's stored changes (see the module documentation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,6 +111,48 @@ impl StoredClientState {
     /// True if nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty() && self.subscriptions.is_empty() && self.mappings.is_empty()
+    }
+
+    /// The settings of `settings` (as given at start, before
+    /// [`StoredClientState::apply`]) that the stored changes replace. A
+    /// stored addition of something not configured replaces nothing.
+    pub fn overrides(&self, settings: &ClientSettings) -> Vec<Override> {
+        let mut out = Vec::new();
+        for (addr, &added) in &self.servers {
+            if !added && settings.servers.contains(addr) {
+                out.push(Override {
+                    setting: format!("--server {addr} (client.servers)"),
+                    replaced_by: format!("server {addr} removed through the API"),
+                });
+            }
+        }
+        for (vni, &subscribed) in &self.subscriptions {
+            if !subscribed && settings.subscriptions.contains(vni) {
+                out.push(Override {
+                    setting: format!("--subscribe {vni} (client.subscribe)"),
+                    replaced_by: format!("VNI {vni} unsubscribed through the API"),
+                });
+            }
+        }
+        for (vni, table) in &self.mappings {
+            let Some(configured) = settings.install_routes.get(vni) else {
+                continue;
+            };
+            let replaced_by = match table {
+                Some(t) if configured.len() == 1 && configured.contains(t) => continue,
+                Some(t) => format!("VNI {vni} mapped to table {t} through the API"),
+                None => format!("VNI {vni} unmapped through the API"),
+            };
+            let given: Vec<String> = configured.iter().map(|t| format!("{vni}#{t}")).collect();
+            out.push(Override {
+                setting: format!(
+                    "--install-routes {} (client.install_routes)",
+                    given.join(", ")
+                ),
+                replaced_by,
+            });
+        }
+        out
     }
 
     /// Merges the stored changes into `settings` (stored wins; see the
@@ -175,6 +233,32 @@ mod tests {
             subscriptions: BTreeMap::from([(Vni(2), false), (Vni(3), true)]),
             mappings: BTreeMap::from([(Vni(1), Some(12)), (Vni(2), None), (Vni(3), Some(30))]),
         };
+        let overrides = stored.overrides(&settings);
+        let texts: Vec<(&str, &str)> = overrides
+            .iter()
+            .map(|o| (o.setting.as_str(), o.replaced_by.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                (
+                    "--server [::1]:1 (client.servers)",
+                    "server [::1]:1 removed through the API"
+                ),
+                (
+                    "--subscribe 2 (client.subscribe)",
+                    "VNI 2 unsubscribed through the API"
+                ),
+                (
+                    "--install-routes 1#10, 1#11 (client.install_routes)",
+                    "VNI 1 mapped to table 12 through the API"
+                ),
+                (
+                    "--install-routes 2#20 (client.install_routes)",
+                    "VNI 2 unmapped through the API"
+                ),
+            ]
+        );
         stored.apply(&mut settings);
         assert_eq!(settings.servers, vec![b, c]);
         assert_eq!(settings.subscriptions, vec![Vni(1), Vni(3)]);

@@ -140,6 +140,17 @@ impl AgentStats {
     }
 }
 
+/// Counters of one route server (what the API and the status page show
+/// per server), updated by its connection task next to [`AgentStats`].
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// UPDATE frames received from the server (all its sessions).
+    pub updates_in: AtomicU64,
+    /// UPDATE frames sent to the server (all its sessions), counted when
+    /// queued for the socket.
+    pub updates_out: AtomicU64,
+}
+
 /// A counter map stays usable after a panic elsewhere.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

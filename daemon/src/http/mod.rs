@@ -314,8 +314,8 @@ async fn peer_rows(s: &HttpState) -> Vec<PeerRow> {
                     uptime: SystemTime::now()
                         .duration_since(srv.since)
                         .unwrap_or_default(),
-                    updates_in: 0,
-                    updates_out: 0,
+                    updates_in: srv.updates_in,
+                    updates_out: srv.updates_out,
                     last_error: srv.last_error,
                 }
             }));

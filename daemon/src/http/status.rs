@@ -256,7 +256,8 @@ pub fn routes_yaml(view: &RouteView, date: &str, version: &str) -> String {
 /// One row of the sessions table of the HTML page.
 #[derive(Debug, Clone)]
 pub struct PeerRow {
-    /// `server` (accepted) or `client` (a route server we use).
+    /// The role of this daemon in the session: `server` (a session it
+    /// accepted) or `client` (a route server it uses).
     pub role: &'static str,
     /// Peer address.
     pub remote: String,
@@ -264,7 +265,7 @@ pub struct PeerRow {
     pub state: String,
     /// How long in this state (or since connected).
     pub uptime: Duration,
-    /// UPDATEs received / sent (server role).
+    /// UPDATEs received.
     pub updates_in: u64,
     /// UPDATEs sent.
     pub updates_out: u64,

@@ -162,6 +162,7 @@ pub async fn run(
         timers: DeliveryTimers::default(),
         metrics,
         settings,
+        registry: registry.clone(),
     };
     let started = Instant::now();
     let ended = conn.serve(stream, shutdown).await;
@@ -212,6 +213,8 @@ struct Connection {
     timers: DeliveryTimers,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
+    /// Told when the handshake completes (peer watchers see it).
+    registry: Arc<Registry>,
 }
 
 impl Connection {
@@ -411,6 +414,9 @@ impl Connection {
                     self.info
                         .keepalive_secs
                         .store(keepalive.as_secs() as u32, Relaxed);
+                    // The state above is already ESTABLISHED: a watcher
+                    // sees the session as it now is.
+                    self.registry.established(self.info.clone());
                 }
                 Event::Subscribe(vni) => self.ops.push(Op::Subscribe(vni)),
                 Event::Unsubscribe(vni) => self.ops.push(Op::Unsubscribe(vni)),

@@ -137,11 +137,14 @@ fn state_from_u8(v: u8) -> State {
     }
 }
 
-/// A session came up or went down.
+/// A session came up, completed its handshake, or went down.
 #[derive(Clone, Debug)]
 pub enum PeerEvent {
-    /// Accepted (or connected).
+    /// Accepted (or connected): the TCP connection exists, the handshake
+    /// has not happened yet.
     Up(Arc<SessionInfo>),
+    /// The handshake completed: the session is ESTABLISHED.
+    Established(Arc<SessionInfo>),
     /// Closed, with the reason.
     Down(Arc<SessionInfo>, String),
 }
@@ -171,6 +174,12 @@ impl Registry {
     pub fn insert(&self, info: Arc<SessionInfo>) {
         self.lock().insert(info.id, info.clone());
         let _ = self.events.send(PeerEvent::Up(info));
+    }
+
+    /// Announces that a session completed its handshake (the session task
+    /// has set its state to ESTABLISHED).
+    pub fn established(&self, info: Arc<SessionInfo>) {
+        let _ = self.events.send(PeerEvent::Established(info));
     }
 
     /// Removes a session and announces why it ended.
@@ -234,10 +243,14 @@ mod tests {
             r.all().iter().map(|s| s.id).collect::<Vec<_>>(),
             vec![17, 20]
         );
+        let twenty = r.get(20).unwrap();
+        twenty.set_state(State::Established);
+        r.established(twenty);
         r.remove(20, "peer closed".into());
         assert!(r.get(20).is_none());
         assert!(matches!(events.try_recv().unwrap(), PeerEvent::Up(s) if s.id == 20));
         assert!(matches!(events.try_recv().unwrap(), PeerEvent::Up(s) if s.id == 17));
+        assert!(matches!(events.try_recv().unwrap(), PeerEvent::Established(s) if s.id == 20));
         match events.try_recv().unwrap() {
             PeerEvent::Down(s, why) => {
                 assert_eq!((s.id, why.as_str()), (20, "peer closed"));

@@ -1510,7 +1510,15 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     // mbctl servers: up, the old failure gone, the UPDATE counters.
     let rows = parse_table(
         mbctl(&csock, &["servers"]).await.ok(),
-        &["ADDRESS", "STATE", "SINCE", "IN/OUT", "LAST ERROR"],
+        &[
+            "ADDRESS",
+            "STATE",
+            "CONNECTED",
+            "RESOLVED",
+            "SINCE",
+            "IN/OUT",
+            "LAST ERROR",
+        ],
     );
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["ADDRESS"], server_addr);

@@ -110,11 +110,6 @@ fn route_frames(from: u32, to: u32) -> bytes::BytesMut {
     buf
 }
 
-/// Announces `n` routes of VNI 100 from `announcer` in one write.
-async fn push_routes(announcer: &mut RawPeer, n: u32) {
-    announcer.send_raw(&route_frames(0, n)).await;
-}
-
 #[tokio::test]
 async fn a_subscriber_that_falls_too_far_behind_is_closed_and_others_get_everything() {
     // 200,000 routes (8 MB of frames) in steps the healthy subscriber keeps
@@ -142,6 +137,7 @@ async fn a_subscriber_that_falls_too_far_behind_is_closed_and_others_get_everyth
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
     const N: u32 = 200_000;
+    const STEP: u32 = 10_000;
     // Keepalive 1 s: the write timeout is at least 2.5 intervals (2.5 s).
     let d = Daemon::start(&[
         "--keepalive",
@@ -156,7 +152,14 @@ async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
     stuck.subscribe(100).await;
     let mut announcer = RawPeer::connect(d.addr).await;
     announcer.handshake(1).await;
-    push_routes(&mut announcer, N).await;
+    // In steps, with keepalives from both peers in between: on a loaded
+    // machine pushing all 8 MB at once can take longer than the 2.5 s
+    // keepalive timeout, and this test is about the write timeout.
+    for from in (0..N).step_by(STEP as usize) {
+        announcer.send_raw(&route_frames(from, from + STEP)).await;
+        stuck.send(&metalbondd::wire::Message::Keepalive).await;
+        announcer.ping().await;
+    }
     // Both keep their sessions alive with keepalives; `stuck` never reads.
     let closed = async {
         loop {

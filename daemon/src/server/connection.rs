@@ -278,7 +278,6 @@ impl Connection {
                 .session
                 .poll_timeout()
                 .map(|d| Instant::from_std(d) + self.paused_credit);
-            let want_mail = self.established && self.out.len() < OUTBOUND_HIGH_WATER;
             let write_deadline = last_write_progress + self.settings.write_timeout;
             let (data_budget, pace_wait) = self.pace(fd);
             let can_write = self.out.has_urgent() || data_budget > 0;
@@ -348,8 +347,10 @@ impl Connection {
                         }
                     }
                 }
-                // Woken once per batch of mail (the table coalesces).
-                _ = mailbox.notified(), if want_mail => {}
+                // Woken once per batch of mail (the table coalesces), or
+                // when the mailbox overflowed. With a full queue, the wake-up
+                // is only used to look at the overflow.
+                _ = mailbox.notified(), if self.established => {}
                 _ = pace_wait_for(pace_wait), if pace_wait.is_some() => {}
                 _ = shutdown.changed() => return Ended::Shutdown,
                 _ = info.reset_requested() => return Ended::Reset,

@@ -56,6 +56,10 @@ pub struct SessionSettings {
     pub max_lag_bytes: u64,
     /// Keep the estimate of bytes a peer has not read under this (0: no pacing).
     pub pace_limit: usize,
+    /// Keep an ended session's routes this long before withdrawing them
+    /// (0: at once, PROTOCOL.md section 4); a reconnecting successor that
+    /// re-announces them in time takes them over silently (ADR 0011).
+    pub withdraw_delay: Duration,
 }
 
 /// What every session task shares with the server.
@@ -192,6 +196,7 @@ pub async fn run(
             .table
             .commands
             .send(Command::Disconnect {
+                withdraw_delay: conn.settings.withdraw_delay,
                 session: id,
                 at: std::time::Instant::now(),
             })

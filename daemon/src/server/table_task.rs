@@ -78,6 +78,10 @@ pub enum Command {
         session: SessionId,
         /// When it ended.
         at: Instant,
+        /// Keep its routes this long before withdrawing them (0: at once),
+        /// so a successor that re-announces them takes them over without
+        /// a REMOVE and an ADD reaching every subscriber (ADR 0011).
+        withdraw_delay: std::time::Duration,
     },
     /// Table counts.
     Stats {
@@ -219,6 +223,7 @@ pub fn spawn(metrics: Arc<Metrics>) -> TableHandle {
     let task = TableTask {
         table: RouteTable::new(),
         log: FanOut::new(),
+        expiring: Default::default(),
         metrics,
         dumped_bytes: 0,
     };
@@ -229,6 +234,9 @@ pub fn spawn(metrics: Arc<Metrics>) -> TableHandle {
 struct TableTask {
     table: RouteTable,
     log: FanOut,
+    /// Ended sessions whose routes are withdrawn later: (when, who), in
+    /// order of time.
+    expiring: std::collections::VecDeque<(Instant, SessionId)>,
     metrics: Arc<Metrics>,
     /// Bytes of SUBSCRIBE dumps encoded so far.
     dumped_bytes: u64,
@@ -249,6 +257,10 @@ impl TableTask {
                     for command in batch.drain(..) {
                         self.handle(command);
                     }
+                    self.log.seal();
+                }
+                _ = sleep_until_opt(self.expiring.front().map(|e| e.0)) => {
+                    self.expire(Instant::now());
                     self.log.seal();
                 }
                 _ = trim.tick() => {
@@ -278,15 +290,24 @@ impl TableTask {
                     self.apply(session, op, received, Some(&mailbox));
                 }
             }
-            Command::Disconnect { session, at } => {
-                self.log.set_cause_time(at);
+            Command::Disconnect {
+                session,
+                at,
+                withdraw_delay,
+            } => {
                 for vni in self.table.subscriptions_of(session) {
                     self.log.unsubscribe(vni, session);
+                    if !withdraw_delay.is_zero() {
+                        self.table.unsubscribe(session, vni);
+                    }
                 }
-                let log = &mut self.log;
-                self.table.remove_session(session, |route| {
-                    log.append_update(Action::Remove, route, session);
-                });
+                if withdraw_delay.is_zero() {
+                    self.withdraw_all(session, at);
+                } else {
+                    let when = at + withdraw_delay;
+                    let i = self.expiring.partition_point(|e| e.0 <= when);
+                    self.expiring.insert(i, (when, session));
+                }
             }
             Command::LocalOps {
                 session,
@@ -305,6 +326,27 @@ impl TableTask {
                 let _ = reply.send(self.table.stats());
             }
             Command::Query(query) => self.answer(query),
+        }
+    }
+
+    /// Withdraws every route `session` announced (those left without an
+    /// announcer reach the subscribers as REMOVEs) and forgets it.
+    fn withdraw_all(&mut self, session: SessionId, at: Instant) {
+        self.log.set_cause_time(at);
+        let log = &mut self.log;
+        self.table.remove_session(session, |route| {
+            log.append_update(Action::Remove, route, session);
+        });
+    }
+
+    /// Withdraws the routes of ended sessions whose delay is over.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(when, session)) = self.expiring.front() {
+            if when > now {
+                break;
+            }
+            self.expiring.pop_front();
+            self.withdraw_all(session, when);
         }
     }
 
@@ -448,6 +490,13 @@ impl TableTask {
     }
 }
 
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Makes large buffers (update-log chunks, dumps, table arrays) separate
 /// mappings that go back to the system as soon as they are freed, instead of
 /// heap memory that glibc keeps. Call once at start.
@@ -494,8 +543,11 @@ mod tests {
         Withdraw(usize, usize),
         Subscribe(usize, u32),
         Unsubscribe(usize, u32),
-        /// The session of this slot ends; a new one takes the slot.
-        Disconnect(usize),
+        /// The session of this slot ends (its routes withdrawn at once, or
+        /// only at the next `Expire`); a new one takes the slot.
+        Disconnect(usize, bool),
+        /// Delayed withdrawals fall due.
+        Expire,
         /// End of a batch.
         Seal,
     }
@@ -508,7 +560,8 @@ mod tests {
             3 => (0..SLOTS, 0usize..16).prop_map(|(s, r)| Step::Withdraw(s, r)),
             2 => (0..SLOTS, 1u32..4).prop_map(|(s, v)| Step::Subscribe(s, v)),
             1 => (0..SLOTS, 1u32..4).prop_map(|(s, v)| Step::Unsubscribe(s, v)),
-            1 => (0..SLOTS).prop_map(Step::Disconnect),
+            1 => (0..SLOTS, any::<bool>()).prop_map(|(s, d)| Step::Disconnect(s, d)),
+            1 => Just(Step::Expire),
             2 => Just(Step::Seal),
         ]
     }
@@ -527,6 +580,7 @@ mod tests {
         TableTask {
             table: RouteTable::new(),
             log: FanOut::new(),
+            expiring: Default::default(),
             metrics: Arc::new(Metrics::default()),
             dumped_bytes: 0,
         }
@@ -609,6 +663,19 @@ mod tests {
     }
 
     impl Model {
+        /// `s` leaves every announcer set; routes left without one are
+        /// withdrawn from the subscribers.
+        fn withdraw_all(&mut self, s: SessionId) {
+            let gone: Vec<Route> = self
+                .announcers
+                .iter_mut()
+                .filter_map(|(r, set)| (set.remove(&s) && set.is_empty()).then_some(*r))
+                .collect();
+            for r in gone {
+                self.tell(s, r, Seen::Remove(r));
+            }
+        }
+
         fn tell(&mut self, origin: SessionId, route: Route, seen: Seen) {
             for (s, vnis) in &self.subs {
                 if *s != origin && vnis.contains(&route.vni.0) {
@@ -632,6 +699,7 @@ mod tests {
         let mut boxes: HashMap<SessionId, Arc<Mailbox>> = HashMap::new();
         let mut seen: HashMap<SessionId, BTreeMap<u32, Vec<Seen>>> = HashMap::new();
         let at = Instant::now();
+        let mut ghosts: Vec<SessionId> = Vec::new();
         for step in steps {
             let ops = |session: SessionId, op: Op, boxes: &mut HashMap<SessionId, Arc<Mailbox>>| {
                 Command::Ops {
@@ -681,7 +749,7 @@ mod tests {
                     model.subs.entry(s).or_default().remove(&v);
                     t.handle(ops(s, Op::Unsubscribe(Vni(v)), &mut boxes));
                 }
-                Step::Disconnect(slot) => {
+                Step::Disconnect(slot, delayed) => {
                     let s = ids[slot];
                     ids[slot] = next_id;
                     next_id += 1;
@@ -692,15 +760,26 @@ mod tests {
                     model.subs.remove(&s);
                     model.expect.remove(&s);
                     seen.remove(&s);
-                    let gone: Vec<Route> = model
-                        .announcers
-                        .iter_mut()
-                        .filter_map(|(r, set)| (set.remove(&s) && set.is_empty()).then_some(*r))
-                        .collect();
-                    for r in gone {
-                        model.tell(s, r, Seen::Remove(r));
+                    if delayed {
+                        ghosts.push(s);
+                    } else {
+                        model.withdraw_all(s);
                     }
-                    t.handle(Command::Disconnect { session: s, at });
+                    t.handle(Command::Disconnect {
+                        session: s,
+                        at,
+                        withdraw_delay: if delayed {
+                            std::time::Duration::from_secs(1)
+                        } else {
+                            std::time::Duration::ZERO
+                        },
+                    });
+                }
+                Step::Expire => {
+                    for s in ghosts.drain(..) {
+                        model.withdraw_all(s);
+                    }
+                    t.expire(at + std::time::Duration::from_secs(2));
                 }
                 Step::Seal => t.log.seal(),
             }

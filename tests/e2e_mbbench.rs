@@ -1,4 +1,4 @@
-//! `mbbench --scenario fleet` (issue 9) against the real `metalbondd` binary:
+//! mbbench's fleet scenario (issue 9) against the real `metalbondd` binary:
 //! a small fleet converges, churns and survives a reconnect storm with exact
 //! state in every session; and against a server that delivers nothing,
 //! mbbench reports the missing routes and fails. Also checks that

@@ -45,7 +45,11 @@ async fn sessions_hear_only_the_vnis_they_subscribe_to() {
     for p in [&mut only1, &mut only2, &mut both, &mut announcer] {
         p.ping().await;
     }
-    let (r1, r2, r3) = (routes_of(1, 0, 50), routes_of(2, 0, 50), routes_of(3, 0, 50));
+    let (r1, r2, r3) = (
+        routes_of(1, 0, 50),
+        routes_of(2, 0, 50),
+        routes_of(3, 0, 50),
+    );
     // Interleaved VNIs in one write: every batch touches all three.
     let mut buf = bytes::BytesMut::new();
     for i in 0..50 {
@@ -82,7 +86,10 @@ async fn read_updates_alive(mut p: RawPeer, n: usize, vni: u32) -> RawPeer {
     let mut next_keepalive = Instant::now();
     let mut got = 0;
     while got < n {
-        assert!(Instant::now() < deadline, "{got} of {n} UPDATEs of VNI {vni}");
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {n} UPDATEs of VNI {vni}"
+        );
         if Instant::now() >= next_keepalive {
             p.send(&Message::Keepalive).await;
             next_keepalive += Duration::from_millis(400);
@@ -180,18 +187,29 @@ async fn keepalives_are_answered_while_other_peers_flood_the_server() {
     for f in flooders {
         f.await.unwrap();
     }
-    assert!(pings >= 3, "the flood ended too soon to test anything ({pings} pings)");
+    assert!(
+        pings >= 3,
+        "the flood ended too soon to test anything ({pings} pings)"
+    );
     assert!(
         slowest < Duration::from_millis(2500),
         "a keepalive echo took {slowest:?} (timeout 2.5 s)"
     );
     let text = metrics(http).await;
     assert_eq!(
-        value_or_zero(&text, "metalbondd_keepalive_timeouts_total", &[("role", "server")]),
+        value_or_zero(
+            &text,
+            "metalbondd_keepalive_timeouts_total",
+            &[("role", "server")]
+        ),
         0.0,
         "the server closed a session for a keepalive timeout"
     );
-    let echoes = value_or_zero(&text, "metalbondd_keepalive_echo_latency_seconds_count", &[]);
+    let echoes = value_or_zero(
+        &text,
+        "metalbondd_keepalive_echo_latency_seconds_count",
+        &[],
+    );
     assert!(
         echoes >= f64::from(pings),
         "echo latency histogram counted {echoes} echoes for {pings} pings"

@@ -740,7 +740,13 @@ mod tests {
                             .filter(|(r, set)| r.vni.0 == v && !set.is_empty() && !set.contains(&s))
                             .map(|(r, _)| *r)
                             .collect();
-                        model.expect.entry(s).or_default().entry(v).or_default().push(Seen::Dump(dump));
+                        model
+                            .expect
+                            .entry(s)
+                            .or_default()
+                            .entry(v)
+                            .or_default()
+                            .push(Seen::Dump(dump));
                     }
                     t.handle(ops(s, Op::Subscribe(Vni(v)), &mut boxes));
                 }
@@ -799,7 +805,11 @@ mod tests {
         for s in ids {
             let got = seen.remove(&s).unwrap_or_default();
             let want = model.expect.remove(&s).unwrap_or_default();
-            let got: BTreeMap<_, _> = got.into_iter().filter(|(_, v)| !v.is_empty()).map(|(v, l)| (v, per_route(l))).collect();
+            let got: BTreeMap<_, _> = got
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(v, l)| (v, per_route(l)))
+                .collect();
             let want: BTreeMap<_, _> = want.into_iter().map(|(v, l)| (v, per_route(l))).collect();
             prop_assert_eq!(got, want, "session {}", s);
         }
@@ -873,6 +883,10 @@ mod tests {
             t.log.seal();
         }
         assert!(slow.overflowed().is_some_and(|lag| lag > 100));
-        assert_eq!(slow.queued_bytes(), 0, "an overflowed mailbox holds nothing");
+        assert_eq!(
+            slow.queued_bytes(),
+            0,
+            "an overflowed mailbox holds nothing"
+        );
     }
 }

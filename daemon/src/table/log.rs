@@ -269,8 +269,7 @@ impl FanOut {
     /// Appends an UPDATE for `route`, caused by `origin`. It reaches the
     /// subscribers of its VNI (but `origin`) and the watchers at the next seal.
     pub fn append_update(&mut self, action: Action, route: &Route, origin: SessionId) {
-        if self.subscribers.get(&route.vni).is_none_or(Vec::is_empty) && self.watchers.is_empty()
-        {
+        if self.subscribers.get(&route.vni).is_none_or(Vec::is_empty) && self.watchers.is_empty() {
             // Nobody listens: nothing to encode.
             return;
         }
@@ -341,7 +340,11 @@ impl FanOut {
         };
         self.touched.retain(|v| *v != vni);
         self.prune_watchers();
-        let total = pending.runs.iter().map(|r| (r.end - r.start) as usize).sum();
+        let total = pending
+            .runs
+            .iter()
+            .map(|r| (r.end - r.start) as usize)
+            .sum();
         let mut out = BytesMut::with_capacity(total);
         let runs = self.place(&mut out, pending.runs);
         self.deliver(vni, &out.freeze(), &runs, pending.since);

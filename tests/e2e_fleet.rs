@@ -216,3 +216,30 @@ async fn keepalives_are_answered_while_other_peers_flood_the_server() {
     );
     assert!(d.is_alive());
 }
+
+#[tokio::test]
+async fn with_a_withdraw_delay_a_reconnecting_announcer_takes_its_routes_over_silently() {
+    let d = Daemon::start(&["--withdraw-delay", "3"]);
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(9).await;
+    let r = routes_of(9, 0, 2);
+    let mut old = RawPeer::established(d.addr).await;
+    old.announce(r[0]).await;
+    old.announce(r[1]).await;
+    sub.expect_exactly(&[add(r[0]), add(r[1])], "announced")
+        .await;
+    let gone = old.local;
+    drop(old);
+    d.expect_session_closed_log(gone).await;
+    // The successor re-announces one of the two routes within the delay.
+    let mut successor = RawPeer::established(d.addr).await;
+    successor.announce(r[0]).await;
+    successor.ping().await;
+    // r[0] never left: no REMOVE and no ADD. r[1], which nobody took over,
+    // is withdrawn once the delay is over.
+    assert_eq!(sub.expect_update(Duration::from_secs(10)).await, rem(r[1]));
+    sub.expect_no_update(QUIET).await;
+    // From now on the successor owns r[0]: its end withdraws it (after the delay).
+    drop(successor);
+    assert_eq!(sub.expect_update(Duration::from_secs(10)).await, rem(r[0]));
+}

@@ -277,9 +277,8 @@ fn validate(a: &Args) -> Result<(), String> {
     }
     if a.scenario == Scenario::Fleet {
         fleet_dims(a).validate()?;
-        if !(a.churn_rate.is_finite() && a.churn_rate >= 0.0)
-            || !(a.churn_secs.is_finite() && a.churn_secs >= 0.0)
-        {
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !non_negative(a.churn_rate) || !non_negative(a.churn_secs) {
             return Err("--churn-rate and --churn-secs must be finite numbers >= 0".into());
         }
         if a.churn_rate * a.churn_secs > 1e9 {

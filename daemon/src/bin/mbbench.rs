@@ -145,7 +145,7 @@ struct Args {
     /// Fleet: Zipf exponent of the VNI popularity (weight of the k-th VNI is
     /// 1/k^s; 0 = uniform). 0.5 gives issue 9's load (5.8M deliveries at
     /// H = 5,000, 22.8M at 10,000); at 1.0 the top VNI holds 12 % of all routes
-    /// and most sessions subscribe to it (350M deliveries at 10,000).
+    /// and most sessions subscribe to it (377M deliveries at 10,000).
     #[arg(long, default_value_t = 0.5, help_heading = "Fleet scenario")]
     zipf_s: f64,
     /// Fleet: distinct VNIs each session subscribes to (S).

@@ -97,7 +97,10 @@ pick_port() {
     if [ -n "$PORT" ]; then echo "$PORT"; return; fi
     local p
     for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 40000))
+        # Below the ephemeral range (32768+ on Linux): a fleet run leaves
+        # thousands of client sockets there (TIME_WAIT), and the next server
+        # could not bind.
+        p=$((10000 + RANDOM % 22000))
         if ! port_in_use "$p"; then echo "$p"; return; fi
     done
     echo "bench.sh: no free port found" >&2

@@ -145,7 +145,7 @@ struct Args {
     /// Fleet: Zipf exponent of the VNI popularity (weight of the k-th VNI is
     /// 1/k^s; 0 = uniform). 0.5 gives issue 9's load (5.8M deliveries at
     /// H = 5,000, 22.8M at 10,000); at 1.0 the top VNI holds 12 % of all routes
-    /// and most sessions subscribe to it (350M deliveries at 10,000).
+    /// and most sessions subscribe to it (377M deliveries at 10,000).
     #[arg(long, default_value_t = 0.5, help_heading = "Fleet scenario")]
     zipf_s: f64,
     /// Fleet: distinct VNIs each session subscribes to (S).
@@ -277,9 +277,8 @@ fn validate(a: &Args) -> Result<(), String> {
     }
     if a.scenario == Scenario::Fleet {
         fleet_dims(a).validate()?;
-        if !(a.churn_rate.is_finite() && a.churn_rate >= 0.0)
-            || !(a.churn_secs.is_finite() && a.churn_secs >= 0.0)
-        {
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !non_negative(a.churn_rate) || !non_negative(a.churn_secs) {
             return Err("--churn-rate and --churn-secs must be finite numbers >= 0".into());
         }
         if a.churn_rate * a.churn_secs > 1e9 {

@@ -690,7 +690,7 @@ fn finish(ctx: &Ctx, name: &'static str, snap: &Snap, done: Option<Cpu>, wall: f
         r.notes.push(format!("{gens_moved} sessions reconnected"));
     }
     let mut reasons = w.reasons.clone();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (reason, n) in reasons.into_iter().take(5) {
         r.notes.push(format!("{n} x {reason}"));
     }

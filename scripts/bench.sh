@@ -6,18 +6,31 @@
 # SERVER is one of
 #   metalbondd   $TARGET/release/metalbondd server --listen [::1]:PORT --keepalive 5
 #   rustbond     $TARGET/release/rustbond-server --listen [::1]:PORT --keepalive 5
+#   go           $GO_METALBOND server --listen [::1]:PORT --keepalive 5 (the Go reference;
+#                GO_METALBOND defaults to /work/cache/go-metalbond/metalbond; build it with
+#                ../shared/go-reference/build.sh)
 #   both         metalbondd, then rustbond, each on a fresh process, then a side-by-side table
+#   all          metalbondd, rustbond, then go
 #
 # Options:
-#   --no-build      do not run `cargo build --release --features interop --bins`
-#   --port PORT     listen port (default: a free random port)
-#   --out DIR       keep server logs and JSON results here (default: a new temp dir)
-#   --keepalive S   server keepalive interval (default 5)
+#   --no-build          do not run `cargo build --release --features interop --bins`
+#   --port PORT         listen port (default: a free random port)
+#   --out DIR           keep server logs and JSON results here (default: a new temp dir)
+#   --keepalive S       server keepalive interval (default 5)
+#   --metalbondd PATH   the metalbondd binary to run (default $TARGET/release/metalbondd),
+#                       e.g. another branch's build for a before/after comparison
+#   --label NAME        name of the metalbondd run in the table (default metalbondd)
+#   --nofile N          open-file limit for the server and mbbench (default 65536;
+#                       the fleet scenario needs one per session)
+#   --run-timeout S     stop mbbench (and report it) after S seconds (default: none;
+#                       mbbench bounds each phase with --timeout anyway)
 #
 # Everything after `--` goes to mbbench (e.g. `--routes 1000000 --subscribers 100
-# --scenario fanout`). --server, --server-pid, --label and --json are set by
-# this script. The server is started fresh for each run (so bytes/route is
-# meaningful), reached only on [::1], and stopped by its PID.
+# --scenario fanout`, or `--scenario fleet --hypervisors 5000`). --server,
+# --server-pid, --label and --json are set by this script. The server is started
+# fresh for each run (so bytes/route is meaningful), reached only on [::1], and
+# stopped by its PID. The Go server logs every route; only the last 500 lines of
+# its log are kept.
 #
 # Exit code: the worst mbbench exit code (1 = loss detected, 2 = setup failure).
 #
@@ -34,6 +47,11 @@ OUT=""
 KEEPALIVE=5
 SERVER=""
 MBARGS=()
+MBD_BIN=""
+MBD_LABEL=metalbondd
+NOFILE=65536
+RUN_TIMEOUT=""
+GO_BIN=${GO_METALBOND:-/work/cache/go-metalbond/metalbond}
 
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
@@ -43,6 +61,10 @@ while [ $# -gt 0 ]; do
         --port) PORT=$2; shift ;;
         --out) OUT=$2; shift ;;
         --keepalive) KEEPALIVE=$2; shift ;;
+        --metalbondd) MBD_BIN=$2; shift ;;
+        --label) MBD_LABEL=$2; shift ;;
+        --nofile) NOFILE=$2; shift ;;
+        --run-timeout) RUN_TIMEOUT=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; MBARGS=("$@"); break ;;
         -*) echo "bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -52,9 +74,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$SERVER" in
-    metalbondd|rustbond|both) ;;
+    metalbondd|rustbond|go|both|all) ;;
     *) usage >&2; exit 2 ;;
 esac
+# One open file per fleet session, in the server and in mbbench.
+ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 if [ "$BUILD" = 1 ]; then
     echo "== cargo build --release --features interop --bins (target $TARGET)" >&2
@@ -73,7 +97,10 @@ pick_port() {
     if [ -n "$PORT" ]; then echo "$PORT"; return; fi
     local p
     for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 40000))
+        # Below the ephemeral range (32768+ on Linux): a fleet run leaves
+        # thousands of client sockets there (TIME_WAIT), and the next server
+        # could not bind.
+        p=$((10000 + RANDOM % 22000))
         if ! port_in_use "$p"; then echo "$p"; return; fi
     done
     echo "bench.sh: no free port found" >&2
@@ -102,16 +129,27 @@ trap 'stop_server; exit 130' INT TERM
 
 # run_one NAME: start server NAME, run mbbench against it, stop it. Sets RC.
 run_one() {
-    local name=$1 port addr cmd
+    local name=$1 port addr cmd state label=$1
     port=$(pick_port)
     addr="[::1]:$port"
     case "$name" in
-        metalbondd) cmd=("$BIN/metalbondd" server --listen "$addr" --keepalive "$KEEPALIVE") ;;
+        metalbondd)
+            label=$MBD_LABEL
+            state="$OUT/$label.state"
+            mkdir -p "$state"
+            cmd=("${MBD_BIN:-$BIN/metalbondd}" server --listen "$addr" --keepalive "$KEEPALIVE"
+                 --api-socket "$state/api.sock" --state-dir "$state") ;;
         rustbond) cmd=("$BIN/rustbond-server" --listen "$addr" --keepalive "$KEEPALIVE") ;;
+        go) cmd=("$GO_BIN" server --listen "$addr" --keepalive "$KEEPALIVE") ;;
     esac
+    name=$label
     [ -x "${cmd[0]}" ] || { echo "bench.sh: ${cmd[0]} missing" >&2; RC=2; return; }
     echo "== $name: ${cmd[*]} (log $OUT/$name.log)" >&2
-    "${cmd[@]}" >"$OUT/$name.log" 2>&1 &
+    if [ "$1" = go ]; then
+        "${cmd[@]}" > >(tail -n 500 >"$OUT/$name.log") 2>&1 &
+    else
+        "${cmd[@]}" >"$OUT/$name.log" 2>&1 &
+    fi
     SERVER_PID=$!
     local ok=0
     for _ in $(seq 1 200); do
@@ -128,16 +166,23 @@ run_one() {
     fi
     echo "== $name: pid $SERVER_PID listening on $addr" >&2
     set +e
-    "$BIN/mbbench" --server "$addr" --server-pid "$SERVER_PID" --label "$name" --json \
+    local limit=()
+    [ -n "$RUN_TIMEOUT" ] && limit=(timeout --signal=TERM --kill-after=10 "$RUN_TIMEOUT")
+    "${limit[@]}" "$BIN/mbbench" --server "$addr" --server-pid "$SERVER_PID" --label "$name" --json \
         "${MBARGS[@]}" >"$OUT/$name.json"
     RC=$?
     set -e
+    if [ "$RC" = 124 ]; then
+        echo "bench.sh: mbbench stopped after --run-timeout $RUN_TIMEOUT s" >&2
+        RC=1
+    fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         echo "bench.sh: $name exited during the run (crash?); log:" >&2
         tail -20 "$OUT/$name.log" >&2
     fi
     stop_server
     echo "== $name: mbbench exit code $RC, results in $OUT/$name.json" >&2
+    LAST_NAME=$name
 }
 
 compare() {
@@ -162,6 +207,7 @@ metrics = [
     ('deliveries_per_s', 'deliveries/s', '{:,.0f}'),
     ('p50_us', 'p50 us', '{:.0f}'), ('p90_us', 'p90 us', '{:.0f}'),
     ('p99_us', 'p99 us', '{:.0f}'), ('max_us', 'max us', '{:.0f}'),
+    ('completed', 'completed', 'BOOL'),
     ('loss', 'loss', '{:.0f}'), ('duplicates', 'duplicates', '{:.0f}'),
     ('closed_by_server', 'closed by server', '{:.0f}'),
     ('keepalive_late', 'late keepalives', '{:.0f}'),
@@ -169,6 +215,16 @@ metrics = [
     ('server_rss_after_kib', 'server RSS after MiB', 'MIB'),
     ('server_hwm_after_kib', 'server peak RSS MiB', 'MIB'),
     ('bytes_per_route', 'bytes/route', '{:.0f}'),
+    # fleet phases
+    ('tail_s', 'converged after last s', '{:.3f}'),
+    ('adds', 'ADDs received', '{:,.0f}'), ('removes', 'REMOVEs received', '{:,.0f}'),
+    ('missing', 'missing', '{:.0f}'), ('extra', 'extra', '{:.0f}'),
+    ('stale', 'stale', '{:.0f}'), ('own_after_reconnect', 'own after reconnect', '{:.0f}'),
+    ('sessions_down', 'sessions down', '{:.0f}'),
+    ('keepalive_timeouts', 'keepalive timeouts', '{:.0f}'),
+    ('keepalive_echo_max_ms', 'keepalive echo max ms', '{:.0f}'),
+    ('resets', 'resets by server', '{:.0f}'),
+    ('connect_failures', 'connect failures', '{:.0f}'),
 ]
 scenarios = []
 for _, rows in runs:
@@ -177,7 +233,7 @@ for _, rows in runs:
             scenarios.append(s)
 w = 22
 print()
-print('{:<10} {:<22}'.format('scenario', 'metric') + ''.join('{:>{w}}'.format(l, w=w) for l, _ in runs))
+print('{:<15} {:<24}'.format('scenario', 'metric') + ''.join('{:>{w}}'.format(l, w=w) for l, _ in runs))
 for s in scenarios:
     for key, title, fmt in metrics:
         vals = []
@@ -185,29 +241,32 @@ for s in scenarios:
             v = rows.get(s, {}).get(key)
             if v is None:
                 vals.append('-')
+            elif fmt == 'BOOL':
+                vals.append('yes' if v else 'NO')
             elif fmt == 'MIB':
                 vals.append('{:.1f}'.format(v / 1024))
             else:
                 vals.append(fmt.format(v))
         if all(v == '-' for v in vals):
             continue
-        print('{:<10} {:<22}'.format(s, title) + ''.join('{:>{w}}'.format(v, w=w) for v in vals))
+        print('{:<15} {:<24}'.format(s, title) + ''.join('{:>{w}}'.format(v, w=w) for v in vals))
     print()
 EOF
 }
 
 WORST=0
 RESULTS=()
-if [ "$SERVER" = both ]; then
-    NAMES=(metalbondd rustbond)
-else
-    NAMES=("$SERVER")
-fi
+case "$SERVER" in
+    both) NAMES=(metalbondd rustbond) ;;
+    all) NAMES=(metalbondd rustbond go) ;;
+    *) NAMES=("$SERVER") ;;
+esac
 for name in "${NAMES[@]}"; do
     RC=0
+    LAST_NAME=$name
     run_one "$name"
     [ "$RC" -gt "$WORST" ] && WORST=$RC
-    [ -s "$OUT/$name.json" ] && RESULTS+=("$OUT/$name.json")
+    [ -s "$OUT/$LAST_NAME.json" ] && RESULTS+=("$OUT/$LAST_NAME.json")
 done
 
 if [ "${#RESULTS[@]}" -gt 0 ]; then

@@ -95,6 +95,10 @@ pub struct ServerSection {
     /// (`--pace-limit`); 0 disables pacing.
     #[serde(deserialize_with = "parse::bytes_usize")]
     pub pace_limit: usize,
+    /// `withdraw_delay`: seconds an ended session's routes stay before they
+    /// are withdrawn (`--withdraw-delay`); 0 (the default) withdraws at once.
+    #[serde(deserialize_with = "parse::duration_secs")]
+    pub withdraw_delay: u64,
     /// `http`: address of the status page (`--http`, as in the Go
     /// reference): `/`, `/routes.json`, `/routes.yaml`, `/metrics`,
     /// `/healthz`. Off unless set.
@@ -113,6 +117,7 @@ impl Default for ServerSection {
             max_lag_bytes: crate::DEFAULT_MAX_SESSION_LAG_BYTES,
             write_timeout: crate::DEFAULT_WRITE_TIMEOUT_SECS,
             pace_limit: crate::DEFAULT_PACE_LIMIT_BYTES,
+            withdraw_delay: 0,
             http: None,
         }
     }

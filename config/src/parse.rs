@@ -246,7 +246,8 @@ pub(crate) fn install_routes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u32
     Ok(v.into_iter().map(|v| v.0).collect())
 }
 
-/// `client.hold_time`, `client.stale_time`: seconds, 0 to a day.
+/// `client.hold_time`, `client.stale_time`, `server.withdraw_delay`:
+/// seconds, 0 to a day.
 pub(crate) fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     const _: () = assert!(crate::MAX_HOLD_SECS == 86_400);
     int_in(d, "seconds from 0 to 86400", 0, crate::MAX_HOLD_SECS)

@@ -88,6 +88,7 @@ keepalive = 7
 max_sessions = 500
 max_lag_bytes = 1048576
 write_timeout = 30
+withdraw_delay = 3
 pace_limit = 0
 http = "[::1]:4712"
 
@@ -128,6 +129,7 @@ fn full_file() {
             max_lag_bytes: 1 << 20,
             write_timeout: 30,
             pace_limit: 0,
+            withdraw_delay: 3,
             http: Some("[::1]:4712".parse().unwrap()),
         }
     );
@@ -160,9 +162,9 @@ fn full_file() {
     );
     // Routes keep their position (the opening quote) for error messages.
     let second = &c.routes.static_routes[1];
-    assert_eq!(c.position(second.span()), (32, 5));
+    assert_eq!(c.position(second.span()), (33, 5));
     let err = c.error_at(second.span(), "routes.static[1]: no good");
-    assert_eq!(err.to_string(), "test.toml:32:5: routes.static[1]: no good");
+    assert_eq!(err.to_string(), "test.toml:33:5: routes.static[1]: no good");
 }
 
 #[test]
@@ -506,6 +508,7 @@ fn examples_are_valid() {
     assert_eq!(full.server.max_lag_bytes, d.server.max_lag_bytes);
     assert_eq!(full.server.write_timeout, d.server.write_timeout);
     assert_eq!(full.server.pace_limit, d.server.pace_limit);
+    assert_eq!(full.server.withdraw_delay, d.server.withdraw_delay);
     assert_eq!(
         full.api.socket.as_deref(),
         Some(Path::new(DEFAULT_API_SOCKET))

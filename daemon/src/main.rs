@@ -130,6 +130,11 @@ struct ServerArgs {
     /// Default 60 [file: server.write_timeout].
     #[arg(long, value_name = "SECS")]
     write_timeout: Option<u64>,
+    /// Keep an ended session's routes this many seconds before withdrawing
+    /// them, so a reconnecting client takes them over silently; 0 withdraws
+    /// at once. Default 0 [file: server.withdraw_delay].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    withdraw_delay: Option<u64>,
     /// Unix socket of the control API. Default /run/metalbondd/api.sock if
     /// /run/metalbondd can be created, else
     /// $XDG_RUNTIME_DIR/metalbondd/api.sock, else
@@ -451,6 +456,9 @@ fn resolve(
                     .max(Duration::from_millis(2500) * keepalive),
                 max_lag_bytes: args.max_lag_bytes.unwrap_or(file.max_lag_bytes),
                 pace_limit: args.pace_limit.unwrap_or(file.pace_limit),
+                withdraw_delay: Duration::from_secs(
+                    args.withdraw_delay.unwrap_or(file.withdraw_delay),
+                ),
             },
             max_sessions: args.max_sessions.unwrap_or(file.max_sessions),
         },

@@ -14,7 +14,7 @@ use super::convert::{
 };
 use super::{blocking, shutting_down, ApiState};
 use crate::server::table_task::{AnnouncerQuery, Op, Query, RouteQuery};
-use crate::table::log::{Item, LogCursor};
+use crate::table::log::{Mail, Mailbox};
 use crate::table::{PageCursor, SessionId, LOCAL_API};
 use crate::wire::codec::decode_payload;
 use crate::wire::{Action, Message, MessageType, Route, Vni, HEADER_LEN};
@@ -270,6 +270,7 @@ impl pb::route_service_server::RouteService for Routes {
             .table
             .query(|reply| Query::Watch {
                 query: query.clone(),
+                max_lag_bytes: self.state.watch_max_lag_bytes,
                 reply,
             })
             .await
@@ -309,8 +310,11 @@ const LAG_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 const LAG_CHECK_EVENTS: u64 = 256;
 
 impl Watcher {
-    async fn run(mut self, snapshot: Vec<Route>, mut cursor: LogCursor) {
-        match self.stream(snapshot, &mut cursor).await {
+    async fn run(mut self, snapshot: Vec<Route>, mailbox: Arc<Mailbox>) {
+        let stop = self.stream(snapshot, &mailbox).await;
+        // The table forgets a closed mailbox at its next delivery.
+        mailbox.close();
+        match stop {
             Stop::Closed => {}
             Stop::Lagged(lag) => {
                 tracing::warn!(lag_bytes = lag, "route watcher lagged; its stream ends");
@@ -329,7 +333,7 @@ impl Watcher {
         }
     }
 
-    async fn stream(&mut self, snapshot: Vec<Route>, cursor: &mut LogCursor) -> Stop {
+    async fn stream(&mut self, snapshot: Vec<Route>, cursor: &Mailbox) -> Stop {
         let total = snapshot.len() as u64;
         for route in snapshot {
             if let Err(stop) = self
@@ -350,26 +354,38 @@ impl Watcher {
         }
         let mut pending = Vec::new();
         loop {
-            tokio::select! {
-                _ = cursor.readable() => {}
-                _ = self.tx.closed() => return Stop::Closed,
+            if let Some(lag) = cursor.overflowed() {
+                return Stop::Lagged(lag);
             }
-            let query = &self.query;
-            cursor.drain(|item| {
-                // Stop before an item we will not take: it is yielded again next time.
-                if pending.len() >= WATCH_BUFFER {
-                    return false;
+            if !cursor.has_mail() {
+                tokio::select! {
+                    _ = cursor.notified() => {}
+                    _ = self.tx.closed() => return Stop::Closed,
                 }
-                if let Item::Update { frame, range, .. } = item {
-                    let payload = &frame[range.start + HEADER_LEN..range.end];
+                continue;
+            }
+            // One item at a time, decoded outside the mailbox's lock.
+            let mut taken = None;
+            cursor.take_while(|mail| match taken {
+                None => {
+                    taken = Some(mail);
+                    Ok(())
+                }
+                Some(_) => Err(mail),
+            });
+            if let Some(Mail::Updates { frames, .. }) = taken {
+                let mut at = 0;
+                while at + HEADER_LEN <= frames.len() {
+                    let len = usize::from(u16::from_be_bytes([frames[at + 1], frames[at + 2]]));
+                    let payload = &frames[at + HEADER_LEN..at + HEADER_LEN + len];
+                    at += HEADER_LEN + len;
                     if let Ok(Message::Update(u)) = decode_payload(MessageType::Update, payload) {
-                        if query.matches_route(&u.route) {
+                        if self.query.matches_route(&u.route) {
                             pending.push(u);
                         }
                     }
                 }
-                true
-            });
+            }
             for u in pending.drain(..) {
                 let event = match u.action {
                     Action::Add => Event::Added(route_to_api(&u.route)),
@@ -386,10 +402,9 @@ impl Watcher {
     /// every [`LAG_CHECK_EVENTS`] events, and every [`LAG_CHECK`] while the
     /// client is slow to take one: the log never waits for it, so a watcher
     /// too far behind ends with a `lagged` event instead of a gap.
-    async fn send(&mut self, event: Event, cursor: &LogCursor) -> Result<(), Stop> {
+    async fn send(&mut self, event: Event, cursor: &Mailbox) -> Result<(), Stop> {
         if self.sequence % LAG_CHECK_EVENTS == 0 {
-            let lag = cursor.lag_bytes();
-            if lag > self.max_lag {
+            if let Some(lag) = cursor.overflowed() {
                 return Err(Stop::Lagged(lag));
             }
         }
@@ -408,9 +423,9 @@ impl Watcher {
                     return Ok(());
                 }
                 _ = tokio::time::sleep(LAG_CHECK) => {
-                    let lag = cursor.lag_bytes();
+                    let lag = cursor.queued_bytes();
                     tracing::debug!(lag, max = self.max_lag, "watcher waiting for its client");
-                    if lag > self.max_lag {
+                    if let Some(lag) = cursor.overflowed() {
                         return Err(Stop::Lagged(lag));
                     }
                 }

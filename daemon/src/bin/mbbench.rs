@@ -1,19 +1,35 @@
-//! `mbbench`: a load generator that speaks raw MetalBond v1 over TCP to any
-//! server (metalbondd, the Go reference, rustbond) and measures fan-out,
-//! subscribe dump, withdraw on disconnect and single-update latency.
+//! `mbbench`: a load generator and benchmark for MetalBond route servers. It
+//! speaks raw MetalBond v1 over TCP to any server (metalbondd, the Go
+//! reference, rustbond) and measures, per scenario:
 //!
 //! ```text
-//! mbbench --server [::1]:4711 [--scenario all|fanout|dump|withdraw|latency]
+//! mbbench --server [::1]:4711 [--scenario all|fanout|dump|withdraw|latency|session-end|scrape|fleet]
 //!         [--routes N] [--subscribers M] [--vni V] [--keepalive SECS]
 //!         [--server-pid PID] [--latency-samples K] [--timeout SECS] [--json]
+//! mbbench --server [::1]:4711 --scenario fleet [--hypervisors H] [--vnis V]
+//!         [--zipf-s S] [--subs-per-session S] [--routes-per-session R] [--seed X]
+//!         [--churn-rate K] [--churn-secs C] [--storm-window SECS] [--server-pid PID]
 //! ```
 //!
-//! Every simulated peer is a well-behaved MetalBond client (HELLO, KEEPALIVE
-//! every negotiated interval, SUBSCRIBE/announce only once established).
-//! Every subscriber keeps a bit set per route index for ADD and REMOVE, so
-//! loss and duplicates are detected exactly. Any loss makes the exit code 1;
-//! a setup failure (cannot connect, handshake fails) makes it 2.
+//! One-VNI scenarios (`all` runs fanout, dump, session-end, withdraw and
+//! latency): every simulated peer is a well-behaved MetalBond client (HELLO,
+//! KEEPALIVE every negotiated interval, SUBSCRIBE/announce only once
+//! established); every subscriber keeps a bit set per route index for ADD
+//! and REMOVE, so loss and duplicates are detected exactly.
+//!
+//! The fleet scenario (`mbbench/fleet.rs`): H hypervisor sessions, V VNIs
+//! with a Zipf-like popularity, S subscriptions and R routes per session;
+//! phases connect, converge, churn and reconnect storm, each checked exactly
+//! per session (missing, extra, duplicate, stale).
+//!
+//! Any loss (or, in the fleet scenario, any inexact state or a phase that did
+//! not converge) makes the exit code 1; a setup failure (cannot connect,
+//! handshake fails, bad arguments) makes it 2.
 
+#[path = "mbbench/fleet.rs"]
+mod fleet;
+#[path = "mbbench/ledger.rs"]
+mod ledger;
 #[path = "mbbench/peer.rs"]
 mod peer;
 #[path = "mbbench/procfs.rs"]
@@ -22,6 +38,8 @@ mod procfs;
 mod report;
 #[path = "mbbench/routes.rs"]
 mod routes;
+#[path = "mbbench/shape.rs"]
+mod shape;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -39,16 +57,34 @@ use procfs::Mem;
 use report::{Latency, MemReport, ScenarioResult};
 use routes::RouteSet;
 
-/// MetalBond load generator.
+/// Benchmark and load generator for MetalBond route servers (metalbondd, the
+/// Go reference, rustbond): raw MetalBond v1 sessions over TCP, exact loss
+/// and duplicate accounting, server CPU and memory from /proc.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mbbench", version, about, long_about = None)]
+#[command(
+    name = "mbbench",
+    version,
+    about = "Benchmark and load generator for MetalBond route servers (metalbondd, the Go reference, rustbond)",
+    long_about = "Benchmark and load generator for MetalBond route servers (metalbondd, the Go reference, \
+rustbond). Speaks raw MetalBond v1 over TCP to --server and measures one scenario (or `all`). \
+One-VNI scenarios: fanout (M subscribers receive N routes from one announcer), dump (a late \
+subscriber receives the N-route dump), session-end (a 1-route peer disconnects, time to the \
+REMOVE), withdraw (the announcer disconnects, M subscribers receive N REMOVEs), latency (single \
+updates on an idle server), scrape (GET /metrics, metalbondd only). Fleet: H hypervisor sessions \
+in V VNIs with a Zipf-like popularity, phases connect, converge, churn and reconnect storm, each \
+checked exactly per session. Exit code 1 on any loss or inexact state, 2 on a setup failure.",
+    after_help = "Examples:\n  mbbench --server [::1]:4711 --scenario all --routes 1000000 --subscribers 100\n  \
+mbbench --server [::1]:4711 --scenario fleet --hypervisors 1000 --server-pid $(pidof -s metalbondd)"
+)]
 struct Args {
     /// Server address, e.g. `[::1]:4711` or `127.0.0.1:4711`.
     #[arg(long)]
     server: String,
-    /// Which scenario to run; `all` runs fanout, dump, withdraw, latency in
-    /// order. `dump` and `withdraw` alone first load the routes with a
-    /// fan-out to 1 (dump) or M (withdraw) subscribers, reported as "preload".
+    /// Which scenario to run; `all` runs fanout, dump, session-end, withdraw
+    /// and latency in order. `dump`, `session-end`, `withdraw` and `scrape`
+    /// alone first load the routes with a fan-out to 1 (dump, session-end) or
+    /// M (withdraw, scrape) subscribers, reported as "preload". `fleet` runs
+    /// only the fleet phases (see --hypervisors).
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
     /// Number of distinct routes (N).
@@ -63,7 +99,7 @@ struct Args {
     /// Use IPv6 /128 destinations (fd00:be9c::/64 + i) even below 2^24 routes.
     #[arg(long)]
     ipv6: bool,
-    /// Keepalive interval proposed in HELLO, seconds.
+    /// Keepalive interval proposed in HELLO, seconds (every scenario).
     #[arg(long, default_value_t = 5)]
     keepalive: u32,
     /// PID of the server process: report its RSS, peak RSS and CPU time.
@@ -74,7 +110,8 @@ struct Args {
     /// Number of single updates timed in the latency scenario (K).
     #[arg(long, default_value_t = 1000)]
     latency_samples: u64,
-    /// Limit for every wait, seconds; what has not arrived by then is loss.
+    /// Limit for every wait (each fleet phase), seconds; what has not
+    /// arrived by then is loss.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
     /// Give up a wait early when nothing new arrived for this many seconds (0 = never).
@@ -99,6 +136,48 @@ struct Args {
     /// scrape scenario.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Fleet: hypervisor sessions (H).
+    #[arg(long, default_value_t = 1000, help_heading = "Fleet scenario")]
+    hypervisors: u32,
+    /// Fleet: VNIs (V), numbered from 1 in order of popularity.
+    #[arg(long, default_value_t = 2000, help_heading = "Fleet scenario")]
+    vnis: u32,
+    /// Fleet: Zipf exponent of the VNI popularity (weight of the k-th VNI is
+    /// 1/k^s; 0 = uniform). 0.5 gives issue 9's load (5.8M deliveries at
+    /// H = 5,000, 22.8M at 10,000); at 1.0 the top VNI holds 12 % of all routes
+    /// and most sessions subscribe to it (377M deliveries at 10,000).
+    #[arg(long, default_value_t = 0.5, help_heading = "Fleet scenario")]
+    zipf_s: f64,
+    /// Fleet: distinct VNIs each session subscribes to (S).
+    #[arg(long, default_value_t = 10, help_heading = "Fleet scenario")]
+    subs_per_session: u32,
+    /// Fleet: routes each session announces (R), each into a VNI drawn from the popularity.
+    #[arg(long, default_value_t = 20, help_heading = "Fleet scenario")]
+    routes_per_session: u32,
+    /// Fleet: seed of every random choice (same seed, same fleet, same churn).
+    #[arg(long, default_value_t = 1, help_heading = "Fleet scenario")]
+    seed: u64,
+    /// Fleet: churn events per second (single-route withdraw or re-announce by a random session).
+    #[arg(long, default_value_t = 20.0, help_heading = "Fleet scenario")]
+    churn_rate: f64,
+    /// Fleet: churn duration in seconds (0 = no churn phase).
+    #[arg(long, default_value_t = 20.0, help_heading = "Fleet scenario")]
+    churn_secs: f64,
+    /// Fleet: every session drops and reconnects within this window, seconds.
+    #[arg(long, default_value_t = 1.0, help_heading = "Fleet scenario")]
+    storm_window: f64,
+    /// Fleet: skip the reconnect storm phase.
+    #[arg(long, help_heading = "Fleet scenario")]
+    no_storm: bool,
+    /// Fleet: connection handshakes under way at once.
+    #[arg(long, default_value_t = 256, help_heading = "Fleet scenario")]
+    connect_concurrency: usize,
+    /// Fleet: mean delay before a session reconnects after the server ended it, milliseconds.
+    #[arg(long, default_value_t = 1000, help_heading = "Fleet scenario")]
+    reconnect_delay_ms: u64,
+    /// Fleet: after a phase converged, keep counting late duplicates and extras this long, milliseconds.
+    #[arg(long, default_value_t = 500, help_heading = "Fleet scenario")]
+    settle_ms: u64,
 }
 
 /// Scenario selection.
@@ -121,6 +200,9 @@ enum Scenario {
     /// With the N routes loaded and M subscribers: time K sequential
     /// `GET /metrics` on `--metrics` (metalbondd only).
     Scrape,
+    /// H hypervisor sessions, V VNIs, S subscriptions and R routes each:
+    /// connect, converge, churn, reconnect storm, exact per-session state.
+    Fleet,
 }
 
 fn main() -> ExitCode {
@@ -128,6 +210,9 @@ fn main() -> ExitCode {
     if let Err(e) = validate(&args) {
         eprintln!("mbbench: {e}");
         return ExitCode::from(2);
+    }
+    if args.scenario == Scenario::Fleet {
+        return fleet_main(args);
     }
     let _ = ns(Instant::now());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -190,7 +275,111 @@ fn validate(a: &Args) -> Result<(), String> {
     if a.scenario == Scenario::Scrape && a.metrics.is_none() {
         return Err("--scenario scrape needs --metrics ADDR".into());
     }
+    if a.scenario == Scenario::Fleet {
+        fleet_dims(a).validate()?;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !non_negative(a.churn_rate) || !non_negative(a.churn_secs) {
+            return Err("--churn-rate and --churn-secs must be finite numbers >= 0".into());
+        }
+        if a.churn_rate * a.churn_secs > 1e9 {
+            return Err("--churn-rate x --churn-secs is too large".into());
+        }
+        if !(a.storm_window.is_finite() && (0.0..=3600.0).contains(&a.storm_window)) {
+            return Err("--storm-window must be between 0 and 3600 seconds".into());
+        }
+    }
     Ok(())
+}
+
+fn fleet_dims(a: &Args) -> shape::Dims {
+    shape::Dims {
+        sessions: a.hypervisors,
+        vnis: a.vnis,
+        subs: a.subs_per_session,
+        routes: a.routes_per_session,
+        zipf_s: a.zipf_s,
+        seed: a.seed,
+    }
+}
+
+/// `--scenario fleet`: one thread for every session (see `mbbench/fleet.rs`).
+fn fleet_main(args: Args) -> ExitCode {
+    let out = Output { json: args.json };
+    if let Err(e) = fleet::raise_fd_limit(args.hypervisors) {
+        out.human(&format!("mbbench: {e}"));
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mbbench: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match rt.block_on(resolve(&args.server)) {
+        Ok(s) => s,
+        Err(e) => {
+            out.human(&format!("mbbench: setup failed: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = fleet::FleetConfig {
+        server,
+        dims: fleet_dims(&args),
+        keepalive: args.keepalive,
+        churn_rate: args.churn_rate,
+        churn_secs: args.churn_secs,
+        storm_window: args.storm_window,
+        storm: !args.no_storm,
+        connect_concurrency: args.connect_concurrency,
+        reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
+        settle: Duration::from_millis(args.settle_ms),
+        timeout: Duration::from_secs(args.timeout),
+        stall: (args.stall > 0).then(|| Duration::from_secs(args.stall)),
+        server_pid: args.server_pid,
+    };
+    out.human(&fleet::header(&cfg, &args.server));
+    let report = |r: &fleet::PhaseResult| {
+        out.human(&r.human());
+        if out.json {
+            println!("{}", r.json(&cfg, &args.server, &args.label));
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let results = local.block_on(&rt, fleet::run(cfg.clone(), &report));
+    drop(local);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let phases = ["connect", "converge", "churn", "storm"];
+    let ran: Vec<&str> = results.iter().map(|r| r.name).collect();
+    let bad: Vec<&str> = results.iter().filter(|r| !r.ok()).map(|r| r.name).collect();
+    let skipped: Vec<&str> = phases
+        .iter()
+        .copied()
+        .filter(|p| !ran.contains(p))
+        .filter(|&p| match p {
+            "churn" => cfg.churn_secs > 0.0 && cfg.churn_rate > 0.0,
+            "storm" => cfg.storm,
+            _ => true,
+        })
+        .collect();
+    if bad.is_empty() && skipped.is_empty() {
+        out.human("RESULT: every phase exact");
+        ExitCode::SUCCESS
+    } else {
+        let mut msg = String::from("RESULT:");
+        if !bad.is_empty() {
+            msg.push_str(&format!(" NOT EXACT in {}", bad.join(", ")));
+        }
+        if !skipped.is_empty() {
+            msg.push_str(&format!(" not run: {}", skipped.join(", ")));
+        }
+        out.human(&msg);
+        ExitCode::from(1)
+    }
 }
 
 /// Where the reports go.
@@ -236,7 +425,7 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
         args: args.clone(),
     };
     out.human(&format!(
-        "mbbench: server {} ({server}), scenario {}, {} routes in VNI {}, {} subscribers, keepalive {} s, timeout {} s{}",
+        "mbbench: server {} ({server}), scenario {}, {} routes in VNI {}, {} subscriber(s) (fanout, withdraw, scrape), keepalive {} s, timeout {} s{}",
         args.server,
         format!("{:?}", args.scenario).to_lowercase(),
         args.routes,
@@ -303,6 +492,7 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
             let r = bench.session_end().await?;
             emit(r, true, &mut results);
         }
+        Scenario::Fleet => unreachable!("fleet runs in fleet_main"),
         Scenario::Scrape => {
             let (r, _subs, _ann) = bench.fanout("preload", m, mem_start).await?;
             emit(r, false, &mut results);

@@ -204,6 +204,7 @@ impl ServerMirror {
         }
         adopt_histogram(registry, &server.metrics.propagation);
         adopt_histogram(registry, &server.metrics.dump_duration);
+        adopt_histogram(registry, &server.metrics.keepalive_echo);
         Self {
             metrics: server.metrics.clone(),
             sessions: server.registry.clone(),

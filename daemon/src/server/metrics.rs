@@ -50,6 +50,9 @@ pub struct Metrics {
     /// written to a subscriber's socket; the oldest update of each write
     /// batch is observed.
     pub propagation: Histogram,
+    /// From the read of a KEEPALIVE to the write of its echo: the margin a
+    /// loaded server keeps before its peers' keepalive timeouts.
+    pub keepalive_echo: Histogram,
     /// Sessions closed, by reason label.
     closes: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -80,6 +83,11 @@ impl Default for Metrics {
             propagation: histogram(
                 "metalbondd_update_propagation_seconds",
                 "Time from an UPDATE's arrival (or an API or config change) to its frame written to a subscriber's socket; the oldest update of each write batch is observed.",
+                PROPAGATION_BUCKETS,
+            ),
+            keepalive_echo: histogram(
+                "metalbondd_keepalive_echo_latency_seconds",
+                "Time from reading a peer's KEEPALIVE to writing its echo to the socket.",
                 PROPAGATION_BUCKETS,
             ),
             closes: Mutex::new(BTreeMap::new()),

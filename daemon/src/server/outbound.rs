@@ -33,12 +33,17 @@ pub struct Outbound {
     data_pushed: u64,
     /// Route data bytes ever written.
     data_written: u64,
+    /// Control bytes ever queued.
+    control_pushed: u64,
+    /// Control bytes ever written.
+    control_written: u64,
 }
 
 impl Outbound {
     /// Queues a control frame (overtakes queued route data).
     pub fn push_control(&mut self, frame: Bytes) {
         self.bytes += frame.len();
+        self.control_pushed += frame.len() as u64;
         self.control.push_back(frame);
     }
 
@@ -60,6 +65,17 @@ impl Outbound {
     /// Route data bytes written since the queue was created.
     pub fn data_written(&self) -> u64 {
         self.data_written
+    }
+
+    /// Control bytes queued since the queue was created: the position, in
+    /// the session's control stream, of the end of what is queued.
+    pub fn control_pushed(&self) -> u64 {
+        self.control_pushed
+    }
+
+    /// Control bytes written since the queue was created.
+    pub fn control_written(&self) -> u64 {
+        self.control_written
     }
 
     /// Bytes waiting.
@@ -146,6 +162,7 @@ impl Outbound {
             };
             let take = n.min(front.len() - self.control_off);
             self.control_off += take;
+            self.control_written += take as u64;
             n -= take;
             if self.control_off == front.len() {
                 self.control.pop_front();
@@ -153,6 +170,13 @@ impl Outbound {
             }
         }
         self.advance_data(n);
+        // An idle session holds no queue memory (ADR 0011).
+        if self.control.is_empty() && self.control.capacity() > 4 {
+            self.control = VecDeque::new();
+        }
+        if self.data.is_empty() && self.data.capacity() > 8 {
+            self.data = VecDeque::new();
+        }
     }
 
     /// Consumes `n` bytes of route data, keeping track of frame boundaries.

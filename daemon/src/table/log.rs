@@ -1,154 +1,264 @@
-//! The shared update log: how table changes reach every session.
+//! Per-VNI fan-out: how table changes reach the sessions that want them
+//! (ADR 0011, which replaces the single shared log of ADR 0002).
 //!
-//! The table owner encodes each change once, as a ready UPDATE frame, into an
-//! append-only chain of chunks. Every session reads the chain at its own pace
-//! through a [`LogCursor`], keeping only the entries it should see (its VNIs,
-//! not its own routes). So:
-//! * the table never waits for a session, and a slow subscriber loses nothing:
-//!   it catches up from the log;
-//! * fan-out to M subscribers costs one encoding, not M;
-//! * memory is bounded by the slowest reader: chunks are freed as soon as
-//!   every cursor has passed them (reference counting). A session whose lag
-//!   exceeds a limit is closed by its own task so the client resyncs.
-//!
-//! SUBSCRIBE and UNSUBSCRIBE are markers in the same log, so a subscriber's
-//! dump is ordered exactly between the updates before and after it.
+//! The table owner encodes each change once, as a ready UPDATE frame, into a
+//! scratch arena, and remembers per VNI the runs of frames it appended and
+//! which session caused each run. When it seals (after each batch of
+//! commands, before a SUBSCRIBE/UNSUBSCRIBE of that VNI, before a watch
+//! snapshot, or when the arena is full) it copies each touched VNI's frames
+//! into one buffer sized to its content, contiguous per VNI, and hands every
+//! subscriber of that VNI a zero-copy slice of it through the subscriber's
+//! [`Mailbox`]. So:
+//! * an update costs work proportional to the subscribers of its VNI, not to
+//!   all sessions; a session is woken only when something it wants arrived,
+//!   and only once until it has taken its mail (coalesced wake-ups);
+//! * fan-out to M subscribers costs one encoding and M `Bytes` clones per VNI
+//!   and batch, never per route;
+//! * the table never waits: delivering is pushing a slice onto a queue. A
+//!   mailbox that holds more than its reader's lag limit is cleared and
+//!   marked overflowed (its reader closes the session, the client resyncs),
+//!   so memory stays bounded by the limit, per reader;
+//! * a SUBSCRIBE's dump is pushed into the subscriber's mailbox right after
+//!   the VNI was sealed, so it sits exactly between the updates before it
+//!   (contained in the dump, never delivered again) and after it;
+//! * a session never hears its own updates: runs caused by it are skipped
+//!   when its slices are cut.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
 
 use super::SessionId;
 use crate::wire::{encode_update, Action, Route, Vni};
 
-/// Seal the open chunk once it holds this many bytes of frames.
-const CHUNK_BYTES: usize = 64 * 1024;
-/// Capacity of a chunk buffer: the frame that crosses [`CHUNK_BYTES`] still
-/// fits, so a chunk is one allocation and never grows.
-const CHUNK_CAPACITY: usize = CHUNK_BYTES + crate::wire::HEADER_LEN + crate::wire::MAX_SEND_PAYLOAD;
+/// Seal everything once the arena holds this many bytes of frames: bounds
+/// the latency of a long batch and the size of a sealed buffer.
+const SEAL_BYTES: usize = 64 * 1024;
 
-/// One entry of the log.
+/// What a reader receives, in the order the table decided it.
 #[derive(Debug)]
-pub enum Entry {
-    /// An UPDATE frame, the bytes up to `end` in the chunk's data.
-    Update {
-        /// End offset of the frame in [`Chunk::data`].
-        end: u32,
-        /// VNI of the route.
-        vni: Vni,
-        /// Session whose action caused it (it must not hear its own update).
-        origin: SessionId,
+pub enum Mail {
+    /// Live updates: whole UPDATE frames back to back, a zero-copy slice of a
+    /// sealed buffer shared by every subscriber of the VNI.
+    Updates {
+        /// The frames.
+        frames: Bytes,
+        /// How many frames.
+        count: u32,
+        /// When the oldest cause of these updates arrived (for the
+        /// propagation latency metric).
+        since: Option<Instant>,
     },
-    /// `session` subscribed to `vni`; its dump, encoded, is attached.
-    Subscribed(Box<SubscribedMarker>),
-    /// `session` unsubscribed from `vni`.
-    Unsubscribed {
-        /// Who.
-        session: SessionId,
-        /// Which VNI.
+    /// The answer to a SUBSCRIBE: every route of the VNI at that point
+    /// (except the subscriber's own), as UPDATE ADD frames.
+    Dump {
+        /// The VNI subscribed to.
         vni: Vni,
+        /// Buffers of whole frames.
+        frames: Vec<Bytes>,
+        /// Number of routes.
+        routes: usize,
+        /// When the SUBSCRIBE arrived (for the dump duration metric).
+        requested_at: Instant,
     },
 }
 
-/// A SUBSCRIBE that took effect at this point of the log.
-#[derive(Debug)]
-pub struct SubscribedMarker {
-    /// Who subscribed.
-    pub session: SessionId,
-    /// To what.
-    pub vni: Vni,
-    /// Every route of the VNI at this point (except the session's own), as
-    /// UPDATE ADD frames in buffers of whole frames.
-    pub dump: Vec<Bytes>,
-    /// Number of routes in `dump`.
-    pub routes: usize,
-    /// When the SUBSCRIBE arrived (for the dump duration metric).
-    pub requested_at: Instant,
-}
-
-/// A sealed, immutable piece of the log.
-#[derive(Debug)]
-pub struct Chunk {
-    /// Byte position of `data` in the whole log (for lag accounting).
-    pub start: u64,
-    /// UPDATE frames back to back.
-    pub data: Bytes,
-    /// Entries in order.
-    pub entries: Vec<Entry>,
-    /// When the cause of this chunk's first update arrived (an UPDATE read
-    /// from a peer, an API call, a session's end): the oldest, as causes are
-    /// applied in arrival order. For the propagation latency metric; `None`
-    /// if the chunk has no updates.
-    pub oldest_cause: Option<Instant>,
-    next: OnceLock<Arc<Chunk>>,
-}
-
-impl Chunk {
-    /// The chunk sealed after this one, once there is one.
-    pub fn next(&self) -> Option<&Arc<Chunk>> {
-        self.next.get()
-    }
-
-    /// Byte position just past this chunk.
-    pub fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
-    }
-}
-
-impl Drop for Chunk {
-    /// Unlinks the chain iteratively: a long tail that nobody else holds
-    /// would otherwise be dropped recursively and could overflow the stack.
-    fn drop(&mut self) {
-        let mut next = self.next.take();
-        while let Some(chunk) = next {
-            match Arc::try_unwrap(chunk) {
-                Ok(mut chunk) => next = chunk.next.take(),
-                Err(_) => break,
-            }
+impl Mail {
+    /// Bytes of frames this mail carries.
+    pub fn len(&self) -> usize {
+        match self {
+            Mail::Updates { frames, .. } => frames.len(),
+            Mail::Dump { frames, .. } => frames.iter().map(Bytes::len).sum(),
         }
     }
+
+    /// True when it carries no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
-/// The writing end, owned by the table task.
-pub struct LogWriter {
-    tail: Arc<Chunk>,
-    data: BytesMut,
-    entries: Vec<Entry>,
+/// One reader's queue of mail: written by the table task, read by one
+/// session task (or route watcher). The lock is held only to push or to take
+/// a few items, never across routing work or I/O.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Mail>>,
+    /// Bytes of frames queued (what the reader has not taken yet).
+    queued: AtomicU64,
+    /// Queued bytes above which the mailbox overflows.
+    limit: u64,
+    /// Set once the limit was exceeded: nothing more is delivered.
+    overflowed: AtomicBool,
+    /// The queued bytes when it overflowed (for the close reason).
+    overflowed_at: AtomicU64,
+    /// Set when the reader is gone: the writer forgets the mailbox.
+    closed: AtomicBool,
+    /// Wakes the reader; notified once per transition from empty to not empty.
+    wake: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    /// A new mailbox that overflows when more than `limit` bytes are queued.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicU64::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            overflowed_at: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Mail>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `mail` (writer side). Never blocks on the reader: if the reader
+    /// is too far behind, the queue is dropped and the mailbox overflows.
+    pub fn push(&self, mail: Mail) {
+        let len = mail.len() as u64;
+        let mut q = self.lock();
+        if self.overflowed.load(Relaxed) || self.closed.load(Relaxed) {
+            return;
+        }
+        let queued = self.queued.load(Relaxed) + len;
+        if queued > self.limit {
+            self.overflowed_at.store(queued, Relaxed);
+            self.overflowed.store(true, Relaxed);
+            self.queued.store(0, Relaxed);
+            let dropped = std::mem::take(&mut *q);
+            drop(q);
+            drop(dropped);
+            self.wake.notify_one();
+            return;
+        }
+        q.push_back(mail);
+        self.queued.store(queued, Relaxed);
+        let was_empty = q.len() == 1;
+        drop(q);
+        // Told once until the reader has taken what is there.
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes mail in order while `take` accepts it (reader side). Returns the
+    /// number of items taken.
+    pub fn take_while(&self, mut take: impl FnMut(Mail) -> Result<(), Mail>) -> usize {
+        let mut q = self.lock();
+        let mut n = 0;
+        while let Some(mail) = q.pop_front() {
+            let len = mail.len() as u64;
+            if let Err(mail) = take(mail) {
+                q.push_front(mail);
+                break;
+            }
+            self.queued.fetch_sub(len, Relaxed);
+            n += 1;
+        }
+        if q.is_empty() && q.capacity() > 8 {
+            // An idle reader holds no queue memory.
+            *q = VecDeque::new();
+        }
+        n
+    }
+
+    /// True when mail is waiting.
+    pub fn has_mail(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    /// Bytes queued and not taken yet.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued.load(Relaxed)
+    }
+
+    /// `Some(bytes queued when it happened)` once the mailbox overflowed.
+    pub fn overflowed(&self) -> Option<u64> {
+        self.overflowed
+            .load(Relaxed)
+            .then(|| self.overflowed_at.load(Relaxed))
+    }
+
+    /// Waits until mail may be waiting (or the mailbox overflowed).
+    pub async fn notified(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The reader is gone: the writer stops delivering and forgets it.
+    pub fn close(&self) {
+        let mut q = self.lock();
+        self.closed.store(true, Relaxed);
+        self.queued.store(0, Relaxed);
+        let dropped = std::mem::take(&mut *q);
+        drop(q);
+        drop(dropped);
+    }
+
+    /// Whether [`Mailbox::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+}
+
+/// A run of frames of one VNI caused by one session.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    start: u32,
+    end: u32,
+    origin: SessionId,
+    count: u32,
+}
+
+/// What a VNI has appended since it was last sealed.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Ranges of the arena, in order.
+    runs: Vec<Run>,
+    /// When the cause of the first of them arrived.
+    since: Option<Instant>,
+}
+
+/// A subscriber of one VNI.
+#[derive(Debug)]
+struct Subscriber {
+    session: SessionId,
+    mailbox: Arc<Mailbox>,
+}
+
+/// An all-VNI reader (a route watch), optionally limited to one VNI.
+#[derive(Debug)]
+struct Watcher {
+    vni: Option<Vni>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// The writing side, owned by the table task. See the module documentation.
+#[derive(Debug, Default)]
+pub struct FanOut {
+    arena: BytesMut,
+    pending: HashMap<Vni, Pending>,
+    /// Touched VNIs in the order they were first touched since the last seal.
+    touched: Vec<Vni>,
+    subscribers: HashMap<Vni, Vec<Subscriber>>,
+    watchers: Vec<Watcher>,
     /// When the cause of the updates being appended now arrived.
     cause: Option<Instant>,
-    /// The cause time of the open chunk's first update.
-    oldest_cause: Option<Instant>,
-    published: tokio::sync::watch::Sender<Arc<Chunk>>,
+    /// Bytes of frames sealed so far.
+    sealed_bytes: u64,
 }
 
-/// The reading side handed to sessions: subscribe to get the newest sealed chunk.
-pub type LogWatch = tokio::sync::watch::Receiver<Arc<Chunk>>;
-
-impl LogWriter {
-    /// A new, empty log.
+impl FanOut {
+    /// An empty fan-out.
     pub fn new() -> Self {
-        let tail = Arc::new(Chunk {
-            start: 0,
-            data: Bytes::new(),
-            entries: Vec::new(),
-            oldest_cause: None,
-            next: OnceLock::new(),
-        });
-        let (published, _) = tokio::sync::watch::channel(tail.clone());
-        Self {
-            tail,
-            data: BytesMut::with_capacity(CHUNK_CAPACITY),
-            entries: Vec::new(),
-            cause: None,
-            oldest_cause: None,
-            published,
-        }
-    }
-
-    /// A receiver of sealed chunks, for a new session's cursor.
-    pub fn watch(&self) -> LogWatch {
-        self.published.subscribe()
+        Self::default()
     }
 
     /// Records when the cause of the updates appended from now on arrived.
@@ -156,178 +266,213 @@ impl LogWriter {
         self.cause = Some(at);
     }
 
-    /// Appends an UPDATE for `route`, caused by `origin`.
+    /// Appends an UPDATE for `route`, caused by `origin`. It reaches the
+    /// subscribers of its VNI (but `origin`) and the watchers at the next seal.
     pub fn append_update(&mut self, action: Action, route: &Route, origin: SessionId) {
-        if self.oldest_cause.is_none() {
-            self.oldest_cause = self.cause;
+        if self.subscribers.get(&route.vni).is_none_or(Vec::is_empty) && self.watchers.is_empty() {
+            // Nobody listens: nothing to encode.
+            return;
         }
-        encode_update(action, route, &mut self.data);
-        self.entries.push(Entry::Update {
-            end: self.data.len() as u32,
-            vni: route.vni,
-            origin,
+        let start = self.arena.len() as u32;
+        encode_update(action, route, &mut self.arena);
+        let end = self.arena.len() as u32;
+        let pending = self.pending.entry(route.vni).or_insert_with(|| {
+            self.touched.push(route.vni);
+            Pending::default()
         });
-        if self.data.len() >= CHUNK_BYTES {
+        if pending.since.is_none() {
+            pending.since = self.cause;
+        }
+        match pending.runs.last_mut() {
+            Some(run) if run.origin == origin && run.end == start => {
+                run.end = end;
+                run.count += 1;
+            }
+            _ => pending.runs.push(Run {
+                start,
+                end,
+                origin,
+                count: 1,
+            }),
+        }
+        if self.arena.len() >= SEAL_BYTES {
             self.seal();
         }
     }
 
-    /// Appends a marker entry.
-    pub fn append_marker(&mut self, entry: Entry) {
-        debug_assert!(!matches!(entry, Entry::Update { .. }));
-        self.entries.push(entry);
-    }
-
-    /// Publishes everything appended so far to the readers.
+    /// Delivers everything appended so far to its readers.
     pub fn seal(&mut self) {
-        if self.entries.is_empty() {
+        if self.touched.is_empty() {
             return;
         }
-        let data = self.data.split().freeze();
-        // Small chunks (one update on a quiet server) share one buffer; a new
-        // one is allocated only when the rest of this one is nearly used up.
-        if self.data.capacity() < 4 * (crate::wire::HEADER_LEN + crate::wire::MAX_SEND_PAYLOAD) {
-            self.data = BytesMut::with_capacity(CHUNK_CAPACITY);
+        self.prune_watchers();
+        let touched = std::mem::take(&mut self.touched);
+        let total: usize = touched
+            .iter()
+            .filter_map(|v| self.pending.get(v))
+            .flat_map(|p| p.runs.iter())
+            .map(|r| (r.end - r.start) as usize)
+            .sum();
+        // One buffer, sized to its content, each VNI's frames contiguous.
+        let mut out = BytesMut::with_capacity(total);
+        let mut placed = Vec::with_capacity(touched.len());
+        for vni in touched {
+            let Some(pending) = self.pending.remove(&vni) else {
+                continue;
+            };
+            placed.push((vni, self.place(&mut out, pending.runs), pending.since));
         }
-        let chunk = Arc::new(Chunk {
-            start: self.tail.end(),
-            data,
-            entries: std::mem::take(&mut self.entries),
-            oldest_cause: self.oldest_cause.take(),
-            next: OnceLock::new(),
-        });
-        let linked = self.tail.next.set(chunk.clone());
-        debug_assert!(linked.is_ok());
-        self.tail = chunk.clone();
-        // Sent after linking, so a reader woken by it always finds the link.
-        self.published.send_replace(chunk);
-    }
-
-    /// Byte position of the end of the sealed log.
-    pub fn end(&self) -> u64 {
-        self.tail.end()
-    }
-}
-
-impl Default for LogWriter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A session's reading position in the log.
-#[derive(Debug)]
-pub struct LogCursor {
-    chunk: Arc<Chunk>,
-    /// Next entry to read in `chunk`.
-    index: usize,
-    /// Byte offset in `chunk.data` where the next UPDATE frame starts.
-    offset: usize,
-    watch: LogWatch,
-}
-
-/// What a cursor yields.
-pub enum Item<'a> {
-    /// An UPDATE frame of `vni` caused by `origin`.
-    Update {
-        /// The whole frame.
-        frame: &'a Bytes,
-        /// Byte range of the frame in `frame` (a slice of the chunk's data).
-        range: std::ops::Range<usize>,
-        /// Route VNI.
-        vni: Vni,
-        /// Cause.
-        origin: SessionId,
-        /// When the oldest cause of the updates of this frame's chunk arrived.
-        since: Option<Instant>,
-    },
-    /// A marker entry.
-    Marker(&'a Entry),
-}
-
-impl LogCursor {
-    /// A cursor positioned at the end of the sealed log: it sees only what is
-    /// appended after this call.
-    pub fn new(mut watch: LogWatch) -> Self {
-        let chunk = watch.borrow_and_update().clone();
-        let index = chunk.entries.len();
-        let offset = chunk.data.len();
-        Self {
-            chunk,
-            index,
-            offset,
-            watch,
+        let out = out.freeze();
+        for (vni, runs, since) in placed {
+            self.deliver(vni, &out, &runs, since);
+        }
+        self.arena.clear();
+        if self.arena.capacity() > 4 * SEAL_BYTES {
+            self.arena = BytesMut::new();
         }
     }
 
-    /// Calls `f` for each available entry, in order, until `f` returns false
-    /// or the sealed log ends. Returns the number of entries consumed.
-    pub fn drain(&mut self, mut f: impl FnMut(Item<'_>) -> bool) -> usize {
-        let mut consumed = 0;
-        loop {
-            while self.index < self.chunk.entries.len() {
-                let item = match &self.chunk.entries[self.index] {
-                    Entry::Update { end, vni, origin } => Item::Update {
-                        frame: &self.chunk.data,
-                        range: self.offset..*end as usize,
-                        vni: *vni,
-                        origin: *origin,
-                        since: self.chunk.oldest_cause,
-                    },
-                    marker => Item::Marker(marker),
-                };
-                let end = match item {
-                    Item::Update { ref range, .. } => Some(range.end),
-                    Item::Marker(_) => None,
-                };
-                if !f(item) {
-                    return consumed;
+    /// Delivers what `vni` has appended so far (before its subscriber set
+    /// changes, so a dump sits exactly between the updates before and after it).
+    pub fn seal_vni(&mut self, vni: Vni) {
+        let Some(pending) = self.pending.remove(&vni) else {
+            return;
+        };
+        self.touched.retain(|v| *v != vni);
+        self.prune_watchers();
+        let total = pending
+            .runs
+            .iter()
+            .map(|r| (r.end - r.start) as usize)
+            .sum();
+        let mut out = BytesMut::with_capacity(total);
+        let runs = self.place(&mut out, pending.runs);
+        self.deliver(vni, &out.freeze(), &runs, pending.since);
+        if self.touched.is_empty() {
+            self.arena.clear();
+        }
+    }
+
+    /// Copies `runs` of the arena into `out`, merging neighbours of the same
+    /// origin; returns the runs as ranges of `out`.
+    fn place(&self, out: &mut BytesMut, runs: Vec<Run>) -> Vec<Run> {
+        let mut placed: Vec<Run> = Vec::with_capacity(runs.len());
+        for run in runs {
+            let start = out.len() as u32;
+            out.extend_from_slice(&self.arena[run.start as usize..run.end as usize]);
+            let end = out.len() as u32;
+            match placed.last_mut() {
+                Some(last) if last.origin == run.origin => {
+                    last.end = end;
+                    last.count += run.count;
                 }
-                if let Some(end) = end {
-                    self.offset = end;
+                _ => placed.push(Run {
+                    start,
+                    end,
+                    origin: run.origin,
+                    count: run.count,
+                }),
+            }
+        }
+        placed
+    }
+
+    fn deliver(&mut self, vni: Vni, out: &Bytes, runs: &[Run], since: Option<Instant>) {
+        let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
+            return;
+        };
+        let whole = out.slice(first.start as usize..last.end as usize);
+        let count: u32 = runs.iter().map(|r| r.count).sum();
+        self.sealed_bytes += whole.len() as u64;
+        if let Some(subs) = self.subscribers.get(&vni) {
+            for sub in subs {
+                if runs.iter().all(|r| r.origin != sub.session) {
+                    sub.mailbox.push(Mail::Updates {
+                        frames: whole.clone(),
+                        count,
+                        since,
+                    });
+                    continue;
                 }
-                self.index += 1;
-                consumed += 1;
-            }
-            match self.chunk.next() {
-                Some(next) => {
-                    self.chunk = next.clone();
-                    self.index = 0;
-                    self.offset = 0;
+                // Cut out the subscriber's own runs; neighbours stay one slice.
+                let mut from: Option<(u32, u32, u32)> = None;
+                for run in runs {
+                    if run.origin == sub.session {
+                        if let Some((s, e, c)) = from.take() {
+                            sub.mailbox.push(Mail::Updates {
+                                frames: out.slice(s as usize..e as usize),
+                                count: c,
+                                since,
+                            });
+                        }
+                    } else {
+                        from = Some(match from {
+                            Some((s, _, c)) => (s, run.end, c + run.count),
+                            None => (run.start, run.end, run.count),
+                        });
+                    }
                 }
-                None => return consumed,
+                if let Some((s, e, c)) = from {
+                    sub.mailbox.push(Mail::Updates {
+                        frames: out.slice(s as usize..e as usize),
+                        count: c,
+                        since,
+                    });
+                }
+            }
+        }
+        for w in &self.watchers {
+            if w.vni.is_none_or(|v| v == vni) {
+                w.mailbox.push(Mail::Updates {
+                    frames: whole.clone(),
+                    count,
+                    since,
+                });
             }
         }
     }
 
-    /// Waits until there is something new to read.
-    pub async fn readable(&mut self) {
-        loop {
-            self.watch.borrow_and_update();
-            if self.index < self.chunk.entries.len() || self.chunk.next().is_some() {
-                return;
+    fn prune_watchers(&mut self) {
+        self.watchers.retain(|w| !w.mailbox.is_closed());
+    }
+
+    /// `session` hears the updates of `vni` sealed from now on. Call
+    /// [`FanOut::seal_vni`] first.
+    pub fn subscribe(&mut self, vni: Vni, session: SessionId, mailbox: Arc<Mailbox>) {
+        debug_assert!(!self.pending.contains_key(&vni), "seal the VNI first");
+        self.subscribers
+            .entry(vni)
+            .or_default()
+            .push(Subscriber { session, mailbox });
+    }
+
+    /// `session` no longer hears `vni`. Call [`FanOut::seal_vni`] first if it
+    /// must still hear what was appended before.
+    pub fn unsubscribe(&mut self, vni: Vni, session: SessionId) {
+        if let hashbrown::hash_map::Entry::Occupied(mut subs) = self.subscribers.entry(vni) {
+            if let Some(i) = subs.get().iter().position(|s| s.session == session) {
+                subs.get_mut().swap_remove(i);
             }
-            if self.watch.changed().await.is_err() {
-                // The writer is gone (shutdown): nothing will ever come.
-                std::future::pending::<()>().await;
+            if subs.get().is_empty() {
+                subs.remove();
             }
         }
     }
 
-    /// Waits until there is something new to read (`readable`), or else
-    /// until the log grows at all: that lets a session that cannot send
-    /// re-check how far it has fallen behind.
-    pub async fn wait(&mut self, readable: bool) {
-        if readable {
-            self.readable().await;
-        } else if self.watch.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    /// A watcher hears every update (of `vni`, if given) sealed from now on.
+    /// Call [`FanOut::seal`] first.
+    pub fn watch(&mut self, vni: Option<Vni>, mailbox: Arc<Mailbox>) {
+        self.watchers.push(Watcher { vni, mailbox });
     }
 
-    /// How many bytes of the sealed log this cursor has not read yet.
-    pub fn lag_bytes(&self) -> u64 {
-        let newest = self.watch.borrow().end();
-        newest.saturating_sub(self.chunk.start + self.offset as u64)
+    /// Subscribers of `vni`.
+    pub fn subscriber_count(&self, vni: Vni) -> usize {
+        self.subscribers.get(&vni).map_or(0, Vec::len)
+    }
+
+    /// Bytes of update frames sealed so far (each counted once, however many
+    /// subscribers share it).
+    pub fn sealed_bytes(&self) -> u64 {
+        self.sealed_bytes
     }
 }

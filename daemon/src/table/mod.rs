@@ -442,6 +442,11 @@ impl RouteTable {
         }
     }
 
+    /// Number of routes in `vni`.
+    pub fn routes_in(&self, vni: Vni) -> usize {
+        self.vnis.get(&vni).map_or(0, |vt| vt.routes)
+    }
+
     /// Number of routes `session` announces.
     pub fn announced_by(&self, session: SessionId) -> usize {
         self.sessions.get(&session).map_or(0, |s| s.announced.len())

@@ -35,7 +35,7 @@ pub struct Latency {
 /// Outcome of one scenario.
 #[derive(Clone, Debug, Default)]
 pub struct ScenarioResult {
-    /// fanout, dump, withdraw or latency.
+    /// fanout, preload, dump, session-end, withdraw, latency or scrape.
     pub name: &'static str,
     /// Routes (N); samples for latency.
     pub routes: u64,
@@ -230,8 +230,7 @@ impl ScenarioResult {
                 o.num("bytes_per_route", b);
             }
         }
-        let notes: Vec<String> = self.notes.iter().map(|n| json_string(n)).collect();
-        o.raw("notes", &format!("[{}]", notes.join(",")));
+        o.strings("notes", &self.notes);
         o.finish()
     }
 }
@@ -251,8 +250,9 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// A JSON object written field by field (one line, no dependency).
 #[derive(Default)]
-struct JsonObject {
+pub struct JsonObject {
     out: String,
 }
 
@@ -262,11 +262,13 @@ impl JsonObject {
         self.out.push_str(&json_string(k));
         self.out.push(':');
     }
-    fn str(&mut self, k: &str, v: &str) {
+    /// Adds a field.
+    pub fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         self.out.push_str(&json_string(v));
     }
-    fn num(&mut self, k: &str, v: f64) {
+    /// Adds a field.
+    pub fn num(&mut self, k: &str, v: f64) {
         self.key(k);
         if !v.is_finite() {
             self.out.push_str("null");
@@ -276,11 +278,18 @@ impl JsonObject {
             let _ = write!(self.out, "{v:.6}");
         }
     }
-    fn raw(&mut self, k: &str, v: &str) {
+    /// Adds a field.
+    pub fn raw(&mut self, k: &str, v: &str) {
         self.key(k);
         self.out.push_str(v);
     }
-    fn finish(mut self) -> String {
+    /// Adds an array of strings.
+    pub fn strings(&mut self, k: &str, v: &[String]) {
+        let items: Vec<String> = v.iter().map(|n| json_string(n)).collect();
+        self.raw(k, &format!("[{}]", items.join(",")));
+    }
+    /// The object's text.
+    pub fn finish(mut self) -> String {
         if self.out.is_empty() {
             self.out.push('{');
         }

@@ -296,3 +296,31 @@ fn help_describes_mbbench_and_every_scenario() {
     ]);
     assert_eq!(code, Some(2), "a bad fleet shape is a usage error");
 }
+
+#[test]
+fn nothing_listening_is_a_setup_failure() {
+    // A port nothing listens on: taken from a listener we close again.
+    let port = TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("[::1]:{port}");
+    let started = Instant::now();
+    let (code, out) = mbbench(&[
+        "--server",
+        &addr,
+        "--scenario",
+        "fleet",
+        "--hypervisors",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    // Without the early exit it would wait for --stall (30 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

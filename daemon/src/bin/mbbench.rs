@@ -353,6 +353,10 @@ fn fleet_main(args: Args) -> ExitCode {
     let results = local.block_on(&rt, fleet::run(cfg.clone(), &report));
     drop(local);
     rt.shutdown_timeout(Duration::from_secs(2));
+    if results.first().is_some_and(|r| r.connects == 0) {
+        out.human("mbbench: setup failed: no session could connect");
+        return ExitCode::from(2);
+    }
     let phases = ["connect", "converge", "churn", "storm"];
     let ran: Vec<&str> = results.iter().map(|r| r.name).collect();
     let bad: Vec<&str> = results.iter().filter(|r| !r.ok()).map(|r| r.name).collect();

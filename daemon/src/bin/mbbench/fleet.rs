@@ -542,8 +542,14 @@ async fn wait_until(ctx: &Ctx, snap: &Snap, goal: impl Fn(&World) -> bool) -> (O
                 };
                 return (Some(cpu), now.duration_since(snap.t0).as_secs_f64());
             }
+            let c = w.counters();
+            // Every session failed to connect and none ever did: the
+            // address is wrong or nothing listens; no point waiting.
+            if c.connects == 0 && c.connect_failures >= u64::from(w.shape.dims.sessions) {
+                return (None, now.duration_since(snap.t0).as_secs_f64());
+            }
             let e = w.ledger.total_events();
-            let seen = (e.adds + e.removes, w.counters().connects);
+            let seen = (e.adds + e.removes, c.connects);
             if seen != last_seen {
                 last_seen = seen;
                 last_progress = now;

@@ -617,19 +617,7 @@ async fn a_slow_watcher_gets_lagged_and_the_daemon_keeps_serving_peers() {
 
 #[tokio::test]
 async fn a_read_only_tcp_listener_lists_but_refuses_changes() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let dir = unique_temp_dir();
-    let config = dir.join("metalbondd.toml");
-    std::fs::write(
-        &config,
-        format!("[api]\ntcp_listen = \"127.0.0.1:{port}\"\ntcp_read_only = true\n"),
-    )
-    .unwrap();
-    let d = Daemon::start(&["--config", config.to_str().unwrap()]);
-    assert!(d.wait_for_log("control API listening on TCP", T).await);
+    let (d, port) = common::api::start_with_tcp_api("tcp_read_only = true\n").await;
     let channel = tonic::transport::Endpoint::try_from(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect()
@@ -666,5 +654,4 @@ async fn a_read_only_tcp_listener_lists_but_refuses_changes() {
         .await
         .unwrap();
     assert!(d.is_alive());
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -210,19 +210,7 @@ fn authorities(socket: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_socket_path_authority_gets_answers_on_both_listeners() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let dir = unique_temp_dir();
-    let config = dir.join("metalbondd.toml");
-    std::fs::write(
-        &config,
-        format!("[api]\ntcp_listen = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    let d = Daemon::start(&["--config", config.to_str().unwrap()]);
-    assert!(d.wait_for_log("control API listening on TCP", T).await);
+    let (d, port) = common::api::start_with_tcp_api("").await;
     let socket = d.api_socket();
     for authority in authorities(&socket) {
         let mut unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
@@ -233,7 +221,6 @@ async fn a_socket_path_authority_gets_answers_on_both_listeners() {
         check_answers(&mut tcp, &authority).await;
     }
     assert!(d.is_alive());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 // --- Python grpcio ----------------------------------------------------------

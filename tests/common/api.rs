@@ -144,3 +144,26 @@ pub async fn withdraw(sock: &Path, texts: &[&str]) {
         .await
         .expect("WithdrawRoutes");
 }
+
+/// Starts a daemon whose API also listens on a free TCP port of 127.0.0.1
+/// (`extra_api_keys`: more lines of the `[api]` section, e.g.
+/// `tcp_read_only = true`), once that listener is up. Returns the port.
+pub async fn start_with_tcp_api(extra_api_keys: &str) -> (super::Daemon, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = super::unique_temp_dir();
+    let config = dir.join("metalbondd.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\ntcp_listen = \"127.0.0.1:{port}\"\n{extra_api_keys}"),
+    )
+    .unwrap();
+    let d = super::Daemon::start(&["--config", config.to_str().unwrap()]);
+    assert!(
+        d.wait_for_log("control API listening on TCP", super::T)
+            .await
+    );
+    (d, port)
+}

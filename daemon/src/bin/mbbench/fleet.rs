@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use metalbondd::wire::{
-    codec::decode_payload, encode_message, encode_update, Action, Hello, Message, MessageType, Vni,
+    codec::decode_payload, encode_message, encode_update, Action, Message, MessageType, Vni,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
@@ -851,22 +851,7 @@ async fn session(h: u32, ctx: Rc<Ctx>) {
 /// negotiated interval and any bytes read past the handshake.
 async fn handshake(cfg: &FleetConfig) -> Result<(TcpStream, Duration, Vec<u8>), String> {
     use tokio::io::AsyncWriteExt;
-    let mut stream = TcpStream::connect(cfg.server)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut out = BytesMut::new();
-    encode_message(
-        &Message::Hello(Hello {
-            keepalive_secs: cfg.keepalive,
-            is_server: false,
-        }),
-        &mut out,
-    );
-    stream
-        .write_all(&out)
-        .await
-        .map_err(|e| format!("send HELLO: {e}"))?;
+    let mut stream = crate::peer::connect_and_send_hello(cfg.server, cfg.keepalive).await?;
     let mut buf = Vec::with_capacity(64);
     let (t, payload) = read_frame(&mut stream, &mut buf).await?;
     let server_secs = match (t, decode_payload_of(t, &payload)) {

@@ -182,22 +182,7 @@ impl Peer {
     }
 
     async fn connect_inner(cfg: &PeerConfig, sink: Sink) -> Result<Peer, String> {
-        let mut stream = TcpStream::connect(cfg.server)
-            .await
-            .map_err(|e| format!("connect to {}: {e}", cfg.server))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut out = BytesMut::new();
-        encode_message(
-            &Message::Hello(Hello {
-                keepalive_secs: cfg.keepalive,
-                is_server: false,
-            }),
-            &mut out,
-        );
-        stream
-            .write_all(&out)
-            .await
-            .map_err(|e| format!("send HELLO: {e}"))?;
+        let mut stream = connect_and_send_hello(cfg.server, cfg.keepalive).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let server_secs = match read_frame(&mut stream, &mut buf).await? {
             Message::Hello(h) => h.keepalive_secs,
@@ -331,6 +316,32 @@ impl Drop for Peer {
 }
 
 /// Reads until one whole frame is decoded (handshake only).
+/// Connects to `server` (TCP_NODELAY, as MetalBond peers do) and sends the
+/// client's HELLO offering `keepalive_secs`: the first step of every
+/// handshake mbbench makes.
+pub async fn connect_and_send_hello(
+    server: SocketAddr,
+    keepalive_secs: u32,
+) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("connect to {server}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut out = BytesMut::new();
+    encode_message(
+        &Message::Hello(Hello {
+            keepalive_secs,
+            is_server: false,
+        }),
+        &mut out,
+    );
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("send HELLO: {e}"))?;
+    Ok(stream)
+}
+
 async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Message, String> {
     loop {
         match decode_frame(buf) {

@@ -38,15 +38,6 @@ fn metalbondd(args: &[&str]) -> (Option<i32>, String, String) {
     (out.code, out.stdout, out.stderr)
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `--api-socket DIR/NAME.sock --state-dir DIR/NAME`.
 fn private_paths(dir: &Path, name: &str) -> Vec<String> {
     vec![

@@ -1412,15 +1412,6 @@ async fn peer_reset_and_vni_against_the_daemon() {
     helper.expect_closed(T).await;
 }
 
-/// A port on [::1] that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `metalbondd client ARGS` with its own API socket and state
 /// directory in `dir`.
 fn start_client(dir: &Path, args: &[&str]) -> Daemon {

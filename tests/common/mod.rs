@@ -83,6 +83,15 @@ pub struct Daemon {
     dir: Option<std::path::PathBuf>,
 }
 
+/// A port on [::1] that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A new empty directory under the system temp dir, unique to this process and call.
 pub fn unique_temp_dir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};

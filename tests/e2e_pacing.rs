@@ -31,6 +31,14 @@ const PER_ROUTE_SLOW: Duration = Duration::from_micros(200);
 /// Upper bound for a whole transfer.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The tests of this file run one at a time. Pacing reads the peer's ACKs
+/// and window; a Go-like reader starved of CPU for longer than its
+/// retransmission timeout gets quick ACKs from its kernel and a window that
+/// grows while it does not read (ADR 0006, "Limits"), which no sender can
+/// tell from reading. Run side by side, the unpaced flood of one test can
+/// starve another test's reader that long on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn test_routes() -> Vec<Route> {
     (0..ROUTES)
         .map(|i| {
@@ -215,6 +223,7 @@ fn run_go_reader(addr: SocketAddr, expected: usize, per_route: Duration) -> GoOu
 }
 
 async fn dump_to_go_reader(per_route: Duration) {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let d = Daemon::start(&[]);
     let _announcer = load_routes(&d).await;
     let addr = d.addr;
@@ -240,6 +249,7 @@ async fn a_slow_go_like_reader_receives_a_large_dump_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_like_reader_survives_a_live_burst() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let d = Daemon::start(&[]);
     let addr = d.addr;
     let go = std::thread::spawn(move || {
@@ -268,6 +278,7 @@ async fn a_go_like_reader_survives_a_live_burst() {
 /// The check above has teeth: without pacing, the same reader fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_pacing_the_go_like_reader_fails() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let d = Daemon::start(&["--pace-limit", "0"]);
     let _announcer = load_routes(&d).await;
     let addr = d.addr;

@@ -25,11 +25,9 @@
 //! * **Fast readers go unpaced.** Linux grows a receiver's buffer (and so the
 //!   window it advertises) only while its application reads more per
 //!   round trip than the buffer holds. A peer whose window has passed
-//!   [`FAST_READER_WINDOW`] beyond what one such growth grants any reader
-//!   (the kernel's `tcp_rcv_space_adjust` sizes the window to twice what was
-//!   read plus 16 segments, see [`fast_reader_window`]) has shown that it
-//!   reads fast; from then on it gets data as fast as TCP takes it. A Go peer,
-//!   fed paced batches and reading slowly, keeps a window of around 100 KiB.
+//!   [`FAST_READER_WINDOW`] has shown that it reads fast; from then on it gets
+//!   data as fast as TCP takes it. A Go peer, fed paced batches and reading
+//!   slowly, keeps a window of around 100 KiB.
 //!
 //! A slow reader is fed at its own pace.
 
@@ -37,22 +35,8 @@ use std::time::{Duration, Instant};
 
 /// Largest whole frame (header + the largest payload we ever send).
 pub const MAX_FRAME: usize = crate::wire::HEADER_LEN + crate::wire::MAX_SEND_PAYLOAD;
-/// A peer that advertised a window this much larger than one buffer growth
-/// grants any reader reads fast: pacing stops (see [`fast_reader_window`]).
+/// A peer that advertised a window this large reads fast: pacing stops.
 pub const FAST_READER_WINDOW: u32 = 1 << 20;
-
-/// The window a peer must advertise to count as a fast reader, given the
-/// segment size of the connection.
-///
-/// When a receiver's application read more in a round trip than its buffer
-/// held, Linux sizes the window to twice what it read plus 16 segments
-/// (`tcp_rcv_space_adjust`). On loopback a segment is 64 KiB, so a single
-/// growth opens the window past 1 MiB even for a slow Go reader that read
-/// 100 KiB in one (delayed-ACK-long) round trip; the 16 segments are not
-/// evidence of speed and are added to the mark.
-pub fn fast_reader_window(mss: Option<u32>) -> u32 {
-    FAST_READER_WINDOW.saturating_add(mss.unwrap_or(0).saturating_mul(16))
-}
 /// Upper bound of the configurable limit, below the Go reader's 65,535 bytes.
 const HARD_LIMIT: usize = 60 * 1024;
 /// How long to wait before re-checking a peer that has too much unread.
@@ -83,8 +67,6 @@ pub struct SocketProbe {
     pub unacked: usize,
     /// Receive window the peer advertised last (`tcpi_snd_wnd`), if the kernel reports it.
     pub peer_window: Option<u32>,
-    /// Segment size we send with (`tcpi_snd_mss`), if the kernel reports it.
-    pub mss: Option<u32>,
 }
 
 /// What to do with queued route data now.
@@ -171,10 +153,7 @@ impl Pacer {
 
     /// Decides how much route data may be written now.
     pub fn decide(&mut self, probe: SocketProbe, now: Instant) -> Decision {
-        if probe
-            .peer_window
-            .is_some_and(|w| w >= fast_reader_window(probe.mss))
-        {
+        if probe.peer_window.is_some_and(|w| w >= FAST_READER_WINDOW) {
             self.fast_reader = true;
         }
         if self.is_disabled() {
@@ -240,7 +219,6 @@ pub fn probe_socket(fd: std::os::fd::RawFd) -> std::io::Result<SocketProbe> {
     Ok(SocketProbe {
         unacked: unacked.max(0) as usize,
         peer_window,
-        mss: (info.tcpi_snd_mss > 0).then_some(info.tcpi_snd_mss),
     })
 }
 
@@ -250,7 +228,6 @@ pub fn probe_socket(_fd: i32) -> std::io::Result<SocketProbe> {
     Ok(SocketProbe {
         unacked: 0,
         peer_window: None,
-        mss: None,
     })
 }
 
@@ -262,7 +239,6 @@ mod tests {
         SocketProbe {
             unacked,
             peer_window: Some(window),
-            mss: None,
         }
     }
 
@@ -442,31 +418,6 @@ mod tests {
             pacer.decide(p(1 << 20, 1000), t),
             Decision::Send(usize::MAX)
         );
-        assert!(pacer.is_disabled());
-    }
-
-    #[test]
-    fn on_loopback_one_buffer_growth_is_not_taken_for_a_fast_reader() {
-        // Loopback's 64 KiB segments: one growth after a 100 KiB round trip
-        // opens a slow reader's window to 2 x 100 KiB + 16 x 64 KiB.
-        const LOOPBACK_MSS: u32 = 65_483;
-        let one_growth = 2 * 100 * 1024 + 16 * LOOPBACK_MSS;
-        let probe = |unacked, window| SocketProbe {
-            unacked,
-            peer_window: Some(window),
-            mss: Some(LOOPBACK_MSS),
-        };
-        let mut pacer = Pacer::new(LIMIT);
-        let t = Instant::now();
-        assert_eq!(
-            pacer.decide(probe(0, one_growth), t),
-            Decision::Send(INITIAL_BATCH)
-        );
-        assert!(!pacer.is_disabled());
-        // A reader that keeps its window open well past that mark is fast.
-        let fast = fast_reader_window(Some(LOOPBACK_MSS));
-        assert!(fast > one_growth);
-        assert_eq!(pacer.decide(probe(0, fast), t), Decision::Send(usize::MAX));
         assert!(pacer.is_disabled());
     }
 

@@ -24,10 +24,10 @@ use crate::http::{self, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
 use crate::notify;
-use crate::server::table_task::Op;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
 use crate::table::{LOCAL_API, LOCAL_CONFIG};
+use crate::table_task::Op;
 use crate::wire::Route;
 
 /// Control API settings.

@@ -138,7 +138,7 @@ pub async fn run(
     // With `--metrics` and `--http` on one address, one listener serves both.
     let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
 
-    let server = Server::start(settings.server.clone())
+    let server = Server::start(settings.server.clone(), crate::table_task::spawn())
         .await
         .map_err(|e| e.to_string())?;
     let mut telemetry = Telemetry::new();

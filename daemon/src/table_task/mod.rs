@@ -23,7 +23,7 @@ mod task;
 
 pub use handle::{TableCounters, TableHandle};
 pub use messages::{AnnouncerQuery, Command, Op, Query, RoutePage, RouteQuery};
-pub use task::{return_large_frees_to_the_system, spawn};
+pub use task::spawn;
 
 /// Capacity of the command channel.
 pub const COMMAND_QUEUE: usize = 1024;

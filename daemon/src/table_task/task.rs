@@ -32,8 +32,9 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 /// Only after at least this much was appended to the log since the last time.
 const TRIM_AFTER_BYTES: u64 = 16 << 20;
 
-/// Starts the table task.
+/// Starts the table task (once per daemon).
 pub fn spawn() -> TableHandle {
+    return_large_frees_to_the_system();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let counters = Arc::new(TableCounters::default());
     let handle = TableHandle {
@@ -326,8 +327,8 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// Makes large buffers (update-log chunks, dumps, table arrays) separate
 /// mappings that go back to the system as soon as they are freed, instead of
-/// heap memory that glibc keeps. Call once at start.
-pub fn return_large_frees_to_the_system() {
+/// heap memory that glibc keeps. Called before the table's first allocations.
+fn return_large_frees_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before the heavy
     // allocations start.

@@ -399,3 +399,25 @@ fn a_dump_mail_decodes_into_the_routes_of_its_vni() {
     assert!(!want.is_empty());
     assert_eq!(dumped, want);
 }
+
+#[test]
+fn ignored_operations_are_counted_in_the_handles_counters() {
+    let counters = Arc::new(TableCounters::default());
+    let mut t = TableTask::new(counters.clone());
+    let route = universe()[0];
+    let mailbox = Mailbox::new(u64::MAX);
+    let at = Instant::now();
+    t.handle(Command::Ops {
+        session: 20,
+        ops: vec![
+            Op::Withdraw(route),
+            Op::Subscribe(Vni(1)),
+            Op::Subscribe(Vni(1)),
+            Op::Subscribe(Vni(1)),
+        ],
+        received: at,
+        mailbox,
+    });
+    assert_eq!(counters.unknown_withdrawals.load(Relaxed), 1);
+    assert_eq!(counters.duplicate_subscribes.load(Relaxed), 2);
+}

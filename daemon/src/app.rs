@@ -24,10 +24,10 @@ use crate::http::{self, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
 use crate::notify;
-use crate::server::table_task::Op;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
 use crate::table::{LOCAL_API, LOCAL_CONFIG};
+use crate::table_task::Op;
 use crate::wire::Route;
 
 /// Control API settings.
@@ -138,7 +138,7 @@ pub async fn run(
     // With `--metrics` and `--http` on one address, one listener serves both.
     let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
 
-    let server = Server::start(settings.server.clone())
+    let server = Server::start(settings.server.clone(), crate::table_task::spawn())
         .await
         .map_err(|e| e.to_string())?;
     let mut telemetry = Telemetry::new();

@@ -2,9 +2,10 @@
 //!
 //! Data flow: bytes -> [`wire`] frame decoder -> [`session`] state machine ->
 //! [`table`] (single owner) -> shared update log -> per-session batched writes.
-//! The protocol core ([`wire`], [`session`], [`table`]) does no I/O; the
-//! [`server`] module is the tokio shell around it, [`client`] the hypervisor
-//! role. [`api`] is the gRPC control API, [`metrics`] and [`http`] the
+//! The protocol core ([`wire`], [`session`], [`table`]) does no I/O;
+//! [`table_task`] is the task that owns the table and defines the messages
+//! that reach it, the [`server`] module is the tokio shell around the
+//! sessions, [`client`] the hypervisor role. [`api`] is the gRPC control API, [`metrics`] and [`http`] the
 //! Prometheus metrics and the HTTP status listener, [`notify`] systemd's
 //! readiness protocol.
 
@@ -22,4 +23,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod table;
+pub mod table_task;
 pub mod wire;

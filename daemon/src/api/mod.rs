@@ -26,8 +26,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{error, info};
 
 use crate::server::registry::Registry;
-use crate::server::table_task::TableHandle;
 use crate::store::Store;
+use crate::table_task::TableHandle;
 
 /// What the daemon asks of the application loop (`app::run`).
 #[derive(Debug)]

@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{duration, invalid, timestamp};
 use super::{shutting_down, ApiState};
 use crate::server::registry::{PeerEvent, SessionInfo};
-use crate::server::table_task::Query;
 use crate::session::{Role, State};
 use crate::table::SessionId;
+use crate::table_task::Query;
 use crate::wire::Vni;
 
 /// The PeerService implementation.

@@ -13,11 +13,10 @@ use super::convert::{
     routes_from_api, vni_from_api,
 };
 use super::{blocking, shutting_down, ApiState};
-use crate::server::table_task::{AnnouncerQuery, Op, Query, RouteQuery};
-use crate::table::log::{Mail, Mailbox};
+use crate::table::log::Mailbox;
 use crate::table::{PageCursor, SessionId, LOCAL_API};
-use crate::wire::codec::decode_payload;
-use crate::wire::{Action, Message, MessageType, Route, Vni, HEADER_LEN};
+use crate::table_task::{AnnouncerQuery, Op, Query, RouteQuery};
+use crate::wire::{Action, Route, Vni};
 
 /// Default and largest page size.
 const DEFAULT_PAGE: usize = 1000;
@@ -373,18 +372,11 @@ impl Watcher {
                 }
                 Some(_) => Err(mail),
             });
-            if let Some(Mail::Updates { frames, .. }) = taken {
-                let mut at = 0;
-                while at + HEADER_LEN <= frames.len() {
-                    let len = usize::from(u16::from_be_bytes([frames[at + 1], frames[at + 2]]));
-                    let payload = &frames[at + HEADER_LEN..at + HEADER_LEN + len];
-                    at += HEADER_LEN + len;
-                    if let Ok(Message::Update(u)) = decode_payload(MessageType::Update, payload) {
-                        if self.query.matches_route(&u.route) {
-                            pending.push(u);
-                        }
-                    }
-                }
+            if let Some(mail) = taken {
+                pending.extend(
+                    mail.updates()
+                        .filter(|u| self.query.matches_route(&u.route)),
+                );
             }
             for u in pending.drain(..) {
                 let event = match u.action {

@@ -6,8 +6,8 @@ use metalbond_proto::api as pb;
 use tonic::{Request, Response, Status};
 
 use super::{shutting_down, ApiState};
-use crate::server::table_task::Query;
 use crate::table::VniStats;
+use crate::table_task::Query;
 use crate::wire::Vni;
 
 /// The VniService implementation.

@@ -32,7 +32,7 @@ use tracing::{error, info};
 use crate::client::{AgentHandle, AgentRequest};
 use crate::metrics::Telemetry;
 use crate::server::registry::Registry as Sessions;
-use crate::server::table_task::{Query, RouteQuery, TableHandle};
+use crate::table_task::{Query, RouteQuery, TableHandle};
 use status::{PeerRow, RouteView};
 
 /// Routes fetched from the table per request to it, so a big status page
@@ -330,10 +330,9 @@ mod tests {
     use tower::ServiceExt;
 
     async fn healthz_of(readiness: Arc<Readiness>) -> (StatusCode, String) {
-        let metrics = Arc::new(crate::server::metrics::Metrics::default());
         let state = Arc::new(HttpState {
             telemetry: Arc::new(Telemetry::new()),
-            table: crate::server::table_task::spawn(metrics),
+            table: crate::table_task::spawn(),
             sessions: Arc::new(Sessions::default()),
             agent: None,
             readiness,

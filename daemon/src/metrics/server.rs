@@ -1,5 +1,5 @@
 //! The route server's metrics, mirrored from its atomics, its session
-//! registry and the table task at scrape time.
+//! registry and the table task (its counters and answers) at scrape time.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -10,9 +10,9 @@ use super::families::{adopt_histogram, counter, counter_vec, gauge, gauge_vec, m
 use super::SessionFamilies;
 use crate::server::metrics::Metrics;
 use crate::server::registry::Registry as Sessions;
-use crate::server::table_task::{Query, TableHandle, COMMAND_QUEUE};
 use crate::server::Server;
 use crate::session::State;
+use crate::table_task::{Query, TableHandle, COMMAND_QUEUE};
 
 /// The `role` label value of sessions the route server accepted.
 const ROLE: &str = "server";
@@ -333,8 +333,9 @@ impl ServerMirror {
         );
         mirror(&s.bytes_in.with_label_values(&[ROLE]), get(&m.bytes_in));
         mirror(&s.bytes_out.with_label_values(&[ROLE]), get(&m.bytes_out));
-        mirror(&f.unknown_withdrawals, get(&m.unknown_withdrawals));
-        mirror(&f.duplicate_subscribes, get(&m.duplicate_subscribes));
+        let t = &self.table.counters;
+        mirror(&f.unknown_withdrawals, get(&t.unknown_withdrawals));
+        mirror(&f.duplicate_subscribes, get(&t.duplicate_subscribes));
         mirror(&f.dumps, get(&m.dumps));
         mirror(&f.dump_routes, get(&m.dump_routes));
         s.mirror_ends(ROLE, &m.closes(), Some(&f.slow_consumers));

@@ -23,10 +23,10 @@ use super::metrics::Metrics;
 use super::outbound::Outbound;
 use super::pacing::{self, Decision, Pacer};
 use super::registry::{Registry, SessionInfo};
-use super::table_task::{Command, Op, TableHandle};
 use crate::session::{self, CloseReason, Event, Role, Session};
 use crate::table::log::{Mail, Mailbox};
 use crate::table::SessionId;
+use crate::table_task::{Command, Op, TableHandle};
 use crate::wire::{decode_frame, encode_message, Action, DecodeError, Frame, Message};
 
 /// Stop pulling from the log while this much is queued for the socket.

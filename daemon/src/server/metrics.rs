@@ -31,10 +31,6 @@ pub struct Metrics {
     pub unknown_frames: AtomicU64,
     /// UPDATEs received.
     pub updates_in: AtomicU64,
-    /// REMOVEs for routes the session never announced (ignored).
-    pub unknown_withdrawals: AtomicU64,
-    /// Duplicate SUBSCRIBEs (no second dump).
-    pub duplicate_subscribes: AtomicU64,
     /// Sessions that completed the handshake (ESTABLISHED).
     pub sessions_established: AtomicU64,
     /// UPDATEs queued for peers (dump entries and live updates).
@@ -69,8 +65,6 @@ impl Default for Metrics {
             bytes_out: AtomicU64::new(0),
             unknown_frames: AtomicU64::new(0),
             updates_in: AtomicU64::new(0),
-            unknown_withdrawals: AtomicU64::new(0),
-            duplicate_subscribes: AtomicU64::new(0),
             sessions_established: AtomicU64::new(0),
             updates_out: AtomicU64::new(0),
             dumps: AtomicU64::new(0),

@@ -1,4 +1,5 @@
-//! The route server: TCP listeners, one task per session, one table task.
+//! The route server: TCP listeners and one task per session; the sessions
+//! reach the route table through [`crate::table_task`].
 
 pub mod connection;
 pub mod delivery;
@@ -6,7 +7,6 @@ pub mod metrics;
 pub mod outbound;
 pub mod pacing;
 pub mod registry;
-pub mod table_task;
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,9 +21,9 @@ use tracing::{error, info, warn, Instrument};
 pub use connection::{SessionContext, SessionSettings};
 use metrics::Metrics;
 use registry::{Registry, SessionInfo};
-use table_task::TableHandle;
 
 use crate::table::SessionId;
+use crate::table_task::TableHandle;
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -42,7 +42,8 @@ pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Table handle, for status queries.
+    /// The table the sessions read and write (given at start), for status
+    /// queries and the daemon's own routes.
     pub table: TableHandle,
     /// Live sessions.
     pub registry: Arc<Registry>,
@@ -87,11 +88,9 @@ impl Drop for SessionSlot {
 }
 
 impl Server {
-    /// Binds every listen address and starts serving.
-    pub async fn start(config: ServerConfig) -> io::Result<Self> {
-        table_task::return_large_frees_to_the_system();
+    /// Binds every listen address and starts serving sessions on `table`.
+    pub async fn start(config: ServerConfig, table: TableHandle) -> io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
-        let table = table_task::spawn(metrics.clone());
         let registry = Arc::new(Registry::default());
         let (shutdown, _) = watch::channel(false);
         let (settings, _) = watch::channel(config.session.clone());

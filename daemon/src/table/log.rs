@@ -33,7 +33,7 @@ use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
 
 use super::SessionId;
-use crate::wire::{encode_update, Action, Route, Vni};
+use crate::wire::{decode_updates, encode_update, Action, Route, Update, Vni};
 
 /// Seal everything once the arena holds this many bytes of frames: bounds
 /// the latency of a long batch and the size of a sealed buffer.
@@ -79,6 +79,17 @@ impl Mail {
     /// True when it carries no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The updates this mail carries, decoded in order (a dump's are all
+    /// ADDs). For readers that want routes rather than bytes to write, such
+    /// as a route watch; sessions write the frames as they are.
+    pub fn updates(&self) -> impl Iterator<Item = Update> + '_ {
+        let buffers: &[Bytes] = match self {
+            Mail::Updates { frames, .. } => std::slice::from_ref(frames),
+            Mail::Dump { frames, .. } => frames,
+        };
+        buffers.iter().flat_map(|frames| decode_updates(frames))
     }
 }
 

@@ -335,3 +335,36 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn update_mail_decodes_into_the_updates_it_carries() {
+    use crate::table::log::Mail;
+    use crate::wire::{encode_update, Action, Update};
+    use bytes::BytesMut;
+
+    let (a, b) = (
+        r("1#10.0.0.0/24@2001:db8::1"),
+        r("1#10.0.1.0/24@2001:db8::2"),
+    );
+    let mut buf = BytesMut::new();
+    encode_update(Action::Add, &a, &mut buf);
+    encode_update(Action::Remove, &b, &mut buf);
+    let updates = Mail::Updates {
+        frames: buf.freeze(),
+        count: 2,
+        since: None,
+    };
+    assert_eq!(
+        updates.updates().collect::<Vec<_>>(),
+        vec![
+            Update {
+                action: Action::Add,
+                route: a
+            },
+            Update {
+                action: Action::Remove,
+                route: b
+            },
+        ]
+    );
+}

@@ -65,6 +65,47 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     Ok(Some(frame))
 }
 
+/// The UPDATEs of a buffer of whole frames back to back (what the table's
+/// update log and SUBSCRIBE dumps hold), decoded in order, without copying
+/// or consuming the buffer.
+///
+/// Frames of other types and frames that do not decode are skipped, and a
+/// partial frame at the end ends the iteration: the log only holds whole
+/// UPDATE frames the daemon encoded itself, so neither happens there.
+pub fn decode_updates(frames: &[u8]) -> Updates<'_> {
+    Updates { rest: frames }
+}
+
+/// Iterator returned by [`decode_updates`].
+#[derive(Clone, Debug)]
+pub struct Updates<'a> {
+    /// The frames not read yet.
+    rest: &'a [u8],
+}
+
+impl Iterator for Updates<'_> {
+    type Item = Update;
+
+    fn next(&mut self) -> Option<Update> {
+        loop {
+            if self.rest.len() < HEADER_LEN {
+                return None;
+            }
+            let end = HEADER_LEN + usize::from(u16::from_be_bytes([self.rest[1], self.rest[2]]));
+            let Some((frame, rest)) = self.rest.split_at_checked(end) else {
+                self.rest = &[];
+                return None;
+            };
+            self.rest = rest;
+            if frame[3] == MessageType::Update as u8 {
+                if let Ok(update) = decode_update(&frame[HEADER_LEN..]) {
+                    return Some(update);
+                }
+            }
+        }
+    }
+}
+
 /// Decodes and validates the payload of a message of type `t`.
 pub fn decode_payload(t: MessageType, payload: &[u8]) -> Result<Message, DecodeError> {
     match t {

@@ -7,8 +7,11 @@ use bytes::{BufMut, BytesMut};
 use metalbond_proto::wire as pb;
 use prost::Message as _;
 
-use super::codec::{decode_frame, encode_message, Frame, HEADER_LEN, MAX_SEND_PAYLOAD};
-use super::message::{DecodeError, Hello, Message, Update};
+use super::codec::{
+    decode_frame, decode_updates, encode_message, encode_update, Frame, HEADER_LEN,
+    MAX_SEND_PAYLOAD,
+};
+use super::message::{DecodeError, Hello, Message, MessageType, Update};
 use super::types::{Action, Address, Destination, NextHop, NextHopType, Vni};
 
 /// The Go-reference capture, copied into the repository so a fresh clone
@@ -1113,4 +1116,65 @@ fn encoding_appends_to_the_buffer() {
         &out[..],
         &[b'x', b'y', b'z', 1, 0, 2, 3, 0x08, 0x2a, 1, 0, 0, 2]
     );
+}
+
+// ---------------------------------------------------------------------------
+// Decoding a buffer of frames (the update log's mail)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn decode_updates_yields_every_update_of_a_frame_buffer_in_order() {
+    let updates = [
+        Update::new(
+            Action::Add,
+            Vni(7),
+            dest(v4(10, 0, 1, 0), 24),
+            hop(v6("2001:db8::1"), NextHopType::STANDARD, 0, 0),
+        ),
+        Update::new(
+            Action::Remove,
+            Vni(u32::MAX),
+            dest(v6("2001:db8:5::"), 64),
+            hop(v6("2001:db8::2"), NextHopType::NAT, 1024, 2047),
+        ),
+        Update::new(
+            Action::Add,
+            Vni(0),
+            dest(v4(0, 0, 0, 0), 0),
+            hop(v4(192, 0, 2, 1), NextHopType::LOADBALANCER_TARGET, 0, 0),
+        ),
+    ];
+    let mut buf = BytesMut::new();
+    for u in &updates {
+        encode_update(u.action, &u.route, &mut buf);
+    }
+    assert_eq!(decode_updates(&buf).collect::<Vec<_>>(), updates);
+    assert_eq!(decode_updates(&[]).count(), 0);
+}
+
+#[test]
+fn decode_updates_skips_other_frames_and_stops_at_a_partial_frame() {
+    let add = Update::new(
+        Action::Add,
+        Vni(3),
+        dest(v4(10, 3, 0, 0), 16),
+        hop(v6("2001:db8::3"), NextHopType::STANDARD, 0, 0),
+    );
+    let mut buf = BytesMut::new();
+    encode_message(&Message::Keepalive, &mut buf);
+    encode_update(add.action, &add.route, &mut buf);
+    // An UPDATE whose payload does not decode, then a SUBSCRIBE.
+    buf.extend_from_slice(&frame(MessageType::Update as u8, &[0xff]));
+    encode_message(&Message::Subscribe(Vni(3)), &mut buf);
+    encode_update(add.action, &add.route, &mut buf);
+    let whole = buf.len();
+    encode_update(Action::Remove, &add.route, &mut buf);
+    for cut in whole..buf.len() {
+        assert_eq!(
+            decode_updates(&buf[..cut]).collect::<Vec<_>>(),
+            vec![add, add],
+            "cut at {cut}"
+        );
+    }
+    assert_eq!(decode_updates(&buf).count(), 3);
 }

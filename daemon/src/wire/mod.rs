@@ -7,7 +7,10 @@ pub mod protobuf;
 pub mod text;
 pub mod types;
 
-pub use codec::{decode_frame, encode_message, encode_update, Frame, HEADER_LEN, MAX_SEND_PAYLOAD};
+pub use codec::{
+    decode_frame, decode_updates, encode_message, encode_update, Frame, HEADER_LEN,
+    MAX_SEND_PAYLOAD,
+};
 pub use message::{DecodeError, Hello, Message, MessageType, Update};
 pub use text::ParseRouteError;
 pub use types::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};

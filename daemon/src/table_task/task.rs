@@ -1,0 +1,351 @@
+//! The table task: applies commands in batches to the [`RouteTable`],
+//! appends what changed to the [`FanOut`] once per change and seals it after
+//! each batch, answers SUBSCRIBEs with dumps, answers queries and watches
+//! between batches, and withdraws the routes of ended sessions when their
+//! delay is over. It never waits for a session.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::handle::{TableCounters, TableHandle};
+use super::messages::{Command, Op, Query};
+use super::COMMAND_QUEUE;
+use crate::table::log::{FanOut, Mail, Mailbox};
+use crate::table::{Announced, RouteTable, SessionId, Withdrawn, NOBODY};
+use crate::wire::{encode_update, Action, Route, Vni};
+
+/// Commands handled per wake-up at most (then what they changed is delivered).
+const BATCH: usize = 256;
+/// Dump frames are grouped into buffers of about this size: big enough for
+/// few syscalls, small enough that a keepalive echo is never held up long.
+const DUMP_BUFFER_BYTES: usize = 16 * 1024;
+/// Bytes an encoded IPv4 ADD frame takes, about (for sizing a dump's first buffer).
+const DUMP_BYTES_PER_ROUTE: usize = 40;
+/// How often to consider returning freed heap memory to the system.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+/// Only after at least this much was appended to the log since the last time.
+const TRIM_AFTER_BYTES: u64 = 16 << 20;
+
+/// Starts the table task (once per daemon).
+pub fn spawn() -> TableHandle {
+    return_large_frees_to_the_system();
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let counters = Arc::new(TableCounters::default());
+    let handle = TableHandle {
+        commands: tx,
+        counters: counters.clone(),
+    };
+    let task = TableTask::new(counters);
+    tokio::spawn(task.run(rx));
+    handle
+}
+
+struct TableTask {
+    table: RouteTable,
+    log: FanOut,
+    /// Ended sessions whose routes are withdrawn later: (when, who), in
+    /// order of time.
+    expiring: VecDeque<(Instant, SessionId)>,
+    counters: Arc<TableCounters>,
+    /// Bytes of SUBSCRIBE dumps encoded so far.
+    dumped_bytes: u64,
+}
+
+impl TableTask {
+    fn new(counters: Arc<TableCounters>) -> Self {
+        Self {
+            table: RouteTable::new(),
+            log: FanOut::new(),
+            expiring: VecDeque::new(),
+            counters,
+            dumped_bytes: 0,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut trim = tokio::time::interval(TRIM_INTERVAL);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trimmed_at = 0u64;
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for command in batch.drain(..) {
+                        self.handle(command);
+                    }
+                    self.log.seal();
+                }
+                _ = sleep_until_opt(self.expiring.front().map(|e| e.0)) => {
+                    self.expire(Instant::now());
+                    self.log.seal();
+                }
+                _ = trim.tick() => {
+                    // Bursts of updates and dumps allocate log chunks that are
+                    // freed once every session has sent them; give that memory
+                    // back to the system instead of keeping it in the heap.
+                    let churn = self.log.sealed_bytes() + self.dumped_bytes;
+                    if churn - trimmed_at >= TRIM_AFTER_BYTES {
+                        trimmed_at = churn;
+                        tokio::task::spawn_blocking(release_free_memory);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Ops {
+                session,
+                ops,
+                received,
+                mailbox,
+            } => {
+                self.log.set_cause_time(received);
+                for op in ops {
+                    self.apply(session, op, received, Some(&mailbox));
+                }
+            }
+            Command::Disconnect {
+                session,
+                at,
+                withdraw_delay,
+            } => {
+                for vni in self.table.subscriptions_of(session) {
+                    self.log.unsubscribe(vni, session);
+                    if !withdraw_delay.is_zero() {
+                        self.table.unsubscribe(session, vni);
+                    }
+                }
+                if withdraw_delay.is_zero() {
+                    self.withdraw_all(session, at);
+                } else {
+                    let when = at + withdraw_delay;
+                    let i = self.expiring.partition_point(|e| e.0 <= when);
+                    self.expiring.insert(i, (when, session));
+                }
+            }
+            Command::LocalOps {
+                session,
+                ops,
+                done,
+                received,
+            } => {
+                self.log.set_cause_time(received);
+                let changed = ops
+                    .into_iter()
+                    .map(|op| self.apply(session, op, received, None))
+                    .collect();
+                let _ = done.send(changed);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.table.stats());
+            }
+            Command::Query(query) => self.answer(query),
+        }
+    }
+
+    /// Withdraws every route `session` announced (those left without an
+    /// announcer reach the subscribers as REMOVEs) and forgets it.
+    fn withdraw_all(&mut self, session: SessionId, at: Instant) {
+        self.log.set_cause_time(at);
+        let log = &mut self.log;
+        self.table.remove_session(session, |route| {
+            log.append_update(Action::Remove, route, session);
+        });
+    }
+
+    /// Withdraws the routes of ended sessions whose delay is over.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(when, session)) = self.expiring.front() {
+            if when > now {
+                break;
+            }
+            self.expiring.pop_front();
+            self.withdraw_all(session, when);
+        }
+    }
+
+    fn answer(&mut self, query: Query) {
+        match query {
+            Query::Routes {
+                query,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self.table.page(after, limit, |route, announcers| {
+                    query.matches(route, announcers)
+                });
+                let _ = reply.send(page);
+            }
+            Query::Vnis { only, reply } => {
+                let _ = reply.send(self.table.vni_stats(only));
+            }
+            Query::Sessions { ids, reply } => {
+                let answer = ids
+                    .iter()
+                    .map(|&s| (self.table.announced_by(s), self.table.subscriptions_of(s)))
+                    .collect();
+                let _ = reply.send(answer);
+            }
+            Query::Watch {
+                query,
+                max_lag_bytes,
+                reply,
+            } => {
+                // Deliver everything appended so far: the watcher's mailbox
+                // then starts exactly where this snapshot ends.
+                self.log.seal();
+                let mut routes = Vec::new();
+                let mut collect = |route: &Route| {
+                    if query.matches_route(route) {
+                        routes.push(*route);
+                    }
+                };
+                match query.vni {
+                    Some(vni) => self.table.for_each_route_in(vni, NOBODY, &mut collect),
+                    None => self.table.for_each_route(&mut collect),
+                }
+                let mailbox = Mailbox::new(max_lag_bytes);
+                self.log.watch(query.vni, mailbox.clone());
+                let _ = reply.send((routes, mailbox));
+            }
+        }
+    }
+
+    /// Applies one operation; true if it changed something for `session`.
+    /// `mailbox` is where a SUBSCRIBE's dump and later updates go (none for
+    /// the daemon's own operations, which never subscribe).
+    fn apply(
+        &mut self,
+        session: SessionId,
+        op: Op,
+        received: Instant,
+        mailbox: Option<&Arc<Mailbox>>,
+    ) -> bool {
+        match op {
+            Op::Announce(route) => match self.table.announce(session, &route) {
+                Announced::New => {
+                    self.log.append_update(Action::Add, &route, session);
+                    true
+                }
+                Announced::Joined => true,
+                Announced::Duplicate => {
+                    debug!(session, %route, "repeated ADD ignored");
+                    false
+                }
+            },
+            Op::Withdraw(route) => match self.table.withdraw(session, &route) {
+                Withdrawn::Gone => {
+                    self.log.append_update(Action::Remove, &route, session);
+                    true
+                }
+                Withdrawn::StillAnnounced => true,
+                Withdrawn::NotAnnounced => {
+                    self.counters.unknown_withdrawals.fetch_add(1, Relaxed);
+                    debug!(session, %route, "REMOVE of a route the session never announced ignored");
+                    false
+                }
+            },
+            Op::Subscribe(vni) => {
+                if !self.table.subscribe(session, vni) {
+                    self.counters.duplicate_subscribes.fetch_add(1, Relaxed);
+                    debug!(session, %vni, "duplicate SUBSCRIBE ignored");
+                    return false;
+                }
+                let Some(mailbox) = mailbox else {
+                    return true;
+                };
+                // Updates appended before go to the earlier subscribers only
+                // (they are in the dump); later ones to this one too.
+                self.log.seal_vni(vni);
+                self.log.subscribe(vni, session, mailbox.clone());
+                let (frames, routes) = self.dump(vni, session);
+                mailbox.push(Mail::Dump {
+                    vni,
+                    frames,
+                    routes,
+                    requested_at: received,
+                });
+                true
+            }
+            Op::Unsubscribe(vni) => {
+                if self.table.unsubscribe(session, vni) {
+                    // It still hears what was appended before its UNSUBSCRIBE.
+                    self.log.seal_vni(vni);
+                    self.log.unsubscribe(vni, session);
+                    true
+                } else {
+                    debug!(session, %vni, "UNSUBSCRIBE of a VNI not subscribed ignored");
+                    false
+                }
+            }
+        }
+    }
+
+    /// Encodes every route of `vni` (except `session`'s own) as ADD frames.
+    fn dump(&mut self, vni: Vni, session: SessionId) -> (Vec<Bytes>, usize) {
+        let mut buffers = Vec::new();
+        // Sized to the VNI (most are small in a fleet: 50,000 dumps in a
+        // reconnect storm must not each take 16 KiB); grows if IPv6 needs more.
+        let first = (self.table.routes_in(vni) * DUMP_BYTES_PER_ROUTE).min(DUMP_BUFFER_BYTES) + 256;
+        let mut buf = BytesMut::with_capacity(first);
+        let mut routes = 0;
+        self.table.for_each_route_in(vni, session, |route| {
+            encode_update(Action::Add, route, &mut buf);
+            routes += 1;
+            if buf.len() >= DUMP_BUFFER_BYTES {
+                let full =
+                    std::mem::replace(&mut buf, BytesMut::with_capacity(DUMP_BUFFER_BYTES + 256));
+                buffers.push(full.freeze());
+            }
+        });
+        if !buf.is_empty() {
+            buffers.push(buf.freeze());
+        }
+        self.dumped_bytes += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+        (buffers, routes)
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Makes large buffers (update-log chunks, dumps, table arrays) separate
+/// mappings that go back to the system as soon as they are freed, instead of
+/// heap memory that glibc keeps. Called before the table's first allocations.
+fn return_large_frees_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before the heavy
+    // allocations start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
+/// Returns free heap pages to the system (glibc keeps them otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

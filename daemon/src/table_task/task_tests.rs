@@ -1,0 +1,423 @@
+//! The table task's fan-out against a naive model: every subscriber of
+//! a VNI (and only it) hears each ADD/REMOVE exactly once, never its
+//! own, in order, and its dump sits exactly between the updates before
+//! and after its SUBSCRIBE, wherever the batches are sealed.
+
+use super::*;
+use crate::wire::{decode_frame, Frame, Message, Update};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What a subscriber sees of one VNI, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Dump(BTreeSet<Route>),
+    Add(Route),
+    Remove(Route),
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Announce(usize, usize),
+    Withdraw(usize, usize),
+    Subscribe(usize, u32),
+    Unsubscribe(usize, u32),
+    /// The session of this slot ends (its routes withdrawn at once, or
+    /// only at the next `Expire`); a new one takes the slot.
+    Disconnect(usize, bool),
+    /// Delayed withdrawals fall due.
+    Expire,
+    /// End of a batch.
+    Seal,
+}
+
+const SLOTS: usize = 4;
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (0..SLOTS, 0usize..16).prop_map(|(s, r)| Step::Announce(s, r)),
+        3 => (0..SLOTS, 0usize..16).prop_map(|(s, r)| Step::Withdraw(s, r)),
+        2 => (0..SLOTS, 1u32..4).prop_map(|(s, v)| Step::Subscribe(s, v)),
+        1 => (0..SLOTS, 1u32..4).prop_map(|(s, v)| Step::Unsubscribe(s, v)),
+        1 => (0..SLOTS, any::<bool>()).prop_map(|(s, d)| Step::Disconnect(s, d)),
+        1 => Just(Step::Expire),
+        2 => Just(Step::Seal),
+    ]
+}
+
+fn universe() -> Vec<Route> {
+    (0..16)
+        .map(|i| {
+            format!("{}#10.0.{}.0/24@2001:db8::{}", i % 3 + 1, i % 4, i % 2 + 1)
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn task() -> TableTask {
+    TableTask::new(Arc::default())
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<Update> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(frame) = decode_frame(&mut buf).unwrap() {
+        let Frame::Message(Message::Update(u)) = frame else {
+            panic!("not an UPDATE: {frame:?}");
+        };
+        out.push(u);
+    }
+    assert!(buf.is_empty(), "a partial frame was delivered");
+    out
+}
+
+/// Takes a mailbox's mail, appended to `seen` per VNI.
+fn collect(mailbox: &Mailbox, seen: &mut BTreeMap<u32, Vec<Seen>>) {
+    mailbox.take_while(|mail| {
+        match mail {
+            Mail::Updates { frames, count, .. } => {
+                let updates = decode_all(&frames);
+                assert_eq!(updates.len(), count as usize);
+                for u in updates {
+                    seen.entry(u.route.vni.0).or_default().push(match u.action {
+                        Action::Add => Seen::Add(u.route),
+                        Action::Remove => Seen::Remove(u.route),
+                    });
+                }
+            }
+            Mail::Dump {
+                vni,
+                frames,
+                routes,
+                ..
+            } => {
+                let set: BTreeSet<Route> = frames
+                    .iter()
+                    .flat_map(|f| decode_all(f))
+                    .map(|u| {
+                        assert_eq!(u.action, Action::Add);
+                        assert_eq!(u.route.vni, vni);
+                        u.route
+                    })
+                    .collect();
+                assert_eq!(set.len(), routes);
+                seen.entry(vni.0).or_default().push(Seen::Dump(set));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Between two dumps, the order of updates of different routes is free
+/// (a session's end withdraws its routes in any order): keep each
+/// route's own sequence, and the dumps where they are.
+type Segments = Vec<(Option<BTreeSet<Route>>, BTreeMap<Route, Vec<bool>>)>;
+
+fn per_route(list: Vec<Seen>) -> Segments {
+    let mut out: Segments = vec![(None, BTreeMap::new())];
+    for seen in list {
+        match seen {
+            Seen::Dump(set) => out.push((Some(set), BTreeMap::new())),
+            Seen::Add(r) => out.last_mut().unwrap().1.entry(r).or_default().push(true),
+            Seen::Remove(r) => out.last_mut().unwrap().1.entry(r).or_default().push(false),
+        }
+    }
+    out
+}
+
+/// The naive model: who announces what, who subscribes to what, and
+/// what each session must have seen per VNI.
+#[derive(Default)]
+struct Model {
+    announcers: BTreeMap<Route, BTreeSet<SessionId>>,
+    subs: BTreeMap<SessionId, BTreeSet<u32>>,
+    expect: HashMap<SessionId, BTreeMap<u32, Vec<Seen>>>,
+}
+
+impl Model {
+    /// `s` leaves every announcer set; routes left without one are
+    /// withdrawn from the subscribers.
+    fn withdraw_all(&mut self, s: SessionId) {
+        let gone: Vec<Route> = self
+            .announcers
+            .iter_mut()
+            .filter_map(|(r, set)| (set.remove(&s) && set.is_empty()).then_some(*r))
+            .collect();
+        for r in gone {
+            self.tell(s, r, Seen::Remove(r));
+        }
+    }
+
+    fn tell(&mut self, origin: SessionId, route: Route, seen: Seen) {
+        for (s, vnis) in &self.subs {
+            if *s != origin && vnis.contains(&route.vni.0) {
+                self.expect
+                    .entry(*s)
+                    .or_default()
+                    .entry(route.vni.0)
+                    .or_default()
+                    .push(seen.clone());
+            }
+        }
+    }
+}
+
+fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let routes = universe();
+    let mut t = task();
+    let mut model = Model::default();
+    let mut ids: Vec<SessionId> = (0..SLOTS as u32).map(|i| 100 + i).collect();
+    let mut next_id = 200;
+    let mut boxes: HashMap<SessionId, Arc<Mailbox>> = HashMap::new();
+    let mut seen: HashMap<SessionId, BTreeMap<u32, Vec<Seen>>> = HashMap::new();
+    let at = Instant::now();
+    let mut ghosts: Vec<SessionId> = Vec::new();
+    for step in steps {
+        let ops = |session: SessionId, op: Op, boxes: &mut HashMap<SessionId, Arc<Mailbox>>| {
+            Command::Ops {
+                session,
+                ops: vec![op],
+                received: at,
+                mailbox: boxes
+                    .entry(session)
+                    .or_insert_with(|| Mailbox::new(u64::MAX))
+                    .clone(),
+            }
+        };
+        match step {
+            Step::Announce(slot, i) => {
+                let (s, r) = (ids[slot], routes[i]);
+                let set = model.announcers.entry(r).or_default();
+                let new = set.is_empty() && set.insert(s);
+                set.insert(s);
+                if new {
+                    model.tell(s, r, Seen::Add(r));
+                }
+                t.handle(ops(s, Op::Announce(r), &mut boxes));
+            }
+            Step::Withdraw(slot, i) => {
+                let (s, r) = (ids[slot], routes[i]);
+                let set = model.announcers.entry(r).or_default();
+                if set.remove(&s) && set.is_empty() {
+                    model.tell(s, r, Seen::Remove(r));
+                }
+                t.handle(ops(s, Op::Withdraw(r), &mut boxes));
+            }
+            Step::Subscribe(slot, v) => {
+                let s = ids[slot];
+                if model.subs.entry(s).or_default().insert(v) {
+                    let dump = model
+                        .announcers
+                        .iter()
+                        .filter(|(r, set)| r.vni.0 == v && !set.is_empty() && !set.contains(&s))
+                        .map(|(r, _)| *r)
+                        .collect();
+                    model
+                        .expect
+                        .entry(s)
+                        .or_default()
+                        .entry(v)
+                        .or_default()
+                        .push(Seen::Dump(dump));
+                }
+                t.handle(ops(s, Op::Subscribe(Vni(v)), &mut boxes));
+            }
+            Step::Unsubscribe(slot, v) => {
+                let s = ids[slot];
+                model.subs.entry(s).or_default().remove(&v);
+                t.handle(ops(s, Op::Unsubscribe(Vni(v)), &mut boxes));
+            }
+            Step::Disconnect(slot, delayed) => {
+                let s = ids[slot];
+                ids[slot] = next_id;
+                next_id += 1;
+                // As the session shell does: it stops hearing first.
+                if let Some(b) = boxes.get(&s) {
+                    b.close();
+                }
+                model.subs.remove(&s);
+                model.expect.remove(&s);
+                seen.remove(&s);
+                if delayed {
+                    ghosts.push(s);
+                } else {
+                    model.withdraw_all(s);
+                }
+                t.handle(Command::Disconnect {
+                    session: s,
+                    at,
+                    withdraw_delay: if delayed {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::ZERO
+                    },
+                });
+            }
+            Step::Expire => {
+                for s in ghosts.drain(..) {
+                    model.withdraw_all(s);
+                }
+                t.expire(at + Duration::from_secs(2));
+            }
+            Step::Seal => t.log.seal(),
+        }
+        // Readers take their mail at arbitrary moments.
+        for (s, b) in &boxes {
+            if !b.is_closed() {
+                collect(b, seen.entry(*s).or_default());
+            }
+        }
+    }
+    t.log.seal();
+    for (s, b) in &boxes {
+        if !b.is_closed() {
+            collect(b, seen.entry(*s).or_default());
+        }
+    }
+    for s in ids {
+        let got = seen.remove(&s).unwrap_or_default();
+        let want = model.expect.remove(&s).unwrap_or_default();
+        let got: BTreeMap<_, _> = got
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(v, l)| (v, per_route(l)))
+            .collect();
+        let want: BTreeMap<_, _> = want.into_iter().map(|(v, l)| (v, per_route(l))).collect();
+        prop_assert_eq!(got, want, "session {}", s);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn subscribers_hear_exactly_their_vnis_in_order(steps in proptest::collection::vec(step(), 0..120)) {
+        run(steps)?;
+    }
+}
+
+#[test]
+fn an_update_reaches_only_the_subscribers_of_its_vni_and_never_its_origin() {
+    let routes = universe();
+    let mut t = task();
+    let a = Mailbox::new(u64::MAX);
+    let b = Mailbox::new(u64::MAX);
+    let c = Mailbox::new(u64::MAX);
+    let at = Instant::now();
+    for (s, mb, vni) in [(20, &a, 1), (21, &b, 1), (22, &c, 2)] {
+        t.handle(Command::Ops {
+            session: s,
+            ops: vec![Op::Subscribe(Vni(vni))],
+            received: at,
+            mailbox: mb.clone(),
+        });
+    }
+    t.log.seal();
+    let vni1 = routes.iter().find(|r| r.vni.0 == 1).copied().unwrap();
+    t.handle(Command::Ops {
+        session: 20,
+        ops: vec![Op::Announce(vni1)],
+        received: at,
+        mailbox: a.clone(),
+    });
+    t.log.seal();
+    let mut seen = [BTreeMap::new(), BTreeMap::new(), BTreeMap::new()];
+    for (mb, seen) in [&a, &b, &c].into_iter().zip(seen.iter_mut()) {
+        collect(mb, seen);
+    }
+    assert_eq!(seen[0][&1], vec![Seen::Dump(BTreeSet::new())]);
+    assert_eq!(
+        seen[1][&1],
+        vec![Seen::Dump(BTreeSet::new()), Seen::Add(vni1)]
+    );
+    assert_eq!(seen[2].len(), 1, "only its own dump: {:?}", seen[2]);
+}
+
+#[test]
+fn a_mailbox_over_its_limit_overflows_and_the_table_goes_on() {
+    let routes = universe();
+    let mut t = task();
+    let slow = Mailbox::new(100);
+    let at = Instant::now();
+    t.handle(Command::Ops {
+        session: 20,
+        ops: vec![Op::Subscribe(Vni(1))],
+        received: at,
+        mailbox: slow.clone(),
+    });
+    for (i, r) in routes.iter().filter(|r| r.vni.0 == 1).enumerate() {
+        t.handle(Command::Ops {
+            session: 30 + i as u32,
+            ops: vec![Op::Announce(*r)],
+            received: at,
+            mailbox: Mailbox::new(u64::MAX),
+        });
+        t.log.seal();
+    }
+    assert!(slow.overflowed().is_some_and(|lag| lag > 100));
+    assert_eq!(
+        slow.queued_bytes(),
+        0,
+        "an overflowed mailbox holds nothing"
+    );
+}
+
+#[test]
+fn a_dump_mail_decodes_into_the_routes_of_its_vni() {
+    let routes = universe();
+    let mut t = task();
+    let at = Instant::now();
+    for r in &routes {
+        t.handle(Command::Ops {
+            session: 30,
+            ops: vec![Op::Announce(*r)],
+            received: at,
+            mailbox: Mailbox::new(u64::MAX),
+        });
+    }
+    let mailbox = Mailbox::new(u64::MAX);
+    t.handle(Command::Ops {
+        session: 20,
+        ops: vec![Op::Subscribe(Vni(2))],
+        received: at,
+        mailbox: mailbox.clone(),
+    });
+    let mut dumped = Vec::new();
+    mailbox.take_while(|mail| {
+        assert!(matches!(mail, Mail::Dump { .. }), "{mail:?}");
+        dumped.extend(mail.updates().map(|u| {
+            assert_eq!(u.action, Action::Add);
+            u.route
+        }));
+        Ok(())
+    });
+    dumped.sort();
+    let mut want: Vec<Route> = routes.into_iter().filter(|r| r.vni == Vni(2)).collect();
+    want.sort();
+    want.dedup();
+    assert!(!want.is_empty());
+    assert_eq!(dumped, want);
+}
+
+#[test]
+fn ignored_operations_are_counted_in_the_handles_counters() {
+    let counters = Arc::new(TableCounters::default());
+    let mut t = TableTask::new(counters.clone());
+    let route = universe()[0];
+    let mailbox = Mailbox::new(u64::MAX);
+    let at = Instant::now();
+    t.handle(Command::Ops {
+        session: 20,
+        ops: vec![
+            Op::Withdraw(route),
+            Op::Subscribe(Vni(1)),
+            Op::Subscribe(Vni(1)),
+            Op::Subscribe(Vni(1)),
+        ],
+        received: at,
+        mailbox,
+    });
+    assert_eq!(counters.unknown_withdrawals.load(Relaxed), 1);
+    assert_eq!(counters.duplicate_subscribes.load(Relaxed), 2);
+}

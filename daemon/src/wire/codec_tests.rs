@@ -9,7 +9,7 @@ use prost::Message as _;
 
 use super::codec::{decode_frame, encode_message, Frame, HEADER_LEN, MAX_SEND_PAYLOAD};
 use super::message::{DecodeError, Hello, Message, Update};
-use super::types::{Action, Address, Destination, NextHop, NextHopType, Vni};
+use super::{Action, Address, Destination, NextHop, NextHopType, Vni};
 
 /// The Go-reference capture, copied into the repository so a fresh clone
 /// tests it; [`vectors_are_the_shared_capture`] keeps the copy honest.

@@ -38,9 +38,9 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use ::mbctl::contract::{self, columns, fields, sorted};
 use common::mbctl::{mbctl_bin, run, Out};
 use common::*;
-use ::mbctl::contract::{self, columns, fields, sorted};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
@@ -1432,10 +1432,7 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     }
 
     // mbctl servers: up, the old failure gone, the UPDATE counters.
-    let rows = parse_table(
-        mbctl(&csock, &["servers"]).await.ok(),
-        columns::SERVERS,
-    );
+    let rows = parse_table(mbctl(&csock, &["servers"]).await.ok(), columns::SERVERS);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["ADDRESS"], server_addr);
     assert_eq!(rows[0]["STATE"], "up");

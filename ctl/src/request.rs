@@ -5,7 +5,9 @@
 use clap_complete::Shell;
 use metalbond_proto::api;
 
-use crate::cli::{Command, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand, WatchCommand};
+use crate::cli::{
+    Command, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand, WatchCommand,
+};
 use crate::error::CliError;
 use crate::route::{parse_addr, parse_prefix, parse_route, MAX_VNI};
 
@@ -95,10 +97,12 @@ impl Request {
             Command::Peers => Request::Peers,
             Command::Vnis => Request::Vnis,
             Command::Vni { vni } => Request::Vni(vni_arg(&vni)?),
-            Command::Watch(WatchCommand::Routes { vni }) => Request::WatchRoutes(api::RouteFilter {
-                vni,
-                ..Default::default()
-            }),
+            Command::Watch(WatchCommand::Routes { vni }) => {
+                Request::WatchRoutes(api::RouteFilter {
+                    vni,
+                    ..Default::default()
+                })
+            }
             Command::Watch(WatchCommand::Peers) => Request::WatchPeers,
             Command::Servers => Request::Servers,
             Command::Server(ServerCommand::Add { address }) => {

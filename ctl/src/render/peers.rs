@@ -3,8 +3,7 @@
 use crate::contract::{columns, keys};
 use crate::model::{PeerJson, PeerResetJson};
 use crate::render::table::{
-    human_bytes, human_duration, key_values, labelled, or_dash, short_list,
-    Table,
+    human_bytes, human_duration, key_values, labelled, or_dash, short_list, Table,
 };
 
 /// The table of `mbctl peers`.

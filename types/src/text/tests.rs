@@ -85,7 +85,11 @@ fn rejects_every_bad_input_with_a_reason() {
         ("1#10.0.0.0/+8@::1", API, "not a number"),
         ("1#10.0.0.0@::1", API, "no /LENGTH"),
         ("1#10.0.0.300/24@::1", API, "not an IP address"),
-        ("1#10.0.0.0/8@nothost", API, "next hop \"nothost\" is not an IP"),
+        (
+            "1#10.0.0.0/8@nothost",
+            API,
+            "next hop \"nothost\" is not an IP",
+        ),
         ("1#10.0.0.0/8@", API, "next hop"),
         ("1#10.0.0.0/8@::1#nat", API, "port range"),
         ("1#10.0.0.0/8@::1#nat#10", API, "only FROM"),

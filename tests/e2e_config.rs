@@ -267,7 +267,7 @@ fn daemon_refuses_to_start_with_a_bad_file() {
             &file,
             4,
             11,
-            &["routes.static[0]", "prefix length 99"],
+            &["routes.static[0]", "length 99 exceeds 32 bits"],
         );
     }
 }

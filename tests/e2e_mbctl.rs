@@ -38,6 +38,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use ::mbctl::contract::{self, columns, fields, sorted};
 use common::mbctl::{mbctl_bin, run, Out};
 use common::*;
 use serde_json::{json, Value};
@@ -72,8 +73,8 @@ impl Out {
         assert_eq!(self.stdout.lines().count(), 1, "not one line: {self:?}");
         let v: Value = serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
-        assert_eq!(keys(&v), ["error"], "{v}");
-        assert_eq!(keys(&v["error"]), ["code", "message"], "{v}");
+        assert_eq!(keys(&v), sorted(fields::ERROR), "{v}");
+        assert_eq!(keys(&v["error"]), sorted(fields::ERROR_BODY), "{v}");
         assert_eq!(v["error"]["code"], grpc_code, "{v}");
         let message = v["error"]["message"]
             .as_str()
@@ -114,46 +115,13 @@ fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-/// The documented fields of a peer (sorted).
-const PEER_FIELDS: [&str; 18] = [
-    "bytes_in",
-    "bytes_out",
-    "connected_at",
-    "keepalive_seconds",
-    "last_error",
-    "local_address",
-    "messages_in",
-    "messages_out",
-    "queue_bytes",
-    "remote_address",
-    "role",
-    "routes_announced",
-    "session_id",
-    "state",
-    "subscribed_vnis",
-    "updates_received",
-    "updates_sent",
-    "uptime_seconds",
-];
-
 /// Checks the shape of a route object and returns its text form
 /// (`100#10.0.1.0/24@2001:db8::1#nat#1#2`, as the test helpers write it).
 #[track_caller]
 fn route_of(v: &Value) -> String {
-    assert_eq!(keys(v), ["next_hop", "prefix", "vni"], "{v}");
+    assert_eq!(keys(v), sorted(fields::ROUTE), "{v}");
     let nh = &v["next_hop"];
-    assert_eq!(
-        keys(nh),
-        [
-            "address",
-            "nat_port_from",
-            "nat_port_to",
-            "target_vni",
-            "type",
-            "wire_type"
-        ],
-        "{v}"
-    );
+    assert_eq!(keys(nh), sorted(fields::NEXT_HOP), "{v}");
     let mut s = format!(
         "{}#{}@{}",
         v["vni"].as_u64().expect("vni"),
@@ -182,14 +150,14 @@ fn routes_of(doc: &Value) -> BTreeMap<String, BTreeSet<String>> {
     assert_eq!(keys(doc), ["routes"], "{doc}");
     let mut out = BTreeMap::new();
     for e in doc["routes"].as_array().expect("a routes array") {
-        assert_eq!(keys(e), ["announcers", "route"], "{e}");
+        assert_eq!(keys(e), sorted(fields::ROUTE_ENTRY), "{e}");
         let announcers = e["announcers"]
             .as_array()
             .expect("announcers")
             .iter()
             .map(|a| match a["kind"].as_str() {
                 Some("peer") => {
-                    assert_eq!(keys(a), ["kind", "remote_address", "session_id"], "{a}");
+                    assert_eq!(keys(a), sorted(fields::PEER_ANNOUNCER), "{a}");
                     assert!(a["session_id"].as_u64().is_some_and(|id| id > 0), "{a}");
                     format!("peer {}", a["remote_address"].as_str().unwrap())
                 }
@@ -302,22 +270,6 @@ fn cells(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
-
-const PEER_COLUMNS: [&str; 11] = [
-    "ID",
-    "REMOTE",
-    "ROLE",
-    "STATE",
-    "KEEPALIVE",
-    "UPTIME",
-    "VNIS",
-    "ANNOUNCED",
-    "IN/OUT",
-    "QUEUE",
-    "LAST ERROR",
-];
-const ROUTE_COLUMNS: [&str; 6] = ["VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS", "ANNOUNCERS"];
-const VNI_COLUMNS: [&str; 4] = ["VNI", "ROUTES", "ANNOUNCERS", "SUBSCRIBERS"];
 
 /// `mbctl routes -o json` as text form -> announcers.
 async fn listed_routes(socket: &Path) -> BTreeMap<String, BTreeSet<String>> {
@@ -444,7 +396,7 @@ async fn peers_and_peer_in_table_and_json() {
     // a has the route: its subscriptions and the announcement are processed.
     a.expect_exactly(&[add(r)], "b's route").await;
 
-    let rows = parse_table(mbctl(&sock, &["peers"]).await.ok(), &PEER_COLUMNS);
+    let rows = parse_table(mbctl(&sock, &["peers"]).await.ok(), columns::PEERS);
     assert_eq!(rows.len(), 2, "{rows:?}");
     let (a_local, b_local) = (a.local.to_string(), b.local.to_string());
     let ra = row(&rows, "REMOTE", &a_local);
@@ -469,7 +421,7 @@ async fn peers_and_peer_in_table_and_json() {
     let peers = doc["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 2);
     for p in peers {
-        assert_eq!(keys(p), PEER_FIELDS, "{p}");
+        assert_eq!(keys(p), sorted(fields::PEER), "{p}");
         assert_eq!(p["role"], "server");
         assert_eq!(p["state"], "established");
         assert_eq!(p["keepalive_seconds"], DEFAULT_KEEPALIVE);
@@ -503,26 +455,7 @@ async fn peers_and_peer_in_table_and_json() {
     let kv = parse_key_values(mbctl(&sock, &["peer", &b_local]).await.ok());
     assert_eq!(
         kv.keys().map(String::as_str).collect::<Vec<_>>(),
-        [
-            "bytes_in",
-            "bytes_out",
-            "connected_at",
-            "keepalive_seconds",
-            "last_error",
-            "local_address",
-            "messages_in",
-            "messages_out",
-            "queue_bytes",
-            "remote_address",
-            "role",
-            "routes_announced",
-            "session_id",
-            "state",
-            "subscribed_vnis",
-            "updates_received",
-            "updates_sent",
-            "uptime"
-        ]
+        sorted(contract::keys::PEER)
     );
     assert_eq!(kv["session_id"], b_id);
     assert_eq!(kv["remote_address"], b_local);
@@ -535,7 +468,7 @@ async fn peers_and_peer_in_table_and_json() {
     assert_eq!(kv["last_error"], "-");
 
     let pa_one = mbctl(&sock, &["-o", "json", "peer", &a_id]).await.json();
-    assert_eq!(keys(&pa_one), PEER_FIELDS);
+    assert_eq!(keys(&pa_one), sorted(fields::PEER));
     assert_eq!(pa_one["remote_address"], a_local);
     assert_eq!(pa_one["subscribed_vnis"], json!([100, 200]));
 
@@ -575,7 +508,7 @@ async fn vnis_routes_and_filters_in_table_and_json() {
     let b_local = b.local.to_string();
 
     // VNIs.
-    let rows = parse_table(mbctl(&sock, &["vnis"]).await.ok(), &VNI_COLUMNS);
+    let rows = parse_table(mbctl(&sock, &["vnis"]).await.ok(), columns::VNIS);
     assert_eq!(
         rows,
         [
@@ -603,7 +536,7 @@ async fn vnis_routes_and_filters_in_table_and_json() {
     );
 
     // Routes, table.
-    let rows = parse_table(mbctl(&sock, &["routes"]).await.ok(), &ROUTE_COLUMNS);
+    let rows = parse_table(mbctl(&sock, &["routes"]).await.ok(), columns::ROUTES);
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert_eq!(
         row(&rows, "PREFIX", "10.0.1.0/24"),
@@ -660,7 +593,7 @@ async fn vnis_routes_and_filters_in_table_and_json() {
         json!({"address": "2001:db8::2", "type": "nat", "nat_port_from": 1024,
                "nat_port_to": 2048, "target_vni": 0, "wire_type": 1})
     );
-    let b_id = parse_table(mbctl(&sock, &["peers"]).await.ok(), &PEER_COLUMNS)
+    let b_id = parse_table(mbctl(&sock, &["peers"]).await.ok(), columns::PEERS)
         .iter()
         .find(|r| r["REMOTE"] == b_local)
         .unwrap()["ID"]
@@ -700,7 +633,7 @@ async fn vnis_routes_and_filters_in_table_and_json() {
         );
         let mut args = vec!["routes"];
         args.extend(&filter);
-        let rows = parse_table(mbctl(&sock, &args).await.ok(), &ROUTE_COLUMNS);
+        let rows = parse_table(mbctl(&sock, &args).await.ok(), columns::ROUTES);
         let got: BTreeSet<String> = rows
             .iter()
             .map(|r| format!("{}#{}@{}", r["VNI"], r["PREFIX"], r["NEXT HOP"]))
@@ -735,7 +668,7 @@ async fn routes_lists_all_pages_exactly_once() {
     assert!(all.values().all(|a| a.len() == 1 && a.contains("api")));
 
     let table = mbctl(&sock, &["routes"]).await;
-    let rows = parse_table(table.ok(), &ROUTE_COLUMNS);
+    let rows = parse_table(table.ok(), columns::ROUTES);
     assert_eq!(rows.len(), N);
     let distinct: BTreeSet<String> = rows
         .iter()
@@ -1158,7 +1091,7 @@ async fn watch_peers_json_shows_up_and_down() {
     let mut my_up: Option<u64> = None;
     loop {
         assert_eq!(keys(&ev), ["kind", "peer", "sequence"], "{ev}");
-        assert_eq!(keys(&ev["peer"]), PEER_FIELDS, "{ev}");
+        assert_eq!(keys(&ev["peer"]), sorted(fields::PEER), "{ev}");
         assert_eq!(ev["peer"]["role"], "server", "{ev}");
         assert_eq!(ev["peer"]["local_address"], d.addr.to_string(), "{ev}");
         let remote = ev["peer"]["remote_address"].as_str().unwrap();
@@ -1382,7 +1315,7 @@ async fn peer_reset_and_vni_against_the_daemon() {
         ])
     );
     let v = mbctl(&sock, &["-o", "json", "vni", "100"]).await.json();
-    assert_eq!(keys(&v), ["announcers", "routes", "subscribers", "vni"]);
+    assert_eq!(keys(&v), sorted(fields::VNI));
     assert_eq!(v["vni"], 100);
     let msg = mbctl(&sock, &["vni", "4242"]).await.fails(1);
     assert!(msg.ends_with("(NOT_FOUND)"), "{msg}");
@@ -1499,18 +1432,7 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     }
 
     // mbctl servers: up, the old failure gone, the UPDATE counters.
-    let rows = parse_table(
-        mbctl(&csock, &["servers"]).await.ok(),
-        &[
-            "ADDRESS",
-            "STATE",
-            "CONNECTED",
-            "RESOLVED",
-            "SINCE",
-            "IN/OUT",
-            "LAST ERROR",
-        ],
-    );
+    let rows = parse_table(mbctl(&csock, &["servers"]).await.ok(), columns::SERVERS);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["ADDRESS"], server_addr);
     assert_eq!(rows[0]["STATE"], "up");

@@ -6,6 +6,7 @@
 //! field named `..._seconds`. Every field is always present.
 
 use metalbond_proto::api;
+use metalbond_types::civil::UtcDateTime;
 use serde::Serialize;
 
 use crate::route::type_name;
@@ -714,19 +715,9 @@ pub fn state_name(s: i32) -> &'static str {
 /// A Unix time as RFC 3339 UTC text: `2025-01-31T12:00:05Z`, with
 /// milliseconds when they are not zero (`...05.250Z`).
 pub fn rfc3339(seconds: i64, nanos: i32) -> String {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let t = UtcDateTime::from_unix(seconds);
+    let (year, month, day) = (t.year, t.month, t.day);
+    let (h, m, s) = (t.hour, t.minute, t.second);
     let millis = nanos.clamp(0, 999_999_999) / 1_000_000;
     if millis == 0 {
         format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
@@ -738,6 +729,7 @@ pub fn rfc3339(seconds: i64, nanos: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::{fields, sorted};
     use crate::route::parse_route;
     use serde_json::json;
 
@@ -792,6 +784,23 @@ mod tests {
     }
 
     #[test]
+    fn documents_have_the_contract_fields() {
+        let entry = api::RouteEntry {
+            route: Some(parse_route("1#10.0.0.0/8@::1").unwrap()),
+            announcers: vec![api::Announcer {
+                kind: Some(api::announcer::Kind::Peer(api::PeerRef::default())),
+            }],
+        };
+        let v = serde_json::to_value(RouteEntryJson::from(&entry)).unwrap();
+        assert_eq!(keys(&v), sorted(fields::ROUTE_ENTRY));
+        assert_eq!(keys(&v["route"]), sorted(fields::ROUTE));
+        assert_eq!(keys(&v["route"]["next_hop"]), sorted(fields::NEXT_HOP));
+        assert_eq!(keys(&v["announcers"][0]), sorted(fields::PEER_ANNOUNCER));
+        let v = serde_json::to_value(VniJson::from(&api::Vni::default())).unwrap();
+        assert_eq!(keys(&v), sorted(fields::VNI));
+    }
+
+    #[test]
     fn peer_shape() {
         let p = api::Peer {
             session_id: 3,
@@ -811,29 +820,7 @@ mod tests {
             ..Default::default()
         };
         let v = serde_json::to_value(PeerJson::from(&p)).unwrap();
-        assert_eq!(
-            keys(&v),
-            [
-                "bytes_in",
-                "bytes_out",
-                "connected_at",
-                "keepalive_seconds",
-                "last_error",
-                "local_address",
-                "messages_in",
-                "messages_out",
-                "queue_bytes",
-                "remote_address",
-                "role",
-                "routes_announced",
-                "session_id",
-                "state",
-                "subscribed_vnis",
-                "updates_received",
-                "updates_sent",
-                "uptime_seconds"
-            ]
-        );
+        assert_eq!(keys(&v), sorted(fields::PEER));
         assert_eq!(v["role"], "client");
         assert_eq!(v["state"], "established");
         assert_eq!(v["connected_at"], "2023-11-14T22:13:20Z");
@@ -847,27 +834,7 @@ mod tests {
     #[test]
     fn status_vni_reload_shapes() {
         let v = serde_json::to_value(StatusJson::from(&api::Status::default())).unwrap();
-        assert_eq!(
-            keys(&v),
-            [
-                "api_socket",
-                "client",
-                "http_address",
-                "injected_routes",
-                "listen_addresses",
-                "metrics_address",
-                "next_hops",
-                "overrides",
-                "routes",
-                "sessions",
-                "started_at",
-                "state_dir",
-                "static_routes",
-                "uptime_seconds",
-                "version",
-                "vnis"
-            ]
-        );
+        assert_eq!(keys(&v), sorted(fields::STATUS));
         let v = serde_json::to_value(VniJson::from(&api::Vni {
             vni: 1,
             routes: 2,
@@ -986,7 +953,7 @@ mod tests {
             installed_tables: vec![],
         };
         let v = serde_json::to_value(ReceivedRouteJson::from(&r)).unwrap();
-        assert_eq!(keys(&v), ["installed_tables", "route", "servers"]);
+        assert_eq!(keys(&v), sorted(fields::RECEIVED_ROUTE));
         assert_eq!(v["installed_tables"], json!([]));
     }
 

@@ -442,7 +442,7 @@ impl Store {
 }
 
 /// A route can be stored if its prefix fits its address. (Addresses are
-/// always canonical: their fields are private to `wire::types`.)
+/// always canonical: their fields are private to `metalbond_types::route`.)
 fn route_is_valid(route: &Route) -> bool {
     route.dest.prefix_len <= route.dest.addr.bit_width()
 }

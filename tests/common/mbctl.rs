@@ -54,13 +54,14 @@ pub fn mbctl_bin() -> &'static Path {
         let built = std::fs::metadata(&bin)
             .and_then(|m| m.modified())
             .unwrap_or_else(|e| panic!("mbctl binary {} not found ({e}): {hint}", bin.display()));
-        // What the binary is built from and Cargo tracks: the ctl sources and
-        // the API definitions of the proto crate.
+        // What the binary is built from and Cargo tracks: the ctl sources,
+        // the shared plain types and the API definitions of the proto crate.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("the workspace root");
         let mut newest = None;
         newest_source(&root.join("ctl/src"), &[".rs"], &mut newest);
+        newest_source(&root.join("types/src"), &[".rs"], &mut newest);
         newest_source(&root.join("proto/src"), &[".rs"], &mut newest);
         newest_source(&root.join("proto/proto"), &[".proto"], &mut newest);
         let (newest_time, newest_path) = newest.expect("the ctl sources");

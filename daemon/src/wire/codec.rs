@@ -11,7 +11,7 @@ use super::message::{DecodeError, Hello, Message, MessageType, Update};
 use super::protobuf::{
     enum_to_varint, len_field_len, put_len_prefix, put_varint_field, varint_field_len, Reader,
 };
-use super::types::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};
+use super::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};
 
 /// The only protocol version.
 pub const PROTOCOL_VERSION: u8 = 1;

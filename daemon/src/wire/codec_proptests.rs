@@ -19,7 +19,7 @@ use prost::Message as _;
 
 use super::codec::{decode_frame, encode_message, Frame, HEADER_LEN, MAX_SEND_PAYLOAD};
 use super::message::{DecodeError, Hello, Message, Update};
-use super::types::{Action, Address, Destination, NextHop, NextHopType, Vni};
+use super::{Action, Address, Destination, NextHop, NextHopType, Vni};
 
 // ---------------------------------------------------------------------------
 // Strategies for valid messages

@@ -12,7 +12,7 @@ use super::codec::{
     MAX_SEND_PAYLOAD,
 };
 use super::message::{DecodeError, Hello, Message, MessageType, Update};
-use super::types::{Action, Address, Destination, NextHop, NextHopType, Vni};
+use super::{Action, Address, Destination, NextHop, NextHopType, Vni};
 
 /// The Go-reference capture, copied into the repository so a fresh clone
 /// tests it; [`vectors_are_the_shared_capture`] keeps the copy honest.

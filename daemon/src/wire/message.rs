@@ -1,6 +1,6 @@
 //! MetalBond v1 messages and the reasons a received frame is rejected.
 
-use super::types::{Action, Destination, NextHop, Route, Vni};
+use super::{Action, Destination, NextHop, Route, Vni};
 
 /// Message type byte of the frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

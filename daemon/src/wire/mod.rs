@@ -1,19 +1,20 @@
-//! The MetalBond v1 wire protocol: value types, messages, framing and the
-//! announcement text format. No I/O here.
+//! The MetalBond v1 wire protocol: messages, framing and the protobuf codec.
+//! No I/O here. The value types and the announcement text format are the
+//! `metalbond-types` crate's (shared with mbctl), re-exported here.
 
 pub mod codec;
 pub mod message;
 pub mod protobuf;
-pub mod text;
-pub mod types;
 
 pub use codec::{
     decode_frame, decode_updates, encode_message, encode_update, Frame, HEADER_LEN,
     MAX_SEND_PAYLOAD,
 };
 pub use message::{DecodeError, Hello, Message, MessageType, Update};
-pub use text::ParseRouteError;
-pub use types::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};
+pub use metalbond_types::text;
+pub use metalbond_types::{
+    Action, Address, Destination, NextHop, NextHopType, ParseRouteError, Route, Vni,
+};
 
 #[cfg(test)]
 mod codec_proptests;

@@ -1,5 +1,9 @@
 //! Value types of the MetalBond v1 data model (PROTOCOL.md section 2).
 //!
+//! Small functions here carry `#[inline]`: these are the hot-path keys of
+//! the daemon's table and codec, and they live in another crate than their
+//! callers.
+//!
 //! These are compact, `Copy`, fixed-size keys: a route is (VNI, destination,
 //! next hop) and every part of it is compared exactly as it was sent (the
 //! destination address is never masked).
@@ -27,6 +31,7 @@ pub struct Address {
 
 impl Address {
     /// Builds an address from 4 or 16 raw bytes; any other length is `None`.
+    #[inline]
     pub fn from_slice(raw: &[u8]) -> Option<Self> {
         match raw.len() {
             4 | 16 => {
@@ -42,21 +47,25 @@ impl Address {
     }
 
     /// The raw bytes as they go on the wire (4 or 16).
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
 
     /// True for a 16-byte (IPv6) address.
+    #[inline]
     pub fn is_ipv6(&self) -> bool {
         self.len == 16
     }
 
     /// Width in bits (32 or 128): the largest valid prefix length.
+    #[inline]
     pub fn bit_width(&self) -> u8 {
         self.len * 8
     }
 
     /// The standard library form.
+    #[inline]
     pub fn to_ip(&self) -> IpAddr {
         if self.is_ipv6() {
             IpAddr::V6(Ipv6Addr::from(self.bytes))
@@ -68,6 +77,7 @@ impl Address {
 }
 
 impl From<IpAddr> for Address {
+    #[inline]
     fn from(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Self::from(v4),
@@ -77,6 +87,7 @@ impl From<IpAddr> for Address {
 }
 
 impl From<Ipv4Addr> for Address {
+    #[inline]
     fn from(ip: Ipv4Addr) -> Self {
         let mut bytes = [0u8; 16];
         bytes[..4].copy_from_slice(&ip.octets());
@@ -85,6 +96,7 @@ impl From<Ipv4Addr> for Address {
 }
 
 impl From<Ipv6Addr> for Address {
+    #[inline]
     fn from(ip: Ipv6Addr) -> Self {
         Self {
             len: 16,
@@ -117,6 +129,7 @@ pub struct Destination {
 
 impl Destination {
     /// Builds a destination, checking the prefix length against the address width.
+    #[inline]
     pub fn new(addr: Address, prefix_len: u8) -> Option<Self> {
         (prefix_len <= addr.bit_width()).then_some(Self { addr, prefix_len })
     }
@@ -188,6 +201,7 @@ pub struct NextHop {
 
 impl NextHop {
     /// A STANDARD next hop with no target VNI.
+    #[inline]
     pub fn standard(addr: Address) -> Self {
         Self {
             addr,

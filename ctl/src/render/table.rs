@@ -58,6 +58,14 @@ fn width(s: &str) -> usize {
     s.chars().count()
 }
 
+/// Pairs `keys` with `values`, for [`key_values`]: the key lists are the
+/// output contract's (`crate::contract::keys`), the values the renderer's.
+/// Panics if the counts differ (a renderer out of step with the contract).
+pub fn labelled<'a>(keys: &[&'a str], values: Vec<String>) -> Vec<(&'a str, String)> {
+    assert_eq!(keys.len(), values.len(), "keys and values of {keys:?}");
+    keys.iter().copied().zip(values).collect()
+}
+
 /// `key: value` lines with the values aligned.
 pub fn key_values(pairs: &[(&str, String)]) -> String {
     let w = pairs.iter().map(|(k, _)| width(k)).max().unwrap_or(0);

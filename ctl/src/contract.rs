@@ -1,0 +1,159 @@
+//! mbctl's output contract in one place: the column headers of every table,
+//! the keys of the `key: value` views, and the field names of the JSON
+//! documents (docs/MBCTL.md). The renderers build their headers and key
+//! lists from these constants; the tests (this crate's and the daemon
+//! package's `tests/e2e_mbctl.rs`, which dev-depends on this library) read
+//! the same constants instead of writing the lists out again.
+//!
+//! Every list is in output order (the JSON lists in the order serde writes
+//! the fields). Changing one is changing mbctl's output for scripts: update
+//! docs/MBCTL.md with it.
+
+/// Column headers of the tables (`-o table`, the default).
+pub mod columns {
+    /// `mbctl peers`.
+    pub const PEERS: &[&str] = &[
+        "ID",
+        "REMOTE",
+        "ROLE",
+        "STATE",
+        "KEEPALIVE",
+        "UPTIME",
+        "VNIS",
+        "ANNOUNCED",
+        "IN/OUT",
+        "QUEUE",
+        "LAST ERROR",
+    ];
+    /// `mbctl vnis`.
+    pub const VNIS: &[&str] = &["VNI", "ROUTES", "ANNOUNCERS", "SUBSCRIBERS"];
+    /// `mbctl routes`.
+    pub const ROUTES: &[&str] = &["VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS", "ANNOUNCERS"];
+    /// `mbctl servers` (client role).
+    pub const SERVERS: &[&str] = &[
+        "ADDRESS",
+        "STATE",
+        "CONNECTED",
+        "RESOLVED",
+        "SINCE",
+        "IN/OUT",
+        "LAST ERROR",
+    ];
+    /// `mbctl subscriptions` (client role).
+    pub const SUBSCRIPTIONS: &[&str] = &["VNI"];
+    /// `mbctl mappings` (client role).
+    pub const MAPPINGS: &[&str] = &["VNI", "TABLE"];
+    /// `mbctl received` (client role).
+    pub const RECEIVED: &[&str] = &[
+        "VNI",
+        "PREFIX",
+        "NEXT HOP",
+        "TYPE",
+        "PORTS",
+        "SERVERS",
+        "INSTALLED",
+    ];
+}
+
+/// Keys of the `key: value` views (table mode of the one-object commands).
+pub mod keys {
+    /// `mbctl peer ADDR|ID`.
+    pub const PEER: &[&str] = &[
+        "session_id",
+        "remote_address",
+        "local_address",
+        "role",
+        "state",
+        "keepalive_seconds",
+        "connected_at",
+        "uptime",
+        "subscribed_vnis",
+        "routes_announced",
+        "updates_received",
+        "updates_sent",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
+        "bytes_out",
+        "queue_bytes",
+        "last_error",
+    ];
+    /// `mbctl vni VNI`.
+    pub const VNI: &[&str] = &["vni", "routes", "announcers", "subscribers"];
+}
+
+/// Field names of the JSON documents (`-o json`).
+pub mod fields {
+    /// A session (`mbctl peers`, `mbctl peer`, the `peer` of peer events).
+    pub const PEER: &[&str] = &[
+        "session_id",
+        "remote_address",
+        "local_address",
+        "role",
+        "state",
+        "keepalive_seconds",
+        "connected_at",
+        "uptime_seconds",
+        "subscribed_vnis",
+        "routes_announced",
+        "updates_received",
+        "updates_sent",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
+        "bytes_out",
+        "queue_bytes",
+        "last_error",
+    ];
+    /// A route.
+    pub const ROUTE: &[&str] = &["vni", "prefix", "next_hop"];
+    /// The next hop of a route.
+    pub const NEXT_HOP: &[&str] = &[
+        "address",
+        "type",
+        "nat_port_from",
+        "nat_port_to",
+        "target_vni",
+        "wire_type",
+    ];
+    /// An entry of `mbctl routes`.
+    pub const ROUTE_ENTRY: &[&str] = &["route", "announcers"];
+    /// An announcer that is a session (`"kind": "peer"`); the others have
+    /// only `kind`.
+    pub const PEER_ANNOUNCER: &[&str] = &["kind", "session_id", "remote_address"];
+    /// A VNI (`mbctl vnis`, `mbctl vni`).
+    pub const VNI: &[&str] = &["vni", "routes", "announcers", "subscribers"];
+    /// `mbctl status`.
+    pub const STATUS: &[&str] = &[
+        "version",
+        "started_at",
+        "uptime_seconds",
+        "listen_addresses",
+        "metrics_address",
+        "http_address",
+        "api_socket",
+        "state_dir",
+        "sessions",
+        "routes",
+        "vnis",
+        "next_hops",
+        "injected_routes",
+        "static_routes",
+        "overrides",
+        "client",
+    ];
+    /// A route received from the servers (`mbctl received`).
+    pub const RECEIVED_ROUTE: &[&str] = &["route", "servers", "installed_tables"];
+    /// The error document of a failed command: `{"error": {...}}`.
+    pub const ERROR: &[&str] = &["error"];
+    /// The object inside [`ERROR`].
+    pub const ERROR_BODY: &[&str] = &["code", "message"];
+}
+
+/// `list` sorted, as owned strings: to compare with the sorted keys of a
+/// parsed JSON object.
+pub fn sorted(list: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,130 @@
+//! The client role's commands in table mode: `servers`, `server add|remove`,
+//! `subscriptions`, `subscribe`, `unsubscribe`, `mappings`, `map`, `unmap`
+//! and `received`.
+
+use crate::contract::columns;
+use crate::model::{
+    ClientServerJson, ReceivedRouteJson, ServerAddedJson, ServerRemovedJson, SubscribedJson,
+    TableMappingJson, UnmappedJson, UnsubscribedJson,
+};
+use crate::render::table::{or_dash, short_list, Table};
+use crate::render::type_and_ports;
+
+/// The table of `mbctl servers`.
+pub fn servers_table(servers: &[ClientServerJson]) -> String {
+    let mut t = Table::new(columns::SERVERS);
+    for s in servers {
+        // A literal address resolves to itself: not worth a column entry.
+        let resolved = if s.resolved.len() == 1 && s.resolved[0] == s.address {
+            "-".to_string()
+        } else {
+            short_list(&s.resolved, 3)
+        };
+        t.row(vec![
+            s.address.clone(),
+            s.state.to_string(),
+            s.connected.clone().unwrap_or_else(|| "-".into()),
+            resolved,
+            s.since.clone().unwrap_or_else(|| "-".into()),
+            format!("{}/{}", s.updates_received, s.updates_sent),
+            or_dash(&s.last_error),
+        ]);
+    }
+    t.render()
+}
+
+/// The line of `mbctl server add`.
+pub fn server_added(d: &ServerAddedJson) -> String {
+    format!("added server {}\n", d.address)
+}
+
+/// The line of `mbctl server remove`.
+pub fn server_removed(d: &ServerRemovedJson) -> String {
+    format!("removed server {}\n", d.address)
+}
+
+/// The table of `mbctl subscriptions`.
+pub fn subscriptions_table(vnis: &[u32]) -> String {
+    let mut t = Table::new(columns::SUBSCRIPTIONS);
+    for v in vnis {
+        t.row(vec![v.to_string()]);
+    }
+    t.render()
+}
+
+/// The line of `mbctl subscribe`.
+pub fn subscribed(d: &SubscribedJson) -> String {
+    format!("subscribed to VNI {}\n", d.vni)
+}
+
+/// The line of `mbctl unsubscribe`.
+pub fn unsubscribed(d: &UnsubscribedJson) -> String {
+    format!("unsubscribed from VNI {}\n", d.vni)
+}
+
+/// The table of `mbctl mappings`.
+pub fn mappings_table(mappings: &[TableMappingJson]) -> String {
+    let mut t = Table::new(columns::MAPPINGS);
+    for m in mappings {
+        t.row(vec![m.vni.to_string(), m.table.to_string()]);
+    }
+    t.render()
+}
+
+/// The line of `mbctl map`.
+pub fn mapped(d: &TableMappingJson) -> String {
+    format!("mapped VNI {} to table {}\n", d.vni, d.table)
+}
+
+/// The line of `mbctl unmap`.
+pub fn unmapped(d: &UnmappedJson) -> String {
+    format!("unmapped VNI {}\n", d.vni)
+}
+
+/// The table of `mbctl received`.
+pub fn received_table(routes: &[ReceivedRouteJson]) -> String {
+    let mut t = Table::new(columns::RECEIVED);
+    for r in routes {
+        let (kind, ports) = type_and_ports(&r.route.next_hop);
+        let tables: Vec<String> = r.installed_tables.iter().map(u32::to_string).collect();
+        t.row(vec![
+            r.route.vni.to_string(),
+            r.route.prefix.clone(),
+            r.route.next_hop.address.clone(),
+            kind,
+            ports,
+            short_list(&r.servers, 3),
+            or_dash(&tables.join(",")),
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::parse_route;
+    use metalbond_proto::api;
+
+    #[test]
+    fn received_table_columns() {
+        let routes = vec![
+            ReceivedRouteJson::from(&api::ReceivedRoute {
+                route: Some(parse_route("200#10.0.2.0/24@2001:db8::2#nat#1024#2048").unwrap()),
+                servers: vec!["[2001:db8::a]:4711".into(), "[2001:db8::b]:4711".into()],
+                installed_tables: vec![200, 201],
+            }),
+            ReceivedRouteJson::from(&api::ReceivedRoute {
+                route: Some(parse_route("100#10.0.1.0/24@2001:db8::1").unwrap()),
+                servers: vec![],
+                installed_tables: vec![],
+            }),
+        ];
+        assert_eq!(
+            received_table(&routes),
+            "VNI  PREFIX       NEXT HOP     TYPE  PORTS      SERVERS                                INSTALLED\n\
+             200  10.0.2.0/24  2001:db8::2  nat   1024-2048  [2001:db8::a]:4711,[2001:db8::b]:4711  200,201\n\
+             100  10.0.1.0/24  2001:db8::1  std   -          -                                      -\n"
+        );
+    }
+}

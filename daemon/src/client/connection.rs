@@ -1253,7 +1253,7 @@ mod tests {
         let stats = client.stats().clone();
         next_up(&mut rx).await;
         assert!(client.remove_server(ServerId(0)));
-        let id = client.add_server(addr.into()).unwrap();
+        let id = client.add_server(addr.into(), &Desired::default()).unwrap();
         assert_eq!(id, ServerId(1));
         next_up(&mut rx).await;
         client.shutdown().await;

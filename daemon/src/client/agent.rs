@@ -503,11 +503,9 @@ impl AgentTask {
     fn publish_gauges(&self) {
         let s = &self.executor.stats;
         let p = &self.planner;
-        s.servers_configured
-            .store(p.server_count() as u64, Relaxed);
+        s.servers_configured.store(p.server_count() as u64, Relaxed);
         s.servers_up.store(p.up_count() as u64, Relaxed);
-        s.received_routes
-            .store(p.received_count() as u64, Relaxed);
+        s.received_routes.store(p.received_count() as u64, Relaxed);
     }
 
     fn addr(&self, server: ServerId) -> String {

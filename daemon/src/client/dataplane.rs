@@ -51,7 +51,8 @@ pub enum Executed {
 /// A future a [`Dataplane`] returns (boxed, so that the agent can hold any
 /// dataplane as a `Box<dyn Dataplane>`; one allocation per kernel call is
 /// noise next to the call).
-pub type DataplaneFuture<'a> = Pin<Box<dyn Future<Output = Result<Executed, KernelError>> + Send + 'a>>;
+pub type DataplaneFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Executed, KernelError>> + Send + 'a>>;
 
 /// Carries out the planner's operations. Failures are [`KernelError`]s, so
 /// that [`KernelError::is_retryable`] decides retries the same way for

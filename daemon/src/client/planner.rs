@@ -260,9 +260,8 @@ impl Planner {
     /// run (see [`Planner::set_dataplane`]).
     pub fn new(config: PlannerConfig, dataplane: bool) -> Planner {
         let mut received = ReceivedRoutes::new();
-        let _ = received.set_local_announcements(
-            config.desired.announcements.iter().map(|r| (r.vni, r.dest)),
-        );
+        let _ = received
+            .set_local_announcements(config.desired.announcements.iter().map(|r| (r.vni, r.dest)));
         Planner {
             servers: config
                 .servers
@@ -462,15 +461,15 @@ impl Planner {
             ClientChange::Subscribe(vni) if subscribed(vni) => Err(Refused::AlreadyExists(
                 format!("vni: {vni} is subscribed already"),
             )),
-            ClientChange::Unsubscribe(vni) if !subscribed(vni) => Err(Refused::NotFound(
-                format!("vni: {vni} is not subscribed"),
-            )),
+            ClientChange::Unsubscribe(vni) if !subscribed(vni) => {
+                Err(Refused::NotFound(format!("vni: {vni} is not subscribed")))
+            }
             ClientChange::SetMapping(_, table) => check_table(*table)
                 .map(drop)
                 .map_err(|why| Refused::Invalid(format!("table: {why}"))),
-            ClientChange::RemoveMapping(vni) if !self.tables.contains_key(vni) => Err(
-                Refused::NotFound(format!("vni: {vni} is not mapped")),
-            ),
+            ClientChange::RemoveMapping(vni) if !self.tables.contains_key(vni) => {
+                Err(Refused::NotFound(format!("vni: {vni} is not mapped")))
+            }
             _ => Ok(()),
         }
     }
@@ -646,7 +645,14 @@ impl Planner {
     ) -> Vec<Planned> {
         let mut out = Vec::new();
         match (job.purpose, job.op) {
-            (Purpose::Route { vni, dest, retrying }, op) => {
+            (
+                Purpose::Route {
+                    vni,
+                    dest,
+                    retrying,
+                },
+                op,
+            ) => {
                 let (table, next_hops) = match op {
                     DataplaneOp::Replace(r) => (r.table, r.next_hops),
                     DataplaneOp::Delete { table, .. } | DataplaneOp::Dump { table } => {

@@ -1,6 +1,7 @@
 //! The agent shell: its gauges follow events and API changes.
 
 use super::*;
+use crate::client::MemoryDataplane;
 use crate::wire::{Action, Update};
 
 /// An agent task without dataplane for `servers` (listeners that accept
@@ -57,7 +58,10 @@ async fn task() -> (
             stats,
         },
         client,
-        links: servers.iter().map(|(id, _)| (*id, Link::new(now))).collect(),
+        links: servers
+            .iter()
+            .map(|(id, _)| (*id, Link::new(now)))
+            .collect(),
         tun: None,
         store: None,
         cleanup: false,
@@ -73,10 +77,7 @@ async fn event(t: &mut AgentTask, ev: ClientEvent) {
 }
 
 /// What the serve loop does with one request.
-async fn request<T>(
-    t: &mut AgentTask,
-    make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest,
-) -> T {
+async fn request<T>(t: &mut AgentTask, make: impl FnOnce(oneshot::Sender<T>) -> AgentRequest) -> T {
     let (tx, rx) = oneshot::channel();
     t.request(make(tx)).await;
     t.publish_gauges();
@@ -150,9 +151,11 @@ async fn gauges_follow_events_and_api_changes() {
     // Removing an established server through the API: not up any more,
     // its routes gone; no session down is counted for it.
     let addr1 = t.planner.server_addr(ServerId(1)).unwrap().clone();
-    request(&mut t, |r| AgentRequest::Change(ClientChange::RemoveServer(addr1), r))
-        .await
-        .unwrap();
+    request(&mut t, |r| {
+        AgentRequest::Change(ClientChange::RemoveServer(addr1), r)
+    })
+    .await
+    .unwrap();
     assert_eq!(gauges(&t), (1, 0, 0));
     // Events it had queued are ignored.
     event(&mut t, up(1)).await;
@@ -163,12 +166,15 @@ async fn gauges_follow_events_and_api_changes() {
     request(&mut t, |r| {
         AgentRequest::Change(ClientChange::AddServer(addr2.clone()), r)
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     // Refused: no change.
-    assert!(request(&mut t, |r| AgentRequest::Change(ClientChange::AddServer(addr2), r))
-        .await
-        .is_err());
+    assert!(request(&mut t, |r| AgentRequest::Change(
+        ClientChange::AddServer(addr2),
+        r
+    ))
+    .await
+    .is_err());
     assert_eq!(gauges(&t), (2, 0, 0));
 
     // Unsubscribing drops the VNI's received routes.
@@ -178,10 +184,80 @@ async fn gauges_follow_events_and_api_changes() {
     request(&mut t, |r| {
         AgentRequest::Change(ClientChange::Unsubscribe(Vni(100)), r)
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     assert_eq!(gauges(&t), (2, 1, 0));
     // No route was installed (no table mapped): nothing counted.
     assert!(t.executor.stats.installed_routes().is_empty());
     assert_eq!(t.executor.stats.netlink_replace.ok.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn changes_are_checked_stored_then_applied_on_the_dataplane() {
+    let dir = std::env::temp_dir().join(format!("mbd-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Arc::new(Store::open(&dir).unwrap());
+    let stored = || StoredClientState::load(&store).unwrap();
+    let (mut t, _listeners, _events) = task().await;
+    t.store = Some(store.clone());
+    let change = |c: ClientChange| move |r| AgentRequest::Change(c, r);
+
+    // No dataplane and no tunnel device: refused before anything is stored.
+    assert_eq!(
+        request(&mut t, change(ClientChange::SetMapping(Vni(100), 7))).await,
+        Err(Refused::Precondition(
+            "no tunnel device: start the client with --tun DEV to install routes".into()
+        ))
+    );
+    assert!(stored().is_empty());
+
+    let dp = MemoryDataplane::new();
+    t.executor.dataplane = Some(Box::new(dp.clone()));
+    t.planner.set_dataplane();
+    event(&mut t, up(0)).await;
+    event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+    request(&mut t, change(ClientChange::SetMapping(Vni(100), 7)))
+        .await
+        .unwrap();
+    let prefix = crate::kernel::Prefix::new("10.0.1.0".parse().unwrap(), 24);
+    assert_eq!(
+        dp.routes(),
+        BTreeMap::from([((7, prefix), vec!["2001:db8::1".parse().unwrap()])])
+    );
+    assert_eq!(stored().mappings, BTreeMap::from([(Vni(100), Some(7))]));
+    let stats = t.executor.stats.clone();
+    assert_eq!(stats.installed_routes(), BTreeMap::from([(7, 1)]));
+    assert_eq!(stats.netlink_replace.ok.load(Relaxed), 1);
+    assert_eq!(stats.kernel_changes.load(Relaxed), 1);
+
+    // Refused changes store nothing.
+    assert_eq!(
+        request(&mut t, change(ClientChange::Subscribe(Vni(100)))).await,
+        Err(Refused::AlreadyExists(
+            "vni: 100 is subscribed already".into()
+        ))
+    );
+    assert_eq!(
+        request(&mut t, change(ClientChange::RemoveMapping(Vni(5)))).await,
+        Err(Refused::NotFound("vni: 5 is not mapped".into()))
+    );
+    assert!(stored().subscriptions.is_empty());
+    request(&mut t, change(ClientChange::Subscribe(Vni(200))))
+        .await
+        .unwrap();
+    assert_eq!(stored().subscriptions, BTreeMap::from([(Vni(200), true)]));
+    assert_eq!(
+        request(&mut t, AgentRequest::Subscriptions).await,
+        vec![Vni(100), Vni(200)]
+    );
+
+    // A failed kernel call is counted where it is made.
+    dp.fail(7, prefix, libc::ENOBUFS);
+    event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::2")).await;
+    assert_eq!(stats.netlink_replace.failed.load(Relaxed), 1);
+    assert_eq!(stats.kernel_errors.load(Relaxed), 1);
+    assert!(t.planner.next_deadline().is_some(), "a retry is due");
+    drop(t);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -214,7 +214,10 @@ fn updates_of_a_mapped_vni_become_replaces_and_deletes_with_multipath() {
     // VNI 200 is subscribed but not mapped: received, not installed.
     b.add(0, "200#10.0.2.0/24@2001:db8::2");
     assert!(b.dp.take_ops().is_empty());
-    assert_eq!(b.installed_tables("200#10.0.2.0/24@2001:db8::2"), Vec::<u32>::new());
+    assert_eq!(
+        b.installed_tables("200#10.0.2.0/24@2001:db8::2"),
+        Vec::<u32>::new()
+    );
     assert_eq!(b.p.received_count(), 1);
     // Nothing to wait for.
     assert_eq!(b.p.next_deadline(), None);
@@ -252,7 +255,10 @@ fn what_this_node_announces_is_never_installed() {
     b.add(0, "100#10.0.1.0/24@2001:db8::1");
     assert_eq!(b.p.received_count(), 2);
     assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
-    assert_eq!(b.installed_tables("100#10.0.9.0/24@2001:db8::5"), Vec::<u32>::new());
+    assert_eq!(
+        b.installed_tables("100#10.0.9.0/24@2001:db8::5"),
+        Vec::<u32>::new()
+    );
     assert_eq!(b.installed_tables("100#10.0.1.0/24@2001:db8::1"), vec![100]);
 }
 
@@ -270,7 +276,10 @@ fn updates_of_other_vnis_ipv6_with_ipv4_only_and_removed_servers_are_ignored() {
     b.add(1, "100#10.0.1.0/24@2001:db8::1");
     let ops = b.p.remove_server(ServerId(1));
     b.run(ops);
-    assert!(b.table(100).is_empty(), "a removed server's routes go at once");
+    assert!(
+        b.table(100).is_empty(),
+        "a removed server's routes go at once"
+    );
     // Queued before the removal.
     b.add(1, "100#10.0.2.0/24@2001:db8::1");
     b.up(1);
@@ -299,9 +308,16 @@ fn held_routes_of_an_earlier_run_wait_for_the_hold_time() {
     // Withdrawn again: its deletion waits for the reconciliation.
     b.add(0, "100#10.0.3.0/24@2001:db8::3");
     b.remove(0, "100#10.0.3.0/24@2001:db8::3");
-    assert!(!b.table(100).contains_key("10.0.3.0/24"), "not held: deleted");
+    assert!(
+        !b.table(100).contains_key("10.0.3.0/24"),
+        "not held: deleted"
+    );
     b.advance(HOLD - Duration::from_secs(1));
-    assert_eq!(b.table(100).len(), 2, "nothing deleted before the hold time");
+    assert_eq!(
+        b.table(100).len(),
+        2,
+        "nothing deleted before the hold time"
+    );
     b.advance(Duration::from_secs(1));
     assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
     assert_eq!(b.p.next_deadline(), None);
@@ -405,7 +421,10 @@ fn a_failed_operation_is_retried_every_second_with_the_current_state() {
     b.dp.fail(100, pfx("10.0.1.0/24"), libc::ENOBUFS);
     b.add(0, "100#10.0.1.0/24@2001:db8::1");
     assert!(b.table(100).is_empty());
-    assert_eq!(b.installed_tables("100#10.0.1.0/24@2001:db8::1"), Vec::<u32>::new());
+    assert_eq!(
+        b.installed_tables("100#10.0.1.0/24@2001:db8::1"),
+        Vec::<u32>::new()
+    );
     let failed_at = b.now;
     assert_eq!(b.p.next_deadline(), Some(failed_at + RETRY_INTERVAL));
     let _ = b.dp.take_ops();
@@ -552,7 +571,11 @@ fn without_a_dataplane_nothing_is_asked_and_nothing_held() {
     b.add(0, "100#10.0.1.0/24@2001:db8::1");
     b.down(0);
     assert!(b.dp.take_ops().is_empty());
-    assert_eq!(b.p.next_deadline(), None, "no stale time without a dataplane");
+    assert_eq!(
+        b.p.next_deadline(),
+        None,
+        "no stale time without a dataplane"
+    );
     assert_eq!(b.p.received_count(), 0);
     assert!(b.p.cleanup().is_empty());
 }

@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest, ReloadError};
-use crate::client::operator::StoredClientState;
 use crate::client::{Agent, ClientSettings};
 use crate::http::{self, HttpState, Readiness};
 use crate::logging::LogControl;
@@ -111,14 +110,7 @@ pub async fn run(
     // The operator's API changes to it are merged in (stored wins; see
     // `client::operator`).
     let agent = match &settings.client {
-        Some(client) => {
-            let reader = store.clone();
-            let stored = tokio::task::spawn_blocking(move || StoredClientState::load(&reader))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            Some(Agent::start_with(client.clone(), &stored).await?)
-        }
+        Some(client) => Some(Agent::start_with(client.clone(), Some(store.clone())).await?),
         None => None,
     };
 
@@ -201,7 +193,6 @@ pub async fn run(
             .as_ref()
             .map(|a| a.overrides.clone())
             .unwrap_or_default(),
-        client_lock: tokio::sync::Mutex::new(()),
         metrics: telemetry.api(),
         metrics_addr,
         http_addr,

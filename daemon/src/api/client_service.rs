@@ -1,9 +1,10 @@
 //! ClientService: runtime management of the client (hypervisor) role.
 //!
-//! Every change is checked against the agent's current state, written to
-//! the state store ([`crate::client::operator`]) and only then applied to
-//! the agent, all under one lock, so that the reply means "durable and
-//! applied". Without the client role every method is FAILED_PRECONDITION.
+//! Every change is one request to the agent, which checks it, writes it to
+//! the state store ([`crate::client::operator`]) and only then applies it,
+//! so that the reply means "durable and applied"; this service parses the
+//! input and maps the agent's typed refusal to a status. Without the client
+//! role every method is FAILED_PRECONDITION.
 
 use std::sync::Arc;
 
@@ -11,9 +12,9 @@ use metalbond_proto::api as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{invalid, route_to_api, timestamp, vni_from_api};
-use super::{blocking, shutting_down, ApiState};
-use crate::client::operator::{record_mapping, record_server, record_subscription};
-use crate::client::{AgentHandle, AgentRequest, Refused, ServerAddr};
+use super::{shutting_down, ApiState};
+use crate::client::planner::check_table;
+use crate::client::{AgentHandle, AgentRequest, ClientChange, Refused, ServerAddr};
 use crate::wire::Vni;
 
 /// The ClientService implementation.
@@ -41,13 +42,23 @@ impl ClientApi {
     ) -> Result<T, Status> {
         self.agent()?.ask(make).await.ok_or_else(shutting_down)
     }
+
+    /// Asks the agent to make `change` (it checks, stores and applies it).
+    async fn change(&self, change: ClientChange) -> Result<(), Status> {
+        self.ask(|r| AgentRequest::Change(change, r))
+            .await?
+            .map_err(refused)
+    }
 }
 
 fn refused(r: Refused) -> Status {
     match r {
+        Refused::Invalid(m) => Status::invalid_argument(m),
         Refused::AlreadyExists(m) => Status::already_exists(m),
         Refused::NotFound(m) => Status::not_found(m),
         Refused::Precondition(m) => Status::failed_precondition(m),
+        Refused::Unavailable(m) => Status::unavailable(m),
+        Refused::Internal(m) => Status::internal(m),
     }
 }
 
@@ -60,13 +71,6 @@ fn server_from_api(field: &str, address: &str) -> Result<ServerAddr, Status> {
         ));
     }
     address.parse().map_err(|e: String| invalid(field, e))
-}
-
-fn table_from_api(table: u32) -> Result<u32, Status> {
-    if table == 0 {
-        return Err(invalid("table", "0 is not a valid routing table"));
-    }
-    Ok(table)
 }
 
 #[tonic::async_trait]
@@ -103,20 +107,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::AddServerRequest>,
     ) -> Result<Response<pb::AddServerResponse>, Status> {
         let addr = server_from_api("address", &request.into_inner().address)?;
-        self.agent()?;
-        let _guard = self.state.client_lock.lock().await;
-        let servers = self.ask(AgentRequest::Servers).await?;
-        if servers.iter().any(|s| s.addr == addr) {
-            return Err(Status::already_exists(format!(
-                "address: server {addr} is configured already"
-            )));
-        }
-        let store = self.state.store.clone();
-        let record = addr.clone();
-        blocking(move || record_server(&store, &record, true)).await?;
-        self.ask(|r| AgentRequest::AddServer(addr, r))
-            .await?
-            .map_err(refused)?;
+        self.change(ClientChange::AddServer(addr)).await?;
         Ok(Response::new(pb::AddServerResponse {}))
     }
 
@@ -125,20 +116,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::RemoveServerRequest>,
     ) -> Result<Response<pb::RemoveServerResponse>, Status> {
         let addr = server_from_api("address", &request.into_inner().address)?;
-        self.agent()?;
-        let _guard = self.state.client_lock.lock().await;
-        let servers = self.ask(AgentRequest::Servers).await?;
-        if !servers.iter().any(|s| s.addr == addr) {
-            return Err(Status::not_found(format!(
-                "address: server {addr} is not configured"
-            )));
-        }
-        let store = self.state.store.clone();
-        let record = addr.clone();
-        blocking(move || record_server(&store, &record, false)).await?;
-        self.ask(|r| AgentRequest::RemoveServer(addr, r))
-            .await?
-            .map_err(refused)?;
+        self.change(ClientChange::RemoveServer(addr)).await?;
         Ok(Response::new(pb::RemoveServerResponse {}))
     }
 
@@ -161,19 +139,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
-        self.agent()?;
-        let _guard = self.state.client_lock.lock().await;
-        let subscribed = self.ask(AgentRequest::Subscriptions).await?;
-        if subscribed.contains(&vni) {
-            return Err(Status::already_exists(format!(
-                "vni: {vni} is subscribed already"
-            )));
-        }
-        let store = self.state.store.clone();
-        blocking(move || record_subscription(&store, vni, true)).await?;
-        self.ask(|r| AgentRequest::Subscribe(vni, r))
-            .await?
-            .map_err(refused)?;
+        self.change(ClientChange::Subscribe(vni)).await?;
         Ok(Response::new(pb::SubscribeResponse {}))
     }
 
@@ -182,17 +148,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
-        self.agent()?;
-        let _guard = self.state.client_lock.lock().await;
-        let subscribed = self.ask(AgentRequest::Subscriptions).await?;
-        if !subscribed.contains(&vni) {
-            return Err(Status::not_found(format!("vni: {vni} is not subscribed")));
-        }
-        let store = self.state.store.clone();
-        blocking(move || record_subscription(&store, vni, false)).await?;
-        self.ask(|r| AgentRequest::Unsubscribe(vni, r))
-            .await?
-            .map_err(refused)?;
+        self.change(ClientChange::Unsubscribe(vni)).await?;
         Ok(Response::new(pb::UnsubscribeResponse {}))
     }
 
@@ -218,23 +174,8 @@ impl pb::client_service_server::ClientService for ClientApi {
     ) -> Result<Response<pb::SetTableMappingResponse>, Status> {
         let req = request.into_inner();
         let vni = vni_from_api("vni", req.vni)?;
-        let table = table_from_api(req.table)?;
-        self.agent()?;
-        let _guard = self.state.client_lock.lock().await;
-        let store = self.state.store.clone();
-        blocking(move || record_mapping(&store, vni, Some(table))).await?;
-        let applied = self
-            .ask(|r| AgentRequest::SetMapping(vni, table, r))
-            .await?;
-        if let Err(why) = applied {
-            // Not applied (no tunnel device): nor kept.
-            let store = self.state.store.clone();
-            let old = self.ask(AgentRequest::Mappings).await?.remove(&vni);
-            let old = old.and_then(|t| t.into_iter().next());
-            // Best effort: the store said yes a moment ago.
-            let _ = blocking(move || undo_mapping(&store, vni, old)).await;
-            return Err(refused(why));
-        }
+        let table = check_table(req.table).map_err(|why| invalid("table", why))?;
+        self.change(ClientChange::SetMapping(vni, table)).await?;
         Ok(Response::new(pb::SetTableMappingResponse {}))
     }
 
@@ -243,17 +184,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::RemoveTableMappingRequest>,
     ) -> Result<Response<pb::RemoveTableMappingResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
-        self.agent()?;
-        let _guard = self.state.client_lock.lock().await;
-        let mappings = self.ask(AgentRequest::Mappings).await?;
-        if !mappings.contains_key(&vni) {
-            return Err(Status::not_found(format!("vni: {vni} is not mapped")));
-        }
-        let store = self.state.store.clone();
-        blocking(move || record_mapping(&store, vni, None)).await?;
-        self.ask(|r| AgentRequest::RemoveMapping(vni, r))
-            .await?
-            .map_err(refused)?;
+        self.change(ClientChange::RemoveMapping(vni)).await?;
         Ok(Response::new(pb::RemoveTableMappingResponse {}))
     }
 
@@ -274,20 +205,5 @@ impl pb::client_service_server::ClientService for ClientApi {
                 })
                 .collect(),
         }))
-    }
-}
-
-/// Puts back the stored record of `vni`'s mapping after a refused change:
-/// the table it still has, or no record at all.
-fn undo_mapping(
-    store: &crate::store::Store,
-    vni: Vni,
-    table: Option<u32>,
-) -> Result<(), crate::store::StoreError> {
-    match table {
-        Some(t) => record_mapping(store, vni, Some(t)),
-        None => store
-            .delete(crate::client::operator::MAPPINGS, &vni.0.to_string())
-            .map(|_| ()),
     }
 }

@@ -92,8 +92,6 @@ pub struct ApiState {
     pub client_stats: Option<Arc<crate::client::stats::AgentStats>>,
     /// Settings given at start that stored API changes replaced.
     pub overrides: Vec<crate::client::operator::Override>,
-    /// Serialises changes to the client role (check, store, apply).
-    pub client_lock: Mutex<()>,
     /// Request counters.
     pub metrics: Arc<crate::metrics::ApiMetrics>,
     /// Bound address of the metrics listener, if any.

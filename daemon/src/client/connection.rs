@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -207,7 +207,7 @@ pub struct Desired {
 impl Desired {
     /// Applies `cmd`; returns false if it changed nothing (a duplicate
     /// subscribe or announce, or removing something absent).
-    fn apply(&mut self, cmd: ClientCommand) -> bool {
+    pub fn apply(&mut self, cmd: ClientCommand) -> bool {
         match cmd {
             ClientCommand::Subscribe(vni) => {
                 if self.subscriptions.contains(&vni) {
@@ -230,13 +230,12 @@ impl Desired {
 /// The client connections: one task per server, sharing one event channel
 /// and one shutdown signal. Servers can be added and removed at runtime
 /// ([`Client::add_server`], [`Client::remove_server`]); a [`ServerId`] is
-/// never reused.
+/// never reused. The desired state is the caller's (the agent's planner):
+/// each task starts from a copy and follows the commands.
 pub struct Client {
     servers: BTreeMap<ServerId, ServerHandle>,
     shutdown: watch::Sender<bool>,
     config: ClientConfig,
-    /// What a server added later starts from (kept up to date by the commands).
-    desired: Mutex<Desired>,
     /// Weak, so that the event channel still closes when every task ended.
     events: mpsc::WeakSender<ClientEvent>,
     next_id: usize,
@@ -286,26 +285,25 @@ impl Client {
             servers: BTreeMap::new(),
             shutdown,
             config,
-            desired: Mutex::new(desired),
             events: events.downgrade(),
             next_id: 0,
             stats,
         };
         for addr in servers {
-            client.spawn(addr.clone(), &events);
+            client.spawn(addr.clone(), &events, desired.clone());
         }
         client
     }
 
-    fn spawn(&mut self, addr: ServerAddr, events: &mpsc::Sender<ClientEvent>) -> ServerId {
+    fn spawn(
+        &mut self,
+        addr: ServerAddr,
+        events: &mpsc::Sender<ClientEvent>,
+        desired: Desired,
+    ) -> ServerId {
         let id = ServerId(self.next_id);
         self.next_id += 1;
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-        let desired = self
-            .desired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let counters = Arc::new(ServerCounters::default());
         let task = tokio::spawn(run(
             id,
@@ -328,11 +326,12 @@ impl Client {
         id
     }
 
-    /// Starts a connection task for one more server, from the current
-    /// desired state. `None` if the event channel is closed (nobody listens).
-    pub fn add_server(&mut self, addr: ServerAddr) -> Option<ServerId> {
+    /// Starts a connection task for one more server, from `desired` (the
+    /// current desired state). `None` if the event channel is closed
+    /// (nobody listens).
+    pub fn add_server(&mut self, addr: ServerAddr, desired: &Desired) -> Option<ServerId> {
         let events = self.events.upgrade()?;
-        Some(self.spawn(addr, &events))
+        Some(self.spawn(addr, &events, desired.clone()))
     }
 
     /// Stops the connection task of `server` (its session is closed; no
@@ -366,12 +365,9 @@ impl Client {
     }
 
     /// Sends `cmd` to every connection task (waits only if a task's command
-    /// queue is full), and keeps it for servers added later.
+    /// queue is full). Servers added later start from the desired state
+    /// given to [`Client::add_server`].
     pub async fn command(&self, cmd: ClientCommand) {
-        self.desired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(cmd);
         for s in self.servers.values() {
             // A task that ended (shutdown) has nothing left to update.
             let _ = s.commands.send(cmd).await;
@@ -1257,7 +1253,7 @@ mod tests {
         let stats = client.stats().clone();
         next_up(&mut rx).await;
         assert!(client.remove_server(ServerId(0)));
-        let id = client.add_server(addr.into()).unwrap();
+        let id = client.add_server(addr.into(), &Desired::default()).unwrap();
         assert_eq!(id, ServerId(1));
         next_up(&mut rx).await;
         client.shutdown().await;

@@ -9,28 +9,39 @@
 //!   subscriptions and announcements on every new session, and reports what
 //!   it receives as [`ClientEvent`]s.
 //!
+//! - [`planner`]: the agent's decisions without I/O: events and `now` in,
+//!   dataplane operations and the next deadline out (hold, stale,
+//!   reconciliation, retries, subscriptions, mappings).
+//! - [`dataplane`]: the [`Dataplane`] trait the planner's operations run
+//!   on, implemented by the kernel installer and in memory.
 //! - [`operator`]: the operator's API changes, stored durably, and how
 //!   they merge with the configuration at start.
-//! - [`agent`]: the hypervisor agent that wires the connections, the
-//!   received routes and the kernel installer together.
+//! - [`agent`]: the hypervisor agent, the shell that feeds the planner
+//!   with the connections' events, the API's requests and its timer, runs
+//!   its operations on the dataplane, and owns the operator's changes
+//!   (check, store, apply).
 //! - [`stats`]: the role's counters ([`AgentStats`]), read by the metrics.
 
 pub mod agent;
 pub mod connection;
+pub mod dataplane;
 pub mod operator;
+pub mod planner;
 pub mod received;
 pub mod stats;
 
 use std::fmt;
 
-pub use agent::{
-    Agent, AgentHandle, AgentRequest, AgentStats, ClientSettings, ReceivedEntry, Refused,
-    ServerStatus, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
-};
+pub use agent::{Agent, AgentHandle, AgentRequest, AgentStats, ClientSettings, ServerStatus};
 pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
 };
+pub use dataplane::{Dataplane, DataplaneOp, Executed, MemoryDataplane};
 pub use metalbondd_config::ServerAddr;
+pub use planner::{
+    ClientChange, Planner, ReceivedEntry, Refused, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME,
+    QUIET_AFTER_DUMP,
+};
 pub use received::{Change, ReceivedRoutes};
 pub use stats::NetlinkOpCounters;
 

@@ -25,12 +25,15 @@
 //! lists every setting given at start that a stored change replaces; the
 //! agent logs a WARN for each and the API's GetStatus (`mbctl status`)
 //! shows them.
+//!
+//! The agent ([`super::agent`]) is the only writer: it checks a change,
+//! [`record`]s it, then applies it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::warn;
 
-use super::{ClientSettings, ServerAddr};
+use super::{ClientChange, ClientSettings, ServerAddr};
 use crate::store::{Store, StoreError};
 use crate::wire::Vni;
 
@@ -176,6 +179,19 @@ impl StoredClientState {
                 None => drop(settings.install_routes.remove(vni)),
             }
         }
+    }
+}
+
+/// Records `change` durably: the one write of an operator change, made
+/// after the agent checked it and before it applies it.
+pub fn record(store: &Store, change: &ClientChange) -> Result<(), StoreError> {
+    match change {
+        ClientChange::AddServer(addr) => record_server(store, addr, true),
+        ClientChange::RemoveServer(addr) => record_server(store, addr, false),
+        ClientChange::Subscribe(vni) => record_subscription(store, *vni, true),
+        ClientChange::Unsubscribe(vni) => record_subscription(store, *vni, false),
+        ClientChange::SetMapping(vni, table) => record_mapping(store, *vni, Some(*table)),
+        ClientChange::RemoveMapping(vni) => record_mapping(store, *vni, None),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod server;
+pub mod settings;
 pub mod session;
 pub mod store;
 pub mod table;

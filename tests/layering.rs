@@ -46,8 +46,14 @@ const TOKIO_IN_PURE: &[&str] = &["tokio::sync::Notify"];
 /// Text that means I/O or the clock in a pure module's code, with the rule
 /// it breaks.
 const FORBIDDEN_IN_PURE: &[(&str, &str)] = &[
-    ("Instant::now", "reads the clock (take `now` as an argument)"),
-    ("SystemTime::now", "reads the clock (take `now` as an argument)"),
+    (
+        "Instant::now",
+        "reads the clock (take `now` as an argument)",
+    ),
+    (
+        "SystemTime::now",
+        "reads the clock (take `now` as an argument)",
+    ),
     (".elapsed()", "reads the clock (take `now` as an argument)"),
     ("std::thread::sleep", "sleeps"),
     ("std::fs", "does file I/O"),
@@ -317,7 +323,8 @@ fn workspace_members(root: &Path) -> Vec<PathBuf> {
 /// (normal, build, dev, and target-specific ones; `package = "..."`
 /// renames resolved).
 fn manifest_deps(manifest: &Path) -> (String, BTreeSet<String>) {
-    let text = fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let text =
+        fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
     let mut name = None;
     let mut deps = BTreeSet::new();
     let mut section = String::new();

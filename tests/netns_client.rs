@@ -18,36 +18,26 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::api::{self, inject, list_all, withdraw};
-use common::netns::{all_routes, expected, ip, may_run, table, wait_table, NetnsEnv, POLL, WAIT};
+use common::netns::{
+    all_routes, expected, ip, table, wait_table, NetnsEnv, MAP_100, POLL, TUN, WAIT,
+};
 use common::QUIET;
 use metalbond_proto::api as pb;
 
-const TUN: &str = "mbt0";
-
-/// The veth pair standing in for the tunnel device.
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
-
-/// The client flags of the standard setup: VNI 100 into table 100 via mbt0,
-/// announcing 10.9.9.0/24.
-const CLIENT_ARGS: &[&str] = &[
-    "--subscribe",
-    "100",
-    "--install-routes",
-    "100#100",
-    "--tun",
-    TUN,
-    "--announce",
-    "100#10.9.9.0/24@2001:db8::99",
-];
+/// The client flags of the standard setup: [`MAP_100`], announcing
+/// 10.9.9.0/24.
+fn client_args() -> Vec<&'static str> {
+    [MAP_100, &["--announce", "100#10.9.9.0/24@2001:db8::99"]].concat()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
-    if !may_run("std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn") {
+    let Some(env) = NetnsEnv::for_test("std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
-    let _client = env.client("c", &[server.addr], CLIENT_ARGS);
+    let _client = env.client("c", &[server.addr], &client_args());
     let routes = [
         "100#10.0.1.0/24@2001:db8::1",
         "100#10.0.2.0/24@2001:db8::2#nat#1024#2047",
@@ -153,12 +143,12 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn own_announcement_reaches_server_and_is_not_installed() {
-    if !may_run("own_announcement_reaches_server_and_is_not_installed") {
+    let Some(env) = NetnsEnv::for_test("own_announcement_reaches_server_and_is_not_installed")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
-    let _client = env.client("c", &[server.addr], CLIENT_ARGS);
+    let _client = env.client("c", &[server.addr], &client_args());
 
     // The server lists the client's announcement, announced by a session (the client's).
     let mut api = api::connect(&env.sock("s")).await;
@@ -202,12 +192,11 @@ async fn own_announcement_reaches_server_and_is_not_installed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unmapped_vni_is_not_installed() {
-    if !may_run("unmapped_vni_is_not_installed") {
+    let Some(env) = NetnsEnv::for_test("unmapped_vni_is_not_installed") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
-    let mut args = CLIENT_ARGS.to_vec();
+    let mut args = client_args();
     args.extend(["--subscribe", "200"]);
     let _client = env.client("c", &[server.addr], &args);
     // VNI 200 first, then VNI 100: once the VNI 100 route is installed, the VNI 200 ones
@@ -233,13 +222,12 @@ async fn unmapped_vni_is_not_installed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_servers_losing_one_keeps_the_route() {
-    if !may_run("two_servers_losing_one_keeps_the_route") {
+    let Some(env) = NetnsEnv::for_test("two_servers_losing_one_keeps_the_route") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let s1 = env.server("s1");
     let s2 = env.server("s2");
-    let client = env.client("c", &[s1.addr, s2.addr], CLIENT_ARGS);
+    let client = env.client("c", &[s1.addr, s2.addr], &client_args());
     let r = "100#10.0.5.0/24@2001:db8::5";
     let r6 = "100#2001:db8:5::/64@2001:db8::5";
 
@@ -331,10 +319,10 @@ fn run_to_exit(ns: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn bad_table_and_missing_tunnel_device_are_startup_errors() {
-    if !may_run("bad_table_and_missing_tunnel_device_are_startup_errors") {
+    let Some(env) = NetnsEnv::for_test("bad_table_and_missing_tunnel_device_are_startup_errors")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let sock = env.sock("c").display().to_string();
     let state = env.dir.join("c").display().to_string();
     let common = [

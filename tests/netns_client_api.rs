@@ -12,21 +12,10 @@ mod common;
 use std::time::Instant;
 
 use common::api::{self, inject};
-use common::netns::{may_run, wait_table, NetnsEnv, POLL, WAIT};
+use common::netns::{wait_table, NetnsEnv, MAP_100, POLL, TUN, WAIT};
 use common::QUIET;
 use metalbond_proto::api as pb;
 use tonic::Code;
-
-const TUN: &str = "mbt0";
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
-const CLIENT_ARGS: &[&str] = &[
-    "--subscribe",
-    "100",
-    "--install-routes",
-    "100#100",
-    "--tun",
-    TUN,
-];
 
 /// Polls `check` until it returns true, at most [`WAIT`].
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -86,10 +75,11 @@ fn prefix_of(r: &pb::ReceivedRoute) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_restart() {
-    if !may_run("servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_restart") {
+    let Some(env) = NetnsEnv::for_test(
+        "servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_restart",
+    ) else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
     let second = env.server("s2");
     inject(
@@ -97,7 +87,7 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         &["100#10.0.1.0/24@2001:db8::1", "200#10.0.2.0/24@2001:db8::2"],
     )
     .await;
-    let client = env.client("c", &[server.addr], CLIENT_ARGS);
+    let client = env.client("c", &[server.addr], MAP_100);
     wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
     let mut capi = api::connect(&env.sock("c")).await;
     let s1 = server.addr.to_string();
@@ -250,7 +240,7 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
     // removed server too): the API changes win, and say so.
     drop(capi);
     drop(client);
-    let client = env.client("c", &[server.addr, second.addr], CLIENT_ARGS);
+    let client = env.client("c", &[server.addr, second.addr], MAP_100);
     let mut capi = api::connect(&env.sock("c")).await;
     assert_eq!(mappings(&mut capi).await, vec![(200, 200)]);
     let want = [

@@ -11,10 +11,8 @@ mod common;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 
-use common::netns::{ip, may_run, run_in_netns, NetnsEnv};
+use common::netns::{ip, run_in_netns, NetnsEnv, TUN};
 use metalbondd::kernel::{Installer, KernelError, KernelRoute, Prefix, RTPROT_METALBOND};
-
-const TUN: &str = "mbt0";
 
 /// Runs `body(namespace name)` on a thread inside a fresh namespace (`lo`, and
 /// the veth pair `mbt0`/`mbt1` up), on its own runtime; the namespace is
@@ -24,10 +22,9 @@ where
     F: FnOnce(String) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    if !may_run(test) {
+    let Some(env) = NetnsEnv::for_test(test) else {
         return;
-    }
-    let env = NetnsEnv::create(&[(TUN, "mbt1")]);
+    };
     let name = env.ns.clone();
     run_in_netns(&env.ns, move || body(name));
 }

@@ -20,13 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{inject, withdraw};
-use common::netns::{expected, ip, may_run, table, wait_table, NetnsEnv, Table, Want, POLL, WAIT};
+use common::netns::{
+    expected, ip, table, wait_table, NetnsEnv, Table, Want, MAP_100, POLL, TUN, WAIT,
+};
 use common::Daemon;
-
-const TUN: &str = "mbt0";
-
-/// The veth pair standing in for the tunnel device.
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
 
 /// Fixed server addresses inside the test's namespace.
 const S1: &str = "[::1]:4711";
@@ -41,16 +38,7 @@ const R6: &str = "100#2001:db8:a::/64@2001:db8::4";
 
 /// VNI 100 into table 100 via mbt0, plus `extra`.
 fn client_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--subscribe",
-        "100",
-        "--install-routes",
-        "100#100",
-        "--tun",
-        TUN,
-    ];
-    args.extend(extra);
-    args
+    [MAP_100, extra].concat()
 }
 
 /// Table 100, both families, as prefix -> next hops.
@@ -125,10 +113,9 @@ fn has_prefix(listing: &str, prefix: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_client_keeps_its_routes_and_resyncs() {
-    if !may_run("restarted_client_keeps_its_routes_and_resyncs") {
+    let Some(env) = NetnsEnv::for_test("restarted_client_keeps_its_routes_and_resyncs") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1, R2, R6]).await;
     let args = client_args(&["--hold-time", "2"]);
@@ -194,10 +181,10 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_every_server_keeps_routes_for_the_stale_time() {
-    if !may_run("losing_every_server_keeps_routes_for_the_stale_time") {
+    let Some(env) = NetnsEnv::for_test("losing_every_server_keeps_routes_for_the_stale_time")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let s1 = env.server_with("s1", S1, "s1", &[]);
     let s2 = env.server_with("s2", S2, "s2", &[]);
     inject(&env.sock("s1"), &[R1, R6]).await;
@@ -236,10 +223,10 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
-    if !may_run("a_server_back_within_the_stale_time_resyncs_without_flap") {
+    let Some(env) = NetnsEnv::for_test("a_server_back_within_the_stale_time_resyncs_without_flap")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let s1 = env.server_with("s1", S1, "s1-first", &[]);
     let s2 = env.server_with("s2", S2, "s2", &[]);
     inject(&env.sock("s1"), &[R1, R2]).await;
@@ -377,10 +364,9 @@ async fn wait_confirmed_route(ns: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_at_start_removes_earlier_routes_at_start() {
-    if !may_run("flush_at_start_removes_earlier_routes_at_start") {
+    let Some(env) = NetnsEnv::for_test("flush_at_start_removes_earlier_routes_at_start") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     add_earlier_routes(&env.ns);
@@ -424,9 +410,12 @@ async fn wait_v4_prefixes(ns: &str, want: &[&str]) {
 /// held from an earlier run) exits on `signal`. With `--cleanup` (the Go
 /// reference's "Cleanup routes upon exit") every protocol-254 route of
 /// the mapped table is gone once it exited, and nothing else; without it
-/// they all stay for the next start.
-async fn exit_on(signal: i32, cleanup: bool) {
-    let env = NetnsEnv::create(VETHS);
+/// they all stay for the next start. Skipped (see [`NetnsEnv::for_test`])
+/// as `test`.
+async fn exit_on(test: &str, signal: i32, cleanup: bool) {
+    let Some(env) = NetnsEnv::for_test(test) else {
+        return;
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1, R2]).await;
     add_earlier_routes(&env.ns);
@@ -474,42 +463,36 @@ async fn exit_on(signal: i32, cleanup: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_deletes_our_routes_at_sigterm() {
-    if !may_run("cleanup_deletes_our_routes_at_sigterm") {
-        return;
-    }
-    exit_on(libc::SIGTERM, true).await;
+    exit_on("cleanup_deletes_our_routes_at_sigterm", libc::SIGTERM, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_deletes_our_routes_at_sigint() {
-    if !may_run("cleanup_deletes_our_routes_at_sigint") {
-        return;
-    }
-    exit_on(libc::SIGINT, true).await;
+    exit_on("cleanup_deletes_our_routes_at_sigint", libc::SIGINT, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_cleanup_routes_stay_at_sigterm() {
-    if !may_run("without_cleanup_routes_stay_at_sigterm") {
-        return;
-    }
-    exit_on(libc::SIGTERM, false).await;
+    exit_on(
+        "without_cleanup_routes_stay_at_sigterm",
+        libc::SIGTERM,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_cleanup_routes_stay_at_sigint() {
-    if !may_run("without_cleanup_routes_stay_at_sigint") {
-        return;
-    }
-    exit_on(libc::SIGINT, false).await;
+    exit_on("without_cleanup_routes_stay_at_sigint", libc::SIGINT, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_cleanup_unconfirmed_route_goes_after_the_hold_time() {
-    if !may_run("without_cleanup_unconfirmed_route_goes_after_the_hold_time") {
+    let Some(env) =
+        NetnsEnv::for_test("without_cleanup_unconfirmed_route_goes_after_the_hold_time")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     add_earlier_routes(&env.ns);
@@ -550,10 +533,9 @@ async fn without_cleanup_unconfirmed_route_goes_after_the_hold_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_role_from_the_config_file() {
-    if !may_run("client_role_from_the_config_file") {
+    let Some(env) = NetnsEnv::for_test("client_role_from_the_config_file") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     let config = env.dir.join("both.toml");

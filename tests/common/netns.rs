@@ -21,6 +21,21 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Poll interval of `ip route`.
 pub const POLL: Duration = Duration::from_millis(20);
 
+/// The tunnel device of the standard setup: one end of the veth pair [`VETHS`].
+pub const TUN: &str = "mbt0";
+/// The standard setup's veth pair: [`TUN`] and its peer.
+pub const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
+/// Client flags of the standard mapping: VNI 100 subscribed and installed
+/// into table 100 via [`TUN`].
+pub const MAP_100: &[&str] = &[
+    "--subscribe",
+    "100",
+    "--install-routes",
+    "100#100",
+    "--tun",
+    TUN,
+];
+
 /// Why the namespace tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -66,6 +81,17 @@ pub struct NetnsEnv {
 }
 
 impl NetnsEnv {
+    /// The namespace of test `test` with the standard veth pair, or `None`
+    /// (after [`may_run`] said why) when the test must be skipped.
+    pub fn for_test(test: &str) -> Option<NetnsEnv> {
+        Self::for_test_with(test, VETHS)
+    }
+
+    /// Like [`NetnsEnv::for_test`], with the veth pairs `veths`.
+    pub fn for_test_with(test: &str, veths: &[(&str, &str)]) -> Option<NetnsEnv> {
+        may_run(test).then(|| Self::create(veths))
+    }
+
     /// Creates the namespace with one veth pair per `(name, peer)`.
     pub fn create(veths: &[(&str, &str)]) -> NetnsEnv {
         static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -132,11 +132,13 @@ pub fn server_reloader(args: &ServerArgs) -> Option<Reloader> {
     args.config.as_ref()?;
     let args = args.clone();
     Some(Box::new(move || {
-        load_server(&args).map(|(settings, _)| settings).map_err(|e| {
-            // One log line and one API message, however many errors.
-            let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
-            lines.join("; ")
-        })
+        load_server(&args)
+            .map(|(settings, _)| settings)
+            .map_err(|e| {
+                // One log line and one API message, however many errors.
+                let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+                lines.join("; ")
+            })
     }))
 }
 

@@ -144,7 +144,10 @@ fn keepalive_0_means_5_and_the_write_timeout_covers_the_session_timeout() {
     assert_eq!(s.server.session.keepalive_secs, 5);
     // 2.5 keepalive intervals: a write may not time out a session that the
     // keepalive timer would still keep.
-    assert_eq!(s.server.session.write_timeout, Duration::from_millis(12_500));
+    assert_eq!(
+        s.server.session.write_timeout,
+        Duration::from_millis(12_500)
+    );
 }
 
 #[test]
@@ -182,7 +185,10 @@ reconnect_max = 0
     assert_eq!(client.install_routes[&Vni(100)], BTreeSet::from([100]));
     assert_eq!(client.tun.as_deref(), Some("tun0"));
     // A first delay of 0 becomes 100 ms; the largest is at least the first.
-    assert_eq!(client.connection.backoff.initial, Duration::from_millis(100));
+    assert_eq!(
+        client.connection.backoff.initial,
+        Duration::from_millis(100)
+    );
     assert_eq!(client.connection.backoff.max, Duration::from_millis(100));
 }
 
@@ -195,7 +201,6 @@ fn a_bad_client_section_is_an_error_in_the_file() {
         line.starts_with("test.toml:3:") && line.contains("client.announce[0]"),
         "{line}"
     );
-
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::netns::{ip, run_in_netns, wait_table, NetnsEnv};
+use common::netns::{ip_in, run_in_netns, wait_table, NetnsEnv};
 use common::*;
 use metalbondd::client::{
     Agent, AgentStats, BackoffConfig, Client, ClientConfig, ClientEvent, ClientSettings, Desired,
@@ -453,10 +453,10 @@ fn agent_counts_kernel_routes_in_a_netns() {
         ("10.0.1.0/24", "2001:db8::1"),
         ("10.0.9.0/24", "2001:db8::9"),
     ] {
-        ip(&[
-            "-n", &ns, "route", "add", dest, "encap", "ip6", "dst", hop, "dev", "mbt0", "table",
-            "100", "proto", "254",
-        ]);
+        ip_in(
+            &ns,
+            &format!("route add {dest} encap ip6 dst {hop} dev mbt0 table 100 proto 254"),
+        );
     }
     let d = env.server("s");
     let addr = d.addr;

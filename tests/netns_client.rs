@@ -18,9 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::api::{self, inject, list_all, withdraw};
-use common::netns::{
-    all_routes, expected, ip, table, wait_table, NetnsEnv, MAP_100, POLL, TUN, WAIT,
-};
+use common::netns::{all_routes, expected, ip, table, NetnsEnv, MAP_100, POLL, TUN, WAIT};
 use common::QUIET;
 use metalbond_proto::api as pb;
 
@@ -51,10 +49,8 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         "100#2001:db8:d::/64@2001:db8::21",
     ];
     inject(&env.sock("s"), &routes).await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -82,10 +78,8 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         ],
     )
     .await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -110,10 +104,8 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         ],
     )
     .await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -138,7 +130,7 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         ],
     )
     .await;
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,7 +173,8 @@ async fn own_announcement_reaches_server_and_is_not_installed() {
     // must not install it (loop prevention). A later route proves it was processed.
     inject(&env.sock("s"), &["100#10.9.9.0/24@2001:db8::5"]).await;
     inject(&env.sock("s"), &["100#10.0.8.0/24@2001:db8::8"]).await;
-    wait_table(&env.ns, 100, TUN, &[("10.0.8.0/24", &["2001:db8::8"])], &[]).await;
+    env.wait_table(100, &[("10.0.8.0/24", &["2001:db8::8"])], &[])
+        .await;
     tokio::time::sleep(QUIET).await;
     let all = all_routes(&env.ns);
     assert!(
@@ -210,14 +203,16 @@ async fn unmapped_vni_is_not_installed() {
     )
     .await;
     inject(&env.sock("s"), &["100#10.0.8.0/24@2001:db8::8"]).await;
-    wait_table(&env.ns, 100, TUN, &[("10.0.8.0/24", &["2001:db8::8"])], &[]).await;
+    env.wait_table(100, &[("10.0.8.0/24", &["2001:db8::8"])], &[])
+        .await;
     tokio::time::sleep(QUIET).await;
     let all = all_routes(&env.ns);
     assert!(
         !all.contains("10.0.20.0") && !all.contains("2001:db8:20::"),
         "route of an unmapped VNI installed:\n{all}"
     );
-    wait_table(&env.ns, 100, TUN, &[("10.0.8.0/24", &["2001:db8::8"])], &[]).await;
+    env.wait_table(100, &[("10.0.8.0/24", &["2001:db8::8"])], &[])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,7 +230,7 @@ async fn two_servers_losing_one_keeps_the_route() {
     inject(&env.sock("s1"), &[r, r6]).await;
     let v4: &[(&str, &[&str])] = &[("10.0.5.0/24", &["2001:db8::5"])];
     let v6: &[(&str, &[&str])] = &[("2001:db8:5::/64", &["2001:db8::5"])];
-    wait_table(&env.ns, 100, TUN, v4, v6).await;
+    env.wait_table(100, v4, v6).await;
     // ... then server 2, followed by a marker that proves the client got them from it too.
     inject(&env.sock("s2"), &[r, r6]).await;
     inject(&env.sock("s2"), &["100#10.0.6.0/24@2001:db8::6"]).await;
@@ -243,7 +238,7 @@ async fn two_servers_losing_one_keeps_the_route() {
         ("10.0.5.0/24", &["2001:db8::5"]),
         ("10.0.6.0/24", &["2001:db8::6"]),
     ];
-    wait_table(&env.ns, 100, TUN, v4_marked, v6).await;
+    env.wait_table(100, v4_marked, v6).await;
 
     // Kill server 1: the routes never leave the kernel, before or after the client saw it go.
     drop(s1);
@@ -279,7 +274,8 @@ async fn two_servers_losing_one_keeps_the_route() {
 
     // Withdrawn on the remaining server: gone.
     withdraw(&env.sock("s2"), &[r, r6]).await;
-    wait_table(&env.ns, 100, TUN, &[("10.0.6.0/24", &["2001:db8::6"])], &[]).await;
+    env.wait_table(100, &[("10.0.6.0/24", &["2001:db8::6"])], &[])
+        .await;
 }
 
 /// Runs `metalbondd ARGS` inside `ns` to its exit (bounded); returns whether it succeeded

@@ -12,7 +12,7 @@ mod common;
 use std::time::Instant;
 
 use common::api::{self, inject};
-use common::netns::{wait_table, NetnsEnv, MAP_100, POLL, TUN, WAIT};
+use common::netns::{NetnsEnv, MAP_100, POLL, WAIT};
 use common::QUIET;
 use metalbond_proto::api as pb;
 use tonic::Code;
@@ -88,7 +88,8 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
     )
     .await;
     let client = env.client("c", &[server.addr], MAP_100);
-    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(100, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
     let mut capi = api::connect(&env.sock("c")).await;
     let s1 = server.addr.to_string();
     let s2 = second.addr.to_string();
@@ -105,7 +106,8 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         .subscribe(pb::SubscribeRequest { vni: 200 })
         .await
         .unwrap();
-    wait_table(&env.ns, 200, TUN, &[("10.0.2.0/24", &["2001:db8::2"])], &[]).await;
+    env.wait_table(200, &[("10.0.2.0/24", &["2001:db8::2"])], &[])
+        .await;
     assert_eq!(mappings(&mut capi).await, vec![(100, 100), (200, 200)]);
     assert_eq!(subscriptions(&mut capi).await, vec![100, 200]);
     let err = capi
@@ -190,19 +192,20 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         .unsubscribe(pb::UnsubscribeRequest { vni: 200 })
         .await
         .unwrap();
-    wait_table(&env.ns, 200, TUN, &[], &[]).await;
+    env.wait_table(200, &[], &[]).await;
     assert_eq!(received(&mut capi, Some(200)).await, vec![]);
     capi.client
         .subscribe(pb::SubscribeRequest { vni: 200 })
         .await
         .unwrap();
-    wait_table(&env.ns, 200, TUN, &[("10.0.2.0/24", &["2001:db8::2"])], &[]).await;
+    env.wait_table(200, &[("10.0.2.0/24", &["2001:db8::2"])], &[])
+        .await;
     // Unsubscribe the VNI the flags subscribe: it stays unsubscribed.
     capi.client
         .unsubscribe(pb::UnsubscribeRequest { vni: 100 })
         .await
         .unwrap();
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
 
     // Bad input.
     let err = capi
@@ -286,9 +289,10 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         .map(|s| s.address)
         .collect();
     assert_eq!(listed, vec![s1.clone()], "the removed server came back");
-    wait_table(&env.ns, 200, TUN, &[("10.0.2.0/24", &["2001:db8::2"])], &[]).await;
+    env.wait_table(200, &[("10.0.2.0/24", &["2001:db8::2"])], &[])
+        .await;
     tokio::time::sleep(QUIET).await;
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
 
     // A daemon without the client role.
     let mut sapi = api::connect(&env.sock("s")).await;

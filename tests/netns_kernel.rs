@@ -57,6 +57,18 @@ fn show(ns: &str, v6: bool, table: u32) -> String {
     ip(&args)
 }
 
+/// The one route (protocol 254) of table `table`: its route line, its
+/// nexthop lines and the whole `ip route show` output (echoed for
+/// debugging). Panics unless there is exactly one.
+fn the_route(ns: &str, v6: bool, table: u32) -> (String, Vec<String>, String) {
+    let out = show(ns, v6, table);
+    eprintln!("ip -d route show table {table} proto 254 (IPv6: {v6}):\n{out}");
+    let mut routes = parse_show(&out);
+    assert_eq!(routes.len(), 1, "{out}");
+    let (line, hops) = routes.remove(0);
+    (line, hops, out)
+}
+
 /// The (route line, nexthop lines) of every route of an `ip route show` output.
 fn parse_show(out: &str) -> Vec<(String, Vec<String>)> {
     let mut routes: Vec<(String, Vec<String>)> = Vec::new();
@@ -126,12 +138,9 @@ fn ipv4_single_next_hop() {
         inst.replace(&route(100, "10.0.1.0/24", &["2001:db8::1"]))
             .await
             .expect("replace");
-        let out = show(&ns, false, 100);
-        eprintln!("ip -d route show table 100 proto 254:\n{out}");
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert!(routes[0].1.is_empty(), "not a multipath route: {out}");
-        assert_single(&routes[0].0, "10.0.1.0/24", "2001:db8::1");
+        let (line, hops, out) = the_route(&ns, false, 100);
+        assert!(hops.is_empty(), "not a multipath route: {out}");
+        assert_single(&line, "10.0.1.0/24", "2001:db8::1");
         assert_eq!(
             proto_of(&ns, 100, "10.0.1.0/24"),
             RTPROT_METALBOND.to_string()
@@ -160,16 +169,12 @@ fn ipv4_multipath_sorted_replaced_and_shrunk() {
             ))
             .await
             .expect("replace 3");
-            let out = show(&ns, false, 100);
-            eprintln!("ip -d route show table 100 proto 254 (3 next hops):\n{out}");
-            let routes = parse_show(&out);
-            assert_eq!(routes.len(), 1, "{out}");
+            let (line, hops, out) = the_route(&ns, false, 100);
             assert!(
-                routes[0].0.starts_with("unicast 10.0.2.0/24 ")
-                    || routes[0].0.starts_with("10.0.2.0/24 "),
+                line.starts_with("unicast 10.0.2.0/24 ") || line.starts_with("10.0.2.0/24 "),
                 "{out}"
             );
-            assert_nexthops(&routes[0].1, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
+            assert_nexthops(&hops, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
             assert_eq!(proto_of(&ns, 100, dest), "254");
             assert_eq!(
                 inst.dump(100).await.unwrap(),
@@ -183,20 +188,16 @@ fn ipv4_multipath_sorted_replaced_and_shrunk() {
             inst.replace(&route(100, dest, &["2001:db8::3", "2001:db8::2"]))
                 .await
                 .expect("replace 2");
-            let out = show(&ns, false, 100);
-            let routes = parse_show(&out);
-            assert_eq!(routes.len(), 1, "{out}");
-            assert_nexthops(&routes[0].1, &["2001:db8::2", "2001:db8::3"]);
+            let (_, hops, _) = the_route(&ns, false, 100);
+            assert_nexthops(&hops, &["2001:db8::2", "2001:db8::3"]);
 
             // Down to one next hop: a plain route again.
             inst.replace(&route(100, dest, &["2001:db8::9"]))
                 .await
                 .expect("replace 1");
-            let out = show(&ns, false, 100);
-            let routes = parse_show(&out);
-            assert_eq!(routes.len(), 1, "{out}");
-            assert!(routes[0].1.is_empty(), "{out}");
-            assert_single(&routes[0].0, dest, "2001:db8::9");
+            let (line, hops, out) = the_route(&ns, false, 100);
+            assert!(hops.is_empty(), "{out}");
+            assert_single(&line, dest, "2001:db8::9");
 
             // And back to several, duplicates removed.
             inst.replace(&route(
@@ -224,11 +225,8 @@ fn ipv6_destination_in_table_above_255() {
         inst.replace(&route(1000, dest, &["2001:db8::1"]))
             .await
             .expect("replace single");
-        let out = show(&ns, true, 1000);
-        eprintln!("ip -d -6 route show table 1000 proto 254 (1 next hop):\n{out}");
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert_single(&routes[0].0, dest, "2001:db8::1");
+        let (line, _, _) = the_route(&ns, true, 1000);
+        assert_single(&line, dest, "2001:db8::1");
         assert_eq!(proto_of(&ns, 1000, dest), "254");
         // Table 1000 truncated to 8 bits would be 232.
         let t232 = ip(&["-n", &ns, "-6", "route", "show", "table", "all"]);
@@ -241,11 +239,8 @@ fn ipv6_destination_in_table_above_255() {
         ))
         .await
         .expect("replace multipath");
-        let out = show(&ns, true, 1000);
-        eprintln!("ip -d -6 route show table 1000 proto 254 (3 next hops):\n{out}");
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert_nexthops(&routes[0].1, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
+        let (_, hops, _) = the_route(&ns, true, 1000);
+        assert_nexthops(&hops, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
         assert_eq!(
             inst.dump(1000).await.unwrap(),
             vec![route(
@@ -258,18 +253,15 @@ fn ipv6_destination_in_table_above_255() {
         inst.replace(&route(1000, dest, &["2001:db8::3", "2001:db8::2"]))
             .await
             .expect("replace 2");
-        let routes = parse_show(&show(&ns, true, 1000));
-        assert_eq!(routes.len(), 1);
-        assert_nexthops(&routes[0].1, &["2001:db8::2", "2001:db8::3"]);
+        let (_, hops, _) = the_route(&ns, true, 1000);
+        assert_nexthops(&hops, &["2001:db8::2", "2001:db8::3"]);
 
         inst.replace(&route(1000, dest, &["2001:db8::7"]))
             .await
             .expect("replace 1");
-        let out = show(&ns, true, 1000);
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert!(routes[0].1.is_empty(), "{out}");
-        assert_single(&routes[0].0, dest, "2001:db8::7");
+        let (line, hops, out) = the_route(&ns, true, 1000);
+        assert!(hops.is_empty(), "{out}");
+        assert_single(&line, dest, "2001:db8::7");
         assert_eq!(
             inst.dump(1000).await.unwrap(),
             vec![route(1000, dest, &["2001:db8::7"])]
@@ -296,9 +288,8 @@ fn delete_removes_and_reports_existence() {
         .unwrap();
 
         assert!(inst.delete(100, prefix("10.0.3.0/24")).await.unwrap());
-        let routes = parse_show(&show(&ns, false, 100));
-        assert_eq!(routes.len(), 1, "{routes:?}");
-        assert_single(&routes[0].0, "10.0.4.0/24", "2001:db8::1");
+        let (line, _, _) = the_route(&ns, false, 100);
+        assert_single(&line, "10.0.4.0/24", "2001:db8::1");
         assert!(!inst.delete(100, prefix("10.0.3.0/24")).await.unwrap());
 
         assert!(inst.delete(100, prefix("10.0.4.0/24")).await.unwrap());

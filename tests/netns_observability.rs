@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::api::inject;
 use common::http::{get, value, value_or_zero};
-use common::netns::{run_in_netns, wait_table, NetnsEnv, MAP_100, POLL, TUN, WAIT};
+use common::netns::{run_in_netns, NetnsEnv, MAP_100, POLL, WAIT};
 
 /// Scrapes `addr` inside the namespace until `check` holds (bounded);
 /// returns the last scrape.
@@ -54,10 +54,8 @@ async fn client_metrics_follow_sessions_received_and_installed_routes() {
         &[MAP_100, &["--http", "[::1]:0"]].concat(),
     );
     let addr = client.http_addr("serving HTTP").await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),

@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{inject, withdraw};
-use common::netns::{
-    expected, ip, table, wait_table, NetnsEnv, Table, Want, MAP_100, POLL, TUN, WAIT,
-};
+use common::netns::{expected, ip_in, table, NetnsEnv, Table, Want, MAP_100, POLL, TUN, WAIT};
 use common::Daemon;
 
 /// Fixed server addresses inside the test's namespace.
@@ -102,7 +100,7 @@ async fn expect_log(daemon: &Daemon, needle: &str) {
 
 /// `ip -n NS -4 route show table T` (any protocol).
 fn raw_v4(ns: &str, t: u32) -> String {
-    ip(&["-n", ns, "-4", "route", "show", "table", &t.to_string()])
+    ip_in(ns, &format!("-4 route show table {t}"))
 }
 
 fn has_prefix(listing: &str, prefix: &str) -> bool {
@@ -120,10 +118,8 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
     inject(&env.sock("s"), &[R1, R2, R6]).await;
     let args = client_args(&["--hold-time", "2"]);
     let client = env.client("c", &[S1], &args);
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -156,10 +152,8 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
         routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24"),
         "the restarted client deleted a route before the reconciliation"
     );
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[("10.0.1.0/24", &["2001:db8::1"])],
         &[("2001:db8:a::/64", &["2001:db8::4"])],
     )
@@ -192,7 +186,7 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
     let client = env.client("c", &[S1, S2], &client_args(&["--stale-time", "2"]));
     let v4: &[(&str, &[&str])] = &[("10.0.1.0/24", &["2001:db8::1"])];
     let v6: &[(&str, &[&str])] = &[("2001:db8:a::/64", &["2001:db8::4"])];
-    wait_table(&env.ns, 100, TUN, v4, v6).await;
+    env.wait_table(100, v4, v6).await;
     // Both servers must have delivered (the client logs each session up).
     let deadline = Instant::now() + WAIT;
     while client.logs().matches("route server up").count() < 2 {
@@ -213,7 +207,7 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
     let lost = Instant::now();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     watcher.finish("every server lost, within the stale time");
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
     assert!(
         lost.elapsed() >= Duration::from_millis(1200),
         "routes removed before the stale time"
@@ -232,10 +226,8 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
     inject(&env.sock("s1"), &[R1, R2]).await;
     inject(&env.sock("s2"), &[R1, R2]).await;
     let client = env.client("c", &[S1, S2], &client_args(&["--stale-time", "8"]));
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -265,7 +257,8 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
         routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24"),
         "R2 deleted before the returning server resynced"
     );
-    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(100, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
     assert!(
         lost.elapsed() < Duration::from_secs(8),
         "reconciled only when the stale time expired ({:?})",
@@ -280,80 +273,30 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
 fn add_earlier_routes(ns: &str) {
     // Ours (protocol 254) in a mapped table: one the servers confirm with another next
     // hop, one they do not know.
-    ip(&[
-        "-n",
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.1.0/24",
-        "encap",
-        "ip6",
-        "dst",
-        "2001:db8::7",
-        "dev",
-        TUN,
-        "proto",
-        "254",
-        "table",
-        "100",
-    ]);
-    ip(&[
-        "-n",
+        &format!("route add 10.0.1.0/24 encap ip6 dst 2001:db8::7 dev {TUN} proto 254 table 100"),
+    );
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.99.0/24",
-        "dev",
-        TUN,
-        "proto",
-        "254",
-        "table",
-        "100",
-    ]);
+        &format!("route add 10.0.99.0/24 dev {TUN} proto 254 table 100"),
+    );
     // Not ours: another protocol in a mapped table, and protocol 254 in an unmapped table.
-    ip(&[
-        "-n",
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.98.0/24",
-        "dev",
-        TUN,
-        "proto",
-        "static",
-        "table",
-        "100",
-    ]);
-    ip(&[
-        "-n",
+        &format!("route add 10.0.98.0/24 dev {TUN} proto static table 100"),
+    );
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.97.0/24",
-        "dev",
-        TUN,
-        "proto",
-        "254",
-        "table",
-        "200",
-    ]);
+        &format!("route add 10.0.97.0/24 dev {TUN} proto 254 table 200"),
+    );
 }
 
 /// Polls until table 100 has 10.0.1.0/24 via 2001:db8::1 (the server's next hop).
 async fn wait_confirmed_route(ns: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let out = ip(&[
-            "-n",
-            ns,
-            "-d",
-            "-4",
-            "route",
-            "show",
-            "table",
-            "100",
-            "10.0.1.0/24",
-        ]);
+        let out = ip_in(ns, "-d -4 route show table 100 10.0.1.0/24");
         if out.contains("dst 2001:db8::1 ") && !out.contains("2001:db8::7") {
             return;
         }
@@ -567,7 +510,8 @@ async fn client_role_from_the_config_file() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(both.addr.to_string(), S2, "the server role does not listen");
-    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(100, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
     drop(both);
 
     // The client role alone, a flag overriding the file: table 101 instead of 100.
@@ -588,5 +532,6 @@ async fn client_role_from_the_config_file() {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    wait_table(&env.ns, 101, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(101, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
 }

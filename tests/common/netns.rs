@@ -72,6 +72,15 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `ip -n NS COMMAND` (COMMAND split at whitespace, e.g.
+/// `"route add 10.0.0.0/24 dev mbt0 table 100"`); panics with its stderr on
+/// failure.
+pub fn ip_in(ns: &str, command: &str) -> String {
+    let mut args = vec!["-n", ns];
+    args.extend(command.split_whitespace());
+    ip(&args)
+}
+
 /// A network namespace with `lo` up and the given veth pairs up, plus a
 /// temporary directory for the daemons' sockets and state; both removed on
 /// drop (the namespace with `ip netns del`, which also deletes its devices).
@@ -116,6 +125,12 @@ impl NetnsEnv {
         }
         ip(&["-n", n, "link", "set", "lo", "up"]);
         env
+    }
+
+    /// Polls table `t` of the namespace (routes via [`TUN`]) until it holds
+    /// exactly `v4` and `v6`, like [`wait_table`].
+    pub async fn wait_table(&self, t: u32, v4: Want<'_>, v6: Want<'_>) {
+        wait_table(&self.ns, t, TUN, v4, v6).await
     }
 
     /// `DIR/NAME.sock`.

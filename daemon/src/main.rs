@@ -71,18 +71,13 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => return check_config(&file, &ServerArgs::default()),
         Some(Command::Server(args)) => args,
         Some(Command::Client(args)) => {
-            return match settings::load_client(&args) {
-                Ok((settings, log_format)) => run(
-                    settings,
-                    log_format,
-                    args.config.as_deref(),
-                    settings::client_reloader(&args),
-                ),
-                Err(e) => {
-                    eprintln!("metalbondd client: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+            let loaded =
+                settings::load_client(&args).map_err(|e| format!("metalbondd client: {e}"));
+            return run(
+                loaded,
+                args.config.as_deref(),
+                settings::client_reloader(&args),
+            );
         }
         None => cli.server,
     };
@@ -97,28 +92,28 @@ fn main() -> ExitCode {
         let path = args.config.clone().unwrap_or_default();
         return check_config(&path, &args);
     }
-    // Before logging exists, a bad file is reported on stderr as one line.
-    match settings::load_server(&args) {
-        Ok((settings, log_format)) => run(
-            settings,
-            log_format,
-            args.config.as_deref(),
-            settings::server_reloader(&args),
-        ),
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    run(
+        settings::load_server(&args).map_err(|e| e.to_string()),
+        args.config.as_deref(),
+        settings::server_reloader(&args),
+    )
 }
 
-/// Starts logging and the runtime and runs the daemon until it stops.
+/// Starts logging and the runtime and runs the daemon with the `loaded`
+/// settings until it stops. Settings that did not load are reported on
+/// stderr (before logging exists), every error on its own line.
 fn run(
-    settings: Settings,
-    log_format: LogFormat,
+    loaded: Result<(Settings, LogFormat), String>,
     config: Option<&Path>,
     reload: Option<Reloader>,
 ) -> ExitCode {
+    let (settings, log_format) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let log = metalbondd::logging::init(&settings.log_level, log_format == LogFormat::Json);
     if let Some(path) = config {
         info!(file = %path.display(), "configuration loaded");

@@ -17,24 +17,22 @@ fn file(text: &str) -> Config {
     config
 }
 
-/// The server flags from a command line (without the program name).
-fn server_flags(args: &[&str]) -> ServerArgs {
+/// Flags `A` from a command line (without the program and subcommand names).
+fn flags<A: clap::Args>(args: &[&str]) -> A {
     #[derive(Parser)]
-    struct Cli {
+    struct Cli<A: clap::Args> {
         #[command(flatten)]
-        args: ServerArgs,
+        args: A,
     }
-    Cli::parse_from(std::iter::once("metalbondd").chain(args.iter().copied())).args
+    Cli::<A>::parse_from(std::iter::once("metalbondd").chain(args.iter().copied())).args
 }
 
-/// The client flags from a command line (without `metalbondd client`).
+fn server_flags(args: &[&str]) -> ServerArgs {
+    flags(args)
+}
+
 fn client_flags(args: &[&str]) -> ClientArgs {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ClientArgs,
-    }
-    Cli::parse_from(std::iter::once("client").chain(args.iter().copied())).args
+    flags(args)
 }
 
 fn server(config: &Config, args: &[&str]) -> (Settings, LogFormat) {

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::netns::{ip, may_run, run_in_netns, wait_table, NetnsEnv};
+use common::netns::{ip_in, run_in_netns, wait_table, NetnsEnv};
 use common::*;
 use metalbondd::client::{
     Agent, AgentStats, BackoffConfig, Client, ClientConfig, ClientEvent, ClientSettings, Desired,
@@ -197,12 +197,6 @@ async fn start_daemon_on(addr: SocketAddr) -> Daemon {
         d.logs()
     );
     d
-}
-
-/// An address on loopback that nothing listens on (right now).
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("[::1]:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 #[tokio::test]
@@ -450,20 +444,19 @@ async fn agent_counts_sessions_updates_and_received_routes() {
 
 #[test]
 fn agent_counts_kernel_routes_in_a_netns() {
-    if !may_run("agent_counts_kernel_routes_in_a_netns") {
+    let Some(env) = NetnsEnv::for_test("agent_counts_kernel_routes_in_a_netns") else {
         return;
-    }
-    let env = NetnsEnv::create(&[("mbt0", "mbt1")]);
+    };
     let ns = env.ns.clone();
     // Routes of an earlier run: the server confirms the first, not the second.
     for (dest, hop) in [
         ("10.0.1.0/24", "2001:db8::1"),
         ("10.0.9.0/24", "2001:db8::9"),
     ] {
-        ip(&[
-            "-n", &ns, "route", "add", dest, "encap", "ip6", "dst", hop, "dev", "mbt0", "table",
-            "100", "proto", "254",
-        ]);
+        ip_in(
+            &ns,
+            &format!("route add {dest} encap ip6 dst {hop} dev mbt0 table 100 proto 254"),
+        );
     }
     let d = env.server("s");
     let addr = d.addr;

@@ -21,22 +21,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mbctl::{mbctl_bin, run, Out};
-use common::netns::{may_run, NetnsEnv};
+use common::netns::NetnsEnv;
 use common::*;
 use serde_json::Value;
-
-/// Runs `metalbondd ARGS` to its exit (bounded); exit code, stdout, stderr.
-fn metalbondd(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
-    cmd.args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = common::mbctl::run_blocking(cmd);
-    (out.code, out.stdout, out.stderr)
-}
 
 /// `--api-socket DIR/NAME.sock --state-dir DIR/NAME`.
 fn private_paths(dir: &Path, name: &str) -> Vec<String> {
@@ -162,7 +149,7 @@ fn a_listen_address_given_twice_is_refused_before_binding() {
             &same,
         ],
     ] {
-        let (code, out, err) = metalbondd(&twice);
+        let (code, out, err) = run_to_exit(&twice);
         assert_eq!(code, Some(2), "{twice:?}: {err}");
         assert_eq!(out, "");
         assert_eq!(
@@ -173,7 +160,7 @@ fn a_listen_address_given_twice_is_refused_before_binding() {
     // Names resolve first: localhost:P and 127.0.0.1:P are one address.
     let v4 = format!("127.0.0.1:{port}");
     let named = format!("localhost:{port}");
-    let (code, _, err) = metalbondd(&["--listen", &named, "--listen", &v4]);
+    let (code, _, err) = run_to_exit(&["--listen", &named, "--listen", &v4]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&format!("{v4} is given twice")), "{err}");
 
@@ -185,7 +172,7 @@ fn a_listen_address_given_twice_is_refused_before_binding() {
         format!("[server]\nlisten = [\"{same}\", \"{same}\"]\n"),
     )
     .unwrap();
-    let (code, out, err) = metalbondd(&["check-config", file.to_str().unwrap()]);
+    let (code, out, err) = run_to_exit(&["check-config", file.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(out, "");
     assert!(
@@ -341,10 +328,12 @@ impl Drop for NsHosts {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_resolved_address_is_tried_and_a_moved_service_is_followed() {
-    if !may_run("every_resolved_address_is_tried_and_a_moved_service_is_followed") {
+    let Some(env) = NetnsEnv::for_test_with(
+        "every_resolved_address_is_tried_and_a_moved_service_is_followed",
+        &[],
+    ) else {
         return;
-    }
-    let env = NetnsEnv::create(&[]);
+    };
     let hosts = NsHosts::new(
         &env.ns,
         "::1 metalbond.example\n127.0.0.1 metalbond.example\n",
@@ -537,7 +526,7 @@ async fn first_run_as_a_user_with_both_roles_and_default_paths() {
 
 #[test]
 fn client_help_names_the_file_key_of_each_flag() {
-    let (code, help, err) = metalbondd(&["client", "--help"]);
+    let (code, help, err) = run_to_exit(&["client", "--help"]);
     assert_eq!(code, Some(0), "{err}");
     // Each option's paragraph, whitespace folded.
     let mut paragraphs: Vec<(String, String)> = Vec::new();

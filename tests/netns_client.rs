@@ -18,36 +18,24 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::api::{self, inject, list_all, withdraw};
-use common::netns::{all_routes, expected, ip, may_run, table, wait_table, NetnsEnv, POLL, WAIT};
+use common::netns::{all_routes, expected, ip, table, NetnsEnv, MAP_100, POLL, TUN, WAIT};
 use common::QUIET;
 use metalbond_proto::api as pb;
 
-const TUN: &str = "mbt0";
-
-/// The veth pair standing in for the tunnel device.
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
-
-/// The client flags of the standard setup: VNI 100 into table 100 via mbt0,
-/// announcing 10.9.9.0/24.
-const CLIENT_ARGS: &[&str] = &[
-    "--subscribe",
-    "100",
-    "--install-routes",
-    "100#100",
-    "--tun",
-    TUN,
-    "--announce",
-    "100#10.9.9.0/24@2001:db8::99",
-];
+/// The client flags of the standard setup: [`MAP_100`], announcing
+/// 10.9.9.0/24.
+fn client_args() -> Vec<&'static str> {
+    [MAP_100, &["--announce", "100#10.9.9.0/24@2001:db8::99"]].concat()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
-    if !may_run("std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn") {
+    let Some(env) = NetnsEnv::for_test("std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
-    let _client = env.client("c", &[server.addr], CLIENT_ARGS);
+    let _client = env.client("c", &[server.addr], &client_args());
     let routes = [
         "100#10.0.1.0/24@2001:db8::1",
         "100#10.0.2.0/24@2001:db8::2#nat#1024#2047",
@@ -61,10 +49,8 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         "100#2001:db8:d::/64@2001:db8::21",
     ];
     inject(&env.sock("s"), &routes).await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -92,10 +78,8 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         ],
     )
     .await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -120,10 +104,8 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         ],
     )
     .await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -148,17 +130,17 @@ async fn std_nat_lb_ipv4_ipv6_and_ecmp_installed_and_withdrawn() {
         ],
     )
     .await;
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn own_announcement_reaches_server_and_is_not_installed() {
-    if !may_run("own_announcement_reaches_server_and_is_not_installed") {
+    let Some(env) = NetnsEnv::for_test("own_announcement_reaches_server_and_is_not_installed")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
-    let _client = env.client("c", &[server.addr], CLIENT_ARGS);
+    let _client = env.client("c", &[server.addr], &client_args());
 
     // The server lists the client's announcement, announced by a session (the client's).
     let mut api = api::connect(&env.sock("s")).await;
@@ -191,7 +173,8 @@ async fn own_announcement_reaches_server_and_is_not_installed() {
     // must not install it (loop prevention). A later route proves it was processed.
     inject(&env.sock("s"), &["100#10.9.9.0/24@2001:db8::5"]).await;
     inject(&env.sock("s"), &["100#10.0.8.0/24@2001:db8::8"]).await;
-    wait_table(&env.ns, 100, TUN, &[("10.0.8.0/24", &["2001:db8::8"])], &[]).await;
+    env.wait_table(100, &[("10.0.8.0/24", &["2001:db8::8"])], &[])
+        .await;
     tokio::time::sleep(QUIET).await;
     let all = all_routes(&env.ns);
     assert!(
@@ -202,12 +185,11 @@ async fn own_announcement_reaches_server_and_is_not_installed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unmapped_vni_is_not_installed() {
-    if !may_run("unmapped_vni_is_not_installed") {
+    let Some(env) = NetnsEnv::for_test("unmapped_vni_is_not_installed") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
-    let mut args = CLIENT_ARGS.to_vec();
+    let mut args = client_args();
     args.extend(["--subscribe", "200"]);
     let _client = env.client("c", &[server.addr], &args);
     // VNI 200 first, then VNI 100: once the VNI 100 route is installed, the VNI 200 ones
@@ -221,25 +203,26 @@ async fn unmapped_vni_is_not_installed() {
     )
     .await;
     inject(&env.sock("s"), &["100#10.0.8.0/24@2001:db8::8"]).await;
-    wait_table(&env.ns, 100, TUN, &[("10.0.8.0/24", &["2001:db8::8"])], &[]).await;
+    env.wait_table(100, &[("10.0.8.0/24", &["2001:db8::8"])], &[])
+        .await;
     tokio::time::sleep(QUIET).await;
     let all = all_routes(&env.ns);
     assert!(
         !all.contains("10.0.20.0") && !all.contains("2001:db8:20::"),
         "route of an unmapped VNI installed:\n{all}"
     );
-    wait_table(&env.ns, 100, TUN, &[("10.0.8.0/24", &["2001:db8::8"])], &[]).await;
+    env.wait_table(100, &[("10.0.8.0/24", &["2001:db8::8"])], &[])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_servers_losing_one_keeps_the_route() {
-    if !may_run("two_servers_losing_one_keeps_the_route") {
+    let Some(env) = NetnsEnv::for_test("two_servers_losing_one_keeps_the_route") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let s1 = env.server("s1");
     let s2 = env.server("s2");
-    let client = env.client("c", &[s1.addr, s2.addr], CLIENT_ARGS);
+    let client = env.client("c", &[s1.addr, s2.addr], &client_args());
     let r = "100#10.0.5.0/24@2001:db8::5";
     let r6 = "100#2001:db8:5::/64@2001:db8::5";
 
@@ -247,7 +230,7 @@ async fn two_servers_losing_one_keeps_the_route() {
     inject(&env.sock("s1"), &[r, r6]).await;
     let v4: &[(&str, &[&str])] = &[("10.0.5.0/24", &["2001:db8::5"])];
     let v6: &[(&str, &[&str])] = &[("2001:db8:5::/64", &["2001:db8::5"])];
-    wait_table(&env.ns, 100, TUN, v4, v6).await;
+    env.wait_table(100, v4, v6).await;
     // ... then server 2, followed by a marker that proves the client got them from it too.
     inject(&env.sock("s2"), &[r, r6]).await;
     inject(&env.sock("s2"), &["100#10.0.6.0/24@2001:db8::6"]).await;
@@ -255,7 +238,7 @@ async fn two_servers_losing_one_keeps_the_route() {
         ("10.0.5.0/24", &["2001:db8::5"]),
         ("10.0.6.0/24", &["2001:db8::6"]),
     ];
-    wait_table(&env.ns, 100, TUN, v4_marked, v6).await;
+    env.wait_table(100, v4_marked, v6).await;
 
     // Kill server 1: the routes never leave the kernel, before or after the client saw it go.
     drop(s1);
@@ -291,7 +274,8 @@ async fn two_servers_losing_one_keeps_the_route() {
 
     // Withdrawn on the remaining server: gone.
     withdraw(&env.sock("s2"), &[r, r6]).await;
-    wait_table(&env.ns, 100, TUN, &[("10.0.6.0/24", &["2001:db8::6"])], &[]).await;
+    env.wait_table(100, &[("10.0.6.0/24", &["2001:db8::6"])], &[])
+        .await;
 }
 
 /// Runs `metalbondd ARGS` inside `ns` to its exit (bounded); returns whether it succeeded
@@ -331,10 +315,10 @@ fn run_to_exit(ns: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn bad_table_and_missing_tunnel_device_are_startup_errors() {
-    if !may_run("bad_table_and_missing_tunnel_device_are_startup_errors") {
+    let Some(env) = NetnsEnv::for_test("bad_table_and_missing_tunnel_device_are_startup_errors")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let sock = env.sock("c").display().to_string();
     let state = env.dir.join("c").display().to_string();
     let common = [

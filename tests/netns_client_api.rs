@@ -12,21 +12,10 @@ mod common;
 use std::time::Instant;
 
 use common::api::{self, inject};
-use common::netns::{may_run, wait_table, NetnsEnv, POLL, WAIT};
+use common::netns::{NetnsEnv, MAP_100, POLL, WAIT};
 use common::QUIET;
 use metalbond_proto::api as pb;
 use tonic::Code;
-
-const TUN: &str = "mbt0";
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
-const CLIENT_ARGS: &[&str] = &[
-    "--subscribe",
-    "100",
-    "--install-routes",
-    "100#100",
-    "--tun",
-    TUN,
-];
 
 /// Polls `check` until it returns true, at most [`WAIT`].
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -86,10 +75,11 @@ fn prefix_of(r: &pb::ReceivedRoute) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_restart() {
-    if !may_run("servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_restart") {
+    let Some(env) = NetnsEnv::for_test(
+        "servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_restart",
+    ) else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
     let second = env.server("s2");
     inject(
@@ -97,8 +87,9 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         &["100#10.0.1.0/24@2001:db8::1", "200#10.0.2.0/24@2001:db8::2"],
     )
     .await;
-    let client = env.client("c", &[server.addr], CLIENT_ARGS);
-    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    let client = env.client("c", &[server.addr], MAP_100);
+    env.wait_table(100, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
     let mut capi = api::connect(&env.sock("c")).await;
     let s1 = server.addr.to_string();
     let s2 = second.addr.to_string();
@@ -115,7 +106,8 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         .subscribe(pb::SubscribeRequest { vni: 200 })
         .await
         .unwrap();
-    wait_table(&env.ns, 200, TUN, &[("10.0.2.0/24", &["2001:db8::2"])], &[]).await;
+    env.wait_table(200, &[("10.0.2.0/24", &["2001:db8::2"])], &[])
+        .await;
     assert_eq!(mappings(&mut capi).await, vec![(100, 100), (200, 200)]);
     assert_eq!(subscriptions(&mut capi).await, vec![100, 200]);
     let err = capi
@@ -200,19 +192,20 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         .unsubscribe(pb::UnsubscribeRequest { vni: 200 })
         .await
         .unwrap();
-    wait_table(&env.ns, 200, TUN, &[], &[]).await;
+    env.wait_table(200, &[], &[]).await;
     assert_eq!(received(&mut capi, Some(200)).await, vec![]);
     capi.client
         .subscribe(pb::SubscribeRequest { vni: 200 })
         .await
         .unwrap();
-    wait_table(&env.ns, 200, TUN, &[("10.0.2.0/24", &["2001:db8::2"])], &[]).await;
+    env.wait_table(200, &[("10.0.2.0/24", &["2001:db8::2"])], &[])
+        .await;
     // Unsubscribe the VNI the flags subscribe: it stays unsubscribed.
     capi.client
         .unsubscribe(pb::UnsubscribeRequest { vni: 100 })
         .await
         .unwrap();
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
 
     // Bad input.
     let err = capi
@@ -250,7 +243,7 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
     // removed server too): the API changes win, and say so.
     drop(capi);
     drop(client);
-    let client = env.client("c", &[server.addr, second.addr], CLIENT_ARGS);
+    let client = env.client("c", &[server.addr, second.addr], MAP_100);
     let mut capi = api::connect(&env.sock("c")).await;
     assert_eq!(mappings(&mut capi).await, vec![(200, 200)]);
     let want = [
@@ -296,9 +289,10 @@ async fn servers_subscriptions_and_mappings_change_at_runtime_and_survive_a_rest
         .map(|s| s.address)
         .collect();
     assert_eq!(listed, vec![s1.clone()], "the removed server came back");
-    wait_table(&env.ns, 200, TUN, &[("10.0.2.0/24", &["2001:db8::2"])], &[]).await;
+    env.wait_table(200, &[("10.0.2.0/24", &["2001:db8::2"])], &[])
+        .await;
     tokio::time::sleep(QUIET).await;
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
 
     // A daemon without the client role.
     let mut sapi = api::connect(&env.sock("s")).await;

@@ -11,10 +11,8 @@ mod common;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 
-use common::netns::{ip, may_run, run_in_netns, NetnsEnv};
+use common::netns::{ip, run_in_netns, NetnsEnv, TUN};
 use metalbondd::kernel::{Installer, KernelError, KernelRoute, Prefix, RTPROT_METALBOND};
-
-const TUN: &str = "mbt0";
 
 /// Runs `body(namespace name)` on a thread inside a fresh namespace (`lo`, and
 /// the veth pair `mbt0`/`mbt1` up), on its own runtime; the namespace is
@@ -24,10 +22,9 @@ where
     F: FnOnce(String) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    if !may_run(test) {
+    let Some(env) = NetnsEnv::for_test(test) else {
         return;
-    }
-    let env = NetnsEnv::create(&[(TUN, "mbt1")]);
+    };
     let name = env.ns.clone();
     run_in_netns(&env.ns, move || body(name));
 }
@@ -58,6 +55,18 @@ fn show(ns: &str, v6: bool, table: u32) -> String {
     }
     args.extend(["route", "show", "table", &t, "proto", "254"]);
     ip(&args)
+}
+
+/// The one route (protocol 254) of table `table`: its route line, its
+/// nexthop lines and the whole `ip route show` output (echoed for
+/// debugging). Panics unless there is exactly one.
+fn the_route(ns: &str, v6: bool, table: u32) -> (String, Vec<String>, String) {
+    let out = show(ns, v6, table);
+    eprintln!("ip -d route show table {table} proto 254 (IPv6: {v6}):\n{out}");
+    let mut routes = parse_show(&out);
+    assert_eq!(routes.len(), 1, "{out}");
+    let (line, hops) = routes.remove(0);
+    (line, hops, out)
 }
 
 /// The (route line, nexthop lines) of every route of an `ip route show` output.
@@ -129,12 +138,9 @@ fn ipv4_single_next_hop() {
         inst.replace(&route(100, "10.0.1.0/24", &["2001:db8::1"]))
             .await
             .expect("replace");
-        let out = show(&ns, false, 100);
-        eprintln!("ip -d route show table 100 proto 254:\n{out}");
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert!(routes[0].1.is_empty(), "not a multipath route: {out}");
-        assert_single(&routes[0].0, "10.0.1.0/24", "2001:db8::1");
+        let (line, hops, out) = the_route(&ns, false, 100);
+        assert!(hops.is_empty(), "not a multipath route: {out}");
+        assert_single(&line, "10.0.1.0/24", "2001:db8::1");
         assert_eq!(
             proto_of(&ns, 100, "10.0.1.0/24"),
             RTPROT_METALBOND.to_string()
@@ -163,16 +169,12 @@ fn ipv4_multipath_sorted_replaced_and_shrunk() {
             ))
             .await
             .expect("replace 3");
-            let out = show(&ns, false, 100);
-            eprintln!("ip -d route show table 100 proto 254 (3 next hops):\n{out}");
-            let routes = parse_show(&out);
-            assert_eq!(routes.len(), 1, "{out}");
+            let (line, hops, out) = the_route(&ns, false, 100);
             assert!(
-                routes[0].0.starts_with("unicast 10.0.2.0/24 ")
-                    || routes[0].0.starts_with("10.0.2.0/24 "),
+                line.starts_with("unicast 10.0.2.0/24 ") || line.starts_with("10.0.2.0/24 "),
                 "{out}"
             );
-            assert_nexthops(&routes[0].1, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
+            assert_nexthops(&hops, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
             assert_eq!(proto_of(&ns, 100, dest), "254");
             assert_eq!(
                 inst.dump(100).await.unwrap(),
@@ -186,20 +188,16 @@ fn ipv4_multipath_sorted_replaced_and_shrunk() {
             inst.replace(&route(100, dest, &["2001:db8::3", "2001:db8::2"]))
                 .await
                 .expect("replace 2");
-            let out = show(&ns, false, 100);
-            let routes = parse_show(&out);
-            assert_eq!(routes.len(), 1, "{out}");
-            assert_nexthops(&routes[0].1, &["2001:db8::2", "2001:db8::3"]);
+            let (_, hops, _) = the_route(&ns, false, 100);
+            assert_nexthops(&hops, &["2001:db8::2", "2001:db8::3"]);
 
             // Down to one next hop: a plain route again.
             inst.replace(&route(100, dest, &["2001:db8::9"]))
                 .await
                 .expect("replace 1");
-            let out = show(&ns, false, 100);
-            let routes = parse_show(&out);
-            assert_eq!(routes.len(), 1, "{out}");
-            assert!(routes[0].1.is_empty(), "{out}");
-            assert_single(&routes[0].0, dest, "2001:db8::9");
+            let (line, hops, out) = the_route(&ns, false, 100);
+            assert!(hops.is_empty(), "{out}");
+            assert_single(&line, dest, "2001:db8::9");
 
             // And back to several, duplicates removed.
             inst.replace(&route(
@@ -227,11 +225,8 @@ fn ipv6_destination_in_table_above_255() {
         inst.replace(&route(1000, dest, &["2001:db8::1"]))
             .await
             .expect("replace single");
-        let out = show(&ns, true, 1000);
-        eprintln!("ip -d -6 route show table 1000 proto 254 (1 next hop):\n{out}");
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert_single(&routes[0].0, dest, "2001:db8::1");
+        let (line, _, _) = the_route(&ns, true, 1000);
+        assert_single(&line, dest, "2001:db8::1");
         assert_eq!(proto_of(&ns, 1000, dest), "254");
         // Table 1000 truncated to 8 bits would be 232.
         let t232 = ip(&["-n", &ns, "-6", "route", "show", "table", "all"]);
@@ -244,11 +239,8 @@ fn ipv6_destination_in_table_above_255() {
         ))
         .await
         .expect("replace multipath");
-        let out = show(&ns, true, 1000);
-        eprintln!("ip -d -6 route show table 1000 proto 254 (3 next hops):\n{out}");
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert_nexthops(&routes[0].1, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
+        let (_, hops, _) = the_route(&ns, true, 1000);
+        assert_nexthops(&hops, &["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
         assert_eq!(
             inst.dump(1000).await.unwrap(),
             vec![route(
@@ -261,18 +253,15 @@ fn ipv6_destination_in_table_above_255() {
         inst.replace(&route(1000, dest, &["2001:db8::3", "2001:db8::2"]))
             .await
             .expect("replace 2");
-        let routes = parse_show(&show(&ns, true, 1000));
-        assert_eq!(routes.len(), 1);
-        assert_nexthops(&routes[0].1, &["2001:db8::2", "2001:db8::3"]);
+        let (_, hops, _) = the_route(&ns, true, 1000);
+        assert_nexthops(&hops, &["2001:db8::2", "2001:db8::3"]);
 
         inst.replace(&route(1000, dest, &["2001:db8::7"]))
             .await
             .expect("replace 1");
-        let out = show(&ns, true, 1000);
-        let routes = parse_show(&out);
-        assert_eq!(routes.len(), 1, "{out}");
-        assert!(routes[0].1.is_empty(), "{out}");
-        assert_single(&routes[0].0, dest, "2001:db8::7");
+        let (line, hops, out) = the_route(&ns, true, 1000);
+        assert!(hops.is_empty(), "{out}");
+        assert_single(&line, dest, "2001:db8::7");
         assert_eq!(
             inst.dump(1000).await.unwrap(),
             vec![route(1000, dest, &["2001:db8::7"])]
@@ -299,9 +288,8 @@ fn delete_removes_and_reports_existence() {
         .unwrap();
 
         assert!(inst.delete(100, prefix("10.0.3.0/24")).await.unwrap());
-        let routes = parse_show(&show(&ns, false, 100));
-        assert_eq!(routes.len(), 1, "{routes:?}");
-        assert_single(&routes[0].0, "10.0.4.0/24", "2001:db8::1");
+        let (line, _, _) = the_route(&ns, false, 100);
+        assert_single(&line, "10.0.4.0/24", "2001:db8::1");
         assert!(!inst.delete(100, prefix("10.0.3.0/24")).await.unwrap());
 
         assert!(inst.delete(100, prefix("10.0.4.0/24")).await.unwrap());

@@ -14,10 +14,7 @@ use std::time::Instant;
 
 use common::api::inject;
 use common::http::{get, value, value_or_zero};
-use common::netns::{may_run, run_in_netns, wait_table, NetnsEnv, POLL, WAIT};
-
-const TUN: &str = "mbt0";
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
+use common::netns::{run_in_netns, NetnsEnv, MAP_100, POLL, WAIT};
 
 /// Scrapes `addr` inside the namespace until `check` holds (bounded);
 /// returns the last scrape.
@@ -40,10 +37,11 @@ fn scrape_until(ns: &str, addr: SocketAddr, what: &'static str, check: fn(&str) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_metrics_follow_sessions_received_and_installed_routes() {
-    if !may_run("client_metrics_follow_sessions_received_and_installed_routes") {
+    let Some(env) =
+        NetnsEnv::for_test("client_metrics_follow_sessions_received_and_installed_routes")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let server = env.server("s");
     inject(
         &env.sock("s"),
@@ -53,22 +51,11 @@ async fn client_metrics_follow_sessions_received_and_installed_routes() {
     let client = env.client(
         "c",
         &[server.addr],
-        &[
-            "--subscribe",
-            "100",
-            "--install-routes",
-            "100#100",
-            "--tun",
-            TUN,
-            "--http",
-            "[::1]:0",
-        ],
+        &[MAP_100, &["--http", "[::1]:0"]].concat(),
     );
     let addr = client.http_addr("serving HTTP").await;
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),

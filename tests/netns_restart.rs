@@ -20,13 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{inject, withdraw};
-use common::netns::{expected, ip, may_run, table, wait_table, NetnsEnv, Table, Want, POLL, WAIT};
+use common::netns::{expected, ip_in, table, NetnsEnv, Table, Want, MAP_100, POLL, TUN, WAIT};
 use common::Daemon;
-
-const TUN: &str = "mbt0";
-
-/// The veth pair standing in for the tunnel device.
-const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
 
 /// Fixed server addresses inside the test's namespace.
 const S1: &str = "[::1]:4711";
@@ -41,16 +36,7 @@ const R6: &str = "100#2001:db8:a::/64@2001:db8::4";
 
 /// VNI 100 into table 100 via mbt0, plus `extra`.
 fn client_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--subscribe",
-        "100",
-        "--install-routes",
-        "100#100",
-        "--tun",
-        TUN,
-    ];
-    args.extend(extra);
-    args
+    [MAP_100, extra].concat()
 }
 
 /// Table 100, both families, as prefix -> next hops.
@@ -114,7 +100,7 @@ async fn expect_log(daemon: &Daemon, needle: &str) {
 
 /// `ip -n NS -4 route show table T` (any protocol).
 fn raw_v4(ns: &str, t: u32) -> String {
-    ip(&["-n", ns, "-4", "route", "show", "table", &t.to_string()])
+    ip_in(ns, &format!("-4 route show table {t}"))
 }
 
 fn has_prefix(listing: &str, prefix: &str) -> bool {
@@ -125,18 +111,15 @@ fn has_prefix(listing: &str, prefix: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_client_keeps_its_routes_and_resyncs() {
-    if !may_run("restarted_client_keeps_its_routes_and_resyncs") {
+    let Some(env) = NetnsEnv::for_test("restarted_client_keeps_its_routes_and_resyncs") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1, R2, R6]).await;
     let args = client_args(&["--hold-time", "2"]);
     let client = env.client("c", &[S1], &args);
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -169,10 +152,8 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
         routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24"),
         "the restarted client deleted a route before the reconciliation"
     );
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[("10.0.1.0/24", &["2001:db8::1"])],
         &[("2001:db8:a::/64", &["2001:db8::4"])],
     )
@@ -194,10 +175,10 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_every_server_keeps_routes_for_the_stale_time() {
-    if !may_run("losing_every_server_keeps_routes_for_the_stale_time") {
+    let Some(env) = NetnsEnv::for_test("losing_every_server_keeps_routes_for_the_stale_time")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let s1 = env.server_with("s1", S1, "s1", &[]);
     let s2 = env.server_with("s2", S2, "s2", &[]);
     inject(&env.sock("s1"), &[R1, R6]).await;
@@ -205,7 +186,7 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
     let client = env.client("c", &[S1, S2], &client_args(&["--stale-time", "2"]));
     let v4: &[(&str, &[&str])] = &[("10.0.1.0/24", &["2001:db8::1"])];
     let v6: &[(&str, &[&str])] = &[("2001:db8:a::/64", &["2001:db8::4"])];
-    wait_table(&env.ns, 100, TUN, v4, v6).await;
+    env.wait_table(100, v4, v6).await;
     // Both servers must have delivered (the client logs each session up).
     let deadline = Instant::now() + WAIT;
     while client.logs().matches("route server up").count() < 2 {
@@ -226,7 +207,7 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
     let lost = Instant::now();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     watcher.finish("every server lost, within the stale time");
-    wait_table(&env.ns, 100, TUN, &[], &[]).await;
+    env.wait_table(100, &[], &[]).await;
     assert!(
         lost.elapsed() >= Duration::from_millis(1200),
         "routes removed before the stale time"
@@ -236,19 +217,17 @@ async fn losing_every_server_keeps_routes_for_the_stale_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
-    if !may_run("a_server_back_within_the_stale_time_resyncs_without_flap") {
+    let Some(env) = NetnsEnv::for_test("a_server_back_within_the_stale_time_resyncs_without_flap")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let s1 = env.server_with("s1", S1, "s1-first", &[]);
     let s2 = env.server_with("s2", S2, "s2", &[]);
     inject(&env.sock("s1"), &[R1, R2]).await;
     inject(&env.sock("s2"), &[R1, R2]).await;
     let client = env.client("c", &[S1, S2], &client_args(&["--stale-time", "8"]));
-    wait_table(
-        &env.ns,
+    env.wait_table(
         100,
-        TUN,
         &[
             ("10.0.1.0/24", &["2001:db8::1"]),
             ("10.0.2.0/24", &["2001:db8::2"]),
@@ -278,7 +257,8 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
         routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24"),
         "R2 deleted before the returning server resynced"
     );
-    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(100, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
     assert!(
         lost.elapsed() < Duration::from_secs(8),
         "reconciled only when the stale time expired ({:?})",
@@ -293,80 +273,30 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
 fn add_earlier_routes(ns: &str) {
     // Ours (protocol 254) in a mapped table: one the servers confirm with another next
     // hop, one they do not know.
-    ip(&[
-        "-n",
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.1.0/24",
-        "encap",
-        "ip6",
-        "dst",
-        "2001:db8::7",
-        "dev",
-        TUN,
-        "proto",
-        "254",
-        "table",
-        "100",
-    ]);
-    ip(&[
-        "-n",
+        &format!("route add 10.0.1.0/24 encap ip6 dst 2001:db8::7 dev {TUN} proto 254 table 100"),
+    );
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.99.0/24",
-        "dev",
-        TUN,
-        "proto",
-        "254",
-        "table",
-        "100",
-    ]);
+        &format!("route add 10.0.99.0/24 dev {TUN} proto 254 table 100"),
+    );
     // Not ours: another protocol in a mapped table, and protocol 254 in an unmapped table.
-    ip(&[
-        "-n",
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.98.0/24",
-        "dev",
-        TUN,
-        "proto",
-        "static",
-        "table",
-        "100",
-    ]);
-    ip(&[
-        "-n",
+        &format!("route add 10.0.98.0/24 dev {TUN} proto static table 100"),
+    );
+    ip_in(
         ns,
-        "route",
-        "add",
-        "10.0.97.0/24",
-        "dev",
-        TUN,
-        "proto",
-        "254",
-        "table",
-        "200",
-    ]);
+        &format!("route add 10.0.97.0/24 dev {TUN} proto 254 table 200"),
+    );
 }
 
 /// Polls until table 100 has 10.0.1.0/24 via 2001:db8::1 (the server's next hop).
 async fn wait_confirmed_route(ns: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let out = ip(&[
-            "-n",
-            ns,
-            "-d",
-            "-4",
-            "route",
-            "show",
-            "table",
-            "100",
-            "10.0.1.0/24",
-        ]);
+        let out = ip_in(ns, "-d -4 route show table 100 10.0.1.0/24");
         if out.contains("dst 2001:db8::1 ") && !out.contains("2001:db8::7") {
             return;
         }
@@ -377,10 +307,9 @@ async fn wait_confirmed_route(ns: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_at_start_removes_earlier_routes_at_start() {
-    if !may_run("flush_at_start_removes_earlier_routes_at_start") {
+    let Some(env) = NetnsEnv::for_test("flush_at_start_removes_earlier_routes_at_start") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     add_earlier_routes(&env.ns);
@@ -424,9 +353,12 @@ async fn wait_v4_prefixes(ns: &str, want: &[&str]) {
 /// held from an earlier run) exits on `signal`. With `--cleanup` (the Go
 /// reference's "Cleanup routes upon exit") every protocol-254 route of
 /// the mapped table is gone once it exited, and nothing else; without it
-/// they all stay for the next start.
-async fn exit_on(signal: i32, cleanup: bool) {
-    let env = NetnsEnv::create(VETHS);
+/// they all stay for the next start. Skipped (see [`NetnsEnv::for_test`])
+/// as `test`.
+async fn exit_on(test: &str, signal: i32, cleanup: bool) {
+    let Some(env) = NetnsEnv::for_test(test) else {
+        return;
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1, R2]).await;
     add_earlier_routes(&env.ns);
@@ -474,42 +406,36 @@ async fn exit_on(signal: i32, cleanup: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_deletes_our_routes_at_sigterm() {
-    if !may_run("cleanup_deletes_our_routes_at_sigterm") {
-        return;
-    }
-    exit_on(libc::SIGTERM, true).await;
+    exit_on("cleanup_deletes_our_routes_at_sigterm", libc::SIGTERM, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_deletes_our_routes_at_sigint() {
-    if !may_run("cleanup_deletes_our_routes_at_sigint") {
-        return;
-    }
-    exit_on(libc::SIGINT, true).await;
+    exit_on("cleanup_deletes_our_routes_at_sigint", libc::SIGINT, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_cleanup_routes_stay_at_sigterm() {
-    if !may_run("without_cleanup_routes_stay_at_sigterm") {
-        return;
-    }
-    exit_on(libc::SIGTERM, false).await;
+    exit_on(
+        "without_cleanup_routes_stay_at_sigterm",
+        libc::SIGTERM,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_cleanup_routes_stay_at_sigint() {
-    if !may_run("without_cleanup_routes_stay_at_sigint") {
-        return;
-    }
-    exit_on(libc::SIGINT, false).await;
+    exit_on("without_cleanup_routes_stay_at_sigint", libc::SIGINT, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_cleanup_unconfirmed_route_goes_after_the_hold_time() {
-    if !may_run("without_cleanup_unconfirmed_route_goes_after_the_hold_time") {
+    let Some(env) =
+        NetnsEnv::for_test("without_cleanup_unconfirmed_route_goes_after_the_hold_time")
+    else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     add_earlier_routes(&env.ns);
@@ -550,10 +476,9 @@ async fn without_cleanup_unconfirmed_route_goes_after_the_hold_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_role_from_the_config_file() {
-    if !may_run("client_role_from_the_config_file") {
+    let Some(env) = NetnsEnv::for_test("client_role_from_the_config_file") else {
         return;
-    }
-    let env = NetnsEnv::create(VETHS);
+    };
     let _server = env.server_with("s", S1, "s", &[]);
     inject(&env.sock("s"), &[R1]).await;
     let config = env.dir.join("both.toml");
@@ -585,7 +510,8 @@ async fn client_role_from_the_config_file() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(both.addr.to_string(), S2, "the server role does not listen");
-    wait_table(&env.ns, 100, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(100, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
     drop(both);
 
     // The client role alone, a flag overriding the file: table 101 instead of 100.
@@ -606,5 +532,6 @@ async fn client_role_from_the_config_file() {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    wait_table(&env.ns, 101, TUN, &[("10.0.1.0/24", &["2001:db8::1"])], &[]).await;
+    env.wait_table(101, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
+        .await;
 }

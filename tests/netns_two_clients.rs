@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::netns::{expected, may_run, table, wait_table, NetnsEnv, Want};
+use common::netns::{expected, table, wait_table, NetnsEnv, Want};
 use common::QUIET;
 
 /// Client A: VNI 100 -> table 100 via mbt0; STD, NAT and LB routes for
@@ -68,10 +68,12 @@ fn concat<'a>(a: Want<'a>, b: Want<'a>) -> Vec<(&'a str, &'a [&'a str])> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_clients_exchange_routes_ecmp_and_withdraw_on_disconnect() {
-    if !may_run("two_clients_exchange_routes_ecmp_and_withdraw_on_disconnect") {
+    let Some(env) = NetnsEnv::for_test_with(
+        "two_clients_exchange_routes_ecmp_and_withdraw_on_disconnect",
+        &[("mbt0", "mbt1"), ("mbt2", "mbt3")],
+    ) else {
         return;
-    }
-    let env = NetnsEnv::create(&[("mbt0", "mbt1"), ("mbt2", "mbt3")]);
+    };
     let server = env.server("s");
     let servers = [server.addr.to_string()];
     let client_a = env.client("a", &servers, &args("100#100", "mbt0", A_ANNOUNCE));

@@ -1,93 +1,38 @@
 //! The daemon as a whole: resolved settings in, running services out.
 //!
-//! `main.rs` turns flags and the config file into [`Settings`]; [`run`]
-//! opens the state store, starts the route server, restores the operator's
-//! injected routes and the configured static routes, starts the control API,
-//! and handles signals and API requests: SIGTERM/SIGINT/Shutdown stop,
-//! SIGHUP/Reload re-read the configuration.
+//! [`crate::settings`] turns flags and the config file into [`Settings`];
+//! [`run`] takes the daemon through three steps, each its own function:
+//! [`Daemon::start`] opens the state store, starts the hypervisor role,
+//! binds every listener, starts the route server and restores the
+//! operator's injected routes and the configured static routes;
+//! [`Daemon::serve`] reports ready and handles signals and API requests
+//! (SIGHUP/Reload re-read the configuration) until SIGTERM/SIGINT/Shutdown;
+//! [`Daemon::stop`] shuts down, /healthz and systemd told first.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use metalbond_proto::api as pb;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest, ReloadError};
 use crate::client::{Agent, ClientSettings};
-use crate::http::{self, HttpState, Readiness};
+use crate::http::{self, Endpoints, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
 use crate::notify;
 use crate::server::{Server, ServerConfig};
+use crate::settings::{Reloader, Settings};
 use crate::store::Store;
 use crate::table::{LOCAL_API, LOCAL_CONFIG};
 use crate::table_task::Op;
 use crate::wire::Route;
-
-/// Control API settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiSettings {
-    /// Unix socket path.
-    pub socket: PathBuf,
-    /// Permission bits of the socket file (e.g. 0o660).
-    pub socket_mode: u32,
-    /// Group owning the socket file, if set.
-    pub socket_group: Option<String>,
-    /// Optional TCP listener (loopback by default when enabled).
-    pub tcp_listen: Option<SocketAddr>,
-    /// The TCP listener serves read-only RPCs only.
-    pub tcp_read_only: bool,
-    /// A route watcher this many bytes behind the update log is told it lagged.
-    pub watch_max_lag_bytes: u64,
-}
-
-/// Metrics settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// Address of the metrics listener; off when `None`.
-    pub listen: Option<SocketAddr>,
-    /// Most VNIs with their own `vni` label.
-    pub vni_label_limit: usize,
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        Self {
-            listen: None,
-            vni_label_limit: crate::metrics::DEFAULT_VNI_LABEL_LIMIT,
-        }
-    }
-}
-
-/// Everything the daemon needs to run, resolved from flags and the config file.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The MetalBond route server.
-    pub server: ServerConfig,
-    /// The control API.
-    pub api: ApiSettings,
-    /// Directory of the daemon's own state store.
-    pub state_dir: PathBuf,
-    /// Routes announced by the daemon itself, from the config file.
-    pub static_routes: Vec<Route>,
-    /// Log filter directive (e.g. `info`, `debug`).
-    pub log_level: String,
-    /// The status page listener (`--http`, as in the Go reference).
-    pub http: Option<SocketAddr>,
-    /// The Prometheus metrics listener.
-    pub metrics: MetricsSettings,
-    /// The hypervisor (client) role, when enabled (`metalbondd client`, or a
-    /// `[client]` section in the config file).
-    pub client: Option<ClientSettings>,
-}
-
-/// Re-reads the settings (the config file) on SIGHUP or an API Reload.
-pub type Reloader = Box<dyn Fn() -> Result<Settings, String> + Send + Sync>;
 
 /// Runs the daemon until SIGTERM, SIGINT or an API Shutdown.
 pub async fn run(
@@ -97,161 +42,192 @@ pub async fn run(
 ) -> Result<(), String> {
     // First, so that a SIGTERM at any later moment is a graceful stop.
     let mut signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let store_dir = settings.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let store = Arc::new(store);
-    info!(path = %store.path().display(), "state store open");
-
-    // The hypervisor role, before anything is exposed: a missing tunnel
-    // device is a startup failure.
-    // The operator's API changes to it are merged in (stored wins; see
-    // `client::operator`).
-    let agent = match &settings.client {
-        Some(client) => Some(Agent::start_with(client.clone(), Some(store.clone())).await?),
-        None => None,
-    };
-
-    // Bound before the route server starts, so the socket exists by the time
-    // the daemon says it listens; requests wait in the backlog until served.
-    let unix = api::bind_unix_socket(
-        &settings.api.socket,
-        settings.api.socket_mode,
-        settings.api.socket_group.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
-    info!(socket = %settings.api.socket.display(), "control API listening");
-    let http_listeners = http::bind(&http::plan(settings.metrics.listen, settings.http))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (metrics_only_addr, http_addr) = http::bound_addrs(&http_listeners);
-    // With `--metrics` and `--http` on one address, one listener serves both.
-    let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
-
-    let server = Server::start(settings.server.clone(), crate::table_task::spawn())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut telemetry = Telemetry::new();
-    // The route server's families only where it listens (not for
-    // `metalbondd client`, whose table holds nothing but API routes).
-    if !server.local_addrs.is_empty() {
-        telemetry = telemetry.with_server(&server, settings.metrics.vni_label_limit);
-    }
-    if let Some(agent) = &agent {
-        telemetry = telemetry.with_client(agent.stats.clone());
-    }
-    let telemetry = Arc::new(telemetry);
-
-    // The daemon's own routes, before any peer can subscribe and ask for a dump.
-    let reader = store.clone();
-    let injected = tokio::task::spawn_blocking(move || reader.routes())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let restored = injected.len();
-    server
-        .table
-        .local_ops(LOCAL_API, injected.into_iter().map(Op::Announce).collect())
+    let mut daemon = Daemon::start(settings).await?;
+    daemon
+        .serve(&mut signals, reload.as_ref(), log.as_ref())
         .await;
-    server
-        .table
-        .local_ops(
-            LOCAL_CONFIG,
-            settings
-                .static_routes
-                .iter()
-                .copied()
-                .map(Op::Announce)
-                .collect(),
+    daemon.stop().await;
+    Ok(())
+}
+
+/// The running daemon: its services, the tasks serving its listeners and
+/// the settings in force.
+struct Daemon {
+    /// The settings in force (a reload changes what it can apply).
+    running: Settings,
+    server: Server,
+    agent: Option<Agent>,
+    api: Arc<ApiState>,
+    /// API requests for the daemon itself (reload, shutdown).
+    control: mpsc::Receiver<ControlRequest>,
+    readiness: Arc<Readiness>,
+    /// Tells the API and HTTP listeners to stop.
+    listeners_stop: watch::Sender<bool>,
+    /// The API and HTTP listener tasks.
+    listener_tasks: Vec<JoinHandle<()>>,
+    /// The systemd watchdog task, once serving (if systemd asks for one).
+    watchdog: Option<JoinHandle<()>>,
+}
+
+/// The API and HTTP listeners, bound before the route server starts.
+struct Listeners {
+    unix: UnixListener,
+    http: Vec<(TcpListener, Endpoints)>,
+}
+
+impl Listeners {
+    /// Binds the API socket and the HTTP listeners. Bound before the route
+    /// server starts, so the socket exists by the time the daemon says it
+    /// listens; requests wait in the backlog until served.
+    async fn bind(settings: &Settings) -> Result<Listeners, String> {
+        let unix = api::bind_unix_socket(
+            &settings.api.socket,
+            settings.api.socket_mode,
+            settings.api.socket_group.as_deref(),
         )
-        .await;
-    info!(
-        injected_routes = restored,
-        static_routes = settings.static_routes.len(),
-        "daemon routes announced"
-    );
-
-    let (control_tx, mut control) = mpsc::channel(8);
-    let (api_shutdown, api_stop) = watch::channel(false);
-    let state = Arc::new(ApiState {
-        table: server.table.clone(),
-        registry: server.registry.clone(),
-        store: store.clone(),
-        inject_lock: tokio::sync::Mutex::new(()),
-        started_at: SystemTime::now(),
-        started: Instant::now(),
-        listen: server.local_addrs.clone(),
-        api_socket: settings.api.socket.clone(),
-        static_routes: settings.static_routes.len().into(),
-        control: control_tx,
-        watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
-        client: agent.as_ref().map(Agent::handle),
-        client_stats: agent.as_ref().map(|a| a.stats.clone()),
-        overrides: agent
-            .as_ref()
-            .map(|a| a.overrides.clone())
-            .unwrap_or_default(),
-        metrics: telemetry.api(),
-        metrics_addr,
-        http_addr,
-    });
-    let tcp = settings
-        .api
-        .tcp_listen
-        .map(|addr| (addr, settings.api.tcp_read_only));
-    let api_tasks = api::serve(state.clone(), unix, tcp, api_stop.clone())
-        .await
         .map_err(|e| e.to_string())?;
-    let readiness = Arc::new(Readiness::default());
-    let http_tasks = http::serve(
-        http_listeners,
-        Arc::new(HttpState {
-            telemetry,
-            table: server.table.clone(),
-            sessions: server.registry.clone(),
-            agent: agent.as_ref().map(Agent::handle),
-            readiness: readiness.clone(),
-        }),
-        api_stop,
-    );
+        info!(socket = %settings.api.socket.display(), "control API listening");
+        let http = http::bind(&http::plan(settings.metrics.listen, settings.http))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Listeners { unix, http })
+    }
+}
 
-    // Every listener is bound and the daemon's routes are in the table.
-    readiness.serving();
-    let status = serving_status(
-        &server.local_addrs,
-        settings.client.as_ref(),
-        &settings.api.socket,
-    );
-    notify::ready(&status);
-    let watchdog = notify::watchdog_interval().map(|every| {
-        info!(interval = ?every, "systemd watchdog enabled");
-        tokio::spawn(notify::watchdog(every))
-    });
-
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        keepalive_secs = settings.server.session.keepalive_secs,
-        "metalbondd running"
-    );
-    let mut running = settings;
-    loop {
-        let request = tokio::select! {
-            signal = signals.next() => match signal {
-                Signal::Stop => break,
-                Signal::Reload => None,
-            },
-            request = control.recv() => match request {
-                Some(ControlRequest::Shutdown) | None => break,
-                Some(ControlRequest::Reload(reply)) => Some(reply),
-            },
+impl Daemon {
+    /// Opens the store, starts the hypervisor role, binds every listener,
+    /// starts the route server, restores the daemon's own routes and serves
+    /// the API and HTTP listeners. Not yet reported ready.
+    async fn start(settings: Settings) -> Result<Daemon, String> {
+        let store = open_store(&settings).await?;
+        // The hypervisor role, before anything is exposed: a missing tunnel
+        // device is a startup failure.
+        let agent = match &settings.client {
+            Some(client) => Some(start_agent(client, &store).await?),
+            None => None,
         };
-        notify::reloading();
-        let outcome = match &reload {
+        let listeners = Listeners::bind(&settings).await?;
+        let server = Server::start(settings.server.clone(), crate::table_task::spawn())
+            .await
+            .map_err(|e| e.to_string())?;
+        let telemetry = Arc::new(telemetry(&settings, &server, agent.as_ref()));
+        restore_routes(&server, &store, &settings.static_routes).await?;
+
+        let (metrics_only_addr, http_addr) = http::bound_addrs(&listeners.http);
+        // With `--metrics` and `--http` on one address, one listener serves both.
+        let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
+        let (control_tx, control) = mpsc::channel(8);
+        let (listeners_stop, stopped) = watch::channel(false);
+        let api = Arc::new(ApiState {
+            table: server.table.clone(),
+            registry: server.registry.clone(),
+            store,
+            inject_lock: tokio::sync::Mutex::new(()),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            listen: server.local_addrs.clone(),
+            api_socket: settings.api.socket.clone(),
+            static_routes: settings.static_routes.len().into(),
+            control: control_tx,
+            watch_max_lag_bytes: settings.api.watch_max_lag_bytes,
+            client: agent.as_ref().map(Agent::handle),
+            client_stats: agent.as_ref().map(|a| a.stats.clone()),
+            overrides: agent
+                .as_ref()
+                .map(|a| a.overrides.clone())
+                .unwrap_or_default(),
+            metrics: telemetry.api(),
+            metrics_addr,
+            http_addr,
+        });
+        let tcp = settings
+            .api
+            .tcp_listen
+            .map(|addr| (addr, settings.api.tcp_read_only));
+        let mut listener_tasks = api::serve(api.clone(), listeners.unix, tcp, stopped.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let readiness = Arc::new(Readiness::default());
+        listener_tasks.extend(http::serve(
+            listeners.http,
+            Arc::new(HttpState {
+                telemetry,
+                table: server.table.clone(),
+                sessions: server.registry.clone(),
+                agent: agent.as_ref().map(Agent::handle),
+                readiness: readiness.clone(),
+            }),
+            stopped,
+        ));
+        Ok(Daemon {
+            running: settings,
+            server,
+            agent,
+            api,
+            control,
+            readiness,
+            listeners_stop,
+            listener_tasks,
+            watchdog: None,
+        })
+    }
+
+    /// Reports ready (every listener is bound and the daemon's routes are in
+    /// the table), then handles reloads until a stop signal or an API
+    /// Shutdown.
+    async fn serve(
+        &mut self,
+        signals: &mut Signals,
+        reload: Option<&Reloader>,
+        log: Option<&LogControl>,
+    ) {
+        self.readiness.serving();
+        let status = serving_status(
+            &self.server.local_addrs,
+            self.running.client.as_ref(),
+            &self.running.api.socket,
+        );
+        notify::ready(&status);
+        self.watchdog = notify::watchdog_interval().map(|every| {
+            info!(interval = ?every, "systemd watchdog enabled");
+            tokio::spawn(notify::watchdog(every))
+        });
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            keepalive_secs = self.running.server.session.keepalive_secs,
+            "metalbondd running"
+        );
+        loop {
+            let request = tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Stop => return,
+                    Signal::Reload => None,
+                },
+                request = self.control.recv() => match request {
+                    Some(ControlRequest::Shutdown) | None => return,
+                    Some(ControlRequest::Reload(reply)) => Some(reply),
+                },
+            };
+            notify::reloading();
+            let outcome = self.reload(reload, log).await;
+            notify::ready(&status);
+            if let Some(reply) = request {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Re-reads the configuration and applies what can change at runtime;
+    /// logs the outcome.
+    async fn reload(
+        &mut self,
+        reload: Option<&Reloader>,
+        log: Option<&LogControl>,
+    ) -> Result<pb::ReloadResponse, ReloadError> {
+        let outcome = match reload {
             None => Err(ReloadError::NoConfigFile),
             Some(reload) => match reload() {
-                Ok(new) => Ok(apply(&mut running, new, &server, &state, log.as_ref()).await),
+                Ok(new) => Ok(apply(&mut self.running, new, &self.server, &self.api, log).await),
                 Err(e) => Err(ReloadError::Rejected(e)),
             },
         };
@@ -266,32 +242,98 @@ pub async fn run(
                 error!("configuration not reloaded, keeping the running one: {e}")
             }
         }
-        notify::ready(&status);
-        if let Some(reply) = request {
-            let _ = reply.send(outcome);
-        }
+        outcome
     }
-    info!("shutting down");
-    readiness.stopping();
-    notify::stopping();
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
+
+    /// Stops: /healthz answers 503 and systemd hears STOPPING=1 before any
+    /// session closes; then the hypervisor role, the listeners and the route
+    /// server stop, and the API socket is removed.
+    async fn stop(self) {
+        info!("shutting down");
+        self.readiness.stopping();
+        notify::stopping();
+        if let Some(watchdog) = self.watchdog {
+            watchdog.abort();
+        }
+        if let Some(agent) = self.agent {
+            agent.shutdown().await;
+        }
+        self.listeners_stop.send_replace(true);
+        self.server.shutdown();
+        // Listeners drain their requests; a client that does not let go (an
+        // endless watch, a stalled connection) does not hold the exit up.
+        let drain = join_or_abort(self.listener_tasks);
+        if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+            warn!(
+                after = ?SHUTDOWN_DRAIN,
+                "API or HTTP clients still connected at shutdown; closing them"
+            );
+        }
+        let _ = std::fs::remove_file(&self.running.api.socket);
+    }
+}
+
+/// Opens the daemon's state store (blocking I/O, off the runtime's threads).
+async fn open_store(settings: &Settings) -> Result<Arc<Store>, String> {
+    let dir = settings.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    info!(path = %store.path().display(), "state store open");
+    Ok(Arc::new(store))
+}
+
+/// Starts the hypervisor role with the operator's API changes to it merged
+/// in (stored wins; see `client::operator`).
+async fn start_agent(client: &ClientSettings, store: &Arc<Store>) -> Result<Agent, String> {
+    Agent::start_with(client.clone(), Some(store.clone())).await
+}
+
+/// The metric families of the roles that run.
+fn telemetry(settings: &Settings, server: &Server, agent: Option<&Agent>) -> Telemetry {
+    let mut telemetry = Telemetry::new();
+    // The route server's families only where it listens (not for
+    // `metalbondd client`, whose table holds nothing but API routes).
+    if !server.local_addrs.is_empty() {
+        telemetry = telemetry.with_server(server, settings.metrics.vni_label_limit);
     }
     if let Some(agent) = agent {
-        agent.shutdown().await;
+        telemetry = telemetry.with_client(agent.stats.clone());
     }
-    api_shutdown.send_replace(true);
-    server.shutdown();
-    // Listeners drain their requests; a client that does not let go (an
-    // endless watch, a stalled connection) does not hold the exit up.
-    let drain = join_or_abort(api_tasks.into_iter().chain(http_tasks).collect());
-    if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
-        warn!(
-            after = ?SHUTDOWN_DRAIN,
-            "API or HTTP clients still connected at shutdown; closing them"
-        );
-    }
-    let _ = std::fs::remove_file(&running.api.socket);
+    telemetry
+}
+
+/// Announces the daemon's own routes (the operator's injected ones from the
+/// store, then the configured static ones), before any peer can subscribe
+/// and ask for a dump.
+async fn restore_routes(
+    server: &Server,
+    store: &Arc<Store>,
+    static_routes: &[Route],
+) -> Result<(), String> {
+    let reader = store.clone();
+    let injected = tokio::task::spawn_blocking(move || reader.routes())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let restored = injected.len();
+    server
+        .table
+        .local_ops(LOCAL_API, injected.into_iter().map(Op::Announce).collect())
+        .await;
+    server
+        .table
+        .local_ops(
+            LOCAL_CONFIG,
+            static_routes.iter().copied().map(Op::Announce).collect(),
+        )
+        .await;
+    info!(
+        injected_routes = restored,
+        static_routes = static_routes.len(),
+        "daemon routes announced"
+    );
     Ok(())
 }
 

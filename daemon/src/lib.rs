@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod store;
 pub mod table;
 pub mod table_task;

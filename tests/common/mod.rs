@@ -61,6 +61,14 @@ struct LogBuf {
 }
 
 impl LogBuf {
+    fn new() -> Arc<LogBuf> {
+        Arc::new(LogBuf {
+            text: Mutex::new(String::new()),
+            cv: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
     fn push_line(&self, line: &str) {
         {
             let mut text = self.text.lock().unwrap();
@@ -90,6 +98,26 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An address on [::1] that nothing listened on a moment ago.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, free_port()))
+}
+
+/// Runs `metalbondd ARGS` to its exit (bounded: killed by PID otherwise)
+/// with the log uncoloured and `RUST_LOG` unset: its exit code, stdout and
+/// stderr.
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = mbctl::run_blocking(cmd);
+    (out.code, out.stdout, out.stderr)
 }
 
 /// A new empty directory under the system temp dir, unique to this process and call.
@@ -207,6 +235,48 @@ fn spawn_reader(mut stream: impl Read + Send + 'static, logs: Arc<LogBuf>, tag: 
     });
 }
 
+/// The log line [`Daemon::launch`] waits for.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The first `listening ... addr=` line: the MetalBond listener is bound.
+    Listening,
+    /// `metalbondd running`: every listener is bound (also a client's,
+    /// which has no MetalBond listener).
+    Running,
+}
+
+impl Until {
+    fn reached(self, log: &str) -> bool {
+        match self {
+            Until::Listening => listening_addr(log).is_some(),
+            Until::Running => log.lines().any(|l| l.contains("metalbondd running")),
+        }
+    }
+
+    /// The line, as errors name it.
+    fn line(self) -> &'static str {
+        match self {
+            Until::Listening => "listening ... addr=",
+            Until::Running => "metalbondd running",
+        }
+    }
+
+    /// "before ...", as errors say it.
+    fn before(self) -> &'static str {
+        match self {
+            Until::Listening => "listening",
+            Until::Running => "running",
+        }
+    }
+}
+
+/// The address of the first `listening ... addr=` line of `log`.
+fn listening_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("listening"))
+        .find_map(parse_addr_field)
+}
+
 impl Daemon {
     /// Starts `metalbondd server --listen [::1]:0 --keepalive 5 ARGS...`
     /// (`--keepalive` is left out when `args` carries its own) and waits
@@ -295,43 +365,53 @@ impl Daemon {
         }
         cmd.args(args);
         daemon_io(&mut cmd);
+        Self::launch(cmd, args, "", "", Until::Listening)
+    }
+
+    /// Starts `cmd` (a `metalbondd` with `args`, its I/O set up by
+    /// [`daemon_io`]), captures its log and waits (bounded, woken by each
+    /// log line) for `until`. [`Daemon::addr`] is the address of its first
+    /// `listening ... addr=` line if it has one, else `[::1]:0`. Errors
+    /// carry the log; `where_` and `tag_suffix` say where it runs, in errors
+    /// and in the echoed log.
+    fn launch(
+        mut cmd: Command,
+        args: &[&str],
+        where_: &str,
+        tag_suffix: &str,
+        until: Until,
+    ) -> Result<Daemon, String> {
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start metalbondd {args:?}: {e}"))?;
+            .map_err(|e| format!("cannot start metalbondd {args:?}{where_}: {e}"))?;
         let pid = child.id();
-        let logs = Arc::new(LogBuf {
-            text: Mutex::new(String::new()),
-            cv: Condvar::new(),
-            notify: tokio::sync::Notify::new(),
-        });
-        let tag = format!("metalbondd:{pid}");
+        let logs = LogBuf::new();
+        let tag = format!("metalbondd:{pid}{tag_suffix}");
         spawn_reader(child.stderr.take().unwrap(), logs.clone(), tag.clone());
         spawn_reader(child.stdout.take().unwrap(), logs.clone(), tag);
 
         let deadline = Instant::now() + START_TIMEOUT;
         let mut text = logs.text.lock().unwrap();
-        let addr = loop {
-            if let Some(addr) = text
-                .lines()
-                .filter(|l| l.contains("listening"))
-                .find_map(parse_addr_field)
-            {
-                break Some(addr);
+        let ready = loop {
+            if until.reached(&text) {
+                break true;
             }
             let now = Instant::now();
             if now >= deadline {
-                break None;
+                break false;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = text.clone();
                 return Err(format!(
-                    "metalbondd {args:?} exited with {status} before listening; log:\n{log}"
+                    "metalbondd {args:?}{where_} exited with {status} before {}; log:\n{log}",
+                    until.before()
                 ));
             }
             // Wake on each new line; the short cap also catches an early exit.
             let wait = (deadline - now).min(Duration::from_millis(100));
             text = logs.cv.wait_timeout(text, wait).unwrap().0;
         };
+        let addr = listening_addr(&text);
         drop(text);
         let daemon = Daemon {
             child: Mutex::new(child),
@@ -340,13 +420,15 @@ impl Daemon {
             logs,
             dir: None,
         };
-        match addr {
-            Some(_) => Ok(daemon),
+        if ready {
+            Ok(daemon)
+        } else {
             // Dropping `daemon` kills the process.
-            None => Err(format!(
-                "metalbondd {args:?} did not log `listening ... addr=` within {START_TIMEOUT:?}; log:\n{}",
+            Err(format!(
+                "metalbondd {args:?}{where_} did not log `{}` within {START_TIMEOUT:?}; log:\n{}",
+                until.line(),
                 daemon.logs()
-            )),
+            ))
         }
     }
 
@@ -484,7 +566,13 @@ impl Daemon {
         cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_metalbondd")])
             .args(args);
         daemon_io(&mut cmd);
-        Self::spawn_until_running(cmd, args, &format!(" in netns {ns}"), &format!("@{ns}"))
+        Self::launch(
+            cmd,
+            args,
+            &format!(" in netns {ns}"),
+            &format!("@{ns}"),
+            Until::Running,
+        )
     }
 
     /// Starts `metalbondd ARGS...` in the current network namespace and
@@ -495,7 +583,7 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalbondd"));
         cmd.args(args);
         daemon_io(&mut cmd);
-        Self::spawn_until_running(cmd, args, "", "")
+        Self::launch(cmd, args, "", "", Until::Running)
     }
 
     /// Like [`Daemon::spawn_running`] with the binary `exe` (a copy the user
@@ -511,67 +599,7 @@ impl Daemon {
         cmd.args(args);
         daemon_io(&mut cmd);
         as_user(&mut cmd, user, env);
-        Self::spawn_until_running(cmd, args, &format!(" as uid {user:?}"), "")
-    }
-
-    fn spawn_until_running(
-        mut cmd: Command,
-        args: &[&str],
-        where_: &str,
-        tag_suffix: &str,
-    ) -> Result<Daemon, String> {
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start metalbondd {args:?}{where_}: {e}"))?;
-        let pid = child.id();
-        let logs = Arc::new(LogBuf {
-            text: Mutex::new(String::new()),
-            cv: Condvar::new(),
-            notify: tokio::sync::Notify::new(),
-        });
-        let tag = format!("metalbondd:{pid}{tag_suffix}");
-        spawn_reader(child.stderr.take().unwrap(), logs.clone(), tag.clone());
-        spawn_reader(child.stdout.take().unwrap(), logs.clone(), tag);
-
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut text = logs.text.lock().unwrap();
-        let ready = loop {
-            if text.lines().any(|l| l.contains("metalbondd running")) {
-                break true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break false;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = text.clone();
-                return Err(format!(
-                    "metalbondd {args:?}{where_} exited with {status} before running; log:\n{log}"
-                ));
-            }
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            text = logs.cv.wait_timeout(text, wait).unwrap().0;
-        };
-        let addr = text
-            .lines()
-            .filter(|l| l.contains("listening"))
-            .find_map(parse_addr_field);
-        drop(text);
-        let daemon = Daemon {
-            child: Mutex::new(child),
-            pid,
-            addr: addr.unwrap_or_else(|| "[::1]:0".parse().unwrap()),
-            logs,
-            dir: None,
-        };
-        if ready {
-            Ok(daemon)
-        } else {
-            Err(format!(
-                "metalbondd {args:?}{where_} did not log `metalbondd running` within {START_TIMEOUT:?}; log:\n{}",
-                daemon.logs()
-            ))
-        }
+        Self::launch(cmd, args, &format!(" as uid {user:?}"), "", Until::Running)
     }
 }
 

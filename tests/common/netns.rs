@@ -21,6 +21,21 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Poll interval of `ip route`.
 pub const POLL: Duration = Duration::from_millis(20);
 
+/// The tunnel device of the standard setup: one end of the veth pair [`VETHS`].
+pub const TUN: &str = "mbt0";
+/// The standard setup's veth pair: [`TUN`] and its peer.
+pub const VETHS: &[(&str, &str)] = &[(TUN, "mbt1")];
+/// Client flags of the standard mapping: VNI 100 subscribed and installed
+/// into table 100 via [`TUN`].
+pub const MAP_100: &[&str] = &[
+    "--subscribe",
+    "100",
+    "--install-routes",
+    "100#100",
+    "--tun",
+    TUN,
+];
+
 /// Why the namespace tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -57,6 +72,15 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `ip -n NS COMMAND` (COMMAND split at whitespace, e.g.
+/// `"route add 10.0.0.0/24 dev mbt0 table 100"`); panics with its stderr on
+/// failure.
+pub fn ip_in(ns: &str, command: &str) -> String {
+    let mut args = vec!["-n", ns];
+    args.extend(command.split_whitespace());
+    ip(&args)
+}
+
 /// A network namespace with `lo` up and the given veth pairs up, plus a
 /// temporary directory for the daemons' sockets and state; both removed on
 /// drop (the namespace with `ip netns del`, which also deletes its devices).
@@ -66,6 +90,17 @@ pub struct NetnsEnv {
 }
 
 impl NetnsEnv {
+    /// The namespace of test `test` with the standard veth pair, or `None`
+    /// (after [`may_run`] said why) when the test must be skipped.
+    pub fn for_test(test: &str) -> Option<NetnsEnv> {
+        Self::for_test_with(test, VETHS)
+    }
+
+    /// Like [`NetnsEnv::for_test`], with the veth pairs `veths`.
+    pub fn for_test_with(test: &str, veths: &[(&str, &str)]) -> Option<NetnsEnv> {
+        may_run(test).then(|| Self::create(veths))
+    }
+
     /// Creates the namespace with one veth pair per `(name, peer)`.
     pub fn create(veths: &[(&str, &str)]) -> NetnsEnv {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -90,6 +125,12 @@ impl NetnsEnv {
         }
         ip(&["-n", n, "link", "set", "lo", "up"]);
         env
+    }
+
+    /// Polls table `t` of the namespace (routes via [`TUN`]) until it holds
+    /// exactly `v4` and `v6`, like [`wait_table`].
+    pub async fn wait_table(&self, t: u32, v4: Want<'_>, v6: Want<'_>) {
+        wait_table(&self.ns, t, TUN, v4, v6).await
     }
 
     /// `DIR/NAME.sock`.

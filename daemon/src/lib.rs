@@ -2,9 +2,10 @@
 //!
 //! Data flow: bytes -> [`wire`] frame decoder -> [`session`] state machine ->
 //! [`table`] (single owner) -> shared update log -> per-session batched writes.
-//! The protocol core ([`wire`], [`session`], [`table`]) does no I/O; the
-//! [`server`] module is the tokio shell around it, [`client`] the hypervisor
-//! role. [`api`] is the gRPC control API, [`metrics`] and [`http`] the
+//! The protocol core ([`wire`], [`session`], [`table`]) does no I/O; [`link`]
+//! is the socket loop around one session that both roles configure: the
+//! [`server`] module is the route server, [`client`] the hypervisor role.
+//! [`api`] is the gRPC control API, [`metrics`] and [`http`] the
 //! Prometheus metrics and the HTTP status listener, [`notify`] systemd's
 //! readiness protocol.
 
@@ -15,6 +16,7 @@ pub mod app;
 pub mod client;
 pub mod http;
 pub mod kernel;
+pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

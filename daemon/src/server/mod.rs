@@ -3,8 +3,6 @@
 pub mod connection;
 pub mod delivery;
 pub mod metrics;
-pub mod outbound;
-pub mod pacing;
 pub mod registry;
 pub mod table_task;
 

@@ -27,7 +27,7 @@
 //!
 //! The session runs on the shared driver ([`crate::link::Link`]), which
 //! reassembles frames across reads and writes only whole frames, batched
-//! into vectored writes; this module adds the client's part ([`ClientLink`]).
+//! into vectored writes; this module adds the client's part (`ClientLink`).
 //!
 //! Every task counts into the client's [`AgentStats`]: session ups, UPDATE
 //! frames and bytes in both directions (relaxed atomic adds), and, once per

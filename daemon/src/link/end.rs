@@ -167,7 +167,11 @@ mod tests {
                 Normal,
             ),
             (SessionEnd::PeerClosed, "peer_closed", Normal),
-            (SessionEnd::TruncatedFrame(7), "truncated_frame", ProtocolError),
+            (
+                SessionEnd::TruncatedFrame(7),
+                "truncated_frame",
+                ProtocolError,
+            ),
             (SessionEnd::Io(io()), "io_error", Normal),
             (SessionEnd::WriteTimeout, "write_timeout", SlowConsumer),
             (SessionEnd::Lagging(9), "lagging", SlowConsumer),

@@ -269,7 +269,11 @@ impl LinkRole for Connection {
         self.info.queue_bytes.store(out.len() as u64, Relaxed);
     }
 
-    async fn wait(&mut self, _session: &mut Session, _out: &mut Outbound) -> Result<(), SessionEnd> {
+    async fn wait(
+        &mut self,
+        _session: &mut Session,
+        _out: &mut Outbound,
+    ) -> Result<(), SessionEnd> {
         // Only while commands wait for room in the table's channel.
         let commands = (!self.waiting.is_empty()).then(|| self.table.commands.clone());
         tokio::select! {

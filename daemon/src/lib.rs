@@ -4,8 +4,9 @@
 //! [`table`] (single owner) -> shared update log -> per-session batched writes.
 //! The protocol core ([`wire`], [`session`], [`table`]) does no I/O;
 //! [`table_task`] is the task that owns the table and defines the messages
-//! that reach it, the [`server`] module is the tokio shell around the
-//! sessions, [`client`] the hypervisor role. [`api`] is the gRPC control API, [`metrics`] and [`http`] the
+//! that reach it; [`link`] is the socket loop around one session that both
+//! roles configure: the [`server`] module is the route server, [`client`]
+//! the hypervisor role. [`api`] is the gRPC control API, [`metrics`] and [`http`] the
 //! Prometheus metrics and the HTTP status listener, [`notify`] systemd's
 //! readiness protocol.
 
@@ -16,6 +17,7 @@ pub mod app;
 pub mod client;
 pub mod http;
 pub mod kernel;
+pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

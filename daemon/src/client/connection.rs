@@ -25,25 +25,22 @@
 //! Writes are not paced: a client announces its own few routes, far from
 //! the 64 KiB bursts that make a Go server reset (PROTOCOL.md section 6).
 //!
-//! Reads reassemble frames across TCP reads ([`decode_frame`] on a
-//! `BytesMut`); writes go through the server's [`Outbound`] queue, so only
-//! whole frames are written, batched into vectored writes.
+//! The session runs on the shared driver ([`crate::link::Link`]), which
+//! reassembles frames across reads and writes only whole frames, batched
+//! into vectored writes; this module adds the client's part (`ClientLink`).
 //!
 //! Every task counts into the client's [`AgentStats`]: session ups, UPDATE
 //! frames and bytes in both directions (relaxed atomic adds), and, once per
-//! ended attempt, its reason label ([`AgentStats::session_downs`]) and, for
-//! a malformed frame or a protocol violation, a protocol error
-//! ([`AgentStats::protocol_errors`]).
+//! ended attempt, its reason label ([`AgentStats::session_downs`]; the
+//! protocol errors among them are [`AgentStats::protocol_errors`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -52,15 +49,11 @@ use tracing::{debug, info, warn};
 
 use super::stats::{AgentStats, ServerCounters};
 use super::{ServerAddr, ServerId};
-use crate::server::outbound::Outbound;
-use crate::session::{self, CloseReason, Event, Role, Session};
-use crate::wire::{
-    decode_frame, encode_message, encode_update, Action, DecodeError, Frame, Message, Route,
-    Update, Vni,
-};
+use crate::link::outbound::Outbound;
+use crate::link::{Link, LinkRole, LinkSettings, SessionEnd};
+use crate::session::{self, Event, Role, Session};
+use crate::wire::{encode_update, Action, Frame, Message, Route, Update, Vni};
 
-/// Read buffer size (frames are reassembled across reads).
-const READ_BUFFER: usize = 16 * 1024;
 /// Depth of each connection task's command channel.
 const COMMAND_QUEUE: usize = 1024;
 
@@ -405,80 +398,6 @@ impl Client {
     }
 }
 
-/// Why an attempt or a session ended: the log text (and the `Down`
-/// event's and the API's `reason`) is its [`fmt::Display`], the metric label
-/// [`End::label`].
-#[derive(Debug)]
-enum End {
-    /// The server's name did not resolve.
-    Resolve(String),
-    /// The TCP connect failed (to every resolved address).
-    ConnectFailed(std::io::Error),
-    /// The TCP connect did not complete within the connect timeout.
-    ConnectTimeout(Duration),
-    /// The session state machine closed the session (protocol violation or
-    /// timeout).
-    Protocol(CloseReason),
-    /// The server sent a malformed frame.
-    Decode(DecodeError),
-    /// The server closed the connection (at a frame boundary).
-    PeerClosed,
-    /// The server closed the connection after this many bytes of a frame.
-    TruncatedFrame(usize),
-    /// Reading or writing the socket failed.
-    Io(std::io::Error),
-}
-
-impl End {
-    /// Short stable label for metrics (the server side's labels where the
-    /// same thing happens there).
-    fn label(&self) -> &'static str {
-        match self {
-            End::Resolve(_) => "resolve_failed",
-            End::ConnectFailed(_) => "connect_failed",
-            End::ConnectTimeout(_) => "connect_timeout",
-            End::Protocol(r) => r.label(),
-            End::Decode(e) => e.label(),
-            End::PeerClosed => "peer_closed",
-            End::TruncatedFrame(_) => "truncated_frame",
-            End::Io(_) => "io_error",
-        }
-    }
-
-    /// A malformed frame or a protocol violation of the server (not a
-    /// timeout, not a connection failure).
-    fn is_protocol_error(&self) -> bool {
-        match self {
-            End::Decode(_) => true,
-            End::Protocol(r) => matches!(
-                r,
-                CloseReason::ZeroKeepaliveInterval
-                    | CloseReason::DuplicateHello
-                    | CloseReason::KeepaliveBeforeHello
-            ),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for End {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            End::Resolve(e) => write!(f, "cannot resolve: {e}"),
-            End::ConnectFailed(e) => write!(f, "connect failed: {e}"),
-            End::ConnectTimeout(t) => write!(f, "connect timed out after {t:?}"),
-            End::Protocol(r) => write!(f, "{r}"),
-            End::Decode(e) => write!(f, "malformed frame: {e}"),
-            End::PeerClosed => f.write_str("server closed the connection"),
-            End::TruncatedFrame(n) => write!(
-                f,
-                "server closed the connection in the middle of a frame ({n} bytes)"
-            ),
-            End::Io(e) => write!(f, "socket error: {e}"),
-        }
-    }
-}
-
 /// How one attempt ended.
 enum Outcome {
     /// Shutdown requested or nobody listens to events any more: stop.
@@ -486,7 +405,7 @@ enum Outcome {
     /// The attempt or session ended; reconnect. `established_for` is how
     /// long the session was established, if it got that far.
     Ended {
-        end: End,
+        end: SessionEnd,
         established_for: Option<Duration>,
     },
 }
@@ -495,8 +414,8 @@ enum Outcome {
 /// It stops (without a `Down` event) when `shutdown` becomes true or its
 /// sender is dropped, when the command channel closes, or when the receiver
 /// of `events` is dropped; the open session, if any, is simply closed.
-/// Every attempt that ends otherwise is counted in `stats` (by label, and as
-/// a protocol error when it is one) before its `Down` event is sent. The
+/// Every attempt that ends otherwise is counted in `stats` (by label) before
+/// its `Down` event is sent. The
 /// server's own UPDATE counters go to `counters` too.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -536,10 +455,7 @@ pub async fn run(
         };
         let label = end.label();
         stats.record_session_down(label);
-        if end.is_protocol_error() {
-            stats.record_protocol_error(label);
-        }
-        let reason = end.to_string();
+        let reason = end.describe(Role::Client);
         if established_for.is_some_and(|d| d >= config.stable_after) {
             attempt = 0;
         }
@@ -595,7 +511,7 @@ struct Conn<'a> {
     counters: &'a ServerCounters,
 }
 
-fn ended(end: End, established_at: Option<Instant>) -> Outcome {
+fn ended(end: SessionEnd, established_at: Option<Instant>) -> Outcome {
     Outcome::Ended {
         end,
         established_for: established_at.map(|t| t.elapsed()),
@@ -611,7 +527,7 @@ impl Conn<'_> {
         };
         self.resolved = match resolved {
             Ok(addrs) => addrs,
-            Err(e) => return ended(End::Resolve(e), None),
+            Err(e) => return ended(SessionEnd::Resolve(e), None),
         };
         if addr.name().is_some() {
             debug!(server = %self.server, %addr, resolved = ?self.resolved, "resolved");
@@ -631,7 +547,7 @@ impl Conn<'_> {
         self.run_session(stream, peer).await
     }
 
-    async fn run_session(&mut self, mut stream: TcpStream, peer: SocketAddr) -> Outcome {
+    async fn run_session(&mut self, stream: TcpStream, peer: SocketAddr) -> Outcome {
         let mut session = Session::new(
             session::Config {
                 role: Role::Client,
@@ -643,83 +559,122 @@ impl Conn<'_> {
         for &vni in &self.desired.subscriptions {
             session.subscribe(vni);
         }
-        let mut out = Outbound::default();
-        let mut established_at: Option<Instant> = None;
-        let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
-        let (mut rd, mut wr) = stream.split();
-        // HELLO.
-        if let Some(o) = self
-            .collect(&mut session, &mut out, &mut established_at, peer)
-            .await
-        {
-            return o;
+        // Unpaced: a client announces its own few routes, far from the
+        // bursts that make a Go server reset. No write timeout: the
+        // keepalives tell a dead server.
+        let settings = LinkSettings {
+            write_timeout: None,
+            pace_limit: 0,
+        };
+        let mut link = Link::new(stream, session, settings);
+        let mut role = ClientLink {
+            server: self.server,
+            peer,
+            resolved: &self.resolved,
+            desired: &mut *self.desired,
+            commands: &mut *self.commands,
+            events: self.events,
+            stats: self.stats,
+            counters: self.counters,
+            established_at: None,
+            pending: Vec::new(),
+        };
+        match link.run(&mut role, &mut *self.shutdown).await {
+            SessionEnd::Shutdown => Outcome::Stop,
+            end => ended(end, role.established_at),
         }
-        loop {
-            let deadline = session.poll_timeout().map(Instant::from_std);
-            let can_write = !out.is_empty();
-            tokio::select! {
-                read = rd.read_buf(&mut rbuf) => match read {
-                    Ok(0) if rbuf.is_empty() => return ended(End::PeerClosed, established_at),
-                    Ok(0) => return ended(End::TruncatedFrame(rbuf.len()), established_at),
-                    Ok(n) => {
-                        self.stats.bytes_in.fetch_add(n as u64, Relaxed);
-                        let now = Instant::now().into_std();
-                        loop {
-                            match decode_frame(&mut rbuf) {
-                                Ok(Some(Frame::Message(msg))) => {
-                                    if matches!(msg, Message::Update(_)) {
-                                        self.stats.updates_in.fetch_add(1, Relaxed);
-                                        self.counters.updates_in.fetch_add(1, Relaxed);
-                                    }
-                                    if let Err(reason) = session.handle_message(msg, now) {
-                                        return ended(End::Protocol(reason), established_at);
-                                    }
-                                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at, peer).await {
-                                        return o;
-                                    }
-                                }
-                                Ok(Some(Frame::Unknown { msg_type, len })) => {
-                                    info!(msg_type, len, "skipped a frame of unknown message type");
-                                }
-                                Ok(None) => break,
-                                Err(e) => return ended(End::Decode(e), established_at),
-                            }
-                        }
-                        if rbuf.capacity() - rbuf.len() < 1024 {
-                            rbuf.reserve(READ_BUFFER);
-                        }
-                    }
-                    Err(e) => return ended(End::Io(e), established_at),
-                },
-                written = async {
-                    let slices = out.slices(usize::MAX);
-                    wr.write_vectored(&slices).await
-                }, if can_write => match written {
-                    Ok(0) => return ended(End::PeerClosed, established_at),
-                    Ok(n) => {
-                        self.stats.bytes_out.fetch_add(n as u64, Relaxed);
-                        out.advance(n);
-                    }
-                    Err(e) => return ended(End::Io(e), established_at),
-                },
-                _ = sleep_until_opt(deadline) => {
-                    if let Err(reason) = session.handle_timeout(Instant::now().into_std()) {
-                        return ended(End::Protocol(reason), established_at);
-                    }
-                    if let Some(o) = self.collect(&mut session, &mut out, &mut established_at, peer).await {
-                        return o;
-                    }
+    }
+}
+
+/// The client's part of a session on the shared driver: events to the
+/// agent, commands from it.
+struct ClientLink<'a> {
+    server: ServerId,
+    /// The address connected to.
+    peer: SocketAddr,
+    /// What the server's address resolved to for this attempt.
+    resolved: &'a [SocketAddr],
+    desired: &'a mut Desired,
+    commands: &'a mut mpsc::Receiver<ClientCommand>,
+    events: &'a mpsc::Sender<ClientEvent>,
+    stats: &'a AgentStats,
+    counters: &'a ServerCounters,
+    established_at: Option<Instant>,
+    /// Events of the frames just handled, in order, sent (waiting while the
+    /// channel is full) before the next turn.
+    pending: Vec<ClientEvent>,
+}
+
+impl LinkRole for ClientLink<'_> {
+    fn bytes_in(&mut self, n: usize) {
+        self.stats.bytes_in.fetch_add(n as u64, Relaxed);
+    }
+
+    fn frame_in(&mut self, frame: &Frame) {
+        if matches!(frame, Frame::Message(Message::Update(_))) {
+            self.stats.updates_in.fetch_add(1, Relaxed);
+            self.counters.updates_in.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn event(&mut self, event: Event, out: &mut Outbound) {
+        match event {
+            Event::Established { keepalive } => {
+                info!(server = %self.server, keepalive_secs = keepalive.as_secs(), "session with route server established");
+                self.established_at = Some(Instant::now());
+                self.stats.session_ups.fetch_add(1, Relaxed);
+                // The SUBSCRIBEs were queued by the session (control lane,
+                // so they go first); then every announcement, in one batch.
+                let mut buf = BytesMut::new();
+                for r in &self.desired.announcements {
+                    encode_update(Action::Add, r, &mut buf);
                 }
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd, &mut session, &mut out),
-                    // The client handle is gone.
-                    None => return Outcome::Stop,
-                },
-                _ = self.shutdown.changed() => return Outcome::Stop,
+                out.push_data(buf.freeze());
+                self.count_updates_out(self.desired.announcements.len() as u64);
+                self.pending.push(ClientEvent::Up {
+                    server: self.server,
+                    peer: self.peer,
+                    resolved: self.resolved.to_vec(),
+                });
+            }
+            Event::Update(update) => self.pending.push(ClientEvent::Update {
+                server: self.server,
+                update,
+            }),
+            // A server never subscribes to a client; ignore it.
+            Event::Subscribe(vni) | Event::Unsubscribe(vni) => {
+                debug!(server = %self.server, %vni, "ignoring (UN)SUBSCRIBE from a route server");
             }
         }
     }
 
+    fn written(&mut self, n: usize, _out: &Outbound) {
+        self.stats.bytes_out.fetch_add(n as u64, Relaxed);
+    }
+
+    async fn wait(&mut self, session: &mut Session, out: &mut Outbound) -> Result<(), SessionEnd> {
+        match self.commands.recv().await {
+            Some(cmd) => {
+                self.on_command(cmd, session, out);
+                Ok(())
+            }
+            // The client handle is gone.
+            None => Err(SessionEnd::Shutdown),
+        }
+    }
+
+    /// Sends the events in order; nobody listening any more stops the task.
+    async fn deliver(&mut self) -> Result<(), SessionEnd> {
+        for event in self.pending.drain(..) {
+            if self.events.send(event).await.is_err() {
+                return Err(SessionEnd::Shutdown);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClientLink<'_> {
     /// Counts `n` UPDATEs queued for the server.
     fn count_updates_out(&self, n: u64) {
         self.stats.updates_out.fetch_add(n, Relaxed);
@@ -727,7 +682,8 @@ impl Conn<'_> {
     }
 
     /// Applies a command to the desired state and, when established, to
-    /// the live session.
+    /// the live session (the driver then queues the session's
+    /// SUBSCRIBE/UNSUBSCRIBE frames).
     fn on_command(&mut self, cmd: ClientCommand, session: &mut Session, out: &mut Outbound) {
         if !self.desired.apply(cmd) {
             return;
@@ -753,75 +709,6 @@ impl Conn<'_> {
             }
             ClientCommand::Announce(_) | ClientCommand::Withdraw(_) => {}
         }
-        // The session's SUBSCRIBE/UNSUBSCRIBE frames.
-        while let Some(msg) = session.poll_transmit() {
-            let mut buf = BytesMut::with_capacity(16);
-            encode_message(&msg, &mut buf);
-            out.push_control(buf.freeze());
-        }
-    }
-
-    /// Moves the session's frames to `out` and acts on its events. Returns
-    /// `Some` when the task must stop (nobody listens to events any more).
-    async fn collect(
-        &mut self,
-        session: &mut Session,
-        out: &mut Outbound,
-        established_at: &mut Option<Instant>,
-        peer: SocketAddr,
-    ) -> Option<Outcome> {
-        while let Some(msg) = session.poll_transmit() {
-            let mut buf = BytesMut::with_capacity(16);
-            encode_message(&msg, &mut buf);
-            out.push_control(buf.freeze());
-        }
-        while let Some(event) = session.poll_event() {
-            match event {
-                Event::Established { keepalive } => {
-                    info!(server = %self.server, keepalive_secs = keepalive.as_secs(), "session with route server established");
-                    *established_at = Some(Instant::now());
-                    self.stats.session_ups.fetch_add(1, Relaxed);
-                    // The SUBSCRIBEs were queued above (control lane, so
-                    // they go first); then every announcement, in one batch.
-                    let mut buf = BytesMut::new();
-                    for r in &self.desired.announcements {
-                        encode_update(Action::Add, r, &mut buf);
-                    }
-                    out.push_data(buf.freeze());
-                    self.count_updates_out(self.desired.announcements.len() as u64);
-                    if self
-                        .events
-                        .send(ClientEvent::Up {
-                            server: self.server,
-                            peer,
-                            resolved: self.resolved.clone(),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return Some(Outcome::Stop);
-                    }
-                }
-                Event::Update(update) => {
-                    if self
-                        .events
-                        .send(ClientEvent::Update {
-                            server: self.server,
-                            update,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return Some(Outcome::Stop);
-                    }
-                }
-                // A server never subscribes to a client; ignore it.
-                Event::Subscribe(vni) | Event::Unsubscribe(vni) => {
-                    debug!(server = %self.server, %vni, "ignoring (UN)SUBSCRIBE from a route server");
-                }
-            }
-        }
-        None
     }
 }
 
@@ -856,7 +743,7 @@ pub async fn resolve(server: &ServerAddr, timeout: Duration) -> Result<Vec<Socke
 async fn connect_any(
     addrs: &[SocketAddr],
     timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), End> {
+) -> Result<(TcpStream, SocketAddr), SessionEnd> {
     let mut errors = Vec::new();
     let mut last = None;
     for &addr in addrs {
@@ -864,10 +751,10 @@ async fn connect_any(
             Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(e)) => {
                 let why = e.to_string();
-                (End::ConnectFailed(e), why)
+                (SessionEnd::ConnectFailed(e), why)
             }
             Err(_) => (
-                End::ConnectTimeout(timeout),
+                SessionEnd::ConnectTimeout(timeout),
                 format!("timed out after {timeout:?}"),
             ),
         };
@@ -876,16 +763,16 @@ async fn connect_any(
         last = Some(end);
     }
     let Some(end) = last else {
-        return Err(End::Resolve("no address to connect to".into()));
+        return Err(SessionEnd::Resolve("no address to connect to".into()));
     };
     if errors.len() == 1 {
         return Err(end);
     }
     let kind = match &end {
-        End::ConnectFailed(e) => e.kind(),
+        SessionEnd::ConnectFailed(e) => e.kind(),
         _ => std::io::ErrorKind::TimedOut,
     };
-    Err(End::ConnectFailed(std::io::Error::new(
+    Err(SessionEnd::ConnectFailed(std::io::Error::new(
         kind,
         format!("every address failed: {}", errors.join("; ")),
     )))
@@ -897,16 +784,11 @@ fn push_update(out: &mut Outbound, action: Action, route: &Route) {
     out.push_data(buf.freeze());
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::encode_message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
 
     fn cfg() -> BackoffConfig {
@@ -970,99 +852,6 @@ mod tests {
             ..c
         };
         assert_eq!(backoff_delay(&tight, 0, 1.0), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn end_labels_reasons_and_protocol_errors() {
-        use crate::wire::DecodeError;
-        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let w = Duration::from_millis(12500);
-        // (end, label, log/API reason, counted as a protocol error)
-        let cases: Vec<(End, &str, String, bool)> = vec![
-            (
-                End::ConnectFailed(io()),
-                "connect_failed",
-                format!("connect failed: {}", io()),
-                false,
-            ),
-            (
-                End::ConnectTimeout(Duration::from_secs(2)),
-                "connect_timeout",
-                "connect timed out after 2s".into(),
-                false,
-            ),
-            (
-                End::PeerClosed,
-                "peer_closed",
-                "server closed the connection".into(),
-                false,
-            ),
-            (
-                End::TruncatedFrame(7),
-                "truncated_frame",
-                "server closed the connection in the middle of a frame (7 bytes)".into(),
-                false,
-            ),
-            (
-                End::Io(io()),
-                "io_error",
-                format!("socket error: {}", io()),
-                false,
-            ),
-            (
-                End::Decode(DecodeError::BadVersion(2)),
-                "bad_version",
-                format!("malformed frame: {}", DecodeError::BadVersion(2)),
-                true,
-            ),
-            (
-                End::Decode(DecodeError::MissingNextHop),
-                "missing_next_hop",
-                format!("malformed frame: {}", DecodeError::MissingNextHop),
-                true,
-            ),
-            (
-                End::Protocol(CloseReason::ZeroKeepaliveInterval),
-                "zero_keepalive_interval",
-                CloseReason::ZeroKeepaliveInterval.to_string(),
-                true,
-            ),
-            (
-                End::Protocol(CloseReason::DuplicateHello),
-                "duplicate_hello",
-                CloseReason::DuplicateHello.to_string(),
-                true,
-            ),
-            (
-                End::Protocol(CloseReason::KeepaliveBeforeHello),
-                "keepalive_before_hello",
-                CloseReason::KeepaliveBeforeHello.to_string(),
-                true,
-            ),
-            (
-                End::Protocol(CloseReason::HandshakeNoHello { waited: w }),
-                "handshake_timeout_hello",
-                CloseReason::HandshakeNoHello { waited: w }.to_string(),
-                false,
-            ),
-            (
-                End::Protocol(CloseReason::HandshakeNoKeepalive { waited: w }),
-                "handshake_timeout_keepalive",
-                CloseReason::HandshakeNoKeepalive { waited: w }.to_string(),
-                false,
-            ),
-            (
-                End::Protocol(CloseReason::KeepaliveTimeout { waited: w }),
-                "keepalive_timeout",
-                CloseReason::KeepaliveTimeout { waited: w }.to_string(),
-                false,
-            ),
-        ];
-        for (end, label, reason, protocol_error) in cases {
-            assert_eq!(end.label(), label, "{end:?}");
-            assert_eq!(end.to_string(), reason, "{end:?}");
-            assert_eq!(end.is_protocol_error(), protocol_error, "{end:?}");
-        }
     }
 
     /// Settings for the socket tests: quick retries, short connect timeout.
@@ -1143,7 +932,7 @@ mod tests {
         let t = Duration::from_secs(2);
         let (_, peer) = connect_any(&[refused, open], t).await.unwrap();
         assert_eq!(peer, open);
-        let Err(End::ConnectFailed(e)) = connect_any(&[refused, refused], t).await else {
+        let Err(SessionEnd::ConnectFailed(e)) = connect_any(&[refused, refused], t).await else {
             panic!("two refused addresses connected");
         };
         let text = e.to_string();

@@ -2,13 +2,14 @@
 //! endpoint.
 //!
 //! Everything a scrape reads is a plain atomic, or a small map behind a
-//! mutex that is locked only when a session ends, on a protocol error, when
-//! a routing table gets its first installed route, and by the scrape itself.
+//! mutex that is locked only when a session ends, when a routing table gets
+//! its first installed route, and by the scrape itself.
 //! Per frame, per read or write and per route the writers only do relaxed
 //! atomic adds or stores:
 //!
 //! - the connection tasks ([`super::connection`]) count session ups,
-//!   UPDATE frames, bytes, session ends by reason and protocol errors;
+//!   UPDATE frames, bytes and session ends by reason (protocol errors are
+//!   the ends of that class);
 //! - the agent task ([`super::agent`]) counts netlink calls, keeps the gauges
 //!   of configured and established servers and of received routes, and,
 //!   through `InstalledRoutes`, the routes installed per table.
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::kernel::Prefix;
+use crate::link::EndClass;
 
 /// Outcome counters of one kind of netlink operation.
 #[derive(Debug, Default)]
@@ -78,8 +80,6 @@ pub struct AgentStats {
     pub bytes_out: AtomicU64,
     /// Ends of attempts and sessions, by reason label.
     session_downs: Mutex<BTreeMap<&'static str, u64>>,
-    /// Protocol errors of servers, by reason label.
-    protocol_errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Per routing table, the number of routes installed in it. The agent
     /// keeps a clone of each `Arc`, so an install or delete is one atomic
     /// add; the map is locked only when a table is first used.
@@ -102,14 +102,19 @@ impl AgentStats {
         lock(&self.session_downs).clone()
     }
 
-    /// Protocol errors by reason label: malformed frames (the labels of
-    /// [`crate::wire::DecodeError::label`]) and protocol violations
-    /// (`zero_keepalive_interval`, `duplicate_hello`,
-    /// `keepalive_before_hello`). Not timeouts, not connection failures.
-    /// Each also ends its session, so it is counted in
-    /// [`AgentStats::session_downs`] under the same label too.
+    /// Protocol errors by reason label: the [`AgentStats::session_downs`]
+    /// of class [`EndClass::ProtocolError`], i.e. malformed frames (the
+    /// labels of [`crate::wire::DecodeError::label`]), `truncated_frame`
+    /// and protocol violations (`zero_keepalive_interval`,
+    /// `duplicate_hello`, `keepalive_before_hello`). Not timeouts, not
+    /// connection failures. The metrics export the same counts (as
+    /// `metalbondd_protocol_errors_total` with `role="client"`).
     pub fn protocol_errors(&self) -> BTreeMap<&'static str, u64> {
-        lock(&self.protocol_errors).clone()
+        lock(&self.session_downs)
+            .iter()
+            .filter(|(label, _)| EndClass::of_label(label) == EndClass::ProtocolError)
+            .map(|(&label, &n)| (label, n))
+            .collect()
     }
 
     /// Routes currently installed in the kernel, per routing table: one per
@@ -127,11 +132,6 @@ impl AgentStats {
     /// Counts the end of an attempt or session.
     pub(crate) fn record_session_down(&self, label: &'static str) {
         *lock(&self.session_downs).entry(label).or_insert(0) += 1;
-    }
-
-    /// Counts a protocol error of a server.
-    pub(crate) fn record_protocol_error(&self, label: &'static str) {
-        *lock(&self.protocol_errors).entry(label).or_insert(0) += 1;
     }
 
     /// The gauge of routes installed in `table` (created at 0).
@@ -234,12 +234,20 @@ mod tests {
         s.record_session_down("peer_closed");
         s.record_session_down("connect_failed");
         s.record_session_down("peer_closed");
-        s.record_protocol_error("bad_version");
         assert_eq!(
             s.session_downs(),
             BTreeMap::from([("connect_failed", 1), ("peer_closed", 2)])
         );
-        assert_eq!(s.protocol_errors(), BTreeMap::from([("bad_version", 1)]));
+        assert!(s.protocol_errors().is_empty());
+        // A protocol error is a down of that class.
+        s.record_session_down("bad_version");
+        s.record_session_down("truncated_frame");
+        s.record_session_down("keepalive_timeout");
+        assert_eq!(
+            s.protocol_errors(),
+            BTreeMap::from([("bad_version", 1), ("truncated_frame", 1)])
+        );
+        assert_eq!(s.session_downs().len(), 5);
     }
 
     #[test]

@@ -71,94 +71,9 @@ pub fn set(gauge: &IntGauge, value: u64) {
     gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
-/// What a session end reason means to an operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndClass {
-    /// An ordinary end: the peer or an operator closed it, a connection
-    /// could not be made, the daemon stopped.
-    Normal,
-    /// The peer sent something malformed or broke the protocol.
-    ProtocolError,
-    /// The peer did not complete the handshake in time.
-    HandshakeTimeout,
-    /// The peer stopped sending keepalives.
-    KeepaliveTimeout,
-    /// The peer did not read fast enough (write timeout, update-log lag).
-    SlowConsumer,
-}
-
-/// Classifies a session end `reason` label (see `Ended::label`,
-/// `CloseReason::label` and `DecodeError::label`). Unknown labels are
-/// protocol errors: every label not listed here comes from the decoder or
-/// from a protocol violation.
-pub fn classify_end(label: &str) -> EndClass {
-    match label {
-        "handshake_timeout_hello" | "handshake_timeout_keepalive" => EndClass::HandshakeTimeout,
-        "keepalive_timeout" => EndClass::KeepaliveTimeout,
-        "write_timeout" | "lagging" => EndClass::SlowConsumer,
-        "peer_closed" | "io_error" | "reset" | "shutdown" | "connect_failed"
-        | "connect_timeout" | "resolve_failed" => EndClass::Normal,
-        _ => EndClass::ProtocolError,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::CloseReason;
-    use crate::wire::DecodeError;
-    use std::time::Duration;
-
-    #[test]
-    fn decode_errors_and_protocol_violations_are_protocol_errors() {
-        let decode = [
-            DecodeError::BadVersion(2),
-            DecodeError::MissingDestination,
-            DecodeError::MissingNextHop,
-            DecodeError::PortOutOfRange(70000),
-            DecodeError::UnknownAction(7),
-        ];
-        for e in decode {
-            assert_eq!(classify_end(e.label()), EndClass::ProtocolError, "{e}");
-        }
-        for r in [
-            CloseReason::ZeroKeepaliveInterval,
-            CloseReason::DuplicateHello,
-            CloseReason::KeepaliveBeforeHello,
-        ] {
-            assert_eq!(classify_end(r.label()), EndClass::ProtocolError, "{r}");
-        }
-        assert_eq!(classify_end("truncated_frame"), EndClass::ProtocolError);
-    }
-
-    #[test]
-    fn timeouts_and_slow_consumers_are_told_apart() {
-        let waited = Duration::from_secs(5);
-        assert_eq!(
-            classify_end(CloseReason::HandshakeNoHello { waited }.label()),
-            EndClass::HandshakeTimeout
-        );
-        assert_eq!(
-            classify_end(CloseReason::HandshakeNoKeepalive { waited }.label()),
-            EndClass::HandshakeTimeout
-        );
-        assert_eq!(
-            classify_end(CloseReason::KeepaliveTimeout { waited }.label()),
-            EndClass::KeepaliveTimeout
-        );
-        assert_eq!(classify_end("write_timeout"), EndClass::SlowConsumer);
-        assert_eq!(classify_end("lagging"), EndClass::SlowConsumer);
-        for normal in [
-            "peer_closed",
-            "io_error",
-            "reset",
-            "shutdown",
-            "connect_failed",
-            "resolve_failed",
-        ] {
-            assert_eq!(classify_end(normal), EndClass::Normal);
-        }
-    }
 
     #[test]
     fn mirroring_moves_counters_up_only() {

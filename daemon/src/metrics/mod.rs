@@ -16,7 +16,6 @@ mod families;
 mod server;
 
 pub use api::ApiMetrics;
-pub use families::{classify_end, EndClass};
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,6 +23,7 @@ use std::time::SystemTime;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::client::AgentStats;
+use crate::link::EndClass;
 use crate::server::Server;
 
 /// Most VNIs given their own `vni` label by default; the others are summed
@@ -241,7 +241,7 @@ impl SessionFamilies {
         let (mut handshake, mut keepalive) = (0, 0);
         for (&reason, &n) in ends {
             mirror(&self.downs.with_label_values(&[role, reason]), n);
-            match classify_end(reason) {
+            match EndClass::of_label(reason) {
                 EndClass::ProtocolError => {
                     mirror(&self.protocol_errors.with_label_values(&[role, reason]), n)
                 }

@@ -4,8 +4,6 @@
 pub mod connection;
 pub mod delivery;
 pub mod metrics;
-pub mod outbound;
-pub mod pacing;
 pub mod registry;
 
 use std::io;

@@ -1,0 +1,389 @@
+//! The socket loop both roles share: read, decode, drive the [`Session`],
+//! encode its frames, write, and keep its timers. A [`LinkRole`] adds what
+//! one role needs (the server: table forwarding, its mailbox, delivery
+//! timers; the client: events to the agent and commands from it).
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::end::SessionEnd;
+use super::outbound::Outbound;
+use super::pacing::{self, Decision, Pacer};
+use crate::session::{Event, Session, State};
+use crate::wire::{decode_frame, encode_message, Frame, Message};
+
+/// Largest read (the read buffer grows to it while reads fill it).
+const READ_BUFFER: usize = 64 * 1024;
+/// First read size, and the size a quiet session falls back to.
+const READ_MIN: usize = 4 * 1024;
+/// Quick re-checks (yielding to other tasks) before pacing waits on the timer.
+const PACE_SPINS: u32 = 32;
+
+/// How the driver treats the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// End the session when queued bytes make no write progress for this
+    /// long (`None`: never).
+    pub write_timeout: Option<Duration>,
+    /// Keep the estimate of route data the peer has not read under this
+    /// many bytes (0: unpaced; see [`super::pacing`]).
+    pub pace_limit: usize,
+}
+
+/// What a role adds to the driver. Every hook runs on the session's task,
+/// between two socket operations; none may block. The per-frame hooks are
+/// on the hot path: keep them to counter adds and pushes.
+pub trait LinkRole {
+    /// `n` bytes were read from the socket.
+    fn bytes_in(&mut self, _n: usize) {}
+
+    /// A whole frame was decoded; the session sees it next (unknown frames
+    /// are skipped after this).
+    fn frame_in(&mut self, _frame: &Frame) {}
+
+    /// The session's state, each time its output is collected.
+    fn state(&mut self, _state: State) {}
+
+    /// The session queued `msg` on the control lane; its frame ends at
+    /// `control_end` in the control stream ([`Outbound::control_pushed`]).
+    /// `read_at`: when the input that caused it was read.
+    fn message_out(&mut self, _msg: &Message, _control_end: u64, _read_at: std::time::Instant) {}
+
+    /// An event of the session. The role may queue route data on `out`.
+    fn event(&mut self, event: Event, out: &mut Outbound);
+
+    /// Every frame of one read was handled, or handling stopped at the one
+    /// that ends the session: hand on what they produced. `received`: when
+    /// they were read.
+    fn read_done(&mut self, _received: std::time::Instant) {}
+
+    /// `n` bytes were written; `out` tells how far each lane got.
+    fn written(&mut self, _n: usize, _out: &Outbound) {}
+
+    /// Before each wait: queue more route data, or end the session. Returns
+    /// whether to read; a role that stops reading is credited the time
+    /// against the peer's keepalive timeout.
+    fn prepare(&mut self, _out: &mut Outbound) -> Result<bool, SessionEnd> {
+        Ok(true)
+    }
+
+    /// After each turn that did not end the session.
+    fn turn_done(&mut self, _out: &Outbound) {}
+
+    /// Waits for one of the role's own wake-ups and handles it; the driver
+    /// then collects the session's output. Dropped unfinished whenever
+    /// another wake-up comes first, so it must only change state after its
+    /// last await.
+    fn wait(
+        &mut self,
+        session: &mut Session,
+        out: &mut Outbound,
+    ) -> impl Future<Output = Result<(), SessionEnd>> + Send;
+
+    /// Hands on, waiting if need be, what the session's events of the last
+    /// turn produced (even a turn that ended the session) before the next
+    /// turn starts.
+    fn deliver(&mut self) -> impl Future<Output = Result<(), SessionEnd>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// One TCP connection with its session: see the module documentation.
+pub struct Link {
+    stream: TcpStream,
+    session: Session,
+    out: Outbound,
+    /// Allocated only while there is something to read: an idle session
+    /// holds no read buffer (ADR 0011).
+    rbuf: BytesMut,
+    /// Bytes to ask for in the next read (grows while reads fill the buffer).
+    read_size: usize,
+    pacer: Pacer,
+    /// Consecutive quick re-checks while pacing holds data back.
+    pace_spins: u32,
+    /// Since when reading is paused by the role.
+    paused_at: Option<Instant>,
+    /// Time reading was paused since the last KEEPALIVE was read: it does
+    /// not count against the peer's keepalive timeout.
+    paused_credit: Duration,
+    write_timeout: Option<Duration>,
+}
+
+impl Link {
+    /// A link that runs `session` over `stream`.
+    pub fn new(stream: TcpStream, session: Session, settings: LinkSettings) -> Self {
+        Self {
+            stream,
+            session,
+            out: Outbound::default(),
+            rbuf: BytesMut::new(),
+            read_size: READ_MIN,
+            pacer: Pacer::new(settings.pace_limit),
+            pace_spins: 0,
+            paused_at: None,
+            paused_credit: Duration::ZERO,
+            write_timeout: settings.write_timeout,
+        }
+    }
+
+    /// Runs the session until it ends, or until `shutdown` changes (then
+    /// [`SessionEnd::Shutdown`]). Reading never stops while a write is
+    /// pending, so keepalives are answered during long dumps; a KEEPALIVE
+    /// echo is written in the turn that read it, and control frames
+    /// overtake route data at frame boundaries ([`Outbound`]).
+    pub async fn run<R: LinkRole>(
+        &mut self,
+        role: &mut R,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let fd = self.stream.as_raw_fd();
+        let mut last_write_progress = Instant::now();
+        // What the session says before hearing anything (the client's HELLO).
+        self.collect(role, Instant::now().into_std());
+        if let Err(end) = role.deliver().await {
+            return end;
+        }
+        loop {
+            let can_read = match role.prepare(&mut self.out) {
+                Ok(can_read) => can_read,
+                Err(end) => return end,
+            };
+            match (can_read, self.paused_at) {
+                (false, None) => self.paused_at = Some(Instant::now()),
+                (true, Some(at)) => {
+                    self.paused_credit += at.elapsed();
+                    self.paused_at = None;
+                }
+                _ => {}
+            }
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(|d| Instant::from_std(d) + self.paused_credit);
+            let write_deadline = self.write_timeout.map(|t| last_write_progress + t);
+            let (data_budget, pace_wait) = self.pace(fd);
+            let can_write = self.out.has_urgent() || data_budget > 0;
+            let turn = tokio::select! {
+                ready = self.stream.readable(), if can_read => match ready {
+                    Err(e) => Err(SessionEnd::Io(e)),
+                    Ok(()) => match self.read_some(role) {
+                        // Echo a KEEPALIVE at once: the socket is nearly
+                        // always writable, and this saves a turn per echo.
+                        Ok(()) if self.out.has_urgent() => {
+                            self.write_some(role, 0, &mut last_write_progress)
+                        }
+                        other => other,
+                    },
+                },
+                ready = self.stream.writable(), if can_write => match ready {
+                    Err(e) => Err(SessionEnd::Io(e)),
+                    Ok(()) => self.write_some(role, data_budget, &mut last_write_progress),
+                },
+                _ = sleep_until_opt(write_deadline), if !self.out.is_empty() => {
+                    Err(SessionEnd::WriteTimeout)
+                }
+                _ = sleep_until_opt(deadline) => self.on_timer(role),
+                woken = role.wait(&mut self.session, &mut self.out) => woken.map(|()| {
+                    self.collect(role, Instant::now().into_std());
+                }),
+                _ = pace_wait_for(pace_wait), if pace_wait.is_some() => Ok(()),
+                _ = shutdown.changed() => Err(SessionEnd::Shutdown),
+            };
+            if let Err(end) = role.deliver().await {
+                return end;
+            }
+            if let Err(end) = turn {
+                return end;
+            }
+            if self.out.is_empty() {
+                last_write_progress = Instant::now();
+            }
+            role.turn_done(&self.out);
+        }
+    }
+
+    /// The session's timer fired: judge the peer's keepalives (minus the
+    /// time reading was paused), send ours.
+    fn on_timer<R: LinkRole>(&mut self, role: &mut R) -> Result<(), SessionEnd> {
+        // A KEEPALIVE that already arrived counts even if we were too busy
+        // (or paused) to read it: look before judging.
+        self.read_some(role)?;
+        let mut credit = self.paused_credit;
+        if let Some(at) = self.paused_at {
+            credit += at.elapsed();
+        }
+        let now = Instant::now().into_std();
+        let judged = now.checked_sub(credit).unwrap_or(now);
+        self.session
+            .handle_timeout(judged)
+            .map_err(SessionEnd::Protocol)?;
+        self.collect(role, now);
+        Ok(())
+    }
+
+    /// Writes what is queued (control frames first, then at most
+    /// `data_budget` bytes of route data) without waiting.
+    fn write_some<R: LinkRole>(
+        &mut self,
+        role: &mut R,
+        data_budget: usize,
+        progress: &mut Instant,
+    ) -> Result<(), SessionEnd> {
+        let slices = self.out.slices(data_budget);
+        match self.stream.try_write_vectored(&slices) {
+            Ok(0) => Err(SessionEnd::PeerClosed),
+            Ok(n) => {
+                let now = Instant::now();
+                self.pacer.on_sent(n, now.into_std());
+                self.out.advance(n);
+                role.written(n, &self.out);
+                *progress = now;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(SessionEnd::Io(e)),
+        }
+    }
+
+    /// Reads what the socket has (without waiting) and handles every whole
+    /// frame in it. The buffer grows while reads fill it and is released
+    /// when a quiet read leaves it empty.
+    fn read_some<R: LinkRole>(&mut self, role: &mut R) -> Result<(), SessionEnd> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+            self.rbuf.reserve(self.read_size);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) if self.rbuf.is_empty() => Err(SessionEnd::PeerClosed),
+            Ok(0) => Err(SessionEnd::TruncatedFrame(self.rbuf.len())),
+            Ok(n) => {
+                role.bytes_in(n);
+                let now = Instant::now().into_std();
+                let handled = self.handle_frames(role, now);
+                role.read_done(now);
+                handled?;
+                if n == spare {
+                    self.read_size = (self.read_size * 2).min(READ_BUFFER);
+                } else if self.rbuf.is_empty() && n < READ_MIN / 2 {
+                    self.read_size = READ_MIN;
+                    self.rbuf = BytesMut::new();
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(SessionEnd::Io(e)),
+        }
+    }
+
+    /// Feeds every whole frame in the read buffer to the session.
+    fn handle_frames<R: LinkRole>(
+        &mut self,
+        role: &mut R,
+        now: std::time::Instant,
+    ) -> Result<(), SessionEnd> {
+        loop {
+            let frame = match decode_frame(&mut self.rbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionEnd::Decode(e)),
+            };
+            role.frame_in(&frame);
+            match frame {
+                Frame::Message(msg) => {
+                    if matches!(msg, Message::Keepalive) {
+                        // Pauses before this one no longer matter.
+                        self.paused_credit = Duration::ZERO;
+                    }
+                    self.session
+                        .handle_message(msg, now)
+                        .map_err(SessionEnd::Protocol)?;
+                    self.collect(role, now);
+                }
+                Frame::Unknown { msg_type, len } => {
+                    info!(msg_type, len, "skipped a frame of unknown message type");
+                }
+            }
+        }
+    }
+
+    /// Moves the session's frames to the control lane and its events to
+    /// the role. `read_at`: when the input that caused them was read.
+    fn collect<R: LinkRole>(&mut self, role: &mut R, read_at: std::time::Instant) {
+        role.state(self.session.state());
+        while let Some(msg) = self.session.poll_transmit() {
+            let mut buf = BytesMut::with_capacity(16);
+            encode_message(&msg, &mut buf);
+            self.out.push_control(buf.freeze());
+            role.message_out(&msg, self.out.control_pushed(), read_at);
+        }
+        while let Some(event) = self.session.poll_event() {
+            role.event(event, &mut self.out);
+        }
+    }
+
+    /// How many bytes of route data may be written now, or how to wait
+    /// before looking again.
+    fn pace(&mut self, fd: RawFd) -> (usize, Option<PaceWait>) {
+        if !self.out.has_data() {
+            return (0, None);
+        }
+        if self.pacer.is_disabled() {
+            return (usize::MAX, None);
+        }
+        let probe = match pacing::probe_socket(fd) {
+            Ok(probe) => probe,
+            Err(e) => {
+                debug!(error = %e, "cannot read socket state; writing unpaced");
+                return (usize::MAX, None);
+            }
+        };
+        let decision = self.pacer.decide(probe, Instant::now().into_std());
+        tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
+        match decision {
+            Decision::Send(n) => {
+                self.pace_spins = 0;
+                (n, None)
+            }
+            // A fast reader's ACK comes within microseconds, and the kernel
+            // wakes nobody for an ACK: look again after yielding to other
+            // tasks a few times before falling back to the timer.
+            Decision::Wait(_) if self.pace_spins < PACE_SPINS => {
+                self.pace_spins += 1;
+                (0, Some(PaceWait::Yield))
+            }
+            Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
+        }
+    }
+}
+
+/// How the writer waits while pacing holds route data back.
+#[derive(Clone, Copy, Debug)]
+enum PaceWait {
+    /// Let other tasks run once, then look again.
+    Yield,
+    /// Look again at this time.
+    Until(Instant),
+}
+
+async fn pace_wait_for(wait: Option<PaceWait>) {
+    match wait {
+        Some(PaceWait::Yield) => tokio::task::yield_now().await,
+        Some(PaceWait::Until(t)) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -37,6 +37,10 @@ const PURE_MODULES: &[&str] = &[
     // The hypervisor agent's decisions: events and `now` in, dataplane
     // operations and the next deadline out (ADR 0017).
     "client::planner",
+    // How a session ended and what kind of end that is (ADR 0015).
+    "link::end",
+    // A session's queue of whole frames (the driver writes it).
+    "link::outbound",
 ];
 
 /// The only tokio items a pure module may name. `table::log`'s `Mailbox`

@@ -9,6 +9,34 @@
 //! the fields). Changing one is changing mbctl's output for scripts: update
 //! docs/MBCTL.md with it.
 
+/// The names of a session's values in output order, the same in the JSON
+/// document and the `key: value` view but for the age: `$uptime` is
+/// `uptime_seconds` (whole seconds) in JSON and `uptime` (`2h05m`) in tables.
+macro_rules! peer_names {
+    ($uptime:literal) => {
+        &[
+            "session_id",
+            "remote_address",
+            "local_address",
+            "role",
+            "state",
+            "keepalive_seconds",
+            "connected_at",
+            $uptime,
+            "subscribed_vnis",
+            "routes_announced",
+            "updates_received",
+            "updates_sent",
+            "messages_in",
+            "messages_out",
+            "bytes_in",
+            "bytes_out",
+            "queue_bytes",
+            "last_error",
+        ]
+    };
+}
+
 /// Column headers of the tables (`-o table`, the default).
 pub mod columns {
     /// `mbctl peers`.
@@ -58,53 +86,15 @@ pub mod columns {
 /// Keys of the `key: value` views (table mode of the one-object commands).
 pub mod keys {
     /// `mbctl peer ADDR|ID`.
-    pub const PEER: &[&str] = &[
-        "session_id",
-        "remote_address",
-        "local_address",
-        "role",
-        "state",
-        "keepalive_seconds",
-        "connected_at",
-        "uptime",
-        "subscribed_vnis",
-        "routes_announced",
-        "updates_received",
-        "updates_sent",
-        "messages_in",
-        "messages_out",
-        "bytes_in",
-        "bytes_out",
-        "queue_bytes",
-        "last_error",
-    ];
-    /// `mbctl vni VNI`.
-    pub const VNI: &[&str] = &["vni", "routes", "announcers", "subscribers"];
+    pub const PEER: &[&str] = peer_names!("uptime");
+    /// `mbctl vni VNI`: the names of the JSON document.
+    pub const VNI: &[&str] = super::fields::VNI;
 }
 
 /// Field names of the JSON documents (`-o json`).
 pub mod fields {
     /// A session (`mbctl peers`, `mbctl peer`, the `peer` of peer events).
-    pub const PEER: &[&str] = &[
-        "session_id",
-        "remote_address",
-        "local_address",
-        "role",
-        "state",
-        "keepalive_seconds",
-        "connected_at",
-        "uptime_seconds",
-        "subscribed_vnis",
-        "routes_announced",
-        "updates_received",
-        "updates_sent",
-        "messages_in",
-        "messages_out",
-        "bytes_in",
-        "bytes_out",
-        "queue_bytes",
-        "last_error",
-    ];
+    pub const PEER: &[&str] = peer_names!("uptime_seconds");
     /// A route.
     pub const ROUTE: &[&str] = &["vni", "prefix", "next_hop"];
     /// The next hop of a route.

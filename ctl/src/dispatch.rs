@@ -1,7 +1,8 @@
 //! Sends a checked request to the daemon and hands the answer to the
-//! printer: one function per request, each a call (or a stream) and the
-//! document it makes; the text of table mode is `render`'s.
+//! printer: each request is a call (or a stream) and the document made of
+//! the daemon's answer; the text of table mode is `render`'s.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use metalbond_proto::api::{
     peer_service_client::PeerServiceClient, route_service_client::RouteServiceClient,
     vni_service_client::VniServiceClient,
 };
+use serde::Serialize;
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -45,36 +47,293 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
     }
 
     let channel = connect(&socket, timeout).await?;
-    let mut ctx = Ctx { channel, timeout };
+    serve(&Ctx { channel, timeout }, p, request).await
+}
+
+/// Sends `request` (any but `Completions`) and prints the answer.
+async fn serve(ctx: &Ctx, p: &mut Printer, request: Request) -> Result<u8, CliError> {
     match request {
-        Request::Peers => peers(&mut ctx, p).await,
-        Request::Peer(sel) => peer(&mut ctx, p, sel).await,
-        Request::ResetPeer(sel) => reset_peer(&mut ctx, p, sel).await,
-        Request::Vnis => vnis(&mut ctx, p).await,
-        Request::Vni(vni) => vni_one(&mut ctx, p, vni).await,
-        Request::Routes(filter) => routes(&mut ctx, p, filter).await,
-        Request::Announce(req) => announce(&mut ctx, p, req).await,
-        Request::Withdraw(req) => withdraw(&mut ctx, p, req).await,
-        Request::WatchRoutes(filter) => watch_routes(&mut ctx, p, filter).await,
-        Request::WatchPeers => watch_peers(&mut ctx, p).await,
-        Request::Servers => servers(&mut ctx, p).await,
-        Request::AddServer(a) => add_server(&mut ctx, p, a).await,
-        Request::RemoveServer(a) => remove_server(&mut ctx, p, a).await,
-        Request::Subscriptions => subscriptions(&mut ctx, p).await,
-        Request::Subscribe(vni) => subscribe(&mut ctx, p, vni).await,
-        Request::Unsubscribe(vni) => unsubscribe(&mut ctx, p, vni).await,
-        Request::Mappings => mappings(&mut ctx, p).await,
-        Request::Map(req) => map(&mut ctx, p, req).await,
-        Request::Unmap(vni) => unmap(&mut ctx, p, vni).await,
-        Request::Received(vni) => received(&mut ctx, p, vni).await,
-        Request::Status => status(&mut ctx, p).await,
-        Request::Health => health(&mut ctx, p).await,
-        Request::Reload => reload(&mut ctx, p).await,
-        Request::Shutdown => shutdown(&mut ctx, p).await,
-        Request::Completions(_) => unreachable!("printed above"),
+        Request::Peers => {
+            ctx.answer(
+                p,
+                "ListPeers",
+                ctx.peers().list_peers(api::ListPeersRequest {}),
+                |r| PeerListJson {
+                    peers: r.peers.iter().map(PeerJson::from).collect(),
+                },
+                |d| render::peers::peers_table(&d.peers),
+            )
+            .await
+        }
+        Request::Peer(sel) => {
+            let req = api::GetPeerRequest { peer: Some(sel) };
+            ctx.answer(
+                p,
+                "GetPeer",
+                ctx.peers().get_peer(req),
+                |r| PeerJson::from(&r),
+                render::peers::peer_details,
+            )
+            .await
+        }
+        Request::ResetPeer(sel) => {
+            let (which, peer) = reset_selector(sel);
+            let req = api::ResetPeerRequest { peer: Some(which) };
+            let doc = PeerResetJson { peer, reset: true };
+            ctx.answer(
+                p,
+                "ResetPeer",
+                ctx.peers().reset_peer(req),
+                |_| doc,
+                render::peers::peer_reset,
+            )
+            .await
+        }
+        Request::Vnis => {
+            ctx.answer(
+                p,
+                "ListVnis",
+                ctx.vnis().list_vnis(api::ListVnisRequest {}),
+                |r| VniListJson {
+                    vnis: r.vnis.iter().map(VniJson::from).collect(),
+                },
+                |d| render::vnis::vnis_table(&d.vnis),
+            )
+            .await
+        }
+        Request::Vni(vni) => {
+            ctx.answer(
+                p,
+                "GetVni",
+                ctx.vnis().get_vni(api::GetVniRequest { vni }),
+                |r| VniJson::from(&r),
+                render::vnis::vni_details,
+            )
+            .await
+        }
+        Request::Routes(filter) => routes(ctx, p, filter).await,
+        Request::Announce(req) => {
+            let sent = req.routes.len();
+            ctx.answer(
+                p,
+                "AnnounceRoutes",
+                ctx.routes().announce_routes(req),
+                |r| AnnounceJson { added: r.added },
+                |d| render::routes::announced(sent, d),
+            )
+            .await
+        }
+        Request::Withdraw(req) => {
+            let sent = req.routes.len();
+            ctx.answer(
+                p,
+                "WithdrawRoutes",
+                ctx.routes().withdraw_routes(req),
+                |r| WithdrawJson { removed: r.removed },
+                |d| render::routes::withdrew(sent, d),
+            )
+            .await
+        }
+        Request::WatchRoutes(filter) => {
+            let req = api::WatchRoutesRequest {
+                filter: Some(filter),
+            };
+            let events = ctx
+                .call("WatchRoutes", ctx.routes().watch_routes(req))
+                .await?;
+            watch(p, events, render::events::route_event_line).await
+        }
+        Request::WatchPeers => {
+            let req = api::WatchPeersRequest {};
+            let events = ctx.call("WatchPeers", ctx.peers().watch_peers(req)).await?;
+            watch(p, events, |e: &PeerEventJson, _| {
+                render::events::peer_event_line(e)
+            })
+            .await
+        }
+        Request::Servers => {
+            ctx.answer(
+                p,
+                "ListServers",
+                ctx.client().list_servers(api::ListServersRequest {}),
+                |r| ServerListJson {
+                    servers: r.servers.iter().map(ClientServerJson::from).collect(),
+                },
+                |d| render::client::servers_table(&d.servers),
+            )
+            .await
+        }
+        Request::AddServer(address) => {
+            let req = api::AddServerRequest {
+                address: address.clone(),
+            };
+            let doc = ServerAddedJson {
+                address,
+                added: true,
+            };
+            ctx.answer(
+                p,
+                "AddServer",
+                ctx.client().add_server(req),
+                |_| doc,
+                render::client::server_added,
+            )
+            .await
+        }
+        Request::RemoveServer(address) => {
+            let req = api::RemoveServerRequest {
+                address: address.clone(),
+            };
+            let doc = ServerRemovedJson {
+                address,
+                removed: true,
+            };
+            ctx.answer(
+                p,
+                "RemoveServer",
+                ctx.client().remove_server(req),
+                |_| doc,
+                render::client::server_removed,
+            )
+            .await
+        }
+        Request::Subscriptions => {
+            ctx.answer(
+                p,
+                "ListSubscriptions",
+                ctx.client()
+                    .list_subscriptions(api::ListSubscriptionsRequest {}),
+                |r| SubscriptionListJson { vnis: r.vnis },
+                |d| render::client::subscriptions_table(&d.vnis),
+            )
+            .await
+        }
+        Request::Subscribe(vni) => {
+            let doc = SubscribedJson {
+                vni,
+                subscribed: true,
+            };
+            ctx.answer(
+                p,
+                "Subscribe",
+                ctx.client().subscribe(api::SubscribeRequest { vni }),
+                |_| doc,
+                render::client::subscribed,
+            )
+            .await
+        }
+        Request::Unsubscribe(vni) => {
+            let doc = UnsubscribedJson {
+                vni,
+                unsubscribed: true,
+            };
+            ctx.answer(
+                p,
+                "Unsubscribe",
+                ctx.client().unsubscribe(api::UnsubscribeRequest { vni }),
+                |_| doc,
+                render::client::unsubscribed,
+            )
+            .await
+        }
+        Request::Mappings => {
+            ctx.answer(
+                p,
+                "ListTableMappings",
+                ctx.client()
+                    .list_table_mappings(api::ListTableMappingsRequest {}),
+                |r| MappingListJson {
+                    mappings: r.mappings.iter().map(TableMappingJson::from).collect(),
+                },
+                |d| render::client::mappings_table(&d.mappings),
+            )
+            .await
+        }
+        Request::Map(req) => {
+            let doc = TableMappingJson {
+                vni: req.vni,
+                table: req.table,
+            };
+            ctx.answer(
+                p,
+                "SetTableMapping",
+                ctx.client().set_table_mapping(req),
+                |_| doc,
+                render::client::mapped,
+            )
+            .await
+        }
+        Request::Unmap(vni) => {
+            let req = api::RemoveTableMappingRequest { vni };
+            let doc = UnmappedJson {
+                vni,
+                unmapped: true,
+            };
+            ctx.answer(
+                p,
+                "RemoveTableMapping",
+                ctx.client().remove_table_mapping(req),
+                |_| doc,
+                render::client::unmapped,
+            )
+            .await
+        }
+        Request::Received(vni) => {
+            ctx.answer(
+                p,
+                "ListReceivedRoutes",
+                ctx.client()
+                    .list_received_routes(api::ListReceivedRoutesRequest { vni }),
+                |r| ReceivedListJson {
+                    routes: r.routes.iter().map(ReceivedRouteJson::from).collect(),
+                },
+                |d| render::client::received_table(&d.routes),
+            )
+            .await
+        }
+        Request::Status => {
+            ctx.answer(
+                p,
+                "GetStatus",
+                ctx.daemon().get_status(api::GetStatusRequest {}),
+                |r| StatusJson::from(&r),
+                render::daemon::status_details,
+            )
+            .await
+        }
+        Request::Health => health(ctx, p).await,
+        Request::Reload => {
+            let doc = |r: api::ReloadResponse| ReloadJson {
+                applied: r.applied,
+                needs_restart: r.needs_restart,
+            };
+            ctx.answer(
+                p,
+                "Reload",
+                ctx.daemon().reload(api::ReloadRequest {}),
+                doc,
+                render::daemon::reloaded,
+            )
+            .await
+        }
+        Request::Shutdown => {
+            let doc = ShutdownJson {
+                shutting_down: true,
+            };
+            ctx.answer(
+                p,
+                "Shutdown",
+                ctx.daemon().shutdown(api::ShutdownRequest {}),
+                |_| doc,
+                render::daemon::shutting_down,
+            )
+            .await
+        }
+        Request::Completions(_) => unreachable!("printed by `run`"),
     }
 }
 
+/// The channel to the daemon and the time limit of every call.
 struct Ctx {
     channel: Channel,
     timeout: Duration,
@@ -96,82 +355,46 @@ impl Ctx {
     fn daemon(&self) -> DaemonServiceClient<Channel> {
         DaemonServiceClient::new(self.channel.clone())
     }
+
+    /// Awaits `reply`, the call of the RPC `method`, within the time limit.
+    async fn call<R>(
+        &self,
+        method: &'static str,
+        reply: impl Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    ) -> Result<R, CliError> {
+        call(method, self.timeout, reply).await
+    }
+
+    /// Awaits `reply` (see [`Ctx::call`]) and prints the document
+    /// `document()` makes of the daemon's answer, in table mode as the text
+    /// `table()` makes of it. Returns exit 0.
+    async fn answer<R, D: Serialize>(
+        &self,
+        p: &mut Printer,
+        method: &'static str,
+        reply: impl Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+        document: impl FnOnce(R) -> D,
+        table: impl FnOnce(&D) -> String,
+    ) -> Result<u8, CliError> {
+        let answer = self.call(method, reply).await?;
+        p.emit(&document(answer), table)?;
+        Ok(EXIT_OK)
+    }
 }
 
-async fn peers(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "ListPeers",
-        ctx.timeout,
-        ctx.peers().list_peers(api::ListPeersRequest {}),
-    )
-    .await?;
-    let doc = PeerListJson {
-        peers: resp.peers.iter().map(PeerJson::from).collect(),
-    };
-    p.emit(&doc, |d| render::peers::peers_table(&d.peers))?;
-    Ok(EXIT_OK)
-}
-
-async fn peer(
-    ctx: &mut Ctx,
-    p: &mut Printer,
-    sel: api::get_peer_request::Peer,
-) -> Result<u8, CliError> {
-    let req = api::GetPeerRequest { peer: Some(sel) };
-    let resp = call("GetPeer", ctx.timeout, ctx.peers().get_peer(req)).await?;
-    p.emit(&PeerJson::from(&resp), render::peers::peer_details)?;
-    Ok(EXIT_OK)
-}
-
-async fn reset_peer(
-    ctx: &mut Ctx,
-    p: &mut Printer,
-    sel: api::get_peer_request::Peer,
-) -> Result<u8, CliError> {
+/// The ResetPeer selector of a GetPeer one, and the session as the user
+/// gave it (id or address).
+fn reset_selector(sel: api::get_peer_request::Peer) -> (api::reset_peer_request::Peer, String) {
     use api::get_peer_request::Peer as Sel;
     use api::reset_peer_request::Peer as Which;
-    let (which, text) = match sel {
+    match sel {
         Sel::SessionId(id) => (Which::SessionId(id), id.to_string()),
         Sel::Address(a) => (Which::Address(a.clone()), a),
-    };
-    let req = api::ResetPeerRequest { peer: Some(which) };
-    call("ResetPeer", ctx.timeout, ctx.peers().reset_peer(req)).await?;
-    p.emit(
-        &PeerResetJson {
-            peer: text,
-            reset: true,
-        },
-        render::peers::peer_reset,
-    )?;
-    Ok(EXIT_OK)
+    }
 }
 
-async fn vni_one(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
-    let resp = call(
-        "GetVni",
-        ctx.timeout,
-        ctx.vnis().get_vni(api::GetVniRequest { vni }),
-    )
-    .await?;
-    p.emit(&VniJson::from(&resp), render::vnis::vni_details)?;
-    Ok(EXIT_OK)
-}
-
-async fn vnis(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "ListVnis",
-        ctx.timeout,
-        ctx.vnis().list_vnis(api::ListVnisRequest {}),
-    )
-    .await?;
-    let doc = VniListJson {
-        vnis: resp.vnis.iter().map(VniJson::from).collect(),
-    };
-    p.emit(&doc, |d| render::vnis::vnis_table(&d.vnis))?;
-    Ok(EXIT_OK)
-}
-
-async fn routes(ctx: &mut Ctx, p: &mut Printer, filter: api::RouteFilter) -> Result<u8, CliError> {
+/// `mbctl routes`: every page of ListRoutes, printed as one document.
+async fn routes(ctx: &Ctx, p: &mut Printer, filter: api::RouteFilter) -> Result<u8, CliError> {
     let mut client = ctx.routes();
     let mut all = Vec::new();
     let mut token = String::new();
@@ -181,7 +404,7 @@ async fn routes(ctx: &mut Ctx, p: &mut Printer, filter: api::RouteFilter) -> Res
             page_size: 0,
             page_token: token.clone(),
         };
-        let resp = call("ListRoutes", ctx.timeout, client.list_routes(req)).await?;
+        let resp = ctx.call("ListRoutes", client.list_routes(req)).await?;
         all.extend(resp.routes.iter().map(RouteEntryJson::from));
         if resp.next_page_token.is_empty() {
             break;
@@ -198,265 +421,66 @@ async fn routes(ctx: &mut Ctx, p: &mut Printer, filter: api::RouteFilter) -> Res
     Ok(EXIT_OK)
 }
 
-async fn servers(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "ListServers",
-        ctx.timeout,
-        ctx.client().list_servers(api::ListServersRequest {}),
-    )
-    .await?;
-    let doc = ServerListJson {
-        servers: resp.servers.iter().map(ClientServerJson::from).collect(),
-    };
-    p.emit(&doc, |d| render::client::servers_table(&d.servers))?;
-    Ok(EXIT_OK)
+/// The document of a `watch` event, and whether it is the `lagged` event
+/// that ends the stream.
+trait WatchEvent<Raw>: Serialize + for<'a> From<&'a Raw> {
+    /// Why the watcher fell behind, if this is the `lagged` event.
+    fn lagged_reason(&self) -> Option<&str>;
 }
 
-async fn add_server(ctx: &mut Ctx, p: &mut Printer, address: String) -> Result<u8, CliError> {
-    let req = api::AddServerRequest {
-        address: address.clone(),
-    };
-    call("AddServer", ctx.timeout, ctx.client().add_server(req)).await?;
-    p.emit(
-        &ServerAddedJson {
-            address,
-            added: true,
-        },
-        render::client::server_added,
-    )?;
-    Ok(EXIT_OK)
+impl WatchEvent<api::RouteEvent> for RouteEventJson {
+    fn lagged_reason(&self) -> Option<&str> {
+        match &self.event {
+            RouteEventKind::Lagged { reason } => Some(reason),
+            _ => None,
+        }
+    }
 }
 
-async fn remove_server(ctx: &mut Ctx, p: &mut Printer, address: String) -> Result<u8, CliError> {
-    let req = api::RemoveServerRequest {
-        address: address.clone(),
-    };
-    call("RemoveServer", ctx.timeout, ctx.client().remove_server(req)).await?;
-    p.emit(
-        &ServerRemovedJson {
-            address,
-            removed: true,
-        },
-        render::client::server_removed,
-    )?;
-    Ok(EXIT_OK)
+impl WatchEvent<api::PeerEvent> for PeerEventJson {
+    fn lagged_reason(&self) -> Option<&str> {
+        match &self.event {
+            PeerEventKind::Lagged { reason } => Some(reason),
+            _ => None,
+        }
+    }
 }
 
-async fn subscriptions(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "ListSubscriptions",
-        ctx.timeout,
-        ctx.client()
-            .list_subscriptions(api::ListSubscriptionsRequest {}),
-    )
-    .await?;
-    let doc = SubscriptionListJson { vnis: resp.vnis };
-    p.emit(&doc, |d| render::client::subscriptions_table(&d.vnis))?;
-    Ok(EXIT_OK)
-}
-
-async fn subscribe(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
-    let req = api::SubscribeRequest { vni };
-    call("Subscribe", ctx.timeout, ctx.client().subscribe(req)).await?;
-    p.emit(
-        &SubscribedJson {
-            vni,
-            subscribed: true,
-        },
-        render::client::subscribed,
-    )?;
-    Ok(EXIT_OK)
-}
-
-async fn unsubscribe(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
-    let req = api::UnsubscribeRequest { vni };
-    call("Unsubscribe", ctx.timeout, ctx.client().unsubscribe(req)).await?;
-    p.emit(
-        &UnsubscribedJson {
-            vni,
-            unsubscribed: true,
-        },
-        render::client::unsubscribed,
-    )?;
-    Ok(EXIT_OK)
-}
-
-async fn mappings(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "ListTableMappings",
-        ctx.timeout,
-        ctx.client()
-            .list_table_mappings(api::ListTableMappingsRequest {}),
-    )
-    .await?;
-    let doc = MappingListJson {
-        mappings: resp.mappings.iter().map(TableMappingJson::from).collect(),
-    };
-    p.emit(&doc, |d| render::client::mappings_table(&d.mappings))?;
-    Ok(EXIT_OK)
-}
-
-async fn map(
-    ctx: &mut Ctx,
+/// `mbctl watch ...`: prints every event of `events` (in table mode the
+/// line `line()` makes of its document and the event) until the stream
+/// ends or the user interrupts (exit 0), or the daemon says the watcher
+/// lagged (that event is printed, then the `Lagged` error).
+async fn watch<Raw, Doc: WatchEvent<Raw>>(
     p: &mut Printer,
-    req: api::SetTableMappingRequest,
+    mut events: tonic::Streaming<Raw>,
+    line: impl Fn(&Doc, &Raw) -> String,
 ) -> Result<u8, CliError> {
-    let doc = TableMappingJson {
-        vni: req.vni,
-        table: req.table,
-    };
-    call(
-        "SetTableMapping",
-        ctx.timeout,
-        ctx.client().set_table_mapping(req),
-    )
-    .await?;
-    p.emit(&doc, render::client::mapped)?;
-    Ok(EXIT_OK)
-}
-
-async fn unmap(ctx: &mut Ctx, p: &mut Printer, vni: u32) -> Result<u8, CliError> {
-    let req = api::RemoveTableMappingRequest { vni };
-    call(
-        "RemoveTableMapping",
-        ctx.timeout,
-        ctx.client().remove_table_mapping(req),
-    )
-    .await?;
-    p.emit(
-        &UnmappedJson {
-            vni,
-            unmapped: true,
-        },
-        render::client::unmapped,
-    )?;
-    Ok(EXIT_OK)
-}
-
-async fn received(ctx: &mut Ctx, p: &mut Printer, vni: Option<u32>) -> Result<u8, CliError> {
-    let resp = call(
-        "ListReceivedRoutes",
-        ctx.timeout,
-        ctx.client()
-            .list_received_routes(api::ListReceivedRoutesRequest { vni }),
-    )
-    .await?;
-    let doc = ReceivedListJson {
-        routes: resp.routes.iter().map(ReceivedRouteJson::from).collect(),
-    };
-    p.emit(&doc, |d| render::client::received_table(&d.routes))?;
-    Ok(EXIT_OK)
-}
-
-async fn announce(
-    ctx: &mut Ctx,
-    p: &mut Printer,
-    req: api::AnnounceRoutesRequest,
-) -> Result<u8, CliError> {
-    let n = req.routes.len();
-    let resp = call(
-        "AnnounceRoutes",
-        ctx.timeout,
-        ctx.routes().announce_routes(req),
-    )
-    .await?;
-    p.emit(&AnnounceJson { added: resp.added }, |a| {
-        render::routes::announced(n, a)
-    })?;
-    Ok(EXIT_OK)
-}
-
-async fn withdraw(
-    ctx: &mut Ctx,
-    p: &mut Printer,
-    req: api::WithdrawRoutesRequest,
-) -> Result<u8, CliError> {
-    let n = req.routes.len();
-    let resp = call(
-        "WithdrawRoutes",
-        ctx.timeout,
-        ctx.routes().withdraw_routes(req),
-    )
-    .await?;
-    p.emit(
-        &WithdrawJson {
-            removed: resp.removed,
-        },
-        |w| render::routes::withdrew(n, w),
-    )?;
-    Ok(EXIT_OK)
-}
-
-async fn watch_routes(
-    ctx: &mut Ctx,
-    p: &mut Printer,
-    filter: api::RouteFilter,
-) -> Result<u8, CliError> {
-    let req = api::WatchRoutesRequest {
-        filter: Some(filter),
-    };
-    let mut stream = call("WatchRoutes", ctx.timeout, ctx.routes().watch_routes(req)).await?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let msg = tokio::select! {
             _ = &mut ctrl_c => return Ok(EXIT_OK),
-            m = stream.message() => m?,
+            m = events.message() => m?,
         };
         let Some(ev) = msg else {
             return Ok(EXIT_OK);
         };
-        let json = RouteEventJson::from(&ev);
-        p.event(&json, |e| render::events::route_event_line(e, &ev))?;
-        if let RouteEventKind::Lagged { reason } = json.event {
-            return Err(CliError::Lagged(reason));
+        let doc = Doc::from(&ev);
+        p.event(&doc, |d| line(d, &ev))?;
+        if let Some(reason) = doc.lagged_reason() {
+            return Err(CliError::Lagged(reason.to_string()));
         }
     }
 }
 
-async fn watch_peers(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let mut stream = call(
-        "WatchPeers",
-        ctx.timeout,
-        ctx.peers().watch_peers(api::WatchPeersRequest {}),
-    )
-    .await?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        let msg = tokio::select! {
-            _ = &mut ctrl_c => return Ok(EXIT_OK),
-            m = stream.message() => m?,
-        };
-        let Some(ev) = msg else {
-            return Ok(EXIT_OK);
-        };
-        let json = PeerEventJson::from(&ev);
-        p.event(&json, render::events::peer_event_line)?;
-        if let PeerEventKind::Lagged { reason } = json.event {
-            return Err(CliError::Lagged(reason));
-        }
-    }
-}
-
-async fn status(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "GetStatus",
-        ctx.timeout,
-        ctx.daemon().get_status(api::GetStatusRequest {}),
-    )
-    .await?;
-    p.emit(&StatusJson::from(&resp), render::daemon::status_details)?;
-    Ok(EXIT_OK)
-}
-
-async fn health(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
+/// `mbctl health`: exit 0 if the daemon is SERVING, else 1.
+async fn health(ctx: &Ctx, p: &mut Printer) -> Result<u8, CliError> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let mut client = HealthClient::new(ctx.channel.clone());
     let req = HealthCheckRequest {
         service: String::new(),
     };
-    let resp = call("Health/Check", ctx.timeout, client.check(req)).await?;
+    let resp = ctx.call("Health/Check", client.check(req)).await?;
     let status = ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown);
     let name = status.as_str_name().to_string();
     p.emit(&HealthJson { status: name }, render::daemon::health)?;
@@ -465,35 +489,4 @@ async fn health(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
     } else {
         EXIT_DAEMON
     })
-}
-
-async fn reload(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    let resp = call(
-        "Reload",
-        ctx.timeout,
-        ctx.daemon().reload(api::ReloadRequest {}),
-    )
-    .await?;
-    let doc = ReloadJson {
-        applied: resp.applied,
-        needs_restart: resp.needs_restart,
-    };
-    p.emit(&doc, render::daemon::reloaded)?;
-    Ok(EXIT_OK)
-}
-
-async fn shutdown(ctx: &mut Ctx, p: &mut Printer) -> Result<u8, CliError> {
-    call(
-        "Shutdown",
-        ctx.timeout,
-        ctx.daemon().shutdown(api::ShutdownRequest {}),
-    )
-    .await?;
-    p.emit(
-        &ShutdownJson {
-            shutting_down: true,
-        },
-        render::daemon::shutting_down,
-    )?;
-    Ok(EXIT_OK)
 }

@@ -189,8 +189,8 @@ impl From<&api::Peer> for PeerJson {
             role: role_name(p.role),
             state: state_name(p.state),
             keepalive_seconds: p.keepalive_seconds,
-            connected_at: p.connected_at.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
-            uptime_seconds: p.uptime.as_ref().map(|d| d.seconds.max(0) as u64),
+            connected_at: timestamp_text(&p.connected_at),
+            uptime_seconds: whole_seconds(&p.uptime),
             subscribed_vnis: p.subscribed_vnis.clone(),
             routes_announced: p.routes_announced,
             updates_received: p.updates_received,
@@ -329,8 +329,8 @@ impl From<&api::Status> for StatusJson {
     fn from(s: &api::Status) -> Self {
         StatusJson {
             version: s.version.clone(),
-            started_at: s.started_at.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
-            uptime_seconds: s.uptime.as_ref().map(|d| d.seconds.max(0) as u64),
+            started_at: timestamp_text(&s.started_at),
+            uptime_seconds: whole_seconds(&s.uptime),
             listen_addresses: s.listen_addresses.clone(),
             metrics_address: non_empty(&s.metrics_address),
             http_address: non_empty(&s.http_address),
@@ -560,7 +560,7 @@ impl From<&api::ClientServer> for ClientServerJson {
             state: server_state_name(s.state),
             resolved: s.resolved.clone(),
             connected: Some(s.connected.clone()).filter(|c| !c.is_empty()),
-            since: s.since.as_ref().map(|t| rfc3339(t.seconds, t.nanos)),
+            since: timestamp_text(&s.since),
             last_error: s.last_error.clone(),
             updates_received: s.updates_received,
             updates_sent: s.updates_sent,
@@ -710,6 +710,17 @@ pub fn state_name(s: i32) -> &'static str {
         Ok(Closed) => "closed",
         _ => "unspecified",
     }
+}
+
+/// A timestamp field of an answer as RFC 3339 text, `None` when unset.
+fn timestamp_text(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    t.as_ref().map(|t| rfc3339(t.seconds, t.nanos))
+}
+
+/// A duration field of an answer in whole seconds (a negative one is 0),
+/// `None` when unset.
+fn whole_seconds(d: &Option<prost_types::Duration>) -> Option<u64> {
+    d.as_ref().map(|d| d.seconds.max(0) as u64)
 }
 
 /// A Unix time as RFC 3339 UTC text: `2025-01-31T12:00:05Z`, with

@@ -47,10 +47,7 @@ impl Printer {
         v: &T,
         table: impl FnOnce(&T) -> String,
     ) -> Result<(), CliError> {
-        match self.format {
-            Output::Json => self.json(v, false),
-            Output::Table => self.text(&table(v)),
-        }
+        self.json_or_text(v, false, table)
     }
 
     /// One event of a stream: a compact JSON line in JSON mode, else the
@@ -60,9 +57,20 @@ impl Printer {
         v: &T,
         line: impl FnOnce(&T) -> String,
     ) -> Result<(), CliError> {
+        self.json_or_text(v, true, line)
+    }
+
+    /// `v` as JSON (one line if `compact`) in JSON mode, else the text
+    /// `text_of()` makes of it.
+    fn json_or_text<T: Serialize>(
+        &mut self,
+        v: &T,
+        compact: bool,
+        text_of: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
         match self.format {
-            Output::Json => self.json(v, true),
-            Output::Table => self.text(&line(v)),
+            Output::Json => self.json(v, compact),
+            Output::Table => self.text(&text_of(v)),
         }
     }
 }

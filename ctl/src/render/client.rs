@@ -7,20 +7,19 @@ use crate::model::{
     ClientServerJson, ReceivedRouteJson, ServerAddedJson, ServerRemovedJson, SubscribedJson,
     TableMappingJson, UnmappedJson, UnsubscribedJson,
 };
-use crate::render::table::{or_dash, short_list, Table};
-use crate::render::type_and_ports;
+use crate::render::route_cells;
+use crate::render::table::{or_dash, short_list, table_of};
 
 /// The table of `mbctl servers`.
 pub fn servers_table(servers: &[ClientServerJson]) -> String {
-    let mut t = Table::new(columns::SERVERS);
-    for s in servers {
+    table_of(columns::SERVERS, servers, |s| {
         // A literal address resolves to itself: not worth a column entry.
         let resolved = if s.resolved.len() == 1 && s.resolved[0] == s.address {
             "-".to_string()
         } else {
             short_list(&s.resolved, 3)
         };
-        t.row(vec![
+        vec![
             s.address.clone(),
             s.state.to_string(),
             s.connected.clone().unwrap_or_else(|| "-".into()),
@@ -28,9 +27,8 @@ pub fn servers_table(servers: &[ClientServerJson]) -> String {
             s.since.clone().unwrap_or_else(|| "-".into()),
             format!("{}/{}", s.updates_received, s.updates_sent),
             or_dash(&s.last_error),
-        ]);
-    }
-    t.render()
+        ]
+    })
 }
 
 /// The line of `mbctl server add`.
@@ -45,11 +43,7 @@ pub fn server_removed(d: &ServerRemovedJson) -> String {
 
 /// The table of `mbctl subscriptions`.
 pub fn subscriptions_table(vnis: &[u32]) -> String {
-    let mut t = Table::new(columns::SUBSCRIPTIONS);
-    for v in vnis {
-        t.row(vec![v.to_string()]);
-    }
-    t.render()
+    table_of(columns::SUBSCRIPTIONS, vnis, |v| vec![v.to_string()])
 }
 
 /// The line of `mbctl subscribe`.
@@ -64,11 +58,9 @@ pub fn unsubscribed(d: &UnsubscribedJson) -> String {
 
 /// The table of `mbctl mappings`.
 pub fn mappings_table(mappings: &[TableMappingJson]) -> String {
-    let mut t = Table::new(columns::MAPPINGS);
-    for m in mappings {
-        t.row(vec![m.vni.to_string(), m.table.to_string()]);
-    }
-    t.render()
+    table_of(columns::MAPPINGS, mappings, |m| {
+        vec![m.vni.to_string(), m.table.to_string()]
+    })
 }
 
 /// The line of `mbctl map`.
@@ -83,21 +75,12 @@ pub fn unmapped(d: &UnmappedJson) -> String {
 
 /// The table of `mbctl received`.
 pub fn received_table(routes: &[ReceivedRouteJson]) -> String {
-    let mut t = Table::new(columns::RECEIVED);
-    for r in routes {
-        let (kind, ports) = type_and_ports(&r.route.next_hop);
+    table_of(columns::RECEIVED, routes, |r| {
         let tables: Vec<String> = r.installed_tables.iter().map(u32::to_string).collect();
-        t.row(vec![
-            r.route.vni.to_string(),
-            r.route.prefix.clone(),
-            r.route.next_hop.address.clone(),
-            kind,
-            ports,
-            short_list(&r.servers, 3),
-            or_dash(&tables.join(",")),
-        ]);
-    }
-    t.render()
+        let mut cells = route_cells(&r.route);
+        cells.extend([short_list(&r.servers, 3), or_dash(&tables.join(","))]);
+        cells
+    })
 }
 
 #[cfg(test)]

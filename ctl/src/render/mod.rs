@@ -10,7 +10,7 @@ pub mod routes;
 pub mod table;
 pub mod vnis;
 
-use crate::model::NextHopJson;
+use crate::model::{NextHopJson, RouteJson};
 
 /// `word`, or `words` unless `n` is 1.
 pub fn plural(n: usize, word: &str) -> String {
@@ -22,7 +22,7 @@ pub fn plural(n: usize, word: &str) -> String {
 }
 
 /// TYPE and PORTS cells of a next hop.
-pub fn type_and_ports(nh: &NextHopJson) -> (String, String) {
+fn type_and_ports(nh: &NextHopJson) -> (String, String) {
     let kind = if nh.kind == "other" {
         format!("other({})", nh.wire_type)
     } else {
@@ -34,4 +34,17 @@ pub fn type_and_ports(nh: &NextHopJson) -> (String, String) {
         "-".into()
     };
     (kind, ports)
+}
+
+/// The VNI, PREFIX, NEXT HOP, TYPE and PORTS cells of a route, the first
+/// columns of `mbctl routes` and `mbctl received`.
+pub fn route_cells(route: &RouteJson) -> Vec<String> {
+    let (kind, ports) = type_and_ports(&route.next_hop);
+    vec![
+        route.vni.to_string(),
+        route.prefix.clone(),
+        route.next_hop.address.clone(),
+        kind,
+        ports,
+    ]
 }

@@ -3,14 +3,13 @@
 use crate::contract::{columns, keys};
 use crate::model::{PeerJson, PeerResetJson};
 use crate::render::table::{
-    human_bytes, human_duration, key_values, labelled, or_dash, short_list, Table,
+    human_bytes, human_duration, key_values, labelled, or_dash, short_list, table_of,
 };
 
 /// The table of `mbctl peers`.
 pub fn peers_table(peers: &[PeerJson]) -> String {
-    let mut t = Table::new(columns::PEERS);
-    for peer in peers {
-        t.row(vec![
+    table_of(columns::PEERS, peers, |peer| {
+        vec![
             peer.session_id.to_string(),
             peer.remote_address.clone(),
             peer.role.to_string(),
@@ -26,9 +25,8 @@ pub fn peers_table(peers: &[PeerJson]) -> String {
             format!("{}/{}", peer.updates_received, peer.updates_sent),
             human_bytes(peer.queue_bytes),
             or_dash(&peer.last_error),
-        ]);
-    }
-    t.render()
+        ]
+    })
 }
 
 /// The `key: value` lines of `mbctl peer`.

@@ -2,26 +2,17 @@
 
 use crate::contract::columns;
 use crate::model::{AnnounceJson, AnnouncerJson, RouteEntryJson, WithdrawJson};
-use crate::render::table::{short_list, Table};
-use crate::render::{plural, type_and_ports};
+use crate::render::table::{short_list, table_of};
+use crate::render::{plural, route_cells};
 
 /// The table of `mbctl routes`.
 pub fn routes_table(routes: &[RouteEntryJson]) -> String {
-    let mut t = Table::new(columns::ROUTES);
-    for e in routes {
-        let nh = &e.route.next_hop;
-        let (kind, ports) = type_and_ports(nh);
+    table_of(columns::ROUTES, routes, |e| {
         let announcers: Vec<String> = e.announcers.iter().map(AnnouncerJson::short).collect();
-        t.row(vec![
-            e.route.vni.to_string(),
-            e.route.prefix.clone(),
-            nh.address.clone(),
-            kind,
-            ports,
-            short_list(&announcers, 3),
-        ]);
-    }
-    t.render()
+        let mut cells = route_cells(&e.route);
+        cells.push(short_list(&announcers, 3));
+        cells
+    })
 }
 
 /// The line of `mbctl announce` (`n` routes sent).

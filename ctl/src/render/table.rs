@@ -53,6 +53,16 @@ impl Table {
     }
 }
 
+/// The rendered table with `header` and one row per item, the cells
+/// `cells()` makes of it.
+pub fn table_of<T>(header: &[&str], items: &[T], cells: impl FnMut(&T) -> Vec<String>) -> String {
+    let mut t = Table::new(header);
+    for row in items.iter().map(cells) {
+        t.row(row);
+    }
+    t.render()
+}
+
 /// Display width of a cell: characters (control output is ASCII in practice).
 fn width(s: &str) -> usize {
     s.chars().count()

@@ -715,11 +715,26 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs mbctl, expects exit `code` and exactly `stderr` (one
+    /// `mbctl: ...` line).
+    fn fails(&self, args: &[&str], code: i32, stderr: &str) {
+        let out = self.mbctl(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), stderr, "{args:?}");
+    }
+
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = vec!["-o", "json"];
         a.extend_from_slice(args);
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
+}
+
+/// Each line of `out` as a JSON document (`watch -o json`).
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn default_server() -> Server {
@@ -958,16 +973,15 @@ fn announce_sends_all_routes_in_one_call() {
     }
 
     // The daemon refuses (ALREADY_EXISTS): exit 1.
-    let out = s.mbctl(&[
-        "announce",
-        "1#10.0.0.1/32@::1",
-        "1#10.0.0.2/32@::1",
-        "1#10.0.0.3/32@::1",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: routes[2]: already announced (ALREADY_EXISTS)\n"
+    s.fails(
+        &[
+            "announce",
+            "1#10.0.0.1/32@::1",
+            "1#10.0.0.2/32@::1",
+            "1#10.0.0.3/32@::1",
+        ],
+        1,
+        "mbctl: routes[2]: already announced (ALREADY_EXISTS)\n",
     );
 
     // A bad route: exit 2 and nothing sent.
@@ -983,11 +997,10 @@ fn announce_sends_all_routes_in_one_call() {
 #[test]
 fn withdraw_flags_and_errors() {
     let s = default_server();
-    let out = s.mbctl(&["withdraw", "1#10.0.0.1/32@::1"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: routes[0]: not announced through the API (NOT_FOUND)\n"
+    s.fails(
+        &["withdraw", "1#10.0.0.1/32@::1"],
+        1,
+        "mbctl: routes[0]: not announced through the API (NOT_FOUND)\n",
     );
     assert_eq!(
         s.ok(&[
@@ -1018,10 +1031,7 @@ fn watch_routes_lines_and_lagged() {
 "
     );
     let out = s.ok(&["-o", "json", "watch", "routes"]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[0]["sequence"], 1);
     assert_eq!(lines[0]["kind"], "snapshot");
@@ -1048,10 +1058,7 @@ fn watch_routes_lines_and_lagged() {
     let out = s.mbctl(&["-o", "json", "watch", "routes", "--vni", "666"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&stdout);
     assert_eq!(lines.len(), 6);
     assert_eq!(lines[4]["kind"], "lagged");
     assert_eq!(lines[5]["error"]["code"], "ABORTED");
@@ -1065,10 +1072,7 @@ fn watch_peers_lines() {
         "1 up 16 [2001:db8::7]:40522 server established\n2 established 16 [2001:db8::7]:40522 server established\n3 down 17 [2001:db8::8]:50000: keepalive timeout\n"
     );
     let out = s.ok(&["-o", "json", "watch", "peers"]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines[0]["kind"], "up");
     assert_eq!(lines[0]["peer"]["session_id"], 16);
     assert_eq!(lines[1]["kind"], "established");
@@ -1088,11 +1092,10 @@ fn peer_reset_by_id_and_address() {
         s.json(&["peer", "reset", "[2001:db8::7]:40522"]),
         serde_json::json!({"peer": "[2001:db8::7]:40522", "reset": true})
     );
-    let out = s.mbctl(&["peer", "reset", "99"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: no such session (NOT_FOUND)\n"
+    s.fails(
+        &["peer", "reset", "99"],
+        1,
+        "mbctl: no such session (NOT_FOUND)\n",
     );
     let seen = s.seen.lock().unwrap();
     assert_eq!(
@@ -1121,12 +1124,7 @@ fn one_vni_table_and_json() {
         s.json(&["vni", "100"]),
         serde_json::json!({"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1})
     );
-    let out = s.mbctl(&["vni", "7"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: no VNI 7 (NOT_FOUND)\n"
-    );
+    s.fails(&["vni", "7"], 1, "mbctl: no VNI 7 (NOT_FOUND)\n");
     // Out of range: a usage error, nothing sent.
     assert_eq!(s.mbctl(&["vni", "16777216"]).status.code(), Some(2));
 }
@@ -1334,11 +1332,10 @@ metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:
         s.json(&["server", "remove", "192.0.2.1:4711"]),
         serde_json::json!({"address": "192.0.2.1:4711", "removed": true})
     );
-    let out = s.mbctl(&["server", "add", "[2001:db8::a]:4711"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: address: server [2001:db8::a]:4711 is configured already (ALREADY_EXISTS)\n"
+    s.fails(
+        &["server", "add", "[2001:db8::a]:4711"],
+        1,
+        "mbctl: address: server [2001:db8::a]:4711 is configured already (ALREADY_EXISTS)\n",
     );
     // A bad address: exit 2 and nothing sent.
     let out = s.mbctl(&["server", "add", "2001:db8::2"]);
@@ -1369,11 +1366,10 @@ fn subscriptions_table_json_and_changes() {
         s.json(&["unsubscribe", "16777215"]),
         serde_json::json!({"vni": 16777215, "unsubscribed": true})
     );
-    let out = s.mbctl(&["subscribe", "16777216"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: invalid VNI \"16777216\": not a number from 0 to 16777215\n"
+    s.fails(
+        &["subscribe", "16777216"],
+        2,
+        "mbctl: invalid VNI \"16777216\": not a number from 0 to 16777215\n",
     );
     let seen = s.seen.lock().unwrap();
     assert_eq!(seen.subscribe, vec![SubscribeRequest { vni: 300 }]);
@@ -1410,11 +1406,10 @@ VNI       TABLE
         serde_json::json!({"vni": 300, "table": 301})
     );
     assert_eq!(s.ok(&["unmap", "100"]), "unmapped VNI 100\n");
-    let out = s.mbctl(&["unmap", "7"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "mbctl: vni: VNI 7 is not mapped (NOT_FOUND)\n"
+    s.fails(
+        &["unmap", "7"],
+        1,
+        "mbctl: vni: VNI 7 is not mapped (NOT_FOUND)\n",
     );
     // Table 0: exit 2, nothing sent.
     let out = s.mbctl(&["map", "200", "0"]);

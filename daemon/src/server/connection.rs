@@ -117,8 +117,6 @@ pub async fn run(
     };
     let started = Instant::now();
     let ended = link.run(&mut conn, &mut shutdown).await;
-    // The socket closes now, before the table hears of the end.
-    drop(link);
     // The table stops delivering to it at once, before it hears of the end.
     conn.mailbox.close();
     let duration = format!("{:.1?}", started.elapsed());
@@ -139,6 +137,10 @@ pub async fn run(
             })
             .await;
     }
+    // The socket closes only once the table has the withdrawal queued:
+    // whoever saw this session close (the peer, an operator who reset it)
+    // and then asks the table anything is answered after the withdrawal.
+    drop(link);
     let label = ended.label();
     let reason = ended.describe(Role::Server);
     conn.metrics.session_closed(label);

@@ -43,11 +43,16 @@ impl ClientApi {
         self.agent()?.ask(make).await.ok_or_else(shutting_down)
     }
 
-    /// Asks the agent to make `change` (it checks, stores and applies it).
-    async fn change(&self, change: ClientChange) -> Result<(), Status> {
+    /// Asks the agent to make `change` (it checks, stores and applies it);
+    /// once made, answers the RPC's empty response.
+    async fn change<Answer: Default>(
+        &self,
+        change: ClientChange,
+    ) -> Result<Response<Answer>, Status> {
         self.ask(|r| AgentRequest::Change(change, r))
             .await?
-            .map_err(refused)
+            .map_err(refused)?;
+        Ok(Response::new(Answer::default()))
     }
 }
 
@@ -107,8 +112,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::AddServerRequest>,
     ) -> Result<Response<pb::AddServerResponse>, Status> {
         let addr = server_from_api("address", &request.into_inner().address)?;
-        self.change(ClientChange::AddServer(addr)).await?;
-        Ok(Response::new(pb::AddServerResponse {}))
+        self.change(ClientChange::AddServer(addr)).await
     }
 
     async fn remove_server(
@@ -116,8 +120,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::RemoveServerRequest>,
     ) -> Result<Response<pb::RemoveServerResponse>, Status> {
         let addr = server_from_api("address", &request.into_inner().address)?;
-        self.change(ClientChange::RemoveServer(addr)).await?;
-        Ok(Response::new(pb::RemoveServerResponse {}))
+        self.change(ClientChange::RemoveServer(addr)).await
     }
 
     async fn list_subscriptions(
@@ -139,8 +142,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
-        self.change(ClientChange::Subscribe(vni)).await?;
-        Ok(Response::new(pb::SubscribeResponse {}))
+        self.change(ClientChange::Subscribe(vni)).await
     }
 
     async fn unsubscribe(
@@ -148,8 +150,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
-        self.change(ClientChange::Unsubscribe(vni)).await?;
-        Ok(Response::new(pb::UnsubscribeResponse {}))
+        self.change(ClientChange::Unsubscribe(vni)).await
     }
 
     async fn list_table_mappings(
@@ -175,8 +176,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         let req = request.into_inner();
         let vni = vni_from_api("vni", req.vni)?;
         let table = check_table(req.table).map_err(|why| invalid("table", why))?;
-        self.change(ClientChange::SetMapping(vni, table)).await?;
-        Ok(Response::new(pb::SetTableMappingResponse {}))
+        self.change(ClientChange::SetMapping(vni, table)).await
     }
 
     async fn remove_table_mapping(
@@ -184,8 +184,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         request: Request<pb::RemoveTableMappingRequest>,
     ) -> Result<Response<pb::RemoveTableMappingResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
-        self.change(ClientChange::RemoveMapping(vni)).await?;
-        Ok(Response::new(pb::RemoveTableMappingResponse {}))
+        self.change(ClientChange::RemoveMapping(vni)).await
     }
 
     async fn list_received_routes(

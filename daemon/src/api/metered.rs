@@ -5,7 +5,6 @@
 //! body is wrapped to see them; a stream the client abandons counts as
 //! `Canceled`.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,6 +13,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
+
+use super::BoxFuture;
 
 use crate::metrics::ApiMetrics;
 
@@ -47,8 +48,6 @@ pub struct Metered<S> {
     inner: S,
     metrics: Arc<ApiMetrics>,
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> Service<http::Request<B>> for Metered<S>
 where

@@ -152,17 +152,9 @@ pub async fn serve(
 
     let (reporter, unix_router) = router(false);
     mark_serving(&reporter).await;
-    let incoming = UnixListenerStream::new(unix);
-    let stop = until(shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = unix_router
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-        {
-            error!(error = %e, "control API (unix socket) failed");
-        }
-        drop(reporter);
-    }));
+    let serving = unix_router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), until(shutdown.clone()));
+    tasks.push(spawn_listener(serving, reporter, "unix socket"));
 
     if let Some((addr, read_only)) = tcp {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -175,20 +167,31 @@ pub async fn serve(
         info!(addr = %local, read_only, "control API listening on TCP");
         let (reporter, tcp_router) = router(read_only);
         mark_serving(&reporter).await;
-        let incoming = TcpListenerStream::new(listener);
-        let stop = until(shutdown);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = tcp_router
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-            {
-                error!(error = %e, "control API (tcp) failed");
-            }
-            drop(reporter);
-        }));
+        let serving = tcp_router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until(shutdown));
+        tasks.push(spawn_listener(serving, reporter, "tcp"));
     }
     Ok(tasks)
 }
+
+/// Runs one listener's `serving` future in a task, logging its failure as
+/// `control API (<listener>) failed`; the health `reporter` lives as long
+/// as the listener serves.
+fn spawn_listener(
+    serving: impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    reporter: tonic_health::server::HealthReporter,
+    listener: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            error!(error = %e, "control API ({listener}) failed");
+        }
+        drop(reporter);
+    })
+}
+
+/// The boxed future of the API's tower middlewares ([`metered`], [`read_only`]).
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
 async fn mark_serving(reporter: &tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;

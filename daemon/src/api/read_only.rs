@@ -2,11 +2,11 @@
 //! service of a listener marked read-only. Methods that change state answer
 //! PERMISSION_DENIED; everything else passes.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
+
+use super::BoxFuture;
 
 /// gRPC methods that change state.
 const MUTATING: &[&str] = &[
@@ -58,8 +58,6 @@ pub struct ReadOnly<S> {
     inner: S,
     enabled: bool,
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> Service<http::Request<B>> for ReadOnly<S>
 where

@@ -13,6 +13,7 @@ use super::convert::{
     routes_from_api, vni_from_api,
 };
 use super::{blocking, shutting_down, ApiState};
+use crate::store::{Store, StoreError};
 use crate::table::log::Mailbox;
 use crate::table::{PageCursor, SessionId, LOCAL_API};
 use crate::table_task::{AnnouncerQuery, Op, Query, RouteQuery};
@@ -75,6 +76,26 @@ impl Routes {
         let store = self.state.store.clone();
         let routes = routes.to_vec();
         blocking(move || routes.iter().map(|r| store.contains_route(r)).collect()).await
+    }
+
+    /// Makes an injected-route change durable first (once stored, a crash
+    /// still applies it on restart), then hands `routes` to the table as
+    /// `op`; answers how many routes the store changed.
+    async fn store_then_apply(
+        &self,
+        routes: Vec<Route>,
+        store_change: fn(&Store, &[Route]) -> Result<Vec<bool>, StoreError>,
+        op: fn(Route) -> Op,
+    ) -> Result<u32, Status> {
+        let store = self.state.store.clone();
+        let to_store = routes.clone();
+        let changed = blocking(move || store_change(&store, &to_store)).await?;
+        self.state
+            .table
+            .local_ops(LOCAL_API, routes.into_iter().map(op).collect())
+            .await
+            .ok_or_else(shutting_down)?;
+        Ok(changed.iter().filter(|&&c| c).count() as u32)
     }
 
     fn remote_of(&self, id: SessionId) -> String {
@@ -207,18 +228,10 @@ impl pb::route_service_server::RouteService for Routes {
                 )));
             }
         }
-        let store = self.state.store.clone();
-        let to_store = routes.clone();
-        // Durable first: once stored, a crash still announces it on restart.
-        let added = blocking(move || store.add_routes(&to_store)).await?;
-        self.state
-            .table
-            .local_ops(LOCAL_API, routes.into_iter().map(Op::Announce).collect())
-            .await
-            .ok_or_else(shutting_down)?;
-        Ok(Response::new(pb::AnnounceRoutesResponse {
-            added: added.iter().filter(|&&a| a).count() as u32,
-        }))
+        let added = self
+            .store_then_apply(routes, Store::add_routes, Op::Announce)
+            .await?;
+        Ok(Response::new(pb::AnnounceRoutesResponse { added }))
     }
 
     async fn withdraw_routes(
@@ -239,17 +252,10 @@ impl pb::route_service_server::RouteService for Routes {
                 )));
             }
         }
-        let store = self.state.store.clone();
-        let to_remove = routes.clone();
-        let removed = blocking(move || store.remove_routes(&to_remove)).await?;
-        self.state
-            .table
-            .local_ops(LOCAL_API, routes.into_iter().map(Op::Withdraw).collect())
-            .await
-            .ok_or_else(shutting_down)?;
-        Ok(Response::new(pb::WithdrawRoutesResponse {
-            removed: removed.iter().filter(|&&r| r).count() as u32,
-        }))
+        let removed = self
+            .store_then_apply(routes, Store::remove_routes, Op::Withdraw)
+            .await?;
+        Ok(Response::new(pb::WithdrawRoutesResponse { removed }))
     }
 
     type WatchRoutesStream = ReceiverStream<Result<pb::RouteEvent, Status>>;

@@ -1,6 +1,7 @@
 //! Small helpers shared by the mirrors: metric constructors, mirroring of
 //! atomics into counters, and the classification of session end reasons.
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -8,32 +9,35 @@ use prometheus::{
 
 use super::register;
 
+/// The metric just built (its options are constants, so building cannot
+/// fail), registered in `registry`.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    built: prometheus::Result<M>,
+) -> M {
+    let metric = built.expect("valid metric");
+    register(registry, metric.clone());
+    metric
+}
+
 /// A registered counter.
 pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    register(registry, c.clone());
-    c
+    registered(registry, IntCounter::new(name, help))
 }
 
 /// A registered counter with labels.
 pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    register(registry, c.clone());
-    c
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 /// A registered gauge.
 pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    register(registry, g.clone());
-    g
+    registered(registry, IntGauge::new(name, help))
 }
 
 /// A registered gauge with labels.
 pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    register(registry, g.clone());
-    g
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// A registered histogram with labels.
@@ -44,13 +48,13 @@ pub fn histogram_vec(
     labels: &[&str],
     buckets: &[f64],
 ) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
+    registered(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        ),
     )
-    .expect("valid metric");
-    register(registry, h.clone());
-    h
 }
 
 /// Registers a histogram that a component observes itself.

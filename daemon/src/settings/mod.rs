@@ -173,6 +173,12 @@ fn read_config(path: &Path, args: &ServerArgs) -> Result<Config, ConfigErrors> {
 /// daemon's settings and the log format; paths neither gives are `role`'s
 /// defaults. Parses the static routes; a bad one is an error at its
 /// position in the file.
+/// A list setting: the flag's values when given (a repeated flag replaces
+/// the file's list, it does not extend it), else the file's.
+fn flags_or_file<T: Clone>(flags: &[T], file: &[T]) -> Vec<T> {
+    if flags.is_empty() { file } else { flags }.to_vec()
+}
+
 fn resolve(
     config: &Config,
     args: &ServerArgs,
@@ -180,11 +186,7 @@ fn resolve(
 ) -> Result<(Settings, LogFormat), ConfigErrors> {
     let file = &config.server;
     let shared = &args.daemon;
-    let listen = if args.listen.is_empty() {
-        file.listen.clone()
-    } else {
-        args.listen.clone()
-    };
+    let listen = flags_or_file(&args.listen, &file.listen);
     let keepalive = defaults::effective_keepalive_secs(args.keepalive.unwrap_or(file.keepalive));
     let write_timeout = args.write_timeout.unwrap_or(file.write_timeout);
 
@@ -329,21 +331,13 @@ fn client_settings(
             "--install-routes needs the tunnel device (--tun DEV)".into(),
         ));
     }
-    let servers = if args.server.is_empty() {
-        section.servers.clone()
-    } else {
-        args.server.clone()
-    };
+    let servers = flags_or_file(&args.server, &section.servers);
     if servers.is_empty() {
         return Err(ClientError::Flag(
             "no route server given (--server ADDR or client.servers)".into(),
         ));
     }
-    let subscriptions = if args.subscribe.is_empty() {
-        section.subscribe.clone()
-    } else {
-        args.subscribe.clone()
-    };
+    let subscriptions = flags_or_file(&args.subscribe, &section.subscribe);
     Ok(ClientSettings {
         servers,
         subscriptions: subscriptions.into_iter().map(Vni).collect(),

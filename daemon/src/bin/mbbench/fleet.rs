@@ -29,7 +29,7 @@ use metalbondd::wire::{
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::ledger::{Events, Gap, Ledger};
+use crate::ledger::{counter_set, Events, Gap, Ledger};
 use crate::procfs::{self, Mem};
 use crate::report::JsonObject;
 use crate::shape::{Dims, Rng, Shape};
@@ -82,49 +82,25 @@ pub struct FleetConfig {
     pub server_pid: Option<u32>,
 }
 
-/// Connection-level counters of one session (cumulative).
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    /// KEEPALIVEs sent / received after the handshake.
-    ka_tx: u64,
-    ka_rx: u64,
-    /// Times the server left a KEEPALIVE unanswered for 2.5 x the interval.
-    ka_timeouts: u64,
-    /// KEEPALIVEs received that answered nothing (a server must not originate them).
-    ka_unsolicited: u64,
-    /// Sessions ended by the server (EOF, reset, error, invalid frame).
-    resets: u64,
-    /// Sessions established.
-    connects: u64,
-    /// Connect or handshake attempts that failed.
-    connect_failures: u64,
-    /// Frames a server should not send (HELLO again, SUBSCRIBE, unknown types).
-    unexpected_frames: u64,
-}
-
-impl Counters {
-    fn add(&mut self, o: &Counters) {
-        self.ka_tx += o.ka_tx;
-        self.ka_rx += o.ka_rx;
-        self.ka_timeouts += o.ka_timeouts;
-        self.ka_unsolicited += o.ka_unsolicited;
-        self.resets += o.resets;
-        self.connects += o.connects;
-        self.connect_failures += o.connect_failures;
-        self.unexpected_frames += o.unexpected_frames;
-    }
-
-    fn since(&self, o: &Counters) -> Counters {
-        Counters {
-            ka_tx: self.ka_tx - o.ka_tx,
-            ka_rx: self.ka_rx - o.ka_rx,
-            ka_timeouts: self.ka_timeouts - o.ka_timeouts,
-            ka_unsolicited: self.ka_unsolicited - o.ka_unsolicited,
-            resets: self.resets - o.resets,
-            connects: self.connects - o.connects,
-            connect_failures: self.connect_failures - o.connect_failures,
-            unexpected_frames: self.unexpected_frames - o.unexpected_frames,
-        }
+counter_set! {
+    /// Connection-level counters of one session (cumulative).
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Counters {
+        /// KEEPALIVEs sent / received after the handshake.
+        ka_tx,
+        ka_rx,
+        /// Times the server left a KEEPALIVE unanswered for 2.5 x the interval.
+        ka_timeouts,
+        /// KEEPALIVEs received that answered nothing (a server must not originate them).
+        ka_unsolicited,
+        /// Sessions ended by the server (EOF, reset, error, invalid frame).
+        resets,
+        /// Sessions established.
+        connects,
+        /// Connect or handshake attempts that failed.
+        connect_failures,
+        /// Frames a server should not send (HELLO again, SUBSCRIBE, unknown types).
+        unexpected_frames,
     }
 }
 

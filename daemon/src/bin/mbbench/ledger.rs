@@ -32,46 +32,57 @@ use metalbondd::wire::{Action, Update};
 
 use crate::shape::Shape;
 
-/// Event counters of one session (cumulative).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Events {
-    /// UPDATE ADDs received.
-    pub adds: u64,
-    /// UPDATE REMOVEs received.
-    pub removes: u64,
-    /// UPDATEs that were not for this session.
-    pub extra: u64,
-    /// Its own routes, received on a reconnected session (allowed).
-    pub own: u64,
-    /// ADDs of a route already held.
-    pub dup_adds: u64,
-    /// REMOVEs of a route not held.
-    pub dup_removes: u64,
+/// Declares a struct of `u64` counters (the fields listed, with their
+/// attributes) with its field-by-field `add` and `since`.
+macro_rules! counter_set {
+    (
+        $(#[$attr:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$field_attr:meta])* $field_vis:vis $field:ident, )*
+        }
+    ) => {
+        $(#[$attr])*
+        $vis struct $name {
+            $( $(#[$field_attr])* $field_vis $field: u64, )*
+        }
+
+        impl $name {
+            /// Adds `o` to `self`.
+            $vis fn add(&mut self, o: &$name) {
+                $( self.$field += o.$field; )*
+            }
+
+            /// `self - o`, field by field.
+            $vis fn since(&self, o: &$name) -> $name {
+                $name {
+                    $( $field: self.$field - o.$field, )*
+                }
+            }
+        }
+    };
+}
+pub(crate) use counter_set;
+
+counter_set! {
+    /// Event counters of one session (cumulative).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Events {
+        /// UPDATE ADDs received.
+        pub adds,
+        /// UPDATE REMOVEs received.
+        pub removes,
+        /// UPDATEs that were not for this session.
+        pub extra,
+        /// Its own routes, received on a reconnected session (allowed).
+        pub own,
+        /// ADDs of a route already held.
+        pub dup_adds,
+        /// REMOVEs of a route not held.
+        pub dup_removes,
+    }
 }
 
 impl Events {
-    /// Adds `o` to `self`.
-    pub fn add(&mut self, o: &Events) {
-        self.adds += o.adds;
-        self.removes += o.removes;
-        self.extra += o.extra;
-        self.own += o.own;
-        self.dup_adds += o.dup_adds;
-        self.dup_removes += o.dup_removes;
-    }
-
-    /// `self - o`, field by field.
-    pub fn since(&self, o: &Events) -> Events {
-        Events {
-            adds: self.adds - o.adds,
-            removes: self.removes - o.removes,
-            extra: self.extra - o.extra,
-            own: self.own - o.own,
-            dup_adds: self.dup_adds - o.dup_adds,
-            dup_removes: self.dup_removes - o.dup_removes,
-        }
-    }
-
     /// Duplicate deliveries of either kind.
     pub fn duplicates(&self) -> u64 {
         self.dup_adds + self.dup_removes

@@ -512,6 +512,19 @@ fn publish(stats: &PeerStats, t: &mut Tally, now: Instant, bytes: u64) {
     stats.bytes_rx.store(bytes, Relaxed);
 }
 
+/// Writes `frames`, telling `sent` when the write began (the latency
+/// clock starts there).
+async fn write_reporting_start(
+    wr: &mut OwnedWriteHalf,
+    frames: &[u8],
+    sent: oneshot::Sender<Instant>,
+) -> std::io::Result<()> {
+    let t = Instant::now();
+    wr.write_all(frames).await?;
+    let _ = sent.send(t);
+    Ok(())
+}
+
 async fn writer(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
@@ -542,9 +555,7 @@ async fn writer(
                     buf.put_slice(&KEEPALIVE);
                     stats.keepalives_tx.fetch_add(1, Relaxed);
                     next_ka = Instant::now() + interval;
-                    let t = Instant::now();
-                    wr.write_all(&buf).await?;
-                    let _ = sent.send(t);
+                    write_reporting_start(&mut wr, &buf, sent).await?;
                 }
                 Cmd::One {
                     action,
@@ -553,9 +564,7 @@ async fn writer(
                     sent,
                 } => {
                     encode_update(action, &set.route(index), &mut buf);
-                    let t = Instant::now();
-                    wr.write_all(&buf).await?;
-                    let _ = sent.send(t);
+                    write_reporting_start(&mut wr, &buf, sent).await?;
                 }
                 Cmd::Bulk {
                     action,

@@ -143,6 +143,20 @@ pub struct Shape {
     vni_subs: Vec<(u32, u32)>,
 }
 
+/// The first half of a counting sort of `keys` (each below `buckets`):
+/// where each key's run starts in the sorted order, plus the total at the
+/// end, so key k's run is `starts[k]..starts[k + 1]`.
+fn bucket_starts(keys: &[u32], buckets: usize) -> Vec<u32> {
+    let mut starts = vec![0u32; buckets + 1];
+    for &k in keys {
+        starts[k as usize + 1] += 1;
+    }
+    for k in 0..buckets {
+        starts[k + 1] += starts[k];
+    }
+    starts
+}
+
 impl Shape {
     /// Builds the fleet for `dims` (validated).
     pub fn new(dims: Dims) -> Self {
@@ -176,13 +190,7 @@ impl Shape {
             }
         }
         // Routes grouped by VNI (counting sort keeps them ascending).
-        let mut vni_start = vec![0u32; v + 1];
-        for &k in &route_vni {
-            vni_start[k as usize + 1] += 1;
-        }
-        for k in 0..v {
-            vni_start[k + 1] += vni_start[k];
-        }
+        let vni_start = bucket_starts(&route_vni, v);
         let mut fill = vni_start.clone();
         let mut vni_routes = vec![0u32; route_vni.len()];
         let mut route_rank = vec![0u32; route_vni.len()];
@@ -192,13 +200,7 @@ impl Shape {
             route_rank[g] = at - vni_start[k as usize];
             fill[k as usize] += 1;
         }
-        let mut vni_sub_start = vec![0u32; v + 1];
-        for &k in &subs {
-            vni_sub_start[k as usize + 1] += 1;
-        }
-        for k in 0..v {
-            vni_sub_start[k + 1] += vni_sub_start[k];
-        }
+        let vni_sub_start = bucket_starts(&subs, v);
         let mut fill = vni_sub_start.clone();
         let mut vni_subs = vec![(0u32, 0u32); subs.len()];
         for (i, &k) in subs.iter().enumerate() {

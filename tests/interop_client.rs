@@ -14,83 +14,11 @@ mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::netns::{may_run, run_in_netns, wait_table, NetnsEnv};
+use common::rustbond::{Ev, Peer, R};
 use common::{unique_temp_dir, Daemon, QUIET, T};
-use rustbond::{
-    Destination, MetalBondClient, MetalBondServer, NextHop, Route, RouteHandler, ServerConfig, Vni,
-};
-use tokio::sync::mpsc;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Ev {
-    Add(u32, Destination, NextHop),
-    Remove(u32, Destination, NextHop),
-}
-
-struct ChannelHandler(mpsc::UnboundedSender<Ev>);
-
-impl RouteHandler for ChannelHandler {
-    fn add_route(&self, vni: Vni, route: Route) {
-        let _ = self
-            .0
-            .send(Ev::Add(vni.0, route.destination, route.next_hop));
-    }
-
-    fn remove_route(&self, vni: Vni, route: Route) {
-        let _ = self
-            .0
-            .send(Ev::Remove(vni.0, route.destination, route.next_hop));
-    }
-}
-
-/// A rustbond client (another hypervisor) with its route events.
-struct Peer {
-    client: MetalBondClient<ChannelHandler>,
-    events: mpsc::UnboundedReceiver<Ev>,
-}
-
-impl Peer {
-    async fn connect(server: SocketAddr) -> Peer {
-        let (tx, events) = mpsc::unbounded_channel();
-        let addr = server.to_string();
-        let client = MetalBondClient::connect(&[addr.as_str()], ChannelHandler(tx));
-        client
-            .wait_established_timeout(Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| panic!("rustbond client not established with {addr}: {e}"));
-        Peer { client, events }
-    }
-
-    /// Waits (bounded) for `want`; other events are skipped.
-    async fn expect(&mut self, want: &Ev) {
-        let deadline = tokio::time::Instant::now() + T;
-        let mut seen = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(ev)) if ev == *want => return,
-                Ok(Some(ev)) => seen.push(ev),
-                Ok(None) => panic!("handler channel closed"),
-                Err(_) => panic!("no {want:?} within {T:?}; saw {seen:?}"),
-            }
-        }
-    }
-
-    async fn announce(&self, vni: u32, dest: Destination, hop: NextHop) {
-        self.client
-            .announce(Vni(vni), dest.clone(), hop.clone())
-            .await
-            .unwrap_or_else(|e| panic!("announce {vni} {dest:?} {hop:?}: {e}"));
-    }
-
-    async fn withdraw(&self, vni: u32, dest: Destination, hop: NextHop) {
-        self.client
-            .withdraw(Vni(vni), dest.clone(), hop.clone())
-            .await
-            .unwrap_or_else(|e| panic!("withdraw {vni} {dest:?} {hop:?}: {e}"));
-    }
-}
+use rustbond::{Destination, MetalBondServer, NextHop, ServerConfig};
 
 fn v4(a: [u8; 4], len: u8) -> Destination {
     Destination::from_ipv4(Ipv4Addr::from(a), len)
@@ -158,11 +86,11 @@ async fn announcement_reaches_rustbond_client_via_rustbond_server() {
         "no session with the rustbond server; log:\n{}",
         client.logs()
     );
-    let mut peer = Peer::connect(addr).await;
-    peer.client.subscribe(Vni(200)).await.unwrap();
+    let mut peer = Peer::connect(addr, "peer").await.unwrap();
+    peer.subscribe(200).await;
     peer.expect(&own_event()).await;
     drop(client);
-    let _ = peer.client.shutdown().await;
+    let _ = peer.disconnect().await;
     let _ = server.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -211,66 +139,66 @@ fn two_way(kind: ServerKind) {
                 "-v",
             ],
         );
-        let mut p1 = Peer::connect(addr).await;
-        let p2 = Peer::connect(addr).await;
-        p1.client.subscribe(Vni(200)).await.unwrap();
+        let mut p1 = Peer::connect(addr, "p1").await.unwrap();
+        let mut p2 = Peer::connect(addr, "p2").await.unwrap();
+        p1.subscribe(200).await;
         p1.expect(&own_event()).await;
 
-        p1.announce(
+        p1.announce(&R(
             100,
             v4([10, 0, 1, 0], 24),
             NextHop::standard(hop("2001:db8::1")),
-        )
+        ))
         .await;
-        p1.announce(
+        p1.announce(&R(
             100,
             v4([10, 0, 2, 0], 24),
             NextHop::nat(hop("2001:db8::2"), 1024, 2047),
-        )
+        ))
         .await;
-        p1.announce(
+        p1.announce(&R(
             100,
             v4([10, 0, 3, 0], 24),
             NextHop::load_balancer(hop("2001:db8::3")),
-        )
+        ))
         .await;
-        p1.announce(
+        p1.announce(&R(
             100,
             v6("2001:db8:a::", 64),
             NextHop::standard(hop("2001:db8::4")),
-        )
+        ))
         .await;
-        p1.announce(
+        p1.announce(&R(
             100,
             v6("2001:db8:b::", 64),
             NextHop::nat(hop("2001:db8::5"), 0, 1023),
-        )
+        ))
         .await;
-        p1.announce(
+        p1.announce(&R(
             100,
             v6("2001:db8:c::", 64),
             NextHop::load_balancer(hop("2001:db8::6")),
-        )
+        ))
         .await;
         // ECMP: p1's next hop sorts after p2's.
-        p1.announce(
+        p1.announce(&R(
             100,
             v4([10, 0, 4, 0], 24),
             NextHop::standard(hop("2001:db8::12")),
-        )
+        ))
         .await;
-        p2.announce(
+        p2.announce(&R(
             100,
             v4([10, 0, 4, 0], 24),
             NextHop::standard(hop("2001:db8::11")),
-        )
+        ))
         .await;
         // Our client's own destination: never installed (loop prevention).
-        p2.announce(
+        p2.announce(&R(
             100,
             v4([10, 9, 8, 0], 24),
             NextHop::standard(hop("2001:db8::5")),
-        )
+        ))
         .await;
         wait_table(
             &env.ns,
@@ -297,13 +225,13 @@ fn two_way(kind: ServerKind) {
         );
 
         // A withdrawal, then p2's disconnect (its routes withdrawn by the server).
-        p1.withdraw(
+        p1.withdraw(&R(
             100,
             v6("2001:db8:c::", 64),
             NextHop::load_balancer(hop("2001:db8::6")),
-        )
+        ))
         .await;
-        p2.client.shutdown().await.unwrap();
+        p2.disconnect().await.unwrap();
         wait_table(
             &env.ns,
             100,
@@ -322,7 +250,7 @@ fn two_way(kind: ServerKind) {
         .await;
         assert!(client.is_alive(), "client exited; log:\n{}", client.logs());
         drop(client);
-        let _ = p1.client.shutdown().await;
+        let _ = p1.disconnect().await;
         if let Some(s) = rb_server {
             let _ = s.shutdown().await;
         }

@@ -10,134 +10,18 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
-use common::{Daemon, QUIET, T};
-use rustbond::{Destination, MetalBondClient, NextHop, Route, RouteHandler, Vni};
-use tokio::sync::mpsc;
+use common::rustbond::{Ev, Peer, R};
+use common::Daemon;
+use rustbond::{Destination, NextHop};
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Ev {
-    Add(u32, Destination, NextHop),
-    Remove(u32, Destination, NextHop),
+/// A rustbond client of the daemon; a failure to connect shows its log.
+async fn connect(d: &Daemon, name: &'static str) -> Peer {
+    Peer::connect(d.addr, name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", d.logs()))
 }
-
-struct ChannelHandler(mpsc::UnboundedSender<Ev>);
-
-impl RouteHandler for ChannelHandler {
-    fn add_route(&self, vni: Vni, route: Route) {
-        let _ = self
-            .0
-            .send(Ev::Add(vni.0, route.destination, route.next_hop));
-    }
-
-    fn remove_route(&self, vni: Vni, route: Route) {
-        let _ = self
-            .0
-            .send(Ev::Remove(vni.0, route.destination, route.next_hop));
-    }
-}
-
-/// A rustbond client connected to the daemon, with its route events.
-struct Peer {
-    client: Option<MetalBondClient<ChannelHandler>>,
-    events: mpsc::UnboundedReceiver<Ev>,
-    name: &'static str,
-}
-
-impl Peer {
-    async fn connect(d: &Daemon, name: &'static str) -> Peer {
-        let (tx, events) = mpsc::unbounded_channel();
-        let addr = d.addr.to_string();
-        let client = MetalBondClient::connect(&[addr.as_str()], ChannelHandler(tx));
-        client
-            .wait_established_timeout(Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{name}: rustbond client not established: {e}; log:\n{}",
-                    d.logs()
-                )
-            });
-        Peer {
-            client: Some(client),
-            events,
-            name,
-        }
-    }
-
-    fn client(&self) -> &MetalBondClient<ChannelHandler> {
-        self.client.as_ref().expect("client shut down")
-    }
-
-    async fn subscribe(&self, vni: u32) {
-        self.client()
-            .subscribe(Vni(vni))
-            .await
-            .unwrap_or_else(|e| panic!("{}: subscribe {vni}: {e}", self.name));
-    }
-
-    async fn announce(&self, r: &R) {
-        self.client()
-            .announce(Vni(r.0), r.1.clone(), r.2.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{}: announce {r:?}: {e}", self.name));
-    }
-
-    async fn withdraw(&self, r: &R) {
-        self.client()
-            .withdraw(Vni(r.0), r.1.clone(), r.2.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{}: withdraw {r:?}: {e}", self.name));
-    }
-
-    /// Closes the connection (the rustbond client stops its peer task,
-    /// which drops the socket).
-    async fn disconnect(&mut self) {
-        if let Some(c) = self.client.take() {
-            c.shutdown().await.unwrap();
-        }
-    }
-
-    /// Exactly these events, in any order, then nothing for [`QUIET`].
-    async fn expect_exactly(&mut self, want: &[Ev], what: &str) {
-        let deadline = tokio::time::Instant::now() + T;
-        let mut got = Vec::new();
-        while got.len() < want.len() {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(ev)) => got.push(ev),
-                Ok(None) => panic!("{}: handler channel closed", self.name),
-                Err(_) => panic!(
-                    "{}: {what}: got {got:?} within {T:?}, expected {want:?}",
-                    self.name
-                ),
-            }
-        }
-        let g: HashSet<_> = got.iter().cloned().collect();
-        let w: HashSet<_> = want.iter().cloned().collect();
-        assert_eq!(
-            g.len(),
-            got.len(),
-            "{}: {what}: duplicates in {got:?}",
-            self.name
-        );
-        assert_eq!(g, w, "{}: {what}: got (left), expected (right)", self.name);
-        self.expect_nothing(what).await;
-    }
-
-    /// No event for [`QUIET`].
-    async fn expect_nothing(&mut self, what: &str) {
-        if let Ok(ev) = tokio::time::timeout(QUIET, self.events.recv()).await {
-            panic!("{}: {what}: unexpected event {ev:?}", self.name);
-        }
-    }
-}
-
-/// A route as (VNI, destination, next hop).
-#[derive(Clone, Debug)]
-struct R(u32, Destination, NextHop);
 
 impl R {
     fn add(&self) -> Ev {
@@ -167,9 +51,9 @@ fn std_route(vni: u32, dest: Destination, nh: &str) -> R {
 #[tokio::test]
 async fn std_nat_lb_routes_ipv4_and_ipv6() {
     let d = Daemon::start(&[]);
-    let mut sub = Peer::connect(&d, "subscriber").await;
+    let mut sub = connect(&d, "subscriber").await;
     sub.subscribe(100).await;
-    let mut ann = Peer::connect(&d, "announcer").await;
+    let mut ann = connect(&d, "announcer").await;
     let routes = vec![
         std_route(100, v4("10.0.1.0", 24), "2001:db8::1"),
         std_route(100, v6("2001:db8:100::", 48), "2001:db8::2"),
@@ -218,16 +102,16 @@ async fn std_nat_lb_routes_ipv4_and_ipv6() {
     sub.expect_exactly(&removes, "every route kind withdrawn")
         .await;
     ann.expect_nothing("announcer hears nothing").await;
-    ann.disconnect().await;
-    sub.disconnect().await;
+    ann.disconnect().await.unwrap();
+    sub.disconnect().await.unwrap();
 }
 
 #[tokio::test]
 async fn late_subscriber_gets_dump_without_own_routes() {
     let d = Daemon::start(&[]);
-    let mut early = Peer::connect(&d, "early").await;
+    let mut early = connect(&d, "early").await;
     early.subscribe(100).await;
-    let a = Peer::connect(&d, "a").await;
+    let a = connect(&d, "a").await;
     let r1 = std_route(100, v4("10.0.1.0", 24), "2001:db8::a");
     let r2 = std_route(100, v6("2001:db8:1::", 64), "2001:db8::a");
     let r3 = R(
@@ -239,7 +123,7 @@ async fn late_subscriber_gets_dump_without_own_routes() {
     for r in [&r1, &r2, &r3, &other_vni] {
         a.announce(r).await;
     }
-    let mut late = Peer::connect(&d, "late").await;
+    let mut late = connect(&d, "late").await;
     let own = std_route(100, v4("10.1.0.0", 24), "2001:db8::99");
     let own_nat = R(
         100,
@@ -271,17 +155,17 @@ async fn late_subscriber_gets_dump_without_own_routes() {
 #[tokio::test]
 async fn ecmp_from_two_announcers() {
     let d = Daemon::start(&[]);
-    let mut sub = Peer::connect(&d, "subscriber").await;
+    let mut sub = connect(&d, "subscriber").await;
     sub.subscribe(100).await;
-    let a = Peer::connect(&d, "a").await;
-    let b = Peer::connect(&d, "b").await;
+    let a = connect(&d, "a").await;
+    let b = connect(&d, "b").await;
     let ra = std_route(100, v4("10.0.1.0", 24), "2001:db8::a");
     let rb = std_route(100, v4("10.0.1.0", 24), "2001:db8::b");
     a.announce(&ra).await;
     b.announce(&rb).await;
     sub.expect_exactly(&[ra.add(), rb.add()], "both next hops")
         .await;
-    let mut late = Peer::connect(&d, "late").await;
+    let mut late = connect(&d, "late").await;
     late.subscribe(100).await;
     late.expect_exactly(&[ra.add(), rb.add()], "dump with both next hops")
         .await;
@@ -295,10 +179,10 @@ async fn ecmp_from_two_announcers() {
 #[tokio::test]
 async fn same_route_from_two_peers_survives_one_disconnect() {
     let d = Daemon::start(&[]);
-    let mut sub = Peer::connect(&d, "subscriber").await;
+    let mut sub = connect(&d, "subscriber").await;
     sub.subscribe(100).await;
-    let mut a = Peer::connect(&d, "a").await;
-    let mut b = Peer::connect(&d, "b").await;
+    let mut a = connect(&d, "a").await;
+    let mut b = connect(&d, "b").await;
     let shared = std_route(100, v4("10.0.1.0", 24), "2001:db8::1");
     let only_a = std_route(100, v4("10.0.2.0", 24), "2001:db8::a");
     let only_b = std_route(100, v6("2001:db8:b::", 64), "2001:db8::b");
@@ -310,16 +194,16 @@ async fn same_route_from_two_peers_survives_one_disconnect() {
     b.announce(&only_b).await;
     sub.expect_exactly(&[only_b.add()], "B's routes").await;
 
-    a.disconnect().await;
+    a.disconnect().await.unwrap();
     sub.expect_exactly(&[only_a.rem()], "A gone: shared route stays")
         .await;
 
-    let mut late = Peer::connect(&d, "late").await;
+    let mut late = connect(&d, "late").await;
     late.subscribe(100).await;
     late.expect_exactly(&[shared.add(), only_b.add()], "dump after A left")
         .await;
 
-    b.disconnect().await;
+    b.disconnect().await.unwrap();
     sub.expect_exactly(&[shared.rem(), only_b.rem()], "B gone")
         .await;
     late.expect_exactly(&[shared.rem(), only_b.rem()], "B gone")
@@ -329,11 +213,11 @@ async fn same_route_from_two_peers_survives_one_disconnect() {
 #[tokio::test]
 async fn vni_isolation() {
     let d = Daemon::start(&[]);
-    let mut s100 = Peer::connect(&d, "s100").await;
+    let mut s100 = connect(&d, "s100").await;
     s100.subscribe(100).await;
-    let mut s200 = Peer::connect(&d, "s200").await;
+    let mut s200 = connect(&d, "s200").await;
     s200.subscribe(200).await;
-    let a = Peer::connect(&d, "a").await;
+    let a = connect(&d, "a").await;
     let r100 = std_route(100, v4("10.0.1.0", 24), "2001:db8::a");
     let r200 = std_route(200, v4("10.0.1.0", 24), "2001:db8::a");
     let r300 = std_route(300, v4("10.0.1.0", 24), "2001:db8::a");
@@ -351,9 +235,9 @@ async fn vni_isolation() {
 #[tokio::test]
 async fn no_echo_to_the_announcer() {
     let d = Daemon::start(&[]);
-    let mut sub = Peer::connect(&d, "subscriber").await;
+    let mut sub = connect(&d, "subscriber").await;
     sub.subscribe(100).await;
-    let mut a = Peer::connect(&d, "a").await;
+    let mut a = connect(&d, "a").await;
     a.subscribe(100).await;
     let r = std_route(100, v4("10.0.1.0", 24), "2001:db8::a");
     let r_nat = R(
@@ -375,10 +259,10 @@ async fn no_echo_to_the_announcer() {
 #[tokio::test]
 async fn withdrawal_on_disconnect() {
     let d = Daemon::start(&[]);
-    let mut sub = Peer::connect(&d, "subscriber").await;
+    let mut sub = connect(&d, "subscriber").await;
     sub.subscribe(100).await;
     sub.subscribe(200).await;
-    let mut a = Peer::connect(&d, "a").await;
+    let mut a = connect(&d, "a").await;
     let r1 = std_route(100, v4("10.0.1.0", 24), "2001:db8::a");
     let r2 = R(
         200,
@@ -395,11 +279,11 @@ async fn withdrawal_on_disconnect() {
     }
     sub.expect_exactly(&[r1.add(), r2.add(), r3.add()], "A's routes")
         .await;
-    a.disconnect().await;
+    a.disconnect().await.unwrap();
     sub.expect_exactly(&[r1.rem(), r2.rem(), r3.rem()], "A disconnected")
         .await;
 
-    let mut late = Peer::connect(&d, "late").await;
+    let mut late = connect(&d, "late").await;
     late.subscribe(100).await;
     late.subscribe(200).await;
     late.expect_nothing("table empty after A left").await;

@@ -16,6 +16,8 @@ pub mod api;
 pub mod http;
 pub mod mbctl;
 pub mod netns;
+#[cfg(feature = "interop")]
+pub mod rustbond;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};

@@ -80,7 +80,7 @@ impl Events {
             ClientEvent::Down { server, .. } => {
                 self.received.drop_server(*server);
             }
-            ClientEvent::Up { .. } => {}
+            ClientEvent::Up { .. } | ClientEvent::Synced { .. } => {}
         }
     }
 

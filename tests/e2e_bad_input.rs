@@ -332,6 +332,7 @@ async fn second_hello_closes_the_session() {
     let hello = frame(&Message::Hello(Hello {
         keepalive_secs: 5,
         is_server: false,
+        extensions: 0,
     }));
     established_peer_rejected(&hello, &["hello"]).await;
 }
@@ -343,6 +344,7 @@ async fn second_hello_before_keepalive_closes_the_session() {
     let hello = frame(&Message::Hello(Hello {
         keepalive_secs: 5,
         is_server: false,
+        extensions: 0,
     }));
     bad.send_raw(&hello).await;
     match bad.recv(T).await {
@@ -443,6 +445,7 @@ async fn connection_that_never_sends_hello_is_closed_after_handshake_timeout() {
         .send(&Message::Hello(Hello {
             keepalive_secs: 1,
             is_server: false,
+            extensions: 0,
         }))
         .await;
     let watch = |mut p: RawPeer| {

@@ -184,6 +184,7 @@ fn silent_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
                 let hello = frame(&Message::Hello(Hello {
                     keepalive_secs: 5,
                     is_server: true,
+                    extensions: 0,
                 }));
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];

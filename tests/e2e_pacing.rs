@@ -141,6 +141,7 @@ impl GoLikeReader {
         self.send(&Message::Hello(Hello {
             keepalive_secs: DEFAULT_KEEPALIVE,
             is_server: false,
+            extensions: 0,
         }));
         let mut got_hello = false;
         let deadline = Instant::now() + T;

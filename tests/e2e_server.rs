@@ -470,6 +470,7 @@ async fn subscribe_and_update_before_established_are_processed() {
     let mut bytes = frame(&Message::Hello(Hello {
         keepalive_secs: 5,
         is_server: false,
+        extensions: 0,
     }));
     bytes.extend(frame(&Message::Subscribe(metalbondd::wire::Vni(100))));
     bytes.extend(frame(&Message::Update(add(re))));
@@ -504,6 +505,7 @@ async fn frames_split_across_writes_and_many_frames_in_one_write() {
     let hello = frame(&Message::Hello(Hello {
         keepalive_secs: 5,
         is_server: false,
+        extensions: 0,
     }));
     for byte in &hello {
         a.send_raw(std::slice::from_ref(byte)).await;
@@ -575,6 +577,7 @@ async fn keepalive_is_answered_exactly_once_and_never_originated() {
     p.send(&Message::Hello(Hello {
         keepalive_secs: 1,
         is_server: false,
+        extensions: 0,
     }))
     .await;
     match p.recv(T).await {
@@ -650,7 +653,7 @@ async fn hello_negotiates_min_of_client_and_server_interval() {
             hello,
             Hello {
                 keepalive_secs: want,
-                is_server: true
+                is_server: true, extensions: 0
             },
             "client proposed {client} s, server configured 3 s"
         );

@@ -18,7 +18,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::wire::{Hello, Message, Update, Vni};
+use crate::wire::{Extensions, Hello, Message, Update, Vni};
 
 #[cfg(test)]
 mod tests;
@@ -81,6 +81,11 @@ pub struct Config {
     pub role: Role,
     /// Configured keepalive interval in seconds; 0 means the default 5 s.
     pub keepalive_secs: u32,
+    /// Extensions this side supports (PROTOCOL.md section 8): a client
+    /// offers them in its HELLO, a server accepts the intersection with the
+    /// client's offer. [`Extensions::NONE`] behaves exactly like a
+    /// reference peer.
+    pub extensions: Extensions,
 }
 
 impl Config {
@@ -114,6 +119,15 @@ pub enum Event {
     Unsubscribe(Vni),
     /// The peer announced or withdrew a route.
     Update(Update),
+    /// The peer's HELLO was accepted and the session negotiated these
+    /// extensions (PROTOCOL.md section 8). Only emitted when the set is not
+    /// empty: a session with a reference peer emits exactly what it did
+    /// before extensions existed. Comes before any event that depends on it.
+    Negotiated(Extensions),
+    /// Client role, extension SYNC: the server's dump of this VNI is
+    /// complete (everything before it in the session is what the server
+    /// holds for the VNI). Only on a session that negotiated SYNC.
+    Sync(Vni),
 }
 
 /// Why the state machine closed a session: the log text is its
@@ -199,6 +213,8 @@ pub struct Session {
     state: State,
     /// Negotiated interval, known once the peer's HELLO was accepted.
     negotiated: Option<Duration>,
+    /// Negotiated extensions, known once the peer's HELLO was accepted.
+    extensions: Extensions,
     /// End of the handshake window; `None` only if it overflows `Instant`,
     /// which means "never".
     handshake_deadline: Option<Instant>,
@@ -227,6 +243,7 @@ impl Session {
             config,
             state: State::Connecting,
             negotiated: None,
+            extensions: Extensions::NONE,
             handshake_deadline,
             keepalive_deadline: None,
             next_keepalive: None,
@@ -240,6 +257,7 @@ impl Session {
             session.transmit.push_back(Message::Hello(Hello {
                 keepalive_secs: config.effective_keepalive_secs(),
                 is_server: false,
+                extensions: config.extensions.0,
             }));
             session.state = State::HelloSent;
         }
@@ -273,6 +291,16 @@ impl Session {
             }
             Message::Update(update) => {
                 self.events.push_back(Event::Update(update));
+                Ok(())
+            }
+            // Only a server sends SYNC, and only on a session that
+            // negotiated it; anything else is ignored, never trusted (the
+            // decoder already skips it as an unknown frame, see
+            // `Session::accepted_extensions`).
+            Message::Sync(vni) => {
+                if self.config.role == Role::Client && self.extensions.contains(Extensions::SYNC) {
+                    self.events.push_back(Event::Sync(vni));
+                }
                 Ok(())
             }
         };
@@ -374,6 +402,22 @@ impl Session {
         self.negotiated
     }
 
+    /// The extensions negotiated with the peer: empty until its HELLO was
+    /// accepted, and always with a reference peer (PROTOCOL.md section 8).
+    pub fn extensions(&self) -> Extensions {
+        self.extensions
+    }
+
+    /// The extensions whose messages this side may receive, for
+    /// [`crate::wire::decode_frame_with`]: a client receives SYNC when it
+    /// negotiated it; a server receives no extension message.
+    pub fn accepted_extensions(&self) -> Extensions {
+        match self.config.role {
+            Role::Client => self.extensions,
+            Role::Server => Extensions::NONE,
+        }
+    }
+
     /// This session's role.
     pub fn role(&self) -> Role {
         self.config.role
@@ -473,10 +517,18 @@ impl Session {
         let interval = Duration::from_secs(u64::from(secs));
         self.negotiated = Some(interval);
         self.state = State::HelloReceived;
+        // Server: the intersection of the offer with what it supports (the
+        // answer). Client: bits the server answers that the client did not
+        // offer are ignored.
+        self.extensions = Extensions(hello.extensions).intersection(self.config.extensions);
+        if !self.extensions.is_empty() {
+            self.events.push_back(Event::Negotiated(self.extensions));
+        }
         match self.config.role {
             Role::Server => self.transmit.push_back(Message::Hello(Hello {
                 keepalive_secs: secs,
                 is_server: true,
+                extensions: self.extensions.0,
             })),
             Role::Client => {
                 self.transmit.push_back(Message::Keepalive);

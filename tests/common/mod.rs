@@ -866,6 +866,7 @@ impl RawPeer {
         self.send(&Message::Hello(Hello {
             keepalive_secs,
             is_server: false,
+            extensions: 0,
         }))
         .await;
         let hello = match self.recv(T).await {

@@ -519,20 +519,26 @@ impl AgentTask {
         let server = match &ev {
             ClientEvent::Up { server, .. }
             | ClientEvent::Down { server, .. }
-            | ClientEvent::Update { server, .. } => *server,
+            | ClientEvent::Update { server, .. }
+            | ClientEvent::Synced { server, .. } => *server,
         };
         let Some(link) = self.links.get_mut(&server) else {
             // Queued by a server removed since.
             return;
         };
         let ops = match ev {
-            ClientEvent::Up { peer, resolved, .. } => {
+            ClientEvent::Up {
+                peer,
+                resolved,
+                sync,
+                ..
+            } => {
                 link.since = SystemTime::now();
                 link.connected = Some(peer);
                 link.resolved = resolved;
                 link.last_error.clear();
-                info!(%server, addr = %self.addr(server), %peer, "route server up");
-                self.planner.server_up(server, now());
+                info!(%server, addr = %self.addr(server), %peer, sync, "route server up");
+                self.planner.server_up_with(server, sync, now());
                 return;
             }
             ClientEvent::Down {
@@ -556,6 +562,7 @@ impl AgentTask {
                 self.planner.server_down(server, now())
             }
             ClientEvent::Update { update, .. } => self.planner.update(server, update, now()),
+            ClientEvent::Synced { vni, .. } => self.planner.synced(server, vni, now()),
         };
         self.executor.run(&mut self.planner, ops).await;
     }

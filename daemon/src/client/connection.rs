@@ -52,7 +52,7 @@ use super::{ServerAddr, ServerId};
 use crate::link::outbound::Outbound;
 use crate::link::{Link, LinkRole, LinkSettings, SessionEnd};
 use crate::session::{self, Event, Role, Session};
-use crate::wire::{encode_update, Action, Frame, Message, Route, Update, Vni};
+use crate::wire::{encode_update, Action, Extensions, Frame, Message, Route, Update, Vni};
 
 /// Depth of each connection task's command channel.
 const COMMAND_QUEUE: usize = 1024;
@@ -148,6 +148,18 @@ pub enum ClientEvent {
         peer: SocketAddr,
         /// What the server's address resolved to for this attempt.
         resolved: Vec<SocketAddr>,
+        /// The session negotiated SYNC (PROTOCOL.md section 8): a
+        /// [`ClientEvent::Synced`] will follow the dump of every VNI.
+        sync: bool,
+    },
+    /// `server` completed the dump of `vni` (extension SYNC): everything
+    /// it holds for `vni` has been reported as [`ClientEvent::Update`]s
+    /// before this event.
+    Synced {
+        /// The server.
+        server: ServerId,
+        /// The VNI.
+        vni: Vni,
     },
     /// An attempt or a session with `server` ended. Comes after every
     /// [`ClientEvent::Up`], and also after a failed connect or handshake
@@ -552,6 +564,7 @@ impl Conn<'_> {
             session::Config {
                 role: Role::Client,
                 keepalive_secs: self.config.keepalive_secs,
+                extensions: Extensions::SUPPORTED,
             },
             Instant::now().into_std(),
         );
@@ -577,6 +590,7 @@ impl Conn<'_> {
             stats: self.stats,
             counters: self.counters,
             established_at: None,
+            sync: false,
             pending: Vec::new(),
         };
         match link.run(&mut role, &mut *self.shutdown).await {
@@ -600,6 +614,8 @@ struct ClientLink<'a> {
     stats: &'a AgentStats,
     counters: &'a ServerCounters,
     established_at: Option<Instant>,
+    /// The session negotiated SYNC.
+    sync: bool,
     /// Events of the frames just handled, in order, sent (waiting while the
     /// channel is full) before the next turn.
     pending: Vec<ClientEvent>,
@@ -635,8 +651,17 @@ impl LinkRole for ClientLink<'_> {
                     server: self.server,
                     peer: self.peer,
                     resolved: self.resolved.to_vec(),
+                    sync: self.sync,
                 });
             }
+            Event::Negotiated(extensions) => {
+                debug!(server = %self.server, extensions = extensions.0, "extensions negotiated");
+                self.sync = extensions.contains(Extensions::SYNC);
+            }
+            Event::Sync(vni) => self.pending.push(ClientEvent::Synced {
+                server: self.server,
+                vni,
+            }),
             Event::Update(update) => self.pending.push(ClientEvent::Update {
                 server: self.server,
                 update,
@@ -1006,6 +1031,7 @@ mod tests {
         let mut out = frame(&Message::Hello(crate::wire::Hello {
             keepalive_secs: 5,
             is_server: true,
+            extensions: 0,
         }));
         out.extend(frame(&Message::Keepalive));
         let mut upd = BytesMut::new();

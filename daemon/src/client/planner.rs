@@ -28,8 +28,12 @@
 //!   (table, prefix) that a server sends is replaced in place. The
 //!   reconciliation runs when the hold time has passed since start, or
 //!   earlier once every configured server is established and has delivered
-//!   its dump, approximated as "established and no UPDATE from it for
-//!   [`QUIET_AFTER_DUMP`]". It deletes every held route the received routes
+//!   its dump. A server that negotiated the SYNC extension (PROTOCOL.md
+//!   section 8) says so exactly: it has delivered its dumps once it sent a
+//!   SYNC for every subscribed VNI ([`Planner::synced`]), and the
+//!   reconciliation runs at that event, without waiting. For a server
+//!   without SYNC (a reference server) it is approximated as "established
+//!   and no UPDATE from it for [`QUIET_AFTER_DUMP`]". It deletes every held route the received routes
 //!   do not confirm and replaces the confirmed ones with the current next
 //!   hops (usually a no-op).
 //! - When the last established server goes down, the dataplane keeps what
@@ -220,6 +224,42 @@ struct Server {
     addr: ServerAddr,
     /// When it last sent an UPDATE or came up; `None` while it is down.
     quiet_since: Option<Instant>,
+    /// The current session negotiated SYNC: the VNIs whose dump it has
+    /// completed on this session, and when the last one was; `None` for a
+    /// server without SYNC (or down).
+    sync: Option<Synced>,
+}
+
+/// The SYNCs a server sent on its current session.
+#[derive(Clone, Debug, Default)]
+struct Synced {
+    vnis: BTreeSet<Vni>,
+    last: Option<Instant>,
+}
+
+impl Server {
+    fn new(addr: ServerAddr) -> Server {
+        Server {
+            addr,
+            quiet_since: None,
+            sync: None,
+        }
+    }
+
+    /// When this server had delivered the dumps of every VNI in
+    /// `subscriptions`, as far as known: at its last needed SYNC if it
+    /// negotiated SYNC (`None` until then), else [`QUIET_AFTER_DUMP`] after
+    /// its last UPDATE. `None` while it is down.
+    fn resynced_at(&self, subscriptions: &[Vni]) -> Option<Instant> {
+        let up = self.quiet_since?;
+        match &self.sync {
+            Some(sync) => subscriptions
+                .iter()
+                .all(|v| sync.vnis.contains(v))
+                .then(|| sync.last.unwrap_or(up)),
+            None => Some(up + QUIET_AFTER_DUMP),
+        }
+    }
 }
 
 /// See the module documentation.
@@ -266,13 +306,7 @@ impl Planner {
             servers: config
                 .servers
                 .into_iter()
-                .map(|(id, addr)| {
-                    let server = Server {
-                        addr,
-                        quiet_since: None,
-                    };
-                    (id, server)
-                })
+                .map(|(id, addr)| (id, Server::new(addr)))
                 .collect(),
             desired: config.desired,
             tables: config.tables,
@@ -389,12 +423,19 @@ impl Planner {
         out
     }
 
-    /// The session with `server` is established.
+    /// The session with `server` is established, without SYNC.
     pub fn server_up(&mut self, server: ServerId, now: Instant) {
+        self.server_up_with(server, false, now);
+    }
+
+    /// The session with `server` is established; `sync`: it negotiated
+    /// SYNC, so its dumps end with [`Planner::synced`] events.
+    pub fn server_up_with(&mut self, server: ServerId, sync: bool, now: Instant) {
         let Some(s) = self.servers.get_mut(&server) else {
             return;
         };
         s.quiet_since = Some(now);
+        s.sync = sync.then(Synced::default);
         if let Mode::Stale { .. } = self.mode {
             info!(%server, "a route server is back: reconciling after its resync");
             self.mode = Mode::Hold {
@@ -413,6 +454,7 @@ impl Planner {
             return Vec::new();
         };
         let was_up = s.quiet_since.take().is_some();
+        s.sync = None;
         if was_up && self.up_count() == 0 && self.dataplane {
             self.enter_stale(now);
             let _ = self.received.drop_server(server);
@@ -446,6 +488,24 @@ impl Planner {
         self.apply_changes(changes)
     }
 
+    /// `server` sent SYNC for `vni` (PROTOCOL.md section 8): it has sent
+    /// everything it holds for `vni`. Once every server the hold waits for
+    /// has synced every subscribed VNI, the held routes are reconciled at
+    /// once.
+    pub fn synced(&mut self, server: ServerId, vni: Vni, now: Instant) -> Vec<Planned> {
+        let Some(sync) = self.servers.get_mut(&server).and_then(|s| s.sync.as_mut()) else {
+            // A server removed since, or a session without SYNC.
+            return Vec::new();
+        };
+        if sync.vnis.insert(vni) {
+            sync.last = Some(now);
+        }
+        debug!(server = server.0, %vni, "route server synced");
+        let mut out = Vec::new();
+        self.check_hold(now, &mut out);
+        out
+    }
+
     /// Whether `change` can be made now (the same messages the API returns).
     /// A mapping may still need a dataplane, which the agent opens.
     pub fn check(&self, change: &ClientChange) -> Result<(), Refused> {
@@ -476,11 +536,7 @@ impl Planner {
 
     /// A server added (its connection got `server`).
     pub fn add_server(&mut self, server: ServerId, addr: ServerAddr) {
-        let s = Server {
-            addr,
-            quiet_since: None,
-        };
-        self.servers.insert(server, s);
+        self.servers.insert(server, Server::new(addr));
     }
 
     /// The id of the configured server `addr`.
@@ -606,7 +662,8 @@ impl Planner {
                 deadline,
                 all_servers,
             } => {
-                let resynced_at = |s: &Server| s.quiet_since.map(|t| t + QUIET_AFTER_DUMP);
+                let subscriptions = &self.desired.subscriptions;
+                let resynced_at = |s: &Server| s.resynced_at(subscriptions);
                 let resync = if all_servers {
                     // Every server up, at the latest quiet time (at once
                     // with no server at all).
@@ -958,10 +1015,8 @@ impl Planner {
 
     /// Reconciles when the mode's condition is met.
     fn check_hold(&mut self, now: Instant, out: &mut Vec<Planned>) {
-        let resynced = |s: &Server| {
-            s.quiet_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= QUIET_AFTER_DUMP)
-        };
+        let subscriptions = &self.desired.subscriptions;
+        let resynced = |s: &Server| s.resynced_at(subscriptions).is_some_and(|t| now >= t);
         let why = match self.mode {
             Mode::Normal => return,
             Mode::Stale { deadline } => {

@@ -17,7 +17,7 @@ use super::end::SessionEnd;
 use super::outbound::Outbound;
 use super::pacing::{self, Decision, Pacer};
 use crate::session::{Event, Session, State};
-use crate::wire::{decode_frame, encode_message, Frame, Message};
+use crate::wire::{decode_frame_with, encode_message, Frame, Message};
 
 /// Largest read (the read buffer grows to it while reads fill it).
 const READ_BUFFER: usize = 64 * 1024;
@@ -289,7 +289,10 @@ impl Link {
         now: std::time::Instant,
     ) -> Result<(), SessionEnd> {
         loop {
-            let frame = match decode_frame(&mut self.rbuf) {
+            // Read per frame: the HELLO just handled may have negotiated
+            // an extension whose messages follow in the same read.
+            let accept = self.session.accepted_extensions();
+            let frame = match decode_frame_with(&mut self.rbuf, accept) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(SessionEnd::Decode(e)),

@@ -26,7 +26,7 @@ use crate::session::{self, Event, Role, Session, State};
 use crate::table::log::{Mail, Mailbox};
 use crate::table::SessionId;
 use crate::table_task::{Command, Op, TableHandle};
-use crate::wire::{Action, Frame, Message};
+use crate::wire::{Action, Extensions, Frame, Message};
 
 /// Stop pulling from the log while this much is queued for the socket.
 const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
@@ -92,6 +92,7 @@ pub async fn run(
             session::Config {
                 role: Role::Server,
                 keepalive_secs: settings.keepalive_secs,
+                extensions: Extensions::SUPPORTED,
             },
             Instant::now().into_std(),
         ),
@@ -106,6 +107,7 @@ pub async fn run(
         mailbox: Mailbox::new(settings.max_lag_bytes),
         table,
         established: false,
+        sync: false,
         ops: Vec::new(),
         waiting: VecDeque::new(),
         waiting_ops: 0,
@@ -167,6 +169,8 @@ struct Connection {
     mailbox: Arc<Mailbox>,
     table: TableHandle,
     established: bool,
+    /// The session negotiated SYNC: every dump is followed by a SYNC frame.
+    sync: bool,
     /// Table operations decoded from the current read.
     ops: Vec<Op>,
     /// Commands the table channel had no room for yet, in order.
@@ -231,8 +235,17 @@ impl LinkRole for Connection {
                 // session as it now is.
                 self.registry.established(self.info.clone());
             }
-            Event::Subscribe(vni) => self.ops.push(Op::Subscribe(vni)),
+            Event::Negotiated(extensions) => {
+                info!(extensions = extensions.0, "extensions negotiated");
+                self.sync = extensions.contains(Extensions::SYNC);
+            }
+            Event::Subscribe(vni) => self.ops.push(Op::Subscribe {
+                vni,
+                sync: self.sync,
+            }),
             Event::Unsubscribe(vni) => self.ops.push(Op::Unsubscribe(vni)),
+            // A client never sends SYNC (the session drops it).
+            Event::Sync(_) => {}
             Event::Update(u) => self.ops.push(match u.action {
                 Action::Add => Op::Announce(u.route),
                 Action::Remove => Op::Withdraw(u.route),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::wire::{Action, Address, Destination, NextHop};
+use crate::wire::{Action, Address, Destination, Extensions, NextHop};
 
 const NS: Duration = Duration::from_nanos(1);
 
@@ -24,6 +24,7 @@ fn server_config(keepalive_secs: u32) -> Config {
     Config {
         role: Role::Server,
         keepalive_secs,
+        extensions: Extensions::NONE,
     }
 }
 
@@ -31,6 +32,7 @@ fn client_config(keepalive_secs: u32) -> Config {
     Config {
         role: Role::Client,
         keepalive_secs,
+        extensions: Extensions::NONE,
     }
 }
 
@@ -38,6 +40,7 @@ fn hello(keepalive_secs: u32, is_server: bool) -> Message {
     Message::Hello(Hello {
         keepalive_secs,
         is_server,
+        extensions: 0,
     })
 }
 
@@ -119,12 +122,14 @@ fn config_zero_means_default_five_seconds() {
         let config = Config {
             role,
             keepalive_secs: 0,
+            extensions: Extensions::NONE,
         };
         assert_eq!(config.effective_keepalive_secs(), 5);
         assert_eq!(config.effective_keepalive(), s(5));
         let config = Config {
             role,
             keepalive_secs: 7,
+            extensions: Extensions::NONE,
         };
         assert_eq!(config.effective_keepalive_secs(), 7);
         assert_eq!(config.effective_keepalive(), s(7));
@@ -991,6 +996,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
             Message::Hello(Hello {
                 keepalive_secs,
                 is_server,
+                extensions: 0,
             })
         }),
         4 => Just(Message::Keepalive),
@@ -1017,7 +1023,7 @@ fn expected_event(msg: &Message) -> Option<Event> {
         Message::Subscribe(v) => Some(Event::Subscribe(v)),
         Message::Unsubscribe(v) => Some(Event::Unsubscribe(v)),
         Message::Update(u) => Some(Event::Update(u)),
-        Message::Hello(_) | Message::Keepalive => None,
+        Message::Hello(_) | Message::Keepalive | Message::Sync(_) => None,
     }
 }
 
@@ -1182,6 +1188,7 @@ proptest! {
                         prop_assert!(active.remove(v), "UNSUBSCRIBE {:?} never subscribed", v);
                     }
                     Message::Update(_) => prop_assert!(false, "session sent an UPDATE"),
+                    Message::Sync(_) => prop_assert!(false, "session sent a SYNC"),
                 }
             }
             if session.is_established() {

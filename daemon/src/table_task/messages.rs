@@ -19,8 +19,15 @@ pub enum Op {
     Announce(Route),
     /// UPDATE REMOVE.
     Withdraw(Route),
-    /// SUBSCRIBE.
-    Subscribe(Vni),
+    /// SUBSCRIBE; with `sync` (the session negotiated the SYNC extension,
+    /// PROTOCOL.md section 8) the dump is followed by a SYNC frame in the
+    /// same mail. A duplicate gets neither.
+    Subscribe {
+        /// The VNI.
+        vni: Vni,
+        /// Append a SYNC frame to the dump.
+        sync: bool,
+    },
     /// UNSUBSCRIBE.
     Unsubscribe(Vni),
 }

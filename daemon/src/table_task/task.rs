@@ -18,7 +18,7 @@ use super::messages::{Command, Op, Query};
 use super::COMMAND_QUEUE;
 use crate::table::log::{FanOut, Mail, Mailbox};
 use crate::table::{Announced, RouteTable, SessionId, Withdrawn, NOBODY};
-use crate::wire::{encode_update, Action, Route, Vni};
+use crate::wire::{encode_message, encode_update, Action, Message, Route, Vni};
 
 /// Commands handled per wake-up at most (then what they changed is delivered).
 const BATCH: usize = 256;
@@ -257,7 +257,7 @@ impl TableTask {
                     false
                 }
             },
-            Op::Subscribe(vni) => {
+            Op::Subscribe { vni, sync } => {
                 if !self.table.subscribe(session, vni) {
                     self.counters.duplicate_subscribes.fetch_add(1, Relaxed);
                     debug!(session, %vni, "duplicate SUBSCRIBE ignored");
@@ -270,7 +270,12 @@ impl TableTask {
                 // (they are in the dump); later ones to this one too.
                 self.log.seal_vni(vni);
                 self.log.subscribe(vni, session, mailbox.clone());
-                let (frames, routes) = self.dump(vni, session);
+                let (mut frames, routes) = self.dump(vni, session);
+                if sync {
+                    // Right after the dump's last ADD, in the same mail:
+                    // nothing of the VNI can come between (PROTOCOL.md 8).
+                    append_sync(&mut frames, vni);
+                }
                 mailbox.push(Mail::Dump {
                     vni,
                     frames,
@@ -316,6 +321,14 @@ impl TableTask {
         self.dumped_bytes += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
         (buffers, routes)
     }
+}
+
+/// Appends a SYNC frame for `vni` to a dump's buffers (in a buffer of its
+/// own: the dump's are frozen).
+fn append_sync(frames: &mut Vec<Bytes>, vni: Vni) {
+    let mut buf = BytesMut::with_capacity(8);
+    encode_message(&Message::Sync(vni), &mut buf);
+    frames.push(buf.freeze());
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

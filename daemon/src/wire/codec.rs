@@ -7,9 +7,10 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use super::message::{DecodeError, Hello, Message, MessageType, Update};
+use super::message::{DecodeError, Extensions, Hello, Message, MessageType, Update};
 use super::protobuf::{
-    enum_to_varint, len_field_len, put_len_prefix, put_varint_field, varint_field_len, Reader,
+    enum_to_varint, len_field_len, put_len_prefix, put_varint_field, varint_field_len, varint_len,
+    Reader,
 };
 use super::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};
 
@@ -36,11 +37,36 @@ pub enum Frame {
     },
 }
 
+/// Field number of `Hello.extensions` (PROTOCOL.md section 8).
+pub const HELLO_EXTENSIONS_FIELD: u32 = 1001;
+
+/// Size of field 1001 as a varint field: its tag takes 2 bytes, not 1.
+fn field_1001_len(value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        2 + varint_len(value)
+    }
+}
+
 /// Takes the next whole frame off the front of `buf`.
 ///
 /// `Ok(None)` means more bytes are needed (nothing is consumed). An error
 /// means the session must close; the buffer is then left as it was.
+/// Messages of negotiated extensions are unknown frames here: see
+/// [`decode_frame_with`].
 pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    decode_frame_with(buf, Extensions::NONE)
+}
+
+/// [`decode_frame`] for a session that negotiated `accept`: a message type
+/// of an extension outside `accept` (SYNC, type 100, without
+/// [`Extensions::SYNC`]) is an unknown frame, skipped and counted like any
+/// other and never trusted (PROTOCOL.md section 8).
+pub fn decode_frame_with(
+    buf: &mut BytesMut,
+    accept: Extensions,
+) -> Result<Option<Frame>, DecodeError> {
     // Check the version as soon as its byte is here: a peer speaking another
     // protocol is closed at once instead of waiting for a "frame" that never ends.
     match buf.first() {
@@ -58,6 +84,9 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     let msg_type = buf[3];
     let payload = &buf[HEADER_LEN..HEADER_LEN + len];
     let frame = match MessageType::from_u8(msg_type) {
+        Some(MessageType::Sync) if !accept.contains(Extensions::SYNC) => {
+            Frame::Unknown { msg_type, len }
+        }
         Some(t) => Frame::Message(decode_payload(t, payload)?),
         None => Frame::Unknown { msg_type, len },
     };
@@ -117,6 +146,7 @@ pub fn decode_payload(t: MessageType, payload: &[u8]) -> Result<Message, DecodeE
             decode_subscription(payload, "UNSUBSCRIBE").map(Message::Unsubscribe)
         }
         MessageType::Update => decode_update(payload).map(Message::Update),
+        MessageType::Sync => decode_subscription(payload, "SYNC").map(Message::Sync),
     }
 }
 
@@ -129,12 +159,14 @@ fn decode_hello(payload: &[u8]) -> Result<Hello, DecodeError> {
     let mut hello = Hello {
         keepalive_secs: 0,
         is_server: false,
+        extensions: 0,
     };
     let mut r = Reader::new(payload);
     while let Some((field, value)) = r.next_field().map_err(&err)? {
         match field {
             1 => hello.keepalive_secs = value.varint().map_err(&err)? as u32,
             2 => hello.is_server = value.varint().map_err(&err)? != 0,
+            HELLO_EXTENSIONS_FIELD => hello.extensions = value.varint().map_err(&err)?,
             _ => {}
         }
     }
@@ -290,14 +322,18 @@ fn validate_next_hop(h: RawNextHop) -> Result<NextHop, DecodeError> {
 pub fn encode_message(msg: &Message, out: &mut BytesMut) {
     match msg {
         Message::Hello(h) => {
+            // The extensions field is omitted when zero (proto3), so a HELLO
+            // without extensions is byte-identical to a reference peer's.
             let len = varint_field_len(u64::from(h.keepalive_secs))
-                + varint_field_len(u64::from(h.is_server));
+                + varint_field_len(u64::from(h.is_server))
+                + field_1001_len(h.extensions);
             put_header(out, MessageType::Hello, len);
             put_varint_field(out, 1, u64::from(h.keepalive_secs));
             put_varint_field(out, 2, u64::from(h.is_server));
+            put_varint_field(out, HELLO_EXTENSIONS_FIELD, h.extensions);
         }
         Message::Keepalive => out.put_slice(&KEEPALIVE_FRAME),
-        Message::Subscribe(vni) | Message::Unsubscribe(vni) => {
+        Message::Subscribe(vni) | Message::Unsubscribe(vni) | Message::Sync(vni) => {
             put_header(out, msg.message_type(), varint_field_len(u64::from(vni.0)));
             put_varint_field(out, 1, u64::from(vni.0));
         }

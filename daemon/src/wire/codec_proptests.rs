@@ -17,8 +17,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use prost::Message as _;
 
-use super::codec::{decode_frame, encode_message, Frame, HEADER_LEN, MAX_SEND_PAYLOAD};
-use super::message::{DecodeError, Hello, Message, Update};
+use super::codec::{
+    decode_frame, decode_frame_with, encode_message, Frame, HEADER_LEN, MAX_SEND_PAYLOAD,
+};
+use super::message::{DecodeError, Extensions, Hello, Message, Update};
 use super::{Action, Address, Destination, NextHop, NextHopType, Vni};
 
 // ---------------------------------------------------------------------------
@@ -104,10 +106,13 @@ fn arb_update() -> impl Strategy<Value = Update> {
 /// Any valid message.
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        1 => (arb_u32(), any::<bool>()).prop_map(|(keepalive_secs, is_server)| Message::Hello(Hello {
-            keepalive_secs,
-            is_server
-        })),
+        1 => (arb_u32(), any::<bool>(), prop_oneof![3 => Just(0u64), 1 => any::<u64>()]).prop_map(
+            |(keepalive_secs, is_server, extensions)| Message::Hello(Hello {
+                keepalive_secs,
+                is_server,
+                extensions,
+            })
+        ),
         1 => Just(Message::Keepalive),
         1 => arb_u32().prop_map(|v| Message::Subscribe(Vni(v))),
         1 => arb_u32().prop_map(|v| Message::Unsubscribe(Vni(v))),
@@ -173,16 +178,29 @@ fn to_pb_update(u: &Update) -> pb::Update {
     }
 }
 
+/// HELLO with the extensions field of PROTOCOL.md section 8, as prost sees
+/// it (the wire `.proto` stays the reference's, without field 1001).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloExt {
+    #[prost(uint32, tag = "1")]
+    keepalive_interval: u32,
+    #[prost(bool, tag = "2")]
+    is_server: bool,
+    #[prost(uint64, tag = "1001")]
+    extensions: u64,
+}
+
 /// prost's encoding of the payload of `msg`.
 fn prost_payload(msg: &Message) -> Vec<u8> {
     match msg {
-        Message::Hello(h) => pb::Hello {
+        Message::Hello(h) => HelloExt {
             keepalive_interval: h.keepalive_secs,
             is_server: h.is_server,
+            extensions: h.extensions,
         }
         .encode_to_vec(),
         Message::Keepalive => Vec::new(),
-        Message::Subscribe(v) | Message::Unsubscribe(v) => {
+        Message::Subscribe(v) | Message::Unsubscribe(v) | Message::Sync(v) => {
             pb::Subscription { vni: v.0 }.encode_to_vec()
         }
         Message::Update(u) => to_pb_update(u).encode_to_vec(),
@@ -633,7 +651,7 @@ proptest! {
         let h = pb::Hello { keepalive_interval: ka, is_server };
         prop_assert_eq!(
             decode_one(&frame(1, &h.encode_to_vec())),
-            Ok(Message::Hello(Hello { keepalive_secs: ka, is_server }))
+            Ok(Message::Hello(Hello { keepalive_secs: ka, is_server, extensions: 0 }))
         );
         let s = pb::Subscription { vni }.encode_to_vec();
         prop_assert_eq!(decode_one(&frame(3, &s)), Ok(Message::Subscribe(Vni(vni))));
@@ -664,10 +682,11 @@ proptest! {
         let mut payload = Vec::new();
         encode_raw(&fields, &mut payload);
         let ours = decode_one(&frame(1, &payload));
-        match pb::Hello::decode(&payload[..]) {
+        match HelloExt::decode(&payload[..]) {
             Ok(h) => prop_assert_eq!(ours, Ok(Message::Hello(Hello {
                 keepalive_secs: h.keepalive_interval,
                 is_server: h.is_server,
+                extensions: h.extensions,
             }))),
             Err(_) => prop_assert!(matches!(ours, Err(DecodeError::Protobuf { .. })), "{:?}", ours),
         }
@@ -675,6 +694,41 @@ proptest! {
         match pb::Subscription::decode(&payload[..]) {
             Ok(s) => prop_assert_eq!(ours, Ok(Message::Subscribe(Vni(s.vni)))),
             Err(_) => prop_assert!(matches!(ours, Err(DecodeError::Protobuf { .. })), "{:?}", ours),
+        }
+    }
+
+    /// (b) A HELLO without extensions is byte-identical to the reference's
+    /// (prost with the reference `.proto`); with extensions, a reference
+    /// decoder reads the same interval and flag and ignores field 1001.
+    #[test]
+    fn hello_extensions_are_invisible_to_reference_decoders(ka in arb_u32(), is_server in any::<bool>(), ext in any::<u64>()) {
+        let plain = encode(&Message::Hello(Hello { keepalive_secs: ka, is_server, extensions: 0 }));
+        let reference = pb::Hello { keepalive_interval: ka, is_server }.encode_to_vec();
+        prop_assert_eq!(&plain[HEADER_LEN..], &reference[..]);
+        let offered = encode(&Message::Hello(Hello { keepalive_secs: ka, is_server, extensions: ext }));
+        let seen = pb::Hello::decode(&offered[HEADER_LEN..]).unwrap();
+        prop_assert_eq!(seen, pb::Hello { keepalive_interval: ka, is_server });
+    }
+
+    /// SYNC (type 100) decodes only where negotiated; elsewhere, whatever
+    /// its payload, it is an unknown frame skipped by its length.
+    #[test]
+    fn sync_frames_are_unknown_unless_negotiated(vni in arb_u32(), payload in vec(any::<u8>(), 0..40)) {
+        let sync = encode(&Message::Sync(Vni(vni)));
+        prop_assert_eq!(sync[3], 100);
+        prop_assert_eq!(&sync[HEADER_LEN..], &pb::Subscription { vni }.encode_to_vec()[..]);
+        let mut buf = BytesMut::from(&sync[..]);
+        prop_assert_eq!(
+            decode_frame_with(&mut buf, Extensions::SYNC),
+            Ok(Some(Frame::Message(Message::Sync(Vni(vni)))))
+        );
+        for bytes in [sync.clone(), frame(100, &payload)] {
+            let mut buf = BytesMut::from(&bytes[..]);
+            prop_assert_eq!(
+                decode_frame(&mut buf),
+                Ok(Some(Frame::Unknown { msg_type: 100, len: bytes.len() - HEADER_LEN }))
+            );
+            prop_assert!(buf.is_empty());
         }
     }
 

@@ -84,6 +84,7 @@ fn hello(keepalive_secs: u32, is_server: bool) -> Message {
     Message::Hello(Hello {
         keepalive_secs,
         is_server,
+        extensions: 0,
     })
 }
 

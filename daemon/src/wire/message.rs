@@ -16,6 +16,9 @@ pub enum MessageType {
     Unsubscribe = 4,
     /// UPDATE (5).
     Update = 5,
+    /// SYNC (100), negotiated extension bit 0 (PROTOCOL.md section 8): only
+    /// a peer that negotiated [`Extensions::SYNC`] sends or decodes it.
+    Sync = 100,
 }
 
 impl MessageType {
@@ -27,6 +30,7 @@ impl MessageType {
             3 => Self::Subscribe,
             4 => Self::Unsubscribe,
             5 => Self::Update,
+            100 => Self::Sync,
             _ => return None,
         })
     }
@@ -39,6 +43,40 @@ pub struct Hello {
     pub keepalive_secs: u32,
     /// Set by servers; never read by anyone (PROTOCOL.md section 4).
     pub is_server: bool,
+    /// Field 1001, the negotiated extensions (PROTOCOL.md section 8): the
+    /// bits a client offers, the intersection a server accepts. Encoded
+    /// only when non-zero, so a HELLO without extensions is byte-identical
+    /// to a reference peer's; reference peers ignore the field.
+    pub extensions: u64,
+}
+
+/// A set of negotiated extensions (PROTOCOL.md section 8), the bits of the
+/// HELLO field 1001.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Extensions(pub u64);
+
+impl Extensions {
+    /// No extension: what a reference peer offers and accepts.
+    pub const NONE: Extensions = Extensions(0);
+    /// Bit 0: a SYNC (type 100) right after every SUBSCRIBE dump.
+    pub const SYNC: Extensions = Extensions(1);
+    /// Every extension this build implements.
+    pub const SUPPORTED: Extensions = Extensions::SYNC;
+
+    /// Whether every bit of `other` is in `self`.
+    pub fn contains(self, other: Extensions) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The bits in both.
+    pub fn intersection(self, other: Extensions) -> Extensions {
+        Extensions(self.0 & other.0)
+    }
+
+    /// Whether no bit is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// UPDATE payload, validated.
@@ -77,6 +115,8 @@ pub enum Message {
     Unsubscribe(Vni),
     /// Announce or withdraw a route.
     Update(Update),
+    /// Extension SYNC (type 100): the dump of this VNI is complete.
+    Sync(Vni),
 }
 
 impl Message {
@@ -88,6 +128,7 @@ impl Message {
             Message::Subscribe(_) => MessageType::Subscribe,
             Message::Unsubscribe(_) => MessageType::Unsubscribe,
             Message::Update(_) => MessageType::Update,
+            Message::Sync(_) => MessageType::Sync,
         }
     }
 }

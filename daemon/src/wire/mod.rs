@@ -7,10 +7,10 @@ pub mod message;
 pub mod protobuf;
 
 pub use codec::{
-    decode_frame, decode_updates, encode_message, encode_update, Frame, HEADER_LEN,
-    MAX_SEND_PAYLOAD,
+    decode_frame, decode_frame_with, decode_updates, encode_message, encode_update, Frame,
+    HEADER_LEN, MAX_SEND_PAYLOAD,
 };
-pub use message::{DecodeError, Hello, Message, MessageType, Update};
+pub use message::{DecodeError, Extensions, Hello, Message, MessageType, Update};
 pub use metalbond_types::text;
 pub use metalbond_types::{
     Action, Address, Destination, NextHop, NextHopType, ParseRouteError, Route, Vni,

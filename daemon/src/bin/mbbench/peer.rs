@@ -332,6 +332,7 @@ pub async fn connect_and_send_hello(
         &Message::Hello(Hello {
             keepalive_secs,
             is_server: false,
+            extensions: 0,
         }),
         &mut out,
     );

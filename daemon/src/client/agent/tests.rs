@@ -109,6 +109,7 @@ fn up(server: usize) -> ClientEvent {
         server: ServerId(server),
         peer,
         resolved: vec![peer],
+        sync: false,
     }
 }
 

@@ -1201,3 +1201,101 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Negotiated extensions (PROTOCOL.md section 8)
+// ---------------------------------------------------------------------------
+
+fn with_ext(mut config: Config, bits: u64) -> Config {
+    config.extensions = Extensions(bits);
+    config
+}
+
+fn hello_ext(keepalive_secs: u32, is_server: bool, extensions: u64) -> Message {
+    Message::Hello(Hello {
+        keepalive_secs,
+        is_server,
+        extensions,
+    })
+}
+
+#[test]
+fn client_offers_its_extensions_and_a_plain_client_offers_none() {
+    let t0 = Instant::now();
+    let mut offering = Session::new(with_ext(client_config(5), 1), t0);
+    assert_eq!(tx(&mut offering), vec![hello_ext(5, false, 1)]);
+    let mut plain = Session::new(client_config(5), t0);
+    assert_eq!(tx(&mut plain), vec![hello(5, false)]);
+}
+
+#[test]
+fn server_answers_the_intersection_and_reports_it() {
+    let t0 = Instant::now();
+    // Offer: SYNC and an unknown bit 5; the server supports SYNC only.
+    let mut s = Session::new(with_ext(server_config(5), 1), t0);
+    s.handle_message(hello_ext(5, false, 1 | 1 << 5), t0).unwrap();
+    assert_eq!(tx(&mut s), vec![hello_ext(5, true, 1)]);
+    assert_eq!(events(&mut s), vec![Event::Negotiated(Extensions::SYNC)]);
+    assert_eq!(s.extensions(), Extensions::SYNC);
+    // The server never receives extension messages.
+    assert_eq!(s.accepted_extensions(), Extensions::NONE);
+}
+
+#[test]
+fn server_with_a_reference_client_negotiates_nothing_and_says_nothing_new() {
+    let t0 = Instant::now();
+    let mut s = Session::new(with_ext(server_config(5), 1), t0);
+    s.handle_message(hello(5, false), t0).unwrap();
+    // Byte-for-byte the HELLO of a server without extensions.
+    assert_eq!(tx(&mut s), vec![hello(5, true)]);
+    assert_eq!(events(&mut s), vec![]);
+    assert_eq!(s.extensions(), Extensions::NONE);
+    // A server that supports nothing answers nothing to an offer.
+    let mut s = Session::new(server_config(5), t0);
+    s.handle_message(hello_ext(5, false, 1), t0).unwrap();
+    assert_eq!(tx(&mut s), vec![hello(5, true)]);
+}
+
+#[test]
+fn client_keeps_only_bits_it_offered() {
+    let t0 = Instant::now();
+    let mut c = Session::new(with_ext(client_config(5), 1), t0);
+    tx(&mut c);
+    c.handle_message(hello_ext(5, true, 1 | 1 << 7), t0).unwrap();
+    assert_eq!(c.extensions(), Extensions::SYNC);
+    assert_eq!(c.accepted_extensions(), Extensions::SYNC);
+    assert_eq!(events(&mut c), vec![Event::Negotiated(Extensions::SYNC)]);
+    // A client that offered nothing trusts nothing the server claims.
+    let mut c = Session::new(client_config(5), t0);
+    c.handle_message(hello_ext(5, true, 1), t0).unwrap();
+    assert_eq!(c.extensions(), Extensions::NONE);
+    assert_eq!(c.accepted_extensions(), Extensions::NONE);
+    assert_eq!(events(&mut c), vec![]);
+}
+
+#[test]
+fn sync_is_an_event_only_where_negotiated() {
+    let t0 = Instant::now();
+    let mut c = Session::new(with_ext(client_config(5), 1), t0);
+    c.handle_message(hello_ext(5, true, 1), t0).unwrap();
+    c.handle_message(Message::Keepalive, t0).unwrap();
+    events(&mut c);
+    c.handle_message(Message::Sync(Vni(7)), t0).unwrap();
+    assert_eq!(events(&mut c), vec![Event::Sync(Vni(7))]);
+
+    // Not negotiated (the server answered without the bit): ignored.
+    let mut c = Session::new(with_ext(client_config(5), 1), t0);
+    c.handle_message(hello(5, true), t0).unwrap();
+    c.handle_message(Message::Keepalive, t0).unwrap();
+    events(&mut c);
+    c.handle_message(Message::Sync(Vni(7)), t0).unwrap();
+    assert_eq!(events(&mut c), vec![]);
+    assert!(c.is_established());
+
+    // A server ignores a SYNC, negotiated or not.
+    let mut s = Session::new(with_ext(server_config(5), 1), t0);
+    s.handle_message(hello_ext(5, false, 1), t0).unwrap();
+    events(&mut s);
+    s.handle_message(Message::Sync(Vni(7)), t0).unwrap();
+    assert_eq!(events(&mut s), vec![]);
+}

@@ -421,3 +421,83 @@ fn ignored_operations_are_counted_in_the_handles_counters() {
     assert_eq!(counters.unknown_withdrawals.load(Relaxed), 1);
     assert_eq!(counters.duplicate_subscribes.load(Relaxed), 2);
 }
+
+/// Every message of a mailbox's mail, in order, as a session that
+/// negotiated SYNC decodes them.
+fn messages(mailbox: &Mailbox) -> Vec<Message> {
+    let mut out = Vec::new();
+    mailbox.take_while(|mail| {
+        let frames: Vec<bytes::Bytes> = match mail {
+            Mail::Updates { frames, .. } => vec![frames],
+            Mail::Dump { frames, .. } => frames,
+        };
+        for f in frames {
+            let mut buf = bytes::BytesMut::from(&f[..]);
+            while let Some(frame) =
+                crate::wire::decode_frame_with(&mut buf, crate::wire::Extensions::SYNC).unwrap()
+            {
+                let Frame::Message(m) = frame else {
+                    panic!("unknown frame {frame:?}")
+                };
+                out.push(m);
+            }
+        }
+        Ok(())
+    });
+    out
+}
+
+#[test]
+fn a_sync_subscriber_gets_sync_right_after_its_dump_once() {
+    let mut routes: Vec<Route> = universe().into_iter().filter(|r| r.vni == Vni(2)).collect();
+    routes.sort();
+    routes.dedup();
+    assert!(routes.len() > 1);
+    let mut t = task();
+    let at = Instant::now();
+    for r in &routes {
+        t.handle(Command::Ops {
+            session: 30,
+            ops: vec![Op::Announce(*r)],
+            received: at,
+            mailbox: Mailbox::new(u64::MAX),
+        });
+    }
+    let sync = Mailbox::new(u64::MAX);
+    let plain = Mailbox::new(u64::MAX);
+    for (session, mailbox, flag) in [(20, &sync, true), (21, &plain, false)] {
+        t.handle(Command::Ops {
+            session,
+            ops: vec![
+                Op::Subscribe { vni: Vni(2), sync: flag },
+                // Empty VNI: SYNC too; a duplicate: no second dump or SYNC.
+                Op::Subscribe { vni: Vni(99), sync: flag },
+                Op::Subscribe { vni: Vni(2), sync: flag },
+            ],
+            received: at,
+            mailbox: mailbox.clone(),
+        });
+    }
+    // A later update of VNI 2 comes after the SYNC.
+    let later = "2#10.99.0.0/16#2001:db8::99".parse::<Route>().unwrap();
+    t.handle(Command::Ops {
+        session: 30,
+        ops: vec![Op::Announce(later)],
+        received: at,
+        mailbox: Mailbox::new(u64::MAX),
+    });
+    t.log.seal();
+    let got = messages(&sync);
+    let n = routes.len();
+    assert_eq!(got.len(), n + 3, "{got:?}");
+    assert!(got[..n]
+        .iter()
+        .all(|m| matches!(m, Message::Update(u) if u.route.vni == Vni(2))));
+    assert_eq!(got[n], Message::Sync(Vni(2)));
+    assert_eq!(got[n + 1], Message::Sync(Vni(99)));
+    assert!(matches!(got[n + 2], Message::Update(u) if u.route == later));
+    // Without SYNC: the same routes and no SYNC frame.
+    let got = messages(&plain);
+    assert_eq!(got.len(), n + 1);
+    assert!(!got.iter().any(|m| matches!(m, Message::Sync(_))));
+}

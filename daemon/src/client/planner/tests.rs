@@ -106,6 +106,16 @@ impl Bench {
         self.p.server_up(ServerId(server), self.now);
     }
 
+    /// Server up with the SYNC extension negotiated.
+    fn up_sync(&mut self, server: usize) {
+        self.p.server_up_with(ServerId(server), true, self.now);
+    }
+
+    fn synced(&mut self, server: usize, vni: u32) {
+        let ops = self.p.synced(ServerId(server), Vni(vni), self.now);
+        self.run(ops);
+    }
+
     fn down(&mut self, server: usize) {
         let ops = self.p.server_down(ServerId(server), self.now);
         self.run(ops);
@@ -594,4 +604,130 @@ fn cleanup_deletes_every_route_of_the_mapped_tables() {
     b.run(ops);
     assert!(b.table(100).is_empty(), "installed and held alike");
     assert_eq!(b.table(9).len(), 1, "not a mapped table");
+}
+
+/// The routes of an earlier run the SYNC tests start from.
+fn earlier_run() -> Bench {
+    Setup {
+        earlier: vec![
+            (100, "10.0.1.0/24", &["2001:db8::1"]),
+            (100, "10.0.2.0/24", &["2001:db8::2"]),
+        ],
+        ..Setup::default()
+    }
+    .start()
+}
+
+#[test]
+fn a_restart_with_sync_reconciles_at_the_last_sync_without_waiting() {
+    let mut b = earlier_run();
+    b.up_sync(0);
+    b.up_sync(1);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    b.add(1, "100#10.0.1.0/24@2001:db8::1");
+    // Quiet for much longer than QUIET_AFTER_DUMP: a SYNC server is not
+    // judged by silence, only by its SYNCs (or the hold time).
+    b.advance(Duration::from_secs(5));
+    assert_eq!(b.table(100).len(), 2, "held until every server synced");
+    b.synced(0, 100);
+    b.synced(0, 200);
+    b.synced(1, 100);
+    assert_eq!(b.table(100).len(), 2, "server 1 has not synced VNI 200");
+    let _ = b.dp.take_ops();
+    let at = b.now;
+    b.synced(1, 200);
+    // At that very instant, not a timer later.
+    assert_eq!(b.now, at);
+    assert_eq!(
+        b.dp.take_ops(),
+        vec![
+            DataplaneOp::Replace(KernelRoute {
+                table: 100,
+                dest: pfx("10.0.1.0/24"),
+                next_hops: hops(&["2001:db8::1"]),
+            }),
+            DataplaneOp::Delete {
+                table: 100,
+                prefix: pfx("10.0.2.0/24"),
+            },
+        ]
+    );
+    assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
+    assert_eq!(b.p.next_deadline(), None);
+}
+
+#[test]
+fn a_restart_with_sync_waits_for_every_configured_server() {
+    let mut b = earlier_run();
+    let start = b.now;
+    b.up_sync(0);
+    b.synced(0, 100);
+    b.synced(0, 200);
+    // Server 1 is not up: it may still hold the routes.
+    assert_eq!(b.table(100).len(), 2);
+    assert_eq!(b.p.next_deadline(), Some(start + HOLD));
+    b.up_sync(1);
+    b.synced(1, 100);
+    b.synced(1, 200);
+    assert!(b.table(100).is_empty(), "nothing confirmed: all deleted");
+}
+
+#[test]
+fn a_server_without_sync_falls_back_to_quiet_next_to_a_sync_server() {
+    let mut b = earlier_run();
+    b.up_sync(0);
+    b.up(1);
+    b.add(1, "100#10.0.1.0/24@2001:db8::1");
+    b.synced(0, 100);
+    b.synced(0, 200);
+    // Server 0 synced; server 1 (no SYNC) is judged by its quiet time.
+    assert_eq!(b.table(100).len(), 2);
+    assert_eq!(b.p.next_deadline(), Some(b.now + QUIET_AFTER_DUMP));
+    b.advance(QUIET_AFTER_DUMP);
+    assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
+}
+
+#[test]
+fn sync_of_an_earlier_session_does_not_count_after_a_reconnect() {
+    let mut b = earlier_run();
+    let start = b.now;
+    b.up_sync(0);
+    b.up_sync(1);
+    b.synced(0, 100);
+    b.synced(0, 200);
+    b.synced(1, 100);
+    // Server 1 reconnects: its new session must sync again.
+    b.down(1);
+    b.up_sync(1);
+    b.synced(1, 200);
+    assert_eq!(b.table(100).len(), 2);
+    // A SYNC from a session that did not negotiate it is ignored.
+    b.down(1);
+    b.up(1);
+    b.synced(1, 100);
+    b.synced(1, 200);
+    b.add(1, "100#10.0.2.0/24@2001:db8::2");
+    assert_eq!(b.table(100).len(), 2);
+    // The fallback for server 1 (no SYNC now) is its quiet time.
+    assert_eq!(b.p.next_deadline(), Some(b.now + QUIET_AFTER_DUMP));
+    assert!(b.now < start + HOLD);
+    b.advance(QUIET_AFTER_DUMP);
+    assert_eq!(b.table(100), one("10.0.2.0/24", &["2001:db8::2"]));
+}
+
+#[test]
+fn a_server_back_after_a_loss_reconciles_at_its_sync() {
+    let mut b = Bench::new();
+    b.up_sync(0);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    b.add(0, "100#10.0.2.0/24@2001:db8::2");
+    b.down(0);
+    b.advance(Duration::from_secs(10));
+    b.up_sync(0);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    b.synced(0, 100);
+    assert_eq!(b.table(100).len(), 2, "VNI 200 not synced yet");
+    b.synced(0, 200);
+    assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
+    assert_eq!(b.p.next_deadline(), None);
 }

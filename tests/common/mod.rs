@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use metalbondd::wire::{
-    decode_frame, encode_message, Action, Frame, Hello, Message, Route, Update, Vni,
+    decode_frame_with, encode_message, Action, Extensions, Frame, Hello, Message, Route, Update,
+    Vni,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -808,6 +809,9 @@ pub struct RawPeer {
     closed: bool,
     /// Our side of the connection: the server logs it as `peer=`.
     pub local: SocketAddr,
+    /// Extension messages decoded as messages (else unknown frames, as a
+    /// reference peer sees them): set it after negotiating one.
+    pub accept: Extensions,
 }
 
 impl RawPeer {
@@ -825,6 +829,7 @@ impl RawPeer {
             pending: VecDeque::new(),
             closed: false,
             local,
+            accept: Extensions::NONE,
         }
     }
 
@@ -915,7 +920,7 @@ impl RawPeer {
             return Recv::Frame(f);
         }
         loop {
-            match decode_frame(&mut self.buf) {
+            match decode_frame_with(&mut self.buf, self.accept) {
                 Ok(Some(f)) => return Recv::Frame(f),
                 Ok(None) => {}
                 Err(e) => panic!(

@@ -146,12 +146,10 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
     );
 
     // The same client again: the routes of the first run are kept (R2 too,
-    // until the reconciliation), then R2 goes after the resync.
+    // until the reconciliation), then R2 goes after the resync. (With SYNC
+    // the reconciliation may be over by the time the client reports
+    // running: that R2 goes only by it is what the log line below says.)
     let client = env.client("c", &[S1], &args);
-    assert!(
-        routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24"),
-        "the restarted client deleted a route before the reconciliation"
-    );
     env.wait_table(
         100,
         &[("10.0.1.0/24", &["2001:db8::1"])],
@@ -171,6 +169,85 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     watcher.finish("client restart");
+}
+
+/// With SYNC (our server and our agent negotiate it, PROTOCOL.md section 8)
+/// a restarted client reconciles as soon as the server's dump is complete,
+/// even while updates of the subscribed VNI keep coming (which keeps the
+/// "quiet for a second" fallback of servers without SYNC from ever firing):
+/// a stale route of the earlier run goes long before the hold time.
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_client_with_sync_reconciles_long_before_the_hold_time() {
+    let Some(env) =
+        NetnsEnv::for_test("restarted_client_with_sync_reconciles_long_before_the_hold_time")
+    else {
+        return;
+    };
+    const HOLD_SECS: u64 = 60;
+    let _server = env.server_with("s", S1, "s", &[]);
+    inject(&env.sock("s"), &[R1, R2]).await;
+    let hold = HOLD_SECS.to_string();
+    let args = client_args(&["--hold-time", &hold]);
+    let client = env.client("c", &[S1], &args);
+    env.wait_table(
+        100,
+        &[
+            ("10.0.1.0/24", &["2001:db8::1"]),
+            ("10.0.2.0/24", &["2001:db8::2"]),
+        ],
+        &[],
+    )
+    .await;
+    drop(client);
+    withdraw(&env.sock("s"), &[R2]).await;
+
+    // Churn in VNI 100 every 150 ms for the rest of the test.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let sock = env.sock("s");
+        let stop = churn_stop.clone();
+        tokio::spawn(async move {
+            const R9: &str = "100#10.0.9.0/24@2001:db8::9";
+            while !stop.load(Ordering::Relaxed) {
+                inject(&sock, &[R9]).await;
+                tokio::time::sleep(Duration::from_millis(75)).await;
+                withdraw(&sock, &[R9]).await;
+                tokio::time::sleep(Duration::from_millis(75)).await;
+            }
+        })
+    };
+
+    let restarted = Instant::now();
+    let client = env.client("c", &[S1], &args);
+    // R2 (withdrawn while no client ran) is held, then goes at the SYNC.
+    let deadline = restarted + WAIT;
+    while routes_now(&env.ns).unwrap().contains_key("10.0.2.0/24") {
+        assert!(
+            Instant::now() < deadline,
+            "stale route still there after {WAIT:?} (hold time {HOLD_SECS} s):\n{}",
+            client.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let took = restarted.elapsed();
+    churn_stop.store(true, Ordering::Relaxed);
+    churn.await.unwrap();
+    assert!(
+        took < Duration::from_secs(HOLD_SECS / 6),
+        "reconciled after {took:?}, hold time {HOLD_SECS} s"
+    );
+    assert!(routes_now(&env.ns).unwrap().contains_key("10.0.1.0/24"));
+    expect_log(&client, "sync=true").await;
+    let line = client
+        .logs()
+        .lines()
+        .find(|l| l.contains("kernel routes reconciled"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("every route server sent SYNC") && line.contains("deleted=1"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,7 +341,8 @@ async fn a_server_back_within_the_stale_time_resyncs_without_flap() {
         "reconciled only when the stale time expired ({:?})",
         lost.elapsed()
     );
-    expect_log(&client, "a route server resynced").await;
+    // Our server sends SYNC: the reconciliation runs at it.
+    expect_log(&client, "a route server sent SYNC").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     watcher.finish("server back within the stale time");
 }

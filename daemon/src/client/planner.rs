@@ -1030,10 +1030,15 @@ impl Planner {
                 all_servers,
                 ..
             } => {
+                let by_sync = |s: &Server| resynced(s) && s.sync.is_some();
                 if now >= deadline {
                     "hold time expired"
+                } else if all_servers && self.servers.values().all(by_sync) {
+                    "every route server sent SYNC"
                 } else if all_servers && self.servers.values().all(resynced) {
                     "every route server resynced"
+                } else if !all_servers && self.servers.values().any(by_sync) {
+                    "a route server sent SYNC"
                 } else if !all_servers && self.servers.values().any(resynced) {
                     "a route server resynced"
                 } else {

@@ -89,6 +89,18 @@ async fn announcement_reaches_rustbond_client_via_rustbond_server() {
     let mut peer = Peer::connect(addr, "peer").await.unwrap();
     peer.subscribe(200).await;
     peer.expect(&own_event()).await;
+    // Our client offered SYNC (PROTOCOL.md section 8); the rustbond server
+    // ignores the field, so the extension stays off: no SYNC is expected
+    // (the hold time and quiet fallback apply) and the session is the first
+    // and only one (nothing made either side reset).
+    let logs = client.logs();
+    let up: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("route server up"))
+        .collect();
+    assert_eq!(up.len(), 1, "{logs}");
+    assert!(up[0].contains("sync=false"), "{}", up[0]);
+    assert!(!logs.contains("extensions negotiated"), "{logs}");
     drop(client);
     let _ = peer.disconnect().await;
     let _ = server.shutdown().await;

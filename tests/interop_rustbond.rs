@@ -288,3 +288,31 @@ async fn withdrawal_on_disconnect() {
     late.subscribe(200).await;
     late.expect_nothing("table empty after A left").await;
 }
+
+/// The SYNC extension (PROTOCOL.md section 8) stays off with a rustbond
+/// client, which offers nothing: its dumps (also of an empty VNI) come
+/// without a type-100 frame, which a reference peer would choke on, and
+/// the session lives on (no reset, no reconnect).
+#[tokio::test]
+async fn a_rustbond_client_negotiates_no_extension_and_sees_no_sync() {
+    let d = Daemon::start(&["-v"]);
+    let a = connect(&d, "announcer").await;
+    let r1 = std_route(100, v4("10.0.1.0", 24), "2001:db8::a");
+    a.announce(&r1).await;
+    let mut sub = connect(&d, "subscriber").await;
+    sub.subscribe(300).await; // empty
+    sub.subscribe(100).await;
+    sub.expect_exactly(&[r1.add()], "dump of VNI 100").await;
+    let r2 = std_route(100, v4("10.0.2.0", 24), "2001:db8::a");
+    a.announce(&r2).await;
+    sub.expect_exactly(&[r2.add()], "live update after the dumps")
+        .await;
+    let logs = d.logs();
+    assert!(!logs.contains("extensions negotiated"), "{logs}");
+    assert_eq!(
+        logs.matches("session established").count(),
+        2,
+        "a session was reset or reconnected:\n{logs}"
+    );
+    assert!(!logs.contains("session closed"), "{logs}");
+}

@@ -223,8 +223,11 @@ async fn establishes_subscribes_and_receives_dump_and_live_updates() {
 
     // A subscription made at run time applies to the live session.
     client.subscribe(Vni(300)).await;
-    // No completion signal exists for a SUBSCRIBE: the route announced after
-    // it either comes in the dump or live, both are an ADD.
+    // The (empty) dump is complete: what follows is live.
+    ev.wait("Synced of VNI 300", T, |e| {
+        matches!(e, ClientEvent::Synced { vni: Vni(300), .. })
+    })
+    .await;
     let r3 = route("300#10.0.4.0/24@2001:db8::4");
     ann.announce(r3).await;
     ev.update(0, add(r3)).await;
@@ -239,6 +242,56 @@ async fn establishes_subscribes_and_receives_dump_and_live_updates() {
         ev.received.next_hops(r2.vni, r2.dest),
         vec!["2001:db8::2".parse::<std::net::Ipv6Addr>().unwrap()]
     );
+    client.shutdown().await;
+}
+
+/// Our client and our server negotiate SYNC (PROTOCOL.md section 8): the
+/// Up says so, and a Synced event follows the last UPDATE of every dump,
+/// an empty one included, at start and for a subscription made at run time.
+#[tokio::test]
+async fn our_client_and_server_negotiate_sync_and_each_dump_ends_with_synced() {
+    let d = Daemon::start(&[]);
+    let mut ann = RawPeer::established(d.addr).await;
+    let routes = [
+        route("100#10.0.1.0/24@2001:db8::1"),
+        route("100#10.0.2.0/24@2001:db8::2"),
+    ];
+    for r in routes {
+        ann.announce(r).await;
+    }
+    ann.ping().await;
+
+    let (client, mut ev) = start_client(&[d.addr], desired(&[100, 200], &[]));
+    let up = ev
+        .wait("Up", T, |e| matches!(e, ClientEvent::Up { .. }))
+        .await;
+    assert!(matches!(up, ClientEvent::Up { sync: true, .. }), "{up:?}");
+    for vni in [100, 200] {
+        ev.wait(&format!("Synced of VNI {vni}"), T, |e| {
+            matches!(e, ClientEvent::Synced { vni: v, .. } if *v == Vni(vni))
+        })
+        .await;
+        if vni == 100 {
+            // Everything of the dump came before its SYNC.
+            for r in routes {
+                assert_eq!(ev.received.next_hops(r.vni, r.dest).len(), 1, "{r}");
+            }
+        }
+    }
+    // A run-time subscription of an empty VNI: a Synced right away.
+    client.subscribe(Vni(300)).await;
+    ev.wait("Synced of VNI 300", T, |e| {
+        matches!(e, ClientEvent::Synced { vni: Vni(300), .. })
+    })
+    .await;
+    // Exactly one Synced per VNI, and none more.
+    ev.quiet().await;
+    let synced = ev
+        .seen
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Synced { .. }))
+        .count();
+    assert_eq!(synced, 3, "{:#?}", ev.seen);
     client.shutdown().await;
 }
 
@@ -349,6 +402,9 @@ async fn keepalives_keep_the_session_up_beyond_the_timeout() {
     let d = Daemon::start(&["--keepalive", "1"]);
     let (client, mut ev) = start_client(&[d.addr], desired(&[100], &[]));
     ev.up(0, T).await;
+    // The (empty) dump of VNI 100 ends with a SYNC.
+    ev.wait("Synced", T, |e| matches!(e, ClientEvent::Synced { .. }))
+        .await;
     // An absence over two timeout windows: no Down means keepalives flowed.
     if let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(6), ev.rx.recv()).await {
         panic!("unexpected event {e:?}");

@@ -267,9 +267,11 @@ async fn our_client_and_server_negotiate_sync_and_each_dump_ends_with_synced() {
         .await;
     assert!(matches!(up, ClientEvent::Up { sync: true, .. }), "{up:?}");
     for vni in [100, 200] {
-        ev.wait(&format!("Synced of VNI {vni}"), T, |e| {
-            matches!(e, ClientEvent::Synced { vni: v, .. } if *v == Vni(vni))
-        })
+        ev.wait(
+            &format!("Synced of VNI {vni}"),
+            T,
+            |e| matches!(e, ClientEvent::Synced { vni: v, .. } if *v == Vni(vni)),
+        )
         .await;
         if vni == 100 {
             // Everything of the dump came before its SYNC.

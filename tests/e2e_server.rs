@@ -653,7 +653,8 @@ async fn hello_negotiates_min_of_client_and_server_interval() {
             hello,
             Hello {
                 keepalive_secs: want,
-                is_server: true, extensions: 0
+                is_server: true,
+                extensions: 0
             },
             "client proposed {client} s, server configured 3 s"
         );

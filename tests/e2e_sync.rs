@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use metalbondd::wire::{
-    encode_update, Action, Extensions, Frame, Hello, Message, Vni, HEADER_LEN,
-};
+use metalbondd::wire::{encode_update, Action, Extensions, Frame, Hello, Message, Vni, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

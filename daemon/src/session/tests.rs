@@ -1233,7 +1233,8 @@ fn server_answers_the_intersection_and_reports_it() {
     let t0 = Instant::now();
     // Offer: SYNC and an unknown bit 5; the server supports SYNC only.
     let mut s = Session::new(with_ext(server_config(5), 1), t0);
-    s.handle_message(hello_ext(5, false, 1 | 1 << 5), t0).unwrap();
+    s.handle_message(hello_ext(5, false, 1 | 1 << 5), t0)
+        .unwrap();
     assert_eq!(tx(&mut s), vec![hello_ext(5, true, 1)]);
     assert_eq!(events(&mut s), vec![Event::Negotiated(Extensions::SYNC)]);
     assert_eq!(s.extensions(), Extensions::SYNC);
@@ -1261,7 +1262,8 @@ fn client_keeps_only_bits_it_offered() {
     let t0 = Instant::now();
     let mut c = Session::new(with_ext(client_config(5), 1), t0);
     tx(&mut c);
-    c.handle_message(hello_ext(5, true, 1 | 1 << 7), t0).unwrap();
+    c.handle_message(hello_ext(5, true, 1 | 1 << 7), t0)
+        .unwrap();
     assert_eq!(c.extensions(), Extensions::SYNC);
     assert_eq!(c.accepted_extensions(), Extensions::SYNC);
     assert_eq!(events(&mut c), vec![Event::Negotiated(Extensions::SYNC)]);

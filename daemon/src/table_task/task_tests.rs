@@ -221,7 +221,14 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         .or_default()
                         .push(Seen::Dump(dump));
                 }
-                t.handle(ops(s, Op::Subscribe { vni: Vni(v), sync: false }, &mut boxes));
+                t.handle(ops(
+                    s,
+                    Op::Subscribe {
+                        vni: Vni(v),
+                        sync: false,
+                    },
+                    &mut boxes,
+                ));
             }
             Step::Unsubscribe(slot, v) => {
                 let s = ids[slot];
@@ -308,7 +315,10 @@ fn an_update_reaches_only_the_subscribers_of_its_vni_and_never_its_origin() {
     for (s, mb, vni) in [(20, &a, 1), (21, &b, 1), (22, &c, 2)] {
         t.handle(Command::Ops {
             session: s,
-            ops: vec![Op::Subscribe { vni: Vni(vni), sync: false }],
+            ops: vec![Op::Subscribe {
+                vni: Vni(vni),
+                sync: false,
+            }],
             received: at,
             mailbox: mb.clone(),
         });
@@ -342,7 +352,10 @@ fn a_mailbox_over_its_limit_overflows_and_the_table_goes_on() {
     let at = Instant::now();
     t.handle(Command::Ops {
         session: 20,
-        ops: vec![Op::Subscribe { vni: Vni(1), sync: false }],
+        ops: vec![Op::Subscribe {
+            vni: Vni(1),
+            sync: false,
+        }],
         received: at,
         mailbox: slow.clone(),
     });
@@ -379,7 +392,10 @@ fn a_dump_mail_decodes_into_the_routes_of_its_vni() {
     let mailbox = Mailbox::new(u64::MAX);
     t.handle(Command::Ops {
         session: 20,
-        ops: vec![Op::Subscribe { vni: Vni(2), sync: false }],
+        ops: vec![Op::Subscribe {
+            vni: Vni(2),
+            sync: false,
+        }],
         received: at,
         mailbox: mailbox.clone(),
     });
@@ -411,9 +427,18 @@ fn ignored_operations_are_counted_in_the_handles_counters() {
         session: 20,
         ops: vec![
             Op::Withdraw(route),
-            Op::Subscribe { vni: Vni(1), sync: false },
-            Op::Subscribe { vni: Vni(1), sync: false },
-            Op::Subscribe { vni: Vni(1), sync: false },
+            Op::Subscribe {
+                vni: Vni(1),
+                sync: false,
+            },
+            Op::Subscribe {
+                vni: Vni(1),
+                sync: false,
+            },
+            Op::Subscribe {
+                vni: Vni(1),
+                sync: false,
+            },
         ],
         received: at,
         mailbox,
@@ -469,10 +494,19 @@ fn a_sync_subscriber_gets_sync_right_after_its_dump_once() {
         t.handle(Command::Ops {
             session,
             ops: vec![
-                Op::Subscribe { vni: Vni(2), sync: flag },
+                Op::Subscribe {
+                    vni: Vni(2),
+                    sync: flag,
+                },
                 // Empty VNI: SYNC too; a duplicate: no second dump or SYNC.
-                Op::Subscribe { vni: Vni(99), sync: flag },
-                Op::Subscribe { vni: Vni(2), sync: flag },
+                Op::Subscribe {
+                    vni: Vni(99),
+                    sync: flag,
+                },
+                Op::Subscribe {
+                    vni: Vni(2),
+                    sync: flag,
+                },
             ],
             received: at,
             mailbox: mailbox.clone(),

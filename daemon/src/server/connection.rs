@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::delivery::{Delivery, DeliveryTimers};
 use super::metrics::Metrics;
@@ -236,7 +236,7 @@ impl LinkRole for Connection {
                 self.registry.established(self.info.clone());
             }
             Event::Negotiated(extensions) => {
-                info!(extensions = extensions.0, "extensions negotiated");
+                debug!(extensions = extensions.0, "extensions negotiated");
                 self.sync = extensions.contains(Extensions::SYNC);
             }
             Event::Subscribe(vni) => self.ops.push(Op::Subscribe {

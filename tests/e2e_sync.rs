@@ -20,9 +20,13 @@ const REFERENCE_SERVER_HELLO: [u8; 8] = [1, 0, 4, 1, 0x08, 5, 0x10, 1];
 const REFERENCE_CLIENT_HELLO: [u8; 6] = [1, 0, 2, 1, 0x08, 5];
 const KEEPALIVE: [u8; 4] = [1, 0, 0, 2];
 
-/// A daemon with two routes in VNI 7 (announced by a peer kept open).
+/// The `endpoints` field of the `serving HTTP` line of a `--metrics` listener.
+const METRICS_ONLY: &str = "endpoints=\"/metrics";
+
+/// A daemon (with a metrics listener) with two routes in VNI 7 (announced
+/// by a peer kept open).
 async fn daemon_with_routes() -> (Daemon, RawPeer, Vec<metalbondd::wire::Route>) {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(&["--metrics", "127.0.0.1:0"]);
     let mut announcer = RawPeer::established(d.addr).await;
     let routes = vec![
         route("7#10.0.1.0/24@2001:db8::1"),
@@ -198,5 +202,11 @@ async fn a_reference_reader_sees_exactly_the_bytes_it_saw_before() {
         permutations.contains(&rest),
         "route bytes differ: {rest:02x?}"
     );
-    drop(d);
+    // The type-100 frame we sent was counted as an unknown frame.
+    let addr = d.http_addr(METRICS_ONLY).await;
+    let metrics = common::http::get(addr, "/metrics").await;
+    assert_eq!(
+        common::http::value(&metrics.body, "metalbondd_unknown_frames_total", &[]),
+        1.0
+    );
 }

@@ -66,7 +66,8 @@ use crate::wire::{Action, Destination, Route, Update, Vni};
 /// Interval between retries of failed dataplane operations.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A session established with no UPDATE for this long is taken as having
-/// delivered its subscription dumps (the protocol has no end-of-dump marker).
+/// delivered its subscription dumps, for servers without the SYNC extension
+/// (MetalBond v1 has no end-of-dump marker; SYNC servers say so exactly).
 pub const QUIET_AFTER_DUMP: Duration = Duration::from_secs(1);
 /// Default hold time after start (`--hold-time`).
 pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(30);

@@ -340,3 +340,61 @@ async fn runtime_announcements_reach_subscribers_exactly_and_survive_a_restart()
         .await;
     drop(client);
 }
+
+/// The same through the eyes of rustbond 0.1.3 (an implementation we did not
+/// write) subscribed to our server: 1,000 routes announced at runtime, half
+/// withdrawn, and a re-sent declarative set causes no callback.
+#[cfg(feature = "interop")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rustbond_subscriber_sees_exactly_the_runtime_announcements() {
+    use common::rustbond::{Ev, Peer};
+    use ::rustbond::{Destination, NextHop};
+
+    let ev = |i: usize, added: bool| {
+        let dest = Destination::from_ipv4(
+            std::net::Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 0),
+            24,
+        );
+        let hop = NextHop::standard("2001:db8::1".parse().unwrap());
+        if added {
+            Ev::Add(100, dest, hop)
+        } else {
+            Ev::Remove(100, dest, hop)
+        }
+    };
+    let dir = unique_temp_dir();
+    let (_server, server_addr) = start_server(&dir);
+    let mut peer = Peer::connect(server_addr, "rustbond subscriber")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    peer.subscribe(100).await;
+    let _client = start_client(&dir, server_addr);
+    let configured = Ev::Add(
+        100,
+        Destination::from_ipv4(std::net::Ipv4Addr::new(10, 255, 0, 0), 24),
+        NextHop::standard("2001:db8::ff".parse().unwrap()),
+    );
+    peer.expect_exactly(&[configured], "--announce").await;
+    let mut api = connect(&dir.join("client.sock")).await;
+
+    let all: Vec<String> = (0..1000).map(bulk).collect();
+    let set = |texts: &[String]| pb::SetAnnouncementsRequest {
+        owner: "node-agent".into(),
+        routes: routes(texts),
+    };
+    api.client.set_announcements(set(&all)).await.unwrap();
+    let want: Vec<Ev> = (0..1000).map(|i| ev(i, true)).collect();
+    peer.expect_exactly(&want, "1,000 runtime announcements")
+        .await;
+    api.client.set_announcements(set(&all[500..])).await.unwrap();
+    let want: Vec<Ev> = (0..500).map(|i| ev(i, false)).collect();
+    peer.expect_exactly(&want, "500 withdrawn").await;
+    let r = api
+        .client
+        .set_announcements(set(&all[500..]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.added, r.removed, r.unchanged), (0, 0, 500));
+    peer.expect_nothing("the same set again").await;
+}

@@ -347,8 +347,8 @@ async fn runtime_announcements_reach_subscribers_exactly_and_survive_a_restart()
 #[cfg(feature = "interop")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rustbond_subscriber_sees_exactly_the_runtime_announcements() {
-    use common::rustbond::{Ev, Peer};
     use ::rustbond::{Destination, NextHop};
+    use common::rustbond::{Ev, Peer};
 
     let ev = |i: usize, added: bool| {
         let dest = Destination::from_ipv4(
@@ -386,7 +386,10 @@ async fn a_rustbond_subscriber_sees_exactly_the_runtime_announcements() {
     let want: Vec<Ev> = (0..1000).map(|i| ev(i, true)).collect();
     peer.expect_exactly(&want, "1,000 runtime announcements")
         .await;
-    api.client.set_announcements(set(&all[500..])).await.unwrap();
+    api.client
+        .set_announcements(set(&all[500..]))
+        .await
+        .unwrap();
     let want: Vec<Ev> = (0..500).map(|i| ev(i, false)).collect();
     peer.expect_exactly(&want, "500 withdrawn").await;
     let r = api

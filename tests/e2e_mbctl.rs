@@ -1581,12 +1581,16 @@ async fn announce_and_withdraw_in_a_client_role_daemon_go_to_the_route_servers()
         "announced 1 route to the route servers (owner api), 1 new\n"
     );
     sub.expect_exactly(&[add(route(a))], "mbctl announce").await;
-    let v = mbctl(&csock, &["-o", "json", "announce", "--allow-existing", a, b])
-        .await
-        .json();
+    let v = mbctl(
+        &csock,
+        &["-o", "json", "announce", "--allow-existing", a, b],
+    )
+    .await
+    .json();
     assert_eq!(keys(&v), sorted(fields::CLIENT_ANNOUNCE), "{v}");
     assert_eq!(v, json!({"owner": "api", "added": 1, "unchanged": 1}));
-    sub.expect_exactly(&[add(route(b))], "only the new one").await;
+    sub.expect_exactly(&[add(route(b))], "only the new one")
+        .await;
     // Typed errors, exit 1, nothing on the wire.
     let m = mbctl(&csock, &["announce", a]).await.fails(1);
     assert!(m.contains("routes[0]:") && m.contains("already"), "{m}");
@@ -1617,7 +1621,8 @@ async fn announce_and_withdraw_in_a_client_role_daemon_go_to_the_route_servers()
         v,
         json!({"owner": "vm-7", "added": 2, "removed": 0, "unchanged": 0})
     );
-    sub.expect_exactly(&[add(route(c))], "vm-7's new route").await;
+    sub.expect_exactly(&[add(route(c))], "vm-7's new route")
+        .await;
     assert_eq!(
         mbctl(&csock, &["announce", "--owner", "vm-7", "--exact", a, c])
             .await
@@ -1649,7 +1654,9 @@ async fn announce_and_withdraw_in_a_client_role_daemon_go_to_the_route_servers()
     assert_eq!(keys(&v["announcements"][0]), sorted(fields::ANNOUNCEMENT));
 
     // withdraw: a route vm-7 still announces stays on the wire.
-    let v = mbctl(&csock, &["-o", "json", "withdraw", a, b]).await.json();
+    let v = mbctl(&csock, &["-o", "json", "withdraw", a, b])
+        .await
+        .json();
     assert_eq!(keys(&v), sorted(fields::CLIENT_WITHDRAW), "{v}");
     assert_eq!(v, json!({"owner": "api", "removed": 2, "unchanged": 0}));
     sub.expect_exactly(&[rem(route(b))], "only the unshared route")

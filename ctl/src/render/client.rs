@@ -4,12 +4,12 @@
 
 use crate::contract::columns;
 use crate::model::{
-    AnnouncementJson, ClientAnnounceJson, ClientWithdrawJson, SetAnnouncementsJson,
-    ClientServerJson, ReceivedRouteJson, ServerAddedJson, ServerRemovedJson, SubscribedJson,
-    TableMappingJson, UnmappedJson, UnsubscribedJson,
+    AnnouncementJson, ClientAnnounceJson, ClientServerJson, ClientWithdrawJson, ReceivedRouteJson,
+    ServerAddedJson, ServerRemovedJson, SetAnnouncementsJson, SubscribedJson, TableMappingJson,
+    UnmappedJson, UnsubscribedJson,
 };
-use crate::render::{plural, route_cells};
 use crate::render::table::{or_dash, short_list, table_of};
+use crate::render::{plural, route_cells};
 
 /// The table of `mbctl servers`.
 pub fn servers_table(servers: &[ClientServerJson]) -> String {

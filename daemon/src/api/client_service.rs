@@ -11,7 +11,9 @@ use std::sync::Arc;
 use metalbond_proto::api as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::{invalid, route_from_api, route_to_api, routes_from_api, timestamp, vni_from_api};
+use super::convert::{
+    invalid, route_from_api, route_to_api, routes_from_api, timestamp, vni_from_api,
+};
 use super::{shutting_down, ApiState};
 use crate::client::planner::{check_owner, check_table};
 use crate::client::{AgentHandle, AgentRequest, Applied, ClientChange, Refused, ServerAddr};

@@ -132,7 +132,10 @@ impl StoredClientState {
                         .or_default()
                         .insert(route),
                 ),
-                None => warn!(key, value, "ignoring an unreadable stored announcement record"),
+                None => warn!(
+                    key,
+                    value, "ignoring an unreadable stored announcement record"
+                ),
             }
         }
         Ok(out)

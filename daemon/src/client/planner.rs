@@ -598,7 +598,10 @@ impl Planner {
     /// the wire (reference-counted over owners) become the commands every
     /// connection gets, and the loop-prevention set follows (received
     /// routes of a destination announced here are not installed).
-    pub fn apply_announcements(&mut self, delta: &OwnerDelta) -> (Vec<ClientCommand>, Vec<Planned>) {
+    pub fn apply_announcements(
+        &mut self,
+        delta: &OwnerDelta,
+    ) -> (Vec<ClientCommand>, Vec<Planned>) {
         let (appear, leave) = self.announced.apply(delta);
         let mut commands = Vec::with_capacity(appear.len() + leave.len());
         for r in leave {
@@ -612,9 +615,9 @@ impl Planner {
         if commands.is_empty() {
             return (commands, Vec::new());
         }
-        let changes = self.received.set_local_announcements(
-            self.desired.announcements.iter().map(|r| (r.vni, r.dest)),
-        );
+        let changes = self
+            .received
+            .set_local_announcements(self.desired.announcements.iter().map(|r| (r.vni, r.dest)));
         (commands, self.apply_changes(changes))
     }
 

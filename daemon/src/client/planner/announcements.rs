@@ -181,7 +181,11 @@ mod tests {
     #[test]
     fn owners_are_reference_counted_and_exact_sets_send_only_the_difference() {
         let mut a = Announcements::default();
-        let (x, y, z) = (r("1#10.0.0.0/24@::1"), r("1#10.0.1.0/24@::1"), r("2#10.0.0.0/24@::2"));
+        let (x, y, z) = (
+            r("1#10.0.0.0/24@::1"),
+            r("1#10.0.1.0/24@::1"),
+            r("2#10.0.0.0/24@::2"),
+        );
         let d = a.delta("a", &[x, y], DeltaKind::Exact);
         assert_eq!(a.apply(&d), (vec![x, y], vec![]));
         // A second owner of x: nothing on the wire.
@@ -210,6 +214,8 @@ mod tests {
         assert_eq!(check_owner("vm-42.nic_0"), Ok("vm-42.nic_0"));
         assert!(check_owner("config").unwrap_err().contains("reserved"));
         assert!(check_owner("a b").unwrap_err().contains("' '"));
-        assert!(check_owner(&"x".repeat(65)).unwrap_err().contains("at most 64"));
+        assert!(check_owner(&"x".repeat(65))
+            .unwrap_err()
+            .contains("at most 64"));
     }
 }

@@ -647,7 +647,9 @@ fn runtime_announcements_are_checked_reference_counted_and_prevent_loops() {
     // takes the other hypervisor's route for it out of the kernel.
     assert_eq!(
         commands,
-        vec![ClientCommand::Announce(route("100#10.0.2.0/24@2001:db8::1"))]
+        vec![ClientCommand::Announce(route(
+            "100#10.0.2.0/24@2001:db8::1"
+        ))]
     );
     b.run(ops);
     assert!(b.table(100).is_empty(), "{:?}", b.table(100));
@@ -666,7 +668,9 @@ fn runtime_announcements_are_checked_reference_counted_and_prevent_loops() {
     let (commands, ops) = b.p.apply_announcements(&delta);
     assert_eq!(
         commands,
-        vec![ClientCommand::Withdraw(route("100#10.0.2.0/24@2001:db8::1"))]
+        vec![ClientCommand::Withdraw(route(
+            "100#10.0.2.0/24@2001:db8::1"
+        ))]
     );
     b.run(ops);
     assert_eq!(b.table(100), one("10.0.2.0/24", &["2001:db8::7"]));

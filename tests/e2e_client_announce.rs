@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use common::api::{api_route, connect, route_text, Api};
 use common::*;
@@ -400,4 +401,44 @@ async fn a_rustbond_subscriber_sees_exactly_the_runtime_announcements() {
         .into_inner();
     assert_eq!((r.added, r.removed, r.unchanged), (0, 0, 500));
     peer.expect_nothing("the same set again").await;
+}
+
+/// A measurement, not a check (docs/BENCHMARKS.md): 100,000 routes through
+/// `Announce` (two calls) until a raw subscriber of the route server has them
+/// all. `cargo test --release --test e2e_client_announce -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_100k_runtime_announcements_reach_a_subscriber() {
+    let dir = unique_temp_dir();
+    let (_server, server_addr) = start_server(&dir);
+    let mut sub = RawPeer::established(server_addr).await;
+    sub.subscribe(100).await;
+    let _client = start_client(&dir, server_addr);
+    sub.expect_updates(1, T).await;
+    let mut api = connect(&dir.join("client.sock")).await;
+    let n = 100_000;
+    let all: Vec<pb::Route> = (0..n)
+        .map(|i: usize| {
+            let (a, b, c) = (10 + i / 65536, (i / 256) % 256, i % 256);
+            api_route(&format!("100#{a}.{b}.{c}.0/24@2001:db8::1"))
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    // Two calls: a request is at most 4 MiB (tonic's default).
+    for half in all.chunks(n / 2) {
+        api.client
+            .announce(pb::ClientAnnounceRequest {
+                owner: "bench".into(),
+                routes: half.to_vec(),
+                allow_existing: false,
+            })
+            .await
+            .unwrap();
+    }
+    let replied = start.elapsed();
+    sub.expect_updates(n, Duration::from_secs(60)).await;
+    eprintln!(
+        "{n} runtime announcements: reply after {replied:?}, all at the subscriber after {:?}",
+        start.elapsed()
+    );
 }

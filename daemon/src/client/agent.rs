@@ -54,10 +54,10 @@ pub use super::planner::{
 };
 use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
-use super::{Client, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
+use super::{Client, ClientCommand, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
 use crate::kernel::{Installer, KernelError};
 use crate::store::Store;
-use crate::wire::{Route, Vni};
+use crate::wire::{Action, Route, Vni};
 
 /// Depth of the event channel from the connection tasks to the agent.
 const EVENT_QUEUE: usize = 1024;
@@ -728,8 +728,20 @@ impl AgentTask {
             wire_changes = commands.len(),
             "announcements changed (API)"
         );
-        for cmd in commands {
-            self.client.command(cmd).await;
+        // One command for the whole difference: one queue slot and one
+        // write per connection.
+        let batch: Vec<(Action, Route)> = commands
+            .into_iter()
+            .filter_map(|c| match c {
+                ClientCommand::Announce(r) => Some((Action::Add, r)),
+                ClientCommand::Withdraw(r) => Some((Action::Remove, r)),
+                _ => None,
+            })
+            .collect();
+        if !batch.is_empty() {
+            self.client
+                .command(ClientCommand::Batch(batch.into()))
+                .await;
         }
         self.executor.run(&mut self.planner, ops).await;
         Ok(applied)

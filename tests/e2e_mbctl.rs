@@ -1552,3 +1552,130 @@ async fn api_changes_that_override_flags_are_warned_and_shown() {
         client.logs()
     );
 }
+
+#[tokio::test]
+async fn announce_and_withdraw_in_a_client_role_daemon_go_to_the_route_servers() {
+    let server = Daemon::start(&[]);
+    let server_addr = server.addr.to_string();
+    let mut sub = RawPeer::established(server.addr).await;
+    sub.subscribe(100).await;
+    let dir = unique_temp_dir();
+    let csock = dir.join("api.sock");
+    let _client = start_client(
+        &dir,
+        &[
+            "--server",
+            &server_addr,
+            "--announce",
+            "100#10.9.9.0/24@2001:db8::9",
+        ],
+    );
+    sub.expect_exactly(&[add(route("100#10.9.9.0/24@2001:db8::9"))], "--announce")
+        .await;
+
+    // announce/withdraw: to the route servers, owner `api` by default.
+    let a = "100#10.0.1.0/24@2001:db8::1";
+    let b = "100#10.0.2.0/24@2001:db8::2";
+    assert_eq!(
+        mbctl(&csock, &["announce", a]).await.ok(),
+        "announced 1 route to the route servers (owner api), 1 new\n"
+    );
+    sub.expect_exactly(&[add(route(a))], "mbctl announce").await;
+    let v = mbctl(
+        &csock,
+        &["-o", "json", "announce", "--allow-existing", a, b],
+    )
+    .await
+    .json();
+    assert_eq!(keys(&v), sorted(fields::CLIENT_ANNOUNCE), "{v}");
+    assert_eq!(v, json!({"owner": "api", "added": 1, "unchanged": 1}));
+    sub.expect_exactly(&[add(route(b))], "only the new one")
+        .await;
+    // Typed errors, exit 1, nothing on the wire.
+    let m = mbctl(&csock, &["announce", a]).await.fails(1);
+    assert!(m.contains("routes[0]:") && m.contains("already"), "{m}");
+    let m = mbctl(&csock, &["-o", "json", "withdraw", "100#10.0.3.0/24@::3"])
+        .await
+        .fails_json(1, "NOT_FOUND");
+    assert!(m.contains("routes[0]:"), "{m}");
+    let m = mbctl(&csock, &["announce", "--owner", "config", a])
+        .await
+        .fails(1);
+    assert!(m.contains("owner:") && m.contains("reserved"), "{m}");
+    let m = mbctl(&csock, &["announce", "--owner", "bad owner", a])
+        .await
+        .fails(2);
+    assert!(m.contains("--owner"), "{m}");
+    sub.expect_no_update(QUIET).await;
+
+    // Declarative: only the difference goes out; the same set again, nothing.
+    let c = "100#10.0.3.0/24@2001:db8::3";
+    let v = mbctl(
+        &csock,
+        &["-o", "json", "announce", "--owner", "vm-7", "--exact", a, c],
+    )
+    .await
+    .json();
+    assert_eq!(keys(&v), sorted(fields::SET_ANNOUNCEMENTS), "{v}");
+    assert_eq!(
+        v,
+        json!({"owner": "vm-7", "added": 2, "removed": 0, "unchanged": 0})
+    );
+    sub.expect_exactly(&[add(route(c))], "vm-7's new route")
+        .await;
+    assert_eq!(
+        mbctl(&csock, &["announce", "--owner", "vm-7", "--exact", a, c])
+            .await
+            .ok(),
+        "owner vm-7 announces exactly 2 routes: 0 added, 0 removed\n"
+    );
+    sub.expect_no_update(QUIET).await;
+
+    // mbctl announcements: every route with its owners.
+    let rows = parse_table(
+        mbctl(&csock, &["announcements"]).await.ok(),
+        columns::ANNOUNCEMENTS,
+    );
+    let owners: BTreeMap<String, String> = rows
+        .iter()
+        .map(|r| (r["PREFIX"].clone(), r["OWNERS"].clone()))
+        .collect();
+    assert_eq!(
+        owners,
+        BTreeMap::from([
+            ("10.0.1.0/24".to_string(), "api,vm-7".to_string()),
+            ("10.0.2.0/24".to_string(), "api".to_string()),
+            ("10.0.3.0/24".to_string(), "vm-7".to_string()),
+            ("10.9.9.0/24".to_string(), "config".to_string()),
+        ])
+    );
+    let v = mbctl(&csock, &["-o", "json", "announcements"]).await.json();
+    assert_eq!(keys(&v), sorted(fields::ANNOUNCEMENT_LIST), "{v}");
+    assert_eq!(keys(&v["announcements"][0]), sorted(fields::ANNOUNCEMENT));
+
+    // withdraw: a route vm-7 still announces stays on the wire.
+    let v = mbctl(&csock, &["-o", "json", "withdraw", a, b])
+        .await
+        .json();
+    assert_eq!(keys(&v), sorted(fields::CLIENT_WITHDRAW), "{v}");
+    assert_eq!(v, json!({"owner": "api", "removed": 2, "unchanged": 0}));
+    sub.expect_exactly(&[rem(route(b))], "only the unshared route")
+        .await;
+    assert_eq!(
+        mbctl(&csock, &["announce", "--owner", "vm-7", "--exact"])
+            .await
+            .ok(),
+        "owner vm-7 announces exactly 0 routes: 0 added, 2 removed\n"
+    );
+    sub.expect_exactly(&[rem(route(a)), rem(route(c))], "vm-7 emptied")
+        .await;
+
+    // The server's own `mbctl announce` is unchanged: its table.
+    let ssock = server.api_socket();
+    let v = mbctl(&ssock, &["-o", "json", "announce", "100#10.0.4.0/24@::4"])
+        .await
+        .json();
+    assert_eq!(v, json!({"added": 1}));
+    sub.expect_exactly(&[add(route("100#10.0.4.0/24@::4"))], "server table")
+        .await;
+}

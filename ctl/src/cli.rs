@@ -88,24 +88,39 @@ pub enum Command {
     },
     /// List routes (all pages).
     Routes(RoutesArgs),
-    /// Announce routes from the daemon (all or none).
+    /// Announce routes (all or none): from the route server's table, or, in a
+    /// client-role daemon, to its route servers.
     Announce {
         /// Do not fail for routes announced through the API before.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "exact")]
         allow_existing: bool,
+        /// Owner of the routes (client role; default `api`).
+        #[arg(long, value_name = "NAME")]
+        owner: Option<String>,
+        /// The owner's routes become exactly ROUTE... (none: all withdrawn);
+        /// only the difference is sent (client role; needs --owner).
+        #[arg(long, requires = "owner")]
+        exact: bool,
         /// Routes: VNI#PREFIX@NEXTHOP[#TYPE[#FROM#TO]] or the Go form VNI#PREFIX#NEXTHOP[#TYPE][#FROM#TO].
-        #[arg(value_name = "ROUTE", required = true)]
+        #[arg(value_name = "ROUTE", required_unless_present = "exact")]
         routes: Vec<String>,
     },
-    /// Withdraw routes announced through the API (all or none).
+    /// Withdraw routes announced through the API (all or none); in a
+    /// client-role daemon, from its route servers.
     Withdraw {
         /// Do not fail for routes that are not announced through the API.
         #[arg(long)]
         allow_missing: bool,
+        /// Owner of the routes (client role; default `api`).
+        #[arg(long, value_name = "NAME")]
+        owner: Option<String>,
         /// Routes, in the same form as for `announce`.
         #[arg(value_name = "ROUTE", required = true)]
         routes: Vec<String>,
     },
+    /// List the routes announced to the route servers, with their owners
+    /// (client role).
+    Announcements,
     /// Stream changes, one line per event, until interrupted.
     #[command(subcommand)]
     Watch(WatchCommand),
@@ -299,6 +314,15 @@ mod tests {
         for args in [
             &["mbctl"][..],
             &["mbctl", "announce"],
+            &["mbctl", "announce", "--exact", "1#10.0.0.0/8@::1"],
+            &[
+                "mbctl",
+                "announce",
+                "--exact",
+                "--allow-existing",
+                "--owner",
+                "a",
+            ],
             &["mbctl", "routes", "--type", "weird"],
             &["mbctl", "routes", "--vni", "x"],
             &["mbctl", "--timeout", "0", "status"],

@@ -71,6 +71,8 @@ pub mod columns {
     pub const SUBSCRIPTIONS: &[&str] = &["VNI"];
     /// `mbctl mappings` (client role).
     pub const MAPPINGS: &[&str] = &["VNI", "TABLE"];
+    /// `mbctl announcements` (client role).
+    pub const ANNOUNCEMENTS: &[&str] = &["VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS", "OWNERS"];
     /// `mbctl received` (client role).
     pub const RECEIVED: &[&str] = &[
         "VNI",
@@ -134,6 +136,16 @@ pub mod fields {
     ];
     /// A route received from the servers (`mbctl received`).
     pub const RECEIVED_ROUTE: &[&str] = &["route", "servers", "installed_tables"];
+    /// `mbctl announce` in a client-role daemon (to the route servers).
+    pub const CLIENT_ANNOUNCE: &[&str] = &["owner", "added", "unchanged"];
+    /// `mbctl withdraw` in a client-role daemon.
+    pub const CLIENT_WITHDRAW: &[&str] = &["owner", "removed", "unchanged"];
+    /// `mbctl announce --owner NAME --exact`.
+    pub const SET_ANNOUNCEMENTS: &[&str] = &["owner", "added", "removed", "unchanged"];
+    /// `mbctl announcements`: the document, and each of its entries.
+    pub const ANNOUNCEMENT_LIST: &[&str] = &["announcements"];
+    /// An entry of `mbctl announcements`.
+    pub const ANNOUNCEMENT: &[&str] = &["route", "owners"];
     /// The error document of a failed command: `{"error": {...}}`.
     pub const ERROR: &[&str] = &["error"];
     /// The object inside [`ERROR`].

@@ -112,7 +112,28 @@ async fn serve(ctx: &Ctx, p: &mut Printer, request: Request) -> Result<u8, CliEr
             .await
         }
         Request::Routes(filter) => routes(ctx, p, filter).await,
-        Request::Announce(req) => {
+        Request::Announce(req, owner) if owner.is_some() || ctx.to_route_servers().await? => {
+            let sent = req.routes.len();
+            let req = api::ClientAnnounceRequest {
+                routes: req.routes,
+                owner: owner.unwrap_or_default(),
+                allow_existing: req.allow_existing,
+            };
+            let owner = effective_owner(&req.owner);
+            ctx.answer(
+                p,
+                "Announce",
+                ctx.client().announce(req),
+                |r| ClientAnnounceJson {
+                    owner,
+                    added: r.added,
+                    unchanged: r.unchanged,
+                },
+                |d| render::client::client_announced(sent, d),
+            )
+            .await
+        }
+        Request::Announce(req, _) => {
             let sent = req.routes.len();
             ctx.answer(
                 p,
@@ -123,7 +144,57 @@ async fn serve(ctx: &Ctx, p: &mut Printer, request: Request) -> Result<u8, CliEr
             )
             .await
         }
-        Request::Withdraw(req) => {
+        Request::Withdraw(req, owner) if owner.is_some() || ctx.to_route_servers().await? => {
+            let sent = req.routes.len();
+            let req = api::ClientWithdrawRequest {
+                routes: req.routes,
+                owner: owner.unwrap_or_default(),
+                allow_missing: req.allow_missing,
+            };
+            let owner = effective_owner(&req.owner);
+            ctx.answer(
+                p,
+                "Withdraw",
+                ctx.client().withdraw(req),
+                |r| ClientWithdrawJson {
+                    owner,
+                    removed: r.removed,
+                    unchanged: r.unchanged,
+                },
+                |d| render::client::client_withdrew(sent, d),
+            )
+            .await
+        }
+        Request::SetAnnouncements(req) => {
+            let owner = req.owner.clone();
+            ctx.answer(
+                p,
+                "SetAnnouncements",
+                ctx.client().set_announcements(req),
+                |r| SetAnnouncementsJson {
+                    owner,
+                    added: r.added,
+                    removed: r.removed,
+                    unchanged: r.unchanged,
+                },
+                render::client::announcements_set,
+            )
+            .await
+        }
+        Request::Announcements => {
+            ctx.answer(
+                p,
+                "ListAnnouncements",
+                ctx.client()
+                    .list_announcements(api::ListAnnouncementsRequest {}),
+                |r| AnnouncementListJson {
+                    announcements: r.announcements.iter().map(AnnouncementJson::from).collect(),
+                },
+                |d| render::client::announcements_table(&d.announcements),
+            )
+            .await
+        }
+        Request::Withdraw(req, _) => {
             let sent = req.routes.len();
             ctx.answer(
                 p,
@@ -356,6 +427,19 @@ impl Ctx {
         DaemonServiceClient::new(self.channel.clone())
     }
 
+    /// Whether `announce`/`withdraw` go to the route servers: the daemon
+    /// runs the client role and has no route-server listener (so no peer
+    /// reads its own table). Asked with GetStatus.
+    async fn to_route_servers(&self) -> Result<bool, CliError> {
+        let status = self
+            .call(
+                "GetStatus",
+                self.daemon().get_status(api::GetStatusRequest {}),
+            )
+            .await?;
+        Ok(status.client.is_some() && status.listen_addresses.is_empty())
+    }
+
     /// Awaits `reply`, the call of the RPC `method`, within the time limit.
     async fn call<R>(
         &self,
@@ -380,6 +464,11 @@ impl Ctx {
         p.emit(&document(answer), table)?;
         Ok(EXIT_OK)
     }
+}
+
+/// The owner the daemon uses for `owner` (empty: `api`).
+fn effective_owner(owner: &str) -> String {
+    if owner.is_empty() { "api" } else { owner }.to_string()
 }
 
 /// The ResetPeer selector of a GetPeer one, and the session as the user

@@ -385,6 +385,66 @@ pub struct AnnounceJson {
     pub added: u32,
 }
 
+/// `mbctl announce -o json` in a client-role daemon (to the route servers).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientAnnounceJson {
+    /// The owner of the routes.
+    pub owner: String,
+    /// Routes the owner did not announce before.
+    pub added: u32,
+    /// Routes the owner announced already (with `--allow-existing`).
+    pub unchanged: u32,
+}
+
+/// `mbctl withdraw -o json` in a client-role daemon.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientWithdrawJson {
+    /// The owner of the routes.
+    pub owner: String,
+    /// Routes the owner stopped announcing.
+    pub removed: u32,
+    /// Routes the owner did not announce (with `--allow-missing`).
+    pub unchanged: u32,
+}
+
+/// `mbctl announce --owner NAME --exact -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetAnnouncementsJson {
+    /// The owner.
+    pub owner: String,
+    /// Routes added to the owner's set.
+    pub added: u32,
+    /// Routes removed from it.
+    pub removed: u32,
+    /// Routes it had already.
+    pub unchanged: u32,
+}
+
+/// A route announced to the route servers, with its owners.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnouncementJson {
+    /// The route.
+    pub route: RouteJson,
+    /// Its owners (`config`: the flags and the configuration file).
+    pub owners: Vec<String>,
+}
+
+impl From<&api::Announcement> for AnnouncementJson {
+    fn from(a: &api::Announcement) -> Self {
+        AnnouncementJson {
+            route: RouteJson::from(&a.route.clone().unwrap_or_default()),
+            owners: a.owners.clone(),
+        }
+    }
+}
+
+/// `mbctl announcements -o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnouncementListJson {
+    /// The announced routes.
+    pub announcements: Vec<AnnouncementJson>,
+}
+
 /// `mbctl withdraw -o json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct WithdrawJson {

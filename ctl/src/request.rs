@@ -28,10 +28,15 @@ pub enum Request {
     Vni(u32),
     /// ListRoutes, all pages.
     Routes(api::RouteFilter),
-    /// AnnounceRoutes.
-    Announce(api::AnnounceRoutesRequest),
-    /// WithdrawRoutes.
-    Withdraw(api::WithdrawRoutesRequest),
+    /// AnnounceRoutes, or in a client-role daemon ClientService.Announce
+    /// (chosen by the daemon's status; `owner` set: always the latter).
+    Announce(api::AnnounceRoutesRequest, Option<String>),
+    /// ClientService.SetAnnouncements (`announce --owner NAME --exact`).
+    SetAnnouncements(api::SetAnnouncementsRequest),
+    /// WithdrawRoutes, or in a client-role daemon ClientService.Withdraw.
+    Withdraw(api::WithdrawRoutesRequest, Option<String>),
+    /// ClientService.ListAnnouncements.
+    Announcements,
     /// WatchRoutes.
     WatchRoutes(api::RouteFilter),
     /// WatchPeers.
@@ -72,19 +77,42 @@ impl Request {
         Ok(match command {
             Command::Completions { shell } => Request::Completions(shell),
             Command::Announce {
-                allow_existing,
+                owner: Some(owner),
+                exact: true,
                 routes,
-            } => Request::Announce(api::AnnounceRoutesRequest {
-                routes: parse_routes(&routes)?,
-                allow_existing,
+                ..
+            } => Request::SetAnnouncements(api::SetAnnouncementsRequest {
+                owner: owner_arg(owner)?,
+                routes: if routes.is_empty() {
+                    Vec::new()
+                } else {
+                    parse_routes(&routes)?
+                },
             }),
+            Command::Announce {
+                allow_existing,
+                owner,
+                routes,
+                ..
+            } => Request::Announce(
+                api::AnnounceRoutesRequest {
+                    routes: parse_routes(&routes)?,
+                    allow_existing,
+                },
+                owner.map(owner_arg).transpose()?,
+            ),
             Command::Withdraw {
                 allow_missing,
+                owner,
                 routes,
-            } => Request::Withdraw(api::WithdrawRoutesRequest {
-                routes: parse_routes(&routes)?,
-                allow_missing,
-            }),
+            } => Request::Withdraw(
+                api::WithdrawRoutesRequest {
+                    routes: parse_routes(&routes)?,
+                    allow_missing,
+                },
+                owner.map(owner_arg).transpose()?,
+            ),
+            Command::Announcements => Request::Announcements,
             Command::Routes(args) => Request::Routes(route_filter(&args)?),
             Command::Peer(PeerArgs {
                 action: Some(PeerAction::Reset { peer }),
@@ -130,6 +158,18 @@ impl Request {
             Command::Shutdown => Request::Shutdown,
         })
     }
+}
+
+/// Checks `--owner NAME` as the daemon does: 1 to 64 letters, digits, '.',
+/// '_' or '-'. (The reserved owner `config` is the daemon's to refuse.)
+pub fn owner_arg(owner: String) -> Result<String, CliError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if owner.is_empty() || owner.len() > 64 || !owner.chars().all(ok) {
+        return Err(CliError::Usage(format!(
+            "invalid --owner {owner:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(owner)
 }
 
 /// Parses every ROUTE; the first bad one is a usage error naming it.

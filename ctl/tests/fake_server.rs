@@ -484,6 +484,34 @@ fn received_routes() -> Vec<ReceivedRoute> {
 
 #[tonic::async_trait]
 impl client_service_server::ClientService for Fake {
+    async fn announce(
+        &self,
+        _: Request<ClientAnnounceRequest>,
+    ) -> Result<Response<ClientAnnounceResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn withdraw(
+        &self,
+        _: Request<ClientWithdrawRequest>,
+    ) -> Result<Response<ClientWithdrawResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn set_announcements(
+        &self,
+        _: Request<SetAnnouncementsRequest>,
+    ) -> Result<Response<SetAnnouncementsResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_announcements(
+        &self,
+        _: Request<ListAnnouncementsRequest>,
+    ) -> Result<Response<ListAnnouncementsResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn list_servers(
         &self,
         _: Request<ListServersRequest>,

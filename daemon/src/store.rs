@@ -304,6 +304,36 @@ impl Store {
         txn.commit().map_err(self.db_err(what))
     }
 
+    /// Sets every `(key, value)` of `puts` and deletes every key of
+    /// `deletes` in `namespace`, in one durable transaction (all or
+    /// nothing; nothing is written when both are empty).
+    pub fn write_batch(
+        &self,
+        namespace: &str,
+        puts: &[(String, String)],
+        deletes: &[String],
+    ) -> Result<(), StoreError> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let what = "write batch";
+        let txn = self.begin_write(what)?;
+        {
+            let mut table = txn.open_table(KV).map_err(self.db_err(what))?;
+            for key in deletes {
+                table
+                    .remove((namespace, key.as_str()))
+                    .map_err(self.db_err(what))?;
+            }
+            for (key, value) in puts {
+                table
+                    .insert((namespace, key.as_str()), value.as_str())
+                    .map_err(self.db_err(what))?;
+            }
+        }
+        txn.commit().map_err(self.db_err(what))
+    }
+
     /// Deletes `key` from `namespace`, durably. Returns true if it was there.
     pub fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         let what = "delete";

@@ -4,11 +4,12 @@
 
 use crate::contract::columns;
 use crate::model::{
-    ClientServerJson, ReceivedRouteJson, ServerAddedJson, ServerRemovedJson, SubscribedJson,
-    TableMappingJson, UnmappedJson, UnsubscribedJson,
+    AnnouncementJson, ClientAnnounceJson, ClientServerJson, ClientWithdrawJson, ReceivedRouteJson,
+    ServerAddedJson, ServerRemovedJson, SetAnnouncementsJson, SubscribedJson, TableMappingJson,
+    UnmappedJson, UnsubscribedJson,
 };
-use crate::render::route_cells;
 use crate::render::table::{or_dash, short_list, table_of};
+use crate::render::{plural, route_cells};
 
 /// The table of `mbctl servers`.
 pub fn servers_table(servers: &[ClientServerJson]) -> String {
@@ -71,6 +72,47 @@ pub fn mapped(d: &TableMappingJson) -> String {
 /// The line of `mbctl unmap`.
 pub fn unmapped(d: &UnmappedJson) -> String {
     format!("unmapped VNI {}\n", d.vni)
+}
+
+/// The table of `mbctl announcements`.
+pub fn announcements_table(list: &[AnnouncementJson]) -> String {
+    table_of(columns::ANNOUNCEMENTS, list, |a| {
+        let mut cells = route_cells(&a.route);
+        cells.push(short_list(&a.owners, 3));
+        cells
+    })
+}
+
+/// The line of `mbctl announce` in a client-role daemon (`n` routes sent).
+pub fn client_announced(n: usize, d: &ClientAnnounceJson) -> String {
+    format!(
+        "announced {n} {} to the route servers (owner {}), {} new\n",
+        plural(n, "route"),
+        d.owner,
+        d.added
+    )
+}
+
+/// The line of `mbctl withdraw` in a client-role daemon (`n` routes sent).
+pub fn client_withdrew(n: usize, d: &ClientWithdrawJson) -> String {
+    format!(
+        "withdrew {n} {} from the route servers (owner {}), {} removed\n",
+        plural(n, "route"),
+        d.owner,
+        d.removed
+    )
+}
+
+/// The line of `mbctl announce --owner NAME --exact`.
+pub fn announcements_set(d: &SetAnnouncementsJson) -> String {
+    format!(
+        "owner {} announces exactly {} {}: {} added, {} removed\n",
+        d.owner,
+        d.added + d.unchanged,
+        plural((d.added + d.unchanged) as usize, "route"),
+        d.added,
+        d.removed
+    )
 }
 
 /// The table of `mbctl received`.

@@ -11,10 +11,13 @@ use std::sync::Arc;
 use metalbond_proto::api as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::{invalid, route_to_api, timestamp, vni_from_api};
+use super::convert::{
+    invalid, route_from_api, route_to_api, routes_from_api, timestamp, vni_from_api,
+};
 use super::{shutting_down, ApiState};
-use crate::client::planner::check_table;
-use crate::client::{AgentHandle, AgentRequest, ClientChange, Refused, ServerAddr};
+use crate::client::planner::{check_owner, check_table};
+use crate::client::{AgentHandle, AgentRequest, Applied, ClientChange, Refused, ServerAddr};
+use crate::wire::Route;
 use crate::wire::Vni;
 
 /// The ClientService implementation.
@@ -49,11 +52,36 @@ impl ClientApi {
         &self,
         change: ClientChange,
     ) -> Result<Response<Answer>, Status> {
-        self.ask(|r| AgentRequest::Change(change, r))
-            .await?
-            .map_err(refused)?;
+        self.apply(change).await?;
         Ok(Response::new(Answer::default()))
     }
+
+    /// Asks the agent to make `change`; answers what it did.
+    async fn apply(&self, change: ClientChange) -> Result<Applied, Status> {
+        self.ask(|r| AgentRequest::Change(change, r))
+            .await?
+            .map_err(refused)
+    }
+}
+
+/// Validates routes of an announcement call (`routes[i]` in errors); an
+/// empty list is allowed where `allow_empty` (a declarative empty set).
+fn announced_routes(routes: &[pb::Route], allow_empty: bool) -> Result<Vec<Route>, Status> {
+    if allow_empty && routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if allow_empty {
+        return routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route_from_api(&format!("routes[{i}]"), r))
+            .collect();
+    }
+    routes_from_api(routes)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn refused(r: Refused) -> Status {
@@ -65,6 +93,13 @@ fn refused(r: Refused) -> Status {
         Refused::Unavailable(m) => Status::unavailable(m),
         Refused::Internal(m) => Status::internal(m),
     }
+}
+
+/// Checks an owner name (empty: the implicit owner of incremental calls).
+fn owner_from_api(owner: &str) -> Result<String, Status> {
+    check_owner(owner)
+        .map(str::to_string)
+        .map_err(|why| invalid("owner", why))
 }
 
 /// Parses a server address (`HOST:PORT`, HOST an IP address or a name).
@@ -185,6 +220,83 @@ impl pb::client_service_server::ClientService for ClientApi {
     ) -> Result<Response<pb::RemoveTableMappingResponse>, Status> {
         let vni = vni_from_api("vni", request.into_inner().vni)?;
         self.change(ClientChange::RemoveMapping(vni)).await
+    }
+
+    async fn announce(
+        &self,
+        request: Request<pb::ClientAnnounceRequest>,
+    ) -> Result<Response<pb::ClientAnnounceResponse>, Status> {
+        let req = request.into_inner();
+        let routes = announced_routes(&req.routes, false)?;
+        let applied = self
+            .apply(ClientChange::Announce {
+                owner: owner_from_api(&req.owner)?,
+                routes,
+                allow_existing: req.allow_existing,
+            })
+            .await?;
+        Ok(Response::new(pb::ClientAnnounceResponse {
+            added: count(applied.added),
+            unchanged: count(applied.unchanged),
+        }))
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<pb::ClientWithdrawRequest>,
+    ) -> Result<Response<pb::ClientWithdrawResponse>, Status> {
+        let req = request.into_inner();
+        let routes = announced_routes(&req.routes, false)?;
+        let applied = self
+            .apply(ClientChange::Withdraw {
+                owner: owner_from_api(&req.owner)?,
+                routes,
+                allow_missing: req.allow_missing,
+            })
+            .await?;
+        Ok(Response::new(pb::ClientWithdrawResponse {
+            removed: count(applied.removed),
+            unchanged: count(applied.unchanged),
+        }))
+    }
+
+    async fn set_announcements(
+        &self,
+        request: Request<pb::SetAnnouncementsRequest>,
+    ) -> Result<Response<pb::SetAnnouncementsResponse>, Status> {
+        let req = request.into_inner();
+        if req.owner.is_empty() {
+            return Err(invalid(
+                "owner",
+                "required: the name of the program whose complete set this is",
+            ));
+        }
+        let owner = owner_from_api(&req.owner)?;
+        let routes = announced_routes(&req.routes, true)?;
+        let applied = self
+            .apply(ClientChange::SetAnnouncements { owner, routes })
+            .await?;
+        Ok(Response::new(pb::SetAnnouncementsResponse {
+            added: count(applied.added),
+            removed: count(applied.removed),
+            unchanged: count(applied.unchanged),
+        }))
+    }
+
+    async fn list_announcements(
+        &self,
+        _request: Request<pb::ListAnnouncementsRequest>,
+    ) -> Result<Response<pb::ListAnnouncementsResponse>, Status> {
+        let list = self.ask(AgentRequest::Announcements).await?;
+        Ok(Response::new(pb::ListAnnouncementsResponse {
+            announcements: list
+                .into_iter()
+                .map(|(route, owners)| pb::Announcement {
+                    route: Some(route_to_api(&route)),
+                    owners,
+                })
+                .collect(),
+        }))
     }
 
     async fn list_received_routes(

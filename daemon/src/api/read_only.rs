@@ -21,6 +21,9 @@ const MUTATING: &[&str] = &[
     "/metalbondd.v1.ClientService/Unsubscribe",
     "/metalbondd.v1.ClientService/SetTableMapping",
     "/metalbondd.v1.ClientService/RemoveTableMapping",
+    "/metalbondd.v1.ClientService/Announce",
+    "/metalbondd.v1.ClientService/Withdraw",
+    "/metalbondd.v1.ClientService/SetAnnouncements",
 ];
 
 /// True if `path` (`/package.Service/Method`) changes state.

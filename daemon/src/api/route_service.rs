@@ -216,6 +216,14 @@ impl pb::route_service_server::RouteService for Routes {
         &self,
         request: Request<pb::AnnounceRoutesRequest>,
     ) -> Result<Response<pb::AnnounceRoutesResponse>, Status> {
+        if self.state.listen.is_empty() {
+            // A client-only daemon: its table has no subscriber, ever.
+            return Err(Status::failed_precondition(
+                "this daemon has no route-server listener, so no peer reads its route table: \
+                 announce to the route servers with ClientService.Announce \
+                 (mbctl announce does so in a client-role daemon)",
+            ));
+        }
         let req = request.into_inner();
         let routes = routes_from_api(&req.routes)?;
         let _guard = self.state.inject_lock.lock().await;

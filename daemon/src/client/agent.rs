@@ -48,16 +48,16 @@ use tracing::{debug, info, warn};
 
 use super::dataplane::{Dataplane, Executed};
 use super::operator::{self, Override, StoredClientState};
-use super::planner::{check_table, Planned, Planner, PlannerConfig};
+use super::planner::{check_table, OwnerDelta, Planned, Planner, PlannerConfig};
 pub use super::planner::{
     ClientChange, ReceivedEntry, Refused, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
 };
 use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
-use super::{Client, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
+use super::{Client, ClientCommand, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
 use crate::kernel::{Installer, KernelError};
 use crate::store::Store;
-use crate::wire::{Route, Vni};
+use crate::wire::{Action, Route, Vni};
 
 /// Depth of the event channel from the connection tasks to the agent.
 const EVENT_QUEUE: usize = 1024;
@@ -143,8 +143,24 @@ pub enum AgentRequest {
     /// The received routes, of one VNI if given.
     Received(Option<Vni>, oneshot::Sender<Vec<ReceivedEntry>>),
     /// An operator change: checked, stored, applied; the reply means
-    /// "durable and applied", or says why nothing was.
-    Change(ClientChange, oneshot::Sender<Result<(), Refused>>),
+    /// "durable and applied" (with what an announcement change did to its
+    /// owner's routes), or says why nothing was.
+    Change(ClientChange, oneshot::Sender<Result<Applied, Refused>>),
+    /// The announced routes with their owners, sorted by route.
+    Announcements(oneshot::Sender<Vec<(Route, Vec<String>)>>),
+}
+
+/// What an operator change did; the counts are those of an announcement
+/// change (0 for the others).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Routes the owner started announcing.
+    pub added: usize,
+    /// Routes the owner stopped announcing.
+    pub removed: usize,
+    /// Routes of the request that changed nothing (announced already, or
+    /// not announced for a withdrawal).
+    pub unchanged: usize,
 }
 
 /// Sends requests to a running agent; `None` once it stopped.
@@ -279,6 +295,28 @@ impl Agent {
             installed: InstalledRoutes::new(stats.clone()),
             stats: stats.clone(),
         };
+        // The routes announced through the API in earlier runs, before the
+        // first session: every session starts with them.
+        if let Some(store) = &store {
+            let reader = store.clone();
+            match tokio::task::spawn_blocking(move || StoredClientState::load(&reader)).await {
+                Ok(Ok(stored)) => {
+                    for (owner, routes) in stored.announcements {
+                        let routes: Vec<Route> = routes.into_iter().collect();
+                        let change = ClientChange::Announce {
+                            owner,
+                            routes,
+                            allow_existing: true,
+                        };
+                        if let Some(delta) = planner.announcement_delta(&change) {
+                            let _ = planner.apply_announcements(&delta);
+                        }
+                    }
+                }
+                Ok(Err(e)) => warn!(error = %e, "cannot read the stored announcements"),
+                Err(e) => warn!(error = %e, "cannot read the stored announcements"),
+            }
+        }
         // Before the connections start: nothing a server sends can be
         // confused with what an earlier run left.
         let start = planner.start();
@@ -297,7 +335,7 @@ impl Agent {
         info!(
             servers = settings.servers.len(),
             subscriptions = settings.subscriptions.len(),
-            announcements = settings.announcements.len(),
+            announcements = planner.desired().announcements.len(),
             mapped_vnis = settings.install_routes.len(),
             ipv4_only = settings.ipv4_only,
             "hypervisor agent started"
@@ -590,6 +628,9 @@ impl AgentTask {
             AgentRequest::Change(change, reply) => {
                 let _ = reply.send(self.change(change).await);
             }
+            AgentRequest::Announcements(reply) => {
+                let _ = reply.send(self.planner.announcements());
+            }
         }
     }
 
@@ -613,8 +654,11 @@ impl AgentTask {
     }
 
     /// An operator change: check, store, apply.
-    async fn change(&mut self, change: ClientChange) -> Result<(), Refused> {
+    async fn change(&mut self, change: ClientChange) -> Result<Applied, Refused> {
         self.planner.check(&change)?;
+        if let Some(delta) = self.planner.announcement_delta(&change) {
+            return self.announcements(delta).await;
+        }
         if matches!(change, ClientChange::SetMapping(..)) && !self.planner.has_dataplane() {
             self.open_dataplane().await?;
         }
@@ -632,7 +676,7 @@ impl AgentTask {
             }
             ClientChange::RemoveServer(addr) => {
                 let Some(id) = self.planner.server_id(&addr) else {
-                    return Ok(());
+                    return Ok(Applied::default());
                 };
                 self.client.remove_server(id);
                 self.links.remove(&id);
@@ -652,9 +696,62 @@ impl AgentTask {
             }
             ClientChange::SetMapping(vni, table) => self.planner.set_mapping(vni, Some(table)),
             ClientChange::RemoveMapping(vni) => self.planner.set_mapping(vni, None),
+            // Handled above (their difference is what is stored).
+            ClientChange::Announce { .. }
+            | ClientChange::Withdraw { .. }
+            | ClientChange::SetAnnouncements { .. } => Vec::new(),
         };
         self.executor.run(&mut self.planner, ops).await;
-        Ok(())
+        Ok(Applied::default())
+    }
+
+    /// An owner's announcement difference (checked): stored, then applied
+    /// to the planner, then sent to every connection (only the routes that
+    /// appear on or leave the wire; nothing when the difference is empty).
+    async fn announcements(&mut self, delta: OwnerDelta) -> Result<Applied, Refused> {
+        let applied = Applied {
+            added: delta.add.len(),
+            removed: delta.remove.len(),
+            unchanged: delta.unchanged,
+        };
+        if delta.add.is_empty() && delta.remove.is_empty() {
+            return Ok(applied);
+        }
+        if let Some(store) = self.store.clone() {
+            let d = delta.clone();
+            match tokio::task::spawn_blocking(move || operator::record_announcements(&store, &d))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Refused::Unavailable(format!("state store: {e}"))),
+                Err(e) => return Err(Refused::Internal(format!("state store task failed: {e}"))),
+            }
+        }
+        let (commands, ops) = self.planner.apply_announcements(&delta);
+        info!(
+            owner = %delta.owner,
+            added = applied.added,
+            removed = applied.removed,
+            wire_changes = commands.len(),
+            "announcements changed (API)"
+        );
+        // One command for the whole difference: one queue slot and one
+        // write per connection.
+        let batch: Vec<(Action, Route)> = commands
+            .into_iter()
+            .filter_map(|c| match c {
+                ClientCommand::Announce(r) => Some((Action::Add, r)),
+                ClientCommand::Withdraw(r) => Some((Action::Remove, r)),
+                _ => None,
+            })
+            .collect();
+        if !batch.is_empty() {
+            self.client
+                .command(ClientCommand::Batch(batch.into()))
+                .await;
+        }
+        self.executor.run(&mut self.planner, ops).await;
+        Ok(applied)
     }
 
     /// Opens the kernel installer for a first mapping.

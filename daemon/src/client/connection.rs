@@ -187,7 +187,7 @@ pub enum ClientEvent {
 }
 
 /// A change of the client's desired state, sent to every connection task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientCommand {
     /// Subscribe to a VNI (on every current and future session).
     Subscribe(Vni),
@@ -197,6 +197,10 @@ pub enum ClientCommand {
     Announce(Route),
     /// Withdraw an announced route.
     Withdraw(Route),
+    /// Announce ([`Action::Add`]) and withdraw ([`Action::Remove`]) many
+    /// routes, in order: one queue slot and one write for a whole API call
+    /// (shared by every connection).
+    Batch(Arc<[(Action, Route)]>),
 }
 
 /// The client's desired state: what every new session subscribes to and
@@ -228,6 +232,21 @@ impl Desired {
             }
             ClientCommand::Announce(r) => self.announcements.insert(r),
             ClientCommand::Withdraw(r) => self.announcements.remove(&r),
+            ClientCommand::Batch(list) => {
+                let mut changed = false;
+                for (action, r) in list.iter() {
+                    changed |= self.apply_route(*action, r);
+                }
+                changed
+            }
+        }
+    }
+
+    /// Announces (`Add`) or withdraws `r`; false if that changed nothing.
+    fn apply_route(&mut self, action: Action, r: &Route) -> bool {
+        match action {
+            Action::Add => self.announcements.insert(*r),
+            Action::Remove => self.announcements.remove(r),
         }
     }
 }
@@ -375,7 +394,7 @@ impl Client {
     pub async fn command(&self, cmd: ClientCommand) {
         for s in self.servers.values() {
             // A task that ended (shutdown) has nothing left to update.
-            let _ = s.commands.send(cmd).await;
+            let _ = s.commands.send(cmd.clone()).await;
         }
     }
 
@@ -710,7 +729,24 @@ impl ClientLink<'_> {
     /// the live session (the driver then queues the session's
     /// SUBSCRIBE/UNSUBSCRIBE frames).
     fn on_command(&mut self, cmd: ClientCommand, session: &mut Session, out: &mut Outbound) {
-        if !self.desired.apply(cmd) {
+        if let ClientCommand::Batch(list) = &cmd {
+            // What changed goes out in one buffer (before establishment
+            // nothing: the whole desired set goes out then).
+            let mut buf = BytesMut::new();
+            let mut n = 0;
+            for (action, r) in list.iter() {
+                if self.desired.apply_route(*action, r) && session.is_established() {
+                    encode_update(*action, r, &mut buf);
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                out.push_data(buf.freeze());
+                self.count_updates_out(n);
+            }
+            return;
+        }
+        if !self.desired.apply(cmd.clone()) {
             return;
         }
         match cmd {
@@ -732,7 +768,7 @@ impl ClientLink<'_> {
                 push_update(out, Action::Remove, &r);
                 self.count_updates_out(1);
             }
-            ClientCommand::Announce(_) | ClientCommand::Withdraw(_) => {}
+            ClientCommand::Announce(_) | ClientCommand::Withdraw(_) | ClientCommand::Batch(_) => {}
         }
     }
 }

@@ -32,7 +32,9 @@ pub mod stats;
 
 use std::fmt;
 
-pub use agent::{Agent, AgentHandle, AgentRequest, AgentStats, ClientSettings, ServerStatus};
+pub use agent::{
+    Agent, AgentHandle, AgentRequest, AgentStats, Applied, ClientSettings, ServerStatus,
+};
 pub use connection::{
     backoff_delay, BackoffConfig, Client, ClientCommand, ClientConfig, ClientEvent, Desired,
 };

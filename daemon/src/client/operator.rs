@@ -9,7 +9,12 @@
 //! - [`SUBSCRIPTIONS`]: key the VNI in decimal, value `subscribed` or
 //!   `unsubscribed`;
 //! - [`MAPPINGS`]: key the VNI in decimal, value the routing table in
-//!   decimal (the VNI maps to exactly that table) or `removed`.
+//!   decimal (the VNI maps to exactly that table) or `removed`;
+//! - [`ANNOUNCEMENTS`]: key `OWNER<TAB>ROUTE` (the route in its text form),
+//!   value `announced`: the routes announced through the API, by owner
+//!   (ADR 0021). They are not merged with the configuration: the routes of
+//!   `--announce` belong to the owner `config`, which the API cannot
+//!   change, and an owner's routes are kept until that owner withdraws them.
 //!
 //! The merge rule at start ([`StoredClientState::apply`]): the flags and
 //! the config file give the starting point, and **a stored API change wins
@@ -33,9 +38,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::warn;
 
+use super::planner::OwnerDelta;
 use super::{ClientChange, ClientSettings, ServerAddr};
 use crate::store::{Store, StoreError};
-use crate::wire::Vni;
+use crate::wire::{Route, Vni};
 
 /// Store namespace of the servers added or removed through the API.
 pub const SERVERS: &str = "client.servers";
@@ -43,6 +49,10 @@ pub const SERVERS: &str = "client.servers";
 pub const SUBSCRIPTIONS: &str = "client.subscriptions";
 /// Store namespace of the table mappings changed through the API.
 pub const MAPPINGS: &str = "client.mappings";
+/// Store namespace of the routes announced through the API, by owner.
+pub const ANNOUNCEMENTS: &str = "client.announcements";
+
+const ANNOUNCED: &str = "announced";
 
 const ADDED: &str = "added";
 const REMOVED: &str = "removed";
@@ -69,6 +79,8 @@ pub struct StoredClientState {
     pub subscriptions: BTreeMap<Vni, bool>,
     /// VNI -> its table, or `None` when the mapping was removed.
     pub mappings: BTreeMap<Vni, Option<u32>>,
+    /// Owner -> the routes it announces through the API.
+    pub announcements: BTreeMap<String, BTreeSet<Route>>,
 }
 
 impl StoredClientState {
@@ -108,12 +120,33 @@ impl StoredClientState {
                 ),
             }
         }
+        for (key, value) in store.list(ANNOUNCEMENTS)? {
+            let parsed = key
+                .split_once('\t')
+                .filter(|_| value == ANNOUNCED)
+                .and_then(|(owner, route)| Some((owner, route.parse::<Route>().ok()?)));
+            match parsed {
+                Some((owner, route)) => drop(
+                    out.announcements
+                        .entry(owner.to_string())
+                        .or_default()
+                        .insert(route),
+                ),
+                None => warn!(
+                    key,
+                    value, "ignoring an unreadable stored announcement record"
+                ),
+            }
+        }
         Ok(out)
     }
 
     /// True if nothing is stored.
     pub fn is_empty(&self) -> bool {
-        self.servers.is_empty() && self.subscriptions.is_empty() && self.mappings.is_empty()
+        self.servers.is_empty()
+            && self.subscriptions.is_empty()
+            && self.mappings.is_empty()
+            && self.announcements.is_empty()
     }
 
     /// The settings of `settings` (as given at start, before
@@ -192,7 +225,24 @@ pub fn record(store: &Store, change: &ClientChange) -> Result<(), StoreError> {
         ClientChange::Unsubscribe(vni) => record_subscription(store, *vni, false),
         ClientChange::SetMapping(vni, table) => record_mapping(store, *vni, Some(*table)),
         ClientChange::RemoveMapping(vni) => record_mapping(store, *vni, None),
+        // Recorded as the difference they make: record_announcements.
+        ClientChange::Announce { .. }
+        | ClientChange::Withdraw { .. }
+        | ClientChange::SetAnnouncements { .. } => Ok(()),
     }
+}
+
+/// Records an owner's announcement difference durably, in one transaction
+/// (added routes stored, removed ones deleted).
+pub fn record_announcements(store: &Store, delta: &OwnerDelta) -> Result<(), StoreError> {
+    let key = |r: &Route| format!("{}\t{r}", delta.owner);
+    let puts: Vec<(String, String)> = delta
+        .add
+        .iter()
+        .map(|r| (key(r), ANNOUNCED.to_string()))
+        .collect();
+    let deletes: Vec<String> = delta.remove.iter().map(key).collect();
+    store.write_batch(ANNOUNCEMENTS, &puts, &deletes)
 }
 
 /// Records that `addr` was added (true) or removed (false), durably.
@@ -248,6 +298,7 @@ mod tests {
             servers: BTreeMap::from([(a, false), (c.clone(), true)]),
             subscriptions: BTreeMap::from([(Vni(2), false), (Vni(3), true)]),
             mappings: BTreeMap::from([(Vni(1), Some(12)), (Vni(2), None), (Vni(3), Some(30))]),
+            announcements: BTreeMap::new(),
         };
         let overrides = stored.overrides(&settings);
         let texts: Vec<(&str, &str)> = overrides

@@ -57,6 +57,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+mod announcements;
+
+pub use announcements::{
+    check_owner, Announcements, DeltaKind, OwnerDelta, CONFIG_OWNER, DEFAULT_OWNER, MAX_OWNER_LEN,
+};
+
 use super::connection::{ClientCommand, Desired};
 use super::dataplane::{DataplaneOp, Executed};
 use super::{Change, ReceivedRoutes, ServerAddr, ServerId};
@@ -99,6 +105,47 @@ pub enum ClientChange {
     SetMapping(Vni, u32),
     /// Remove a VNI's mapping.
     RemoveMapping(Vni),
+    /// `owner` announces `routes` too (ADR 0021). Unless `allow_existing`,
+    /// a route the owner announces already is ALREADY_EXISTS.
+    Announce {
+        /// The owner (checked: [`check_owner`]).
+        owner: String,
+        /// The routes (`routes[i]` in messages).
+        routes: Vec<Route>,
+        /// Routes the owner announces already are no error.
+        allow_existing: bool,
+    },
+    /// `owner` stops announcing `routes`. Unless `allow_missing`, a route
+    /// the owner does not announce is NOT_FOUND.
+    Withdraw {
+        /// The owner.
+        owner: String,
+        /// The routes.
+        routes: Vec<Route>,
+        /// Routes the owner does not announce are no error.
+        allow_missing: bool,
+    },
+    /// `owner`'s routes become exactly `routes` (empty: none).
+    SetAnnouncements {
+        /// The owner.
+        owner: String,
+        /// The complete set.
+        routes: Vec<Route>,
+    },
+}
+
+impl ClientChange {
+    /// The difference an announcement change makes to its owner's set,
+    /// given the current `announced` (`None` for other changes).
+    fn owner_delta(&self, announced: &Announcements) -> Option<OwnerDelta> {
+        let (owner, routes, how) = match self {
+            ClientChange::Announce { owner, routes, .. } => (owner, routes, DeltaKind::Announce),
+            ClientChange::Withdraw { owner, routes, .. } => (owner, routes, DeltaKind::Withdraw),
+            ClientChange::SetAnnouncements { owner, routes } => (owner, routes, DeltaKind::Exact),
+            _ => return None,
+        };
+        Some(announced.delta(owner, routes, how))
+    }
 }
 
 /// Why the agent refused a change; each message is the full text the API
@@ -271,6 +318,8 @@ pub struct Planner {
     /// The one subscription set (and the announcements); connection tasks
     /// start from a copy.
     desired: Desired,
+    /// The announcements by owner; `desired.announcements` is their union.
+    announced: Announcements,
     tables: BTreeMap<Vni, BTreeSet<u32>>,
     ipv4_only: bool,
     /// A dataplane is there to run operations (without one, none are asked).
@@ -303,6 +352,9 @@ impl Planner {
         let mut received = ReceivedRoutes::new();
         let _ = received
             .set_local_announcements(config.desired.announcements.iter().map(|r| (r.vni, r.dest)));
+        let mut announced = Announcements::default();
+        let configured: Vec<Route> = config.desired.announcements.iter().copied().collect();
+        announced.apply(&announced.delta(CONFIG_OWNER, &configured, DeltaKind::Exact));
         Planner {
             servers: config
                 .servers
@@ -310,6 +362,7 @@ impl Planner {
                 .map(|(id, addr)| (id, Server::new(addr)))
                 .collect(),
             desired: config.desired,
+            announced,
             tables: config.tables,
             ipv4_only: config.ipv4_only,
             dataplane,
@@ -531,8 +584,108 @@ impl Planner {
             ClientChange::RemoveMapping(vni) if !self.tables.contains_key(vni) => {
                 Err(Refused::NotFound(format!("vni: {vni} is not mapped")))
             }
+            ClientChange::Announce {
+                owner,
+                routes,
+                allow_existing,
+            } => {
+                self.check_owner_routes(owner, routes)?;
+                match routes.iter().position(|r| self.announced.owns(owner, r)) {
+                    Some(i) if !allow_existing => Err(Refused::AlreadyExists(format!(
+                        "routes[{i}]: {} is announced by owner {owner:?} already",
+                        routes[i]
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            ClientChange::Withdraw {
+                owner,
+                routes,
+                allow_missing,
+            } => {
+                self.check_owner_routes(owner, routes)?;
+                match routes.iter().position(|r| !self.announced.owns(owner, r)) {
+                    Some(i) if !allow_missing => Err(Refused::NotFound(format!(
+                        "routes[{i}]: {} is not announced by owner {owner:?}",
+                        routes[i]
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            ClientChange::SetAnnouncements { owner, routes } => {
+                check_owner(owner)
+                    .map(drop)
+                    .map_err(|why| Refused::Invalid(format!("owner: {why}")))?;
+                self.check_duplicates(routes)
+            }
             _ => Ok(()),
         }
+    }
+
+    /// The owner is a valid API owner and the list names each route once.
+    fn check_owner_routes(&self, owner: &str, routes: &[Route]) -> Result<(), Refused> {
+        check_owner(owner)
+            .map(drop)
+            .map_err(|why| Refused::Invalid(format!("owner: {why}")))?;
+        if routes.is_empty() {
+            return Err(Refused::Invalid(
+                "routes: at least one route is required".into(),
+            ));
+        }
+        self.check_duplicates(routes)
+    }
+
+    /// A route given twice is a caller's mistake, named by both indexes.
+    fn check_duplicates(&self, routes: &[Route]) -> Result<(), Refused> {
+        let mut first = std::collections::HashMap::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(j) = first.insert(*r, i) {
+                return Err(Refused::Invalid(format!(
+                    "routes[{i}]: {r} is given twice (also routes[{j}])"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The difference an announcement change (checked first) makes to its
+    /// owner's routes; `None` for other changes. Stored by the agent before
+    /// it is applied ([`Planner::apply_announcements`]).
+    pub fn announcement_delta(&self, change: &ClientChange) -> Option<OwnerDelta> {
+        change.owner_delta(&self.announced)
+    }
+
+    /// Applies an owner's difference: the routes that appear on or leave
+    /// the wire (reference-counted over owners) become the commands every
+    /// connection gets, and the loop-prevention set follows (received
+    /// routes of a destination announced here are not installed).
+    pub fn apply_announcements(
+        &mut self,
+        delta: &OwnerDelta,
+    ) -> (Vec<ClientCommand>, Vec<Planned>) {
+        let (appear, leave) = self.announced.apply(delta);
+        let mut commands = Vec::with_capacity(appear.len() + leave.len());
+        for r in leave {
+            self.desired.apply(ClientCommand::Withdraw(r));
+            commands.push(ClientCommand::Withdraw(r));
+        }
+        for r in appear {
+            self.desired.apply(ClientCommand::Announce(r));
+            commands.push(ClientCommand::Announce(r));
+        }
+        if commands.is_empty() {
+            return (commands, Vec::new());
+        }
+        let changes = self
+            .received
+            .set_local_announcements(self.desired.announcements.iter().map(|r| (r.vni, r.dest)));
+        (commands, self.apply_changes(changes))
+    }
+
+    /// Every announced route with its owners ([`CONFIG_OWNER`] for those of
+    /// the flags and the configuration file), sorted by route.
+    pub fn announcements(&self) -> Vec<(Route, Vec<String>)> {
+        self.announced.list()
     }
 
     /// A server added (its connection got `server`).

@@ -731,3 +731,87 @@ fn a_server_back_after_a_loss_reconciles_at_its_sync() {
     assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
     assert_eq!(b.p.next_deadline(), None);
 }
+
+#[test]
+fn runtime_announcements_are_checked_reference_counted_and_prevent_loops() {
+    let mine = "100#10.0.1.0/24@2001:db8::1";
+    let mut b = Setup {
+        announcements: vec![route(mine)],
+        ..Setup::default()
+    }
+    .start();
+    b.advance(HOLD);
+    b.up(0);
+    // A route of another hypervisor for a destination not announced here.
+    b.add(0, "100#10.0.2.0/24@2001:db8::7");
+    assert_eq!(b.table(100), one("10.0.2.0/24", &["2001:db8::7"]));
+    let announce = |owner: &str, texts: &[&str], allow_existing: bool| ClientChange::Announce {
+        owner: owner.into(),
+        routes: texts.iter().map(|t| route(t)).collect(),
+        allow_existing,
+    };
+
+    // Typed refusals, field first.
+    assert_eq!(
+        b.p.check(&announce("config", &[mine], false)),
+        Err(Refused::Invalid(
+            "owner: \"config\" is reserved for the routes of --announce and the configuration file"
+                .into()
+        ))
+    );
+    assert_eq!(
+        b.p.check(&ClientChange::Withdraw {
+            owner: "api".into(),
+            routes: vec![route(mine)],
+            allow_missing: false,
+        }),
+        Err(Refused::NotFound(format!(
+            "routes[0]: {mine} is not announced by owner \"api\""
+        )))
+    );
+    assert!(matches!(
+        b.p.check(&announce("api", &[mine, mine], true)),
+        Err(Refused::Invalid(m)) if m.starts_with("routes[1]: ")
+    ));
+
+    // A second owner of the configured route: no wire change.
+    let change = announce("api", &[mine, "100#10.0.2.0/24@2001:db8::1"], false);
+    b.p.check(&change).unwrap();
+    let delta = b.p.announcement_delta(&change).unwrap();
+    let (commands, ops) = b.p.apply_announcements(&delta);
+    // Only the new destination goes out; announcing 10.0.2.0/24 here
+    // takes the other hypervisor's route for it out of the kernel.
+    assert_eq!(
+        commands,
+        vec![ClientCommand::Announce(route(
+            "100#10.0.2.0/24@2001:db8::1"
+        ))]
+    );
+    b.run(ops);
+    assert!(b.table(100).is_empty(), "{:?}", b.table(100));
+    assert_eq!(
+        b.p.check(&announce("api", &[mine], false)),
+        Err(Refused::AlreadyExists(format!(
+            "routes[0]: {mine} is announced by owner \"api\" already"
+        )))
+    );
+    // Withdrawn: the received route is installed again.
+    let change = ClientChange::SetAnnouncements {
+        owner: "api".into(),
+        routes: vec![],
+    };
+    let delta = b.p.announcement_delta(&change).unwrap();
+    let (commands, ops) = b.p.apply_announcements(&delta);
+    assert_eq!(
+        commands,
+        vec![ClientCommand::Withdraw(route(
+            "100#10.0.2.0/24@2001:db8::1"
+        ))]
+    );
+    b.run(ops);
+    assert_eq!(b.table(100), one("10.0.2.0/24", &["2001:db8::7"]));
+    assert_eq!(
+        b.p.announcements(),
+        vec![(route(mine), vec!["config".to_string()])]
+    );
+}

@@ -157,12 +157,7 @@ async fn restarted_client_keeps_its_routes_and_resyncs() {
     )
     .await;
     expect_log(&client, "kernel routes reconciled").await;
-    let line = client
-        .logs()
-        .lines()
-        .find(|l| l.contains("kernel routes reconciled"))
-        .unwrap()
-        .to_string();
+    let line = reconcile_log_line(&client);
     assert!(
         line.contains("deleted=1") && line.contains("kept=2"),
         "{line}"
@@ -238,12 +233,7 @@ async fn restarted_client_with_sync_reconciles_long_before_the_hold_time() {
     );
     assert!(routes_now(&env.ns).unwrap().contains_key("10.0.1.0/24"));
     expect_log(&client, "sync=true").await;
-    let line = client
-        .logs()
-        .lines()
-        .find(|l| l.contains("kernel routes reconciled"))
-        .unwrap_or_default()
-        .to_string();
+    let line = reconcile_log_line(&client);
     assert!(
         line.contains("every route server sent SYNC") && line.contains("deleted=1"),
         "{line}"
@@ -612,4 +602,14 @@ async fn client_role_from_the_config_file() {
     .unwrap_or_else(|e| panic!("{e}"));
     env.wait_table(101, &[("10.0.1.0/24", &["2001:db8::1"])], &[])
         .await;
+}
+
+/// The agent's "kernel routes reconciled" log line (empty if there is none).
+fn reconcile_log_line(client: &Daemon) -> String {
+    client
+        .logs()
+        .lines()
+        .find(|l| l.contains("kernel routes reconciled"))
+        .unwrap_or_default()
+        .to_string()
 }

@@ -267,6 +267,13 @@ pub enum WatchCommand {
     },
     /// Sessions coming up and going down.
     Peers,
+    /// Client role: the received routes (snapshot, then changes, with a
+    /// `synced` line per VNI once every route server delivered it).
+    Received {
+        /// Only this VNI (repeat for more).
+        #[arg(long, value_name = "N")]
+        vni: Vec<u32>,
+    },
 }
 
 fn parse_timeout(s: &str) -> Result<f64, String> {

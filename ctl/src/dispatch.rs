@@ -222,6 +222,13 @@ async fn serve(ctx: &Ctx, p: &mut Printer, request: Request) -> Result<u8, CliEr
             })
             .await
         }
+        Request::WatchReceived(vnis) => {
+            let req = api::WatchReceivedRequest { vnis };
+            let events = ctx
+                .call("WatchReceived", ctx.client().watch_received(req))
+                .await?;
+            watch(p, events, render::events::received_event_line).await
+        }
         Request::Servers => {
             ctx.answer(
                 p,
@@ -523,6 +530,14 @@ impl WatchEvent<api::RouteEvent> for RouteEventJson {
             RouteEventKind::Lagged { reason } => Some(reason),
             _ => None,
         }
+    }
+}
+
+impl WatchEvent<api::ReceivedEvent> for ReceivedEventJson {
+    fn lagged_reason(&self) -> Option<&str> {
+        // A received-routes watch goes on after `lagged` with a fresh
+        // snapshot: nothing ends.
+        None
     }
 }
 

@@ -529,6 +529,77 @@ impl From<&api::RouteEvent> for RouteEventJson {
     }
 }
 
+/// One line of `mbctl watch received -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReceivedEventJson {
+    /// Sequence number (from 1, no gaps).
+    pub sequence: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: ReceivedEventKind,
+}
+
+/// What a received-routes event is, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReceivedEventKind {
+    /// Routes of a snapshot (the first, or the one after `lagged`).
+    Snapshot {
+        /// The routes.
+        routes: Vec<RouteJson>,
+    },
+    /// The end of a snapshot: it replaces everything seen before.
+    SnapshotEnd {
+        /// Routes in the snapshot.
+        routes: u64,
+    },
+    /// A route is received now.
+    Added {
+        /// The route.
+        route: RouteJson,
+    },
+    /// A route is no longer received.
+    Removed {
+        /// The route.
+        route: RouteJson,
+    },
+    /// Every route server delivered this VNI's routes.
+    Synced {
+        /// The VNI.
+        vni: u32,
+    },
+    /// The watch fell behind; a fresh snapshot follows.
+    Lagged {
+        /// Why.
+        reason: String,
+    },
+    /// An event this version does not know.
+    Unknown,
+}
+
+impl From<&api::ReceivedEvent> for ReceivedEventJson {
+    fn from(e: &api::ReceivedEvent) -> Self {
+        use api::received_event::Event;
+        let event = match &e.event {
+            Some(Event::Snapshot(chunk)) => ReceivedEventKind::Snapshot {
+                routes: chunk.routes.iter().map(RouteJson::from).collect(),
+            },
+            Some(Event::SnapshotEnd(end)) => ReceivedEventKind::SnapshotEnd { routes: end.routes },
+            Some(Event::Added(r)) => ReceivedEventKind::Added { route: r.into() },
+            Some(Event::Removed(r)) => ReceivedEventKind::Removed { route: r.into() },
+            Some(Event::Synced(s)) => ReceivedEventKind::Synced { vni: s.vni },
+            Some(Event::Lagged(l)) => ReceivedEventKind::Lagged {
+                reason: l.reason.clone(),
+            },
+            None => ReceivedEventKind::Unknown,
+        };
+        ReceivedEventJson {
+            sequence: e.sequence,
+            event,
+        }
+    }
+}
+
 /// One line of `mbctl watch peers -o json`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PeerEventJson {

@@ -41,6 +41,8 @@ pub enum Request {
     WatchRoutes(api::RouteFilter),
     /// WatchPeers.
     WatchPeers,
+    /// ClientService.WatchReceived (of these VNIs; empty: all).
+    WatchReceived(Vec<u32>),
     /// ListServers.
     Servers,
     /// AddServer.
@@ -132,6 +134,7 @@ impl Request {
                 })
             }
             Command::Watch(WatchCommand::Peers) => Request::WatchPeers,
+            Command::Watch(WatchCommand::Received { vni }) => Request::WatchReceived(vni),
             Command::Servers => Request::Servers,
             Command::Server(ServerCommand::Add { address }) => {
                 Request::AddServer(server_arg(&address)?)

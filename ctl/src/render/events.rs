@@ -2,7 +2,10 @@
 
 use metalbond_proto::api;
 
-use crate::model::{PeerEventJson, PeerEventKind, RouteEventJson, RouteEventKind};
+use crate::model::{
+    PeerEventJson, PeerEventKind, ReceivedEventJson, ReceivedEventKind, RouteEventJson,
+    RouteEventKind,
+};
 use crate::render::plural;
 use crate::render::table::or_dash;
 use crate::route::format_route;
@@ -31,6 +34,30 @@ pub fn route_event_line(e: &RouteEventJson, raw: &api::RouteEvent) -> String {
         .trim_end()
         .to_string()
         + "\n"
+}
+
+/// The lines of one `mbctl watch received` event in table mode: `SEQ KIND
+/// DETAIL`, one line per route of a snapshot chunk
+/// (`7 synced vni 100`, `8 added 100#10.0.1.0/24@2001:db8::1`).
+pub fn received_event_line(e: &ReceivedEventJson, raw: &api::ReceivedEvent) -> String {
+    use api::received_event::Event;
+    let seq = e.sequence;
+    match (&e.event, &raw.event) {
+        (_, Some(Event::Snapshot(chunk))) => chunk
+            .routes
+            .iter()
+            .map(|r| format!("{seq} snapshot {}\n", format_route(r)))
+            .collect(),
+        (_, Some(Event::Added(r))) => format!("{seq} added {}\n", format_route(r)),
+        (_, Some(Event::Removed(r))) => format!("{seq} removed {}\n", format_route(r)),
+        (ReceivedEventKind::SnapshotEnd { routes }, _) => format!(
+            "{seq} snapshot_end {routes} {}\n",
+            plural(*routes as usize, "route")
+        ),
+        (ReceivedEventKind::Synced { vni }, _) => format!("{seq} synced vni {vni}\n"),
+        (ReceivedEventKind::Lagged { reason }, _) => format!("{seq} lagged {reason}\n"),
+        _ => format!("{seq} unknown\n"),
+    }
 }
 
 /// One line of `mbctl watch peers` in table mode:

@@ -14,11 +14,15 @@ use tonic::{Request, Response, Status};
 use super::convert::{
     invalid, route_from_api, route_to_api, routes_from_api, timestamp, vni_from_api,
 };
+use super::received_watch::{ReceivedWatcher, WATCH_BUFFER};
 use super::{shutting_down, ApiState};
+use crate::client::feed::FeedFilter;
 use crate::client::planner::{check_owner, check_table};
 use crate::client::{AgentHandle, AgentRequest, Applied, ClientChange, Refused, ServerAddr};
 use crate::wire::Route;
 use crate::wire::Vni;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// The ClientService implementation.
 pub struct ClientApi {
@@ -316,5 +320,29 @@ impl pb::client_service_server::ClientService for ClientApi {
                 })
                 .collect(),
         }))
+    }
+
+    type WatchReceivedStream = ReceiverStream<Result<pb::ReceivedEvent, Status>>;
+
+    async fn watch_received(
+        &self,
+        request: Request<pb::WatchReceivedRequest>,
+    ) -> Result<Response<Self::WatchReceivedStream>, Status> {
+        // Peers may use any 32-bit VNI: a filter accepts them all.
+        let filter = FeedFilter {
+            vnis: request.into_inner().vnis.into_iter().map(Vni).collect(),
+        };
+        let agent = self.agent()?.clone();
+        let f = filter.clone();
+        let start = self.ask(|r| AgentRequest::WatchReceived(f, r)).await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let watcher = ReceivedWatcher {
+            agent,
+            filter,
+            tx,
+            sequence: 0,
+        };
+        tokio::spawn(watcher.run(start));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

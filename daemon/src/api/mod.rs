@@ -9,6 +9,7 @@ mod listeners;
 mod metered;
 mod peer_service;
 mod read_only;
+mod received_watch;
 mod route_service;
 mod vni_service;
 

@@ -102,6 +102,7 @@ mod tests {
         ));
         assert!(!is_mutating("/metalbondd.v1.RouteService/ListRoutes"));
         assert!(!is_mutating("/metalbondd.v1.RouteService/WatchRoutes"));
+        assert!(!is_mutating("/metalbondd.v1.ClientService/WatchReceived"));
         assert!(!is_mutating("/grpc.health.v1.Health/Check"));
     }
 }

@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::dataplane::{Dataplane, Executed};
+use super::feed::{Feed, FeedFilter, WatchStart};
 use super::operator::{self, Override, StoredClientState};
 use super::planner::{check_table, OwnerDelta, Planned, Planner, PlannerConfig};
 pub use super::planner::{
@@ -148,6 +149,9 @@ pub enum AgentRequest {
     Change(ClientChange, oneshot::Sender<Result<Applied, Refused>>),
     /// The announced routes with their owners, sorted by route.
     Announcements(oneshot::Sender<Vec<(Route, Vec<String>)>>),
+    /// Starts a watch of the received routes: the snapshot and the events
+    /// after it (ADR 0024).
+    WatchReceived(FeedFilter, oneshot::Sender<WatchStart>),
 }
 
 /// What an operator change did; the counts are those of an announcement
@@ -349,6 +353,7 @@ impl Agent {
             tun: settings.tun,
             store,
             cleanup: settings.cleanup,
+            feed: Feed::default(),
         };
         task.publish_gauges();
         let task = tokio::spawn(task.run(events, control_rx, stop_rx));
@@ -481,6 +486,8 @@ struct AgentTask {
     store: Option<Arc<Store>>,
     /// Delete the routes of the mapped tables at exit.
     cleanup: bool,
+    /// The received-routes feed (published after each step).
+    feed: Feed,
 }
 
 impl AgentTask {
@@ -517,23 +524,31 @@ impl AgentTask {
                 ev = events.recv() => match ev {
                     Some(ev) => {
                         self.handle(ev).await;
+                        self.publish_feed();
                         self.publish_gauges();
                     }
                     None => return,
                 },
                 Some(req) = control.recv() => {
                     self.request(req).await;
+                    self.publish_feed();
                     self.publish_gauges();
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     let ops = self.planner.on_timer(now());
                     self.executor.run(&mut self.planner, ops).await;
+                    self.publish_feed();
                 }
                 r = stop.changed() => if r.is_err() || *stop.borrow() {
                     return;
                 },
             }
         }
+    }
+
+    /// Publishes the feed events of the last step.
+    fn publish_feed(&mut self) {
+        self.feed.publish(self.planner.take_feed());
     }
 
     /// Sets the gauges of servers and received routes from the planner
@@ -631,6 +646,16 @@ impl AgentTask {
             AgentRequest::Announcements(reply) => {
                 let _ = reply.send(self.planner.announcements());
             }
+            AgentRequest::WatchReceived(filter, reply) => {
+                // Every event of earlier steps is published (after each
+                // step), so the snapshot and the receiver fit exactly.
+                let (routes, synced) = self.planner.feed_snapshot(|v| filter.accepts(v));
+                let _ = reply.send(WatchStart {
+                    routes,
+                    synced,
+                    events: self.feed.subscribe(),
+                });
+            }
         }
     }
 
@@ -681,7 +706,7 @@ impl AgentTask {
                 self.client.remove_server(id);
                 self.links.remove(&id);
                 info!(server = %id, %addr, "route server removed (API)");
-                self.planner.remove_server(id)
+                self.planner.remove_server(id, now())
             }
             ClientChange::Subscribe(vni) => {
                 self.planner.subscribe(vni);

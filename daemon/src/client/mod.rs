@@ -20,11 +20,13 @@
 //!   with the connections' events, the API's requests and its timer, runs
 //!   its operations on the dataplane, and owns the operator's changes
 //!   (check, store, apply).
+//! - [`feed`]: the received-routes feed's fan-out to the API's watches.
 //! - [`stats`]: the role's counters ([`AgentStats`]), read by the metrics.
 
 pub mod agent;
 pub mod connection;
 pub mod dataplane;
+pub mod feed;
 pub mod operator;
 pub mod planner;
 pub mod received;

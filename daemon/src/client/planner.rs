@@ -58,6 +58,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod announcements;
+mod feed;
+
+pub use feed::FeedEvent;
 
 pub use announcements::{
     check_owner, Announcements, DeltaKind, OwnerDelta, CONFIG_OWNER, DEFAULT_OWNER, MAX_OWNER_LEN,
@@ -65,6 +68,7 @@ pub use announcements::{
 
 use super::connection::{ClientCommand, Desired};
 use super::dataplane::{DataplaneOp, Executed};
+use super::received::MAX_SERVERS;
 use super::{Change, ReceivedRoutes, ServerAddr, ServerId};
 use crate::kernel::{KernelError, KernelRoute, Prefix};
 use crate::wire::{Action, Destination, Route, Update, Vni};
@@ -338,6 +342,8 @@ pub struct Planner {
     hold_time: Duration,
     stale_time: Duration,
     flush_at_start: bool,
+    /// The received-routes feed's synced VNIs.
+    feed: feed::FeedSync,
 }
 
 /// The kernel prefix of a MetalBond destination.
@@ -355,7 +361,9 @@ impl Planner {
         let mut announced = Announcements::default();
         let configured: Vec<Route> = config.desired.announcements.iter().copied().collect();
         announced.apply(&announced.delta(CONFIG_OWNER, &configured, DeltaKind::Exact));
+        let feed = feed::FeedSync::new(&config.desired.subscriptions);
         Planner {
+            feed,
             servers: config
                 .servers
                 .into_iter()
@@ -498,6 +506,7 @@ impl Planner {
                 all_servers: false,
             };
         }
+        self.check_feed(now);
     }
 
     /// An attempt or a session with `server` ended: its routes go, unless
@@ -515,6 +524,8 @@ impl Planner {
             return Vec::new();
         }
         let changes = self.received.drop_server(server);
+        // The servers left may all have synced what waits.
+        self.check_feed(now);
         self.apply_changes(changes)
     }
 
@@ -555,9 +566,51 @@ impl Planner {
             sync.last = Some(now);
         }
         debug!(server = server.0, %vni, "route server synced");
+        self.check_feed(now);
         let mut out = Vec::new();
         self.check_hold(now, &mut out);
         out
+    }
+
+    /// The feed events since the last call (route changes, then synced
+    /// VNIs), for the agent to publish after each step.
+    pub fn take_feed(&mut self) -> Vec<FeedEvent> {
+        let mut out: Vec<FeedEvent> = self
+            .received
+            .take_deltas()
+            .into_iter()
+            .map(FeedEvent::from)
+            .collect();
+        out.extend(self.feed.take_events());
+        out
+    }
+
+    /// The received routes of the VNIs `accept` accepts (sorted), and the
+    /// synced VNIs among them: the start of a watch, consistent with the
+    /// events taken so far ([`Planner::take_feed`]).
+    pub fn feed_snapshot(&self, accept: impl Fn(Vni) -> bool) -> (Vec<Route>, Vec<Vni>) {
+        let synced = self
+            .feed
+            .synced()
+            .iter()
+            .copied()
+            .filter(|v| accept(*v))
+            .collect();
+        (self.received.route_list(accept), synced)
+    }
+
+    /// Declares synced the waiting VNIs that every established server
+    /// (at least one) has sent SYNC for, or whose hold time passed.
+    fn check_feed(&mut self, now: Instant) {
+        let servers = &self.servers;
+        self.feed.check(now, self.hold_time, |vni| {
+            let mut up = servers
+                .values()
+                .filter(|s| s.quiet_since.is_some())
+                .peekable();
+            up.peek().is_some()
+                && up.all(|s| s.sync.as_ref().is_some_and(|sync| sync.vnis.contains(&vni)))
+        });
     }
 
     /// Whether `change` can be made now (the same messages the API returns).
@@ -569,6 +622,11 @@ impl Planner {
             ClientChange::AddServer(addr) if configured(addr) => Err(Refused::AlreadyExists(
                 format!("address: server {addr} is configured already"),
             )),
+            ClientChange::AddServer(_) if self.servers.len() >= MAX_SERVERS => {
+                Err(Refused::Precondition(format!(
+                    "address: {MAX_SERVERS} route servers are configured, the most the client role takes"
+                )))
+            }
             ClientChange::RemoveServer(addr) if !configured(addr) => Err(Refused::NotFound(
                 format!("address: server {addr} is not configured"),
             )),
@@ -703,31 +761,37 @@ impl Planner {
 
     /// A server removed: its routes go at once (as on a Down while another
     /// server is up), and events it had queued are ignored.
-    pub fn remove_server(&mut self, server: ServerId) -> Vec<Planned> {
+    pub fn remove_server(&mut self, server: ServerId, now: Instant) -> Vec<Planned> {
         self.servers.remove(&server);
         let changes = self.received.drop_server(server);
+        self.check_feed(now);
         self.apply_changes(changes)
     }
 
     /// Subscribes to `vni` (checked first).
     pub fn subscribe(&mut self, vni: Vni) {
         self.desired.apply(ClientCommand::Subscribe(vni));
+        self.feed.subscribed(vni);
+        // A SYNC for `vni` of an earlier subscription says nothing about
+        // the dump of this one (it comes after the new SUBSCRIBE's dump).
+        for sync in self.servers.values_mut().filter_map(|s| s.sync.as_mut()) {
+            sync.vnis.remove(&vni);
+        }
     }
 
     /// Unsubscribes from `vni` (checked first): its received routes go, as
     /// the server sends no withdrawals for an unsubscribe.
     pub fn unsubscribe(&mut self, vni: Vni) -> Vec<Planned> {
         self.desired.apply(ClientCommand::Unsubscribe(vni));
-        let ids: Vec<ServerId> = self.servers.keys().copied().collect();
+        self.feed.unsubscribed(vni);
+        let provided: Vec<(Route, Vec<ServerId>)> = self
+            .received
+            .routes(Some(vni))
+            .map(|(r, servers)| (*r, servers))
+            .collect();
         let mut changes = Vec::new();
-        for id in ids {
-            let routes: Vec<Route> = self
-                .received
-                .routes_of(id)
-                .filter(|r| r.vni == vni)
-                .copied()
-                .collect();
-            for route in routes {
+        for (route, servers) in provided {
+            for id in servers {
                 changes.extend(self.received.remove(id, route));
             }
         }
@@ -766,20 +830,14 @@ impl Planner {
     /// The received routes (of one VNI if given), with the servers that
     /// provide each and the tables it is installed in.
     pub fn received(&self, vni: Option<Vni>) -> Vec<ReceivedEntry> {
-        let mut by_route: BTreeMap<Route, Vec<ServerAddr>> = BTreeMap::new();
-        for (id, server) in &self.servers {
-            for route in self.received.routes_of(*id) {
-                if vni.is_none_or(|v| v == route.vni) {
-                    by_route
-                        .entry(*route)
-                        .or_default()
-                        .push(server.addr.clone());
-                }
-            }
-        }
-        by_route
-            .into_iter()
-            .map(|(route, mut servers)| {
+        self.received
+            .routes(vni)
+            .map(|(route, ids)| {
+                let route = *route;
+                let mut servers: Vec<ServerAddr> = ids
+                    .iter()
+                    .filter_map(|id| self.servers.get(id).map(|s| s.addr.clone()))
+                    .collect();
                 servers.sort();
                 let hops = self.received.next_hops(route.vni, route.dest);
                 let installable = self.dataplane
@@ -831,7 +889,8 @@ impl Planner {
                 Some(resync.map_or(deadline, |r| r.min(deadline)))
             }
         };
-        [retry, hold].into_iter().flatten().min()
+        let feed = self.feed.deadline(self.hold_time);
+        [retry, hold, feed].into_iter().flatten().min()
     }
 
     /// The timer fired: retries what failed if due, and reconciles if the
@@ -842,6 +901,7 @@ impl Planner {
             self.retry_at = None;
             self.retry_failed(&mut out);
         }
+        self.check_feed(now);
         self.check_hold(now, &mut out);
         out
     }

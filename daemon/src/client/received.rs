@@ -6,11 +6,12 @@
 //! withdraws it, so one server restarting makes multi-server HA flap. This
 //! module keeps, without any I/O:
 //!
-//! - per server, the set of routes it currently provides;
-//! - per route, how many servers provide it;
-//! - per (VNI, destination), a count per next-hop address over the provided
-//!   routes (several routes can share an address: NAT next hops that differ
-//!   only in their port range are distinct routes, but one kernel next hop);
+//! - per route, the set of servers that provide it (a bit per server: one
+//!   ordered map of routes is the whole table, about 100 bytes per route;
+//!   the routes of one (VNI, destination) are adjacent in it, so the kernel
+//!   next hops of a destination are a short range scan: several routes can
+//!   share an address, e.g. NAT next hops that differ only in their port
+//!   range are distinct routes but one kernel next hop);
 //! - the (VNI, destination) pairs this node announces itself, whose received
 //!   routes are tracked but never installed (loop prevention, reference PR
 //!   #177).
@@ -18,7 +19,13 @@
 //! Every operation returns the [`Change`]s of the kernel state: for each
 //! (VNI, destination) whose installable next-hop set changed, the new sorted
 //! set (empty means delete the route). Nothing is emitted when the set stays
-//! the same, so the kernel installer does no needless work.
+//! the same, so the kernel installer does no needless work. The changes of
+//! the route set itself (a route's first provider came, its last one left)
+//! are journaled as [`RouteDelta`]s for the received-routes feed
+//! ([`ReceivedRoutes::take_deltas`]).
+//!
+//! At most [`MAX_SERVERS`] servers can provide routes at once (the width of
+//! the provider bit set); the configuration and the API refuse more.
 //!
 //! Next hops whose address is IPv4 cannot be installed (the kernel routes go
 //! through an `ip6tnl` tunnel with `encap ip6 dst <next hop>`): such routes
@@ -29,10 +36,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::ServerId;
-use crate::wire::{Destination, Route, Vni};
+use crate::wire::{Address, Destination, NextHop, NextHopType, Route, Vni};
 
 #[cfg(test)]
 mod tests;
+
+/// Most servers that can provide routes at once (a bit each).
+pub const MAX_SERVERS: usize = 64;
 
 /// What the kernel should now hold for one (VNI, destination).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,22 +56,34 @@ pub struct Change {
     pub next_hops: Vec<Ipv6Addr>,
 }
 
+/// A change of the set of received routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteDelta {
+    /// The route's first provider sent it.
+    Added(Route),
+    /// The route's last provider withdrew it or went away.
+    Removed(Route),
+}
+
 /// The kernel-relevant key of a route.
 type Key = (Vni, Destination);
+
+/// The servers that provide a route: bit `i` is the server in slot `i`.
+/// Never 0 in the table (the route is absent instead).
+type Providers = u64;
 
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct ReceivedRoutes {
-    /// Routes each server currently provides.
-    by_server: HashMap<ServerId, HashSet<Route>>,
-    /// Number of servers providing each route (never 0: absent instead).
-    providers: HashMap<Route, u32>,
-    /// Per (VNI, destination): provided routes per IPv6 next-hop address.
-    /// An address is in the map only with a count above 0, and a key only
-    /// with at least one address.
-    hops: HashMap<Key, BTreeMap<Ipv6Addr, u32>>,
+    /// Every provided route and its providers, ordered by (VNI,
+    /// destination, next hop).
+    routes: BTreeMap<Route, Providers>,
+    /// The server of each provider bit (`None`: free).
+    slots: Vec<Option<ServerId>>,
     /// (VNI, destination) pairs this node announces itself.
     local: HashSet<Key>,
+    /// Route-set changes not yet taken.
+    journal: Vec<RouteDelta>,
 }
 
 /// The installable address of a route's next hop, if it has one.
@@ -69,6 +91,19 @@ fn ipv6_hop(route: &Route) -> Option<Ipv6Addr> {
     match route.next_hop.addr.to_ip() {
         IpAddr::V6(a) => Some(a),
         IpAddr::V4(_) => None,
+    }
+}
+
+/// A next hop ordered before every other (the derived order compares the
+/// address first, and an IPv4 address sorts before every IPv6 one), the
+/// start of the range of one (VNI, destination).
+fn min_next_hop() -> NextHop {
+    NextHop {
+        addr: Address::from_slice(&[0; 4]).expect("4 bytes"),
+        target_vni: 0,
+        kind: NextHopType(i32::MIN),
+        nat_from: 0,
+        nat_to: 0,
     }
 }
 
@@ -81,49 +116,78 @@ impl ReceivedRoutes {
     /// `server` provides `route` (an UPDATE ADD, or a dump entry). A repeated
     /// ADD from the same server changes nothing.
     pub fn add(&mut self, server: ServerId, route: Route) -> Vec<Change> {
-        if !self.by_server.entry(server).or_default().insert(route) {
+        let Some(bit) = self.take_bit(server) else {
+            debug_assert!(false, "more than MAX_SERVERS servers provide routes");
+            return Vec::new();
+        };
+        let key = (route.vni, route.dest);
+        let providers = self.routes.get(&route).copied().unwrap_or(0);
+        if providers & bit != 0 {
             return Vec::new();
         }
-        let key = (route.vni, route.dest);
+        if providers != 0 {
+            // Provided already: the next hops do not change.
+            self.routes.insert(route, providers | bit);
+            return Vec::new();
+        }
         let before = self.installed(&key);
-        self.provide(route);
+        self.routes.insert(route, bit);
+        self.journal.push(RouteDelta::Added(route));
         self.changes_for([(key, before)])
     }
 
     /// `server` withdraws `route` (an UPDATE REMOVE). A REMOVE for a route
     /// the server did not provide changes nothing.
     pub fn remove(&mut self, server: ServerId, route: Route) -> Vec<Change> {
-        let Some(routes) = self.by_server.get_mut(&server) else {
+        let Some(bit) = self.find_bit(server) else {
             return Vec::new();
         };
-        if !routes.remove(&route) {
+        let Some(providers) = self.routes.get_mut(&route) else {
+            return Vec::new();
+        };
+        if *providers & bit == 0 {
             return Vec::new();
         }
-        if routes.is_empty() {
-            self.by_server.remove(&server);
+        *providers &= !bit;
+        if *providers != 0 {
+            return Vec::new();
         }
         let key = (route.vni, route.dest);
         let before = self.installed(&key);
-        self.unprovide(route);
+        self.routes.remove(&route);
+        self.journal.push(RouteDelta::Removed(route));
         self.changes_for([(key, before)])
     }
 
     /// Every route of `server` is gone (its session ended). Routes another
     /// server still provides stay installed.
     pub fn drop_server(&mut self, server: ServerId) -> Vec<Change> {
-        let Some(routes) = self.by_server.remove(&server) else {
+        let Some(bit) = self.find_bit(server) else {
             return Vec::new();
         };
+        let slot = bit.trailing_zeros() as usize;
+        self.slots[slot] = None;
+        // The routes only this server provides go; the next hops of their
+        // keys are taken before (a full scan: a server's loss is rare).
+        let gone: Vec<Route> = self
+            .routes
+            .iter()
+            .filter(|&(_, &p)| p == bit)
+            .map(|(r, _)| *r)
+            .collect();
         let mut befores: HashMap<Key, Vec<Ipv6Addr>> = HashMap::new();
-        for route in &routes {
+        for route in &gone {
             let key = (route.vni, route.dest);
             if let std::collections::hash_map::Entry::Vacant(e) = befores.entry(key) {
                 e.insert(self.installed(&key));
             }
         }
-        for route in routes {
-            self.unprovide(route);
-        }
+        self.routes.retain(|_, p| {
+            *p &= !bit;
+            *p != 0
+        });
+        self.journal
+            .extend(gone.into_iter().map(RouteDelta::Removed));
         self.changes_for(befores)
     }
 
@@ -140,7 +204,7 @@ impl ReceivedRoutes {
             .local
             .symmetric_difference(&new)
             .copied()
-            .filter(|k| self.hops.contains_key(k))
+            .filter(|k| self.key_routes(k).next().is_some())
             .collect();
         let befores: Vec<(Key, Vec<Ipv6Addr>)> =
             flipped.iter().map(|k| (*k, self.installed(k))).collect();
@@ -157,13 +221,24 @@ impl ReceivedRoutes {
     /// each entry has at least one next hop. For reconciling the kernel at
     /// start or after an installer error.
     pub fn snapshot(&self) -> Vec<(Vni, Destination, Vec<Ipv6Addr>)> {
-        let mut out: Vec<_> = self
-            .hops
-            .iter()
-            .filter(|(k, _)| !self.local.contains(k))
-            .map(|(&(vni, dest), hops)| (vni, dest, hops.keys().copied().collect()))
-            .collect();
-        out.sort_by_key(|&(vni, dest, _)| (vni, dest));
+        let mut out: Vec<(Vni, Destination, Vec<Ipv6Addr>)> = Vec::new();
+        for route in self.routes.keys() {
+            let key = (route.vni, route.dest);
+            if self.local.contains(&key) {
+                continue;
+            }
+            let Some(addr) = ipv6_hop(route) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((v, d, hops)) if (*v, *d) == key => {
+                    if hops.last() != Some(&addr) {
+                        hops.push(addr);
+                    }
+                }
+                _ => out.push((key.0, key.1, vec![addr])),
+            }
+        }
         out
     }
 
@@ -174,66 +249,100 @@ impl ReceivedRoutes {
 
     /// How many servers provide `route` right now.
     pub fn provider_count(&self, route: &Route) -> u32 {
-        self.providers.get(route).copied().unwrap_or(0)
+        self.routes.get(route).map_or(0, |p| p.count_ones())
     }
 
     /// Number of distinct provided routes (installable or not).
     pub fn route_count(&self) -> usize {
-        self.providers.len()
+        self.routes.len()
     }
 
-    /// The routes `server` currently provides, in no particular order.
+    /// The routes `server` currently provides, sorted.
     pub fn routes_of(&self, server: ServerId) -> impl Iterator<Item = &Route> {
-        self.by_server.get(&server).into_iter().flatten()
+        let bit = self.find_bit(server).unwrap_or(0);
+        self.routes
+            .iter()
+            .filter(move |&(_, &p)| p & bit != 0)
+            .map(|(r, _)| r)
     }
 
-    /// One more server provides `route`; counts its next hop when it becomes
-    /// provided.
-    fn provide(&mut self, route: Route) {
-        let count = self.providers.entry(route).or_insert(0);
-        *count += 1;
-        if *count > 1 {
-            return;
-        }
-        if let Some(addr) = ipv6_hop(&route) {
-            *self
-                .hops
-                .entry((route.vni, route.dest))
-                .or_default()
-                .entry(addr)
-                .or_insert(0) += 1;
-        }
+    /// Every provided route with the servers providing it, sorted by route
+    /// (of one VNI if given).
+    pub fn routes(&self, vni: Option<Vni>) -> impl Iterator<Item = (&Route, Vec<ServerId>)> {
+        let range = match vni {
+            Some(v) => self.routes.range(Self::first_of(v, None)..),
+            None => self.routes.range(..),
+        };
+        range
+            .take_while(move |(r, _)| vni.is_none_or(|v| r.vni == v))
+            .map(|(r, &p)| (r, self.servers_of(p)))
     }
 
-    /// One server less provides `route`; uncounts its next hop when no
-    /// server provides it any more.
-    fn unprovide(&mut self, route: Route) {
-        let Some(count) = self.providers.get_mut(&route) else {
-            debug_assert!(false, "unprovide of a route nobody provides");
-            return;
-        };
-        *count -= 1;
-        if *count > 0 {
-            return;
+    /// The routes provided now (of the VNIs `accept` accepts), sorted.
+    pub fn route_list(&self, accept: impl Fn(Vni) -> bool) -> Vec<Route> {
+        self.routes
+            .keys()
+            .filter(|r| accept(r.vni))
+            .copied()
+            .collect()
+    }
+
+    /// The route-set changes since the last call, in order.
+    pub fn take_deltas(&mut self) -> Vec<RouteDelta> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// The servers of a provider set, in slot order.
+    fn servers_of(&self, providers: Providers) -> Vec<ServerId> {
+        (0..MAX_SERVERS)
+            .filter(|i| providers & (1 << i) != 0)
+            .filter_map(|i| self.slots.get(i).copied().flatten())
+            .collect()
+    }
+
+    /// The provider bit of `server`, if it has one.
+    fn find_bit(&self, server: ServerId) -> Option<Providers> {
+        let i = self.slots.iter().position(|s| *s == Some(server))?;
+        Some(1 << i)
+    }
+
+    /// The provider bit of `server`, taking a free slot for it if needed
+    /// (`None` when every slot is taken).
+    fn take_bit(&mut self, server: ServerId) -> Option<Providers> {
+        if let Some(bit) = self.find_bit(server) {
+            return Some(bit);
         }
-        self.providers.remove(&route);
-        let Some(addr) = ipv6_hop(&route) else {
-            return;
-        };
-        let key = (route.vni, route.dest);
-        let Some(hops) = self.hops.get_mut(&key) else {
-            debug_assert!(false, "provided route without next-hop entry");
-            return;
-        };
-        if let Some(n) = hops.get_mut(&addr) {
-            *n -= 1;
-            if *n == 0 {
-                hops.remove(&addr);
+        let i = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.slots.len() < MAX_SERVERS => {
+                self.slots.push(None);
+                self.slots.len() - 1
             }
+            None => return None,
+        };
+        self.slots[i] = Some(server);
+        Some(1 << i)
+    }
+
+    /// The first possible route of `vni` (and `dest`, if given).
+    fn first_of(vni: Vni, dest: Option<Destination>) -> Route {
+        let dest = dest.unwrap_or_else(|| {
+            Destination::new(Address::from_slice(&[0; 4]).expect("4 bytes"), 0).expect("/0")
+        });
+        Route {
+            vni,
+            dest,
+            next_hop: min_next_hop(),
         }
-        if hops.is_empty() {
-            self.hops.remove(&key);
-        }
+    }
+
+    /// The provided routes of one (VNI, destination), sorted by next hop.
+    fn key_routes(&self, key: &Key) -> impl Iterator<Item = &Route> {
+        let (vni, dest) = *key;
+        self.routes
+            .range(Self::first_of(vni, Some(dest))..)
+            .map(|(r, _)| r)
+            .take_while(move |r| r.vni == vni && r.dest == dest)
     }
 
     /// What the kernel should hold for `key`: sorted addresses, empty when
@@ -242,10 +351,15 @@ impl ReceivedRoutes {
         if self.local.contains(key) {
             return Vec::new();
         }
-        self.hops
-            .get(key)
-            .map(|h| h.keys().copied().collect())
-            .unwrap_or_default()
+        // Sorted by next hop, so by address (IPv6 after IPv4): equal
+        // addresses are adjacent.
+        let mut out: Vec<Ipv6Addr> = Vec::new();
+        for addr in self.key_routes(key).filter_map(ipv6_hop) {
+            if out.last() != Some(&addr) {
+                out.push(addr);
+            }
+        }
+        out
     }
 
     /// Compares each key's set before the operation with its set now and

@@ -337,6 +337,13 @@ fn client_settings(
             "no route server given (--server ADDR or client.servers)".into(),
         ));
     }
+    if servers.len() > crate::client::received::MAX_SERVERS {
+        return Err(ClientError::Flag(format!(
+            "{} route servers given, the most the client role takes is {}",
+            servers.len(),
+            crate::client::received::MAX_SERVERS
+        )));
+    }
     let subscriptions = flags_or_file(&args.subscribe, &section.subscribe);
     Ok(ClientSettings {
         servers,

@@ -51,6 +51,7 @@ async fn task() -> (
     );
     let now = SystemTime::now();
     let task = AgentTask {
+        feed: crate::client::feed::Feed::default(),
         planner,
         executor: Executor {
             dataplane: None,

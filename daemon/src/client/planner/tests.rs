@@ -43,6 +43,9 @@ struct Setup {
     dataplane: bool,
     /// Routes in the dataplane before start (an earlier run's).
     earlier: Vec<(u32, &'static str, &'static [&'static str])>,
+    /// The feed waits for its VNIs to sync (else nothing waits, so that the
+    /// kernel tests see only the kernel's deadlines).
+    feed: bool,
 }
 
 impl Default for Setup {
@@ -54,6 +57,7 @@ impl Default for Setup {
             flush_at_start: false,
             dataplane: true,
             earlier: Vec::new(),
+            feed: false,
         }
     }
 }
@@ -81,6 +85,9 @@ impl Setup {
             dp,
             now: Instant::now(),
         };
+        if !self.feed {
+            b.p.feed = feed::FeedSync::default();
+        }
         let ops = b.p.start();
         b.run(ops);
         let _ = b.dp.take_ops();
@@ -284,7 +291,7 @@ fn updates_of_other_vnis_ipv6_with_ipv4_only_and_removed_servers_are_ignored() {
     b.add(0, "100#2001:db8:20::/64@2001:db8::1");
     assert_eq!(b.p.received_count(), 0);
     b.add(1, "100#10.0.1.0/24@2001:db8::1");
-    let ops = b.p.remove_server(ServerId(1));
+    let ops = b.p.remove_server(ServerId(1), b.now);
     b.run(ops);
     assert!(
         b.table(100).is_empty(),
@@ -806,4 +813,127 @@ fn assert_kept_the_confirmed_route_only(b: &mut Bench) {
     );
     assert_eq!(b.table(100), one("10.0.1.0/24", &["2001:db8::1"]));
     assert_eq!(b.p.next_deadline(), None);
+}
+
+// The received-routes feed (ADR 0024).
+
+fn feed_bench() -> Bench {
+    Setup {
+        feed: true,
+        ..Setup::default()
+    }
+    .start()
+}
+
+fn added(r: &str) -> FeedEvent {
+    FeedEvent::Added(route(r))
+}
+
+fn removed(r: &str) -> FeedEvent {
+    FeedEvent::Removed(route(r))
+}
+
+#[test]
+fn the_feed_reports_each_route_once_however_many_servers_send_it() {
+    let mut b = feed_bench();
+    b.up(0);
+    b.up(1);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    b.add(1, "100#10.0.1.0/24@2001:db8::1");
+    b.add(1, "200#10.0.2.0/24@2001:db8::2");
+    assert_eq!(
+        b.p.take_feed(),
+        vec![
+            added("100#10.0.1.0/24@2001:db8::1"),
+            added("200#10.0.2.0/24@2001:db8::2")
+        ]
+    );
+    // One server withdraws: still received. The other goes down: gone.
+    b.remove(0, "100#10.0.1.0/24@2001:db8::1");
+    assert_eq!(b.p.take_feed(), vec![]);
+    b.down(1);
+    let mut events = b.p.take_feed();
+    events.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        events,
+        vec![
+            removed("100#10.0.1.0/24@2001:db8::1"),
+            removed("200#10.0.2.0/24@2001:db8::2")
+        ]
+    );
+    let (routes, _) = b.p.feed_snapshot(|_| true);
+    assert!(routes.is_empty());
+}
+
+#[test]
+fn a_vni_is_synced_once_every_established_sync_server_sent_sync() {
+    let mut b = feed_bench();
+    b.up_sync(0);
+    b.up_sync(1);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    b.synced(0, 100);
+    // Server 1 has not synced 100 yet.
+    assert_eq!(b.p.take_feed(), vec![added("100#10.0.1.0/24@2001:db8::1")]);
+    b.synced(1, 100);
+    assert_eq!(b.p.take_feed(), vec![FeedEvent::Synced(Vni(100))]);
+    assert_eq!(b.p.feed_snapshot(|_| true).1, vec![Vni(100)]);
+    // Once per subscription: a later SYNC (a reconnect) says nothing.
+    b.down(1);
+    b.up_sync(1);
+    b.synced(1, 100);
+    assert_eq!(b.p.take_feed(), vec![]);
+    // The filter applies to the synced list too.
+    assert_eq!(b.p.feed_snapshot(|v| v == Vni(200)).1, vec![]);
+}
+
+#[test]
+fn the_loss_of_the_only_unsynced_server_syncs_what_the_others_synced() {
+    let mut b = feed_bench();
+    b.up_sync(0);
+    b.up_sync(1);
+    b.synced(0, 200);
+    assert_eq!(b.p.take_feed(), vec![]);
+    b.down(1);
+    assert_eq!(b.p.take_feed(), vec![FeedEvent::Synced(Vni(200))]);
+}
+
+#[test]
+fn without_sync_a_vni_is_synced_at_the_hold_time_not_earlier() {
+    let mut b = feed_bench();
+    b.up(0);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    // Quiet for far longer than QUIET_AFTER_DUMP: no guess.
+    b.advance(HOLD - Duration::from_secs(1));
+    assert_eq!(b.p.take_feed(), vec![added("100#10.0.1.0/24@2001:db8::1")]);
+    b.advance(Duration::from_secs(1));
+    let mut synced = b.p.take_feed();
+    synced.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        synced,
+        vec![FeedEvent::Synced(Vni(100)), FeedEvent::Synced(Vni(200))]
+    );
+}
+
+#[test]
+fn unsubscribing_removes_the_vnis_routes_and_resubscribing_waits_again() {
+    let mut b = feed_bench();
+    b.up_sync(0);
+    b.add(0, "100#10.0.1.0/24@2001:db8::1");
+    b.synced(0, 100);
+    b.synced(0, 200);
+    let _ = b.p.take_feed();
+    let ops = b.p.unsubscribe(Vni(100));
+    b.run(ops);
+    assert_eq!(
+        b.p.take_feed(),
+        vec![removed("100#10.0.1.0/24@2001:db8::1")]
+    );
+    assert_eq!(b.p.feed_snapshot(|_| true).1, vec![Vni(200)]);
+    b.p.subscribe(Vni(100));
+    b.synced(0, 200);
+    assert_eq!(b.p.take_feed(), vec![], "100 waits for its own SYNC");
+    // The server's session predates the subscription: its SYNC for 100 comes
+    // after the new SUBSCRIBE's dump.
+    b.synced(0, 100);
+    assert_eq!(b.p.take_feed(), vec![FeedEvent::Synced(Vni(100))]);
 }

@@ -327,6 +327,8 @@ proptest! {
         let mut rr = ReceivedRoutes::new();
         let mut model = Model::default();
         let mut kernel: BTreeMap<(Vni, Destination), Vec<Ipv6Addr>> = BTreeMap::new();
+        // The received-routes feed's view, rebuilt from the deltas alone.
+        let mut fed: BTreeSet<Route> = BTreeSet::new();
         for op in &ops {
             let changes = match op {
                 Op::Add(s, r) => rr.add(*s, *r),
@@ -359,6 +361,17 @@ proptest! {
                 .map(|(v, d, h)| ((v, d), h))
                 .collect();
             prop_assert_eq!(&snapshot, &expected);
+            // The deltas alone rebuild the provided set: each Added is a
+            // route not there yet, each Removed one that was.
+            for d in rr.take_deltas() {
+                match d {
+                    RouteDelta::Added(r) => prop_assert!(fed.insert(r), "Added twice: {:?}", r),
+                    RouteDelta::Removed(r) => prop_assert!(fed.remove(&r), "Removed unknown: {:?}", r),
+                }
+            }
+            let provided: BTreeSet<Route> = model.pairs.iter().map(|(_, r)| *r).collect();
+            prop_assert_eq!(&fed, &provided, "feed after {:?}", op);
+            prop_assert_eq!(rr.route_list(|_| true), provided.iter().copied().collect::<Vec<_>>());
             // Provider counts agree with the model too.
             for (_, r) in &model.pairs {
                 let n = model.pairs.iter().filter(|(_, x)| x == r).count() as u32;

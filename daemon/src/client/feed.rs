@@ -1,0 +1,90 @@
+//! The received-routes feed's fan-out (ADR 0024): the agent publishes the
+//! planner's [`FeedEvent`]s after each step, and every watch reads them
+//! from one broadcast ring.
+//!
+//! A watch starts from a [`WatchStart`]: the received routes and the
+//! synced VNIs taken by the agent in the same step as the watch's
+//! subscription to the ring, so the snapshot and the events that follow fit
+//! exactly (no event is missed or applied twice). A watch that falls more
+//! than [`FEED_CAPACITY`] steps behind is told so by the ring
+//! ([`broadcast::error::RecvError::Lagged`]) and starts again from a fresh
+//! snapshot: a consumer never sees a silent gap. Publishing never waits for
+//! a watch: the agent's work does not depend on how fast consumers read.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+pub use super::planner::FeedEvent;
+use crate::wire::{Route, Vni};
+
+/// Agent steps (one UPDATE, one server loss, one API change, ...) a watch
+/// may fall behind before it lags.
+pub const FEED_CAPACITY: usize = 16_384;
+
+/// The events of one agent step, shared by every watch.
+pub type FeedBatch = Arc<[FeedEvent]>;
+
+/// Where the agent publishes the feed.
+#[derive(Debug)]
+pub struct Feed {
+    tx: broadcast::Sender<FeedBatch>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed {
+            tx: broadcast::channel(FEED_CAPACITY).0,
+        }
+    }
+}
+
+impl Feed {
+    /// Publishes one step's events (nothing when there are none or nobody
+    /// watches).
+    pub fn publish(&self, events: Vec<FeedEvent>) {
+        if events.is_empty() || self.tx.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.tx.send(events.into());
+    }
+
+    /// A receiver of the events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FeedBatch> {
+        self.tx.subscribe()
+    }
+}
+
+/// Which VNIs a watch wants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    /// Only these VNIs (empty: all).
+    pub vnis: BTreeSet<Vni>,
+}
+
+impl FeedFilter {
+    /// Whether the watch wants `vni`.
+    pub fn accepts(&self, vni: Vni) -> bool {
+        self.vnis.is_empty() || self.vnis.contains(&vni)
+    }
+
+    /// Whether the watch wants `event`.
+    pub fn wants(&self, event: &FeedEvent) -> bool {
+        match event {
+            FeedEvent::Added(r) | FeedEvent::Removed(r) => self.accepts(r.vni),
+            FeedEvent::Synced(v) => self.accepts(*v),
+        }
+    }
+}
+
+/// The start of a watch: what is received now, and the events after it.
+#[derive(Debug)]
+pub struct WatchStart {
+    /// The received routes the filter accepts, sorted.
+    pub routes: Vec<Route>,
+    /// The synced VNIs the filter accepts.
+    pub synced: Vec<Vni>,
+    /// The events published after the snapshot was taken.
+    pub events: broadcast::Receiver<FeedBatch>,
+}

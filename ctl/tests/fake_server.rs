@@ -484,6 +484,49 @@ fn received_routes() -> Vec<ReceivedRoute> {
 
 #[tonic::async_trait]
 impl client_service_server::ClientService for Fake {
+    type WatchReceivedStream = EventStream<ReceivedEvent>;
+
+    async fn watch_received(
+        &self,
+        _: Request<WatchReceivedRequest>,
+    ) -> Result<Response<Self::WatchReceivedStream>, Status> {
+        use received_event::Event;
+        let r1 = route(
+            100,
+            "10.0.1.0/24",
+            "2001:db8::1",
+            RouteType::Standard,
+            (0, 0),
+        );
+        let r2 = route(100, "10.0.2.0/24", "2001:db8::2", RouteType::Nat, (1, 2));
+        let events = vec![
+            Event::Snapshot(RouteChunk {
+                routes: vec![r1.clone(), r2.clone()],
+            }),
+            Event::SnapshotEnd(SnapshotEnd { routes: 2 }),
+            Event::Synced(VniSynced { vni: 100 }),
+            Event::Removed(r1.clone()),
+            Event::Lagged(Lagged {
+                reason: "this watch fell 16384 agent steps behind".into(),
+            }),
+            Event::Snapshot(RouteChunk { routes: vec![r2] }),
+            Event::SnapshotEnd(SnapshotEnd { routes: 1 }),
+            Event::Synced(VniSynced { vni: 100 }),
+            Event::Added(r1),
+        ];
+        let items: Vec<Result<ReceivedEvent, Status>> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(ReceivedEvent {
+                    sequence: i as u64 + 1,
+                    event: Some(e),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
     async fn announce(
         &self,
         _: Request<ClientAnnounceRequest>,
@@ -1090,6 +1133,39 @@ fn watch_routes_lines_and_lagged() {
     assert_eq!(lines.len(), 6);
     assert_eq!(lines[4]["kind"], "lagged");
     assert_eq!(lines[5]["error"]["code"], "ABORTED");
+}
+
+#[test]
+fn watch_received_lines_go_on_after_lagged() {
+    let s = default_server();
+    // The snapshot after `lagged` replaces the view; the watch goes on and
+    // ends (exit 0) only with the stream.
+    assert_eq!(
+        s.ok(&["watch", "received"]),
+        "\
+1 snapshot 100#10.0.1.0/24@2001:db8::1
+1 snapshot 100#10.0.2.0/24@2001:db8::2#nat#1#2
+2 snapshot_end 2 routes
+3 synced vni 100
+4 removed 100#10.0.1.0/24@2001:db8::1
+5 lagged this watch fell 16384 agent steps behind
+6 snapshot 100#10.0.2.0/24@2001:db8::2#nat#1#2
+7 snapshot_end 1 route
+8 synced vni 100
+9 added 100#10.0.1.0/24@2001:db8::1
+"
+    );
+    let out = s.ok(&["-o", "json", "watch", "received", "--vni", "100"]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 9);
+    assert_eq!(lines[0]["kind"], "snapshot");
+    assert_eq!(lines[0]["routes"][1]["prefix"], "10.0.2.0/24");
+    assert_eq!(
+        lines[2],
+        serde_json::json!({"sequence": 3, "kind": "synced", "vni": 100})
+    );
+    assert_eq!(lines[4]["kind"], "lagged");
+    assert_eq!(lines[8]["kind"], "added");
 }
 
 #[test]

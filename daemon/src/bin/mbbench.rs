@@ -26,6 +26,8 @@
 //! not converge) makes the exit code 1; a setup failure (cannot connect,
 //! handshake fails, bad arguments) makes it 2.
 
+#[path = "mbbench/agent.rs"]
+mod agent;
 #[path = "mbbench/fleet.rs"]
 mod fleet;
 #[path = "mbbench/ledger.rs"]
@@ -178,6 +180,19 @@ struct Args {
     /// Fleet: after a phase converged, keep counting late duplicates and extras this long, milliseconds.
     #[arg(long, default_value_t = 500, help_heading = "Fleet scenario")]
     settle_ms: u64,
+    /// Agent: the API socket of the `metalbondd client` under test, subscribed
+    /// to --vni and connected to --server.
+    #[arg(long, value_name = "PATH", help_heading = "Agent scenario")]
+    client_api: Option<std::path::PathBuf>,
+    /// Agent: the client's PID (its memory per received route).
+    #[arg(long, help_heading = "Agent scenario")]
+    client_pid: Option<u32>,
+    /// Agent: routes announced through the client's API (K).
+    #[arg(long, default_value_t = 100_000, help_heading = "Agent scenario")]
+    announcements: u64,
+    /// Agent: the VNI of those announcements.
+    #[arg(long, default_value_t = 200, help_heading = "Agent scenario")]
+    announce_vni: u32,
 }
 
 /// Scenario selection.
@@ -203,6 +218,10 @@ enum Scenario {
     /// H hypervisor sessions, V VNIs, S subscriptions and R routes each:
     /// connect, converge, churn, reconnect storm, exact per-session state.
     Fleet,
+    /// A running `metalbondd client` (--client-api) connected to --server:
+    /// N received routes through its feed, feed snapshots, K announcements
+    /// through its API to a subscriber of the server.
+    Agent,
 }
 
 fn main() -> ExitCode {
@@ -215,6 +234,9 @@ fn main() -> ExitCode {
         return fleet_main(args);
     }
     let _ = ns(Instant::now());
+    if args.scenario == Scenario::Agent {
+        return agent_main(args);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(t) = args.threads {
@@ -303,6 +325,54 @@ fn fleet_dims(a: &Args) -> shape::Dims {
 }
 
 /// `--scenario fleet`: one thread for every session (see `mbbench/fleet.rs`).
+fn agent_main(args: Args) -> ExitCode {
+    let out = Output { json: args.json };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mbbench: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async {
+        let server = resolve(&args.server).await?;
+        let cfg = agent::AgentConfig {
+            peer: PeerConfig {
+                server,
+                keepalive: args.keepalive,
+                batch_bytes: args.batch_bytes,
+                batch_pause: Duration::from_micros(args.batch_pause_us),
+                handshake_timeout: Duration::from_secs(10),
+            },
+            client_api: args.client_api.clone().ok_or("--client-api is required")?,
+            client_pid: args.client_pid,
+            routes: args.routes,
+            vni: args.vni,
+            announcements: args.announcements,
+            announce_vni: args.announce_vni,
+            timeout: Duration::from_secs(args.timeout),
+        };
+        agent::run(&cfg, |r| {
+            out.human(&r.human());
+            if args.json {
+                println!("{}", r.json(&args.label));
+            }
+        })
+        .await
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.human(&format!("mbbench: agent scenario failed: {e}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn fleet_main(args: Args) -> ExitCode {
     let out = Output { json: args.json };
     if let Err(e) = fleet::raise_fd_limit(args.hypervisors) {
@@ -497,6 +567,7 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
             emit(r, true, &mut results);
         }
         Scenario::Fleet => unreachable!("fleet runs in fleet_main"),
+        Scenario::Agent => unreachable!("agent runs in agent_main"),
         Scenario::Scrape => {
             let (r, _subs, _ann) = bench.fanout("preload", m, mem_start).await?;
             emit(r, false, &mut results);

@@ -43,8 +43,9 @@ pub fn go_metalbond(test: &str) -> Option<PathBuf> {
             }
             format!("METALBONDD_TEST_GO_METALBOND={p} is not a file")
         }
-        _ => "METALBONDD_TEST_GO_METALBOND is not set (.ci/run builds the Go reference)"
-            .to_string(),
+        _ => {
+            "METALBONDD_TEST_GO_METALBOND is not set (.ci/run builds the Go reference)".to_string()
+        }
     };
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: cannot run with CI=true: {reason}");
@@ -85,15 +86,26 @@ pub fn go_announce(text: &str) -> String {
 }
 
 impl GoProc {
+    /// Starts `bin ROLE ARGS --http HTTP` (inside the network namespace
+    /// `ns` if given: `ip netns exec` execs it, so the PID is the Go
+    /// process's) and waits (bounded) until it logs `ready`.
     fn spawn(
         bin: &Path,
+        ns: Option<&str>,
         role: &'static str,
         args: &[String],
         addr: SocketAddr,
         http: SocketAddr,
         ready: &str,
     ) -> GoProc {
-        let mut cmd = Command::new(bin);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg(role)
             .args(args)
             .arg("--http")
@@ -142,6 +154,7 @@ impl GoProc {
         let http = super::free_addr();
         Self::spawn(
             bin,
+            None,
             "server",
             &["--listen".into(), addr.to_string()],
             addr,
@@ -155,6 +168,19 @@ impl GoProc {
     /// with a status page on a free port, and waits until its session is
     /// ESTABLISHED.
     pub fn client(bin: &Path, server: SocketAddr, subscribe: &[u32], announce: &[&str]) -> GoProc {
+        Self::client_with(bin, None, server, subscribe, announce, &[])
+    }
+
+    /// Like [`GoProc::client`], inside the network namespace `ns` if given,
+    /// with `extra` flags (`--install-routes VNI#TABLE --tun DEV`).
+    pub fn client_with(
+        bin: &Path,
+        ns: Option<&str>,
+        server: SocketAddr,
+        subscribe: &[u32],
+        announce: &[&str],
+        extra: &[&str],
+    ) -> GoProc {
         let mut args = vec!["--server".to_string(), server.to_string()];
         for v in subscribe {
             args.extend(["--subscribe".into(), v.to_string()]);
@@ -162,8 +188,10 @@ impl GoProc {
         for r in announce {
             args.extend(["--announce".into(), go_announce(r)]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         Self::spawn(
             bin,
+            ns,
             "client",
             &args,
             server,

@@ -464,3 +464,133 @@ async fn our_client_and_a_go_client_install_the_same_kernel_routes() {
     assert_eq!(errors, Vec::<String>::new(), "{}", gc.logs());
     assert!(ours.is_alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_client_with_keepalive_1_keeps_its_session_with_our_server() {
+    let Some(go) = go_metalbond("a_go_client_with_keepalive_1_keeps_its_session_with_our_server")
+    else {
+        return;
+    };
+    // Our server offers 5 s, the Go client 1 s: both ends use the lower,
+    // so each closes the session after 2.5 s without a message.
+    let server = Daemon::start(&[]);
+    inject(&server.api_socket(), &[INJECTED]).await;
+    let gc = GoProc::client_with(
+        &go,
+        None,
+        server.addr,
+        &[VNI],
+        &[G1[0]],
+        &["--keepalive", "1"],
+    );
+    gc.wait_routes(&[INJECTED], "the injected route at the Go client", FLOW)
+        .await;
+    assert!(
+        gc.logs().contains("KEEPALIVE timeout: 2.5s"),
+        "{}",
+        gc.logs()
+    );
+
+    // Our side of the session: 1 s, and messages both ways for longer than
+    // a timeout (one KEEPALIVE a second each way, so 4 in and 4 out take
+    // more than 3 s), on the same session.
+    let mut api = connect(&server.api_socket()).await;
+    let peer = |peers: Vec<pb::Peer>| -> pb::Peer {
+        assert_eq!(peers.len(), 1, "{peers:?}");
+        peers.into_iter().next().unwrap()
+    };
+    let first = peer(
+        api.peers
+            .list_peers(pb::ListPeersRequest {})
+            .await
+            .expect("ListPeers")
+            .into_inner()
+            .peers,
+    );
+    assert_eq!(first.keepalive_seconds, 1, "{first:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = peer(
+            api.peers
+                .list_peers(pb::ListPeersRequest {})
+                .await
+                .expect("ListPeers")
+                .into_inner()
+                .peers,
+        );
+        assert_eq!(
+            now.session_id,
+            first.session_id,
+            "the Go client's session was replaced; Go log:\n{}\nour log:\n{}",
+            gc.logs(),
+            server.logs()
+        );
+        if now.messages_in >= first.messages_in + 4 && now.messages_out >= first.messages_out + 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "too few KEEPALIVEs: {first:?} then {now:?}; Go log:\n{}",
+            gc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Neither end closed: the Go client logged no close or reconnect, and
+    // still has the route of our table and we its.
+    let log = gc.logs();
+    assert!(
+        !log.contains("Connection closed") && log.matches("Connection established").count() == 1,
+        "{log}"
+    );
+    gc.wait_routes(&[INJECTED], "the injected route, later", FLOW)
+        .await;
+    assert!(server_table(&server.api_socket()).await.contains(G1[0]));
+    assert_eq!(gc.error_lines(), Vec::<String>::new(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_reannounces_to_a_restarted_go_server() {
+    let Some(go) = go_metalbond("our_client_reannounces_to_a_restarted_go_server") else {
+        return;
+    };
+    let gs = GoProc::server(&go);
+    let dir = unique_temp_dir();
+    let sock = dir.join("client.sock");
+    const OURS: &str = "23#10.5.1.0/24@2001:db8::5";
+    const LATER: &str = "23#10.5.9.0/24@2001:db8::5#nat#100#199";
+    let client = our_client(&dir, gs.addr, &[OURS]);
+    session_up_line(&client).await;
+    // The Go server's status page lists every route it received.
+    gs.wait_routes(&[OURS], "our route at the Go server", FLOW)
+        .await;
+
+    // The server ends (SIGTERM: at once, the connection drops); a runtime
+    // announcement made meanwhile waits for the next session.
+    let addr = gs.addr;
+    gs.terminate();
+    assert!(
+        client.wait_for_log("route server down", FLOW).await,
+        "{}",
+        client.logs()
+    );
+    mbctl(&sock, &["announce", LATER]).await.ok();
+
+    // A new Go server on the same address: our client reconnects (within
+    // its 1 s reconnect cap) and announces both routes again.
+    let gs2 = GoProc::server_at(&go, addr);
+    gs2.wait_routes(
+        &[OURS, LATER],
+        "our routes at the restarted Go server",
+        FLOW,
+    )
+    .await;
+    let ups = client
+        .logs()
+        .lines()
+        .filter(|l| l.contains("route server up"))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert_eq!(ups.len(), 2, "{ups:?}");
+    assert!(ups.iter().all(|l| l.contains("sync=false")), "{ups:?}");
+    assert_eq!(gs2.error_lines(), Vec::<String>::new(), "{}", gs2.logs());
+}

@@ -150,7 +150,12 @@ impl GoProc {
     /// Starts `metalbond server --listen [::1]:PORT --http [::1]:PORT`
     /// (free ports) and waits until it listens.
     pub fn server(bin: &Path) -> GoProc {
-        let addr = super::free_addr();
+        Self::server_at(bin, super::free_addr())
+    }
+
+    /// Like [`GoProc::server`], listening on `addr` (e.g. a restart on the
+    /// address of a server that ended).
+    pub fn server_at(bin: &Path, addr: SocketAddr) -> GoProc {
         let http = super::free_addr();
         Self::spawn(
             bin,

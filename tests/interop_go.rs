@@ -653,3 +653,89 @@ async fn a_go_client_gets_a_20000_route_dump_from_our_server_intact() {
     assert_eq!(gc.error_lines(), Vec::<String>::new());
     assert!(!log.contains("level=warn"), "the Go client warned");
 }
+
+/// `n` STD routes of VNI 23 via `hop`: the /24s from 100.0.0.0 on.
+fn bulk_routes(n: usize, hop: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "23#{}.{}.{}.0/24@{hop}",
+                100 + i / 65_536,
+                (i / 256) % 256,
+                i % 256
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_announcements_of_go_clients_reach_our_server_and_our_client_intact() {
+    let Some(go) =
+        go_metalbond("bulk_announcements_of_go_clients_reach_our_server_and_our_client_intact")
+    else {
+        return;
+    };
+    // A Go client announces everything right after its HELLO, one write per
+    // UPDATE: our server's reader takes the burst as it comes.
+    let server = Daemon::start(&[]);
+    let many = bulk_routes(5_000, "2001:db8::1");
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    // Comma lists of 1,000 routes: one argument may not exceed 128 KiB.
+    let lists: Vec<String> = refs
+        .chunks(1_000)
+        .map(|c| {
+            c.iter()
+                .map(|r| common::go::go_announce(r))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let mut extra: Vec<&str> = Vec::new();
+    for l in &lists {
+        extra.extend(["--announce", l.as_str()]);
+    }
+    let ga = GoProc::client_with(&go, None, server.addr, &[], &[], &extra);
+    let want: BTreeSet<String> = many.iter().cloned().collect();
+    let deadline = start + Duration::from_secs(10);
+    loop {
+        let got = server_table(&server.api_socket()).await;
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "our server has {} of {} routes of the Go client; our log:\n{}",
+            got.len(),
+            want.len(),
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "5000 routes from a Go client in our server's table after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(ga.error_lines(), Vec::<String>::new());
+
+    // Our client takes routes from a Go server, which writes them unpaced
+    // (as a dump or as forwarded UPDATEs, whichever comes first): 1,000,
+    // which a Go client survives from it too.
+    let gs = GoProc::server(&go);
+    let some = &lists[..1];
+    let gb = GoProc::client_with(&go, None, gs.addr, &[], &[], &["--announce", &some[0]]);
+    let dir = unique_temp_dir();
+    let sock = dir.join("client.sock");
+    let client = our_client(&dir, gs.addr, &[]);
+    let want: Vec<&str> = refs[..1_000].to_vec();
+    wait_received(
+        &sock,
+        &want,
+        "1,000 routes of a Go client via the Go server",
+        &client,
+        &[&gs],
+    )
+    .await;
+    assert_eq!(gb.error_lines(), Vec::<String>::new());
+    assert_eq!(gs.error_lines(), Vec::<String>::new());
+}

@@ -722,8 +722,7 @@ async fn bulk_announcements_of_go_clients_reach_our_server_and_our_client_intact
     // (as a dump or as forwarded UPDATEs, whichever comes first): 1,000,
     // which a Go client survives from it too.
     let gs = GoProc::server(&go);
-    let some = &lists[..1];
-    let gb = GoProc::client_with(&go, None, gs.addr, &[], &[], &["--announce", &some[0]]);
+    let gb = GoProc::client_with(&go, None, gs.addr, &[], &[], &["--announce", &lists[0]]);
     let dir = unique_temp_dir();
     let sock = dir.join("client.sock");
     let client = our_client(&dir, gs.addr, &[]);

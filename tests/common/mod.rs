@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod go;
 pub mod http;
 pub mod mbctl;
 pub mod netns;

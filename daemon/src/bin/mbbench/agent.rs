@@ -117,19 +117,41 @@ fn api_route(r: &Route) -> pb::Route {
     }
 }
 
+/// A watch and what it has shown so far.
+struct Watch {
+    stream: tonic::Streaming<pb::ReceivedEvent>,
+    /// Routes in the view.
+    count: u64,
+    /// When the current snapshot ended (`None` while one is being received).
+    snapshot_end: Option<Instant>,
+}
+
+impl Watch {
+    fn new(stream: tonic::Streaming<pb::ReceivedEvent>) -> Watch {
+        Watch {
+            stream,
+            count: 0,
+            snapshot_end: None,
+        }
+    }
+}
+
 /// Reads a watch until `done(routes in view)` or the stream ends; returns
 /// the time `snapshot_end` came and the time `done` held.
 async fn follow(
-    stream: &mut tonic::Streaming<pb::ReceivedEvent>,
+    watch: &mut Watch,
     mut done: impl FnMut(u64) -> bool,
     timeout: Duration,
 ) -> Result<(Instant, Instant), String> {
-    let mut count: u64 = 0;
-    let mut snapshot_end = None;
+    let Watch {
+        stream,
+        count,
+        snapshot_end,
+    } = watch;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(end) = snapshot_end {
-            if done(count) {
+        if let Some(end) = *snapshot_end {
+            if done(*count) {
                 return Ok((end, Instant::now()));
             }
         }
@@ -139,13 +161,13 @@ async fn follow(
             .map_err(|e| format!("watch: {e}"))?
             .ok_or("watch ended")?;
         match msg.event {
-            Some(Event::Snapshot(chunk)) => count += chunk.routes.len() as u64,
-            Some(Event::SnapshotEnd(_)) => snapshot_end = Some(Instant::now()),
-            Some(Event::Added(_)) => count += 1,
-            Some(Event::Removed(_)) => count -= 1,
+            Some(Event::Snapshot(chunk)) => *count += chunk.routes.len() as u64,
+            Some(Event::SnapshotEnd(_)) => *snapshot_end = Some(Instant::now()),
+            Some(Event::Added(_)) => *count += 1,
+            Some(Event::Removed(_)) => *count -= 1,
             Some(Event::Lagged(_)) => {
-                count = 0;
-                snapshot_end = None;
+                *count = 0;
+                *snapshot_end = None;
             }
             _ => {}
         }
@@ -166,13 +188,15 @@ pub async fn run(
     let mut results = Vec::new();
 
     // received + memory
-    let mut watch = client
-        .watch_received(pb::WatchReceivedRequest {
-            vnis: vec![cfg.vni],
-        })
-        .await
-        .map_err(|e| format!("WatchReceived: {e}"))?
-        .into_inner();
+    let mut watch = Watch::new(
+        client
+            .watch_received(pb::WatchReceivedRequest {
+                vnis: vec![cfg.vni],
+            })
+            .await
+            .map_err(|e| format!("WatchReceived: {e}"))?
+            .into_inner(),
+    );
     follow(&mut watch, |n| n == 0, cfg.timeout).await?;
     let rss_before = rss(cfg.client_pid);
     let set = RouteSet::new(cfg.routes, cfg.vni, false);
@@ -203,13 +227,15 @@ pub async fn run(
     // feed snapshot, three times
     for _ in 0..3 {
         let start = Instant::now();
-        let mut watch = client
-            .watch_received(pb::WatchReceivedRequest {
-                vnis: vec![cfg.vni],
-            })
-            .await
-            .map_err(|e| format!("WatchReceived: {e}"))?
-            .into_inner();
+        let mut watch = Watch::new(
+            client
+                .watch_received(pb::WatchReceivedRequest {
+                    vnis: vec![cfg.vni],
+                })
+                .await
+                .map_err(|e| format!("WatchReceived: {e}"))?
+                .into_inner(),
+        );
         let (end, _) = follow(&mut watch, |c| c == n, cfg.timeout).await?;
         let r = PhaseResult {
             name: "feed-snapshot",

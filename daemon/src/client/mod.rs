@@ -25,6 +25,7 @@
 pub mod agent;
 pub mod connection;
 pub mod dataplane;
+mod executor;
 pub mod operator;
 pub mod planner;
 pub mod received;

@@ -79,9 +79,10 @@ impl Dataplane for Arc<Installer> {
                 DataplaneOp::Replace(route) => {
                     installer.replace(route).await.map(|()| Executed::Done)
                 }
-                DataplaneOp::Delete { table, prefix } => {
-                    installer.delete(*table, *prefix).await.map(|_| Executed::Done)
-                }
+                DataplaneOp::Delete { table, prefix } => installer
+                    .delete(*table, *prefix)
+                    .await
+                    .map(|_| Executed::Done),
                 DataplaneOp::Dump { table } => installer
                     .dump(*table)
                     .await
@@ -189,15 +190,20 @@ impl MemoryDataplane {
 
     /// The operations started and not yet released, in the order started.
     pub fn in_flight(&self) -> Vec<DataplaneOp> {
-        self.state().in_flight.iter().map(|(op, _)| op.clone()).collect()
+        self.state()
+            .in_flight
+            .iter()
+            .map(|(op, _)| op.clone())
+            .collect()
     }
 
     /// Lets the in-flight operations for which `pick` is true complete
     /// (they are applied when the executor polls them); returns how many.
     pub fn release(&self, pick: impl Fn(&DataplaneOp) -> bool) -> usize {
         let mut s = self.state();
-        let (go, stay): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut s.in_flight).into_iter().partition(|(op, _)| pick(op));
+        let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut s.in_flight)
+            .into_iter()
+            .partition(|(op, _)| pick(op));
         s.in_flight = stay;
         let n = go.len();
         for (_, tx) in go {

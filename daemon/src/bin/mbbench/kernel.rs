@@ -83,10 +83,10 @@ pub async fn run(
     }
     let n = set.n as usize;
     let peer = Peer::connect(cfg, Sink::Ignore).await?;
-    let bulk = peer.bulk(Action::Add, set.clone(), 0, set.n)?;
+    let bulk = peer.bulk(Action::Add, set, 0, set.n)?;
     let t0 = bulk.started.await.map_err(|_| "announcer stopped")?;
     let (install, d1) = wait_count(&installer, table, t0, timeout, |c| c >= n).await?;
-    let bulk = peer.bulk(Action::Remove, set.clone(), 0, set.n)?;
+    let bulk = peer.bulk(Action::Remove, set, 0, set.n)?;
     let t1 = bulk.started.await.map_err(|_| "announcer stopped")?;
     let (remove, d2) = wait_count(&installer, table, t1, timeout, |c| c == 0).await?;
     let _ = peer.close().await;

@@ -309,7 +309,10 @@ async fn ops_on_one_key_stay_ordered_while_other_keys_overlap() {
     assert_eq!(dp.release(is("10.0.3.0/24")), 1);
     let (job, r) = t.executor.next_done().await;
     t.executor.complete(&mut t.planner, job, r, now());
-    assert_eq!(t.executor.stats.installed_routes(), BTreeMap::from([(7, 1)]));
+    assert_eq!(
+        t.executor.stats.installed_routes(),
+        BTreeMap::from([(7, 1)])
+    );
     assert_eq!(dp.release(is("10.0.1.0/24")), 1);
     let (job, r) = t.executor.next_done().await;
     t.executor.complete(&mut t.planner, job, r, now());
@@ -330,7 +333,10 @@ async fn ops_on_one_key_stay_ordered_while_other_keys_overlap() {
         Some(&vec![hop("2001:db8::1"), hop("2001:db8::2")])
     );
     assert_eq!(dp.routes().len(), 3);
-    assert_eq!(t.executor.stats.installed_routes(), BTreeMap::from([(7, 3)]));
+    assert_eq!(
+        t.executor.stats.installed_routes(),
+        BTreeMap::from([(7, 3)])
+    );
     assert_eq!(t.executor.stats.netlink_replace.ok.load(Relaxed), 4);
     assert_eq!(t.executor.backlog(), 0);
 }
@@ -359,7 +365,10 @@ async fn the_backlog_bound_stops_reading_events() {
         assert!(in_flight <= 4, "{in_flight} in flight, bound 4");
         // Read events = installed + waiting + in flight <= the backlog bound.
         let read = N - queued(&tx);
-        assert!(read <= installed + 10, "{read} events read, {installed} done");
+        assert!(
+            read <= installed + 10,
+            "{read} events read, {installed} done"
+        );
         if in_flight == 4 || read == N {
             installed += dp.release(|_| true);
         }
@@ -380,5 +389,8 @@ async fn the_backlog_bound_stops_reading_events() {
     stop_tx.send(true).unwrap();
     let t = serving.await.unwrap();
     assert_eq!(t.executor.backlog(), 0);
-    assert_eq!(t.executor.stats.installed_routes(), BTreeMap::from([(7, N as u64)]));
+    assert_eq!(
+        t.executor.stats.installed_routes(),
+        BTreeMap::from([(7, N as u64)])
+    );
 }

@@ -514,13 +514,26 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
         Scenario::Fleet => unreachable!("fleet runs in fleet_main"),
         Scenario::Kernel => {
             for i in 0..args.runs.max(1) {
-                let r = kernel::run(&bench.cfg, bench.set, &args.tun, args.table, timeout).await?;
+                let r = kernel::run(
+                    &bench.cfg,
+                    bench.set,
+                    &args.tun,
+                    args.table,
+                    timeout,
+                    args.metrics,
+                )
+                .await?;
                 out.human(&format!(
-                    "kernel run {}: {} routes installed in {:.3} s, removed in {:.3} s (observed by netlink dumps of table {}, longest dump {:.3} s)",
+                    "kernel run {}: {} routes installed in {:.3} s, removed in {:.3} s (observed by {} of table {}, longest dump {:.3} s)",
                     i + 1,
                     args.routes,
                     r.install.as_secs_f64(),
                     r.remove.as_secs_f64(),
+                    if args.metrics.is_some() {
+                        "the agent's installed-routes gauge, checked by a dump"
+                    } else {
+                        "netlink dumps"
+                    },
                     args.table,
                     r.max_dump.as_secs_f64()
                 ));

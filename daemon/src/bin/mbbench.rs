@@ -30,6 +30,8 @@
 mod agent;
 #[path = "mbbench/fleet.rs"]
 mod fleet;
+#[path = "mbbench/kernel.rs"]
+mod kernel;
 #[path = "mbbench/ledger.rs"]
 mod ledger;
 #[path = "mbbench/peer.rs"]
@@ -138,6 +140,15 @@ struct Args {
     /// scrape scenario.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Kernel scenario: the routing table the agent installs --vni into.
+    #[arg(long, default_value_t = 100, help_heading = "Kernel scenario")]
+    table: u32,
+    /// Kernel scenario: the agent's tunnel device (to open netlink).
+    #[arg(long, default_value = "mbt0", help_heading = "Kernel scenario")]
+    tun: String,
+    /// Kernel scenario: number of runs (announce + withdraw each).
+    #[arg(long, default_value_t = 1, help_heading = "Kernel scenario")]
+    runs: u32,
     /// Fleet: hypervisor sessions (H).
     #[arg(long, default_value_t = 1000, help_heading = "Fleet scenario")]
     hypervisors: u32,
@@ -222,6 +233,10 @@ enum Scenario {
     /// N received routes through its feed, feed snapshots, K announcements
     /// through its API to a subscriber of the server.
     Agent,
+    /// Run inside the namespace of an agent installing VNI into --table:
+    /// time until N announced routes are in the kernel table and until they
+    /// are gone after the withdrawal (`mbbench/kernel.rs`).
+    Kernel,
 }
 
 fn main() -> ExitCode {
@@ -568,6 +583,43 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
         }
         Scenario::Fleet => unreachable!("fleet runs in fleet_main"),
         Scenario::Agent => unreachable!("agent runs in agent_main"),
+        Scenario::Kernel => {
+            for i in 0..args.runs.max(1) {
+                let r = kernel::run(
+                    &bench.cfg,
+                    bench.set,
+                    &args.tun,
+                    args.table,
+                    timeout,
+                    args.metrics,
+                )
+                .await?;
+                out.human(&format!(
+                    "kernel run {}: {} routes installed in {:.3} s, removed in {:.3} s (observed by {} of table {}, longest dump {:.3} s)",
+                    i + 1,
+                    args.routes,
+                    r.install.as_secs_f64(),
+                    r.remove.as_secs_f64(),
+                    if args.metrics.is_some() {
+                        "the agent's installed-routes gauge, checked by a dump"
+                    } else {
+                        "netlink dumps"
+                    },
+                    args.table,
+                    r.max_dump.as_secs_f64()
+                ));
+                if args.json {
+                    println!(
+                        "{{\"scenario\":\"kernel\",\"label\":{:?},\"routes\":{},\"install_s\":{:.4},\"remove_s\":{:.4},\"max_dump_s\":{:.4}}}",
+                        args.label,
+                        args.routes,
+                        r.install.as_secs_f64(),
+                        r.remove.as_secs_f64(),
+                        r.max_dump.as_secs_f64()
+                    );
+                }
+            }
+        }
         Scenario::Scrape => {
             let (r, _subs, _ann) = bench.fanout("preload", m, mem_start).await?;
             emit(r, false, &mut results);

@@ -36,7 +36,7 @@
 //! count once they are confirmed and stop counting when the reconciliation
 //! (after the hold or the stale time) deletes them.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -46,17 +46,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::dataplane::{Dataplane, Executed};
+use super::dataplane::Dataplane;
+use super::executor::Executor;
 use super::feed::{Feed, FeedFilter, WatchStart};
 use super::operator::{self, Override, StoredClientState};
 use super::planner::{check_table, OwnerDelta, Planned, Planner, PlannerConfig};
 pub use super::planner::{
     ClientChange, ReceivedEntry, Refused, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
 };
-use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Client, ClientCommand, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
-use crate::kernel::{Installer, KernelError};
+use crate::kernel::Installer;
 use crate::store::Store;
 use crate::wire::{Action, Route, Vni};
 
@@ -255,7 +255,7 @@ impl Agent {
                 tun_index = installer.tun_index(),
                 "kernel route installation ready"
             );
-            Some(Box::new(installer))
+            Some(Box::new(Arc::new(installer)))
         };
         let mut agent = Self::start_on(settings, store, dataplane).await;
         agent.overrides = overrides;
@@ -294,11 +294,7 @@ impl Agent {
             },
             dataplane.is_some(),
         );
-        let mut executor = Executor {
-            dataplane,
-            installed: InstalledRoutes::new(stats.clone()),
-            stats: stats.clone(),
-        };
+        let mut executor = Executor::new(dataplane, stats.clone());
         // The routes announced through the API in earlier runs, before the
         // first session: every session starts with them.
         if let Some(store) = &store {
@@ -324,7 +320,8 @@ impl Agent {
         // Before the connections start: nothing a server sends can be
         // confused with what an earlier run left.
         let start = planner.start();
-        executor.run(&mut planner, start).await;
+        executor.submit(start);
+        executor.drain(&mut planner, now).await;
 
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let client = Client::start_with_stats(
@@ -420,59 +417,6 @@ impl Link {
     }
 }
 
-/// Runs the planner's operations on the dataplane, one at a time and in
-/// order, feeds each outcome back to the planner (whose follow-up
-/// operations run next) and counts each where it is run.
-struct Executor {
-    dataplane: Option<Box<dyn Dataplane>>,
-    /// What the agent installed and has not deleted since (the
-    /// installed-routes gauges).
-    installed: InstalledRoutes,
-    stats: Arc<AgentStats>,
-}
-
-impl Executor {
-    async fn run(&mut self, planner: &mut Planner, ops: Vec<Planned>) {
-        let mut queue = VecDeque::from(ops);
-        while let Some(job) = queue.pop_front() {
-            // The planner asks for nothing without a dataplane.
-            let Some(dataplane) = self.dataplane.as_mut() else {
-                return;
-            };
-            let result = dataplane.execute(&job.op).await;
-            self.count(&job, &result);
-            queue.extend(planner.completed(job, result.as_ref(), now()));
-        }
-    }
-
-    fn count(&mut self, job: &Planned, result: &Result<Executed, KernelError>) {
-        use super::dataplane::DataplaneOp;
-        let s = &self.stats;
-        let changes_route = job.purpose.is_route_change();
-        match &job.op {
-            DataplaneOp::Replace(route) => {
-                s.netlink_replace.record(result);
-                if changes_route && result.is_ok() {
-                    self.installed.installed(route.table, route.dest);
-                }
-            }
-            DataplaneOp::Delete { table, prefix } => {
-                s.netlink_delete.record(result);
-                if changes_route && result.is_ok() {
-                    self.installed.removed(*table, *prefix);
-                }
-            }
-            DataplaneOp::Dump { .. } => s.netlink_dump.record(result),
-        }
-        if changes_route {
-            match result {
-                Ok(_) => s.kernel_changes.fetch_add(1, Relaxed),
-                Err(_) => s.kernel_errors.fetch_add(1, Relaxed),
-            };
-        }
-    }
-}
-
 struct AgentTask {
     /// The decisions and the state they need.
     planner: Planner,
@@ -501,11 +445,14 @@ impl AgentTask {
         // Dropping the receiver unblocks tasks waiting to send an event.
         drop(events);
         self.client.shutdown().await;
+        // What was started finishes (and is counted) before the exit.
+        self.executor.drain(&mut self.planner, now).await;
         if self.cleanup {
             // What is in the tables now, not only what this run installed:
             // held routes of an earlier run go too.
             let ops = self.planner.cleanup();
-            self.executor.run(&mut self.planner, ops).await;
+            self.executor.submit(ops);
+            self.executor.drain(&mut self.planner, now).await;
         }
     }
 
@@ -520,8 +467,16 @@ impl AgentTask {
                 .planner
                 .next_deadline()
                 .map(tokio::time::Instant::from_std);
+            // Bounded backlog: above the limit (or while a dump is due) the
+            // connection events wait in their channel, whose senders then
+            // stop reading their sockets.
+            let read_events = self.executor.accepts_events();
+            let busy = self.executor.in_flight() > 0;
             tokio::select! {
-                ev = events.recv() => match ev {
+                (job, result) = self.executor.next_done(), if busy => {
+                    self.executor.complete(&mut self.planner, job, result, now());
+                }
+                ev = events.recv(), if read_events => match ev {
                     Some(ev) => {
                         self.handle(ev).await;
                         self.publish_feed();
@@ -536,7 +491,7 @@ impl AgentTask {
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     let ops = self.planner.on_timer(now());
-                    self.executor.run(&mut self.planner, ops).await;
+                    self.executor.submit(ops);
                     self.publish_feed();
                 }
                 r = stop.changed() => if r.is_err() || *stop.borrow() {
@@ -617,7 +572,7 @@ impl AgentTask {
             ClientEvent::Update { update, .. } => self.planner.update(server, update, now()),
             ClientEvent::Synced { vni, .. } => self.planner.synced(server, vni, now()),
         };
-        self.executor.run(&mut self.planner, ops).await;
+        self.executor.submit(ops);
     }
 
     /// Answers one request of the API.
@@ -726,7 +681,8 @@ impl AgentTask {
             | ClientChange::Withdraw { .. }
             | ClientChange::SetAnnouncements { .. } => Vec::new(),
         };
-        self.executor.run(&mut self.planner, ops).await;
+        // An operator change answers once its operations ran, as before.
+        self.run_all(ops).await;
         Ok(Applied::default())
     }
 
@@ -775,8 +731,15 @@ impl AgentTask {
                 .command(ClientCommand::Batch(batch.into()))
                 .await;
         }
-        self.executor.run(&mut self.planner, ops).await;
+        // An operator change answers once its operations ran, as before.
+        self.run_all(ops).await;
         Ok(applied)
+    }
+
+    /// Runs `ops` and everything in flight to the end.
+    async fn run_all(&mut self, ops: Vec<Planned>) {
+        self.executor.submit(ops);
+        self.executor.drain(&mut self.planner, now).await;
     }
 
     /// Opens the kernel installer for a first mapping.
@@ -791,7 +754,7 @@ impl AgentTask {
                 "cannot install routes through tunnel device {tun:?}: {e}"
             ))
         })?;
-        self.executor.dataplane = Some(Box::new(installer));
+        self.executor.dataplane = Some(Box::new(Arc::new(installer)));
         self.planner.set_dataplane();
         Ok(())
     }

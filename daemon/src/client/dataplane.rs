@@ -5,7 +5,8 @@
 //!
 //! The trait is command-based: the planner ([`super::planner`]) decides,
 //! without I/O, which operations to run and gets each outcome back; a
-//! dataplane only carries out one operation at a time. One method, one
+//! dataplane carries out single operations, many of them in flight at once
+//! (the agent's executor orders those on the same key). One method, one
 //! value in and one result out, so a new implementation is a `match`, and
 //! the planner's decisions are plain values that tests compare.
 
@@ -48,29 +49,41 @@ pub enum Executed {
     Dumped(Vec<Prefix>),
 }
 
-/// A future a [`Dataplane`] returns (boxed, so that the agent can hold any
-/// dataplane as a `Box<dyn Dataplane>`; one allocation per kernel call is
-/// noise next to the call).
-pub type DataplaneFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Executed, KernelError>> + Send + 'a>>;
+/// A future a [`Dataplane`] returns: boxed, so that the agent can hold any
+/// dataplane as a `Box<dyn Dataplane>`, and owning what it needs (`'static`),
+/// so that many can be in flight at once (ADR 0022).
+pub type DataplaneFuture =
+    Pin<Box<dyn Future<Output = Result<Executed, KernelError>> + Send + 'static>>;
 
 /// Carries out the planner's operations. Failures are [`KernelError`]s, so
 /// that [`KernelError::is_retryable`] decides retries the same way for
 /// every implementation.
-pub trait Dataplane: Send {
-    /// Runs one operation.
-    fn execute<'a>(&'a mut self, op: &'a DataplaneOp) -> DataplaneFuture<'a>;
+///
+/// `execute` takes `&self` and returns a future that borrows nothing: the
+/// agent's executor keeps many operations in flight and orders those on the
+/// same (table, prefix) itself, so an implementation must not assume one
+/// call at a time, only that two calls on the same key never overlap.
+pub trait Dataplane: Send + Sync {
+    /// Starts one operation; the future completes with its outcome.
+    fn execute(&self, op: DataplaneOp) -> DataplaneFuture;
 }
 
-impl Dataplane for Installer {
-    fn execute<'a>(&'a mut self, op: &'a DataplaneOp) -> DataplaneFuture<'a> {
+/// The kernel installer, shared by the operations in flight (its rtnetlink
+/// handle multiplexes requests on one socket by sequence number).
+impl Dataplane for Arc<Installer> {
+    fn execute(&self, op: DataplaneOp) -> DataplaneFuture {
+        let installer = Arc::clone(self);
         Box::pin(async move {
-            match op {
-                DataplaneOp::Replace(route) => self.replace(route).await.map(|()| Executed::Done),
-                DataplaneOp::Delete { table, prefix } => {
-                    self.delete(*table, *prefix).await.map(|_| Executed::Done)
+            let installer = &*installer;
+            match &op {
+                DataplaneOp::Replace(route) => {
+                    installer.replace(route).await.map(|()| Executed::Done)
                 }
-                DataplaneOp::Dump { table } => self
+                DataplaneOp::Delete { table, prefix } => installer
+                    .delete(*table, *prefix)
+                    .await
+                    .map(|_| Executed::Done),
+                DataplaneOp::Dump { table } => installer
                     .dump(*table)
                     .await
                     .map(|routes| Executed::Dumped(routes.into_iter().map(|r| r.dest).collect())),
@@ -93,6 +106,10 @@ struct MemoryState {
     /// (table, prefix) -> the errno its replace or delete fails with.
     failing: BTreeMap<(u32, Prefix), i32>,
     ops: Vec<DataplaneOp>,
+    /// Operations complete only when released ([`MemoryDataplane::manual`]).
+    manual: bool,
+    /// Started, not yet released, in the order started.
+    in_flight: Vec<(DataplaneOp, tokio::sync::oneshot::Sender<()>)>,
 }
 
 impl MemoryDataplane {
@@ -164,6 +181,37 @@ impl MemoryDataplane {
         self.state().failing.remove(&(table, prefix));
     }
 
+    /// From now on, an operation stays in flight until
+    /// [`MemoryDataplane::release`] lets it complete (in any order the test
+    /// picks); [`MemoryDataplane::in_flight`] lists those started.
+    pub fn manual(&self) {
+        self.state().manual = true;
+    }
+
+    /// The operations started and not yet released, in the order started.
+    pub fn in_flight(&self) -> Vec<DataplaneOp> {
+        self.state()
+            .in_flight
+            .iter()
+            .map(|(op, _)| op.clone())
+            .collect()
+    }
+
+    /// Lets the in-flight operations for which `pick` is true complete
+    /// (they are applied when the executor polls them); returns how many.
+    pub fn release(&self, pick: impl Fn(&DataplaneOp) -> bool) -> usize {
+        let mut s = self.state();
+        let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut s.in_flight)
+            .into_iter()
+            .partition(|(op, _)| pick(op));
+        s.in_flight = stay;
+        let n = go.len();
+        for (_, tx) in go {
+            let _ = tx.send(());
+        }
+        n
+    }
+
     /// The routes, per (table, prefix).
     pub fn routes(&self) -> BTreeMap<(u32, Prefix), Vec<Ipv6Addr>> {
         self.state().routes.clone()
@@ -177,8 +225,21 @@ impl MemoryDataplane {
 }
 
 impl Dataplane for MemoryDataplane {
-    fn execute<'a>(&'a mut self, op: &'a DataplaneOp) -> DataplaneFuture<'a> {
-        let result = self.apply(op);
-        Box::pin(std::future::ready(result))
+    fn execute(&self, op: DataplaneOp) -> DataplaneFuture {
+        let mut s = self.state();
+        if !s.manual {
+            drop(s);
+            return Box::pin(std::future::ready(self.apply(&op)));
+        }
+        // Manual completion: the operation is in flight until a test
+        // releases it, then it is applied.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.in_flight.push((op.clone(), tx));
+        drop(s);
+        let this = self.clone();
+        Box::pin(async move {
+            let _ = rx.await;
+            this.apply(&op)
+        })
     }
 }

@@ -27,6 +27,7 @@ pub mod agent;
 pub mod connection;
 pub mod dataplane;
 pub mod feed;
+mod executor;
 pub mod operator;
 pub mod planner;
 pub mod received;

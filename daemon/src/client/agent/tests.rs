@@ -53,11 +53,7 @@ async fn task() -> (
     let task = AgentTask {
         feed: crate::client::feed::Feed::default(),
         planner,
-        executor: Executor {
-            dataplane: None,
-            installed: InstalledRoutes::new(stats.clone()),
-            stats,
-        },
+        executor: Executor::new(None, stats),
         client,
         links: servers
             .iter()
@@ -74,6 +70,8 @@ async fn task() -> (
 /// What the serve loop does with one event.
 async fn event(t: &mut AgentTask, ev: ClientEvent) {
     t.handle(ev).await;
+    // The serve loop completes the operations as they finish; here, at once.
+    t.executor.drain(&mut t.planner, now).await;
     t.publish_gauges();
 }
 
@@ -262,4 +260,138 @@ async fn changes_are_checked_stored_then_applied_on_the_dataplane() {
     drop(t);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn op_key(op: &crate::client::DataplaneOp) -> String {
+    match op {
+        crate::client::DataplaneOp::Replace(r) => format!("replace {} {:?}", r.dest, r.next_hops),
+        crate::client::DataplaneOp::Delete { prefix, .. } => format!("delete {prefix}"),
+        crate::client::DataplaneOp::Dump { table } => format!("dump {table}"),
+    }
+}
+
+/// An agent task on a manual memory dataplane with VNI 100 mapped to table
+/// 7 and server 0 up.
+async fn manual_task() -> (AgentTask, Vec<tokio::net::TcpListener>, MemoryDataplane) {
+    let (mut t, listeners, _events) = task().await;
+    let dp = MemoryDataplane::new();
+    t.executor.dataplane = Some(Box::new(dp.clone()));
+    t.planner.set_dataplane();
+    let change = |c: ClientChange| move |r| AgentRequest::Change(c, r);
+    request(&mut t, change(ClientChange::SetMapping(Vni(100), 7)))
+        .await
+        .unwrap();
+    event(&mut t, up(0)).await;
+    dp.manual();
+    (t, listeners, dp)
+}
+
+#[tokio::test]
+async fn ops_on_one_key_stay_ordered_while_other_keys_overlap() {
+    let (mut t, _listeners, dp) = manual_task().await;
+    t.handle(add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+    t.handle(add(0, "100#10.0.2.0/24@2001:db8::1")).await;
+    t.handle(add(0, "100#10.0.1.0/24@2001:db8::2")).await;
+    t.handle(add(0, "100#10.0.3.0/24@2001:db8::1")).await;
+    // Different keys are in flight together; the second change of
+    // 10.0.1.0/24 waits for the first.
+    let keys = |dp: &MemoryDataplane| dp.in_flight().iter().map(op_key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(&dp),
+        [
+            "replace 10.0.1.0/24 [2001:db8::1]",
+            "replace 10.0.2.0/24 [2001:db8::1]",
+            "replace 10.0.3.0/24 [2001:db8::1]",
+        ]
+    );
+    assert_eq!(t.executor.backlog(), 4);
+    // Completed out of order: 10.0.3.0/24 first, then 10.0.1.0/24.
+    let is = |p: &'static str| move |op: &crate::client::DataplaneOp| op_key(op).contains(p);
+    assert_eq!(dp.release(is("10.0.3.0/24")), 1);
+    let (job, r) = t.executor.next_done().await;
+    t.executor.complete(&mut t.planner, job, r, now());
+    assert_eq!(
+        t.executor.stats.installed_routes(),
+        BTreeMap::from([(7, 1)])
+    );
+    assert_eq!(dp.release(is("10.0.1.0/24")), 1);
+    let (job, r) = t.executor.next_done().await;
+    t.executor.complete(&mut t.planner, job, r, now());
+    // Only now the later change of 10.0.1.0/24 starts, with both next hops.
+    assert_eq!(
+        keys(&dp),
+        [
+            "replace 10.0.2.0/24 [2001:db8::1]",
+            "replace 10.0.1.0/24 [2001:db8::1, 2001:db8::2]",
+        ]
+    );
+    dp.release(|_| true);
+    t.executor.drain(&mut t.planner, now).await;
+    let hop = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let prefix = |s: &str| crate::kernel::Prefix::new(s.parse().unwrap(), 24);
+    assert_eq!(
+        dp.routes().get(&(7, prefix("10.0.1.0"))),
+        Some(&vec![hop("2001:db8::1"), hop("2001:db8::2")])
+    );
+    assert_eq!(dp.routes().len(), 3);
+    assert_eq!(
+        t.executor.stats.installed_routes(),
+        BTreeMap::from([(7, 3)])
+    );
+    assert_eq!(t.executor.stats.netlink_replace.ok.load(Relaxed), 4);
+    assert_eq!(t.executor.backlog(), 0);
+}
+
+#[tokio::test]
+async fn the_backlog_bound_stops_reading_events() {
+    let (mut t, _listeners, dp) = manual_task().await;
+    t.executor.set_limits(4, 10);
+    let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let (_control_tx, mut control) = mpsc::channel(1);
+    let (stop_tx, mut stop) = watch::channel(false);
+    const N: usize = 100;
+    for i in 0..N {
+        let route = format!("100#10.1.{}.{}/32@2001:db8::1", i / 256, i % 256);
+        tx.send(add(0, &route)).await.unwrap();
+    }
+    let serving = tokio::spawn(async move {
+        t.serve(&mut events, &mut control, &mut stop).await;
+        t
+    });
+    // Wait until the agent is stuck on its backlog: 4 in flight.
+    let queued = |tx: &mpsc::Sender<ClientEvent>| tx.max_capacity() - tx.capacity();
+    let mut installed = 0;
+    for _ in 0..10_000 {
+        let in_flight = dp.in_flight().len();
+        assert!(in_flight <= 4, "{in_flight} in flight, bound 4");
+        // Read events = installed + waiting + in flight <= the backlog bound.
+        let read = N - queued(&tx);
+        assert!(
+            read <= installed + 10,
+            "{read} events read, {installed} done"
+        );
+        if in_flight == 4 || read == N {
+            installed += dp.release(|_| true);
+        }
+        if installed == N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(installed, N);
+    // Every route arrives in the dataplane and in the gauge.
+    for _ in 0..1000 {
+        if dp.routes().len() == N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(dp.routes().len(), N);
+    stop_tx.send(true).unwrap();
+    let t = serving.await.unwrap();
+    assert_eq!(t.executor.backlog(), 0);
+    assert_eq!(
+        t.executor.stats.installed_routes(),
+        BTreeMap::from([(7, N as u64)])
+    );
 }

@@ -20,6 +20,8 @@
 //!   with the connections' events, the API's requests and its timer, runs
 //!   its operations on the dataplane, and owns the operator's changes
 //!   (check, store, apply).
+//! - [`reload`]: the difference a configuration reload applies to the
+//!   running agent (pure; ADR 0023).
 //! - [`stats`]: the role's counters ([`AgentStats`]), read by the metrics.
 
 pub mod agent;
@@ -28,6 +30,7 @@ pub mod dataplane;
 pub mod operator;
 pub mod planner;
 pub mod received;
+pub mod reload;
 pub mod stats;
 
 use std::fmt;

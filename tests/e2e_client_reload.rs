@@ -266,3 +266,74 @@ async fn client_changes_on_reload_apply_without_dropping_unchanged_sessions() {
     sub.expect_no_update(QUIET).await;
     assert!(client.is_alive());
 }
+
+async fn subscriptions(api: &mut Api) -> Vec<u32> {
+    api.client
+        .list_subscriptions(pb::ListSubscriptionsRequest {})
+        .await
+        .expect("ListSubscriptions")
+        .into_inner()
+        .vnis
+}
+
+/// A reload applies the file's own difference: a key changed through the
+/// API stays as the API left it (and is named in the reply), the other
+/// keys follow the file, and nothing the reload does is stored as an API
+/// change (a restart with the same file and state starts from the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_changed_through_the_api_stay_as_the_api_left_them() {
+    let dir = unique_temp_dir();
+    let (_a, a) = start_server(&dir, "a");
+    let file: PathBuf = dir.join("client.toml");
+    std::fs::write(&file, client_file(&[a], &[100, 101], &[], 5)).unwrap();
+    let socket = dir.join("client.sock");
+    let state = dir.join("client-state");
+    let args = [
+        "client",
+        "--config",
+        file.to_str().unwrap(),
+        "--api-socket",
+        socket.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let client = Daemon::spawn_running(&args).unwrap_or_else(|e| panic!("{e}"));
+    let mut api = connect(&socket).await;
+    api.client
+        .subscribe(pb::SubscribeRequest { vni: 200 })
+        .await
+        .expect("Subscribe");
+
+    // The file subscribes 200 (the API did already) and drops 100 and 101.
+    std::fs::write(&file, client_file(&[a], &[200], &[], 5)).unwrap();
+    api.client
+        .unsubscribe(pb::UnsubscribeRequest { vni: 101 })
+        .await
+        .expect("Unsubscribe");
+    let v = mbctl_reload(&socket).await.json();
+    assert_eq!(
+        strings(&v["applied"]),
+        vec![
+            "client.subscribe: 0 subscribed, 1 unsubscribed",
+            "client.subscribe 200: kept as changed through the API",
+            "client.subscribe 101: kept as changed through the API",
+        ],
+        "{v}"
+    );
+    assert_eq!(subscriptions(&mut api).await, vec![200]);
+    assert!(client
+        .wait_for_line(|l| l.contains("the API changed this key"), T)
+        .await
+        .is_some());
+    drop(api);
+
+    // Restarted with the same file and state: 100 is unsubscribed because
+    // the file says so, not because a record says so.
+    client.terminate(T).expect("client stopped");
+    std::fs::write(&file, client_file(&[a], &[100, 200], &[], 5)).unwrap();
+    let _client = Daemon::spawn_running(&args).unwrap_or_else(|e| panic!("{e}"));
+    let mut api = connect(&socket).await;
+    let mut subs = subscriptions(&mut api).await;
+    subs.sort_unstable();
+    assert_eq!(subs, vec![100, 200]);
+}

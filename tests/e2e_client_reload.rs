@@ -53,7 +53,12 @@ fn start_server(dir: &Path, name: &str) -> (Daemon, SocketAddr) {
 }
 
 /// The client's configuration file.
-fn client_file(servers: &[SocketAddr], subscribe: &[u32], announce: &[&str], keepalive: u32) -> String {
+fn client_file(
+    servers: &[SocketAddr],
+    subscribe: &[u32],
+    announce: &[&str],
+    keepalive: u32,
+) -> String {
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     let subscribe: Vec<String> = subscribe.iter().map(ToString::to_string).collect();
     let announce: Vec<String> = announce.iter().map(|r| format!("\"{r}\"")).collect();
@@ -189,8 +194,11 @@ async fn client_changes_on_reload_apply_without_dropping_unchanged_sessions() {
         dir.join("client-state").to_str().unwrap(),
     ])
     .unwrap_or_else(|e| panic!("{e}"));
-    sub.expect_exactly(&[add(route(C1)), add(route(C2))], "the file's announcements")
-        .await;
+    sub.expect_exactly(
+        &[add(route(C1)), add(route(C2))],
+        "the file's announcements",
+    )
+    .await;
     let mut api = connect(&socket).await;
     wait_received(&mut api, &[(A100, a)]).await;
     let a_before = server(&mut api, a).await.unwrap();
@@ -200,16 +208,25 @@ async fn client_changes_on_reload_apply_without_dropping_unchanged_sessions() {
     std::fs::write(&file, client_file(&[a, b], &[100, 200], &[C2, C3], 5)).unwrap();
     sighup(&client);
     // Only the difference reaches the wire: C2 is not sent again.
-    sub.expect_exactly(&[rem(route(C1)), add(route(C3))], "announcements after SIGHUP")
-        .await;
+    sub.expect_exactly(
+        &[rem(route(C1)), add(route(C3))],
+        "announcements after SIGHUP",
+    )
+    .await;
     wait_up(&mut api, b).await;
     wait_received(&mut api, &[(A100, a), (B100, b), (A200, a), (B200, b)]).await;
     let line = client
         .wait_for_line(|l| l.contains("configuration reloaded"), T)
         .await
         .unwrap_or_else(|| panic!("no reload logged:\n{}", client.logs()));
-    assert!(line.contains("client.servers: 1 added, 0 removed"), "{line}");
-    assert!(line.contains("client.subscribe: 1 subscribed, 0 unsubscribed"), "{line}");
+    assert!(
+        line.contains("client.servers: 1 added, 0 removed"),
+        "{line}"
+    );
+    assert!(
+        line.contains("client.subscribe: 1 subscribed, 0 unsubscribed"),
+        "{line}"
+    );
     assert!(line.contains("client.announce"), "{line}");
     // Server A kept its session: same session address and state time, and
     // no second `route server up`.
@@ -235,7 +252,11 @@ async fn client_changes_on_reload_apply_without_dropping_unchanged_sessions() {
         ],
         "{v}"
     );
-    assert_eq!(strings(&v["needs_restart"]), vec!["client.keepalive"], "{v}");
+    assert_eq!(
+        strings(&v["needs_restart"]),
+        vec!["client.keepalive"],
+        "{v}"
+    );
     sub.expect_exactly(&[rem(route(C2)), rem(route(C3))], "A's session closed")
         .await;
     assert_eq!(
@@ -258,7 +279,10 @@ async fn client_changes_on_reload_apply_without_dropping_unchanged_sessions() {
     let out = mbctl_reload(&socket).await;
     assert_ne!(out.code, Some(0), "{out:?}");
     let pos = format!("{}:4:", file.display());
-    assert!(out.stdout.contains(&pos) || out.stderr.contains(&pos), "{out:?}");
+    assert!(
+        out.stdout.contains(&pos) || out.stderr.contains(&pos),
+        "{out:?}"
+    );
     assert_eq!(servers(&mut api).await.len(), 1);
     assert!(is_up(&mut api, b).await);
     assert_eq!(received(&mut api).await, expect_received(&[(B200, b)]));

@@ -93,11 +93,13 @@ async fn a_reload_maps_moves_and_unmaps_vnis_in_the_kernel() {
     reloaded(&client, 2).await;
     let line = strip_ansi(&client.logs())
         .lines()
-        .filter(|l| l.contains("configuration reloaded"))
-        .last()
+        .rfind(|l| l.contains("configuration reloaded"))
         .unwrap()
         .to_string();
-    assert!(line.contains("client.install_routes: VNI 100, 200 remapped"), "{line}");
+    assert!(
+        line.contains("client.install_routes: VNI 100, 200 remapped"),
+        "{line}"
+    );
     // One session all along.
     let ups = strip_ansi(&client.logs())
         .lines()

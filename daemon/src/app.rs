@@ -408,9 +408,9 @@ async fn apply(
                     .ask(|tx| AgentRequest::Reconfigure(diff, tx))
                     .await
                     .ok_or_else(|| ReloadError::Rejected("client: the agent stopped".into()))?;
-                applied.extend(reply.map_err(|r| {
-                    ReloadError::Rejected(format!("client: {}", r.message()))
-                })?);
+                applied.extend(
+                    reply.map_err(|r| ReloadError::Rejected(format!("client: {}", r.message())))?,
+                );
             }
             // What runs now: the runtime keys of the new file, the
             // start-only ones of the old (reported again until a restart).

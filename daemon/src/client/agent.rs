@@ -51,10 +51,10 @@ use super::operator::{self, Override, StoredClientState};
 use super::planner::{
     check_table, DeltaKind, OwnerDelta, Planned, Planner, PlannerConfig, CONFIG_OWNER,
 };
-use super::reload::ClientDiff;
 pub use super::planner::{
     ClientChange, ReceivedEntry, Refused, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
 };
+use super::reload::ClientDiff;
 use super::stats::InstalledRoutes;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Client, ClientCommand, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};

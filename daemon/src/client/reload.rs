@@ -82,7 +82,10 @@ impl ClientDiff {
             ("client.hold_time", old.hold_time != new.hold_time),
             ("client.stale_time", old.stale_time != new.stale_time),
             ("client.cleanup", old.cleanup != new.cleanup),
-            ("client.flush_at_start", old.flush_at_start != new.flush_at_start),
+            (
+                "client.flush_at_start",
+                old.flush_at_start != new.flush_at_start,
+            ),
         ] {
             if changed {
                 needs_restart.push(key);

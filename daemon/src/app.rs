@@ -211,6 +211,12 @@ impl Daemon {
             };
             notify::reloading();
             let outcome = self.reload(reload, log).await;
+            // The number of route servers may have changed.
+            let status = serving_status(
+                &self.server.local_addrs,
+                self.running.client.as_ref(),
+                &self.running.api.socket,
+            );
             notify::ready(&status);
             if let Some(reply) = request {
                 let _ = reply.send(outcome);

@@ -361,3 +361,50 @@ async fn keys_changed_through_the_api_stay_as_the_api_left_them() {
     subs.sort_unstable();
     assert_eq!(subs, vec![100, 200]);
 }
+
+/// A difference the agent refuses (a first mapping whose tunnel device
+/// does not exist) fails the reload and applies none of it, not even the
+/// parts that could have been applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_difference_changes_nothing() {
+    let dir = unique_temp_dir();
+    let (_a, a) = start_server(&dir, "a");
+    let file: PathBuf = dir.join("client.toml");
+    // A device name no host has (at most 15 characters).
+    let text = |subscribe: &str, install: &str| {
+        format!(
+            "[client]\nservers = [\"{a}\"]\nsubscribe = [{subscribe}]\ntun = \"mbrl-none{}\"\ninstall_routes = [{install}]\n",
+            std::process::id() % 100_000
+        )
+    };
+    std::fs::write(&file, text("100", "")).unwrap();
+    let socket = dir.join("client.sock");
+    let state = dir.join("client-state");
+    let client = Daemon::spawn_running(&[
+        "client",
+        "--config",
+        file.to_str().unwrap(),
+        "--api-socket",
+        socket.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut api = connect(&socket).await;
+
+    std::fs::write(&file, text("100, 200", "\"100#100\"")).unwrap();
+    let mut api_daemon = api.daemon.clone();
+    let err = api_daemon
+        .reload(pb::ReloadRequest {})
+        .await
+        .expect_err("the reload should fail");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains("client: cannot install routes through tunnel device"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(subscriptions(&mut api).await, vec![100]);
+    assert!(client.is_alive());
+}

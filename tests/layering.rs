@@ -37,6 +37,8 @@ const PURE_MODULES: &[&str] = &[
     // The hypervisor agent's decisions: events and `now` in, dataplane
     // operations and the next deadline out (ADR 0017).
     "client::planner",
+    // What a configuration reload changes in the client role (ADR 0023).
+    "client::reload",
     // How a session ended and what kind of end that is (ADR 0015).
     "link::end",
     // A session's queue of whole frames (the driver writes it).

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, ControlRequest, ReloadError};
-use crate::client::{Agent, ClientSettings};
+use crate::client::reload::ClientDiff;
+use crate::client::{Agent, AgentHandle, AgentRequest, ClientSettings};
 use crate::http::{self, Endpoints, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
@@ -210,6 +211,12 @@ impl Daemon {
             };
             notify::reloading();
             let outcome = self.reload(reload, log).await;
+            // The number of route servers may have changed.
+            let status = serving_status(
+                &self.server.local_addrs,
+                self.running.client.as_ref(),
+                &self.running.api.socket,
+            );
             notify::ready(&status);
             if let Some(reply) = request {
                 let _ = reply.send(outcome);
@@ -227,7 +234,10 @@ impl Daemon {
         let outcome = match reload {
             None => Err(ReloadError::NoConfigFile),
             Some(reload) => match reload() {
-                Ok(new) => Ok(apply(&mut self.running, new, &self.server, &self.api, log).await),
+                Ok(new) => {
+                    let agent = self.agent.as_ref().map(Agent::handle);
+                    apply(&mut self.running, new, &self.server, &self.api, agent, log).await
+                }
                 Err(e) => Err(ReloadError::Rejected(e)),
             },
         };
@@ -380,16 +390,47 @@ async fn join_or_abort(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// Applies what can change at runtime; reports the rest.
+/// Applies what can change at runtime; reports the rest. The client role's
+/// difference goes first: if the agent refuses it (it checks everything
+/// before changing anything), nothing of the reload is applied.
 async fn apply(
     running: &mut Settings,
     new: Settings,
     server: &Server,
     state: &ApiState,
+    agent: Option<AgentHandle>,
     log: Option<&LogControl>,
-) -> pb::ReloadResponse {
+) -> Result<pb::ReloadResponse, ReloadError> {
     let mut applied = Vec::new();
     let mut needs_restart = Vec::new();
+
+    let mut client = running.client.clone();
+    match (running.client.as_ref(), new.client.as_ref(), agent) {
+        (Some(old), Some(new_client), Some(agent)) => {
+            let diff = ClientDiff::between(old, new_client);
+            needs_restart.extend(diff.needs_restart.iter().map(ToString::to_string));
+            if !diff.is_empty() {
+                let reply = agent
+                    .ask(|tx| AgentRequest::Reconfigure(diff, tx))
+                    .await
+                    .ok_or_else(|| ReloadError::Rejected("client: the agent stopped".into()))?;
+                applied.extend(
+                    reply.map_err(|r| ReloadError::Rejected(format!("client: {}", r.message())))?,
+                );
+            }
+            // What runs now: the runtime keys of the new file, the
+            // start-only ones of the old (reported again until a restart).
+            client = Some(ClientSettings {
+                servers: new_client.servers.clone(),
+                subscriptions: new_client.subscriptions.clone(),
+                announcements: new_client.announcements.clone(),
+                install_routes: new_client.install_routes.clone(),
+                ..old.clone()
+            });
+        }
+        (old, new_client, _) if old != new_client => needs_restart.push("client".into()),
+        _ => {}
+    }
 
     let old_routes: BTreeSet<Route> = running.static_routes.iter().copied().collect();
     let new_routes: BTreeSet<Route> = new.static_routes.iter().copied().collect();
@@ -439,7 +480,6 @@ async fn apply(
         ("state.dir", new.state_dir != running.state_dir),
         ("server.http", new.http != running.http),
         ("metrics", new.metrics != running.metrics),
-        ("client", new.client != running.client),
     ] {
         if changed {
             needs_restart.push(what.to_string());
@@ -454,13 +494,14 @@ async fn apply(
             max_sessions: new.server.max_sessions,
             ..running.server.clone()
         },
+        client,
         ..running.clone()
     };
     *running = still_running;
-    pb::ReloadResponse {
+    Ok(pb::ReloadResponse {
         applied,
         needs_restart,
-    }
+    })
 }
 
 enum Signal {

@@ -50,10 +50,13 @@ use super::dataplane::Dataplane;
 use super::executor::Executor;
 use super::feed::{Feed, FeedFilter, WatchStart};
 use super::operator::{self, Override, StoredClientState};
-use super::planner::{check_table, OwnerDelta, Planned, Planner, PlannerConfig};
+use super::planner::{
+    check_table, DeltaKind, OwnerDelta, Planned, Planner, PlannerConfig, CONFIG_OWNER,
+};
 pub use super::planner::{
     ClientChange, ReceivedEntry, Refused, DEFAULT_HOLD_TIME, DEFAULT_STALE_TIME, QUIET_AFTER_DUMP,
 };
+use super::reload::ClientDiff;
 pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Client, ClientCommand, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
 use crate::kernel::Installer;
@@ -152,6 +155,11 @@ pub enum AgentRequest {
     /// Starts a watch of the received routes: the snapshot and the events
     /// after it (ADR 0024).
     WatchReceived(FeedFilter, oneshot::Sender<WatchStart>),
+    /// A configuration reload's difference (ADR 0023): the keys the API
+    /// changed are left out, the rest applied through the paths of the
+    /// API's changes but not stored. The reply lists what was applied
+    /// ([`ClientDiff::applied`]), or says why nothing was.
+    Reconfigure(ClientDiff, oneshot::Sender<Result<Vec<String>, Refused>>),
 }
 
 /// What an operator change did; the counts are those of an announcement
@@ -611,7 +619,96 @@ impl AgentTask {
                     events: self.feed.subscribe(),
                 });
             }
+            AgentRequest::Reconfigure(diff, reply) => {
+                let _ = reply.send(self.reconfigure(diff).await);
+            }
         }
+    }
+
+    /// A configuration reload's difference: the keys the API changed are
+    /// left out; the checks that can fail (table 0, opening the kernel
+    /// installer for a first mapping, reading the store) come before any
+    /// change, so a refusal changes nothing. Then, through the API's
+    /// paths: removed servers (their sessions close, their routes go),
+    /// subscriptions, the configuration's announcements as one exact set
+    /// (one batch of the wire difference to every connection), mappings,
+    /// and last the added servers, whose sessions start from the new
+    /// subscriptions and announcements. Servers that did not change keep
+    /// their sessions. Nothing is stored: these are not API changes.
+    async fn reconfigure(&mut self, diff: ClientDiff) -> Result<Vec<String>, Refused> {
+        let diff = match self.store.clone() {
+            Some(store) => {
+                let stored = tokio::task::spawn_blocking(move || StoredClientState::load(&store))
+                    .await
+                    .map_err(|e| Refused::Internal(format!("state store task failed: {e}")))?
+                    .map_err(|e| Refused::Unavailable(format!("state store: {e}")))?;
+                diff.without_api_keys(&stored)
+            }
+            None => diff,
+        };
+        for (vni, tables) in &diff.mappings {
+            for &table in tables {
+                check_table(table).map_err(|why| {
+                    Refused::Invalid(format!("client.install_routes {vni}#{table}: table {why}"))
+                })?;
+            }
+        }
+        if diff.maps_any() && !self.planner.has_dataplane() {
+            self.open_dataplane().await?;
+        }
+        for key in &diff.kept_by_api {
+            warn!(key, "configuration change not applied: the API changed this key (change it through the API)");
+        }
+        for addr in &diff.remove_servers {
+            let Some(id) = self.planner.server_id(addr) else {
+                continue;
+            };
+            self.client.remove_server(id);
+            self.links.remove(&id);
+            info!(server = %id, %addr, "route server removed (reload)");
+            let ops = self.planner.remove_server(id, now());
+            self.run_all(ops).await;
+        }
+        for &vni in &diff.unsubscribe {
+            if !self.planner.desired().subscriptions.contains(&vni) {
+                continue;
+            }
+            self.client.unsubscribe(vni).await;
+            info!(%vni, "unsubscribed (reload)");
+            let ops = self.planner.unsubscribe(vni);
+            self.run_all(ops).await;
+        }
+        for &vni in &diff.subscribe {
+            if self.planner.desired().subscriptions.contains(&vni) {
+                continue;
+            }
+            self.planner.subscribe(vni);
+            self.client.subscribe(vni).await;
+            info!(%vni, "subscribed (reload)");
+        }
+        if let Some(routes) = &diff.announcements {
+            let delta = self
+                .planner
+                .announced_delta(CONFIG_OWNER, routes, DeltaKind::Exact);
+            self.apply_delta(&delta, "reload").await;
+        }
+        for (vni, tables) in &diff.mappings {
+            let ops = self.planner.set_tables(*vni, tables.clone());
+            self.run_all(ops).await;
+        }
+        for addr in &diff.add_servers {
+            if self.planner.server_id(addr).is_some() {
+                continue;
+            }
+            let id = self
+                .client
+                .add_server(addr.clone(), self.planner.desired())
+                .ok_or_else(|| Refused::Precondition("the client role is stopping".into()))?;
+            self.links.insert(id, Link::new(SystemTime::now()));
+            self.planner.add_server(id, addr.clone());
+            info!(server = %id, %addr, "route server added (reload)");
+        }
+        Ok(diff.applied())
     }
 
     fn status(&self, id: ServerId, addr: &ServerAddr, up: bool) -> ServerStatus {
@@ -708,13 +805,24 @@ impl AgentTask {
                 Err(e) => return Err(Refused::Internal(format!("state store task failed: {e}"))),
             }
         }
-        let (commands, ops) = self.planner.apply_announcements(&delta);
+        self.apply_delta(&delta, "API").await;
+        Ok(applied)
+    }
+
+    /// Applies an owner's difference (checked, and stored if it is to be)
+    /// to the planner and sends the wire difference to every connection
+    /// in one command; `source` (`API`, `reload`) is for the log.
+    async fn apply_delta(&mut self, delta: &OwnerDelta, source: &str) {
+        if delta.add.is_empty() && delta.remove.is_empty() {
+            return;
+        }
+        let (commands, ops) = self.planner.apply_announcements(delta);
         info!(
             owner = %delta.owner,
-            added = applied.added,
-            removed = applied.removed,
+            added = delta.add.len(),
+            removed = delta.remove.len(),
             wire_changes = commands.len(),
-            "announcements changed (API)"
+            "announcements changed ({source})"
         );
         // One command for the whole difference: one queue slot and one
         // write per connection.
@@ -733,7 +841,6 @@ impl AgentTask {
         }
         // An operator change answers once its operations ran, as before.
         self.run_all(ops).await;
-        Ok(applied)
     }
 
     /// Runs `ops` and everything in flight to the end.

@@ -21,16 +21,19 @@
 //!   its operations on the dataplane, and owns the operator's changes
 //!   (check, store, apply).
 //! - [`feed`]: the received-routes feed's fan-out to the API's watches.
+//! - [`reload`]: the difference a configuration reload applies to the
+//!   running agent (pure; ADR 0023).
 //! - [`stats`]: the role's counters ([`AgentStats`]), read by the metrics.
 
 pub mod agent;
 pub mod connection;
 pub mod dataplane;
-pub mod feed;
 mod executor;
+pub mod feed;
 pub mod operator;
 pub mod planner;
 pub mod received;
+pub mod reload;
 pub mod stats;
 
 use std::fmt;

@@ -170,6 +170,20 @@ pub enum Refused {
     Internal(String),
 }
 
+impl Refused {
+    /// The message (field name first), whatever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::Invalid(m)
+            | Refused::AlreadyExists(m)
+            | Refused::NotFound(m)
+            | Refused::Precondition(m)
+            | Refused::Unavailable(m)
+            | Refused::Internal(m) => m,
+        }
+    }
+}
+
 /// One received route, as the API lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivedEntry {
@@ -713,6 +727,13 @@ impl Planner {
         change.owner_delta(&self.announced)
     }
 
+    /// The difference `routes` makes to `owner`'s set, read as `how`,
+    /// without the API's checks (a configuration reload's change of the
+    /// reserved owner [`CONFIG_OWNER`]).
+    pub fn announced_delta(&self, owner: &str, routes: &[Route], how: DeltaKind) -> OwnerDelta {
+        self.announced.delta(owner, routes, how)
+    }
+
     /// Applies an owner's difference: the routes that appear on or leave
     /// the wire (reference-counted over owners) become the commands every
     /// connection gets, and the loop-prevention set follows (received
@@ -801,8 +822,14 @@ impl Planner {
     /// Maps `vni` to exactly `table`, or (`None`) removes its mapping
     /// (checked first); the VNI's routes move accordingly.
     pub fn set_mapping(&mut self, vni: Vni, table: Option<u32>) -> Vec<Planned> {
+        self.set_tables(vni, table.into_iter().collect())
+    }
+
+    /// Maps `vni` to exactly the tables `new` (empty: removes its mapping;
+    /// no table 0, checked first), as a configuration reload does; the
+    /// VNI's routes move accordingly.
+    pub fn set_tables(&mut self, vni: Vni, new: BTreeSet<u32>) -> Vec<Planned> {
         let old = self.tables.get(&vni).cloned().unwrap_or_default();
-        let new: BTreeSet<u32> = table.into_iter().collect();
         if new.is_empty() {
             self.tables.remove(&vni);
         } else {
@@ -823,7 +850,7 @@ impl Planner {
                 self.install(t, vni, *dest, Vec::new(), false, &mut out);
             }
         }
-        info!(%vni, ?table, old = ?old, routes = routes.len(), "table mapping changed (API)");
+        info!(%vni, tables = ?new, old = ?old, routes = routes.len(), "table mapping changed");
         out
     }
 

@@ -395,3 +395,78 @@ async fn the_backlog_bound_stops_reading_events() {
         BTreeMap::from([(7, N as u64)])
     );
 }
+
+#[tokio::test]
+async fn a_reload_difference_applies_without_storing_and_a_refusal_changes_nothing() {
+    use crate::client::reload::ClientDiff;
+    let dir = std::env::temp_dir().join(format!("mbd-agent-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Arc::new(Store::open(&dir).unwrap());
+    let (mut t, listeners, _events) = task().await;
+    t.store = Some(store.clone());
+    event(&mut t, up(0)).await;
+    event(&mut t, up(1)).await;
+    event(&mut t, add(0, "100#10.0.1.0/24@2001:db8::1")).await;
+    let addr1 = t.planner.server_addr(ServerId(1)).unwrap().clone();
+    let addr2: ServerAddr = listeners[2].local_addr().unwrap().into();
+    let diff = ClientDiff {
+        add_servers: vec![addr2.clone()],
+        remove_servers: vec![addr1],
+        subscribe: vec![Vni(200)],
+        mappings: BTreeMap::from([(Vni(100), BTreeSet::from([7, 8]))]),
+        ..ClientDiff::default()
+    };
+
+    // No dataplane and no tunnel device: refused before any change.
+    let refused = request(&mut t, |r| AgentRequest::Reconfigure(diff.clone(), r)).await;
+    assert!(
+        matches!(&refused, Err(Refused::Precondition(m)) if m.starts_with("no tunnel device")),
+        "{refused:?}"
+    );
+    assert_eq!(gauges(&t), (2, 2, 1));
+    assert_eq!(t.planner.desired().subscriptions, vec![Vni(100)]);
+
+    let dp = MemoryDataplane::new();
+    t.executor.dataplane = Some(Box::new(dp.clone()));
+    t.planner.set_dataplane();
+    let applied = request(&mut t, |r| AgentRequest::Reconfigure(diff, r))
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        vec![
+            "client.servers: 1 added, 1 removed",
+            "client.subscribe: 1 subscribed, 0 unsubscribed",
+            "client.install_routes: VNI 100 remapped",
+        ]
+    );
+    // Server 1 replaced by server 2 (down until it connects); server 0 is
+    // still up; the VNI's route is in both tables.
+    assert_eq!(gauges(&t), (2, 1, 1));
+    assert!(t.planner.server_id(&addr2).is_some());
+    assert_eq!(t.planner.desired().subscriptions, vec![Vni(100), Vni(200)]);
+    let prefix = crate::kernel::Prefix::new("10.0.1.0".parse().unwrap(), 24);
+    let hops = vec!["2001:db8::1".parse().unwrap()];
+    assert_eq!(
+        dp.routes(),
+        BTreeMap::from([((7, prefix), hops.clone()), ((8, prefix), hops)])
+    );
+    // Not API changes: nothing stored.
+    assert!(StoredClientState::load(&store).unwrap().is_empty());
+
+    // The tables of a VNI move: out of 7, into 9.
+    let moved = ClientDiff {
+        mappings: BTreeMap::from([(Vni(100), BTreeSet::from([8, 9]))]),
+        ..ClientDiff::default()
+    };
+    request(&mut t, |r| AgentRequest::Reconfigure(moved, r))
+        .await
+        .unwrap();
+    assert_eq!(
+        dp.routes().keys().copied().collect::<Vec<_>>(),
+        vec![(8, prefix), (9, prefix)]
+    );
+    drop(t);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,6 +28,14 @@
 //! | `meta` | `&str` (`"schema_version"`) | `u64` |
 //! | `injected_routes` | route key, see below (`&[u8]`) | `()` |
 //! | `operator_state` | `(namespace: &str, key: &str)` | `&str` |
+//! | `client_announcements` | owner (ASCII, at most 64 bytes), `0`, route key (`&[u8]`) | `()` |
+//!
+//! `client_announcements` holds the client role's runtime announcements by
+//! owner (ADR 0021): binary keys, so that storing 100,000 routes costs byte
+//! comparisons, not text formatting and UTF-8 checks per comparison. It was
+//! added to schema version 1 (older builds ignore it); the first build with it
+//! moves the records an earlier build kept in `operator_state` (namespace
+//! `client.announcements`) into it ([`Store::adopt_owner_routes`]).
 //!
 //! The `meta` table keeps this type forever, so any future version can be
 //! recognised and refused ([`StoreError::NewerSchema`]) before its other
@@ -88,6 +96,16 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 // panic inside redb; this way `decode_route_key` sees it and reports it.
 const ROUTES: TableDefinition<&[u8], ()> = TableDefinition::new("injected_routes");
 const KV: TableDefinition<(&str, &str), &str> = TableDefinition::new("operator_state");
+const OWNER_ROUTES: TableDefinition<&[u8], ()> = TableDefinition::new("client_announcements");
+
+/// The key of `route` owned by `owner` in `client_announcements`.
+fn owner_route_key(owner: &str, route: &Route) -> Vec<u8> {
+    let mut key = Vec::with_capacity(owner.len() + 1 + ROUTE_KEY_LEN);
+    key.extend_from_slice(owner.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&encode_route_key(route));
+    key
+}
 
 /// Why a state-store operation failed. Every variant names the file or
 /// directory involved, so the message alone tells an operator where to look.
@@ -334,6 +352,87 @@ impl Store {
         txn.commit().map_err(self.db_err(what))
     }
 
+    /// `owner` announces `add` too and no longer `remove`, in one durable
+    /// transaction (nothing is written when both are empty).
+    pub fn write_owner_routes(
+        &self,
+        owner: &str,
+        add: &[Route],
+        remove: &[Route],
+    ) -> Result<(), StoreError> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let what = "write announcements";
+        let txn = self.begin_write(what)?;
+        {
+            let mut table = txn.open_table(OWNER_ROUTES).map_err(self.db_err(what))?;
+            for route in remove {
+                table
+                    .remove(owner_route_key(owner, route).as_slice())
+                    .map_err(self.db_err(what))?;
+            }
+            for route in add {
+                table
+                    .insert(owner_route_key(owner, route).as_slice(), ())
+                    .map_err(self.db_err(what))?;
+            }
+        }
+        txn.commit().map_err(self.db_err(what))
+    }
+
+    /// Every (owner, route) of `client_announcements`, sorted by owner then
+    /// route. A key that does not decode is an error naming it.
+    pub fn owner_routes(&self) -> Result<Vec<(String, Route)>, StoreError> {
+        let what = "read announcements";
+        let txn = self.db.begin_read().map_err(self.db_err(what))?;
+        let table = txn.open_table(OWNER_ROUTES).map_err(self.db_err(what))?;
+        let mut out = Vec::with_capacity(table.len().map_err(self.db_err(what))? as usize);
+        for entry in table.iter().map_err(self.db_err(what))? {
+            let (key, _) = entry.map_err(self.db_err(what))?;
+            let key = key.value();
+            let decoded = key
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| "no owner separator".to_string())
+                .and_then(|at| {
+                    let owner = std::str::from_utf8(&key[..at])
+                        .map_err(|_| "the owner is not UTF-8".to_string())?;
+                    Ok((owner.to_string(), decode_route_key(&key[at + 1..])?))
+                })
+                .map_err(|e| self.corrupt("client_announcements", e))?;
+            out.push(decoded);
+        }
+        Ok(out)
+    }
+
+    /// Moves records of an earlier layout into `client_announcements` in one
+    /// durable transaction: `routes` are stored and the keys `legacy` of
+    /// `namespace` in `operator_state` deleted.
+    pub fn adopt_owner_routes(
+        &self,
+        namespace: &str,
+        legacy: &[String],
+        routes: &[(String, Route)],
+    ) -> Result<(), StoreError> {
+        let what = "move announcements";
+        let txn = self.begin_write(what)?;
+        {
+            let mut kv = txn.open_table(KV).map_err(self.db_err(what))?;
+            for key in legacy {
+                kv.remove((namespace, key.as_str()))
+                    .map_err(self.db_err(what))?;
+            }
+            let mut table = txn.open_table(OWNER_ROUTES).map_err(self.db_err(what))?;
+            for (owner, route) in routes {
+                table
+                    .insert(owner_route_key(owner, route).as_slice(), ())
+                    .map_err(self.db_err(what))?;
+            }
+        }
+        txn.commit().map_err(self.db_err(what))
+    }
+
     /// Deletes `key` from `namespace`, durably. Returns true if it was there.
     pub fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         let what = "delete";
@@ -435,6 +534,7 @@ impl Store {
         }
         txn.open_table(ROUTES).map_err(self.db_err(what))?;
         txn.open_table(KV).map_err(self.db_err(what))?;
+        txn.open_table(OWNER_ROUTES).map_err(self.db_err(what))?;
         txn.commit().map_err(self.db_err(what))
     }
 

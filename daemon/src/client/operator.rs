@@ -1,8 +1,8 @@
 //! The operator's runtime changes to the client role (through the API),
 //! kept in the state store so that they survive restarts.
 //!
-//! Three namespaces of the store's key/value table, one record per key, the
-//! last change made through the API:
+//! Namespaces of the store's key/value table, one record per key, the last
+//! change made through the API, and the store's table of announcements:
 //!
 //! - [`SERVERS`]: key `HOST:PORT` (an IP address or a name), value `added`
 //!   or `removed`;
@@ -10,9 +10,11 @@
 //!   `unsubscribed`;
 //! - [`MAPPINGS`]: key the VNI in decimal, value the routing table in
 //!   decimal (the VNI maps to exactly that table) or `removed`;
-//! - [`ANNOUNCEMENTS`]: key `OWNER<TAB>ROUTE` (the route in its text form),
-//!   value `announced`: the routes announced through the API, by owner
-//!   (ADR 0021). They are not merged with the configuration: the routes of
+//! - the routes announced through the API, by owner (ADR 0021), in the
+//!   store's `client_announcements` table (binary keys: owner and route;
+//!   [`Store::write_owner_routes`]). Records of the first layout, key
+//!   `OWNER<TAB>ROUTE` in namespace [`ANNOUNCEMENTS`], are moved there
+//!   when first read. They are not merged with the configuration: the routes of
 //!   `--announce` belong to the owner `config`, which the API cannot
 //!   change, and an owner's routes are kept until that owner withdraws them.
 //!
@@ -36,7 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::planner::OwnerDelta;
 use super::{ClientChange, ClientSettings, ServerAddr};
@@ -120,23 +122,33 @@ impl StoredClientState {
                 ),
             }
         }
+        // Records of the first layout (text keys in `operator_state`) move
+        // to the binary table once.
+        let mut legacy_keys = Vec::new();
+        let mut legacy = Vec::new();
         for (key, value) in store.list(ANNOUNCEMENTS)? {
             let parsed = key
                 .split_once('\t')
                 .filter(|_| value == ANNOUNCED)
                 .and_then(|(owner, route)| Some((owner, route.parse::<Route>().ok()?)));
             match parsed {
-                Some((owner, route)) => drop(
-                    out.announcements
-                        .entry(owner.to_string())
-                        .or_default()
-                        .insert(route),
-                ),
+                Some((owner, route)) => legacy.push((owner.to_string(), route)),
                 None => warn!(
                     key,
                     value, "ignoring an unreadable stored announcement record"
                 ),
             }
+            legacy_keys.push(key);
+        }
+        if !legacy_keys.is_empty() {
+            store.adopt_owner_routes(ANNOUNCEMENTS, &legacy_keys, &legacy)?;
+            info!(
+                routes = legacy.len(),
+                "stored announcements moved to the binary table"
+            );
+        }
+        for (owner, route) in store.owner_routes()? {
+            out.announcements.entry(owner).or_default().insert(route);
         }
         Ok(out)
     }
@@ -235,14 +247,7 @@ pub fn record(store: &Store, change: &ClientChange) -> Result<(), StoreError> {
 /// Records an owner's announcement difference durably, in one transaction
 /// (added routes stored, removed ones deleted).
 pub fn record_announcements(store: &Store, delta: &OwnerDelta) -> Result<(), StoreError> {
-    let key = |r: &Route| format!("{}\t{r}", delta.owner);
-    let puts: Vec<(String, String)> = delta
-        .add
-        .iter()
-        .map(|r| (key(r), ANNOUNCED.to_string()))
-        .collect();
-    let deletes: Vec<String> = delta.remove.iter().map(key).collect();
-    store.write_batch(ANNOUNCEMENTS, &puts, &deletes)
+    store.write_owner_routes(&delta.owner, &delta.add, &delta.remove)
 }
 
 /// Records that `addr` was added (true) or removed (false), durably.
@@ -336,5 +341,60 @@ mod tests {
                 (Vni(3), BTreeSet::from([30])),
             ])
         );
+    }
+
+    #[test]
+    fn announcements_round_trip_and_records_of_the_first_layout_move_once() {
+        let dir = std::env::temp_dir().join(format!(
+            "mbd-operator-announce-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r1: Route = "100#10.0.1.0/24@2001:db8::1".parse().unwrap();
+        let r2: Route = "100#10.0.2.0/24@2001:db8::2#nat#1#2".parse().unwrap();
+        let r3: Route = "7#2001:db8:7::/64@2001:db8::7#lb".parse().unwrap();
+        {
+            let store = Store::open(&dir).unwrap();
+            // An earlier build's record, and an unreadable one.
+            store
+                .write_batch(
+                    ANNOUNCEMENTS,
+                    &[
+                        (format!("old\t{r3}"), ANNOUNCED.to_string()),
+                        ("garbage".to_string(), ANNOUNCED.to_string()),
+                    ],
+                    &[],
+                )
+                .unwrap();
+            let delta = |add: Vec<Route>, remove: Vec<Route>| OwnerDelta {
+                owner: "vm-agent".into(),
+                add,
+                remove,
+                unchanged: 0,
+            };
+            record_announcements(&store, &delta(vec![r1, r2], vec![])).unwrap();
+            record_announcements(&store, &delta(vec![], vec![r1])).unwrap();
+            let loaded = StoredClientState::load(&store).unwrap();
+            assert_eq!(
+                loaded.announcements,
+                BTreeMap::from([
+                    ("old".to_string(), BTreeSet::from([r3])),
+                    ("vm-agent".to_string(), BTreeSet::from([r2])),
+                ])
+            );
+            // Moved: the first layout's namespace is empty now.
+            assert_eq!(store.list(ANNOUNCEMENTS).unwrap(), vec![]);
+        }
+        // After a restart, from the binary table alone.
+        let store = Store::open(&dir).unwrap();
+        let loaded = StoredClientState::load(&store).unwrap();
+        assert_eq!(loaded.announcements.len(), 2);
+        assert_eq!(
+            store.owner_routes().unwrap(),
+            vec![("old".to_string(), r3), ("vm-agent".to_string(), r2)]
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -744,20 +744,18 @@ impl Planner {
     ) -> (Vec<ClientCommand>, Vec<Planned>) {
         let (appear, leave) = self.announced.apply(delta);
         let mut commands = Vec::with_capacity(appear.len() + leave.len());
-        for r in leave {
+        for &r in &leave {
             self.desired.apply(ClientCommand::Withdraw(r));
             commands.push(ClientCommand::Withdraw(r));
         }
-        for r in appear {
+        for &r in &appear {
             self.desired.apply(ClientCommand::Announce(r));
             commands.push(ClientCommand::Announce(r));
         }
         if commands.is_empty() {
             return (commands, Vec::new());
         }
-        let changes = self
-            .received
-            .set_local_announcements(self.desired.announcements.iter().map(|r| (r.vni, r.dest)));
+        let changes = self.received.change_local_announcements(&appear, &leave);
         (commands, self.apply_changes(changes))
     }
 

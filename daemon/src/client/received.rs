@@ -32,7 +32,7 @@
 //! are tracked like any other (so counts stay right) but never contribute a
 //! next hop.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::ServerId;
@@ -80,8 +80,9 @@ pub struct ReceivedRoutes {
     routes: BTreeMap<Route, Providers>,
     /// The server of each provider bit (`None`: free).
     slots: Vec<Option<ServerId>>,
-    /// (VNI, destination) pairs this node announces itself.
-    local: HashSet<Key>,
+    /// (VNI, destination) pairs this node announces itself, with the number
+    /// of announced routes that have each.
+    local: HashMap<Key, u32>,
     /// Route-set changes not yet taken.
     journal: Vec<RouteDelta>,
 }
@@ -198,11 +199,16 @@ impl ReceivedRoutes {
         &mut self,
         local: impl IntoIterator<Item = (Vni, Destination)>,
     ) -> Vec<Change> {
-        let new: HashSet<Key> = local.into_iter().collect();
+        let mut new: HashMap<Key, u32> = HashMap::new();
+        for key in local {
+            *new.entry(key).or_insert(0) += 1;
+        }
         // Only pairs that flip, and that have received next hops, can change.
         let flipped: Vec<Key> = self
             .local
-            .symmetric_difference(&new)
+            .keys()
+            .filter(|k| !new.contains_key(k))
+            .chain(new.keys().filter(|k| !self.local.contains_key(k)))
             .copied()
             .filter(|k| self.key_routes(k).next().is_some())
             .collect();
@@ -212,9 +218,39 @@ impl ReceivedRoutes {
         self.changes_for(befores)
     }
 
+    /// Routes announced locally appear (`appear`) and leave (`leave`): the
+    /// same as [`ReceivedRoutes::set_local_announcements`] with the new
+    /// complete set, at the cost of the difference (a change of a few routes
+    /// among 100,000 announced ones does not rebuild the set). A pair stays
+    /// local while any announced route has it.
+    pub fn change_local_announcements(&mut self, appear: &[Route], leave: &[Route]) -> Vec<Change> {
+        // The pairs that may flip, with what they install now (only pairs
+        // with received routes can change anything).
+        let befores: HashMap<Key, Vec<Ipv6Addr>> = appear
+            .iter()
+            .chain(leave)
+            .map(|r| (r.vni, r.dest))
+            .filter(|k| self.key_routes(k).next().is_some())
+            .map(|k| (k, self.installed(&k)))
+            .collect();
+        for r in leave {
+            let key = (r.vni, r.dest);
+            if let Some(n) = self.local.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.local.remove(&key);
+                }
+            }
+        }
+        for r in appear {
+            *self.local.entry((r.vni, r.dest)).or_insert(0) += 1;
+        }
+        self.changes_for(befores)
+    }
+
     /// The (VNI, destination) pairs currently announced locally.
     pub fn local_announcements(&self) -> impl Iterator<Item = &(Vni, Destination)> {
-        self.local.iter()
+        self.local.keys()
     }
 
     /// Everything the kernel should hold now, sorted by (VNI, destination):
@@ -224,7 +260,7 @@ impl ReceivedRoutes {
         let mut out: Vec<(Vni, Destination, Vec<Ipv6Addr>)> = Vec::new();
         for route in self.routes.keys() {
             let key = (route.vni, route.dest);
-            if self.local.contains(&key) {
+            if self.local.contains_key(&key) {
                 continue;
             }
             let Some(addr) = ipv6_hop(route) else {
@@ -348,7 +384,7 @@ impl ReceivedRoutes {
     /// What the kernel should hold for `key`: sorted addresses, empty when
     /// nothing is provided or the pair is announced locally.
     fn installed(&self, key: &Key) -> Vec<Ipv6Addr> {
-        if self.local.contains(key) {
+        if self.local.contains_key(key) {
             return Vec::new();
         }
         // Sorted by next hop, so by address (IPv6 after IPv4): equal

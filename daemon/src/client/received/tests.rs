@@ -380,3 +380,36 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Changing the local announcements by difference gives exactly what
+    /// setting the complete set gives.
+    #[test]
+    fn local_changes_by_difference_equal_setting_the_whole_set(
+        received in proptest::collection::vec(universe_route(), 0..12),
+        steps in proptest::collection::vec(
+            (proptest::collection::vec(universe_route(), 0..4), proptest::collection::vec(universe_route(), 0..4)),
+            1..12,
+        ),
+    ) {
+        let mut by_diff = ReceivedRoutes::new();
+        let mut by_set = ReceivedRoutes::new();
+        for r in &received {
+            by_diff.add(S1, *r);
+            by_set.add(S1, *r);
+        }
+        let mut announced: BTreeSet<Route> = BTreeSet::new();
+        for (add, remove) in steps {
+            // What an announcement change passes: routes that really appear
+            // and leave.
+            let leave: Vec<Route> = remove.iter().filter(|r| announced.remove(r)).copied().collect();
+            let appear: Vec<Route> = add.iter().filter(|r| announced.insert(**r)).copied().collect();
+            let a = by_diff.change_local_announcements(&appear, &leave);
+            let b = by_set.set_local_announcements(announced.iter().map(|r| (r.vni, r.dest)));
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(by_diff.snapshot(), by_set.snapshot());
+        }
+    }
+}

@@ -1679,3 +1679,57 @@ async fn announce_and_withdraw_in_a_client_role_daemon_go_to_the_route_servers()
     sub.expect_exactly(&[add(route("100#10.0.4.0/24@::4"))], "server table")
         .await;
 }
+
+#[tokio::test]
+async fn watch_received_follows_a_real_agent_with_synced_and_deltas() {
+    let server = Daemon::start(&[]);
+    let ssock = server.api_socket();
+    let first = "100#10.0.1.0/24@2001:db8::1";
+    mbctl(&ssock, &["announce", first, "200#10.2.0.0/24@2001:db8::2"])
+        .await
+        .ok();
+    let dir = unique_temp_dir();
+    let csock = dir.join("api.sock");
+    let _client = start_client(
+        &dir,
+        &[
+            "--server",
+            &server.addr.to_string(),
+            "--subscribe",
+            "100",
+            "--subscribe",
+            "200",
+        ],
+    );
+    // Wait for the dump, so that the snapshot is deterministic.
+    for _ in 0..200 {
+        let v = mbctl(&csock, &["-o", "json", "received"]).await.json();
+        if v["routes"].as_array().is_some_and(|r| r.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut watch = Watch::spawn(&csock, &["-o", "json", "watch", "received", "--vni", "100"]);
+    let snap = watch.event().await;
+    assert_eq!((&snap["sequence"], &snap["kind"]), (&json!(1), &json!("snapshot")), "{snap}");
+    let routes = snap["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "only VNI 100: {snap}");
+    assert_eq!(route_of(&routes[0]), first);
+    assert_eq!(
+        watch.event().await,
+        json!({"sequence": 2, "kind": "snapshot_end", "routes": 1})
+    );
+    // Our server negotiated SYNC: VNI 100 is synced (and 200 filtered out).
+    assert_eq!(
+        watch.event().await,
+        json!({"sequence": 3, "kind": "synced", "vni": 100})
+    );
+    let second = "100#10.0.2.0/24@2001:db8::3#nat#1#2";
+    mbctl(&ssock, &["announce", "200#10.2.1.0/24@2001:db8::2", second])
+        .await
+        .ok();
+    check_route_event(&watch.event().await, 4, "added", second);
+    mbctl(&ssock, &["withdraw", first]).await.ok();
+    check_route_event(&watch.event().await, 5, "removed", first);
+    assert!(watch.interrupt().await.success());
+}

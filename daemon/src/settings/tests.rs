@@ -268,7 +268,7 @@ fn sync_offer_is_on_by_default_and_off_by_flag_or_file() {
     let section = on.client.clone().unwrap();
     let c = client_settings(&on, &section, &ClientArgs::default()).unwrap();
     assert!(c.connection.sync);
-    let args = client_flags(&["--no-sync"]);
+    let args = client_flags(&["--server", "[2001:db8::1]:4711", "--no-sync"]);
     let c = client_settings(&on, &section, &args).unwrap();
     assert!(!c.connection.sync, "--no-sync");
     let off = file("[client]\nservers = [\"[2001:db8::1]:4711\"]\nsync = false\n");

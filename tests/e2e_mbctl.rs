@@ -1394,6 +1394,7 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
     let down = mbctl(&csock, &["-o", "json", "servers"]).await.json();
     assert_eq!(down["servers"][0]["state"], "down", "{down}");
     assert_ne!(down["servers"][0]["last_error"], "", "{down}");
+    assert_eq!(down["servers"][0]["extensions"], json!([]), "{down}");
 
     let sdir = unique_temp_dir();
     let ssock = sdir.join("api.sock");
@@ -1441,7 +1442,16 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
         "an old error next to up: {rows:?}"
     );
     assert_eq!(rows[0]["IN/OUT"], "2/1", "{rows:?}");
+    // Our server: the session negotiated SYNC (PROTOCOL.md section 8).
+    assert_eq!(rows[0]["EXTENSIONS"], "sync", "{rows:?}");
     let up = mbctl(&csock, &["-o", "json", "servers"]).await.json();
+    assert_eq!(up["servers"][0]["extensions"], json!(["sync"]), "{up}");
+    // The server side shows it for the agent's session too.
+    let peers = parse_table(mbctl(&ssock, &["peers"]).await.ok(), columns::PEERS);
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0]["EXTENSIONS"], "sync", "{peers:?}");
+    let peers = mbctl(&ssock, &["-o", "json", "peers"]).await.json();
+    assert_eq!(peers["peers"][0]["extensions"], json!(["sync"]), "{peers}");
     assert_eq!(up["servers"][0]["last_error"], "", "{up}");
     assert_eq!(up["servers"][0]["updates_received"], 2, "{up}");
     assert_eq!(up["servers"][0]["updates_sent"], 1, "{up}");
@@ -1477,10 +1487,51 @@ async fn client_role_status_servers_and_status_page_show_its_counters() {
         .skip(1)
         .map(|c| c.split('<').next().unwrap_or_default())
         .collect();
-    // role, peer (in <code>), state, for, updates in, updates out, last error
+    // role, peer (in <code>), state, for, updates in, updates out,
+    // extensions, last error
     assert_eq!(cells[2], "Established", "{row}");
-    assert_eq!(cells[4..], ["2", "1", ""][..], "{row}");
+    assert_eq!(cells[4..], ["2", "1", "sync", ""][..], "{row}");
     drop(server);
+}
+
+#[tokio::test]
+async fn an_agent_with_no_sync_negotiates_nothing_and_both_sides_show_it() {
+    let server = Daemon::start(&[]);
+    let server_addr = server.addr.to_string();
+    let dir = unique_temp_dir();
+    let csock = dir.join("api.sock");
+    let client = start_client(
+        &dir,
+        &["--server", &server_addr, "--subscribe", "100", "--no-sync"],
+    );
+    // Bounded polling of the observable state: the session comes up.
+    let deadline = std::time::Instant::now() + T;
+    let up = loop {
+        let v = mbctl(&csock, &["-o", "json", "servers"]).await.json();
+        if v["servers"][0]["state"] == "up" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never up: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(up["servers"][0]["extensions"], json!([]), "{up}");
+    let rows = parse_table(mbctl(&csock, &["servers"]).await.ok(), columns::SERVERS);
+    assert_eq!(rows[0]["EXTENSIONS"], "-", "{rows:?}");
+    // The server saw no offer: nothing negotiated for that session.
+    let peers = mbctl(&server.api_socket(), &["-o", "json", "peers"])
+        .await
+        .json();
+    assert_eq!(peers["peers"].as_array().map(Vec::len), Some(1), "{peers}");
+    assert_eq!(peers["peers"][0]["state"], "established", "{peers}");
+    assert_eq!(peers["peers"][0]["extensions"], json!([]), "{peers}");
+    let detail = mbctl(
+        &server.api_socket(),
+        &["peer", &peers["peers"][0]["session_id"].to_string()],
+    )
+    .await;
+    let kv = parse_key_values(detail.ok());
+    assert_eq!(kv["extensions"], "-", "{kv:?}");
+    drop(client);
 }
 
 #[tokio::test]

@@ -210,3 +210,90 @@ async fn a_reference_reader_sees_exactly_the_bytes_it_saw_before() {
         1.0
     );
 }
+
+/// Starts a client-role daemon (its own API socket and state directory)
+/// with a route server at `server` and `extra` arguments.
+fn start_agent(server: &str, extra: &[&str]) -> Daemon {
+    let dir = unique_temp_dir();
+    let sock = dir.join("api.sock").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let mut args = vec![
+        "client",
+        "--api-socket",
+        &sock,
+        "--state-dir",
+        &state,
+        "--server",
+        server,
+        "--subscribe",
+        "7",
+        "--keepalive",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::spawn_running(&args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Accepts the agent's connection on `listener` and returns its first
+/// frame (its HELLO), whole, as bytes.
+async fn first_frame(listener: &tokio::net::TcpListener) -> Vec<u8> {
+    let (mut s, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .expect("the agent connects")
+        .unwrap();
+    let mut header = [0u8; HEADER_LEN];
+    tokio::time::timeout(T, s.read_exact(&mut header))
+        .await
+        .unwrap()
+        .unwrap();
+    let len = usize::from(u16::from_be_bytes([header[1], header[2]]));
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout(T, s.read_exact(&mut payload))
+        .await
+        .unwrap()
+        .unwrap();
+    [header.to_vec(), payload].concat()
+}
+
+#[tokio::test]
+async fn the_sync_offer_can_be_turned_off_and_the_hello_is_then_the_references() {
+    let dir = unique_temp_dir();
+    let file = dir.join("metalbondd.toml");
+    let file_arg = file.display().to_string();
+    // By default the agent offers SYNC: field 1001 (varint key 0xc8 0x3e)
+    // with bit 0: what the other two must not send. Off, it is byte for
+    // byte a Go client's HELLO{keepaliveInterval = 5}.
+    let default_hello = [
+        &REFERENCE_CLIENT_HELLO[..2],
+        &[5, 1, 0x08, 5, 0xc8, 0x3e, 1],
+    ]
+    .concat();
+    let cases: [(&str, &[&str], &[u8]); 3] = [
+        ("default", &[], &default_hello),
+        ("--no-sync", &["--no-sync"], &REFERENCE_CLIENT_HELLO),
+        (
+            "client.sync = false",
+            &["--config", &file_arg],
+            &REFERENCE_CLIENT_HELLO,
+        ),
+    ];
+    for (what, extra, want) in cases {
+        // A raw listener stands in for a route server: it reads the
+        // agent's HELLO. A fresh one per run, so that a reconnect of the
+        // previous agent can never be in its backlog.
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::fs::write(
+            &file,
+            format!("[client]\nservers = [\"{addr}\"]\nsync = false\n"),
+        )
+        .unwrap();
+        let agent = start_agent(&addr, extra);
+        assert_eq!(first_frame(&listener).await, want, "{what}");
+        assert!(
+            agent.terminate(T).is_some_and(|s| s.success()),
+            "{what}: {}",
+            agent.logs()
+        );
+    }
+}

@@ -293,6 +293,10 @@ pub struct ClientSection {
     /// `reconnect_max`: largest reconnect delay in seconds (`--reconnect-max`).
     #[serde(deserialize_with = "parse::duration_secs")]
     pub reconnect_max: u64,
+    /// `sync`: offer the SYNC extension (PROTOCOL.md section 8) to the
+    /// route servers; `false` (`--no-sync`) sends a reference client's
+    /// HELLO. Default true.
+    pub sync: bool,
 }
 
 impl Default for ClientSection {
@@ -311,6 +315,7 @@ impl Default for ClientSection {
             flush_at_start: false,
             reconnect_min: crate::DEFAULT_RECONNECT_MIN_SECS,
             reconnect_max: crate::DEFAULT_RECONNECT_MAX_SECS,
+            sync: true,
         }
     }
 }

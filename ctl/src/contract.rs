@@ -33,6 +33,7 @@ macro_rules! peer_names {
             "bytes_out",
             "queue_bytes",
             "last_error",
+            "extensions",
         ]
     };
 }
@@ -51,6 +52,7 @@ pub mod columns {
         "ANNOUNCED",
         "IN/OUT",
         "QUEUE",
+        "EXTENSIONS",
         "LAST ERROR",
     ];
     /// `mbctl vnis`.
@@ -65,6 +67,7 @@ pub mod columns {
         "RESOLVED",
         "SINCE",
         "IN/OUT",
+        "EXTENSIONS",
         "LAST ERROR",
     ];
     /// `mbctl subscriptions` (client role).

@@ -178,6 +178,9 @@ pub struct PeerJson {
     pub queue_bytes: u64,
     /// Last error or close reason (empty if none).
     pub last_error: String,
+    /// Negotiated extensions by name (`["sync"]`; empty with a reference
+    /// peer).
+    pub extensions: Vec<String>,
 }
 
 impl From<&api::Peer> for PeerJson {
@@ -201,6 +204,7 @@ impl From<&api::Peer> for PeerJson {
             bytes_out: p.bytes_out,
             queue_bytes: p.queue_bytes,
             last_error: p.last_error.clone(),
+            extensions: p.extensions.clone(),
         }
     }
 }
@@ -682,6 +686,9 @@ pub struct ClientServerJson {
     pub updates_received: u64,
     /// UPDATEs sent to the server.
     pub updates_sent: u64,
+    /// Extensions the established session negotiated, by name (`["sync"]`;
+    /// empty while down, with a reference server, or with `--no-sync`).
+    pub extensions: Vec<String>,
 }
 
 impl From<&api::ClientServer> for ClientServerJson {
@@ -695,6 +702,7 @@ impl From<&api::ClientServer> for ClientServerJson {
             last_error: s.last_error.clone(),
             updates_received: s.updates_received,
             updates_sent: s.updates_sent,
+            extensions: s.extensions.clone(),
         }
     }
 }
@@ -1076,6 +1084,7 @@ mod tests {
             connected: String::new(),
             updates_received: 7,
             updates_sent: 2,
+            extensions: vec![],
         };
         let v = serde_json::to_value(ClientServerJson::from(&s)).unwrap();
         assert_eq!(
@@ -1083,7 +1092,7 @@ mod tests {
             json!({"address": "metalbond.example:4711", "state": "down",
                    "resolved": ["[2001:db8::1]:4711", "192.0.2.1:4711"], "connected": null,
                    "since": "2023-11-14T22:13:20Z", "last_error": "refused",
-                   "updates_received": 7, "updates_sent": 2})
+                   "updates_received": 7, "updates_sent": 2, "extensions": []})
         );
         let none =
             serde_json::to_value(ClientServerJson::from(&api::ClientServer::default())).unwrap();

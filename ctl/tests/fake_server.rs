@@ -170,6 +170,7 @@ fn peer_one() -> Peer {
         bytes_out: 2000,
         queue_bytes: 0,
         last_error: String::new(),
+        extensions: vec!["sync".into()],
     }
 }
 
@@ -573,6 +574,7 @@ impl client_service_server::ClientService for Fake {
                     connected: "[2001:db8::a]:4711".into(),
                     updates_received: 12,
                     updates_sent: 3,
+                    extensions: vec!["sync".into()],
                 },
                 ClientServer {
                     address: "metalbond.example:4711".into(),
@@ -586,6 +588,7 @@ impl client_service_server::ClientService for Fake {
                     connected: "192.0.2.7:4711".into(),
                     updates_received: 5,
                     updates_sent: 1,
+                    extensions: vec![],
                 },
                 ClientServer {
                     address: "192.0.2.1:4711".into(),
@@ -596,6 +599,7 @@ impl client_service_server::ClientService for Fake {
                     connected: String::new(),
                     updates_received: 0,
                     updates_sent: 0,
+                    extensions: vec![],
                 },
             ],
         }))
@@ -818,9 +822,9 @@ fn peers_table_and_json() {
     assert_eq!(
         s.ok(&["peers"]),
         "\
-ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUNCED  IN/OUT  QUEUE  LAST ERROR
-16  [2001:db8::7]:40522  server  established  5s         2h05m   100,200  2          2/3     0B     -
-17  [2001:db8::8]:50000  server  hello_sent   -          3s      -        0          0/0     16KiB  keepalive timeout
+ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUNCED  IN/OUT  QUEUE  EXTENSIONS  LAST ERROR
+16  [2001:db8::7]:40522  server  established  5s         2h05m   100,200  2          2/3     0B     sync        -
+17  [2001:db8::8]:50000  server  hello_sent   -          3s      -        0          0/0     16KiB  -           keepalive timeout
 "
     );
     let v = s.json(&["peers"]);
@@ -834,6 +838,8 @@ ID  REMOTE               ROLE    STATE        KEEPALIVE  UPTIME  VNIS     ANNOUN
     assert_eq!(peers[0]["uptime_seconds"], 7500);
     assert_eq!(peers[1]["connected_at"], serde_json::Value::Null);
     assert_eq!(peers[1]["last_error"], "keepalive timeout");
+    assert_eq!(peers[0]["extensions"], serde_json::json!(["sync"]));
+    assert_eq!(peers[1]["extensions"], serde_json::json!([]));
 }
 
 /// docs/MBCTL.md shows what `mbctl` prints for the fake's answers, whose
@@ -1399,10 +1405,10 @@ fn servers_table_json_and_changes() {
     assert_eq!(
         s.ok(&["servers"]),
         "\
-ADDRESS                 STATE  CONNECTED           RESOLVED                           SINCE                 IN/OUT  LAST ERROR
-[2001:db8::a]:4711      up     [2001:db8::a]:4711  -                                  2023-11-14T22:13:20Z  12/3    -
-metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:4711  2023-11-14T22:13:21Z  5/1     -
-192.0.2.1:4711          down   -                   -                                  -                     0/0     connection refused
+ADDRESS                 STATE  CONNECTED           RESOLVED                           SINCE                 IN/OUT  EXTENSIONS  LAST ERROR
+[2001:db8::a]:4711      up     [2001:db8::a]:4711  -                                  2023-11-14T22:13:20Z  12/3    sync        -
+metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:4711  2023-11-14T22:13:21Z  5/1     -           -
+192.0.2.1:4711          down   -                   -                                  -                     0/0     -           connection refused
 "
     );
     assert_eq!(
@@ -1411,15 +1417,15 @@ metalbond.example:4711  up     192.0.2.7:4711      [2001:db8::7]:4711,192.0.2.7:
             {"address": "[2001:db8::a]:4711", "state": "up",
              "resolved": ["[2001:db8::a]:4711"], "connected": "[2001:db8::a]:4711",
              "since": "2023-11-14T22:13:20Z", "last_error": "",
-             "updates_received": 12, "updates_sent": 3},
+             "updates_received": 12, "updates_sent": 3, "extensions": ["sync"]},
             {"address": "metalbond.example:4711", "state": "up",
              "resolved": ["[2001:db8::7]:4711", "192.0.2.7:4711"], "connected": "192.0.2.7:4711",
              "since": "2023-11-14T22:13:21Z", "last_error": "",
-             "updates_received": 5, "updates_sent": 1},
+             "updates_received": 5, "updates_sent": 1, "extensions": []},
             {"address": "192.0.2.1:4711", "state": "down",
              "resolved": ["192.0.2.1:4711"], "connected": null,
              "since": null, "last_error": "connection refused",
-             "updates_received": 0, "updates_sent": 0}
+             "updates_received": 0, "updates_sent": 0, "extensions": []}
         ]})
     );
 

@@ -27,6 +27,7 @@ pub fn servers_table(servers: &[ClientServerJson]) -> String {
             resolved,
             s.since.clone().unwrap_or_else(|| "-".into()),
             format!("{}/{}", s.updates_received, s.updates_sent),
+            or_dash(&s.extensions.join(",")),
             or_dash(&s.last_error),
         ]
     })

@@ -24,6 +24,7 @@ pub fn peers_table(peers: &[PeerJson]) -> String {
             peer.routes_announced.to_string(),
             format!("{}/{}", peer.updates_received, peer.updates_sent),
             human_bytes(peer.queue_bytes),
+            or_dash(&peer.extensions.join(",")),
             or_dash(&peer.last_error),
         ]
     })
@@ -52,6 +53,7 @@ pub fn peer_details(peer: &PeerJson) -> String {
         peer.bytes_out.to_string(),
         peer.queue_bytes.to_string(),
         or_dash(&peer.last_error),
+        or_dash(&peer.extensions.join(",")),
     ];
     key_values(&labelled(keys::PEER, values))
 }

@@ -12,7 +12,8 @@ use metalbond_proto::api as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    invalid, route_from_api, route_to_api, routes_from_api, timestamp, vni_from_api,
+    extension_names, invalid, route_from_api, route_to_api, routes_from_api, timestamp,
+    vni_from_api,
 };
 use super::received_watch::{ReceivedWatcher, WATCH_BUFFER};
 use super::{shutting_down, ApiState};
@@ -141,6 +142,7 @@ impl pb::client_service_server::ClientService for ClientApi {
                     connected: s.connected.map(|a| a.to_string()).unwrap_or_default(),
                     updates_received: s.updates_in,
                     updates_sent: s.updates_out,
+                    extensions: extension_names(s.extensions),
                 })
                 .collect(),
         }))

@@ -11,7 +11,7 @@ use tonic::Status;
 use crate::table::SessionId;
 use crate::table::{LOCAL_API, LOCAL_CONFIG};
 use crate::wire::text::parse_prefix;
-use crate::wire::{Address, Destination, NextHop, NextHopType, Route, Vni};
+use crate::wire::{Address, Destination, Extensions, NextHop, NextHopType, Route, Vni};
 
 /// Largest VNI the API accepts (24 bits, as VXLAN and Geneve).
 pub const MAX_API_VNI: u32 = (1 << 24) - 1;
@@ -191,6 +191,11 @@ pub fn duration(d: std::time::Duration) -> prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
     }
+}
+
+/// The API form of a negotiated extension set: its names.
+pub fn extension_names(extensions: Extensions) -> Vec<String> {
+    extensions.names().into_iter().map(str::to_string).collect()
 }
 
 #[cfg(test)]

@@ -10,13 +10,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{duration, invalid, timestamp};
+use super::convert::{duration, extension_names, invalid, timestamp};
 use super::{shutting_down, ApiState};
 use crate::server::registry::{PeerEvent, SessionInfo};
 use crate::session::{Role, State};
 use crate::table::SessionId;
 use crate::table_task::Query;
-use crate::wire::Vni;
+use crate::wire::{Extensions, Vni};
 
 /// The PeerService implementation.
 pub struct Peers {
@@ -128,6 +128,7 @@ pub fn peer_to_api(s: &SessionInfo, routes_announced: usize, vnis: &[Vni]) -> pb
         bytes_out: s.bytes_out.load(Relaxed),
         queue_bytes: s.queue_bytes.load(Relaxed),
         last_error: s.last_error(),
+        extensions: extension_names(Extensions(s.extensions.load(Relaxed))),
     }
 }
 

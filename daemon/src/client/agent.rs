@@ -61,7 +61,7 @@ pub use super::stats::{AgentStats, NetlinkOpCounters};
 use super::{Client, ClientCommand, ClientConfig, ClientEvent, Desired, ServerAddr, ServerId};
 use crate::kernel::Installer;
 use crate::store::Store;
-use crate::wire::{Action, Route, Vni};
+use crate::wire::{Action, Extensions, Route, Vni};
 
 /// Depth of the event channel from the connection tasks to the agent.
 const EVENT_QUEUE: usize = 1024;
@@ -133,6 +133,9 @@ pub struct ServerStatus {
     pub updates_in: u64,
     /// UPDATEs sent to it (all its sessions).
     pub updates_out: u64,
+    /// The extensions the established session negotiated (none while
+    /// down).
+    pub extensions: Extensions,
 }
 
 /// What the API asks of the agent.
@@ -411,6 +414,8 @@ struct Link {
     connected: Option<SocketAddr>,
     last_error: String,
     since: SystemTime,
+    /// The established session negotiated SYNC.
+    sync: bool,
 }
 
 impl Link {
@@ -421,6 +426,7 @@ impl Link {
             connected: None,
             last_error: String::new(),
             since,
+            sync: false,
         }
     }
 }
@@ -553,6 +559,7 @@ impl AgentTask {
                 link.connected = Some(peer);
                 link.resolved = resolved;
                 link.last_error.clear();
+                link.sync = sync;
                 info!(%server, addr = %self.addr(server), %peer, sync, "route server up");
                 self.planner.server_up_with(server, sync, now());
                 return;
@@ -568,6 +575,7 @@ impl AgentTask {
                     link.since = SystemTime::now();
                 }
                 link.connected = None;
+                link.sync = false;
                 link.resolved = resolved;
                 link.last_error.clone_from(&reason);
                 if was_up {
@@ -727,6 +735,11 @@ impl AgentTask {
             since: link.since,
             updates_in: counters.map_or(0, |c| c.updates_in.load(Relaxed)),
             updates_out: counters.map_or(0, |c| c.updates_out.load(Relaxed)),
+            extensions: if up && link.sync {
+                Extensions::SYNC
+            } else {
+                Extensions::NONE
+            },
         }
     }
 

@@ -123,6 +123,11 @@ pub struct ClientConfig {
     pub stable_after: Duration,
     /// Bound on one TCP connect.
     pub connect_timeout: Duration,
+    /// Offer the extensions this build supports (PROTOCOL.md section 8) in
+    /// every HELLO. Off (`--no-sync`, `client.sync = false`), the HELLO
+    /// carries no extension field at all: byte for byte a reference
+    /// client's, for a peer that misbehaves with the extension.
+    pub sync: bool,
 }
 
 impl Default for ClientConfig {
@@ -132,6 +137,7 @@ impl Default for ClientConfig {
             backoff: BackoffConfig::default(),
             stable_after: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            sync: true,
         }
     }
 }
@@ -583,7 +589,11 @@ impl Conn<'_> {
             session::Config {
                 role: Role::Client,
                 keepalive_secs: self.config.keepalive_secs,
-                extensions: Extensions::SUPPORTED,
+                extensions: if self.config.sync {
+                    Extensions::SUPPORTED
+                } else {
+                    Extensions::NONE
+                },
             },
             Instant::now().into_std(),
         );

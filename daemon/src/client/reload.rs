@@ -76,9 +76,11 @@ impl ClientDiff {
             ),
             (
                 "client.reconnect_min, client.reconnect_max",
-                old.connection != new.connection
-                    && old.connection.keepalive_secs == new.connection.keepalive_secs,
+                old.connection.backoff != new.connection.backoff,
             ),
+            // Every session's HELLO carries it: a running session cannot
+            // renegotiate.
+            ("client.sync", old.connection.sync != new.connection.sync),
             ("client.hold_time", old.hold_time != new.hold_time),
             ("client.stale_time", old.stale_time != new.stale_time),
             ("client.cleanup", old.cleanup != new.cleanup),

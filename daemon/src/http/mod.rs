@@ -33,6 +33,7 @@ use crate::client::{AgentHandle, AgentRequest};
 use crate::metrics::Telemetry;
 use crate::server::registry::Registry as Sessions;
 use crate::table_task::{Query, RouteQuery, TableHandle};
+use crate::wire::Extensions;
 use status::{PeerRow, RouteView};
 
 /// Routes fetched from the table per request to it, so a big status page
@@ -302,6 +303,7 @@ async fn peer_rows(s: &HttpState) -> Vec<PeerRow> {
             updates_in: p.updates_in.load(Relaxed),
             updates_out: p.updates_out.load(Relaxed),
             last_error: p.last_error(),
+            extensions: Extensions(p.extensions.load(Relaxed)).names().join(","),
         })
         .collect();
     if let Some(agent) = &s.agent {
@@ -317,6 +319,7 @@ async fn peer_rows(s: &HttpState) -> Vec<PeerRow> {
                     updates_in: srv.updates_in,
                     updates_out: srv.updates_out,
                     last_error: srv.last_error,
+                    extensions: srv.extensions.names().join(","),
                 }
             }));
         }

@@ -255,6 +255,8 @@ pub struct PeerRow {
     pub updates_out: u64,
     /// Last error or close reason.
     pub last_error: String,
+    /// The negotiated extensions, by name, comma-separated ("" for none).
+    pub extensions: String,
 }
 
 /// Most routes the HTML page lists (all VNI counts are always shown).
@@ -288,17 +290,18 @@ pub fn index_html(peers: &[PeerRow], view: &RouteView, date: &str, version: &str
         esc(date)
     );
     let _ = writeln!(h, "<h2>Sessions ({})</h2>", peers.len());
-    h.push_str("<table><tr><th>role</th><th>peer</th><th>state</th><th>for</th><th>updates in</th><th>updates out</th><th>last error</th></tr>\n");
+    h.push_str("<table><tr><th>role</th><th>peer</th><th>state</th><th>for</th><th>updates in</th><th>updates out</th><th>extensions</th><th>last error</th></tr>\n");
     for p in peers {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             p.role,
             esc(&p.remote),
             esc(&p.state),
             p.uptime.as_secs(),
             p.updates_in,
             p.updates_out,
+            esc(&p.extensions),
             esc(&p.last_error)
         );
     }
@@ -514,6 +517,7 @@ mod tests {
             updates_in: 1,
             updates_out: 2,
             last_error: "<script>".into(),
+            extensions: "sync".into(),
         }];
         let html = index_html(&peers, &view(), "d", "v");
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));

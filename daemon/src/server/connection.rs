@@ -238,6 +238,7 @@ impl LinkRole for Connection {
             Event::Negotiated(extensions) => {
                 debug!(extensions = extensions.0, "extensions negotiated");
                 self.sync = extensions.contains(Extensions::SYNC);
+                self.info.extensions.store(extensions.0, Relaxed);
             }
             Event::Subscribe(vni) => self.ops.push(Op::Subscribe {
                 vni,

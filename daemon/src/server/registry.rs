@@ -36,6 +36,10 @@ pub struct SessionInfo {
     state: AtomicU8,
     /// Negotiated keepalive interval (0 before the handshake).
     pub keepalive_secs: AtomicU32,
+    /// Negotiated extensions (PROTOCOL.md section 8), the bits of
+    /// [`crate::wire::Extensions`]: 0 with a reference peer and before the
+    /// peer's HELLO.
+    pub extensions: AtomicU64,
     /// Frames received.
     pub messages_in: AtomicU64,
     /// Frames queued for sending (control frames and updates).
@@ -68,6 +72,7 @@ impl SessionInfo {
             started: Instant::now(),
             state: AtomicU8::new(state_to_u8(State::Connecting)),
             keepalive_secs: AtomicU32::new(0),
+            extensions: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),

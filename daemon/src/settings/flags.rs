@@ -192,6 +192,13 @@ pub struct ClientArgs {
     /// the mapped tables are touched [file: client.flush_at_start].
     #[arg(long)]
     pub flush_at_start: bool,
+    /// Do not offer the SYNC extension (an exact end of every SUBSCRIBE
+    /// dump, metalbondd servers only): the HELLO is then byte for byte a
+    /// reference client's, and resync falls back to 1 s of quiet and the
+    /// hold time. For a peer that misbehaves with the extension [file:
+    /// client.sync = false].
+    #[arg(long)]
+    pub no_sync: bool,
     /// Seconds before the first reconnect to a lost server; the delay then
     /// doubles per failed attempt (with +-20% jitter). Default 1 [file:
     /// client.reconnect_min].

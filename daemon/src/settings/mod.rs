@@ -358,6 +358,8 @@ fn client_settings(
                 args.reconnect_min.unwrap_or(section.reconnect_min),
                 args.reconnect_max.unwrap_or(section.reconnect_max),
             ),
+            // Off if either says so: the default is on.
+            sync: !args.no_sync && section.sync,
             ..ClientConfig::default()
         },
         hold_time: Duration::from_secs(args.hold_time.unwrap_or(section.hold_time)),

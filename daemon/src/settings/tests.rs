@@ -258,6 +258,23 @@ stale_time = 60
     assert_eq!(c.hold_time, Duration::from_secs(1));
     assert_eq!(c.stale_time, Duration::from_secs(2));
     assert!(c.cleanup && c.flush_at_start && c.ipv4_only);
+    // SYNC is offered unless a flag or the file turns it off.
+    assert!(from_file.connection.sync && c.connection.sync);
+}
+
+#[test]
+fn sync_offer_is_on_by_default_and_off_by_flag_or_file() {
+    let on = file("[client]\nservers = [\"[2001:db8::1]:4711\"]\n");
+    let section = on.client.clone().unwrap();
+    let c = client_settings(&on, &section, &ClientArgs::default()).unwrap();
+    assert!(c.connection.sync);
+    let args = client_flags(&["--server", "[2001:db8::1]:4711", "--no-sync"]);
+    let c = client_settings(&on, &section, &args).unwrap();
+    assert!(!c.connection.sync, "--no-sync");
+    let off = file("[client]\nservers = [\"[2001:db8::1]:4711\"]\nsync = false\n");
+    let section = off.client.clone().unwrap();
+    let c = client_settings(&off, &section, &ClientArgs::default()).unwrap();
+    assert!(!c.connection.sync, "client.sync = false");
 }
 
 #[test]

@@ -77,6 +77,19 @@ impl Extensions {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// The names of the known bits that are set, in bit order (`"sync"`),
+    /// as the control API, `mbctl` and the status page show them; unknown
+    /// bits have no name (a negotiated set never has any: it is an
+    /// intersection with [`Extensions::SUPPORTED`]).
+    pub fn names(self) -> Vec<&'static str> {
+        const NAMED: [(Extensions, &str); 1] = [(Extensions::SYNC, "sync")];
+        NAMED
+            .iter()
+            .filter(|(bit, _)| self.contains(*bit))
+            .map(|&(_, name)| name)
+            .collect()
+    }
 }
 
 /// UPDATE payload, validated.

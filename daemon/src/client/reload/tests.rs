@@ -122,6 +122,12 @@ fn start_only_settings_need_a_restart() {
         ClientDiff::between(&old, &backoff).needs_restart,
         vec!["client.reconnect_min, client.reconnect_max"]
     );
+    let mut no_sync = settings();
+    no_sync.connection.sync = false;
+    assert_eq!(
+        ClientDiff::between(&old, &no_sync).needs_restart,
+        vec!["client.sync"]
+    );
 }
 
 #[test]

@@ -33,6 +33,11 @@ macro_rules! peer_names {
             "bytes_out",
             "queue_bytes",
             "last_error",
+            "policy_class",
+            "routes_refused",
+            "subscribes_refused",
+            "last_refusal_reason",
+            "last_refusal_at",
         ]
     };
 }

@@ -178,6 +178,16 @@ pub struct PeerJson {
     pub queue_bytes: u64,
     /// Last error or close reason (empty if none).
     pub last_error: String,
+    /// Peer policy class (empty without a policy).
+    pub policy_class: String,
+    /// Routes the policy refused.
+    pub routes_refused: u64,
+    /// SUBSCRIBEs the policy refused.
+    pub subscribes_refused: u64,
+    /// Reason of the last refusal (empty if none).
+    pub last_refusal_reason: String,
+    /// When the last refusal happened (RFC 3339), or null.
+    pub last_refusal_at: Option<String>,
 }
 
 impl From<&api::Peer> for PeerJson {
@@ -201,6 +211,11 @@ impl From<&api::Peer> for PeerJson {
             bytes_out: p.bytes_out,
             queue_bytes: p.queue_bytes,
             last_error: p.last_error.clone(),
+            policy_class: p.policy_class.clone(),
+            routes_refused: p.routes_refused,
+            subscribes_refused: p.subscribes_refused,
+            last_refusal_reason: p.last_refusal_reason.clone(),
+            last_refusal_at: timestamp_text(&p.last_refusal_at),
         }
     }
 }

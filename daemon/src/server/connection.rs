@@ -534,7 +534,7 @@ fn refuse(c: &mut Checker, info: &SessionInfo, reason: Reason, what: impl FnOnce
     if c.policy.first_time(reason) {
         warn!(
             class = %c.policy.class().name,
-            reason = reason.label(),
+            reason = %reason.label(),
             refused = %what(),
             "policy refused a {}; further refusals of this kind in this session are counted, not logged",
             reason.describe()

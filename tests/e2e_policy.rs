@@ -244,3 +244,29 @@ async fn max_routes_refuses_the_excess_or_closes_and_others_keep_flowing() {
     a.announce(a2).await;
     obs.expect_exactly(&[add(a2)], "after the close").await;
 }
+
+#[test]
+fn check_config_reports_policy_errors_with_positions() {
+    let dir = unique_temp_dir();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[policy.class]]\nname = \"all\"\nmatch = [\"10.0.0.0/8\"]\nannounce_vnis = [\"300-200\"]\n\n[[policy.class]]\nname = \"some\"\nmatch = [\"10.1.0.0/16\"]\nroute_types = [\"bgp\"]\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_to_exit(&["check-config", bad.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    let all = format!("{stdout}{stderr}");
+    let path = bad.display().to_string();
+    for want in [
+        format!("{path}:4:18: policy.class[0].announce_vnis[0]"),
+        format!("{path}:8:10: policy.class[1].match[0]: 10.1.0.0/16 lies inside 10.0.0.0/8"),
+        format!("{path}:9:16: policy.class[1].route_types[0]"),
+    ] {
+        assert!(all.contains(&want), "{want:?} not in:\n{all}");
+    }
+    let good = dir.join("good.toml");
+    std::fs::write(&good, POLICY).unwrap();
+    let (code, stdout, stderr) = run_to_exit(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}

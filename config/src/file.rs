@@ -401,7 +401,11 @@ impl Config {
                 ));
             }
         }
-        let policy_intact = !failed_keys.iter().any(|k| k.starts_with("policy"));
+        // The checks across classes look at names and `match` only.
+        let policy_intact = !failed_keys.iter().any(|k| {
+            matches!(k.as_str(), "policy" | "policy.class" | "policy.default")
+                || (k.starts_with("policy") && (k.contains(".match") || k.contains(".name")))
+        });
         if let (Some(policy), true) = (&config.policy, policy_intact) {
             for (offset, message) in policy.check(header(text, "[policy")) {
                 errors.push(ConfigError::at(path, text, offset, message));

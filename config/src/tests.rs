@@ -952,3 +952,23 @@ subscribe_vnis = []
         assert_eq!(p.policy.unwrap().class.len(), 2);
     }
 }
+
+#[test]
+fn example_policy_section_is_valid_when_uncommented() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let text = std::fs::read_to_string(dir.join("metalbondd.toml")).unwrap();
+    let start = text.find("# [[policy.class]]").expect("a commented policy");
+    let end = text[start..].find("\n\n").map_or(text.len(), |e| start + e);
+    let mut uncommented = String::new();
+    for line in text[start..end].lines() {
+        if let Some(rest) = line.strip_prefix("# ").filter(|r| !r.starts_with("# ")) {
+            uncommented.push_str(rest);
+            uncommented.push('\n');
+        }
+    }
+    let c = parse(&uncommented);
+    let p = c.policy.expect("policy");
+    assert_eq!(p.class[0].name(), "hypervisors");
+    assert_eq!(p.class[0].max_routes, Some(10000));
+    assert_eq!(p.default.expect("default").announce_vnis, Some(vec![]));
+}

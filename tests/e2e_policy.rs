@@ -7,12 +7,14 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::api::connect;
 use common::http::{get, value};
 use common::mbctl::{mbctl_bin, run};
 use common::*;
 use metalbond_proto::api as pb;
+use metalbondd::wire::{Action, Message};
 
 const POLICY: &str = r#"
 [[policy.class]]
@@ -269,4 +271,120 @@ fn check_config_reports_policy_errors_with_positions() {
     std::fs::write(&good, POLICY).unwrap();
     let (code, stdout, stderr) = run_to_exit(&["check-config", good.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+/// The daemon's resident set size in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
+    const FLOOD: u32 = 1_000_000;
+    const LIMIT: u32 = 10_000;
+    let dir = unique_temp_dir();
+    let config = dir.join("flood.toml");
+    std::fs::write(
+        &config,
+        format!("[[policy.class]]\nname = \"flood\"\nmatch = [\"127.0.0.4/32\"]\nmax_routes = {LIMIT}\n"),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let v4 = d
+        .wait_for_line(
+            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
+            T,
+        )
+        .await
+        .and_then(|l| parse_addr_field(&l))
+        .expect("IPv4 listener");
+    let mut obs = RawPeer::established(d.addr).await;
+    obs.subscribe(100).await;
+    let mut sub200 = RawPeer::established(d.addr).await;
+    sub200.subscribe(200).await;
+    let mut a = RawPeer::established_from(v4, ip("127.0.0.1")).await;
+    let flooder = RawPeer::established_from(v4, ip("127.0.0.4")).await;
+    let flood_local = flooder.local;
+    // Warm up the daemon's allocations (a session's buffers, the table's
+    // first slabs) before taking the baseline.
+    let warm = route("100#10.255.0.0/24@127.0.0.1");
+    a.announce(warm).await;
+    assert_eq!(obs.expect_update(T).await, add(warm));
+    let before = rss_kib(d.pid());
+
+    // The flood: 1M distinct routes in writes of 4096 frames, each chunk
+    // with a KEEPALIVE so the session stays alive however long it takes.
+    // Encoded before it starts, so that the probes below measure the
+    // daemon, not this test's encoding.
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::with_capacity(4096 * 40);
+    for i in 0..FLOOD {
+        let r = route(&format!(
+            "200#10.{}.{}.{}/32@127.0.0.4",
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        ));
+        chunk.extend_from_slice(&frame(&Message::Update(add(r))));
+        if i % 4096 == 4095 || i == FLOOD - 1 {
+            chunk.extend_from_slice(&frame(&Message::Keepalive));
+            chunks.push(std::mem::take(&mut chunk));
+        }
+    }
+    let start = std::time::Instant::now();
+    // From a thread of its own: the probes below measure the daemon, not
+    // this test's scheduling.
+    let mut stream = flooder.into_std_stream();
+    let flood = std::thread::spawn(move || {
+        use std::io::Write;
+        for chunk in chunks {
+            stream.write_all(&chunk).unwrap();
+        }
+        stream
+    });
+    // Meanwhile, until the daemon has looked at every route of the flood
+    // (the excess counted as refused), another peer's updates keep arriving.
+    let mut probes = 0u32;
+    let mut worst = Duration::ZERO;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let p = loop {
+        if flood.is_finished() {
+            let p = peer(&d, flood_local).await;
+            if p.routes_refused == u64::from(FLOOD - LIMIT) {
+                break p;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "flood not processed in time");
+        let r = route(&format!("100#10.254.{}.{}/32@127.0.0.1", probes >> 8, probes & 0xff));
+        let sent = std::time::Instant::now();
+        a.announce(r).await;
+        assert_eq!(obs.expect_update(T).await, add(r), "probe {probes} during the flood");
+        worst = worst.max(sent.elapsed());
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _flooder = flood.join().unwrap();
+    assert!(probes >= 3, "the flood was over before it was probed ({probes} probes)");
+    assert_eq!(p.routes_announced, u64::from(LIMIT));
+    let got = sub200.expect_updates(LIMIT as usize, T).await;
+    assert!(got.iter().all(|u| u.action == Action::Add));
+    sub200.expect_no_update(QUIET).await;
+    let after = rss_kib(d.pid());
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "flood: {:?}; rss {before} KiB -> {after} KiB (+{growth} KiB); {probes} probes, worst {worst:?}",
+        start.elapsed()
+    );
+    // 10,000 routes held (table and the session's set) and the buffers of
+    // one busy session: a few MiB; 1M routes in the table would be ~100 MiB.
+    assert!(growth < 48 * 1024, "RSS grew by {growth} KiB");
+    // A debug build on a shared machine: generous, but a flood that
+    // starved other sessions would take the whole flood's time.
+    assert!(worst < Duration::from_secs(2), "a probe took {worst:?}");
+    assert_eq!(refusal_lines(&d, flood_local, "max_routes"), 1);
 }

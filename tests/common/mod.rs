@@ -863,6 +863,14 @@ impl RawPeer {
         p
     }
 
+    /// The socket as a blocking std stream (e.g. to flood the server from a
+    /// thread of its own, without taking the test's runtime).
+    pub fn into_std_stream(self) -> std::net::TcpStream {
+        let s = self.stream.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    }
+
     /// Connects and completes the client handshake proposing the default interval.
     pub async fn established(addr: SocketAddr) -> RawPeer {
         let mut p = Self::connect(addr).await;

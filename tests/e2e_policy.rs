@@ -116,12 +116,18 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
     b.announce(b_own).await;
     b.announce(b_listed).await;
     b.announce(b_hijack).await;
-    obs.expect_exactly(&[add(own), add(b_own), add(b_listed)], "allowed routes only")
-        .await;
+    obs.expect_exactly(
+        &[add(own), add(b_own), add(b_listed)],
+        "allowed routes only",
+    )
+    .await;
     // hv1's refused SUBSCRIBE gave it no dump and gives it no updates of 300.
     barrier(&mut a, &mut helper, 150).await;
     b.announce(route("300#10.6.0.0/24@127.0.0.2")).await;
-    assert_eq!(obs.expect_update(T).await, add(route("300#10.6.0.0/24@127.0.0.2")));
+    assert_eq!(
+        obs.expect_update(T).await,
+        add(route("300#10.6.0.0/24@127.0.0.2"))
+    );
     a.expect_no_update(QUIET).await;
 
     // The REMOVE of a refused route removes nothing (the same route of
@@ -136,7 +142,10 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
     let pa = peer(&d, a.local).await;
     assert_eq!(pa.policy_class, "hv1");
     assert_eq!(pa.subscribes_refused, 1);
-    assert_eq!(pa.routes_refused, 3, "outside, hijack, second hijack: {pa:?}");
+    assert_eq!(
+        pa.routes_refused, 3,
+        "outside, hijack, second hijack: {pa:?}"
+    );
     assert_eq!(pa.routes_announced, 1);
     assert_eq!(pa.last_refusal_reason, "next_hop");
     assert!(pa.last_refusal_at.is_some());
@@ -144,11 +153,19 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
     assert_eq!(pb_.policy_class, "hv2");
     assert_eq!((pb_.routes_refused, pb_.routes_announced), (1, 3));
     let po = peer(&d, obs.local).await;
-    assert_eq!((po.policy_class.as_str(), po.routes_refused), ("default", 0));
+    assert_eq!(
+        (po.policy_class.as_str(), po.routes_refused),
+        ("default", 0)
+    );
 
     // The log says why, once per session and reason.
     for reason in ["subscribe_vni", "announce_vni", "next_hop"] {
-        assert_eq!(refusal_lines(&d, a.local, reason), 1, "{reason}; log:\n{}", d.logs());
+        assert_eq!(
+            refusal_lines(&d, a.local, reason),
+            1,
+            "{reason}; log:\n{}",
+            d.logs()
+        );
     }
     assert_eq!(refusal_lines(&d, b.local, "next_hop"), 1);
 
@@ -204,24 +221,34 @@ async fn max_routes_refuses_the_excess_or_closes_and_others_keep_flowing() {
         b.announce(*r).await;
     }
     let first: Vec<_> = routes[..5].iter().map(|r| add(*r)).collect();
-    obs.expect_exactly(&first, "the first max_routes routes").await;
+    obs.expect_exactly(&first, "the first max_routes routes")
+        .await;
     // Re-announcing a held route holds nothing more; hv1 is unaffected.
     b.announce(routes[0]).await;
     let a_route = route("100#10.10.0.0/24@127.0.0.1");
     a.announce(a_route).await;
-    obs.expect_exactly(&[add(a_route)], "another peer's update").await;
+    obs.expect_exactly(&[add(a_route)], "another peer's update")
+        .await;
     // Withdrawing a held route frees a place; a refused one's REMOVE does
     // nothing.
     b.withdraw(routes[7]).await;
     b.withdraw(routes[0]).await;
     assert_eq!(obs.expect_update(T).await, rem(routes[0]));
     b.announce(routes[6]).await;
-    obs.expect_exactly(&[add(routes[6])], "the freed place").await;
+    obs.expect_exactly(&[add(routes[6])], "the freed place")
+        .await;
     let pb_ = peer(&d, b.local).await;
-    assert_eq!((pb_.routes_refused, pb_.routes_announced), (3, 5), "{pb_:?}");
+    assert_eq!(
+        (pb_.routes_refused, pb_.routes_announced),
+        (3, 5),
+        "{pb_:?}"
+    );
     assert_eq!(pb_.last_refusal_reason, "max_routes");
     assert_eq!(refusal_lines(&d, b.local, "max_routes"), 1);
-    assert!(d.wait_for_log("session near its policy's max_routes", T).await);
+    assert!(
+        d.wait_for_log("session near its policy's max_routes", T)
+            .await
+    );
 
     // "close": the third route closes the session; its two are withdrawn.
     let mut c = RawPeer::established_from(v4, ip("127.0.0.3")).await;
@@ -237,7 +264,12 @@ async fn max_routes_refuses_the_excess_or_closes_and_others_keep_flowing() {
     let got = obs.expect_updates(4, T).await;
     assert_same_updates(
         &got,
-        &[add(c_routes[0]), add(c_routes[1]), rem(c_routes[0]), rem(c_routes[1])],
+        &[
+            add(c_routes[0]),
+            add(c_routes[1]),
+            rem(c_routes[0]),
+            rem(c_routes[1]),
+        ],
         "the closed session's routes come and go",
     );
     obs.expect_no_update(QUIET).await;
@@ -294,7 +326,12 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
         format!("[[policy.class]]\nname = \"flood\"\nmatch = [\"127.0.0.4/32\"]\nmax_routes = {LIMIT}\n"),
     )
     .unwrap();
-    let d = Daemon::start(&["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let d = Daemon::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let v4 = d
         .wait_for_line(
             |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
@@ -359,17 +396,31 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
                 break p;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "flood not processed in time");
-        let r = route(&format!("100#10.254.{}.{}/32@127.0.0.1", probes >> 8, probes & 0xff));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flood not processed in time"
+        );
+        let r = route(&format!(
+            "100#10.254.{}.{}/32@127.0.0.1",
+            probes >> 8,
+            probes & 0xff
+        ));
         let sent = std::time::Instant::now();
         a.announce(r).await;
-        assert_eq!(obs.expect_update(T).await, add(r), "probe {probes} during the flood");
+        assert_eq!(
+            obs.expect_update(T).await,
+            add(r),
+            "probe {probes} during the flood"
+        );
         worst = worst.max(sent.elapsed());
         probes += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let _flooder = flood.join().unwrap();
-    assert!(probes >= 3, "the flood was over before it was probed ({probes} probes)");
+    assert!(
+        probes >= 3,
+        "the flood was over before it was probed ({probes} probes)"
+    );
     assert_eq!(p.routes_announced, u64::from(LIMIT));
     let got = sub200.expect_updates(LIMIT as usize, T).await;
     assert!(got.iter().all(|u| u.action == Action::Add));

@@ -332,7 +332,11 @@ fn header(text: &str, start: &str) -> usize {
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
         // `[[policy.class]]` counts as a `[policy` header too.
-        if trimmed.starts_with(start) || trimmed.strip_prefix('[').is_some_and(|t| t.starts_with(start)) {
+        if trimmed.starts_with(start)
+            || trimmed
+                .strip_prefix('[')
+                .is_some_and(|t| t.starts_with(start))
+        {
             return offset + (line.len() - trimmed.len());
         }
         offset += line.len();

@@ -51,9 +51,7 @@ impl Cidr {
     /// compared as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask32(u32::from(ip), self.len) == u32::from(net)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask32(u32::from(ip), self.len) == u32::from(net),
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 mask128(u128::from(ip), self.len) == u128::from(net)
             }
@@ -77,7 +75,11 @@ impl std::str::FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("{s:?} is not a prefix: {why} (expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\")");
+        let bad = |why: &str| {
+            format!(
+                "{s:?} is not a prefix: {why} (expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\")"
+            )
+        };
         let (addr, len) = s.trim().split_once('/').ok_or_else(|| bad("no /LENGTH"))?;
         let addr: IpAddr = addr.parse().map_err(|_| bad("bad address"))?;
         let len: u8 = len.parse().map_err(|_| bad("bad length"))?;
@@ -145,9 +147,7 @@ impl std::str::FromStr for VniRange {
             None => (vni(s)?, vni(s)?),
         };
         if first > last {
-            return Err(format!(
-                "{s:?} is an empty range: {first} is after {last}"
-            ));
+            return Err(format!("{s:?} is an empty range: {first} is after {last}"));
         }
         Ok(VniRange { first, last })
     }
@@ -163,7 +163,9 @@ impl<'de> Deserialize<'de> for VniRange {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<VniRange, E> {
                 let v = u32::try_from(v).map_err(|_| {
-                    E::custom(format!("{v} is out of range: expected a VNI from 0 to 4294967295"))
+                    E::custom(format!(
+                        "{v} is out of range: expected a VNI from 0 to 4294967295"
+                    ))
                 })?;
                 Ok(VniRange { first: v, last: v })
             }
@@ -402,11 +404,9 @@ pub struct CidrValue(pub Cidr);
 
 impl<'de> Deserialize<'de> for CidrValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::parse::string_with(
-            d,
-            "a prefix string such as \"10.0.0.0/8\"",
-            |s| s.parse().map(CidrValue),
-        )
+        crate::parse::string_with(d, "a prefix string such as \"10.0.0.0/8\"", |s| {
+            s.parse().map(CidrValue)
+        })
     }
 }
 
@@ -439,14 +439,20 @@ impl PolicySection {
                 .or_else(|| class.matches.as_ref().map(|m| m.span().start))
                 .unwrap_or(header);
             match &class.name {
-                None => errors.push((at, format!("policy.class[{i}]: give the class a name (name = \"hypervisors\")"))),
+                None => errors.push((
+                    at,
+                    format!("policy.class[{i}]: give the class a name (name = \"hypervisors\")"),
+                )),
                 Some(n) if n.get_ref() == "default" => errors.push((
                     n.span().start,
                     format!("policy.class[{i}].name: \"default\" is the name of [policy.default]"),
                 )),
                 Some(n) if names.contains(&n.get_ref().as_str()) => errors.push((
                     n.span().start,
-                    format!("policy.class[{i}].name: a class named {:?} comes earlier", n.get_ref()),
+                    format!(
+                        "policy.class[{i}].name: a class named {:?} comes earlier",
+                        n.get_ref()
+                    ),
                 )),
                 Some(n) => names.push(n.get_ref()),
             }
@@ -457,7 +463,9 @@ impl PolicySection {
             if matches.get_ref().is_empty() {
                 errors.push((
                     matches.span().start,
-                    format!("policy.class[{i}].match: the list is empty: the class would match nobody"),
+                    format!(
+                        "policy.class[{i}].match: the list is empty: the class would match nobody"
+                    ),
                 ));
             }
             for (j, m) in matches.get_ref().iter().enumerate() {

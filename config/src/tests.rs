@@ -818,8 +818,14 @@ subscribe_vnis = []
         assert_eq!(
             h.subscribe_vnis,
             Some(vec![
-                VniRange { first: 100, last: 199 },
-                VniRange { first: 300, last: 300 }
+                VniRange {
+                    first: 100,
+                    last: 199
+                },
+                VniRange {
+                    first: 300,
+                    last: 300
+                }
             ])
         );
         let nh = h.next_hop.clone().expect("rule");
@@ -830,7 +836,13 @@ subscribe_vnis = []
         assert_eq!(h.max_routes_action, MaxRoutesAction::Close);
         assert_eq!(h.max_routes_warn, 90);
         let w = &p.class[1];
-        assert_eq!(w.next_hop, Some(NextHopRule { own_address: true, prefixes: vec![] }));
+        assert_eq!(
+            w.next_hop,
+            Some(NextHopRule {
+                own_address: true,
+                prefixes: vec![]
+            })
+        );
         assert_eq!(w.subscribe_vnis, None);
         assert_eq!(w.max_routes_warn, DEFAULT_MAX_ROUTES_WARN_PERCENT);
         let d = p.default.expect("default");
@@ -842,7 +854,9 @@ subscribe_vnis = []
     #[test]
     fn no_policy_section_is_none() {
         assert_eq!(parse("[server]\n").policy, None);
-        let p = parse("[policy.default]\nnext_hop = \"any\"\n").policy.unwrap();
+        let p = parse("[policy.default]\nnext_hop = \"any\"\n")
+            .policy
+            .unwrap();
         assert_eq!(p.default.unwrap().next_hop, None);
     }
 

@@ -872,14 +872,23 @@ fn one_peer_by_id_and_address() {
         out.starts_with("session_id:          16\nremote_address:      [2001:db8::7]:40522\n"),
         "{out}"
     );
-    assert!(out.contains("\nstate:               established\n"), "{out}");
+    assert!(
+        out.contains("\nstate:               established\n"),
+        "{out}"
+    );
     assert!(out.contains("\nsubscribed_vnis:     100,200\n"), "{out}");
     // The peer policy's view of the session (docs/POLICY.md).
-    assert!(out.contains("\npolicy_class:        hypervisors\n"), "{out}");
+    assert!(
+        out.contains("\npolicy_class:        hypervisors\n"),
+        "{out}"
+    );
     assert!(out.contains("\nroutes_refused:      3\n"), "{out}");
     assert!(out.contains("\nsubscribes_refused:  1\n"), "{out}");
     assert!(out.contains("\nlast_refusal_reason: next_hop\n"), "{out}");
-    assert!(out.contains("\nlast_refusal_at:     2023-11-14T22:15:00Z\n"), "{out}");
+    assert!(
+        out.contains("\nlast_refusal_at:     2023-11-14T22:15:00Z\n"),
+        "{out}"
+    );
     let v = s.json(&["peer", "2001:db8::7"]);
     assert_eq!(v["session_id"], 16);
     assert_eq!(v["policy_class"], "hypervisors");

@@ -57,8 +57,12 @@ impl Reason {
     /// What the log says.
     pub fn describe(self) -> &'static str {
         match self {
-            Reason::SubscribeVni => "SUBSCRIBE to a VNI the class does not allow (no dump, no updates)",
-            Reason::AnnounceVni => "route in a VNI the class may not announce into (not distributed)",
+            Reason::SubscribeVni => {
+                "SUBSCRIBE to a VNI the class does not allow (no dump, no updates)"
+            }
+            Reason::AnnounceVni => {
+                "route in a VNI the class may not announce into (not distributed)"
+            }
             Reason::NextHop => "route with a next hop the class does not allow (not distributed)",
             Reason::RouteType => "route of a type the class does not allow (not distributed)",
             Reason::MaxRoutes => "route over the class's max_routes (not distributed)",
@@ -418,7 +422,10 @@ subscribe_vnis = []
         assert_eq!(d.name, "default");
         let mut s = SessionPolicy::new(d.clone(), ip("::1"));
         assert_eq!(s.vni_allowed(Vni(7)), Ok(()));
-        assert_eq!(s.route(&route("7#10.0.0.0/8@2001:db8::9#nat#1#2"), Action::Add), Verdict::Forward);
+        assert_eq!(
+            s.route(&route("7#10.0.0.0/8@2001:db8::9#nat#1#2"), Action::Add),
+            Verdict::Forward
+        );
     }
 
     #[test]
@@ -426,7 +433,14 @@ subscribe_vnis = []
         let r = |first, last| VniRange { first, last };
         let s = VniSet::new(&[r(300, 300), r(100, 199), r(150, 250), r(251, 251)]);
         assert_eq!(s.0, vec![(100, 251), (300, 300)]);
-        for (v, want) in [(99, false), (100, true), (251, true), (252, false), (300, true), (301, false)] {
+        for (v, want) in [
+            (99, false),
+            (100, true),
+            (251, true),
+            (252, false),
+            (300, true),
+            (301, false),
+        ] {
             assert_eq!(s.contains(Vni(v)), want, "{v}");
         }
         assert!(!VniSet::new(&[]).contains(Vni(0)));
@@ -447,33 +461,66 @@ subscribe_vnis = []
     #[test]
     fn routes_by_vni_type_and_next_hop() {
         let p = policy(TEXT);
-        let mut s = SessionPolicy::new(p.class_for(ip("::ffff:127.0.0.1")).clone(), ip("::ffff:127.0.0.1"));
+        let mut s = SessionPolicy::new(
+            p.class_for(ip("::ffff:127.0.0.1")).clone(),
+            ip("::ffff:127.0.0.1"),
+        );
         let own = route("100#10.0.0.0/24@127.0.0.1");
         assert_eq!(s.route(&own, Action::Add), Verdict::Forward);
         // Mapped next hop, own address.
-        assert_eq!(s.route(&route("100#10.0.1.0/24@::ffff:127.0.0.1"), Action::Add), Verdict::ForwardAndWarn);
-        assert_eq!(s.route(&route("100#10.0.2.0/24@2001:db8:ff::7"), Action::Add), Verdict::Forward);
+        assert_eq!(
+            s.route(&route("100#10.0.1.0/24@::ffff:127.0.0.1"), Action::Add),
+            Verdict::ForwardAndWarn
+        );
+        assert_eq!(
+            s.route(&route("100#10.0.2.0/24@2001:db8:ff::7"), Action::Add),
+            Verdict::Forward
+        );
         let hijack = route("100#10.0.3.0/24@127.0.0.2");
-        assert_eq!(s.route(&hijack, Action::Add), Verdict::Refuse(Reason::NextHop));
+        assert_eq!(
+            s.route(&hijack, Action::Add),
+            Verdict::Refuse(Reason::NextHop)
+        );
         assert_eq!(s.route(&hijack, Action::Remove), Verdict::Ignore);
-        assert_eq!(s.route(&route("101#10.0.0.0/24@127.0.0.1"), Action::Add), Verdict::Refuse(Reason::AnnounceVni));
-        assert_eq!(s.route(&route("100#10.0.0.0/24@127.0.0.1#nat#1#2"), Action::Add), Verdict::Refuse(Reason::RouteType));
+        assert_eq!(
+            s.route(&route("101#10.0.0.0/24@127.0.0.1"), Action::Add),
+            Verdict::Refuse(Reason::AnnounceVni)
+        );
+        assert_eq!(
+            s.route(&route("100#10.0.0.0/24@127.0.0.1#nat#1#2"), Action::Add),
+            Verdict::Refuse(Reason::RouteType)
+        );
         // The limit (3) is reached: the excess is refused, a repeat is not.
-        assert_eq!(s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Add), Verdict::Refuse(Reason::MaxRoutes));
+        assert_eq!(
+            s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Add),
+            Verdict::Refuse(Reason::MaxRoutes)
+        );
         assert_eq!(s.route(&own, Action::Add), Verdict::Forward);
         // A refused route's REMOVE removes nothing; a held one frees a place.
-        assert_eq!(s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Remove), Verdict::Ignore);
+        assert_eq!(
+            s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Remove),
+            Verdict::Ignore
+        );
         assert_eq!(s.route(&own, Action::Remove), Verdict::Forward);
         assert_eq!(s.held(), 2);
-        assert_eq!(s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Add), Verdict::Forward);
+        assert_eq!(
+            s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Add),
+            Verdict::Forward
+        );
     }
 
     #[test]
     fn close_action_and_logging_once() {
         let p = policy(TEXT);
         let mut s = SessionPolicy::new(p.class_for(ip("127.0.0.2")).clone(), ip("127.0.0.2"));
-        assert_eq!(s.route(&route("5#10.0.0.0/24@2001:db8::1"), Action::Add), Verdict::ForwardAndWarn);
-        assert_eq!(s.route(&route("5#10.0.1.0/24@2001:db8::1"), Action::Add), Verdict::Close);
+        assert_eq!(
+            s.route(&route("5#10.0.0.0/24@2001:db8::1"), Action::Add),
+            Verdict::ForwardAndWarn
+        );
+        assert_eq!(
+            s.route(&route("5#10.0.1.0/24@2001:db8::1"), Action::Add),
+            Verdict::Close
+        );
         assert!(s.first_time(Reason::MaxRoutes));
         assert!(!s.first_time(Reason::MaxRoutes));
         assert!(s.first_time(Reason::NextHop));

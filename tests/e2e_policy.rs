@@ -439,3 +439,60 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
     assert!(worst < Duration::from_secs(2), "a probe took {worst:?}");
     assert_eq!(refusal_lines(&d, flood_local, "max_routes"), 1);
 }
+
+#[tokio::test]
+async fn a_reload_applies_a_changed_policy_to_new_sessions() {
+    let dir = unique_temp_dir();
+    let config = dir.join("policy.toml");
+    std::fs::write(&config, POLICY).unwrap();
+    let d = Daemon::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let v4 = d
+        .wait_for_line(
+            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
+            T,
+        )
+        .await
+        .and_then(|l| parse_addr_field(&l))
+        .expect("IPv4 listener");
+    let mut helper = RawPeer::established(d.addr).await;
+    let r = route("150#10.0.0.0/24@2001:db8::1");
+    helper.announce(r).await;
+    let mut old = RawPeer::established_from(v4, ip("127.0.0.1")).await;
+
+    // hv1 may now subscribe to 200 only.
+    std::fs::write(
+        &config,
+        POLICY.replace("subscribe_vnis = [\"100-199\"]", "subscribe_vnis = [200]"),
+    )
+    .unwrap();
+    let mut api = connect(&d.api_socket()).await;
+    let reply = api
+        .daemon
+        .reload(pb::ReloadRequest {})
+        .await
+        .expect("reload")
+        .into_inner();
+    assert!(
+        reply
+            .applied
+            .iter()
+            .any(|a| a.contains("policy (for new sessions")),
+        "{reply:?}"
+    );
+
+    // The open session keeps the class it was accepted with ...
+    old.subscribe(150).await;
+    assert_eq!(old.expect_update(T).await, add(r));
+    // ... a new one gets the new policy.
+    let mut new = RawPeer::established_from(v4, ip("127.0.0.1")).await;
+    new.subscribe(150).await;
+    new.expect_no_update(QUIET).await;
+    let p = peer(&d, new.local).await;
+    assert_eq!((p.policy_class.as_str(), p.subscribes_refused), ("hv1", 1));
+    assert_eq!(peer(&d, old.local).await.subscribes_refused, 0);
+}

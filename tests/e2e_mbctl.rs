@@ -1762,7 +1762,11 @@ async fn watch_received_follows_a_real_agent_with_synced_and_deltas() {
     }
     let mut watch = Watch::spawn(&csock, &["-o", "json", "watch", "received", "--vni", "100"]);
     let snap = watch.event().await;
-    assert_eq!((&snap["sequence"], &snap["kind"]), (&json!(1), &json!("snapshot")), "{snap}");
+    assert_eq!(
+        (&snap["sequence"], &snap["kind"]),
+        (&json!(1), &json!("snapshot")),
+        "{snap}"
+    );
     let routes = snap["routes"].as_array().unwrap();
     assert_eq!(routes.len(), 1, "only VNI 100: {snap}");
     assert_eq!(route_of(&routes[0]), first);

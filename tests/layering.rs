@@ -37,6 +37,9 @@ const PURE_MODULES: &[&str] = &[
     // The hypervisor agent's decisions: events and `now` in, dataplane
     // operations and the next deadline out (ADR 0017).
     "client::planner",
+    // Peer policy: classes by source address and the per-session checks
+    // (docs/POLICY.md, ADR 0025).
+    "policy",
     // What a configuration reload changes in the client role (ADR 0023).
     "client::reload",
     // How a session ended and what kind of end that is (ADR 0015).

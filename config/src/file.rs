@@ -28,6 +28,7 @@ use toml::Spanned;
 use crate::addr::ServerAddr;
 use crate::error::{line_col, ConfigError};
 use crate::parse;
+use crate::policy::PolicySection;
 use crate::recover;
 
 /// The whole configuration file. Every section and key is optional; a
@@ -56,6 +57,11 @@ pub struct Config {
     /// `[client]`: the hypervisor role; present means enabled.
     #[serde(deserialize_with = "parse::opt_section")]
     pub client: Option<ClientSection>,
+    /// `[policy]`: what the route server's peers may do, by class (see
+    /// [`PolicySection`]); absent: everything is allowed, as in the
+    /// reference implementation.
+    #[serde(deserialize_with = "parse::opt_section")]
+    pub policy: Option<PolicySection>,
     /// Where the configuration came from, for positions in errors.
     #[serde(skip)]
     source: Source,
@@ -322,10 +328,20 @@ impl Default for ClientSection {
 
 /// Byte offset of the `[client]` header line (0 if not found).
 fn client_header(text: &str) -> usize {
+    header(text, "[client]")
+}
+
+/// Byte offset of the first line starting with `start` (0 if none).
+fn header(text: &str, start: &str) -> usize {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        if trimmed.starts_with("[client]") {
+        // `[[policy.class]]` counts as a `[policy` header too.
+        if trimmed.starts_with(start)
+            || trimmed
+                .strip_prefix('[')
+                .is_some_and(|t| t.starts_with(start))
+        {
             return offset + (line.len() - trimmed.len());
         }
         offset += line.len();
@@ -392,6 +408,16 @@ impl Config {
                     header,
                     "client.install_routes needs the tunnel device (client.tun)",
                 ));
+            }
+        }
+        // The checks across classes look at names and `match` only.
+        let policy_intact = !failed_keys.iter().any(|k| {
+            matches!(k.as_str(), "policy" | "policy.class" | "policy.default")
+                || (k.starts_with("policy") && (k.contains(".match") || k.contains(".name")))
+        });
+        if let (Some(policy), true) = (&config.policy, policy_intact) {
+            for (offset, message) in policy.check(header(text, "[policy")) {
+                errors.push(ConfigError::at(path, text, offset, message));
             }
         }
         errors.sort_by_key(|e| e.location);

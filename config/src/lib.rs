@@ -16,6 +16,7 @@ mod addr;
 mod error;
 mod file;
 mod parse;
+mod policy;
 mod recover;
 
 #[cfg(test)]
@@ -28,6 +29,9 @@ pub use file::{
     ServerSection, StateSection,
 };
 pub use parse::http_addr;
+pub use policy::{
+    canonical, Cidr, CidrValue, MaxRoutesAction, NextHopRule, PolicyClass, PolicySection, VniRange,
+};
 /// A value together with its byte range in the configuration file.
 pub use toml::Spanned;
 
@@ -127,6 +131,9 @@ pub fn parse_install_route(text: &str) -> Result<(u32, u32), String> {
     }
     Ok((vni, table))
 }
+
+/// Default warning threshold of a policy class's `max_routes`, in percent.
+pub const DEFAULT_MAX_ROUTES_WARN_PERCENT: u8 = 80;
 
 /// Default log filter (a tracing `EnvFilter` directive).
 pub const DEFAULT_LOG_LEVEL: &str = "info";

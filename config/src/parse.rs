@@ -40,7 +40,7 @@ where
     }
 }
 
-fn string_with<'de, D, T>(
+pub(crate) fn string_with<'de, D, T>(
     d: D,
     expecting: &'static str,
     check: impl FnOnce(&str) -> Result<T, String>,
@@ -97,7 +97,12 @@ where
 }
 
 /// An integer from `min` to `max`, described as `what` in messages.
-fn int_in<'de, D, T>(d: D, expecting: &'static str, min: T, max: T) -> Result<T, D::Error>
+pub(crate) fn int_in<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    min: T,
+    max: T,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: TryFrom<i128> + Into<i128> + Copy + fmt::Display,

@@ -145,6 +145,19 @@ fn culprit(text: &str, table: &DeTable<'_>, offset: usize, path: &mut String) ->
                         }
                     }
                     DeValue::Array(items) if value.span().start != offset => {
+                        // An array of tables (`[[policy.class]]`): the
+                        // entry inside the table at the offset.
+                        for (i, item) in items.iter().enumerate() {
+                            let DeValue::Table(inner) = item.get_ref() else {
+                                continue;
+                            };
+                            let len = path.len();
+                            path.push_str(&format!("[{i}]"));
+                            if let Some(c) = culprit(text, inner, offset, path) {
+                                return Some(c);
+                            }
+                            path.truncate(len);
+                        }
                         let list = value.span().start;
                         if let Some(c) = list_item(text, items.iter(), list, offset, path) {
                             return Some(c);
@@ -201,10 +214,19 @@ fn list_item<'a, 'i: 'a>(
 /// is the end of its last entry.
 fn extent(value: &Spanned<DeValue<'_>>) -> usize {
     let mut end = value.span().end;
-    if let DeValue::Table(t) = value.get_ref() {
-        for (k, v) in t.iter() {
-            end = end.max(k.span().end).max(extent(v));
+    match value.get_ref() {
+        DeValue::Table(t) => {
+            for (k, v) in t.iter() {
+                end = end.max(k.span().end).max(extent(v));
+            }
         }
+        // An array of tables (`[[policy.class]]`) is spread like sections.
+        DeValue::Array(items) => {
+            for item in items {
+                end = end.max(extent(item));
+            }
+        }
+        _ => {}
     }
     end
 }

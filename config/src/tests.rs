@@ -781,3 +781,208 @@ fn syntax_errors_are_all_reported() {
     sorted.sort();
     assert_eq!(sorted, errors, "in file order");
 }
+
+mod policy {
+    use super::*;
+
+    const FULL: &str = r#"
+[[policy.class]]
+name = "hypervisors"
+match = ["2001:db8:100::/48", "10.0.0.0/8"]
+subscribe_vnis = ["100-199", 300]
+announce_vnis = ["100-199"]
+next_hop = ["self", "2001:db8:ff::/48"]
+route_types = ["std", "nat"]
+max_routes = 10000
+max_routes_action = "close"
+max_routes_warn = 90
+
+[[policy.class]]
+name = "wide"
+match = ["::/0", "0.0.0.0/0"]
+next_hop = "self"
+
+[policy.default]
+subscribe_vnis = []
+"#;
+
+    #[test]
+    fn parses_every_key() {
+        let c = parse(FULL);
+        let p = c.policy.expect("policy");
+        assert_eq!(p.class.len(), 2);
+        let h = &p.class[0];
+        assert_eq!(h.name(), "hypervisors");
+        let m: Vec<String> = h.match_prefixes().map(|c| c.to_string()).collect();
+        assert_eq!(m, ["2001:db8:100::/48", "10.0.0.0/8"]);
+        assert_eq!(
+            h.subscribe_vnis,
+            Some(vec![
+                VniRange {
+                    first: 100,
+                    last: 199
+                },
+                VniRange {
+                    first: 300,
+                    last: 300
+                }
+            ])
+        );
+        let nh = h.next_hop.clone().expect("rule");
+        assert!(nh.own_address);
+        assert_eq!(nh.prefixes, vec!["2001:db8:ff::/48".parse().unwrap()]);
+        assert_eq!(h.route_types, Some(vec![0, 1]));
+        assert_eq!(h.max_routes, Some(10000));
+        assert_eq!(h.max_routes_action, MaxRoutesAction::Close);
+        assert_eq!(h.max_routes_warn, 90);
+        let w = &p.class[1];
+        assert_eq!(
+            w.next_hop,
+            Some(NextHopRule {
+                own_address: true,
+                prefixes: vec![]
+            })
+        );
+        assert_eq!(w.subscribe_vnis, None);
+        assert_eq!(w.max_routes_warn, DEFAULT_MAX_ROUTES_WARN_PERCENT);
+        let d = p.default.expect("default");
+        assert_eq!(d.name(), "default");
+        assert_eq!(d.subscribe_vnis, Some(vec![]));
+        assert_eq!(d.announce_vnis, None);
+    }
+
+    #[test]
+    fn no_policy_section_is_none() {
+        assert_eq!(parse("[server]\n").policy, None);
+        let p = parse("[policy.default]\nnext_hop = \"any\"\n")
+            .policy
+            .unwrap();
+        assert_eq!(p.default.unwrap().next_hop, None);
+    }
+
+    #[test]
+    fn cidr_matching_and_mapped_addresses() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains("10.200.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let mapped: Cidr = "::ffff:127.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "127.0.0.0/8");
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.covers(&c));
+        assert!(!c.covers(&all));
+    }
+
+    #[test]
+    fn bad_values_have_positions() {
+        reject(
+            "[[policy.class]]\nname = \"a\"\nmatch = [\"10.0.0.0/33\"]\n",
+            3,
+            10,
+            &["policy.class[0].match[0]", "longer than the address"],
+        );
+        reject(
+            "[[policy.class]]\nname = \"a\"\nmatch = [\"10.0.0.0/8\"]\nannounce_vnis = [\"300-200\"]\n",
+            4,
+            18,
+            &["announce_vnis[0]", "empty range"],
+        );
+        reject(
+            "[policy.default]\nsubscribe_vnis = [\"1-x\"]\n",
+            2,
+            19,
+            &["subscribe_vnis[0]", "not a VNI or a range"],
+        );
+        reject(
+            "[policy.default]\nroute_types = [\"std\", \"bgp\"]\n",
+            2,
+            23,
+            &["route_types[1]", "unknown route type \"bgp\""],
+        );
+        reject(
+            "[policy.default]\nnext_hop = [\"self\", \"any\"]\n",
+            2,
+            12,
+            &["next_hop", "cannot be combined"],
+        );
+        reject(
+            "[policy.default]\nnext_hop = \"elsewhere\"\n",
+            2,
+            12,
+            &["next_hop", "not a prefix"],
+        );
+        reject(
+            "[policy.default]\nmax_routes_action = \"drop\"\n",
+            2,
+            21,
+            &["max_routes_action", "\"refuse\" or \"close\""],
+        );
+        reject(
+            "[policy.default]\nmax_routes_warn = 0\n",
+            2,
+            19,
+            &["max_routes_warn", "percentage"],
+        );
+        reject(
+            "[policy.default]\nmatch = [\"10.0.0.0/8\"]\n",
+            2,
+            9,
+            &["policy.default.match", "no match"],
+        );
+    }
+
+    #[test]
+    fn shadowed_classes_and_names_are_errors() {
+        reject(
+            "[[policy.class]]\nname = \"all\"\nmatch = [\"10.0.0.0/8\"]\n[[policy.class]]\nname = \"some\"\nmatch = [\"10.1.0.0/16\"]\n",
+            6,
+            10,
+            &["policy.class[1].match[0]", "10.1.0.0/16 lies inside 10.0.0.0/8", "\"all\""],
+        );
+        reject(
+            "[[policy.class]]\nname = \"a\"\nmatch = [\"10.0.0.0/8\"]\n[[policy.class]]\nname = \"a\"\nmatch = [\"11.0.0.0/8\"]\n",
+            5,
+            8,
+            &["policy.class[1].name", "comes earlier"],
+        );
+        reject(
+            "[[policy.class]]\nname = \"a\"\n",
+            2,
+            8,
+            &["policy.class[0]", "match ="],
+        );
+        reject(
+            "[[policy.class]]\nname = \"a b\"\nmatch = [\"10.0.0.0/8\"]\n",
+            2,
+            8,
+            &["not a class name"],
+        );
+        // Narrower first, then wider: the ordinary layout.
+        let p = parse("[[policy.class]]\nname = \"some\"\nmatch = [\"10.1.0.0/16\"]\n[[policy.class]]\nname = \"all\"\nmatch = [\"10.0.0.0/8\"]\n");
+        assert_eq!(p.policy.unwrap().class.len(), 2);
+    }
+}
+
+#[test]
+fn example_policy_section_is_valid_when_uncommented() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let text = std::fs::read_to_string(dir.join("metalbondd.toml")).unwrap();
+    let start = text.find("# [[policy.class]]").expect("a commented policy");
+    let end = text[start..].find("\n\n").map_or(text.len(), |e| start + e);
+    let mut uncommented = String::new();
+    for line in text[start..end].lines() {
+        if let Some(rest) = line.strip_prefix("# ").filter(|r| !r.starts_with("# ")) {
+            uncommented.push_str(rest);
+            uncommented.push('\n');
+        }
+    }
+    let c = parse(&uncommented);
+    let p = c.policy.expect("policy");
+    assert_eq!(p.class[0].name(), "hypervisors");
+    assert_eq!(p.class[0].max_routes, Some(10000));
+    assert_eq!(p.default.expect("default").announce_vnis, Some(vec![]));
+}

@@ -34,6 +34,11 @@ macro_rules! peer_names {
             "queue_bytes",
             "last_error",
             "extensions",
+            "policy_class",
+            "routes_refused",
+            "subscribes_refused",
+            "last_refusal_reason",
+            "last_refusal_at",
         ]
     };
 }

@@ -181,6 +181,16 @@ pub struct PeerJson {
     /// Negotiated extensions by name (`["sync"]`; empty with a reference
     /// peer).
     pub extensions: Vec<String>,
+    /// Peer policy class (empty without a policy).
+    pub policy_class: String,
+    /// Routes the policy refused.
+    pub routes_refused: u64,
+    /// SUBSCRIBEs the policy refused.
+    pub subscribes_refused: u64,
+    /// Reason of the last refusal (empty if none).
+    pub last_refusal_reason: String,
+    /// When the last refusal happened (RFC 3339), or null.
+    pub last_refusal_at: Option<String>,
 }
 
 impl From<&api::Peer> for PeerJson {
@@ -205,6 +215,11 @@ impl From<&api::Peer> for PeerJson {
             queue_bytes: p.queue_bytes,
             last_error: p.last_error.clone(),
             extensions: p.extensions.clone(),
+            policy_class: p.policy_class.clone(),
+            routes_refused: p.routes_refused,
+            subscribes_refused: p.subscribes_refused,
+            last_refusal_reason: p.last_refusal_reason.clone(),
+            last_refusal_at: timestamp_text(&p.last_refusal_at),
         }
     }
 }

@@ -171,6 +171,14 @@ fn peer_one() -> Peer {
         queue_bytes: 0,
         last_error: String::new(),
         extensions: vec!["sync".into()],
+        policy_class: "hypervisors".into(),
+        routes_refused: 3,
+        subscribes_refused: 1,
+        last_refusal_reason: "next_hop".into(),
+        last_refusal_at: Some(Timestamp {
+            seconds: 1_700_000_100,
+            nanos: 0,
+        }),
     }
 }
 
@@ -867,13 +875,31 @@ fn one_peer_by_id_and_address() {
     let s = default_server();
     let out = s.ok(&["peer", "16"]);
     assert!(
-        out.starts_with("session_id:        16\nremote_address:    [2001:db8::7]:40522\n"),
+        out.starts_with("session_id:          16\nremote_address:      [2001:db8::7]:40522\n"),
         "{out}"
     );
-    assert!(out.contains("\nstate:             established\n"), "{out}");
-    assert!(out.contains("\nsubscribed_vnis:   100,200\n"), "{out}");
+    assert!(
+        out.contains("\nstate:               established\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nsubscribed_vnis:     100,200\n"), "{out}");
+    // The peer policy's view of the session (docs/POLICY.md).
+    assert!(
+        out.contains("\npolicy_class:        hypervisors\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nroutes_refused:      3\n"), "{out}");
+    assert!(out.contains("\nsubscribes_refused:  1\n"), "{out}");
+    assert!(out.contains("\nlast_refusal_reason: next_hop\n"), "{out}");
+    assert!(
+        out.contains("\nlast_refusal_at:     2023-11-14T22:15:00Z\n"),
+        "{out}"
+    );
     let v = s.json(&["peer", "2001:db8::7"]);
     assert_eq!(v["session_id"], 16);
+    assert_eq!(v["policy_class"], "hypervisors");
+    assert_eq!(v["routes_refused"], 3);
+    assert_eq!(v["last_refusal_reason"], "next_hop");
     {
         let seen = s.seen.lock().unwrap();
         assert_eq!(

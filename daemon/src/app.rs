@@ -457,6 +457,11 @@ async fn apply(
 
     if new.server.session != running.server.session {
         server.set_session_settings(new.server.session.clone());
+        if new.server.session.policy != running.server.session.policy {
+            // Live sessions keep the class they were accepted in (issue 13
+            // leaves re-applying a policy to them for later).
+            applied.push("policy (for new sessions; open sessions keep theirs)".into());
+        }
         applied.push("server keepalive, timeouts, lag limit and pacing (for new sessions)".into());
     }
     if new.server.max_sessions != running.server.max_sessions {

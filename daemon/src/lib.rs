@@ -21,6 +21,7 @@ pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod policy;
 pub mod server;
 pub mod session;
 pub mod settings;

@@ -834,6 +834,43 @@ impl RawPeer {
         }
     }
 
+    /// Connects from source address `src` (a loopback address: tests tell
+    /// peers apart by 127.0.0.1, 127.0.0.2, ::1) and completes the handshake.
+    pub async fn established_from(addr: SocketAddr, src: std::net::IpAddr) -> RawPeer {
+        let socket = match src {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .unwrap();
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        let stream = tokio::time::timeout(T, socket.connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect to {addr} from {src} timed out"))
+            .unwrap_or_else(|e| panic!("connect to {addr} from {src}: {e}"));
+        stream.set_nodelay(true).unwrap();
+        let local = stream.local_addr().unwrap();
+        let mut p = RawPeer {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+            pending: VecDeque::new(),
+            closed: false,
+            local,
+            accept: Extensions::NONE,
+        };
+        p.handshake(DEFAULT_KEEPALIVE).await;
+        p
+    }
+
+    /// The socket as a blocking std stream (e.g. to flood the server from a
+    /// thread of its own, without taking the test's runtime).
+    pub fn into_std_stream(self) -> std::net::TcpStream {
+        let s = self.stream.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    }
+
     /// Connects and completes the client handshake proposing the default interval.
     pub async fn established(addr: SocketAddr) -> RawPeer {
         let mut p = Self::connect(addr).await;

@@ -54,6 +54,11 @@ pub fn peer_details(peer: &PeerJson) -> String {
         peer.queue_bytes.to_string(),
         or_dash(&peer.last_error),
         or_dash(&peer.extensions.join(",")),
+        or_dash(&peer.policy_class),
+        peer.routes_refused.to_string(),
+        peer.subscribes_refused.to_string(),
+        or_dash(&peer.last_refusal_reason),
+        peer.last_refusal_at.clone().unwrap_or_else(|| "-".into()),
     ];
     key_values(&labelled(keys::PEER, values))
 }

@@ -129,6 +129,14 @@ pub fn peer_to_api(s: &SessionInfo, routes_announced: usize, vnis: &[Vni]) -> pb
         queue_bytes: s.queue_bytes.load(Relaxed),
         last_error: s.last_error(),
         extensions: extension_names(Extensions(s.extensions.load(Relaxed))),
+        policy_class: s.policy_class(),
+        routes_refused: s.routes_refused.load(Relaxed),
+        subscribes_refused: s.subscribes_refused.load(Relaxed),
+        last_refusal_reason: s
+            .last_refusal()
+            .map(|(r, _)| r.label().to_string())
+            .unwrap_or_default(),
+        last_refusal_at: s.last_refusal().map(|(_, at)| timestamp(at)),
     }
 }
 

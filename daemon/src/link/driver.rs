@@ -113,6 +113,9 @@ pub struct Link {
     /// Time reading was paused since the last KEEPALIVE was read: it does
     /// not count against the peer's keepalive timeout.
     paused_credit: Duration,
+    /// The last read filled the buffer: the peer sends faster than we
+    /// handle it, so the task yields after this turn (see `run`).
+    read_full: bool,
     write_timeout: Option<Duration>,
 }
 
@@ -129,6 +132,7 @@ impl Link {
             pace_spins: 0,
             paused_at: None,
             paused_credit: Duration::ZERO,
+            read_full: false,
             write_timeout: settings.write_timeout,
         }
     }
@@ -206,6 +210,14 @@ impl Link {
                 last_write_progress = Instant::now();
             }
             role.turn_done(&self.out);
+            // A peer that keeps the socket full (a flood, whose routes a
+            // policy refuses without ever waiting for the table) would
+            // otherwise run for a whole coop budget (128 reads) at a time,
+            // while the tasks it woke wait in this worker's LIFO slot, which
+            // no other worker steals: yield once per full read instead.
+            if std::mem::take(&mut self.read_full) {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
@@ -270,6 +282,7 @@ impl Link {
                 role.read_done(now);
                 handled?;
                 if n == spare {
+                    self.read_full = true;
                     self.read_size = (self.read_size * 2).min(READ_BUFFER);
                 } else if self.rbuf.is_empty() && n < READ_MIN / 2 {
                     self.read_size = READ_MIN;

@@ -38,6 +38,14 @@ pub enum SessionEnd {
     Lagging(u64),
     /// Server: an operator reset the session.
     Reset,
+    /// Server: the peer announced more routes than its policy class's
+    /// `max_routes` (`class`, `max`) with `max_routes_action = "close"`.
+    PolicyMaxRoutes {
+        /// The policy class.
+        class: String,
+        /// Its `max_routes`.
+        max: usize,
+    },
     /// This side stops: the daemon shuts down (or, in the client role, the
     /// server was removed or nobody listens to the connection's events).
     /// Not counted as a session down by the client.
@@ -60,6 +68,8 @@ pub enum EndClass {
     KeepaliveTimeout,
     /// The peer did not read fast enough (write timeout, update-log lag).
     SlowConsumer,
+    /// The peer broke its peer policy's limits (docs/POLICY.md).
+    Policy,
 }
 
 impl EndClass {
@@ -74,6 +84,7 @@ impl EndClass {
             "handshake_timeout_hello" | "handshake_timeout_keepalive" => EndClass::HandshakeTimeout,
             "keepalive_timeout" => EndClass::KeepaliveTimeout,
             "write_timeout" | "lagging" => EndClass::SlowConsumer,
+            "policy_max_routes" => EndClass::Policy,
             "peer_closed" | "io_error" | "reset" | "shutdown" | "connect_failed"
             | "connect_timeout" | "resolve_failed" => EndClass::Normal,
             _ => EndClass::ProtocolError,
@@ -103,6 +114,7 @@ impl SessionEnd {
             SessionEnd::WriteTimeout => "write_timeout",
             SessionEnd::Lagging(_) => "lagging",
             SessionEnd::Reset => "reset",
+            SessionEnd::PolicyMaxRoutes { .. } => "policy_max_routes",
             SessionEnd::Shutdown => "shutdown",
         }
     }
@@ -140,6 +152,9 @@ impl SessionEnd {
                 "fell {bytes} bytes behind the update log; closing so the client reconnects and resyncs"
             ),
             SessionEnd::Reset => "reset by an operator".into(),
+            SessionEnd::PolicyMaxRoutes { class, max } => format!(
+                "announced more than max_routes = {max} of policy class {class:?} (max_routes_action = \"close\")"
+            ),
             SessionEnd::Shutdown => "server shutting down".into(),
         }
     }
@@ -176,6 +191,14 @@ mod tests {
             (SessionEnd::WriteTimeout, "write_timeout", SlowConsumer),
             (SessionEnd::Lagging(9), "lagging", SlowConsumer),
             (SessionEnd::Reset, "reset", Normal),
+            (
+                SessionEnd::PolicyMaxRoutes {
+                    class: "c".into(),
+                    max: 3,
+                },
+                "policy_max_routes",
+                Policy,
+            ),
             (SessionEnd::Shutdown, "shutdown", Normal),
             (
                 SessionEnd::Protocol(CloseReason::ZeroKeepaliveInterval),

@@ -252,7 +252,9 @@ impl SessionFamilies {
                         mirror(&slow.with_label_values(&[reason]), n);
                     }
                 }
-                EndClass::Normal => {}
+                // Counted by reason in the downs and in
+                // metalbondd_policy_refused_total.
+                EndClass::Normal | EndClass::Policy => {}
             }
         }
         mirror(

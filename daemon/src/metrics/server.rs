@@ -51,6 +51,7 @@ pub struct ServerMirror {
 /// with the client role are in [`SessionFamilies`]).
 struct Families {
     slow_consumers: IntCounterVec,
+    policy_refused: IntCounterVec,
     accepted: IntCounter,
     rejected: IntCounterVec,
     accept_errors: IntCounter,
@@ -86,6 +87,12 @@ impl ServerMirror {
                 "metalbondd_slow_consumer_events_total",
                 "Sessions closed because the peer did not read fast enough, by kind (write_timeout, lagging).",
                 &["kind"],
+            ),
+            policy_refused: counter_vec(
+                registry,
+                "metalbondd_policy_refused_total",
+                "SUBSCRIBEs and routes the peer policy refused (never applied or distributed), by policy class and reason (subscribe_vni, announce_vni, next_hop, route_type, max_routes).",
+                &["class", "reason"],
             ),
             accepted: counter(
                 registry,
@@ -339,5 +346,10 @@ impl ServerMirror {
         mirror(&f.dumps, get(&m.dumps));
         mirror(&f.dump_routes, get(&m.dump_routes));
         s.mirror_ends(ROLE, &m.closes(), Some(&f.slow_consumers));
+        // Classes are few (the config file's); every class a session fell
+        // in has all its reasons, 0 included.
+        for (class, reason, n) in m.policy_refusals() {
+            mirror(&f.policy_refused.with_label_values(&[&class, reason]), n);
+        }
     }
 }

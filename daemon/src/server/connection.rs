@@ -18,10 +18,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::delivery::{Delivery, DeliveryTimers};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, PolicyCounters};
 use super::registry::{Registry, SessionInfo};
 use crate::link::outbound::Outbound;
 use crate::link::{Link, LinkRole, LinkSettings, SessionEnd};
+use crate::policy::{Reason, SessionPolicy, Verdict};
 use crate::session::{self, Event, Role, Session, State};
 use crate::table::log::{Mail, Mailbox};
 use crate::table::SessionId;
@@ -53,6 +54,9 @@ pub struct SessionSettings {
     /// (0: at once, PROTOCOL.md section 4); a reconnecting successor that
     /// re-announces them in time takes them over silently (ADR 0011).
     pub withdraw_delay: Duration,
+    /// Peer policy (docs/POLICY.md); `None`: everything allowed, as in the
+    /// reference implementation, at the cost of one branch per message.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// What every session task shares with the server.
@@ -86,6 +90,17 @@ pub async fn run(
         registry,
     } = ctx;
     let id = info.id;
+    // The class is chosen once, at accept, by the source address; a reload
+    // changes the policy of later sessions only.
+    let policy = settings.policy.as_ref().map(|p| {
+        let class = p.class_for(info.remote.ip()).clone();
+        info.set_policy_class(&class.name);
+        debug!(class = %class.name, "policy class");
+        Checker {
+            counters: metrics.policy_counters(&class.name),
+            policy: SessionPolicy::new(class, info.remote.ip()),
+        }
+    });
     let mut link = Link::new(
         stream,
         Session::new(
@@ -116,6 +131,8 @@ pub async fn run(
         metrics,
         settings,
         registry: registry.clone(),
+        policy,
+        close: None,
     };
     let started = Instant::now();
     let ended = link.run(&mut conn, &mut shutdown).await;
@@ -186,6 +203,17 @@ struct Connection {
     settings: SessionSettings,
     /// Told when the handshake completes (peer watchers see it).
     registry: Arc<Registry>,
+    /// The peer policy's checks; `None` without a policy (one branch per
+    /// message, nothing else).
+    policy: Option<Checker>,
+    /// The policy closes the session at the next turn.
+    close: Option<SessionEnd>,
+}
+
+/// A session's policy checker and its class's refusal counters.
+struct Checker {
+    policy: SessionPolicy,
+    counters: Arc<PolicyCounters>,
 }
 
 impl LinkRole for Connection {
@@ -240,17 +268,62 @@ impl LinkRole for Connection {
                 self.sync = extensions.contains(Extensions::SYNC);
                 self.info.extensions.store(extensions.0, Relaxed);
             }
-            Event::Subscribe(vni) => self.ops.push(Op::Subscribe {
-                vni,
-                sync: self.sync,
-            }),
-            Event::Unsubscribe(vni) => self.ops.push(Op::Unsubscribe(vni)),
+            Event::Subscribe(vni) => {
+                if let Some(c) = &mut self.policy {
+                    if let Err(reason) = c.policy.vni_allowed(vni) {
+                        refuse(c, &self.info, reason, || format!("vni {vni}"));
+                        return;
+                    }
+                }
+                self.ops.push(Op::Subscribe {
+                    vni,
+                    sync: self.sync,
+                })
+            }
+            Event::Unsubscribe(vni) => {
+                // Of a refused VNI: nothing to undo, and no second refusal.
+                if let Some(c) = &self.policy {
+                    if c.policy.vni_allowed(vni).is_err() {
+                        return;
+                    }
+                }
+                self.ops.push(Op::Unsubscribe(vni))
+            }
             // A client never sends SYNC (the session drops it).
             Event::Sync(_) => {}
-            Event::Update(u) => self.ops.push(match u.action {
-                Action::Add => Op::Announce(u.route),
-                Action::Remove => Op::Withdraw(u.route),
-            }),
+            Event::Update(u) => {
+                if let Some(c) = &mut self.policy {
+                    if self.close.is_some() {
+                        return;
+                    }
+                    match c.policy.route(&u.route, u.action) {
+                        Verdict::Forward => {}
+                        Verdict::ForwardAndWarn => {
+                            let limit = c.policy.class().limit.map_or(0, |l| l.max);
+                            warn!(
+                                class = %c.policy.class().name,
+                                routes = c.policy.held(),
+                                max_routes = limit,
+                                "session near its policy's max_routes"
+                            );
+                        }
+                        Verdict::Ignore => return,
+                        Verdict::Refuse(reason) => {
+                            refuse(c, &self.info, reason, || u.route.to_string());
+                            return;
+                        }
+                        Verdict::Close => {
+                            refuse(c, &self.info, Reason::MaxRoutes, || u.route.to_string());
+                            self.close = Some(SessionEnd::PolicyMaxRoutes {
+                                class: c.policy.class().name.clone(),
+                                max: c.policy.class().limit.map_or(0, |l| l.max),
+                            });
+                            return;
+                        }
+                    }
+                }
+                self.push_update(u)
+            }
         }
     }
 
@@ -269,6 +342,9 @@ impl LinkRole for Connection {
     }
 
     fn prepare(&mut self, out: &mut Outbound) -> Result<bool, SessionEnd> {
+        if let Some(end) = self.close.take() {
+            return Err(end);
+        }
         if self.established && out.len() < OUTBOUND_HIGH_WATER {
             self.pull_from_mailbox(out);
         }
@@ -319,6 +395,15 @@ impl LinkRole for Connection {
 }
 
 impl Connection {
+    /// Queues an UPDATE the policy let through (or any, without a policy).
+    #[inline]
+    fn push_update(&mut self, u: crate::wire::Update) {
+        self.ops.push(match u.action {
+            Action::Add => Op::Announce(u.route),
+            Action::Remove => Op::Withdraw(u.route),
+        })
+    }
+
     /// Observes the delivery times of what has been written completely.
     fn complete_deliveries(&mut self, out: &Outbound) {
         if self.timers.is_empty() {
@@ -438,6 +523,23 @@ impl Connection {
         // A dump with no routes is delivered as soon as it is queued.
         self.complete_deliveries(out);
         self.info.messages_out.fetch_add(queued, Relaxed);
+    }
+}
+
+/// Counts a refusal (class metric, the session's API counters) and logs the
+/// first one of each reason in this session; `what` names the refused item
+/// for that one log line.
+fn refuse(c: &mut Checker, info: &SessionInfo, reason: Reason, what: impl FnOnce() -> String) {
+    c.counters.0[reason as usize].fetch_add(1, Relaxed);
+    info.refused(reason, std::time::SystemTime::now());
+    if c.policy.first_time(reason) {
+        warn!(
+            class = %c.policy.class().name,
+            reason = %reason.label(),
+            refused = %what(),
+            "policy refused a {}; further refusals of this kind in this session are counted, not logged",
+            reason.describe()
+        );
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{Histogram, HistogramOpts};
 
@@ -51,7 +51,15 @@ pub struct Metrics {
     pub keepalive_echo: Histogram,
     /// Sessions closed, by reason label.
     closes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Policy refusals by class name (one counter per
+    /// [`crate::policy::Reason`]); a session takes its class's counters
+    /// once at start, so counting a refusal is one atomic add.
+    policy_refused: Mutex<BTreeMap<String, Arc<PolicyCounters>>>,
 }
+
+/// One policy class's refusals, by [`crate::policy::Reason`] number.
+#[derive(Debug, Default)]
+pub struct PolicyCounters(pub [AtomicU64; crate::policy::Reason::ALL.len()]);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -85,6 +93,7 @@ impl Default for Metrics {
                 PROPAGATION_BUCKETS,
             ),
             closes: Mutex::new(BTreeMap::new()),
+            policy_refused: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -120,6 +129,37 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(reason)
             .or_default() += 1;
+    }
+
+    /// The refusal counters of policy class `class` (created on first use;
+    /// kept across reloads, by name).
+    pub fn policy_counters(&self, class: &str) -> Arc<PolicyCounters> {
+        let mut map = self
+            .policy_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(class) {
+            return c.clone();
+        }
+        let c = Arc::new(PolicyCounters::default());
+        map.insert(class.to_string(), c.clone());
+        c
+    }
+
+    /// Policy refusals: (class, reason label, count) for every class seen.
+    pub fn policy_refusals(&self) -> Vec<(String, &'static str, u64)> {
+        let map = self
+            .policy_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (class, counters) in map.iter() {
+            for reason in crate::policy::Reason::ALL {
+                let n = counters.0[reason as usize].load(Relaxed);
+                out.push((class.clone(), reason.label(), n));
+            }
+        }
+        out
     }
 
     /// Closed sessions by reason.

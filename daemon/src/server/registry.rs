@@ -56,6 +56,16 @@ pub struct SessionInfo {
     pub queue_bytes: AtomicU64,
     /// Bytes of the update log not read yet.
     pub lag_bytes: AtomicU64,
+    /// Peer policy class ("" without a policy), set when the session starts.
+    policy_class: Mutex<String>,
+    /// UPDATE ADDs the policy refused.
+    pub routes_refused: AtomicU64,
+    /// SUBSCRIBEs the policy refused.
+    pub subscribes_refused: AtomicU64,
+    /// Last refusal: reason number + 1 (0: none) and when (Unix
+    /// milliseconds); atomics, so a flood of refusals takes no lock.
+    last_refusal_reason: AtomicU8,
+    last_refusal_ms: AtomicU64,
     last_error: Mutex<String>,
     reset: Notify,
 }
@@ -81,6 +91,11 @@ impl SessionInfo {
             updates_out: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
+            policy_class: Mutex::new(String::new()),
+            routes_refused: AtomicU64::new(0),
+            subscribes_refused: AtomicU64::new(0),
+            last_refusal_reason: AtomicU8::new(0),
+            last_refusal_ms: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
             reset: Notify::new(),
         }
@@ -107,6 +122,41 @@ impl SessionInfo {
     /// Records an error or close reason.
     pub fn set_last_error(&self, reason: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// The peer policy class of the session ("" without a policy).
+    pub fn policy_class(&self) -> String {
+        self.policy_class
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the session's policy class.
+    pub fn set_policy_class(&self, class: &str) {
+        *self.policy_class.lock().unwrap_or_else(|e| e.into_inner()) = class.to_string();
+    }
+
+    /// Counts a refusal for `reason` at `at`.
+    pub fn refused(&self, reason: crate::policy::Reason, at: SystemTime) {
+        match reason {
+            crate::policy::Reason::SubscribeVni => &self.subscribes_refused,
+            _ => &self.routes_refused,
+        }
+        .fetch_add(1, Relaxed);
+        let ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_refusal_ms.store(ms, Relaxed);
+        self.last_refusal_reason.store(reason as u8 + 1, Relaxed);
+    }
+
+    /// The last refusal's reason and time, if any.
+    pub fn last_refusal(&self) -> Option<(crate::policy::Reason, SystemTime)> {
+        let reason = self.last_refusal_reason.load(Relaxed).checked_sub(1)?;
+        let at = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_millis(self.last_refusal_ms.load(Relaxed));
+        Some((crate::policy::Reason::from_u8(reason)?, at))
     }
 
     /// Asks the session task to close the session.

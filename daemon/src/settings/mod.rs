@@ -214,6 +214,10 @@ fn resolve(
                 withdraw_delay: Duration::from_secs(
                     args.withdraw_delay.unwrap_or(file.withdraw_delay),
                 ),
+                policy: config
+                    .policy
+                    .as_ref()
+                    .map(|p| std::sync::Arc::new(crate::policy::Policy::new(p))),
             },
             max_sessions: args.max_sessions.unwrap_or(file.max_sessions),
         },

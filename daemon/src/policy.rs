@@ -1,0 +1,532 @@
+//! Peer policy of the route server (docs/POLICY.md, ADR 0025): which class
+//! a session falls in, and what that class lets it subscribe to and
+//! announce, checked per session before anything reaches the table.
+//!
+//! Pure: [`Policy`] is built from the config file's `[policy]` section and
+//! picks a [`Class`] for a peer address; [`SessionPolicy`] is one session's
+//! checker, holding the routes it let through when the class has a limit.
+//! The session shell ([`crate::server::connection`]) logs, counts and
+//! forwards what the verdicts say.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hashbrown::HashSet;
+use metalbondd_config::{canonical, Cidr, MaxRoutesAction, PolicyClass, PolicySection, VniRange};
+
+use crate::wire::{Action, Route, Vni};
+
+/// Why the policy refused something; also the `reason` label of
+/// `metalbondd_policy_refused_total` and the API's `last_refusal_reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    /// A SUBSCRIBE to a VNI outside `subscribe_vnis`.
+    SubscribeVni = 0,
+    /// A route in a VNI outside `announce_vnis`.
+    AnnounceVni = 1,
+    /// A route whose next hop `next_hop` does not allow.
+    NextHop = 2,
+    /// A route of a type outside `route_types`.
+    RouteType = 3,
+    /// A route over `max_routes`.
+    MaxRoutes = 4,
+}
+
+impl Reason {
+    /// Every reason, in the order of their numbers.
+    pub const ALL: [Reason; 5] = [
+        Reason::SubscribeVni,
+        Reason::AnnounceVni,
+        Reason::NextHop,
+        Reason::RouteType,
+        Reason::MaxRoutes,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::SubscribeVni => "subscribe_vni",
+            Reason::AnnounceVni => "announce_vni",
+            Reason::NextHop => "next_hop",
+            Reason::RouteType => "route_type",
+            Reason::MaxRoutes => "max_routes",
+        }
+    }
+
+    /// What the log says.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::SubscribeVni => {
+                "SUBSCRIBE to a VNI the class does not allow (no dump, no updates)"
+            }
+            Reason::AnnounceVni => {
+                "route in a VNI the class may not announce into (not distributed)"
+            }
+            Reason::NextHop => "route with a next hop the class does not allow (not distributed)",
+            Reason::RouteType => "route of a type the class does not allow (not distributed)",
+            Reason::MaxRoutes => "route over the class's max_routes (not distributed)",
+        }
+    }
+
+    /// The reason with number `n` (of [`Reason::ALL`]).
+    pub fn from_u8(n: u8) -> Option<Reason> {
+        Reason::ALL.get(usize::from(n)).copied()
+    }
+}
+
+/// A set of VNIs: sorted, merged inclusive ranges (a binary search per
+/// lookup; a few ranges in practice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VniSet(Vec<(u32, u32)>);
+
+impl VniSet {
+    /// The union of `ranges`.
+    pub fn new(ranges: &[VniRange]) -> Self {
+        let mut r: Vec<(u32, u32)> = ranges.iter().map(|r| (r.first, r.last)).collect();
+        r.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(r.len());
+        for (first, last) in r {
+            match merged.last_mut() {
+                Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        VniSet(merged)
+    }
+
+    /// True if `vni` is in the set.
+    #[inline]
+    pub fn contains(&self, vni: Vni) -> bool {
+        let i = self.0.partition_point(|&(_, last)| last < vni.0);
+        self.0.get(i).is_some_and(|&(first, _)| first <= vni.0)
+    }
+}
+
+/// The route limit of a class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Most routes a session may hold in the table.
+    pub max: usize,
+    /// A warning is logged when a session first holds this many.
+    pub warn_at: usize,
+    /// Refuse the excess or close the session.
+    pub action: MaxRoutesAction,
+}
+
+/// One class of peers, compiled from the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// Its name (logs, metrics, API).
+    pub name: String,
+    matches: Vec<Cidr>,
+    subscribe: Option<VniSet>,
+    announce: Option<VniSet>,
+    /// `None`: any next hop. Else the peer's own address (if `own_address`)
+    /// or an address inside `prefixes`.
+    next_hop: Option<(bool, Vec<Cidr>)>,
+    /// Bit `t` set: type `t` (0..=63) allowed; `None`: every type.
+    types: Option<u64>,
+    /// The route limit, if any.
+    pub limit: Option<Limit>,
+}
+
+impl Class {
+    fn new(c: &PolicyClass) -> Self {
+        Class {
+            name: c.name().to_string(),
+            matches: c.match_prefixes().collect(),
+            subscribe: c.subscribe_vnis.as_deref().map(VniSet::new),
+            announce: c.announce_vnis.as_deref().map(VniSet::new),
+            next_hop: c
+                .next_hop
+                .as_ref()
+                .map(|r| (r.own_address, r.prefixes.clone())),
+            types: c.route_types.as_ref().map(|t| {
+                t.iter()
+                    .filter(|&&t| (0..64).contains(&t))
+                    .fold(0u64, |m, &t| m | (1 << t))
+            }),
+            limit: c.max_routes.map(|max| {
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                Limit {
+                    max,
+                    // Rounded up, at least 1: "80 % of 1" warns at 1.
+                    warn_at: (max.saturating_mul(usize::from(c.max_routes_warn)))
+                        .div_ceil(100)
+                        .max(1),
+                    action: c.max_routes_action,
+                }
+            }),
+        }
+    }
+
+    /// A class that allows everything (a `[policy]` without
+    /// `[policy.default]`).
+    fn open(name: &str) -> Self {
+        Class {
+            name: name.to_string(),
+            matches: Vec::new(),
+            subscribe: None,
+            announce: None,
+            next_hop: None,
+            types: None,
+            limit: None,
+        }
+    }
+
+    /// The reason a route announced by a peer at `peer` (canonical) breaks
+    /// this class, ignoring the limit.
+    #[inline]
+    fn check_route(&self, route: &Route, peer: IpAddr) -> Option<Reason> {
+        if let Some(set) = &self.announce {
+            if !set.contains(route.vni) {
+                return Some(Reason::AnnounceVni);
+            }
+        }
+        if let Some(types) = self.types {
+            let t = route.next_hop.kind.0;
+            if !(0..64).contains(&t) || types & (1 << t) == 0 {
+                return Some(Reason::RouteType);
+            }
+        }
+        if let Some((own, prefixes)) = &self.next_hop {
+            let hop = canonical(route.next_hop.addr.to_ip());
+            if !((*own && hop == peer) || prefixes.iter().any(|p| p.contains(hop))) {
+                return Some(Reason::NextHop);
+            }
+        }
+        None
+    }
+}
+
+/// The whole policy: classes in file order, first match wins, then the
+/// default class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    classes: Vec<Arc<Class>>,
+    default: Arc<Class>,
+}
+
+impl Policy {
+    /// Compiles the `[policy]` section (already validated by the config crate).
+    pub fn new(section: &PolicySection) -> Self {
+        Policy {
+            classes: section
+                .class
+                .iter()
+                .map(|c| Arc::new(Class::new(c)))
+                .collect(),
+            default: Arc::new(
+                section
+                    .default
+                    .as_ref()
+                    .map_or_else(|| Class::open("default"), Class::new),
+            ),
+        }
+    }
+
+    /// The class of a peer whose source address is `peer`.
+    pub fn class_for(&self, peer: IpAddr) -> &Arc<Class> {
+        let peer = canonical(peer);
+        self.classes
+            .iter()
+            .find(|c| c.matches.iter().any(|m| m.contains(peer)))
+            .unwrap_or(&self.default)
+    }
+
+    /// Names of every class, the default last (for metrics).
+    pub fn class_names(&self) -> impl Iterator<Item = &str> {
+        self.classes
+            .iter()
+            .chain(std::iter::once(&self.default))
+            .map(|c| c.name.as_str())
+    }
+}
+
+/// What to do with one UPDATE of a session under a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand it to the table.
+    Forward,
+    /// Hand it to the table; the session just reached its class's warning
+    /// threshold (log once).
+    ForwardAndWarn,
+    /// Drop it silently: a REMOVE of a route this session does not hold
+    /// through the policy (refused earlier, or never announced). Not a new
+    /// refusal.
+    Ignore,
+    /// Refused: not distributed; count it.
+    Refuse(Reason),
+    /// Over the limit with the "close" action: close the session.
+    Close,
+}
+
+/// One session's checker.
+#[derive(Debug)]
+pub struct SessionPolicy {
+    class: Arc<Class>,
+    /// The peer's source address, IPv4-mapped addresses as IPv4.
+    peer: IpAddr,
+    /// Routes this session holds through the policy (only with a limit):
+    /// at most the limit, whatever the peer sends.
+    held: HashSet<Route>,
+    warned: bool,
+    /// Bit `r` set: reason `r` was logged for this session already.
+    logged: u8,
+}
+
+impl SessionPolicy {
+    /// The checker of a session from `peer` in `class`.
+    pub fn new(class: Arc<Class>, peer: IpAddr) -> Self {
+        SessionPolicy {
+            class,
+            peer: canonical(peer),
+            held: HashSet::new(),
+            warned: false,
+            logged: 0,
+        }
+    }
+
+    /// The session's class.
+    pub fn class(&self) -> &Arc<Class> {
+        &self.class
+    }
+
+    /// Routes held through the limit (0 without a limit).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// A SUBSCRIBE (`subscribe` true) or UNSUBSCRIBE: `Err` if the class
+    /// does not allow the VNI (an UNSUBSCRIBE of it is then a no-op to drop,
+    /// and not counted: see [`SessionPolicy::vni_allowed`]).
+    #[inline]
+    pub fn vni_allowed(&self, vni: Vni) -> Result<(), Reason> {
+        match &self.class.subscribe {
+            Some(set) if !set.contains(vni) => Err(Reason::SubscribeVni),
+            _ => Ok(()),
+        }
+    }
+
+    /// The verdict on one UPDATE.
+    pub fn route(&mut self, route: &Route, action: Action) -> Verdict {
+        let broken = self.class.check_route(route, self.peer);
+        match action {
+            Action::Add => {
+                if let Some(reason) = broken {
+                    return Verdict::Refuse(reason);
+                }
+                let Some(limit) = self.class.limit else {
+                    return Verdict::Forward;
+                };
+                if self.held.contains(route) {
+                    // A repeated announcement holds nothing more.
+                    return Verdict::Forward;
+                }
+                if self.held.len() >= limit.max {
+                    return match limit.action {
+                        MaxRoutesAction::Refuse => Verdict::Refuse(Reason::MaxRoutes),
+                        MaxRoutesAction::Close => Verdict::Close,
+                    };
+                }
+                self.held.insert(*route);
+                if !self.warned && self.held.len() >= limit.warn_at {
+                    self.warned = true;
+                    return Verdict::ForwardAndWarn;
+                }
+                Verdict::Forward
+            }
+            Action::Remove => {
+                if broken.is_some() {
+                    // It can only have been refused: the table never had it
+                    // from this session.
+                    return Verdict::Ignore;
+                }
+                if self.class.limit.is_none() {
+                    return Verdict::Forward;
+                }
+                if self.held.remove(route) {
+                    if self.held.is_empty() && self.held.capacity() > 1024 {
+                        self.held = HashSet::new();
+                    }
+                    Verdict::Forward
+                } else {
+                    Verdict::Ignore
+                }
+            }
+        }
+    }
+
+    /// True the first time `reason` is seen in this session (log it then,
+    /// never again).
+    pub fn first_time(&mut self, reason: Reason) -> bool {
+        let bit = 1u8 << (reason as u8);
+        let first = self.logged & bit == 0;
+        self.logged |= bit;
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalbondd_config::Config;
+
+    fn policy(text: &str) -> Policy {
+        let c = Config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        Policy::new(&c.policy.expect("policy"))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn route(s: &str) -> Route {
+        s.parse().unwrap()
+    }
+
+    const TEXT: &str = r#"
+[[policy.class]]
+name = "local4"
+match = ["127.0.0.1/32"]
+subscribe_vnis = ["100-199", 300]
+announce_vnis = ["100"]
+next_hop = ["self", "2001:db8:ff::/48"]
+route_types = ["std"]
+max_routes = 3
+max_routes_action = "refuse"
+max_routes_warn = 50
+
+[[policy.class]]
+name = "closer"
+match = ["127.0.0.2/32"]
+max_routes = 1
+max_routes_action = "close"
+
+[policy.default]
+subscribe_vnis = []
+"#;
+
+    #[test]
+    fn first_matching_class_then_default() {
+        let p = policy(TEXT);
+        assert_eq!(p.class_for(ip("127.0.0.1")).name, "local4");
+        assert_eq!(p.class_for(ip("::ffff:127.0.0.1")).name, "local4");
+        assert_eq!(p.class_for(ip("127.0.0.2")).name, "closer");
+        assert_eq!(p.class_for(ip("::1")).name, "default");
+        let names: Vec<&str> = p.class_names().collect();
+        assert_eq!(names, ["local4", "closer", "default"]);
+        let open = policy("[[policy.class]]\nname = \"x\"\nmatch = [\"10.0.0.0/8\"]\n");
+        let d = open.class_for(ip("::1"));
+        assert_eq!(d.name, "default");
+        let mut s = SessionPolicy::new(d.clone(), ip("::1"));
+        assert_eq!(s.vni_allowed(Vni(7)), Ok(()));
+        assert_eq!(
+            s.route(&route("7#10.0.0.0/8@2001:db8::9#nat#1#2"), Action::Add),
+            Verdict::Forward
+        );
+    }
+
+    #[test]
+    fn vni_sets_merge_and_look_up() {
+        let r = |first, last| VniRange { first, last };
+        let s = VniSet::new(&[r(300, 300), r(100, 199), r(150, 250), r(251, 251)]);
+        assert_eq!(s.0, vec![(100, 251), (300, 300)]);
+        for (v, want) in [
+            (99, false),
+            (100, true),
+            (251, true),
+            (252, false),
+            (300, true),
+            (301, false),
+        ] {
+            assert_eq!(s.contains(Vni(v)), want, "{v}");
+        }
+        assert!(!VniSet::new(&[]).contains(Vni(0)));
+        assert!(VniSet::new(&[r(u32::MAX - 1, u32::MAX)]).contains(Vni(u32::MAX)));
+    }
+
+    #[test]
+    fn subscriptions_by_class() {
+        let p = policy(TEXT);
+        let s = SessionPolicy::new(p.class_for(ip("127.0.0.1")).clone(), ip("127.0.0.1"));
+        assert_eq!(s.vni_allowed(Vni(150)), Ok(()));
+        assert_eq!(s.vni_allowed(Vni(300)), Ok(()));
+        assert_eq!(s.vni_allowed(Vni(200)), Err(Reason::SubscribeVni));
+        let d = SessionPolicy::new(p.class_for(ip("::1")).clone(), ip("::1"));
+        assert_eq!(d.vni_allowed(Vni(100)), Err(Reason::SubscribeVni));
+    }
+
+    #[test]
+    fn routes_by_vni_type_and_next_hop() {
+        let p = policy(TEXT);
+        let mut s = SessionPolicy::new(
+            p.class_for(ip("::ffff:127.0.0.1")).clone(),
+            ip("::ffff:127.0.0.1"),
+        );
+        let own = route("100#10.0.0.0/24@127.0.0.1");
+        assert_eq!(s.route(&own, Action::Add), Verdict::Forward);
+        // Mapped next hop, own address.
+        assert_eq!(
+            s.route(&route("100#10.0.1.0/24@::ffff:127.0.0.1"), Action::Add),
+            Verdict::ForwardAndWarn
+        );
+        assert_eq!(
+            s.route(&route("100#10.0.2.0/24@2001:db8:ff::7"), Action::Add),
+            Verdict::Forward
+        );
+        let hijack = route("100#10.0.3.0/24@127.0.0.2");
+        assert_eq!(
+            s.route(&hijack, Action::Add),
+            Verdict::Refuse(Reason::NextHop)
+        );
+        assert_eq!(s.route(&hijack, Action::Remove), Verdict::Ignore);
+        assert_eq!(
+            s.route(&route("101#10.0.0.0/24@127.0.0.1"), Action::Add),
+            Verdict::Refuse(Reason::AnnounceVni)
+        );
+        assert_eq!(
+            s.route(&route("100#10.0.0.0/24@127.0.0.1#nat#1#2"), Action::Add),
+            Verdict::Refuse(Reason::RouteType)
+        );
+        // The limit (3) is reached: the excess is refused, a repeat is not.
+        assert_eq!(
+            s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Add),
+            Verdict::Refuse(Reason::MaxRoutes)
+        );
+        assert_eq!(s.route(&own, Action::Add), Verdict::Forward);
+        // A refused route's REMOVE removes nothing; a held one frees a place.
+        assert_eq!(
+            s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Remove),
+            Verdict::Ignore
+        );
+        assert_eq!(s.route(&own, Action::Remove), Verdict::Forward);
+        assert_eq!(s.held(), 2);
+        assert_eq!(
+            s.route(&route("100#10.0.9.0/24@127.0.0.1"), Action::Add),
+            Verdict::Forward
+        );
+    }
+
+    #[test]
+    fn close_action_and_logging_once() {
+        let p = policy(TEXT);
+        let mut s = SessionPolicy::new(p.class_for(ip("127.0.0.2")).clone(), ip("127.0.0.2"));
+        assert_eq!(
+            s.route(&route("5#10.0.0.0/24@2001:db8::1"), Action::Add),
+            Verdict::ForwardAndWarn
+        );
+        assert_eq!(
+            s.route(&route("5#10.0.1.0/24@2001:db8::1"), Action::Add),
+            Verdict::Close
+        );
+        assert!(s.first_time(Reason::MaxRoutes));
+        assert!(!s.first_time(Reason::MaxRoutes));
+        assert!(s.first_time(Reason::NextHop));
+        for n in 0..5 {
+            assert_eq!(Reason::from_u8(n).map(|r| r as u8), Some(n));
+        }
+        assert_eq!(Reason::from_u8(5), None);
+    }
+}

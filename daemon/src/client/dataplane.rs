@@ -86,10 +86,9 @@ impl Dataplane for Arc<Installer> {
             DataplaneOp::Dump { table } => {
                 let installer = Arc::clone(self);
                 Box::pin(async move {
-                    installer
-                        .dump(table)
-                        .await
-                        .map(|routes| Executed::Dumped(routes.into_iter().map(|r| r.dest).collect()))
+                    installer.dump(table).await.map(|routes| {
+                        Executed::Dumped(routes.into_iter().map(|r| r.dest).collect())
+                    })
                 })
             }
         }

@@ -421,8 +421,8 @@ impl Installer {
             table,
             prefix: Some(dest),
         };
-        let queued = validate(op, target)
-            .map(|()| self.writer.submit(batch::Change::Delete(table, dest)));
+        let queued =
+            validate(op, target).map(|()| self.writer.submit(batch::Change::Delete(table, dest)));
         async move {
             match queued?.await {
                 Ok(outcome) => outcome,

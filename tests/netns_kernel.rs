@@ -311,6 +311,61 @@ fn delete_removes_and_reports_existence() {
     });
 }
 
+/// Many changes queued at once go to the kernel in batches (one socket write,
+/// one ACK each); every change still gets its own outcome: deletes of
+/// present and missing routes interleaved in one batch report each route's
+/// existence, and thousands of replaces (several batches) all land.
+#[test]
+fn a_batch_reports_each_route_on_its_own() {
+    in_netns("a_batch_reports_each_route_on_its_own", |ns| async move {
+        let inst = Installer::new(TUN).await.expect("installer");
+        let n = 3000u32;
+        let dest = |i: u32| {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            Prefix::new(IpAddr::V4(a), 32)
+        };
+        // Queued at once (each call queues its change before returning).
+        let installs: Vec<_> = (0..n)
+            .map(|i| {
+                inst.replace_owned(KernelRoute {
+                    table: 100,
+                    dest: dest(i),
+                    next_hops: hops(&["2001:db8::1"]),
+                })
+            })
+            .collect();
+        for done in installs {
+            done.await.expect("replace");
+        }
+        assert_eq!(inst.dump(100).await.unwrap().len(), n as usize);
+        assert_eq!(
+            ip(&["-n", &ns, "route", "show", "table", "100"])
+                .lines()
+                .count(),
+            n as usize
+        );
+
+        // Every third route deleted first, then a batch deleting all of
+        // them (plus invalid ones, rejected before any I/O): each answer
+        // names its own route.
+        for i in (0..n).step_by(3) {
+            assert!(inst.delete(100, dest(i)).await.unwrap());
+        }
+        let deletes: Vec<_> = (0..n).map(|i| inst.delete_queued(100, dest(i))).collect();
+        let zero = inst.delete_queued(0, dest(1));
+        let mut existed = Vec::new();
+        for done in deletes {
+            existed.push(done.await.expect("delete"));
+        }
+        for (i, e) in existed.iter().enumerate() {
+            assert_eq!(*e, i % 3 != 0, "route {i}");
+        }
+        let err = zero.await.unwrap_err();
+        assert!(err.to_string().contains("table 0"), "{err}");
+        assert_eq!(inst.dump(100).await.unwrap(), vec![]);
+    });
+}
+
 #[test]
 fn dump_returns_only_our_routes_of_that_table() {
     in_netns(

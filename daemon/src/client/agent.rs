@@ -66,6 +66,12 @@ use crate::wire::{Action, Extensions, Route, Vni};
 /// Depth of the event channel from the connection tasks to the agent.
 const EVENT_QUEUE: usize = 1024;
 
+/// Most UPDATEs the agent handles in one wake-up (see
+/// `Agent::handle_ready_updates`): a burst's operations go to the dataplane
+/// together, while the other inputs (API, timers, finished operations) still
+/// get their turn often.
+const UPDATE_BATCH: usize = 256;
+
 /// Settings of the hypervisor role.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientSettings {
@@ -488,11 +494,17 @@ impl AgentTask {
             let busy = self.executor.in_flight() > 0;
             tokio::select! {
                 (job, result) = self.executor.next_done(), if busy => {
-                    self.executor.complete(&mut self.planner, job, result, now());
+                    let now = now();
+                    self.executor.complete(&mut self.planner, job, result, now);
+                    self.executor.complete_ready(&mut self.planner, now);
                 }
                 ev = events.recv(), if read_events => match ev {
                     Some(ev) => {
+                        let more = matches!(ev, ClientEvent::Update { .. });
                         self.handle(ev).await;
+                        if more {
+                            self.handle_ready_updates(events).await;
+                        }
                         self.publish_feed();
                         self.publish_gauges();
                     }
@@ -512,6 +524,31 @@ impl AgentTask {
                     return;
                 },
             }
+        }
+    }
+
+    /// Handles the UPDATEs already waiting in `events` (up to
+    /// [`UPDATE_BATCH`], while the backlog allows), in one wake-up of the
+    /// agent task: their operations are queued together and reach the
+    /// dataplane's writer as one batch, and the feed and gauges are
+    /// published once. Another kind of event ends the batch (handled after
+    /// the UPDATEs' feed events are published, so the feed keeps the order
+    /// of events).
+    async fn handle_ready_updates(&mut self, events: &mut mpsc::Receiver<ClientEvent>) {
+        for _ in 1..UPDATE_BATCH {
+            if !self.executor.accepts_events() {
+                return;
+            }
+            let Ok(ev) = events.try_recv() else {
+                return;
+            };
+            if !matches!(ev, ClientEvent::Update { .. }) {
+                self.publish_feed();
+                self.publish_gauges();
+                self.handle(ev).await;
+                return;
+            }
+            self.handle(ev).await;
         }
     }
 

@@ -68,27 +68,30 @@ pub trait Dataplane: Send + Sync {
     fn execute(&self, op: DataplaneOp) -> DataplaneFuture;
 }
 
-/// The kernel installer, shared by the operations in flight (its rtnetlink
-/// handle multiplexes requests on one socket by sequence number).
+/// The kernel installer, shared by the operations in flight. Replaces and
+/// deletes are queued to its batched netlink writer when `execute` is called
+/// (so they reach the kernel in submission order, many per socket write);
+/// dumps go through its rtnetlink handle.
 impl Dataplane for Arc<Installer> {
     fn execute(&self, op: DataplaneOp) -> DataplaneFuture {
-        let installer = Arc::clone(self);
-        Box::pin(async move {
-            let installer = &*installer;
-            match &op {
-                DataplaneOp::Replace(route) => {
-                    installer.replace(route).await.map(|()| Executed::Done)
-                }
-                DataplaneOp::Delete { table, prefix } => installer
-                    .delete(*table, *prefix)
-                    .await
-                    .map(|_| Executed::Done),
-                DataplaneOp::Dump { table } => installer
-                    .dump(*table)
-                    .await
-                    .map(|routes| Executed::Dumped(routes.into_iter().map(|r| r.dest).collect())),
+        match op {
+            DataplaneOp::Replace(route) => {
+                let done = self.replace_owned(route);
+                Box::pin(async move { done.await.map(|()| Executed::Done) })
             }
-        })
+            DataplaneOp::Delete { table, prefix } => {
+                let done = self.delete_queued(table, prefix);
+                Box::pin(async move { done.await.map(|_| Executed::Done) })
+            }
+            DataplaneOp::Dump { table } => {
+                let installer = Arc::clone(self);
+                Box::pin(async move {
+                    installer.dump(table).await.map(|routes| {
+                        Executed::Dumped(routes.into_iter().map(|r| r.dest).collect())
+                    })
+                })
+            }
+        }
     }
 }
 

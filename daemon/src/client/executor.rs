@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 
 use super::dataplane::{Dataplane, DataplaneOp, Executed};
 use super::planner::{Planned, Planner};
@@ -39,6 +40,9 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// Above this many operations waiting or in flight, the agent stops reading
 /// connection events until the backlog is below it again.
 pub const MAX_BACKLOG: usize = 16_384;
+
+/// Most finished operations [`Executor::complete_ready`] takes at once.
+const COMPLETE_BATCH: usize = 1024;
 
 /// The key operations are ordered by: (table, prefix); a dump has none.
 type Key = (u32, Prefix);
@@ -163,6 +167,18 @@ impl Executor {
         let follow = planner.completed(job, result.as_ref(), now);
         self.enqueue(follow);
         self.fill();
+    }
+
+    /// Completes (as [`Executor::complete`]) the operations already finished,
+    /// up to [`COMPLETE_BATCH`], without waiting: one wake-up of the agent
+    /// task takes a whole batch of answers.
+    pub(super) fn complete_ready(&mut self, planner: &mut Planner, now: Instant) {
+        for _ in 0..COMPLETE_BATCH {
+            match self.running.next().now_or_never() {
+                Some(Some((job, result))) => self.complete(planner, job, result, now),
+                _ => return,
+            }
+        }
     }
 
     /// Runs everything submitted (and every follow-up) to the end.

@@ -56,6 +56,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use tokio_stream::StreamExt;
 
+mod batch;
+
 /// Routing protocol number of routes metalbondd installs.
 pub const RTPROT_METALBOND: u8 = 254;
 
@@ -270,6 +272,8 @@ fn netlink_error(op: KernelOp, target: Target, err: rtnetlink::Error) -> KernelE
 /// that called `new`.
 pub struct Installer {
     handle: rtnetlink::Handle,
+    /// Route changes: the batched writer thread (see [`batch`]).
+    writer: batch::Writer,
     connection: tokio::task::JoinHandle<()>,
     tun_name: String,
     tun_index: u32,
@@ -334,8 +338,16 @@ impl Installer {
         };
         // Drain the (single-message) answer so the request completes.
         while links.next().await.is_some() {}
+        let writer = match batch::Writer::start(tun_index) {
+            Ok(w) => w,
+            Err(e) => {
+                connection.abort();
+                return Err(e);
+            }
+        };
         Ok(Installer {
             handle,
+            writer,
             connection,
             tun_name: tun_device.to_owned(),
             tun_index,
@@ -358,73 +370,64 @@ impl Installer {
     ///
     /// An empty next-hop list is an error: delete the route instead.
     pub async fn replace(&self, route: &KernelRoute) -> Result<(), KernelError> {
+        self.replace_owned(route.clone()).await
+    }
+
+    /// [`Installer::replace`] of a route the caller gives away (no copy of its next hops); the
+    /// request is queued at once, the future only waits for the outcome.
+    pub fn replace_owned(
+        &self,
+        mut route: KernelRoute,
+    ) -> impl std::future::Future<Output = Result<(), KernelError>> + Send + 'static {
         let op = KernelOp::Replace;
         let target = Target {
             table: route.table,
             prefix: Some(route.dest),
         };
-        validate(op, target)?;
-        let mut hops = route.next_hops.clone();
-        hops.sort_unstable();
-        hops.dedup();
-        if hops.is_empty() {
-            return Err(KernelError::InvalidRoute {
-                op,
-                target,
-                reason: "no next hop (delete the route instead)",
-            });
+        let queued = validate(op, target).and_then(|()| {
+            route.next_hops.sort_unstable();
+            route.next_hops.dedup();
+            if route.next_hops.is_empty() {
+                return Err(KernelError::InvalidRoute {
+                    op,
+                    target,
+                    reason: "no next hop (delete the route instead)",
+                });
+            }
+            Ok(self.writer.submit(batch::Change::Replace(route)))
+        });
+        async move {
+            match queued?.await {
+                Ok(outcome) => outcome.map(|_| ()),
+                Err(_) => Err(batch::gone(op, target)),
+            }
         }
-        let mut msg = base_message(route.table, route.dest);
-        if let [hop] = hops[..] {
-            msg.attributes.push(RouteAttribute::Oif(self.tun_index));
-            msg.attributes.extend(encap_ip6(hop));
-        } else {
-            let with_gateway = route.dest.addr.is_ipv6();
-            let next_hops = hops
-                .iter()
-                .map(|&hop| {
-                    let mut nh = RouteNextHop::default();
-                    nh.interface_index = self.tun_index;
-                    if with_gateway {
-                        nh.flags = RouteNextHopFlags::Onlink;
-                        nh.attributes
-                            .push(RouteAttribute::Gateway(RouteAddress::Inet6(hop)));
-                    }
-                    nh.attributes.extend(encap_ip6(hop));
-                    nh
-                })
-                .collect();
-            msg.attributes.push(RouteAttribute::MultiPath(next_hops));
-        }
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| netlink_error(op, target, e))
     }
 
     /// Deletes metalbondd's route (protocol 254) of (table, prefix), with all its next hops.
     /// Returns whether it existed; a route of another protocol is left alone.
     pub async fn delete(&self, table: u32, dest: Prefix) -> Result<bool, KernelError> {
+        self.delete_queued(table, dest).await
+    }
+
+    /// [`Installer::delete`], queued at once; the future only waits for the outcome.
+    pub fn delete_queued(
+        &self,
+        table: u32,
+        dest: Prefix,
+    ) -> impl std::future::Future<Output = Result<bool, KernelError>> + Send + 'static {
         let op = KernelOp::Delete;
         let target = Target {
             table,
             prefix: Some(dest),
         };
-        validate(op, target)?;
-        let mut msg = base_message(table, dest);
-        // Scope "nowhere" lets IPv4 deletion match a route of any scope.
-        msg.header.scope = RouteScope::NoWhere;
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.to_io().raw_os_error() == Some(libc::ESRCH) =>
-            {
-                Ok(false)
+        let queued =
+            validate(op, target).map(|()| self.writer.submit(batch::Change::Delete(table, dest)));
+        async move {
+            match queued?.await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(batch::gone(op, target)),
             }
-            Err(e) => Err(netlink_error(op, target, e)),
         }
     }
 
@@ -487,6 +490,36 @@ fn base_message(table: u32, dest: Prefix) -> RouteMessage {
     msg.attributes.push(RouteAttribute::Table(table));
     msg.attributes
         .push(RouteAttribute::Destination(RouteAddress::from(dest.addr)));
+    msg
+}
+
+/// The `RTM_NEWROUTE` message of `route` (next hops sorted, deduplicated and not empty):
+/// protocol 254, device the tunnel, one `encap ip6 dst` per next hop, several next hops as
+/// `RTA_MULTIPATH` in the given order.
+fn route_message(route: &KernelRoute, tun_index: u32) -> RouteMessage {
+    let mut msg = base_message(route.table, route.dest);
+    if let [hop] = route.next_hops[..] {
+        msg.attributes.push(RouteAttribute::Oif(tun_index));
+        msg.attributes.extend(encap_ip6(hop));
+    } else {
+        let with_gateway = route.dest.addr.is_ipv6();
+        let next_hops = route
+            .next_hops
+            .iter()
+            .map(|&hop| {
+                let mut nh = RouteNextHop::default();
+                nh.interface_index = tun_index;
+                if with_gateway {
+                    nh.flags = RouteNextHopFlags::Onlink;
+                    nh.attributes
+                        .push(RouteAttribute::Gateway(RouteAddress::Inet6(hop)));
+                }
+                nh.attributes.extend(encap_ip6(hop));
+                nh
+            })
+            .collect();
+        msg.attributes.push(RouteAttribute::MultiPath(next_hops));
+    }
     msg
 }
 

@@ -358,7 +358,7 @@ async fn a_watch_that_stops_reading_gets_lagged_then_a_fresh_snapshot() {
     fast.converges(&want, &[100], "before the burst").await;
 
     // The slow watch reads its first message, then nothing while 20,000
-    // updates (20,000 agent steps, more than the feed's ring holds) arrive.
+    // updates (20,000 feed events, more than the feed's ring holds) arrive.
     let mut slow = watch(&client_sock, &[], true).await;
     let first_message = slow.message().await.expect("read").expect("a message");
     assert_eq!(first_message.sequence, 1);

@@ -516,7 +516,7 @@ impl client_service_server::ClientService for Fake {
             Event::Synced(VniSynced { vni: 100 }),
             Event::Removed(r1.clone()),
             Event::Lagged(Lagged {
-                reason: "this watch fell 16384 agent steps behind".into(),
+                reason: "this watch fell behind and missed 20000 events".into(),
             }),
             Event::Snapshot(RouteChunk { routes: vec![r2] }),
             Event::SnapshotEnd(SnapshotEnd { routes: 1 }),
@@ -1180,7 +1180,7 @@ fn watch_received_lines_go_on_after_lagged() {
 2 snapshot_end 2 routes
 3 synced vni 100
 4 removed 100#10.0.1.0/24@2001:db8::1
-5 lagged this watch fell 16384 agent steps behind
+5 lagged this watch fell behind and missed 20000 events
 6 snapshot 100#10.0.2.0/24@2001:db8::2#nat#1#2
 7 snapshot_end 1 route
 8 synced vni 100

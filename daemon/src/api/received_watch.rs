@@ -4,7 +4,7 @@
 //! The stream is the snapshot in chunks, `snapshot_end`, the VNIs synced
 //! already, then the feed's deltas and synced events, each message numbered
 //! (1, 2, 3, ...). The agent never waits for a watch: when this one falls
-//! more than [`crate::client::feed::FEED_CAPACITY`] agent steps behind (its
+//! more than [`crate::client::feed::FEED_CAPACITY`] events behind (its
 //! client reads slowly, or a burst outran it), the stream says `lagged` and
 //! continues with a fresh snapshot taken by the agent, so the consumer
 //! replaces its view and misses nothing.
@@ -31,7 +31,7 @@ pub(super) const WATCH_BUFFER: usize = 64;
 enum Stop {
     /// The client went away, or the agent stopped.
     Closed,
-    /// The watch fell this many agent steps behind.
+    /// The watch missed this many events.
     Lagged(u64),
 }
 
@@ -51,14 +51,14 @@ impl ReceivedWatcher {
         loop {
             match self.pass(start).await {
                 Stop::Closed => return,
-                Stop::Lagged(steps) => {
+                Stop::Lagged(missed) => {
                     tracing::info!(
-                        steps,
+                        missed,
                         "received-routes watcher lagged; sending a fresh snapshot"
                     );
                     let lagged = Event::Lagged(pb::Lagged {
                         reason: format!(
-                            "this watch fell {steps} agent steps behind; a fresh snapshot follows"
+                            "this watch fell behind and missed {missed} events; a fresh snapshot follows"
                         ),
                     });
                     if self.send(lagged).await.is_err() {
@@ -114,23 +114,21 @@ impl ReceivedWatcher {
             }
         }
         loop {
-            let batch = match events.recv().await {
-                Ok(batch) => batch,
-                Err(RecvError::Lagged(steps)) => return Stop::Lagged(steps),
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(missed)) => return Stop::Lagged(missed),
                 Err(RecvError::Closed) => return Stop::Closed,
             };
-            for event in batch.iter() {
-                if !self.filter.wants(event) {
-                    continue;
-                }
-                let event = match event {
-                    FeedEvent::Added(r) => Event::Added(route_to_api(r)),
-                    FeedEvent::Removed(r) => Event::Removed(route_to_api(r)),
-                    FeedEvent::Synced(v) => Event::Synced(pb::VniSynced { vni: v.0 }),
-                };
-                if self.send(event).await.is_err() {
-                    return Stop::Closed;
-                }
+            if !self.filter.wants(&event) {
+                continue;
+            }
+            let event = match event {
+                FeedEvent::Added(r) => Event::Added(route_to_api(&r)),
+                FeedEvent::Removed(r) => Event::Removed(route_to_api(&r)),
+                FeedEvent::Synced(v) => Event::Synced(pb::VniSynced { vni: v.0 }),
+            };
+            if self.send(event).await.is_err() {
+                return Stop::Closed;
             }
         }
     }

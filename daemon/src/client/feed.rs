@@ -1,58 +1,55 @@
 //! The received-routes feed's fan-out (ADR 0024): the agent publishes the
 //! planner's [`FeedEvent`]s after each step, and every watch reads them
-//! from one broadcast ring.
+//! from one broadcast ring of events.
 //!
 //! A watch starts from a [`WatchStart`]: the received routes and the
 //! synced VNIs taken by the agent in the same step as the watch's
 //! subscription to the ring, so the snapshot and the events that follow fit
 //! exactly (no event is missed or applied twice). A watch that falls more
-//! than [`FEED_CAPACITY`] steps behind is told so by the ring
+//! than [`FEED_CAPACITY`] events behind is told so by the ring
 //! ([`broadcast::error::RecvError::Lagged`]) and starts again from a fresh
 //! snapshot: a consumer never sees a silent gap. Publishing never waits for
 //! a watch: the agent's work does not depend on how fast consumers read.
+//! The ring exists from the first watch on (an agent nobody watches pays
+//! one branch per step, and no memory).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
 pub use super::planner::FeedEvent;
 use crate::wire::{Route, Vni};
 
-/// Agent steps (one UPDATE, one server loss, one API change, ...) a watch
-/// may fall behind before it lags.
+/// Events a watch may fall behind before it lags (the ring holds them
+/// inline: about 1.5 MiB).
 pub const FEED_CAPACITY: usize = 16_384;
 
-/// The events of one agent step, shared by every watch.
-pub type FeedBatch = Arc<[FeedEvent]>;
-
 /// Where the agent publishes the feed.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Feed {
-    tx: broadcast::Sender<FeedBatch>,
-}
-
-impl Default for Feed {
-    fn default() -> Self {
-        Feed {
-            tx: broadcast::channel(FEED_CAPACITY).0,
-        }
-    }
+    /// Created by the first watch.
+    tx: Option<broadcast::Sender<FeedEvent>>,
 }
 
 impl Feed {
-    /// Publishes one step's events (nothing when there are none or nobody
-    /// watches).
+    /// Publishes one step's events, in order (nothing when nobody watches).
     pub fn publish(&self, events: Vec<FeedEvent>) {
-        if events.is_empty() || self.tx.receiver_count() == 0 {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
             return;
         }
-        let _ = self.tx.send(events.into());
+        for event in events {
+            let _ = tx.send(event);
+        }
     }
 
     /// A receiver of the events published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<FeedBatch> {
-        self.tx.subscribe()
+    pub fn subscribe(&mut self) -> broadcast::Receiver<FeedEvent> {
+        self.tx
+            .get_or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
+            .subscribe()
     }
 }
 
@@ -86,5 +83,5 @@ pub struct WatchStart {
     /// The synced VNIs the filter accepts.
     pub synced: Vec<Vni>,
     /// The events published after the snapshot was taken.
-    pub events: broadcast::Receiver<FeedBatch>,
+    pub events: broadcast::Receiver<FeedEvent>,
 }

@@ -239,6 +239,11 @@ impl LinkRole for Connection {
         self.info.set_state(state);
     }
 
+    fn yield_after_full_read(&self) -> bool {
+        // Refused routes never wait for the table (see the trait).
+        self.policy.is_some()
+    }
+
     fn message_out(&mut self, msg: &Message, control_end: u64, read_at: std::time::Instant) {
         self.info.messages_out.fetch_add(1, Relaxed);
         if matches!(msg, Message::Keepalive) {

@@ -174,6 +174,16 @@ async fn follow(
     }
 }
 
+/// A new watch of the received routes of `vni`.
+async fn open_watch(client: &mut ClientServiceClient<Channel>, vni: u32) -> Result<Watch, String> {
+    let stream = client
+        .watch_received(pb::WatchReceivedRequest { vnis: vec![vni] })
+        .await
+        .map_err(|e| format!("WatchReceived: {e}"))?
+        .into_inner();
+    Ok(Watch::new(stream))
+}
+
 fn rss(pid: Option<u32>) -> Option<u64> {
     procfs::mem(pid?).map(|m| m.rss_kib * 1024)
 }
@@ -188,15 +198,7 @@ pub async fn run(
     let mut results = Vec::new();
 
     // received + memory
-    let mut watch = Watch::new(
-        client
-            .watch_received(pb::WatchReceivedRequest {
-                vnis: vec![cfg.vni],
-            })
-            .await
-            .map_err(|e| format!("WatchReceived: {e}"))?
-            .into_inner(),
-    );
+    let mut watch = open_watch(&mut client, cfg.vni).await?;
     follow(&mut watch, |n| n == 0, cfg.timeout).await?;
     let rss_before = rss(cfg.client_pid);
     let set = RouteSet::new(cfg.routes, cfg.vni, false);
@@ -227,15 +229,7 @@ pub async fn run(
     // feed snapshot, three times
     for _ in 0..3 {
         let start = Instant::now();
-        let mut watch = Watch::new(
-            client
-                .watch_received(pb::WatchReceivedRequest {
-                    vnis: vec![cfg.vni],
-                })
-                .await
-                .map_err(|e| format!("WatchReceived: {e}"))?
-                .into_inner(),
-        );
+        let mut watch = open_watch(&mut client, cfg.vni).await?;
         let (end, _) = follow(&mut watch, |c| c == n, cfg.timeout).await?;
         let r = PhaseResult {
             name: "feed-snapshot",

@@ -15,6 +15,19 @@ use tonic::{Request, Response, Status};
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A stream of `events`, numbered 1, 2, 3, ... by `make(sequence, event)`.
+fn numbered<E, T: Send + 'static>(
+    events: Vec<E>,
+    make: impl Fn(u64, E) -> T,
+) -> Response<EventStream<T>> {
+    let items: Vec<Result<T, Status>> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| Ok(make(i as u64 + 1, e)))
+        .collect();
+    Response::new(Box::pin(tokio_stream::iter(items)))
+}
+
 /// What the fake server was asked.
 #[derive(Default)]
 struct Seen {
@@ -294,17 +307,10 @@ impl route_service_server::RouteService for Fake {
                 reason: "watcher fell 10000 events behind".into(),
             }));
         }
-        let items: Vec<Result<RouteEvent, Status>> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                Ok(RouteEvent {
-                    sequence: i as u64 + 1,
-                    event: Some(e),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        Ok(numbered(events, |sequence, e| RouteEvent {
+            sequence,
+            event: Some(e),
+        }))
     }
 }
 
@@ -523,17 +529,10 @@ impl client_service_server::ClientService for Fake {
             Event::Synced(VniSynced { vni: 100 }),
             Event::Added(r1),
         ];
-        let items: Vec<Result<ReceivedEvent, Status>> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                Ok(ReceivedEvent {
-                    sequence: i as u64 + 1,
-                    event: Some(e),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        Ok(numbered(events, |sequence, e| ReceivedEvent {
+            sequence,
+            event: Some(e),
+        }))
     }
 
     async fn announce(

@@ -293,7 +293,9 @@ impl ReceivedRoutes {
         self.routes.len()
     }
 
-    /// The routes `server` currently provides, sorted.
+    /// The routes `server` currently provides, sorted (a full scan: for
+    /// tests; the agent lists with [`ReceivedRoutes::routes`]).
+    #[cfg(test)]
     pub fn routes_of(&self, server: ServerId) -> impl Iterator<Item = &Route> {
         let bit = self.find_bit(server).unwrap_or(0);
         self.routes

@@ -410,10 +410,12 @@ impl Config {
                 ));
             }
         }
-        // The checks across classes look at names and `match` only.
+        // The checks across keys look at names, `match` and `connect_rate`
+        // (which `connect_burst` needs) only.
         let policy_intact = !failed_keys.iter().any(|k| {
             matches!(k.as_str(), "policy" | "policy.class" | "policy.default")
-                || (k.starts_with("policy") && (k.contains(".match") || k.contains(".name")))
+                || (k.starts_with("policy")
+                    && (k.contains(".match") || k.contains(".name") || k.contains(".connect_rate")))
         });
         if let (Some(policy), true) = (&config.policy, policy_intact) {
             for (offset, message) in policy.check(header(text, "[policy")) {

@@ -11,6 +11,10 @@
 //! max_routes = 10000
 //! max_routes_action = "refuse"
 //! max_routes_warn = 80
+//! max_routes_per_vni = 2000
+//! max_sessions_per_address = 4
+//! connect_rate = "10/s"
+//! connect_burst = 20
 //!
 //! [policy.default]
 //! subscribe_vnis = []
@@ -310,6 +314,64 @@ fn max_routes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> 
     crate::parse::count(d).map(|n| Some(n as u64))
 }
 
+fn max_routes_per_vni<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    crate::parse::count(d).map(|n| Some(n as u64))
+}
+
+fn sessions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    crate::parse::int_in(d, "a number of sessions from 1 to 4294967295", 1u32, u32::MAX).map(Some)
+}
+
+fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<u32>>, D::Error> {
+    let v = Spanned::<u64>::deserialize(d)?;
+    let n = *v.get_ref();
+    if n == 0 || n > u64::from(u32::MAX) {
+        return Err(de::Error::custom(format!(
+            "{n} is out of range: expected a number of connections from 1 to 4294967295"
+        )));
+    }
+    Ok(Some(Spanned::new(v.span(), n as u32)))
+}
+
+/// `connect_rate`: new connections per source address, `"N/s"`, `"N/m"` or
+/// `"N/h"` (a token bucket refilled at that rate, holding `connect_burst`
+/// tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRate {
+    /// Connections per `per_secs`.
+    pub count: u32,
+    /// The period in seconds (1, 60 or 3600).
+    pub per_secs: u32,
+}
+
+impl std::str::FromStr for ConnectRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("{s:?} is not a rate (expected \"N/s\", \"N/m\" or \"N/h\" with N from 1 to 4294967295, e.g. \"10/s\")")
+        };
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per_secs = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "{s:?}: a rate of 0 lets nobody connect (leave connect_rate out for no limit)"
+            ));
+        }
+        Ok(ConnectRate { count, per_secs })
+    }
+}
+
+fn connect_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ConnectRate>, D::Error> {
+    crate::parse::string_with(d, "a rate string such as \"10/s\"", |s| s.parse()).map(Some)
+}
+
 fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     crate::parse::int_in(d, "a percentage from 1 to 100", 1u8, 100u8)
 }
@@ -366,6 +428,23 @@ pub struct PolicyClass {
     /// percentage of `max_routes` (default 80).
     #[serde(deserialize_with = "percent")]
     pub max_routes_warn: u8,
+    /// `max_routes_per_vni`: most routes a session may hold in one VNI
+    /// (same action and warning threshold as `max_routes`); `None`: no limit.
+    #[serde(deserialize_with = "max_routes_per_vni")]
+    pub max_routes_per_vni: Option<u64>,
+    /// `max_sessions_per_address`: most sessions open at once from one
+    /// source address; further connections are closed at accept.
+    #[serde(deserialize_with = "sessions")]
+    pub max_sessions_per_address: Option<u32>,
+    /// `connect_rate`: new connections per source address; the excess is
+    /// closed at accept.
+    #[serde(deserialize_with = "connect_rate")]
+    pub connect_rate: Option<ConnectRate>,
+    /// `connect_burst`: connections a source address may open at once
+    /// before `connect_rate` applies (default: the rate's N). Only with
+    /// `connect_rate`.
+    #[serde(deserialize_with = "burst")]
+    pub connect_burst: Option<Spanned<u32>>,
 }
 
 impl Default for PolicyClass {
@@ -380,6 +459,10 @@ impl Default for PolicyClass {
             max_routes: None,
             max_routes_action: MaxRoutesAction::Refuse,
             max_routes_warn: crate::DEFAULT_MAX_ROUTES_WARN_PERCENT,
+            max_routes_per_vni: None,
+            max_sessions_per_address: None,
+            connect_rate: None,
+            connect_burst: None,
         }
     }
 }
@@ -395,6 +478,23 @@ impl PolicyClass {
         self.matches
             .iter()
             .flat_map(|m| m.get_ref().iter().map(|c| c.get_ref().0))
+    }
+
+    /// The bucket size of `connect_rate`: `connect_burst`, else the rate's N.
+    pub fn connect_burst(&self) -> Option<u32> {
+        let rate = self.connect_rate?;
+        Some(self.connect_burst.as_ref().map_or(rate.count, |b| *b.get_ref()))
+    }
+
+    /// `connect_burst` without `connect_rate`: (offset, message).
+    fn check_burst(&self, what: &str) -> Option<(usize, String)> {
+        match (&self.connect_burst, self.connect_rate) {
+            (Some(b), None) => Some((
+                b.span().start,
+                format!("{what}.connect_burst: give connect_rate too (the burst is the size of its token bucket)"),
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -481,8 +581,10 @@ impl PolicySection {
                 }
                 earlier.push((cidr, class.name()));
             }
+            errors.extend(class.check_burst(&format!("policy.class[{i}]")));
         }
         if let Some(default) = &self.default {
+            errors.extend(default.check_burst("policy.default"));
             if let Some(m) = &default.matches {
                 errors.push((
                     m.span().start,

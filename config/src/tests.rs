@@ -796,9 +796,14 @@ route_types = ["std", "nat"]
 max_routes = 10000
 max_routes_action = "close"
 max_routes_warn = 90
+max_routes_per_vni = 2000
+max_sessions_per_address = 4
+connect_rate = "10/s"
+connect_burst = 20
 
 [[policy.class]]
 name = "wide"
+connect_rate = "600/m"
 match = ["::/0", "0.0.0.0/0"]
 next_hop = "self"
 
@@ -835,6 +840,16 @@ subscribe_vnis = []
         assert_eq!(h.max_routes, Some(10000));
         assert_eq!(h.max_routes_action, MaxRoutesAction::Close);
         assert_eq!(h.max_routes_warn, 90);
+        assert_eq!(h.max_routes_per_vni, Some(2000));
+        assert_eq!(h.max_sessions_per_address, Some(4));
+        assert_eq!(
+            h.connect_rate,
+            Some(ConnectRate {
+                count: 10,
+                per_secs: 1
+            })
+        );
+        assert_eq!(h.connect_burst(), Some(20));
         let w = &p.class[1];
         assert_eq!(
             w.next_hop,
@@ -845,6 +860,17 @@ subscribe_vnis = []
         );
         assert_eq!(w.subscribe_vnis, None);
         assert_eq!(w.max_routes_warn, DEFAULT_MAX_ROUTES_WARN_PERCENT);
+        assert_eq!(
+            w.connect_rate,
+            Some(ConnectRate {
+                count: 600,
+                per_secs: 60
+            })
+        );
+        // Without connect_burst the bucket holds the rate's N.
+        assert_eq!(w.connect_burst(), Some(600));
+        assert_eq!(w.max_sessions_per_address, None);
+        assert_eq!(w.max_routes_per_vni, None);
         let d = p.default.expect("default");
         assert_eq!(d.name(), "default");
         assert_eq!(d.subscribe_vnis, Some(vec![]));
@@ -926,6 +952,48 @@ subscribe_vnis = []
             2,
             19,
             &["max_routes_warn", "percentage"],
+        );
+        reject(
+            "[policy.default]\nconnect_rate = \"10/fortnight\"\n",
+            2,
+            16,
+            &["connect_rate", "not a rate", "\"N/s\""],
+        );
+        reject(
+            "[policy.default]\nconnect_rate = \"0/s\"\n",
+            2,
+            16,
+            &["connect_rate", "lets nobody connect"],
+        );
+        reject(
+            "[policy.default]\nconnect_rate = \"1/s\"\nconnect_burst = 0\n",
+            3,
+            17,
+            &["connect_burst", "out of range"],
+        );
+        reject(
+            "[policy.default]\nmax_sessions_per_address = 0\n",
+            2,
+            28,
+            &["max_sessions_per_address", "from 1"],
+        );
+        reject(
+            "[policy.default]\nmax_routes_per_vni = -1\n",
+            2,
+            22,
+            &["max_routes_per_vni", "0 or more"],
+        );
+        reject(
+            "[[policy.class]]\nname = \"a\"\nmatch = [\"10.0.0.0/8\"]\nconnect_burst = 5\n",
+            4,
+            17,
+            &["policy.class[0].connect_burst", "give connect_rate too"],
+        );
+        reject(
+            "[policy.default]\nconnect_burst = 5\n",
+            2,
+            17,
+            &["policy.default.connect_burst", "give connect_rate too"],
         );
         reject(
             "[policy.default]\nmatch = [\"10.0.0.0/8\"]\n",

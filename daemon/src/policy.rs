@@ -6,12 +6,15 @@
 //! picks a [`Class`] for a peer address; [`SessionPolicy`] is one session's
 //! checker, holding the routes it let through when the class has a limit.
 //! The session shell ([`crate::server::connection`]) logs, counts and
-//! forwards what the verdicts say.
+//! forwards what the verdicts say. [`admission`] holds the per-address
+//! limits the acceptor checks before a session exists.
+
+pub mod admission;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hashbrown::HashSet;
+use hashbrown::{HashMap, HashSet};
 use metalbondd_config::{canonical, Cidr, MaxRoutesAction, PolicyClass, PolicySection, VniRange};
 
 use crate::wire::{Action, Route, Vni};
@@ -31,16 +34,27 @@ pub enum Reason {
     RouteType = 3,
     /// A route over `max_routes`.
     MaxRoutes = 4,
+    /// A route over `max_routes_per_vni` in its VNI.
+    MaxRoutesPerVni = 5,
+    /// A connection from an address that has `max_sessions_per_address`
+    /// sessions open (closed at accept).
+    SessionsPerAddress = 6,
+    /// A connection over the address's `connect_rate` (closed at accept).
+    ConnectRate = 7,
 }
 
 impl Reason {
     /// Every reason, in the order of their numbers.
-    pub const ALL: [Reason; 5] = [
+    /// (At most 8: a session's `logged` set is one byte.)
+    pub const ALL: [Reason; 8] = [
         Reason::SubscribeVni,
         Reason::AnnounceVni,
         Reason::NextHop,
         Reason::RouteType,
         Reason::MaxRoutes,
+        Reason::MaxRoutesPerVni,
+        Reason::SessionsPerAddress,
+        Reason::ConnectRate,
     ];
 
     /// The metric label.
@@ -51,6 +65,9 @@ impl Reason {
             Reason::NextHop => "next_hop",
             Reason::RouteType => "route_type",
             Reason::MaxRoutes => "max_routes",
+            Reason::MaxRoutesPerVni => "max_routes_per_vni",
+            Reason::SessionsPerAddress => "sessions_per_address",
+            Reason::ConnectRate => "connect_rate",
         }
     }
 
@@ -66,6 +83,15 @@ impl Reason {
             Reason::NextHop => "route with a next hop the class does not allow (not distributed)",
             Reason::RouteType => "route of a type the class does not allow (not distributed)",
             Reason::MaxRoutes => "route over the class's max_routes (not distributed)",
+            Reason::MaxRoutesPerVni => {
+                "route over the class's max_routes_per_vni in its VNI (not distributed)"
+            }
+            Reason::SessionsPerAddress => {
+                "connection from an address with max_sessions_per_address sessions open (closed at accept)"
+            }
+            Reason::ConnectRate => {
+                "connection over the address's connect_rate (closed at accept)"
+            }
         }
     }
 
@@ -103,15 +129,29 @@ impl VniSet {
     }
 }
 
-/// The route limit of a class.
+/// A route limit of a class (`max_routes`, or `max_routes_per_vni` per VNI).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
-    /// Most routes a session may hold in the table.
+    /// Most routes a session may hold in the table (in one VNI).
     pub max: usize,
     /// A warning is logged when a session first holds this many.
     pub warn_at: usize,
     /// Refuse the excess or close the session.
     pub action: MaxRoutesAction,
+}
+
+impl Limit {
+    fn new(max: u64, c: &PolicyClass) -> Self {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        Limit {
+            max,
+            // Rounded up, at least 1: "80 % of 1" warns at 1.
+            warn_at: (max.saturating_mul(usize::from(c.max_routes_warn)))
+                .div_ceil(100)
+                .max(1),
+            action: c.max_routes_action,
+        }
+    }
 }
 
 /// One class of peers, compiled from the file.
@@ -129,6 +169,10 @@ pub struct Class {
     types: Option<u64>,
     /// The route limit, if any.
     pub limit: Option<Limit>,
+    /// The route limit per VNI, if any (same action and warning share).
+    pub vni_limit: Option<Limit>,
+    /// The limits checked at accept, per source address.
+    pub address: admission::AddressLimits,
 }
 
 impl Class {
@@ -147,18 +191,22 @@ impl Class {
                     .filter(|&&t| (0..64).contains(&t))
                     .fold(0u64, |m, &t| m | (1 << t))
             }),
-            limit: c.max_routes.map(|max| {
-                let max = usize::try_from(max).unwrap_or(usize::MAX);
-                Limit {
-                    max,
-                    // Rounded up, at least 1: "80 % of 1" warns at 1.
-                    warn_at: (max.saturating_mul(usize::from(c.max_routes_warn)))
-                        .div_ceil(100)
-                        .max(1),
-                    action: c.max_routes_action,
-                }
-            }),
+            limit: c.max_routes.map(|max| Limit::new(max, c)),
+            vni_limit: c.max_routes_per_vni.map(|max| Limit::new(max, c)),
+            address: admission::AddressLimits {
+                max_sessions: c.max_sessions_per_address,
+                rate: c.connect_rate.map(|r| admission::ConnectLimit {
+                    count: r.count,
+                    per: std::time::Duration::from_secs(u64::from(r.per_secs)),
+                    burst: c.connect_burst().unwrap_or(r.count),
+                }),
+            },
         }
+    }
+
+    /// True if the session must keep the set of routes it holds.
+    fn tracks_routes(&self) -> bool {
+        self.limit.is_some() || self.vni_limit.is_some()
     }
 
     /// A class that allows everything (a `[policy]` without
@@ -172,6 +220,8 @@ impl Class {
             next_hop: None,
             types: None,
             limit: None,
+            vni_limit: None,
+            address: admission::AddressLimits::default(),
         }
     }
 
@@ -260,6 +310,12 @@ pub enum Verdict {
     Refuse(Reason),
     /// Over the limit with the "close" action: close the session.
     Close,
+    /// Hand it to the table; the session just reached the warning threshold
+    /// of `max_routes_per_vni` in this VNI (log once per session).
+    ForwardAndWarnVni(Vni),
+    /// Over `max_routes_per_vni` in this VNI with the "close" action: close
+    /// the session.
+    CloseVni(Vni),
 }
 
 /// One session's checker.
@@ -271,7 +327,11 @@ pub struct SessionPolicy {
     /// Routes this session holds through the policy (only with a limit):
     /// at most the limit, whatever the peer sends.
     held: HashSet<Route>,
+    /// Routes held per VNI (only with `max_routes_per_vni`; a VNI is
+    /// removed when its count drops to 0).
+    per_vni: HashMap<Vni, usize>,
     warned: bool,
+    warned_vni: bool,
     /// Bit `r` set: reason `r` was logged for this session already.
     logged: u8,
 }
@@ -283,7 +343,9 @@ impl SessionPolicy {
             class,
             peer: canonical(peer),
             held: HashSet::new(),
+            per_vni: HashMap::new(),
             warned: false,
+            warned_vni: false,
             logged: 0,
         }
     }
@@ -296,6 +358,11 @@ impl SessionPolicy {
     /// Routes held through the limit (0 without a limit).
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Routes held in `vni` (0 without `max_routes_per_vni`).
+    pub fn held_in(&self, vni: Vni) -> usize {
+        self.per_vni.get(&vni).copied().unwrap_or(0)
     }
 
     /// A SUBSCRIBE (`subscribe` true) or UNSUBSCRIBE: `Err` if the class
@@ -317,23 +384,47 @@ impl SessionPolicy {
                 if let Some(reason) = broken {
                     return Verdict::Refuse(reason);
                 }
-                let Some(limit) = self.class.limit else {
+                if !self.class.tracks_routes() {
                     return Verdict::Forward;
-                };
+                }
                 if self.held.contains(route) {
                     // A repeated announcement holds nothing more.
                     return Verdict::Forward;
                 }
-                if self.held.len() >= limit.max {
-                    return match limit.action {
-                        MaxRoutesAction::Refuse => Verdict::Refuse(Reason::MaxRoutes),
-                        MaxRoutesAction::Close => Verdict::Close,
-                    };
+                if let Some(limit) = self.class.limit {
+                    if self.held.len() >= limit.max {
+                        return match limit.action {
+                            MaxRoutesAction::Refuse => Verdict::Refuse(Reason::MaxRoutes),
+                            MaxRoutesAction::Close => Verdict::Close,
+                        };
+                    }
                 }
+                let in_vni = match self.class.vni_limit {
+                    Some(limit) => {
+                        let n = self.held_in(route.vni);
+                        if n >= limit.max {
+                            return match limit.action {
+                                MaxRoutesAction::Refuse => Verdict::Refuse(Reason::MaxRoutesPerVni),
+                                MaxRoutesAction::Close => Verdict::CloseVni(route.vni),
+                            };
+                        }
+                        *self.per_vni.entry(route.vni).or_insert(0) += 1;
+                        Some((n + 1, limit))
+                    }
+                    None => None,
+                };
                 self.held.insert(*route);
-                if !self.warned && self.held.len() >= limit.warn_at {
-                    self.warned = true;
-                    return Verdict::ForwardAndWarn;
+                if let Some(limit) = self.class.limit {
+                    if !self.warned && self.held.len() >= limit.warn_at {
+                        self.warned = true;
+                        return Verdict::ForwardAndWarn;
+                    }
+                }
+                if let Some((n, limit)) = in_vni {
+                    if !self.warned_vni && n >= limit.warn_at {
+                        self.warned_vni = true;
+                        return Verdict::ForwardAndWarnVni(route.vni);
+                    }
                 }
                 Verdict::Forward
             }
@@ -343,12 +434,21 @@ impl SessionPolicy {
                     // from this session.
                     return Verdict::Ignore;
                 }
-                if self.class.limit.is_none() {
+                if !self.class.tracks_routes() {
                     return Verdict::Forward;
                 }
                 if self.held.remove(route) {
+                    if let hashbrown::hash_map::Entry::Occupied(mut e) =
+                        self.per_vni.entry(route.vni)
+                    {
+                        *e.get_mut() -= 1;
+                        if *e.get() == 0 {
+                            e.remove();
+                        }
+                    }
                     if self.held.is_empty() && self.held.capacity() > 1024 {
                         self.held = HashSet::new();
+                        self.per_vni = HashMap::new();
                     }
                     Verdict::Forward
                 } else {
@@ -510,6 +610,74 @@ subscribe_vnis = []
     }
 
     #[test]
+    fn routes_per_vni() {
+        let p = policy(
+            r#"
+[[policy.class]]
+name = "closer"
+match = ["10.1.0.0/16"]
+max_routes_per_vni = 1
+max_routes_action = "close"
+
+[[policy.class]]
+name = "pervni"
+match = ["10.0.0.0/8"]
+max_routes = 5
+max_routes_per_vni = 2
+max_routes_warn = 100
+max_sessions_per_address = 3
+connect_rate = "6/m"
+"#,
+        );
+        let class = p.class_for(ip("10.0.0.1")).clone();
+        assert_eq!(class.address.max_sessions, Some(3));
+        assert_eq!(
+            class.address.rate,
+            Some(admission::ConnectLimit {
+                count: 6,
+                per: std::time::Duration::from_secs(60),
+                burst: 6
+            })
+        );
+        let mut s = SessionPolicy::new(class, ip("10.0.0.1"));
+        let a1 = route("1#10.0.1.0/24@2001:db8::1");
+        let a2 = route("1#10.0.2.0/24@2001:db8::1");
+        let a3 = route("1#10.0.3.0/24@2001:db8::1");
+        assert_eq!(s.route(&a1, Action::Add), Verdict::Forward);
+        // 100 % of 2 per VNI: the warning at the second route of VNI 1.
+        assert_eq!(s.route(&a2, Action::Add), Verdict::ForwardAndWarnVni(Vni(1)));
+        assert_eq!(
+            s.route(&a3, Action::Add),
+            Verdict::Refuse(Reason::MaxRoutesPerVni)
+        );
+        // A repeat is no new route; another VNI has its own count.
+        assert_eq!(s.route(&a1, Action::Add), Verdict::Forward);
+        assert_eq!(s.route(&route("2#10.0.1.0/24@2001:db8::1"), Action::Add), Verdict::Forward);
+        assert_eq!(s.route(&route("2#10.0.2.0/24@2001:db8::1"), Action::Add), Verdict::Forward);
+        assert_eq!(s.held_in(Vni(1)), 2);
+        assert_eq!(s.held_in(Vni(2)), 2);
+        // The total limit (5) comes first.
+        assert_eq!(s.route(&route("3#10.0.1.0/24@2001:db8::1"), Action::Add), Verdict::ForwardAndWarn);
+        assert_eq!(
+            s.route(&route("4#10.0.1.0/24@2001:db8::1"), Action::Add),
+            Verdict::Refuse(Reason::MaxRoutes)
+        );
+        // A REMOVE frees a place in its VNI; of a refused route, nothing.
+        assert_eq!(s.route(&a3, Action::Remove), Verdict::Ignore);
+        assert_eq!(s.route(&a1, Action::Remove), Verdict::Forward);
+        assert_eq!(s.held_in(Vni(1)), 1);
+        assert_eq!(s.route(&a3, Action::Add), Verdict::Forward);
+        assert_eq!(s.held_in(Vni(1)), 2);
+        // Emptied VNIs are forgotten.
+        assert_eq!(s.route(&route("3#10.0.1.0/24@2001:db8::1"), Action::Remove), Verdict::Forward);
+        assert!(!s.per_vni.contains_key(&Vni(3)));
+
+        let mut c = SessionPolicy::new(p.class_for(ip("10.1.0.1")).clone(), ip("10.1.0.1"));
+        assert_eq!(c.route(&a1, Action::Add), Verdict::ForwardAndWarnVni(Vni(1)));
+        assert_eq!(c.route(&a2, Action::Add), Verdict::CloseVni(Vni(1)));
+    }
+
+    #[test]
     fn close_action_and_logging_once() {
         let p = policy(TEXT);
         let mut s = SessionPolicy::new(p.class_for(ip("127.0.0.2")).clone(), ip("127.0.0.2"));
@@ -524,9 +692,14 @@ subscribe_vnis = []
         assert!(s.first_time(Reason::MaxRoutes));
         assert!(!s.first_time(Reason::MaxRoutes));
         assert!(s.first_time(Reason::NextHop));
-        for n in 0..5 {
+        for n in 0..8 {
             assert_eq!(Reason::from_u8(n).map(|r| r as u8), Some(n));
         }
-        assert_eq!(Reason::from_u8(5), None);
+        assert_eq!(Reason::from_u8(8), None);
+        // Every reason has its own bit in a session's `logged` byte.
+        for r in Reason::ALL {
+            assert!(s.first_time(r) || matches!(r, Reason::MaxRoutes | Reason::NextHop));
+            assert!(!s.first_time(r));
+        }
     }
 }

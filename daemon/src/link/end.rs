@@ -46,6 +46,16 @@ pub enum SessionEnd {
         /// Its `max_routes`.
         max: usize,
     },
+    /// Server: the peer announced more routes into one VNI than its policy
+    /// class's `max_routes_per_vni` with `max_routes_action = "close"`.
+    PolicyMaxRoutesPerVni {
+        /// The policy class.
+        class: String,
+        /// Its `max_routes_per_vni`.
+        max: usize,
+        /// The VNI.
+        vni: u32,
+    },
     /// This side stops: the daemon shuts down (or, in the client role, the
     /// server was removed or nobody listens to the connection's events).
     /// Not counted as a session down by the client.
@@ -84,7 +94,7 @@ impl EndClass {
             "handshake_timeout_hello" | "handshake_timeout_keepalive" => EndClass::HandshakeTimeout,
             "keepalive_timeout" => EndClass::KeepaliveTimeout,
             "write_timeout" | "lagging" => EndClass::SlowConsumer,
-            "policy_max_routes" => EndClass::Policy,
+            "policy_max_routes" | "policy_max_routes_per_vni" => EndClass::Policy,
             "peer_closed" | "io_error" | "reset" | "shutdown" | "connect_failed"
             | "connect_timeout" | "resolve_failed" => EndClass::Normal,
             _ => EndClass::ProtocolError,
@@ -115,6 +125,7 @@ impl SessionEnd {
             SessionEnd::Lagging(_) => "lagging",
             SessionEnd::Reset => "reset",
             SessionEnd::PolicyMaxRoutes { .. } => "policy_max_routes",
+            SessionEnd::PolicyMaxRoutesPerVni { .. } => "policy_max_routes_per_vni",
             SessionEnd::Shutdown => "shutdown",
         }
     }
@@ -154,6 +165,9 @@ impl SessionEnd {
             SessionEnd::Reset => "reset by an operator".into(),
             SessionEnd::PolicyMaxRoutes { class, max } => format!(
                 "announced more than max_routes = {max} of policy class {class:?} (max_routes_action = \"close\")"
+            ),
+            SessionEnd::PolicyMaxRoutesPerVni { class, max, vni } => format!(
+                "announced more than max_routes_per_vni = {max} into VNI {vni} of policy class {class:?} (max_routes_action = \"close\")"
             ),
             SessionEnd::Shutdown => "server shutting down".into(),
         }
@@ -197,6 +211,15 @@ mod tests {
                     max: 3,
                 },
                 "policy_max_routes",
+                Policy,
+            ),
+            (
+                SessionEnd::PolicyMaxRoutesPerVni {
+                    class: "c".into(),
+                    max: 3,
+                    vni: 100,
+                },
+                "policy_max_routes_per_vni",
                 Policy,
             ),
             (SessionEnd::Shutdown, "shutdown", Normal),

@@ -331,6 +331,14 @@ impl ServerMirror {
             &f.rejected.with_label_values(&["session_limit"]),
             get(&m.sessions_rejected),
         );
+        mirror(
+            &f.rejected.with_label_values(&["sessions_per_address"]),
+            get(&m.rejected_sessions_per_address),
+        );
+        mirror(
+            &f.rejected.with_label_values(&["connect_rate"]),
+            get(&m.rejected_connect_rate),
+        );
         mirror(&f.accept_errors, get(&m.accept_errors));
         mirror(&f.unknown_frames, get(&m.unknown_frames));
         mirror(&s.updates_in.with_label_values(&[ROLE]), get(&m.updates_in));

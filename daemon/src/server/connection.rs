@@ -312,6 +312,16 @@ impl LinkRole for Connection {
                                 "session near its policy's max_routes"
                             );
                         }
+                        Verdict::ForwardAndWarnVni(vni) => {
+                            let limit = c.policy.class().vni_limit.map_or(0, |l| l.max);
+                            warn!(
+                                class = %c.policy.class().name,
+                                %vni,
+                                routes = c.policy.held_in(vni),
+                                max_routes_per_vni = limit,
+                                "session near its policy's max_routes_per_vni in a VNI"
+                            );
+                        }
                         Verdict::Ignore => return,
                         Verdict::Refuse(reason) => {
                             refuse(c, &self.info, reason, || u.route.to_string());
@@ -322,6 +332,17 @@ impl LinkRole for Connection {
                             self.close = Some(SessionEnd::PolicyMaxRoutes {
                                 class: c.policy.class().name.clone(),
                                 max: c.policy.class().limit.map_or(0, |l| l.max),
+                            });
+                            return;
+                        }
+                        Verdict::CloseVni(vni) => {
+                            refuse(c, &self.info, Reason::MaxRoutesPerVni, || {
+                                u.route.to_string()
+                            });
+                            self.close = Some(SessionEnd::PolicyMaxRoutesPerVni {
+                                class: c.policy.class().name.clone(),
+                                max: c.policy.class().vni_limit.map_or(0, |l| l.max),
+                                vni: vni.0,
                             });
                             return;
                         }

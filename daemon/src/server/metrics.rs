@@ -17,6 +17,11 @@ pub struct Metrics {
     pub sessions_accepted: AtomicU64,
     /// Connections refused because the session limit was reached.
     pub sessions_rejected: AtomicU64,
+    /// Connections closed at accept: their address had its policy class's
+    /// `max_sessions_per_address` sessions open.
+    pub rejected_sessions_per_address: AtomicU64,
+    /// Connections closed at accept: over their address's `connect_rate`.
+    pub rejected_connect_rate: AtomicU64,
     /// Sessions currently open.
     pub sessions_active: AtomicU64,
     /// Accept errors (e.g. out of file descriptors).
@@ -66,6 +71,8 @@ impl Default for Metrics {
         Self {
             sessions_accepted: AtomicU64::new(0),
             sessions_rejected: AtomicU64::new(0),
+            rejected_sessions_per_address: AtomicU64::new(0),
+            rejected_connect_rate: AtomicU64::new(0),
             sessions_active: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),

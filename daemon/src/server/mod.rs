@@ -9,7 +9,7 @@ pub mod registry;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +20,7 @@ pub use connection::{SessionContext, SessionSettings};
 use metrics::Metrics;
 use registry::{Registry, SessionInfo};
 
+use crate::policy::admission::{self, Admission, AddressTable};
 use crate::table::SessionId;
 use crate::table_task::TableHandle;
 
@@ -48,6 +49,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     settings: watch::Sender<SessionSettings>,
     limit: Arc<SessionLimit>,
+    addresses: Arc<Mutex<AddressTable>>,
 }
 
 /// The limit on concurrent sessions, changeable at runtime.
@@ -71,17 +73,42 @@ impl SessionLimit {
         self.active
             .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
             .ok()
-            .map(|_| SessionSlot(self.clone()))
+            .map(|_| SessionSlot {
+                limit: self.clone(),
+                address: None,
+            })
     }
 }
 
-/// One session's place under the limit; released when dropped.
+/// One session's place under the limit (and, if its policy class limits
+/// sessions per address, under that); released when dropped.
 #[derive(Debug)]
-pub struct SessionSlot(Arc<SessionLimit>);
+pub struct SessionSlot {
+    limit: Arc<SessionLimit>,
+    address: Option<AddressSlot>,
+}
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
+        self.limit.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A session counted for its source address in the [`AddressTable`]; the
+/// count is released when dropped (once per session end: no lock while the
+/// session runs).
+#[derive(Debug)]
+struct AddressSlot {
+    table: Arc<Mutex<AddressTable>>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(self.peer);
     }
 }
 
@@ -93,6 +120,7 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let (settings, _) = watch::channel(config.session.clone());
         let limit = Arc::new(SessionLimit::new(config.max_sessions));
+        let addresses = Arc::new(Mutex::new(AddressTable::default()));
         let ids = Arc::new(std::sync::atomic::AtomicU32::new(
             crate::table::FIRST_SESSION,
         ));
@@ -113,6 +141,7 @@ impl Server {
                     registry: registry.clone(),
                 },
                 limit: limit.clone(),
+                addresses: addresses.clone(),
                 ids: ids.clone(),
                 settings: settings.subscribe(),
             };
@@ -126,6 +155,7 @@ impl Server {
             shutdown,
             settings,
             limit,
+            addresses,
         })
     }
 
@@ -140,6 +170,14 @@ impl Server {
         self.limit.max.store(max, Relaxed);
     }
 
+    /// Source addresses the per-address policy limits track now.
+    pub fn tracked_addresses(&self) -> usize {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Stops accepting and closes every session without withdrawing routes
     /// (no storm of REMOVEs: PROTOCOL.md section 4).
     pub fn shutdown(&self) {
@@ -151,6 +189,7 @@ struct Acceptor {
     listener: TcpListener,
     ctx: SessionContext,
     limit: Arc<SessionLimit>,
+    addresses: Arc<Mutex<AddressTable>>,
     ids: Arc<std::sync::atomic::AtomicU32>,
     settings: watch::Receiver<SessionSettings>,
 }
@@ -187,11 +226,22 @@ impl Acceptor {
     }
 
     fn spawn_session(&self, stream: TcpStream, peer: SocketAddr) {
-        let Some(slot) = self.limit.try_acquire() else {
+        let Some(mut slot) = self.limit.try_acquire() else {
             Metrics::inc(&self.ctx.metrics.sessions_rejected);
             warn!(%peer, "session limit reached; connection closed");
             return;
         };
+        let settings = self.settings.borrow().clone();
+        // The per-address limits of the peer's class, by its address alone:
+        // before any task, buffer or (later) TLS handshake for it.
+        if let Some(policy) = &settings.policy {
+            match self.admit(policy, peer) {
+                Some(address) => slot.address = address,
+                // Dropping the stream closes it: the peer sees its
+                // connection closed before any HELLO.
+                None => return,
+            }
+        }
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
@@ -212,8 +262,52 @@ impl Acceptor {
         self.ctx.registry.insert(info.clone());
         let span = tracing::info_span!("session", %peer, id);
         let mut ctx = self.ctx.clone();
-        ctx.settings = self.settings.borrow().clone();
+        ctx.settings = settings;
         tokio::spawn(connection::run(stream, info, ctx, slot).instrument(span));
+    }
+
+    /// Asks the address table about a connection from `peer`: `None` if the
+    /// policy refuses it (counted, and logged a few lines at a time), else
+    /// the address's session count to hold, if its class counts sessions.
+    fn admit(&self, policy: &crate::policy::Policy, peer: SocketAddr) -> Option<Option<AddressSlot>> {
+        let class = policy.class_for(peer.ip());
+        if class.address.is_open() {
+            return Some(None);
+        }
+        let verdict = self
+            .addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(peer.ip(), &class.address, std::time::Instant::now());
+        let (reason, log) = match verdict {
+            Admission::Admit { counted: false } => return Some(None),
+            Admission::Admit { counted: true } => {
+                return Some(Some(AddressSlot {
+                    table: self.addresses.clone(),
+                    peer: peer.ip(),
+                }))
+            }
+            Admission::Refuse { reason, log } => (reason, log),
+        };
+        let m = &self.ctx.metrics;
+        m.policy_counters(&class.name).0[reason as usize].fetch_add(1, Relaxed);
+        Metrics::inc(if reason == crate::policy::Reason::ConnectRate {
+            &m.rejected_connect_rate
+        } else {
+            &m.rejected_sessions_per_address
+        });
+        if let Some(refused) = log {
+            warn!(
+                address = %metalbondd_config::canonical(peer.ip()),
+                class = %class.name,
+                reason = reason.label(),
+                refused,
+                "policy refused a {}; further refusals from this address in the next {} s are counted and logged as one line",
+                reason.describe(),
+                admission::LOG_INTERVAL.as_secs()
+            );
+        }
+        None
     }
 }
 

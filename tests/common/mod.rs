@@ -837,6 +837,14 @@ impl RawPeer {
     /// Connects from source address `src` (a loopback address: tests tell
     /// peers apart by 127.0.0.1, 127.0.0.2, ::1) and completes the handshake.
     pub async fn established_from(addr: SocketAddr, src: std::net::IpAddr) -> RawPeer {
+        let mut p = Self::connect_from(addr, src).await;
+        p.handshake(DEFAULT_KEEPALIVE).await;
+        p
+    }
+
+    /// Connects (bounded) from source address `src` without sending
+    /// anything.
+    pub async fn connect_from(addr: SocketAddr, src: std::net::IpAddr) -> RawPeer {
         let socket = match src {
             std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
             std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -851,16 +859,14 @@ impl RawPeer {
             .unwrap_or_else(|e| panic!("connect to {addr} from {src}: {e}"));
         stream.set_nodelay(true).unwrap();
         let local = stream.local_addr().unwrap();
-        let mut p = RawPeer {
+        RawPeer {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
             pending: VecDeque::new(),
             closed: false,
             local,
             accept: Extensions::NONE,
-        };
-        p.handshake(DEFAULT_KEEPALIVE).await;
-        p
+        }
     }
 
     /// The socket as a blocking std stream (e.g. to flood the server from a
@@ -925,6 +931,33 @@ impl RawPeer {
             ),
         }
         hello
+    }
+
+    /// The handshake of [`RawPeer::handshake`], or `None` if the server
+    /// closes the connection without a frame (e.g. refused at accept).
+    /// Panics on anything else.
+    pub async fn try_handshake(&mut self, keepalive_secs: u32) -> Option<Hello> {
+        let hello = Message::Hello(Hello {
+            keepalive_secs,
+            is_server: false,
+            extensions: 0,
+        });
+        // The write may fail if the server already closed (reset).
+        let _ = self.try_send_raw(&frame(&hello)).await;
+        let hello = match self.recv(T).await {
+            Recv::Frame(Frame::Message(Message::Hello(h))) => h,
+            Recv::Closed => return None,
+            other => panic!("{}: expected the server's HELLO, got {other:?}", self.local),
+        };
+        self.send(&Message::Keepalive).await;
+        match self.recv(T).await {
+            Recv::Frame(Frame::Message(Message::Keepalive)) => {}
+            other => panic!(
+                "{}: expected the KEEPALIVE answering ours, got {other:?}",
+                self.local
+            ),
+        }
+        Some(hello)
     }
 
     /// SUBSCRIBE `vni`.

@@ -49,7 +49,6 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     settings: watch::Sender<SessionSettings>,
     limit: Arc<SessionLimit>,
-    addresses: Arc<Mutex<AddressTable>>,
 }
 
 /// The limit on concurrent sessions, changeable at runtime.
@@ -155,7 +154,6 @@ impl Server {
             shutdown,
             settings,
             limit,
-            addresses,
         })
     }
 
@@ -168,14 +166,6 @@ impl Server {
     /// new ones are refused until the count is below it.
     pub fn set_max_sessions(&self, max: usize) {
         self.limit.max.store(max, Relaxed);
-    }
-
-    /// Source addresses the per-address policy limits track now.
-    pub fn tracked_addresses(&self) -> usize {
-        self.addresses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
     }
 
     /// Stops accepting and closes every session without withdrawing routes

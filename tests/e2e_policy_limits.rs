@@ -139,7 +139,10 @@ async fn a_connection_storm_from_one_address_is_held_at_its_limits_and_others_co
     assert_eq!(admitted.len(), 4, "{refused} refused; log:\n{}", d.logs());
     let listed = peers_from(&d, storm_src).await;
     assert_eq!(listed.len(), 4, "{listed:?}");
-    assert!(listed.iter().all(|p| p.policy_class == "storm"), "{listed:?}");
+    assert!(
+        listed.iter().all(|p| p.policy_class == "storm"),
+        "{listed:?}"
+    );
     assert_eq!(peers_from(&d, ip("127.0.0.3")).await.len(), 1);
 
     // Counted by class and reason (every token of the burst went to an
@@ -193,7 +196,10 @@ async fn a_connection_storm_from_one_address_is_held_at_its_limits_and_others_co
     drop(admitted.pop());
     let deadline = tokio::time::Instant::now() + T;
     while peers_from(&d, storm_src).await.len() != 3 {
-        assert!(tokio::time::Instant::now() < deadline, "the session did not end");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session did not end"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut again = None;

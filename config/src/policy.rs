@@ -319,7 +319,13 @@ fn max_routes_per_vni<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
 }
 
 fn sessions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    crate::parse::int_in(d, "a number of sessions from 1 to 4294967295", 1u32, u32::MAX).map(Some)
+    crate::parse::int_in(
+        d,
+        "a number of sessions from 1 to 4294967295",
+        1u32,
+        u32::MAX,
+    )
+    .map(Some)
 }
 
 fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<u32>>, D::Error> {
@@ -483,7 +489,11 @@ impl PolicyClass {
     /// The bucket size of `connect_rate`: `connect_burst`, else the rate's N.
     pub fn connect_burst(&self) -> Option<u32> {
         let rate = self.connect_rate?;
-        Some(self.connect_burst.as_ref().map_or(rate.count, |b| *b.get_ref()))
+        Some(
+            self.connect_burst
+                .as_ref()
+                .map_or(rate.count, |b| *b.get_ref()),
+        )
     }
 
     /// `connect_burst` without `connect_rate`: (offset, message).

@@ -645,19 +645,31 @@ connect_rate = "6/m"
         let a3 = route("1#10.0.3.0/24@2001:db8::1");
         assert_eq!(s.route(&a1, Action::Add), Verdict::Forward);
         // 100 % of 2 per VNI: the warning at the second route of VNI 1.
-        assert_eq!(s.route(&a2, Action::Add), Verdict::ForwardAndWarnVni(Vni(1)));
+        assert_eq!(
+            s.route(&a2, Action::Add),
+            Verdict::ForwardAndWarnVni(Vni(1))
+        );
         assert_eq!(
             s.route(&a3, Action::Add),
             Verdict::Refuse(Reason::MaxRoutesPerVni)
         );
         // A repeat is no new route; another VNI has its own count.
         assert_eq!(s.route(&a1, Action::Add), Verdict::Forward);
-        assert_eq!(s.route(&route("2#10.0.1.0/24@2001:db8::1"), Action::Add), Verdict::Forward);
-        assert_eq!(s.route(&route("2#10.0.2.0/24@2001:db8::1"), Action::Add), Verdict::Forward);
+        assert_eq!(
+            s.route(&route("2#10.0.1.0/24@2001:db8::1"), Action::Add),
+            Verdict::Forward
+        );
+        assert_eq!(
+            s.route(&route("2#10.0.2.0/24@2001:db8::1"), Action::Add),
+            Verdict::Forward
+        );
         assert_eq!(s.held_in(Vni(1)), 2);
         assert_eq!(s.held_in(Vni(2)), 2);
         // The total limit (5) comes first.
-        assert_eq!(s.route(&route("3#10.0.1.0/24@2001:db8::1"), Action::Add), Verdict::ForwardAndWarn);
+        assert_eq!(
+            s.route(&route("3#10.0.1.0/24@2001:db8::1"), Action::Add),
+            Verdict::ForwardAndWarn
+        );
         assert_eq!(
             s.route(&route("4#10.0.1.0/24@2001:db8::1"), Action::Add),
             Verdict::Refuse(Reason::MaxRoutes)
@@ -669,11 +681,17 @@ connect_rate = "6/m"
         assert_eq!(s.route(&a3, Action::Add), Verdict::Forward);
         assert_eq!(s.held_in(Vni(1)), 2);
         // Emptied VNIs are forgotten.
-        assert_eq!(s.route(&route("3#10.0.1.0/24@2001:db8::1"), Action::Remove), Verdict::Forward);
+        assert_eq!(
+            s.route(&route("3#10.0.1.0/24@2001:db8::1"), Action::Remove),
+            Verdict::Forward
+        );
         assert!(!s.per_vni.contains_key(&Vni(3)));
 
         let mut c = SessionPolicy::new(p.class_for(ip("10.1.0.1")).clone(), ip("10.1.0.1"));
-        assert_eq!(c.route(&a1, Action::Add), Verdict::ForwardAndWarnVni(Vni(1)));
+        assert_eq!(
+            c.route(&a1, Action::Add),
+            Verdict::ForwardAndWarnVni(Vni(1))
+        );
         assert_eq!(c.route(&a2, Action::Add), Verdict::CloseVni(Vni(1)));
     }
 

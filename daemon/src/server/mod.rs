@@ -20,7 +20,7 @@ pub use connection::{SessionContext, SessionSettings};
 use metrics::Metrics;
 use registry::{Registry, SessionInfo};
 
-use crate::policy::admission::{self, Admission, AddressTable};
+use crate::policy::admission::{self, AddressTable, Admission};
 use crate::table::SessionId;
 use crate::table_task::TableHandle;
 
@@ -259,7 +259,11 @@ impl Acceptor {
     /// Asks the address table about a connection from `peer`: `None` if the
     /// policy refuses it (counted, and logged a few lines at a time), else
     /// the address's session count to hold, if its class counts sessions.
-    fn admit(&self, policy: &crate::policy::Policy, peer: SocketAddr) -> Option<Option<AddressSlot>> {
+    fn admit(
+        &self,
+        policy: &crate::policy::Policy,
+        peer: SocketAddr,
+    ) -> Option<Option<AddressSlot>> {
         let class = policy.class_for(peer.ip());
         if class.address.is_open() {
             return Some(None);

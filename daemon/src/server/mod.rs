@@ -294,7 +294,7 @@ impl Acceptor {
             warn!(
                 address = %metalbondd_config::canonical(peer.ip()),
                 class = %class.name,
-                reason = reason.label(),
+                reason = %reason.label(),
                 refused,
                 "policy refused a {}; further refusals from this address in the next {} s are counted and logged as one line",
                 reason.describe(),

@@ -20,6 +20,8 @@
 #   --metalbondd PATH   the metalbondd binary to run (default $TARGET/release/metalbondd),
 #                       e.g. another branch's build for a before/after comparison
 #   --label NAME        name of the metalbondd run in the table (default metalbondd)
+#   --config FILE       give metalbondd this configuration file too (e.g.
+#                       scripts/bench-policy.toml: a realistic peer policy)
 #   --nofile N          open-file limit for the server and mbbench (default 65536;
 #                       the fleet scenario needs one per session)
 #   --run-timeout S     stop mbbench (and report it) after S seconds (default: none;
@@ -49,6 +51,7 @@ SERVER=""
 MBARGS=()
 MBD_BIN=""
 MBD_LABEL=metalbondd
+MBD_CONFIG=""
 NOFILE=65536
 RUN_TIMEOUT=""
 GO_BIN=${GO_METALBOND:-/work/cache/go-metalbond/metalbond}
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
         --keepalive) KEEPALIVE=$2; shift ;;
         --metalbondd) MBD_BIN=$2; shift ;;
         --label) MBD_LABEL=$2; shift ;;
+        --config) MBD_CONFIG=$2; shift ;;
         --nofile) NOFILE=$2; shift ;;
         --run-timeout) RUN_TIMEOUT=$2; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -138,7 +142,8 @@ run_one() {
             state="$OUT/$label.state"
             mkdir -p "$state"
             cmd=("${MBD_BIN:-$BIN/metalbondd}" server --listen "$addr" --keepalive "$KEEPALIVE"
-                 --api-socket "$state/api.sock" --state-dir "$state") ;;
+                 --api-socket "$state/api.sock" --state-dir "$state")
+            [ -z "$MBD_CONFIG" ] || cmd+=(--config "$MBD_CONFIG") ;;
         rustbond) cmd=("$BIN/rustbond-server" --listen "$addr" --keepalive "$KEEPALIVE") ;;
         go) cmd=("$GO_BIN" server --listen "$addr" --keepalive "$KEEPALIVE") ;;
     esac

@@ -111,6 +111,7 @@ impl Server {
                     metrics: metrics.clone(),
                     shutdown: shutdown.subscribe(),
                     registry: registry.clone(),
+                    live: settings.subscribe(),
                 },
                 limit: limit.clone(),
                 ids: ids.clone(),
@@ -129,7 +130,14 @@ impl Server {
         })
     }
 
-    /// New settings for sessions accepted from now on (open sessions keep theirs).
+    /// The session settings in force (the policy among them), as they
+    /// change with reloads.
+    pub fn settings_watch(&self) -> watch::Receiver<SessionSettings> {
+        self.settings.subscribe()
+    }
+
+    /// New settings for sessions accepted from now on; open sessions take
+    /// only the policy from them (re-checked against what they hold, ADR 0028).
     pub fn set_session_settings(&self, settings: SessionSettings) {
         self.settings.send_replace(settings);
     }
@@ -212,7 +220,11 @@ impl Acceptor {
         self.ctx.registry.insert(info.clone());
         let span = tracing::info_span!("session", %peer, id);
         let mut ctx = self.ctx.clone();
-        ctx.settings = self.settings.borrow().clone();
+        // Settings taken and marked seen at once: a reload after this is
+        // seen by the session (its policy re-applied), none is missed.
+        let mut live = self.settings.clone();
+        ctx.settings = live.borrow_and_update().clone();
+        ctx.live = live;
         tokio::spawn(connection::run(stream, info, ctx, slot).instrument(span));
     }
 }

@@ -416,6 +416,36 @@ impl RouteTable {
         }
     }
 
+    /// Every route `session` announces, in no particular order. Time is
+    /// proportional to the session's own routes.
+    pub fn routes_of(&self, session: SessionId) -> Vec<Route> {
+        let Some(entry) = self.sessions.get(&session) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(entry.announced.len());
+        let mut last: Option<(u32, &VniTable)> = None;
+        for &(vni, slot) in &entry.announced {
+            // Consecutive entries are often of one VNI: look it up once then.
+            let vt = match last {
+                Some((v, vt)) if v == vni => vt,
+                _ => {
+                    let Some(vt) = self.vnis.get(&Vni(vni)) else {
+                        continue;
+                    };
+                    last = Some((vni, vt));
+                    vt
+                }
+            };
+            let s = &vt.slots[slot as usize];
+            out.push(Route {
+                vni: Vni(vni),
+                dest: s.dest,
+                next_hop: *self.hops.get(s.hop),
+            });
+        }
+        out
+    }
+
     /// Whether `session` subscribes to `vni`.
     pub fn is_subscribed(&self, session: SessionId, vni: Vni) -> bool {
         self.sessions

@@ -198,6 +198,17 @@ impl TableTask {
                     .collect();
                 let _ = reply.send(answer);
             }
+            Query::SessionRoutes { session, reply } => {
+                let started = Instant::now();
+                let routes = self.table.routes_of(session);
+                debug!(
+                    session,
+                    routes = routes.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "session routes listed for a policy re-check"
+                );
+                let _ = reply.send((routes, self.table.subscriptions_of(session)));
+            }
             Query::Watch {
                 query,
                 max_lag_bytes,

@@ -535,3 +535,43 @@ fn a_sync_subscriber_gets_sync_right_after_its_dump_once() {
     assert_eq!(got.len(), n + 1);
     assert!(!got.iter().any(|m| matches!(m, Message::Sync(_))));
 }
+
+/// How long a policy reload's re-check of a session holding 1,000,000
+/// routes takes: the table task's listing (the only part on the table
+/// task) and the session's check. Run by hand, in release:
+/// `cargo test --release -p metalbondd --lib recheck_of_a_million -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn recheck_of_a_million_routes_timing() {
+    use crate::policy::{Policy, SessionPolicy};
+    let mut t = RouteTable::new();
+    let peer: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    for i in 0..1_000_000u32 {
+        let vni = 100 + i % 200;
+        let hop = if i % 2 == 0 { "127.0.0.1" } else { "2001:db8::7" };
+        let route: Route = format!("{vni}#10.{}.{}.0/24@{hop}", (i >> 8) & 255, i & 255)
+            .parse()
+            .unwrap();
+        t.announce(20, &route);
+    }
+    let started = Instant::now();
+    let routes = t.routes_of(20);
+    let listed = started.elapsed();
+    assert_eq!(routes.len(), 1_000_000);
+    let config = metalbondd_config::Config::parse(
+        "[[policy.class]]\nname = \"n\"\nmatch = [\"127.0.0.1/32\"]\nannounce_vnis = [\"100-199\"]\nnext_hop = \"self\"\nmax_routes = 200000\n",
+        "t.toml",
+    )
+    .unwrap();
+    let policy = Policy::new(config.policy.as_ref().unwrap());
+    let class = policy.class_for(peer).clone();
+    let mut s = SessionPolicy::new(class.clone(), peer);
+    let started = Instant::now();
+    let r = s.reclassify(class, routes, &[]);
+    let checked = started.elapsed();
+    println!(
+        "1M held routes: table task lists them in {listed:?}; the session re-checks them in {checked:?} ({} to withdraw)",
+        r.withdraw.len()
+    );
+    assert_eq!(r.withdraw.len(), 800_000);
+}

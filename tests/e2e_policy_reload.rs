@@ -317,3 +317,52 @@ async fn mbctl_policy_shows_the_classes_and_their_live_sessions() {
     assert_eq!(json, serde_json::json!({"enabled": false, "classes": []}));
     assert!(mbctl_policy(&open, &[]).await.ok().starts_with("no peer policy"));
 }
+
+/// A class that gains `max_routes` in a reload keeps the first routes in
+/// route order (whatever order they came in) and withdraws the rest; with
+/// the `close` action the session is closed instead. 5,000 routes: more
+/// than the session checks inline (the blocking-thread path).
+#[tokio::test]
+async fn a_reload_that_adds_a_route_limit_keeps_the_first_routes_in_route_order() {
+    const BULK: &str = "[[policy.class]]\nname = \"bulk\"\nmatch = [\"127.0.0.3/32\"]\n";
+    let (d, v4, file) = start(BULK).await;
+    let mut sub = RawPeer::established(d.addr).await;
+    sub.subscribe(100).await;
+    let mut bulk = RawPeer::established_from(v4, ip("127.0.0.3")).await;
+    // Announced in descending order: the kept ones are not the first sent.
+    let mut routes: Vec<_> = (0..5000u32)
+        .map(|i| route(&format!("100#10.{}.{}.0/24@127.0.0.3", i / 256, i % 256)))
+        .collect();
+    routes.reverse();
+    let mut bytes = Vec::new();
+    for r in &routes {
+        bytes.extend(frame(&metalbondd::wire::Message::Update(add(*r))));
+    }
+    bulk.send_raw(&bytes).await;
+    assert_eq!(sub.expect_updates(5000, T).await.len(), 5000);
+
+    std::fs::write(&file, format!("{BULK}max_routes = 4500\n")).unwrap();
+    reload(&d).await;
+    routes.sort();
+    let want: Vec<_> = routes[4500..].iter().map(|r| rem(*r)).collect();
+    sub.expect_exactly(&want, "REMOVEs of the last 500 routes in route order")
+        .await;
+    let p = peer(&d, bulk.local).await;
+    assert_eq!((p.routes_announced, p.routes_refused), (4500, 500));
+    bulk.ping().await;
+
+    // The close action closes it instead; all its routes go.
+    std::fs::write(
+        &file,
+        format!("{BULK}max_routes = 4000\nmax_routes_action = \"close\"\n"),
+    )
+    .unwrap();
+    reload(&d).await;
+    bulk.expect_closed(T).await;
+    let reason = d.expect_close_reason(bulk.local, &["max_routes"]).await;
+    assert!(reason.contains("4000"), "{reason}");
+    let gone = sub.expect_updates(4500, T).await;
+    assert!(gone
+        .iter()
+        .all(|u| u.action == metalbondd::wire::Action::Remove));
+}

@@ -29,6 +29,10 @@ use crate::table::SessionId;
 use crate::table_task::{Command, Op, Query, TableHandle};
 use crate::wire::{Action, Extensions, Frame, Message, Route, Vni};
 
+/// Re-checks of more routes than this (a policy reload) run on a blocking
+/// thread: sorting and checking 1M routes must not hold an async worker
+/// (and the other sessions on it).
+const INLINE_RECHECK_ROUTES: usize = 4096;
 /// Stop pulling from the log while this much is queued for the socket.
 const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
 /// Operations read but not yet taken by the table task above which the
@@ -228,15 +232,28 @@ struct Connection {
     /// A reload moved the session into a class with rules: its routes and
     /// subscriptions were asked of the table; reading pauses until they are
     /// re-checked, so nothing the peer sends meanwhile races the check.
-    recheck: Option<Recheck>,
+    recheck: Option<Pending>,
 }
 
-/// A re-check waiting for the table's answer.
-struct Recheck {
-    reply: oneshot::Receiver<(Vec<Route>, Vec<Vni>)>,
-    class: Arc<Class>,
-    counters: Arc<PolicyCounters>,
+/// A re-check under way.
+enum Pending {
+    /// Waiting for the table's list of the session's routes.
+    Listing {
+        reply: oneshot::Receiver<(Vec<Route>, Vec<Vni>)>,
+        class: Arc<Class>,
+        counters: Arc<PolicyCounters>,
+    },
+    /// A large list being checked on a blocking thread.
+    Checking {
+        job: tokio::task::JoinHandle<Checked>,
+        class: Arc<Class>,
+        counters: Arc<PolicyCounters>,
+    },
 }
+
+/// A finished check: the session's checker under its new class, what to
+/// withdraw and drop, and how many routes it held before.
+type Checked = (SessionPolicy, crate::policy::Recheck, usize);
 
 /// What woke a session waiting in [`LinkRole::wait`].
 enum Woke {
@@ -244,8 +261,11 @@ enum Woke {
     Turn,
     /// A reload: the settings changed (or their channel closed).
     Reload(bool),
-    /// The table answered a re-check (None: it is gone, shutting down).
-    Rechecked(Option<(Vec<Route>, Vec<Vni>)>),
+    /// The table listed the session's routes (None: it is gone, shutting
+    /// down).
+    Listed(Option<(Vec<Route>, Vec<Vni>)>),
+    /// A blocking check finished (Err: it panicked).
+    Checked(Result<Checked, tokio::task::JoinError>),
 }
 
 /// A session's policy checker and its class's refusal counters.
@@ -435,17 +455,32 @@ impl LinkRole for Connection {
             _ = self.mailbox.notified(), if self.established => Woke::Turn,
             _ = self.info.reset_requested() => return Err(SessionEnd::Reset),
             changed = self.live.changed(), if watch_live => Woke::Reload(changed.is_ok()),
-            answer = recheck_answer(self.recheck.as_mut()), if self.recheck.is_some() => {
-                Woke::Rechecked(answer)
-            }
+            woke = pending_done(self.recheck.as_mut()), if self.recheck.is_some() => woke,
         };
         match woke {
             Woke::Turn => {}
             Woke::Reload(true) => self.policy_changed(),
             Woke::Reload(false) => self.live_closed = true,
-            Woke::Rechecked(answer) => {
-                if let Some(pending) = self.recheck.take() {
-                    self.apply_recheck(pending, answer);
+            Woke::Listed(answer) => {
+                if let Some(Pending::Listing {
+                    class, counters, ..
+                }) = self.recheck.take()
+                {
+                    self.check_listed(class, counters, answer);
+                }
+            }
+            Woke::Checked(done) => {
+                if let Some(Pending::Checking {
+                    class, counters, ..
+                }) = self.recheck.take()
+                {
+                    let (policy, result, held_before) = done.unwrap_or_else(|e| {
+                        // Nothing withdrawn; the class holds from now on.
+                        warn!(error = %e, "policy re-check failed");
+                        let policy = SessionPolicy::new(class, self.info.remote.ip());
+                        (policy, crate::policy::Recheck::default(), 0)
+                    });
+                    self.apply_recheck(policy, counters, result, held_before);
                 }
             }
         }
@@ -490,8 +525,41 @@ impl Connection {
             session: self.id,
             reply,
         }));
-        self.recheck = Some(Recheck {
+        self.recheck = Some(Pending::Listing {
             reply: rx,
+            class,
+            counters,
+        });
+    }
+
+    /// The table listed the session's routes: checks them under the new
+    /// class, here for a few, on a blocking thread for many (reading stays
+    /// paused until then).
+    fn check_listed(
+        &mut self,
+        class: Arc<Class>,
+        counters: Arc<PolicyCounters>,
+        answer: Option<(Vec<Route>, Vec<Vni>)>,
+    ) {
+        let (routes, subscribed) = answer.unwrap_or_default();
+        let ip = self.info.remote.ip();
+        let mut policy = self.policy.take().map_or_else(
+            || SessionPolicy::new(class.clone(), ip),
+            |c| c.policy,
+        );
+        let held_before = routes.len();
+        if held_before <= INLINE_RECHECK_ROUTES {
+            let result = policy.reclassify(class, routes, &subscribed);
+            self.apply_recheck(policy, counters, result, held_before);
+            return;
+        }
+        let for_job = class.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let result = policy.reclassify(for_job, routes, &subscribed);
+            (policy, result, held_before)
+        });
+        self.recheck = Some(Pending::Checking {
+            job,
             class,
             counters,
         });
@@ -501,19 +569,14 @@ impl Connection {
     /// withdrawn exactly as the peer's REMOVE would withdraw them, the
     /// subscriptions it no longer allows are dropped as an UNSUBSCRIBE
     /// would; each counts as a refusal, and one log line says what happened.
-    fn apply_recheck(&mut self, pending: Recheck, answer: Option<(Vec<Route>, Vec<Vni>)>) {
-        let Recheck {
-            class, counters, ..
-        } = pending;
-        let (routes, subscribed) = answer.unwrap_or_default();
-        let ip = self.info.remote.ip();
-        let mut checker = self.policy.take().unwrap_or_else(|| Checker {
-            policy: SessionPolicy::new(class.clone(), ip),
-            counters: counters.clone(),
-        });
-        checker.counters = counters;
-        let held_before = routes.len();
-        let result = checker.policy.reclassify(class, routes, &subscribed);
+    fn apply_recheck(
+        &mut self,
+        policy: SessionPolicy,
+        counters: Arc<PolicyCounters>,
+        result: crate::policy::Recheck,
+        held_before: usize,
+    ) {
+        let checker = Checker { policy, counters };
         self.info.set_policy_class(&checker.policy.class().name);
         let now = std::time::SystemTime::now();
         let mut by_reason = [0u64; Reason::ALL.len()];
@@ -724,10 +787,11 @@ fn command_ops(command: &Command) -> usize {
     }
 }
 
-/// The table's answer to a pending re-check (never ready without one).
-async fn recheck_answer(pending: Option<&mut Recheck>) -> Option<(Vec<Route>, Vec<Vni>)> {
+/// The next step of a pending re-check (never ready without one).
+async fn pending_done(pending: Option<&mut Pending>) -> Woke {
     match pending {
-        Some(p) => (&mut p.reply).await.ok(),
+        Some(Pending::Listing { reply, .. }) => Woke::Listed(reply.await.ok()),
+        Some(Pending::Checking { job, .. }) => Woke::Checked(job.await),
         None => std::future::pending().await,
     }
 }

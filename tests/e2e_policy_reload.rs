@@ -139,7 +139,9 @@ async fn reload_that_tightens_a_policy_withdraws_exactly_the_routes_that_became_
     std::fs::write(&file, AFTER).unwrap();
     let applied = reload(&d).await;
     assert!(
-        applied.iter().any(|a| a.contains("open sessions re-checked")),
+        applied
+            .iter()
+            .any(|a| a.contains("open sessions re-checked")),
         "{applied:?}"
     );
 
@@ -254,8 +256,15 @@ async fn mbctl_policy_shows_the_classes_and_their_live_sessions() {
     assert_eq!(keys(&json), sorted(fields::POLICY));
     assert_eq!(json["enabled"], true);
     let classes = json["classes"].as_array().unwrap();
-    let names: Vec<&str> = classes.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["hv", "other", "default"], "match order, default last");
+    let names: Vec<&str> = classes
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["hv", "other", "default"],
+        "match order, default last"
+    );
     for c in classes {
         assert_eq!(keys(c), sorted(fields::POLICY_CLASS));
     }
@@ -292,14 +301,24 @@ async fn mbctl_policy_shows_the_classes_and_their_live_sessions() {
     let text = mbctl_policy(&d, &[]).await;
     let text = text.ok();
     let lines: Vec<&str> = text.lines().collect();
-    let header: Vec<&str> = lines[0].split("  ").filter(|c| !c.is_empty()).map(str::trim).collect();
+    let header: Vec<&str> = lines[0]
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .map(str::trim)
+        .collect();
     assert_eq!(header, columns::POLICY_CLASSES, "{text}");
-    assert!(lines[1].starts_with("hv ") && lines[1].contains("127.0.0.1/32"), "{text}");
+    assert!(
+        lines[1].starts_with("hv ") && lines[1].contains("127.0.0.1/32"),
+        "{text}"
+    );
     assert!(
         lines[1].contains("subscribe_vnis = [100, 200]; announce_vnis = [100-299]"),
         "{text}"
     );
-    assert!(lines[3].starts_with("default") && lines[3].contains("(default)"), "{text}");
+    assert!(
+        lines[3].starts_with("default") && lines[3].contains("(default)"),
+        "{text}"
+    );
     let a_row = lines
         .iter()
         .find(|l| l.contains(&a.local.to_string()))
@@ -307,7 +326,15 @@ async fn mbctl_policy_shows_the_classes_and_their_live_sessions() {
     let cells: Vec<&str> = a_row.split_whitespace().collect();
     assert_eq!(
         cells,
-        ["hv", &a_id.to_string(), &a.local.to_string(), "2", "1", "1", "announce_vni"],
+        [
+            "hv",
+            &a_id.to_string(),
+            &a.local.to_string(),
+            "2",
+            "1",
+            "1",
+            "announce_vni"
+        ],
         "{text}"
     );
 
@@ -315,7 +342,10 @@ async fn mbctl_policy_shows_the_classes_and_their_live_sessions() {
     let open = Daemon::start(&[]);
     let json = mbctl_policy(&open, &["-o", "json"]).await.json();
     assert_eq!(json, serde_json::json!({"enabled": false, "classes": []}));
-    assert!(mbctl_policy(&open, &[]).await.ok().starts_with("no peer policy"));
+    assert!(mbctl_policy(&open, &[])
+        .await
+        .ok()
+        .starts_with("no peer policy"));
 }
 
 /// A class that gains `max_routes` in a reload keeps the first routes in

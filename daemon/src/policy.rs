@@ -194,11 +194,16 @@ impl Class {
     /// spelling of the file (absent keys, "anything", are left out).
     pub fn rules(&self) -> Vec<String> {
         let vnis = |s: &VniSet| {
-            let items: Vec<String> = s
-                .0
-                .iter()
-                .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
-                .collect();
+            let items: Vec<String> =
+                s.0.iter()
+                    .map(|&(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
             format!("[{}]", items.join(", "))
         };
         let mut out = Vec::new();
@@ -646,13 +651,20 @@ subscribe_vnis = []
         .iter()
         .map(|r| route(r))
         .collect();
-        let r = s.reclassify(local4.clone(), held.clone(), &[Vni(300), Vni(5), Vni(150), Vni(4)]);
+        let r = s.reclassify(
+            local4.clone(),
+            held.clone(),
+            &[Vni(300), Vni(5), Vni(150), Vni(4)],
+        );
         // Stateless refusals first, then of the 4 legal routes the first 3
         // in route order are kept and the last refused for the limit.
         let mut want = vec![
             (route("100#10.0.9.0/24@127.0.0.2"), Reason::NextHop),
             (route("200#10.0.0.0/24@127.0.0.1"), Reason::AnnounceVni),
-            (route("100#10.0.5.0/24@127.0.0.1#nat#1#2"), Reason::RouteType),
+            (
+                route("100#10.0.5.0/24@127.0.0.1#nat#1#2"),
+                Reason::RouteType,
+            ),
             (route("100#10.0.4.0/24@127.0.0.1"), Reason::MaxRoutes),
         ];
         want.sort_unstable();

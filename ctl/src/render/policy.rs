@@ -20,17 +20,21 @@ pub fn policy_tables(p: &PolicyJson) -> String {
     if sessions.is_empty() {
         out.push_str("no live sessions\n");
     } else {
-        out.push_str(&table_of(columns::POLICY_SESSIONS, &sessions, |(class, s)| {
-            vec![
-                class.to_string(),
-                s.session_id.to_string(),
-                s.remote_address.clone(),
-                s.routes_announced.to_string(),
-                s.routes_refused.to_string(),
-                s.subscribes_refused.to_string(),
-                or_dash(s.last_refusal_reason.as_deref().unwrap_or("")),
-            ]
-        }));
+        out.push_str(&table_of(
+            columns::POLICY_SESSIONS,
+            &sessions,
+            |(class, s)| {
+                vec![
+                    class.to_string(),
+                    s.session_id.to_string(),
+                    s.remote_address.clone(),
+                    s.routes_announced.to_string(),
+                    s.routes_refused.to_string(),
+                    s.subscribes_refused.to_string(),
+                    or_dash(s.last_refusal_reason.as_deref().unwrap_or("")),
+                ]
+            },
+        ));
     }
     out
 }
@@ -78,7 +82,10 @@ mod tests {
                     name: "hv".into(),
                     match_prefixes: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
                     is_default: false,
-                    rules: vec!["announce_vnis = [100-199]".into(), "next_hop = [self]".into()],
+                    rules: vec![
+                        "announce_vnis = [100-199]".into(),
+                        "next_hop = [self]".into(),
+                    ],
                     max_routes: Some(100),
                     max_routes_action: Some("close".into()),
                     max_routes_warn: Some(80),
@@ -115,7 +122,10 @@ mod tests {
         assert!(lines[2].contains("(default)") && lines[2].contains("anything"));
         assert_eq!(lines[3], "");
         assert!(lines[4].starts_with("CLASS") && lines[4].contains("LAST REFUSAL"));
-        assert!(lines[5].starts_with("hv") && lines[5].contains("next_hop"), "{text}");
+        assert!(
+            lines[5].starts_with("hv") && lines[5].contains("next_hop"),
+            "{text}"
+        );
         let off = PolicyJson {
             enabled: false,
             classes: vec![],

@@ -543,10 +543,10 @@ impl Connection {
     ) {
         let (routes, subscribed) = answer.unwrap_or_default();
         let ip = self.info.remote.ip();
-        let mut policy = self.policy.take().map_or_else(
-            || SessionPolicy::new(class.clone(), ip),
-            |c| c.policy,
-        );
+        let mut policy = self
+            .policy
+            .take()
+            .map_or_else(|| SessionPolicy::new(class.clone(), ip), |c| c.policy);
         let held_before = routes.len();
         if held_before <= INLINE_RECHECK_ROUTES {
             let result = policy.reclassify(class, routes, &subscribed);

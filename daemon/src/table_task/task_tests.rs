@@ -548,7 +548,11 @@ fn recheck_of_a_million_routes_timing() {
     let peer: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     for i in 0..1_000_000u32 {
         let vni = 100 + i % 200;
-        let hop = if i % 2 == 0 { "127.0.0.1" } else { "2001:db8::7" };
+        let hop = if i % 2 == 0 {
+            "127.0.0.1"
+        } else {
+            "2001:db8::7"
+        };
         let route: Route = format!("{vni}#10.{}.{}.0/24@{hop}", (i >> 8) & 255, i & 255)
             .parse()
             .unwrap();

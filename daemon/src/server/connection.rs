@@ -33,6 +33,10 @@ use crate::wire::{Action, Extensions, Frame, Message, Route, Vni};
 /// thread: sorting and checking 1M routes must not hold an async worker
 /// (and the other sessions on it).
 const INLINE_RECHECK_ROUTES: usize = 4096;
+/// A re-check's withdrawals go to the table in commands of at most this
+/// many operations, so other sessions' batches are applied between them
+/// (the fan-out is not held up by 1M withdrawals in one command).
+const RECHECK_OPS_PER_COMMAND: usize = 1024;
 /// Stop pulling from the log while this much is queued for the socket.
 const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
 /// Operations read but not yet taken by the table task above which the
@@ -580,9 +584,13 @@ impl Connection {
         self.info.set_policy_class(&checker.policy.class().name);
         let now = std::time::SystemTime::now();
         let mut by_reason = [0u64; Reason::ALL.len()];
+        let received = std::time::Instant::now();
         for &(route, reason) in &result.withdraw {
             by_reason[reason as usize] += 1;
             self.ops.push(Op::Withdraw(route));
+            if self.ops.len() >= RECHECK_OPS_PER_COMMAND {
+                self.flush_ops(received);
+            }
         }
         for &vni in &result.unsubscribe {
             by_reason[Reason::SubscribeVni as usize] += 1;
@@ -622,7 +630,7 @@ impl Connection {
             });
         }
         self.policy = Some(checker);
-        self.flush_ops(std::time::Instant::now());
+        self.flush_ops(received);
     }
 
     /// Queues an UPDATE the policy let through (or any, without a policy).

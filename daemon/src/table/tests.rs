@@ -391,4 +391,13 @@ fn routes_of_lists_exactly_a_sessions_routes() {
     want.sort();
     assert_eq!(got, want);
     assert!(t.routes_of(22).is_empty());
+    let keys = t.route_keys_of(21);
+    assert_eq!(keys.len(), 2);
+    // A freed slot resolves to nothing.
+    let (vni, slot) = t.route_keys_of(20)[0];
+    let gone = t.route_at(vni, slot).unwrap();
+    t.withdraw(20, &gone);
+    if t.announcers(&gone).is_empty() {
+        assert_eq!(t.route_at(vni, slot), None);
+    }
 }

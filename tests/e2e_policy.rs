@@ -441,7 +441,7 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
 }
 
 #[tokio::test]
-async fn a_reload_applies_a_changed_policy_to_new_sessions() {
+async fn a_reload_applies_a_changed_policy_to_new_and_open_sessions() {
     let dir = unique_temp_dir();
     let config = dir.join("policy.toml");
     std::fs::write(&config, POLICY).unwrap();
@@ -481,18 +481,31 @@ async fn a_reload_applies_a_changed_policy_to_new_sessions() {
         reply
             .applied
             .iter()
-            .any(|a| a.contains("policy (for new sessions")),
+            .any(|a| a.contains("policy (new sessions, and open sessions re-checked)")),
         "{reply:?}"
     );
 
-    // The open session keeps the class it was accepted with ...
+    // The open session is re-checked (it holds nothing the new class
+    // refuses, so nothing happens on the wire) and is under the new class
+    // from then on (tests/e2e_policy_reload.rs has the withdrawals) ...
+    let line = format!("peer={}", old.local);
+    assert!(
+        d.wait_for_line(
+            |l| l.contains("policy reload: session within its new class") && l.contains(&line),
+            T
+        )
+        .await
+        .is_some(),
+        "log:\n{}",
+        d.logs()
+    );
     old.subscribe(150).await;
-    assert_eq!(old.expect_update(T).await, add(r));
-    // ... a new one gets the new policy.
+    old.expect_no_update(QUIET).await;
+    // ... and so is a new one.
     let mut new = RawPeer::established_from(v4, ip("127.0.0.1")).await;
     new.subscribe(150).await;
     new.expect_no_update(QUIET).await;
     let p = peer(&d, new.local).await;
     assert_eq!((p.policy_class.as_str(), p.subscribes_refused), ("hv1", 1));
-    assert_eq!(peer(&d, old.local).await.subscribes_refused, 0);
+    assert_eq!(peer(&d, old.local).await.subscribes_refused, 1);
 }

@@ -168,6 +168,9 @@ pub enum Command {
     },
     /// Show the daemon's status.
     Status,
+    /// Show the peer policy: its classes in match order and the live
+    /// sessions in each (route server).
+    Policy,
     /// Check the daemon's health (grpc.health.v1); exit 0 if SERVING.
     Health,
     /// Re-read the configuration file (like SIGHUP).

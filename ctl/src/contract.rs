@@ -81,6 +81,18 @@ pub mod columns {
     pub const MAPPINGS: &[&str] = &["VNI", "TABLE"];
     /// `mbctl announcements` (client role).
     pub const ANNOUNCEMENTS: &[&str] = &["VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS", "OWNERS"];
+    /// `mbctl policy`: the classes, in match order.
+    pub const POLICY_CLASSES: &[&str] = &["CLASS", "MATCH", "RULES", "MAX ROUTES", "SESSIONS"];
+    /// `mbctl policy`: the live sessions, by class.
+    pub const POLICY_SESSIONS: &[&str] = &[
+        "CLASS",
+        "ID",
+        "REMOTE",
+        "ANNOUNCED",
+        "REFUSED",
+        "SUBSCRIBES REFUSED",
+        "LAST REFUSAL",
+    ];
     /// `mbctl received` (client role).
     pub const RECEIVED: &[&str] = &[
         "VNI",
@@ -154,6 +166,28 @@ pub mod fields {
     pub const ANNOUNCEMENT_LIST: &[&str] = &["announcements"];
     /// An entry of `mbctl announcements`.
     pub const ANNOUNCEMENT: &[&str] = &["route", "owners"];
+    /// `mbctl policy`.
+    pub const POLICY: &[&str] = &["enabled", "classes"];
+    /// A class of `mbctl policy`.
+    pub const POLICY_CLASS: &[&str] = &[
+        "name",
+        "match_prefixes",
+        "is_default",
+        "rules",
+        "max_routes",
+        "max_routes_action",
+        "max_routes_warn",
+        "sessions",
+    ];
+    /// A live session of a class of `mbctl policy`.
+    pub const POLICY_SESSION: &[&str] = &[
+        "session_id",
+        "remote_address",
+        "routes_announced",
+        "routes_refused",
+        "subscribes_refused",
+        "last_refusal_reason",
+    ];
     /// The error document of a failed command: `{"error": {...}}`.
     pub const ERROR: &[&str] = &["error"];
     /// The object inside [`ERROR`].

@@ -379,6 +379,16 @@ async fn serve(ctx: &Ctx, p: &mut Printer, request: Request) -> Result<u8, CliEr
             )
             .await
         }
+        Request::Policy => {
+            ctx.answer(
+                p,
+                "GetPolicy",
+                ctx.daemon().get_policy(api::GetPolicyRequest {}),
+                |r| PolicyJson::from(&r),
+                render::policy::policy_tables,
+            )
+            .await
+        }
         Request::Health => health(ctx, p).await,
         Request::Reload => {
             let doc = |r: api::ReloadResponse| ReloadJson {

@@ -891,6 +891,89 @@ pub fn rfc3339(seconds: i64, nanos: i32) -> String {
     }
 }
 
+/// `mbctl policy -o json`: the peer policy in force.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyJson {
+    /// False without a `[policy]` section (everything allowed, no classes).
+    pub enabled: bool,
+    /// The classes in match order, the default last.
+    pub classes: Vec<PolicyClassJson>,
+}
+
+/// A class of [`PolicyJson`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyClassJson {
+    /// Its name.
+    pub name: String,
+    /// The source prefixes it matches (empty for the default class).
+    pub match_prefixes: Vec<String>,
+    /// The default class.
+    pub is_default: bool,
+    /// Its rules, `key = value` each (empty: anything goes).
+    pub rules: Vec<String>,
+    /// `max_routes`, or null without a limit.
+    pub max_routes: Option<u64>,
+    /// `refuse` or `close`, or null without a limit.
+    pub max_routes_action: Option<String>,
+    /// Routes at which a session's warning is logged, or null.
+    pub max_routes_warn: Option<u64>,
+    /// Its live sessions, by session id.
+    pub sessions: Vec<PolicySessionJson>,
+}
+
+/// A live session of a [`PolicyClassJson`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicySessionJson {
+    /// Session id.
+    pub session_id: u64,
+    /// The peer's address.
+    pub remote_address: String,
+    /// Routes it holds in the table.
+    pub routes_announced: u64,
+    /// Routes the policy refused (including those a reload withdrew).
+    pub routes_refused: u64,
+    /// SUBSCRIBEs refused (including subscriptions a reload dropped).
+    pub subscribes_refused: u64,
+    /// Reason of the last refusal, or null.
+    pub last_refusal_reason: Option<String>,
+}
+
+impl From<&api::Policy> for PolicyJson {
+    fn from(p: &api::Policy) -> Self {
+        let some = |n: u64| (n > 0).then_some(n);
+        PolicyJson {
+            enabled: p.enabled,
+            classes: p
+                .classes
+                .iter()
+                .map(|c| PolicyClassJson {
+                    name: c.name.clone(),
+                    match_prefixes: c.match_prefixes.clone(),
+                    is_default: c.is_default,
+                    rules: c.rules.clone(),
+                    max_routes: some(c.max_routes),
+                    max_routes_action: (!c.max_routes_action.is_empty())
+                        .then(|| c.max_routes_action.clone()),
+                    max_routes_warn: some(c.max_routes_warn),
+                    sessions: c
+                        .sessions
+                        .iter()
+                        .map(|s| PolicySessionJson {
+                            session_id: s.session_id,
+                            remote_address: s.remote_address.clone(),
+                            routes_announced: s.routes_announced,
+                            routes_refused: s.routes_refused,
+                            subscribes_refused: s.subscribes_refused,
+                            last_refusal_reason: (!s.last_refusal_reason.is_empty())
+                                .then(|| s.last_refusal_reason.clone()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

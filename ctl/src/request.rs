@@ -65,6 +65,8 @@ pub enum Request {
     Received(Option<u32>),
     /// GetStatus.
     Status,
+    /// GetPolicy.
+    Policy,
     /// grpc.health.v1 Check.
     Health,
     /// Reload.
@@ -156,6 +158,7 @@ impl Request {
                 None => None,
             }),
             Command::Status => Request::Status,
+            Command::Policy => Request::Policy,
             Command::Health => Request::Health,
             Command::Reload => Request::Reload,
             Command::Shutdown => Request::Shutdown,

@@ -461,6 +461,15 @@ impl daemon_service_server::DaemonService for Fake {
         }))
     }
 
+    async fn get_policy(
+        &self,
+        _: Request<api::GetPolicyRequest>,
+    ) -> Result<Response<api::Policy>, Status> {
+        // No policy (the real daemon's answer is tested in
+        // tests/e2e_policy_reload.rs).
+        Ok(Response::new(api::Policy::default()))
+    }
+
     async fn shutdown(
         &self,
         _: Request<ShutdownRequest>,

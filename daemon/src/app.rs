@@ -140,6 +140,7 @@ impl Daemon {
             metrics: telemetry.api(),
             metrics_addr,
             http_addr,
+            session_settings: server.settings_watch(),
         });
         let tcp = settings
             .api
@@ -458,9 +459,9 @@ async fn apply(
     if new.server.session != running.server.session {
         server.set_session_settings(new.server.session.clone());
         if new.server.session.policy != running.server.session.policy {
-            // Live sessions keep the class they were accepted in (issue 13
-            // leaves re-applying a policy to them for later).
-            applied.push("policy (for new sessions; open sessions keep theirs)".into());
+            // Each live session re-matches its class and withdraws what the
+            // new one refuses (ADR 0028), on its own task.
+            applied.push("policy (new sessions, and open sessions re-checked)".into());
         }
         applied.push("server keepalive, timeouts, lag limit and pacing (for new sessions)".into());
     }

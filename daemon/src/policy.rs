@@ -21,7 +21,7 @@ use crate::wire::{Action, Route, Vni};
 
 /// Why the policy refused something; also the `reason` label of
 /// `metalbondd_policy_refused_total` and the API's `last_refusal_reason`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Reason {
     /// A SUBSCRIBE to a VNI outside `subscribe_vnis`.
@@ -225,6 +225,80 @@ impl Class {
         }
     }
 
+    /// True if the class can refuse anything (a rule or a limit): a live
+    /// session moved into a class that cannot has nothing to re-check.
+    pub fn restricts(&self) -> bool {
+        self.subscribe.is_some()
+            || self.announce.is_some()
+            || self.next_hop.is_some()
+            || self.types.is_some()
+            || self.limit.is_some()
+            || self.vni_limit.is_some()
+    }
+
+    /// The `match` prefixes, in file order.
+    pub fn match_prefixes(&self) -> &[Cidr] {
+        &self.matches
+    }
+
+    /// The rules in readable form, one `key = value` each, in the order and
+    /// spelling of the file (absent keys, "anything", are left out).
+    pub fn rules(&self) -> Vec<String> {
+        let vnis = |s: &VniSet| {
+            let items: Vec<String> =
+                s.0.iter()
+                    .map(|&(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+            format!("[{}]", items.join(", "))
+        };
+        let mut out = Vec::new();
+        if let Some(s) = &self.subscribe {
+            out.push(format!("subscribe_vnis = {}", vnis(s)));
+        }
+        if let Some(s) = &self.announce {
+            out.push(format!("announce_vnis = {}", vnis(s)));
+        }
+        if let Some((own, prefixes)) = &self.next_hop {
+            let mut items: Vec<String> = Vec::new();
+            if *own {
+                items.push("self".into());
+            }
+            items.extend(prefixes.iter().map(|p| p.to_string()));
+            out.push(format!("next_hop = [{}]", items.join(", ")));
+        }
+        if let Some(types) = self.types {
+            let names: Vec<String> = (0..64u16)
+                .filter(|t| types & (1 << t) != 0)
+                .map(|t| crate::wire::NextHopType(i32::from(t)).name())
+                .collect();
+            out.push(format!("route_types = [{}]", names.join(", ")));
+        }
+        // `max_routes` has fields of its own in the API; the other limits
+        // are listed here.
+        if let Some(l) = self.vni_limit {
+            out.push(format!("max_routes_per_vni = {}", l.max));
+        }
+        if let Some(n) = self.address.max_sessions {
+            out.push(format!("max_sessions_per_address = {n}"));
+        }
+        if let Some(r) = self.address.rate {
+            let unit = match r.per.as_secs() {
+                1 => "s",
+                60 => "m",
+                _ => "h",
+            };
+            out.push(format!("connect_rate = \"{}/{unit}\"", r.count));
+            out.push(format!("connect_burst = {}", r.burst));
+        }
+        out
+    }
+
     /// The reason a route announced by a peer at `peer` (canonical) breaks
     /// this class, ignoring the limit.
     #[inline]
@@ -285,6 +359,11 @@ impl Policy {
             .unwrap_or(&self.default)
     }
 
+    /// Every class in match order, the default last.
+    pub fn classes(&self) -> impl Iterator<Item = &Arc<Class>> {
+        self.classes.iter().chain(std::iter::once(&self.default))
+    }
+
     /// Names of every class, the default last (for metrics).
     pub fn class_names(&self) -> impl Iterator<Item = &str> {
         self.classes
@@ -316,6 +395,17 @@ pub enum Verdict {
     /// Over `max_routes_per_vni` in this VNI with the "close" action: close
     /// the session.
     CloseVni(Vni),
+}
+
+/// What [`SessionPolicy::reclassify`] decided for a live session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recheck {
+    /// Routes to withdraw, in route order, each with the reason.
+    pub withdraw: Vec<(Route, Reason)>,
+    /// VNIs whose subscription is to be dropped, in order.
+    pub unsubscribe: Vec<Vni>,
+    /// Over `max_routes` with the `close` action: close the session.
+    pub close: bool,
 }
 
 /// One session's checker.
@@ -456,6 +546,70 @@ impl SessionPolicy {
                 }
             }
         }
+    }
+
+    /// Moves a live session into `class` (a reload changed its policy) and
+    /// re-checks what it holds: `routes` it has in the table and the VNIs it
+    /// is `subscribed` to. Routes the new class refuses, and with a limit
+    /// those beyond the first `max_routes` legal ones in route order (VNI,
+    /// prefix, next hop: deterministic whatever order they came in), are to
+    /// be withdrawn as the session's own REMOVE would; subscriptions it may
+    /// no longer have are to be dropped. The refusal log bits are kept (one
+    /// log line per session and reason); the warning is re-armed.
+    pub fn reclassify(
+        &mut self,
+        class: Arc<Class>,
+        mut routes: Vec<Route>,
+        subscribed: &[Vni],
+    ) -> Recheck {
+        self.class = class;
+        self.held = HashSet::new();
+        self.per_vni = HashMap::new();
+        self.warned = false;
+        self.warned_vni = false;
+        let mut out = Recheck {
+            unsubscribe: subscribed
+                .iter()
+                .copied()
+                .filter(|&v| self.vni_allowed(v).is_err())
+                .collect(),
+            ..Recheck::default()
+        };
+        out.unsubscribe.sort_unstable();
+        routes.sort_unstable();
+        let (limit, vni_limit) = (self.class.limit, self.class.vni_limit);
+        for route in routes {
+            if let Some(reason) = self.class.check_route(&route, self.peer) {
+                out.withdraw.push((route, reason));
+                continue;
+            }
+            if !self.class.tracks_routes() {
+                continue;
+            }
+            // The total limit first, as for an ADD (`route`).
+            let over = match (limit, vni_limit) {
+                (Some(l), _) if self.held.len() >= l.max => Some((l, Reason::MaxRoutes)),
+                (_, Some(l)) if self.held_in(route.vni) >= l.max => {
+                    Some((l, Reason::MaxRoutesPerVni))
+                }
+                _ => None,
+            };
+            match over {
+                Some((l, _)) if l.action == MaxRoutesAction::Close => out.close = true,
+                Some((_, reason)) => out.withdraw.push((route, reason)),
+                None => {
+                    self.held.insert(route);
+                    if vni_limit.is_some() {
+                        *self.per_vni.entry(route.vni).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        // Already over a threshold: no warning for what it held before.
+        self.warned = limit.is_some_and(|l| self.held.len() >= l.warn_at);
+        self.warned_vni =
+            vni_limit.is_some_and(|l| self.per_vni.values().any(|&n| n >= l.warn_at));
+        out
     }
 
     /// True the first time `reason` is seen in this session (log it then,
@@ -693,6 +847,73 @@ connect_rate = "6/m"
             Verdict::ForwardAndWarnVni(Vni(1))
         );
         assert_eq!(c.route(&a2, Action::Add), Verdict::CloseVni(Vni(1)));
+    }
+
+    #[test]
+    fn reclassify_withdraws_what_the_new_class_refuses() {
+        let open = policy("[[policy.class]]\nname = \"x\"\nmatch = [\"10.0.0.0/8\"]\n");
+        let p = policy(TEXT);
+        let peer = ip("127.0.0.1");
+        let mut s = SessionPolicy::new(open.class_for(peer).clone(), peer);
+        assert!(!open.class_for(peer).restricts());
+        let local4 = p.class_for(peer).clone();
+        assert!(local4.restricts());
+        let held: Vec<Route> = [
+            "100#10.0.4.0/24@127.0.0.1",
+            "100#10.0.1.0/24@127.0.0.1",
+            "100#10.0.9.0/24@127.0.0.2",
+            "200#10.0.0.0/24@127.0.0.1",
+            "100#10.0.3.0/24@2001:db8:ff::1",
+            "100#10.0.2.0/24@127.0.0.1",
+            "100#10.0.5.0/24@127.0.0.1#nat#1#2",
+        ]
+        .iter()
+        .map(|r| route(r))
+        .collect();
+        let r = s.reclassify(
+            local4.clone(),
+            held.clone(),
+            &[Vni(300), Vni(5), Vni(150), Vni(4)],
+        );
+        // Stateless refusals first, then of the 4 legal routes the first 3
+        // in route order are kept and the last refused for the limit.
+        let mut want = vec![
+            (route("100#10.0.9.0/24@127.0.0.2"), Reason::NextHop),
+            (route("200#10.0.0.0/24@127.0.0.1"), Reason::AnnounceVni),
+            (
+                route("100#10.0.5.0/24@127.0.0.1#nat#1#2"),
+                Reason::RouteType,
+            ),
+            (route("100#10.0.4.0/24@127.0.0.1"), Reason::MaxRoutes),
+        ];
+        want.sort_unstable();
+        let mut got = r.withdraw.clone();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(r.unsubscribe, vec![Vni(4), Vni(5)]);
+        assert!(!r.close);
+        assert_eq!(s.held(), 3);
+        assert_eq!(s.class().name, "local4");
+        // The limit now holds: a fourth route is refused, a held one repeats.
+        assert_eq!(
+            s.route(&route("100#10.0.8.0/24@127.0.0.1"), Action::Add),
+            Verdict::Refuse(Reason::MaxRoutes)
+        );
+        assert_eq!(
+            s.route(&route("100#10.0.1.0/24@127.0.0.1"), Action::Add),
+            Verdict::Forward
+        );
+        // The same input in another order decides the same.
+        let mut again = SessionPolicy::new(local4.clone(), peer);
+        let mut reversed = held.clone();
+        reversed.reverse();
+        let r2 = again.reclassify(local4, reversed, &[Vni(5), Vni(150), Vni(4), Vni(300)]);
+        assert_eq!(r2, r);
+        // The close action closes a session over the limit instead.
+        let closer = p.class_for(ip("127.0.0.2")).clone();
+        let mut c = SessionPolicy::new(closer.clone(), ip("127.0.0.2"));
+        let r = c.reclassify(closer, held, &[]);
+        assert!(r.close && r.withdraw.is_empty() && r.unsubscribe.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod daemon;
 pub mod events;
 pub mod peers;
+pub mod policy;
 pub mod routes;
 pub mod table;
 pub mod vnis;

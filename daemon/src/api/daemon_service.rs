@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 use super::convert::{duration, timestamp};
 use super::{blocking, shutting_down, ApiState, ControlRequest};
 use crate::client::AgentRequest;
+use crate::session::Role;
+use crate::table_task::Query;
 
 /// The DaemonService implementation.
 pub struct Daemon {
@@ -105,6 +107,83 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             Ok(response) => Ok(Response::new(response)),
             Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
+    }
+
+    async fn get_policy(
+        &self,
+        _request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        let policy = self.state.session_settings.borrow().policy.clone();
+        let Some(policy) = policy else {
+            return Ok(Response::new(pb::Policy::default()));
+        };
+        let sessions: Vec<_> = self
+            .state
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.role == Role::Server)
+            .collect();
+        let ids = sessions.iter().map(|s| s.id).collect();
+        let held = self
+            .state
+            .table
+            .query(|reply| Query::Sessions { ids, reply })
+            .await
+            .ok_or_else(shutting_down)?;
+        // Each session with its class's name (a session whose re-check is
+        // still running shows the class it had).
+        let live: Vec<(String, pb::PolicySession)> = sessions
+            .iter()
+            .zip(held)
+            .map(|(s, (routes, _))| {
+                (
+                    s.policy_class(),
+                    pb::PolicySession {
+                        session_id: u64::from(s.id),
+                        remote_address: s.remote.to_string(),
+                        routes_announced: routes as u64,
+                        routes_refused: s.routes_refused.load(Relaxed),
+                        subscribes_refused: s.subscribes_refused.load(Relaxed),
+                        last_refusal_reason: s
+                            .last_refusal()
+                            .map(|(r, _)| r.label().to_string())
+                            .unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        let classes: Vec<_> = policy.classes().collect();
+        let last = classes.len() - 1;
+        let classes = classes
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| pb::PolicyClass {
+                name: c.name.clone(),
+                match_prefixes: c.match_prefixes().iter().map(|p| p.to_string()).collect(),
+                is_default: i == last,
+                rules: c.rules(),
+                max_routes: c.limit.map_or(0, |l| l.max as u64),
+                max_routes_action: c
+                    .limit
+                    .map(|l| match l.action {
+                        metalbondd_config::MaxRoutesAction::Refuse => "refuse",
+                        metalbondd_config::MaxRoutesAction::Close => "close",
+                    })
+                    .unwrap_or_default()
+                    .to_string(),
+                max_routes_warn: c.limit.map_or(0, |l| l.warn_at as u64),
+                sessions: live
+                    .iter()
+                    .filter(|(class, _)| *class == c.name)
+                    .map(|(_, s)| s.clone())
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::Policy {
+            enabled: true,
+            classes,
+        }))
     }
 
     async fn shutdown(

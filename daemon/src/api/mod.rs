@@ -99,6 +99,8 @@ pub struct ApiState {
     pub metrics_addr: Option<SocketAddr>,
     /// Bound address of the status page listener, if any.
     pub http_addr: Option<SocketAddr>,
+    /// The route server's session settings in force (the peer policy).
+    pub session_settings: watch::Receiver<crate::server::SessionSettings>,
 }
 
 /// Starts serving the API on the given listeners until `shutdown` becomes true.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -22,13 +22,21 @@ use super::metrics::{Metrics, PolicyCounters};
 use super::registry::{Registry, SessionInfo};
 use crate::link::outbound::Outbound;
 use crate::link::{Link, LinkRole, LinkSettings, SessionEnd};
-use crate::policy::{Reason, SessionPolicy, Verdict};
+use crate::policy::{Class, Policy, Reason, SessionPolicy, Verdict};
 use crate::session::{self, Event, Role, Session, State};
 use crate::table::log::{Mail, Mailbox};
 use crate::table::SessionId;
-use crate::table_task::{Command, Op, TableHandle};
-use crate::wire::{Action, Extensions, Frame, Message};
+use crate::table_task::{Command, Op, Query, TableHandle};
+use crate::wire::{Action, Extensions, Frame, Message, Route, Vni};
 
+/// Re-checks of more routes than this (a policy reload) run on a blocking
+/// thread: sorting and checking 1M routes must not hold an async worker
+/// (and the other sessions on it).
+const INLINE_RECHECK_ROUTES: usize = 4096;
+/// A re-check's withdrawals go to the table in commands of at most this
+/// many operations, so other sessions' batches are applied between them
+/// (the fan-out is not held up by 1M withdrawals in one command).
+const RECHECK_OPS_PER_COMMAND: usize = 1024;
 /// Stop pulling from the log while this much is queued for the socket.
 const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
 /// Operations read but not yet taken by the table task above which the
@@ -72,6 +80,15 @@ pub struct SessionContext {
     pub shutdown: watch::Receiver<bool>,
     /// Live sessions.
     pub registry: Arc<Registry>,
+    /// The settings a reload changes; a session takes the policy from it
+    /// (a changed policy is re-applied to the live session, ADR 0028).
+    pub live: watch::Receiver<SessionSettings>,
+}
+
+/// The class of the session `info` under `policy`: the one place a
+/// session's class is chosen, at accept and at every reload.
+fn class_of(policy: &Policy, info: &SessionInfo) -> Arc<Class> {
+    policy.class_for(info.remote.ip()).clone()
 }
 
 /// Runs one accepted session to its end. Log lines carry the peer address
@@ -88,12 +105,13 @@ pub async fn run(
         metrics,
         mut shutdown,
         registry,
+        live,
     } = ctx;
     let id = info.id;
-    // The class is chosen once, at accept, by the source address; a reload
-    // changes the policy of later sessions only.
+    // The class is chosen at accept by the source address, and again at
+    // every reload that changes the policy (`Connection::policy_changed`).
     let policy = settings.policy.as_ref().map(|p| {
-        let class = p.class_for(info.remote.ip()).clone();
+        let class = class_of(p, &info);
         info.set_policy_class(&class.name);
         debug!(class = %class.name, "policy class");
         Checker {
@@ -133,6 +151,9 @@ pub async fn run(
         registry: registry.clone(),
         policy,
         close: None,
+        live,
+        live_closed: false,
+        recheck: None,
     };
     let started = Instant::now();
     let ended = link.run(&mut conn, &mut shutdown).await;
@@ -208,6 +229,47 @@ struct Connection {
     policy: Option<Checker>,
     /// The policy closes the session at the next turn.
     close: Option<SessionEnd>,
+    /// Where reloaded settings arrive (only the policy is re-applied).
+    live: watch::Receiver<SessionSettings>,
+    /// The server dropped the settings channel: stop watching it.
+    live_closed: bool,
+    /// A reload moved the session into a class with rules: its routes and
+    /// subscriptions were asked of the table; reading pauses until they are
+    /// re-checked, so nothing the peer sends meanwhile races the check.
+    recheck: Option<Pending>,
+}
+
+/// A re-check under way.
+enum Pending {
+    /// Waiting for the table's list of the session's routes.
+    Listing {
+        reply: oneshot::Receiver<(Vec<Route>, Vec<Vni>)>,
+        class: Arc<Class>,
+        counters: Arc<PolicyCounters>,
+    },
+    /// A large list being checked on a blocking thread.
+    Checking {
+        job: tokio::task::JoinHandle<Checked>,
+        class: Arc<Class>,
+        counters: Arc<PolicyCounters>,
+    },
+}
+
+/// A finished check: the session's checker under its new class, what to
+/// withdraw and drop, and how many routes it held before.
+type Checked = (SessionPolicy, crate::policy::Recheck, usize);
+
+/// What woke a session waiting in [`LinkRole::wait`].
+enum Woke {
+    /// Nothing more to do here (the driver looks at the mailbox, reads).
+    Turn,
+    /// A reload: the settings changed (or their channel closed).
+    Reload(bool),
+    /// The table listed the session's routes (None: it is gone, shutting
+    /// down).
+    Listed(Option<(Vec<Route>, Vec<Vni>)>),
+    /// A blocking check finished (Err: it panicked).
+    Checked(Result<Checked, tokio::task::JoinError>),
 }
 
 /// A session's policy checker and its class's refusal counters.
@@ -380,7 +442,7 @@ impl LinkRole for Connection {
         self.info
             .lag_bytes
             .store(self.mailbox.queued_bytes(), Relaxed);
-        Ok(self.waiting_ops < MAX_WAITING_OPS)
+        Ok(self.waiting_ops < MAX_WAITING_OPS && self.recheck.is_none())
     }
 
     fn turn_done(&mut self, out: &Outbound) {
@@ -394,7 +456,8 @@ impl LinkRole for Connection {
     ) -> Result<(), SessionEnd> {
         // Only while commands wait for room in the table's channel.
         let commands = (!self.waiting.is_empty()).then(|| self.table.commands.clone());
-        tokio::select! {
+        let watch_live = !self.live_closed && self.recheck.is_none();
+        let woke = tokio::select! {
             permit = reserve(commands.as_ref()), if commands.is_some() => {
                 match permit {
                     Ok(permit) => {
@@ -409,18 +472,188 @@ impl LinkRole for Connection {
                         self.waiting_ops = 0;
                     }
                 }
-                Ok(())
+                Woke::Turn
             }
             // Woken once per batch of mail (the table coalesces), or when
             // the mailbox overflowed. With a full queue, the wake-up is only
             // used to look at the overflow.
-            _ = self.mailbox.notified(), if self.established => Ok(()),
-            _ = self.info.reset_requested() => Err(SessionEnd::Reset),
+            _ = self.mailbox.notified(), if self.established => Woke::Turn,
+            _ = self.info.reset_requested() => return Err(SessionEnd::Reset),
+            changed = self.live.changed(), if watch_live => Woke::Reload(changed.is_ok()),
+            woke = pending_done(self.recheck.as_mut()), if self.recheck.is_some() => woke,
+        };
+        match woke {
+            Woke::Turn => {}
+            Woke::Reload(true) => self.policy_changed(),
+            Woke::Reload(false) => self.live_closed = true,
+            Woke::Listed(answer) => {
+                if let Some(Pending::Listing {
+                    class, counters, ..
+                }) = self.recheck.take()
+                {
+                    self.check_listed(class, counters, answer);
+                }
+            }
+            Woke::Checked(done) => {
+                if let Some(Pending::Checking {
+                    class, counters, ..
+                }) = self.recheck.take()
+                {
+                    let (policy, result, held_before) = done.unwrap_or_else(|e| {
+                        // Nothing withdrawn; the class holds from now on.
+                        warn!(error = %e, "policy re-check failed");
+                        let policy = SessionPolicy::new(class, self.info.remote.ip());
+                        (policy, crate::policy::Recheck::default(), 0)
+                    });
+                    self.apply_recheck(policy, counters, result, held_before);
+                }
+            }
         }
+        Ok(())
     }
 }
 
 impl Connection {
+    /// A reload changed the settings: re-match the session's class (same
+    /// function as at accept). The same class: nothing happens (nothing on
+    /// the wire). A class that refuses nothing: taken at once. Otherwise its
+    /// routes and subscriptions are asked of the table, behind the
+    /// operations already sent, and re-checked when the answer comes.
+    fn policy_changed(&mut self) {
+        let policy = self.live.borrow_and_update().policy.clone();
+        let Some(policy) = policy else {
+            if self.policy.take().is_some() {
+                self.info.set_policy_class("");
+                info!("policy removed by a reload: everything is allowed");
+            }
+            return;
+        };
+        let class = class_of(&policy, &self.info);
+        if let Some(c) = &self.policy {
+            if **c.policy.class() == *class {
+                return;
+            }
+        }
+        let counters = self.metrics.policy_counters(&class.name);
+        if !class.restricts() {
+            // Nothing it holds can be refused: no need to ask the table.
+            info!(class = %class.name, "policy reload: new class refuses nothing");
+            self.info.set_policy_class(&class.name);
+            self.policy = Some(Checker {
+                policy: SessionPolicy::new(class, self.info.remote.ip()),
+                counters,
+            });
+            return;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send_command(Command::Query(Query::SessionRoutes {
+            session: self.id,
+            reply,
+        }));
+        self.recheck = Some(Pending::Listing {
+            reply: rx,
+            class,
+            counters,
+        });
+    }
+
+    /// The table listed the session's routes: checks them under the new
+    /// class, here for a few, on a blocking thread for many (reading stays
+    /// paused until then).
+    fn check_listed(
+        &mut self,
+        class: Arc<Class>,
+        counters: Arc<PolicyCounters>,
+        answer: Option<(Vec<Route>, Vec<Vni>)>,
+    ) {
+        let (routes, subscribed) = answer.unwrap_or_default();
+        let ip = self.info.remote.ip();
+        let mut policy = self
+            .policy
+            .take()
+            .map_or_else(|| SessionPolicy::new(class.clone(), ip), |c| c.policy);
+        let held_before = routes.len();
+        if held_before <= INLINE_RECHECK_ROUTES {
+            let result = policy.reclassify(class, routes, &subscribed);
+            self.apply_recheck(policy, counters, result, held_before);
+            return;
+        }
+        let for_job = class.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let result = policy.reclassify(for_job, routes, &subscribed);
+            (policy, result, held_before)
+        });
+        self.recheck = Some(Pending::Checking {
+            job,
+            class,
+            counters,
+        });
+    }
+
+    /// Applies a re-check: the session's routes the new class refuses are
+    /// withdrawn exactly as the peer's REMOVE would withdraw them, the
+    /// subscriptions it no longer allows are dropped as an UNSUBSCRIBE
+    /// would; each counts as a refusal, and one log line says what happened.
+    fn apply_recheck(
+        &mut self,
+        policy: SessionPolicy,
+        counters: Arc<PolicyCounters>,
+        result: crate::policy::Recheck,
+        held_before: usize,
+    ) {
+        let checker = Checker { policy, counters };
+        self.info.set_policy_class(&checker.policy.class().name);
+        let now = std::time::SystemTime::now();
+        let mut by_reason = [0u64; Reason::ALL.len()];
+        let received = std::time::Instant::now();
+        for &(route, reason) in &result.withdraw {
+            by_reason[reason as usize] += 1;
+            self.ops.push(Op::Withdraw(route));
+            if self.ops.len() >= RECHECK_OPS_PER_COMMAND {
+                self.flush_ops(received);
+            }
+        }
+        for &vni in &result.unsubscribe {
+            by_reason[Reason::SubscribeVni as usize] += 1;
+            self.ops.push(Op::Unsubscribe(vni));
+        }
+        for reason in Reason::ALL {
+            let n = by_reason[reason as usize];
+            if n > 0 {
+                checker.counters.0[reason as usize].fetch_add(n, Relaxed);
+                self.info.refused_many(reason, n, now);
+            }
+        }
+        let class_name = checker.policy.class().name.clone();
+        if result.withdraw.is_empty() && result.unsubscribe.is_empty() && !result.close {
+            info!(class = %class_name, routes = held_before, "policy reload: session within its new class");
+        } else {
+            let reasons: Vec<String> = Reason::ALL
+                .iter()
+                .filter(|r| by_reason[**r as usize] > 0)
+                .map(|r| format!("{}:{}", r.label(), by_reason[*r as usize]))
+                .collect();
+            let dropped: Vec<String> = result.unsubscribe.iter().map(|v| v.to_string()).collect();
+            warn!(
+                class = %class_name,
+                routes = held_before,
+                withdrawn = result.withdraw.len(),
+                unsubscribed = %dropped.join(","),
+                reasons = %reasons.join(","),
+                close = result.close,
+                "policy reload: the new class refuses some of what the session holds; withdrawn from every peer and dropped"
+            );
+        }
+        if result.close {
+            self.close = Some(SessionEnd::PolicyMaxRoutes {
+                class: class_name,
+                max: checker.policy.class().limit.map_or(0, |l| l.max),
+            });
+        }
+        self.policy = Some(checker);
+        self.flush_ops(received);
+    }
+
     /// Queues an UPDATE the policy let through (or any, without a policy).
     #[inline]
     fn push_update(&mut self, u: crate::wire::Update) {
@@ -476,6 +709,12 @@ impl Connection {
             received,
             mailbox: self.mailbox.clone(),
         };
+        self.send_command(command);
+    }
+
+    /// Sends a command to the table without waiting, behind any still
+    /// waiting for room (the table sees a session's commands in order).
+    fn send_command(&mut self, command: Command) {
         if !self.waiting.is_empty() {
             self.waiting_ops += command_ops(&command);
             self.waiting.push_back(command);
@@ -574,6 +813,15 @@ fn command_ops(command: &Command) -> usize {
     match command {
         Command::Ops { ops, .. } => ops.len(),
         _ => 1,
+    }
+}
+
+/// The next step of a pending re-check (never ready without one).
+async fn pending_done(pending: Option<&mut Pending>) -> Woke {
+    match pending {
+        Some(Pending::Listing { reply, .. }) => Woke::Listed(reply.await.ok()),
+        Some(Pending::Checking { job, .. }) => Woke::Checked(job.await),
+        None => std::future::pending().await,
     }
 }
 

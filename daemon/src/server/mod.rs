@@ -138,6 +138,7 @@ impl Server {
                     metrics: metrics.clone(),
                     shutdown: shutdown.subscribe(),
                     registry: registry.clone(),
+                    live: settings.subscribe(),
                 },
                 limit: limit.clone(),
                 addresses: addresses.clone(),
@@ -157,7 +158,14 @@ impl Server {
         })
     }
 
-    /// New settings for sessions accepted from now on (open sessions keep theirs).
+    /// The session settings in force (the policy among them), as they
+    /// change with reloads.
+    pub fn settings_watch(&self) -> watch::Receiver<SessionSettings> {
+        self.settings.subscribe()
+    }
+
+    /// New settings for sessions accepted from now on; open sessions take
+    /// only the policy from them (re-checked against what they hold, ADR 0028).
     pub fn set_session_settings(&self, settings: SessionSettings) {
         self.settings.send_replace(settings);
     }
@@ -221,7 +229,11 @@ impl Acceptor {
             warn!(%peer, "session limit reached; connection closed");
             return;
         };
-        let settings = self.settings.borrow().clone();
+        // Settings taken and marked seen at once, for the admission check
+        // and the session alike: a reload after this is seen by the session
+        // (its policy re-applied), none is missed.
+        let mut live = self.settings.clone();
+        let settings = live.borrow_and_update().clone();
         // The per-address limits of the peer's class, by its address alone:
         // before any task, buffer or (later) TLS handshake for it.
         if let Some(policy) = &settings.policy {
@@ -253,6 +265,7 @@ impl Acceptor {
         let span = tracing::info_span!("session", %peer, id);
         let mut ctx = self.ctx.clone();
         ctx.settings = settings;
+        ctx.live = live;
         tokio::spawn(connection::run(stream, info, ctx, slot).instrument(span));
     }
 

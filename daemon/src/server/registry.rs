@@ -151,6 +151,19 @@ impl SessionInfo {
         self.last_refusal_reason.store(reason as u8 + 1, Relaxed);
     }
 
+    /// Counts `n` refusals for `reason` at `at` (a reload's re-check).
+    pub fn refused_many(&self, reason: crate::policy::Reason, n: u64, at: SystemTime) {
+        if n == 0 {
+            return;
+        }
+        self.refused(reason, at);
+        match reason {
+            crate::policy::Reason::SubscribeVni => &self.subscribes_refused,
+            _ => &self.routes_refused,
+        }
+        .fetch_add(n - 1, Relaxed);
+    }
+
     /// The last refusal's reason and time, if any.
     pub fn last_refusal(&self) -> Option<(crate::policy::Reason, SystemTime)> {
         let reason = self.last_refusal_reason.load(Relaxed).checked_sub(1)?;

@@ -416,6 +416,39 @@ impl RouteTable {
         }
     }
 
+    /// Every route `session` announces, in no particular order. Time is
+    /// proportional to the session's own routes.
+    pub fn routes_of(&self, session: SessionId) -> Vec<Route> {
+        self.route_keys_of(session)
+            .into_iter()
+            .filter_map(|(vni, slot)| self.route_at(vni, slot))
+            .collect()
+    }
+
+    /// Where the routes `session` announces are: (VNI, slot) each, for
+    /// [`RouteTable::route_at`]. A slot stays the route's while the session
+    /// announces it, so the keys can be resolved a part at a time.
+    pub fn route_keys_of(&self, session: SessionId) -> Vec<(u32, u32)> {
+        self.sessions
+            .get(&session)
+            .map(|e| e.announced.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The route in `slot` of `vni`, if there is one.
+    pub fn route_at(&self, vni: u32, slot: u32) -> Option<Route> {
+        let vt = self.vnis.get(&Vni(vni))?;
+        let s = vt.slots.get(slot as usize)?;
+        if matches!(s.announcers, Announcers::Vacant) {
+            return None;
+        }
+        Some(Route {
+            vni: Vni(vni),
+            dest: s.dest,
+            next_hop: *self.hops.get(s.hop),
+        })
+    }
+
     /// Whether `session` subscribes to `vni`.
     pub fn is_subscribed(&self, session: SessionId, vni: Vni) -> bool {
         self.sessions

@@ -368,3 +368,36 @@ fn update_mail_decodes_into_the_updates_it_carries() {
         ]
     );
 }
+
+#[test]
+fn routes_of_lists_exactly_a_sessions_routes() {
+    let mut t = RouteTable::new();
+    let mine = [
+        r("1#10.0.0.0/24@2001:db8::1"),
+        r("2#10.0.0.0/24@2001:db8::1"),
+        r("1#10.0.1.0/24@2001:db8::2#nat#1#10"),
+    ];
+    let shared = r("3#10.9.0.0/24@2001:db8::9");
+    for route in &mine {
+        t.announce(20, route);
+    }
+    t.announce(20, &shared);
+    t.announce(21, &shared);
+    t.announce(21, &r("1#10.5.0.0/24@2001:db8::5"));
+    t.withdraw(20, &mine[1]);
+    let mut got = t.routes_of(20);
+    got.sort();
+    let mut want = vec![mine[0], mine[2], shared];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(t.routes_of(22).is_empty());
+    let keys = t.route_keys_of(21);
+    assert_eq!(keys.len(), 2);
+    // A freed slot resolves to nothing.
+    let (vni, slot) = t.route_keys_of(20)[0];
+    let gone = t.route_at(vni, slot).unwrap();
+    t.withdraw(20, &gone);
+    if t.announcers(&gone).is_empty() {
+        assert_eq!(t.route_at(vni, slot), None);
+    }
+}

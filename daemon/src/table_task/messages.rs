@@ -153,6 +153,14 @@ pub enum Query {
         /// Answer, in the same order.
         reply: oneshot::Sender<Vec<(usize, Vec<Vni>)>>,
     },
+    /// Every route one session announces and the VNIs it subscribes to
+    /// (a policy reload re-checks them; ADR 0028).
+    SessionRoutes {
+        /// Which session.
+        session: SessionId,
+        /// Answer: its routes (in no particular order) and subscriptions.
+        reply: oneshot::Sender<(Vec<Route>, Vec<Vni>)>,
+    },
     /// An atomic snapshot of the routes matching `query` and a mailbox that
     /// receives every change sealed after it.
     Watch {

@@ -27,6 +27,10 @@ const BATCH: usize = 256;
 const DUMP_BUFFER_BYTES: usize = 16 * 1024;
 /// Bytes an encoded IPv4 ADD frame takes, about (for sizing a dump's first buffer).
 const DUMP_BYTES_PER_ROUTE: usize = 40;
+/// Routes of a session's listing (a policy re-check) resolved per turn of
+/// the task: a listing of 1M routes is cut into parts with other sessions'
+/// batches between them, so the fan-out never waits for all of it.
+const LISTING_PART: usize = 65_536;
 /// How often to consider returning freed heap memory to the system.
 const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 /// Only after at least this much was appended to the log since the last time.
@@ -55,6 +59,18 @@ struct TableTask {
     counters: Arc<TableCounters>,
     /// Bytes of SUBSCRIBE dumps encoded so far.
     dumped_bytes: u64,
+    /// Sessions' route listings being resolved a part per turn, in order.
+    listings: VecDeque<Listing>,
+}
+
+/// A [`Query::SessionRoutes`] being answered a part at a time. The session
+/// reads nothing meanwhile, so its routes (and their slots) stay put; if it
+/// ends, its answer is thrown away.
+struct Listing {
+    session: SessionId,
+    keys: Vec<(u32, u32)>,
+    routes: Vec<Route>,
+    reply: tokio::sync::oneshot::Sender<(Vec<Route>, Vec<Vni>)>,
 }
 
 impl TableTask {
@@ -65,6 +81,7 @@ impl TableTask {
             expiring: VecDeque::new(),
             counters,
             dumped_bytes: 0,
+            listings: VecDeque::new(),
         }
     }
 
@@ -87,6 +104,9 @@ impl TableTask {
                 _ = sleep_until_opt(self.expiring.front().map(|e| e.0)) => {
                     self.expire(Instant::now());
                     self.log.seal();
+                }
+                _ = std::future::ready(()), if !self.listings.is_empty() => {
+                    self.continue_listing();
                 }
                 _ = trim.tick() => {
                     // Bursts of updates and dumps allocate log chunks that are
@@ -164,6 +184,31 @@ impl TableTask {
         });
     }
 
+    /// Resolves the next part of the oldest listing; answers it when done.
+    fn continue_listing(&mut self) {
+        let Some(listing) = self.listings.front_mut() else {
+            return;
+        };
+        let from = listing.keys.len().saturating_sub(LISTING_PART);
+        for (vni, slot) in listing.keys.drain(from..) {
+            if let Some(route) = self.table.route_at(vni, slot) {
+                listing.routes.push(route);
+            }
+        }
+        if !listing.keys.is_empty() {
+            return;
+        }
+        if let Some(done) = self.listings.pop_front() {
+            debug!(
+                session = done.session,
+                routes = done.routes.len(),
+                "session routes listed for a policy re-check"
+            );
+            let subscriptions = self.table.subscriptions_of(done.session);
+            let _ = done.reply.send((done.routes, subscriptions));
+        }
+    }
+
     /// Withdraws the routes of ended sessions whose delay is over.
     fn expire(&mut self, now: Instant) {
         while let Some(&(when, session)) = self.expiring.front() {
@@ -197,6 +242,16 @@ impl TableTask {
                     .map(|&s| (self.table.announced_by(s), self.table.subscriptions_of(s)))
                     .collect();
                 let _ = reply.send(answer);
+            }
+            Query::SessionRoutes { session, reply } => {
+                let keys = self.table.route_keys_of(session);
+                self.listings.push_back(Listing {
+                    session,
+                    routes: Vec::with_capacity(keys.len()),
+                    keys,
+                    reply,
+                });
+                self.continue_listing();
             }
             Query::Watch {
                 query,

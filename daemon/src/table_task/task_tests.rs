@@ -535,3 +535,120 @@ fn a_sync_subscriber_gets_sync_right_after_its_dump_once() {
     assert_eq!(got.len(), n + 1);
     assert!(!got.iter().any(|m| matches!(m, Message::Sync(_))));
 }
+
+/// How long a policy reload's re-check of a session holding 1,000,000
+/// routes takes: the table task's listing (the only part on the table
+/// task) and the session's check. Run by hand, in release:
+/// `cargo test --release -p metalbondd --lib recheck_of_a_million -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn recheck_of_a_million_routes_timing() {
+    use crate::policy::{Policy, SessionPolicy};
+    let mut t = RouteTable::new();
+    let peer: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    for i in 0..1_000_000u32 {
+        let vni = 100 + i % 200;
+        let hop = if i % 2 == 0 {
+            "127.0.0.1"
+        } else {
+            "2001:db8::7"
+        };
+        let route: Route = format!("{vni}#10.{}.{}.0/24@{hop}", (i >> 8) & 255, i & 255)
+            .parse()
+            .unwrap();
+        t.announce(20, &route);
+    }
+    // What the task does for a listing: copy the keys at once, then
+    // resolve them a part per turn.
+    let started = Instant::now();
+    let mut keys = t.route_keys_of(20);
+    let copied = started.elapsed();
+    let mut routes = Vec::with_capacity(keys.len());
+    let mut worst_part = std::time::Duration::ZERO;
+    let mut parts = 0;
+    while !keys.is_empty() {
+        let part = Instant::now();
+        let from = keys.len().saturating_sub(LISTING_PART);
+        routes.extend(keys.drain(from..).filter_map(|(v, s)| t.route_at(v, s)));
+        worst_part = worst_part.max(part.elapsed());
+        parts += 1;
+    }
+    let listed = started.elapsed();
+    assert_eq!(routes.len(), 1_000_000);
+    let config = metalbondd_config::Config::parse(
+        "[[policy.class]]\nname = \"n\"\nmatch = [\"127.0.0.1/32\"]\nannounce_vnis = [\"100-199\"]\nnext_hop = \"self\"\nmax_routes = 200000\n",
+        "t.toml",
+    )
+    .unwrap();
+    let policy = Policy::new(config.policy.as_ref().unwrap());
+    let class = policy.class_for(peer).clone();
+    let mut s = SessionPolicy::new(class.clone(), peer);
+    let started = Instant::now();
+    let r = s.reclassify(class, routes, &[]);
+    let checked = started.elapsed();
+    println!(
+        "1M held routes: the table task copies the keys in {copied:?}, resolves them in {parts} parts \
+         (worst {worst_part:?}), {listed:?} in all; the session re-checks them in {checked:?} \
+         ({} to withdraw)",
+        r.withdraw.len()
+    );
+    assert_eq!(r.withdraw.len(), 800_000);
+}
+
+/// A session's listing (policy re-check) longer than a part is answered
+/// over several turns, other sessions' operations applied in between, and
+/// is complete: every route of the session, nobody else's.
+#[test]
+fn a_long_listing_is_answered_in_parts_with_other_work_between() {
+    let mut t = task();
+    let n = LISTING_PART + 100;
+    let mine: Vec<Route> = (0..n as u32)
+        .map(|i| {
+            format!(
+                "{}#10.{}.{}.0/24@2001:db8::1",
+                100 + i % 3,
+                (i >> 8) & 255,
+                i & 255
+            )
+            .parse()
+            .unwrap()
+        })
+        .collect();
+    let now = Instant::now();
+    let mailbox = Mailbox::new(u64::MAX);
+    t.handle(Command::Ops {
+        session: 20,
+        ops: mine.iter().copied().map(Op::Announce).collect(),
+        received: now,
+        mailbox: mailbox.clone(),
+    });
+    t.handle(Command::Ops {
+        session: 20,
+        ops: vec![Op::Subscribe {
+            vni: Vni(7),
+            sync: false,
+        }],
+        received: now,
+        mailbox: mailbox.clone(),
+    });
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    t.handle(Command::Query(Query::SessionRoutes { session: 20, reply }));
+    assert!(rx.try_recv().is_err(), "answered after one part");
+    // Another session's work goes on between the parts.
+    let other: Route = "100#192.0.2.0/24@2001:db8::2".parse().unwrap();
+    t.handle(Command::Ops {
+        session: 21,
+        ops: vec![Op::Announce(other)],
+        received: now,
+        mailbox: Mailbox::new(u64::MAX),
+    });
+    assert_eq!(t.table.stats().routes, n + 1);
+    t.continue_listing();
+    let (mut routes, subs) = rx.try_recv().expect("answered after the second part");
+    assert!(t.listings.is_empty());
+    routes.sort();
+    let mut want = mine;
+    want.sort();
+    assert_eq!(routes, want);
+    assert_eq!(subs, vec![Vni(7)]);
+}

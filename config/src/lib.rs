@@ -25,8 +25,8 @@ mod tests;
 pub use addr::{listen_addr, no_duplicate_listen, ServerAddr};
 pub use error::{line_col, ConfigError, ConfigErrors};
 pub use file::{
-    ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,
-    ServerSection, StateSection,
+    ApiSection, ClientSection, ClientTls, Config, LogFormat, LogSection, MetricsSection,
+    RoutesSection, ServerSection, ServerTls, StateSection,
 };
 pub use parse::http_addr;
 pub use policy::{

@@ -1,0 +1,1 @@
+//! TLS end-to-end tests (ADR 0026).

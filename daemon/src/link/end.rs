@@ -46,6 +46,11 @@ pub enum SessionEnd {
         /// Its `max_routes`.
         max: usize,
     },
+    /// The TLS layer failed after the handshake: the peer sent a fatal
+    /// alert (e.g. it refused our certificate) or a malformed record.
+    Tls(rustls::Error),
+    /// Client: the TLS handshake with the server failed or timed out.
+    TlsHandshake(String),
     /// This side stops: the daemon shuts down (or, in the client role, the
     /// server was removed or nobody listens to the connection's events).
     /// Not counted as a session down by the client.
@@ -115,6 +120,8 @@ impl SessionEnd {
             SessionEnd::Lagging(_) => "lagging",
             SessionEnd::Reset => "reset",
             SessionEnd::PolicyMaxRoutes { .. } => "policy_max_routes",
+            SessionEnd::Tls(_) => "tls_error",
+            SessionEnd::TlsHandshake(_) => "tls_handshake_failed",
             SessionEnd::Shutdown => "shutdown",
         }
     }
@@ -155,6 +162,8 @@ impl SessionEnd {
             SessionEnd::PolicyMaxRoutes { class, max } => format!(
                 "announced more than max_routes = {max} of policy class {class:?} (max_routes_action = \"close\")"
             ),
+            SessionEnd::Tls(e) => format!("TLS error: {e}"),
+            SessionEnd::TlsHandshake(e) => format!("TLS handshake failed: {e}"),
             SessionEnd::Shutdown => "server shutting down".into(),
         }
     }
@@ -200,6 +209,16 @@ mod tests {
                 Policy,
             ),
             (SessionEnd::Shutdown, "shutdown", Normal),
+            (
+                SessionEnd::Tls(rustls::Error::DecryptError),
+                "tls_error",
+                ProtocolError,
+            ),
+            (
+                SessionEnd::TlsHandshake("x".into()),
+                "tls_handshake_failed",
+                ProtocolError,
+            ),
             (
                 SessionEnd::Protocol(CloseReason::ZeroKeepaliveInterval),
                 "zero_keepalive_interval",

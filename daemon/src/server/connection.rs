@@ -78,6 +78,7 @@ pub struct SessionContext {
 /// through the caller's span.
 pub async fn run(
     stream: TcpStream,
+    tls: Option<(rustls::Connection, Vec<String>)>,
     info: Arc<SessionInfo>,
     ctx: SessionContext,
     slot: super::SessionSlot,
@@ -90,10 +91,12 @@ pub async fn run(
         registry,
     } = ctx;
     let id = info.id;
-    // The class is chosen once, at accept, by the source address; a reload
-    // changes the policy of later sessions only.
+    // The class is chosen once, at accept, by the source address and the
+    // TLS client certificate's identity; a reload changes the policy of
+    // later sessions only.
+    let (tls, identities) = tls.map_or((None, Vec::new()), |(c, ids)| (Some(c), ids));
     let policy = settings.policy.as_ref().map(|p| {
-        let class = p.class_for(info.remote.ip()).clone();
+        let class = p.class_for_peer(info.remote.ip(), &identities).clone();
         info.set_policy_class(&class.name);
         debug!(class = %class.name, "policy class");
         Checker {
@@ -101,7 +104,7 @@ pub async fn run(
             policy: SessionPolicy::new(class, info.remote.ip()),
         }
     });
-    let mut link = Link::new(
+    let link = Link::new(
         stream,
         Session::new(
             session::Config {
@@ -116,6 +119,10 @@ pub async fn run(
             pace_limit: settings.pace_limit,
         },
     );
+    let mut link = match tls {
+        Some(tls) => link.with_tls(tls),
+        None => link,
+    };
     let mut conn = Connection {
         id,
         info,

@@ -426,7 +426,9 @@ fn identities<'de, D: Deserializer<'de>>(
         let name = t.strip_prefix("*.").unwrap_or(&t);
         let ok = !name.is_empty()
             && name.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if !ok {
             return Err(de::Error::custom(format!(

@@ -480,7 +480,10 @@ async fn apply(
         _ => needs_restart.push("server.tls".into()),
     }
     if let (Some(old), Some(newer)) = (
-        running.client.as_ref().and_then(|c| c.connection.tls.as_ref()),
+        running
+            .client
+            .as_ref()
+            .and_then(|c| c.connection.tls.as_ref()),
         new.client.as_ref().and_then(|c| c.connection.tls.as_ref()),
     ) {
         old.replace_with(newer);

@@ -584,13 +584,32 @@ subscribe_vnis = []
         let ids = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let a = ip("127.0.0.1");
         let b = ip("2001:db8::1");
-        assert_eq!(p.class_for_peer(a, &ids(&["hv-1.hv.example.net"])).name, "hv-local");
-        assert_eq!(p.class_for_peer(b, &ids(&["hv-1.hv.example.net"])).name, "hv");
-        assert_eq!(p.class_for_peer(b, &ids(&["x", "hv-special.example.net"])).name, "hv");
+        assert_eq!(
+            p.class_for_peer(a, &ids(&["hv-1.hv.example.net"])).name,
+            "hv-local"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["hv-1.hv.example.net"])).name,
+            "hv"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["x", "hv-special.example.net"]))
+                .name,
+            "hv"
+        );
         // One label only, and no wildcard certificate names.
-        assert_eq!(p.class_for_peer(b, &ids(&["a.b.hv.example.net"])).name, "default");
-        assert_eq!(p.class_for_peer(b, &ids(&["*.hv.example.net"])).name, "default");
-        assert_eq!(p.class_for_peer(b, &ids(&["hv.example.net"])).name, "default");
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["a.b.hv.example.net"])).name,
+            "default"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["*.hv.example.net"])).name,
+            "default"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["hv.example.net"])).name,
+            "default"
+        );
         assert_eq!(p.class_for_peer(a, &[]).name, "local");
         assert_eq!(p.class_for(b).name, "default");
     }

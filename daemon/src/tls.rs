@@ -169,13 +169,9 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            format!(
-                "{} with {}: {e}",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("{} with {}: {e}", files.cert.display(), files.key.display()))?;
         // Sessions do not resume: no tickets to queue after the handshake.
         config.send_tls13_tickets = 0;
         Ok(Self {

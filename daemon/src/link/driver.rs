@@ -353,7 +353,10 @@ impl Link {
         let mut wrote = flush_tls(tls, &self.stream)?;
         let slices = self.out.slices(data_budget);
         if !slices.is_empty() {
-            let n = tls.writer().write_vectored(&slices).map_err(SessionEnd::Io)?;
+            let n = tls
+                .writer()
+                .write_vectored(&slices)
+                .map_err(SessionEnd::Io)?;
             if n > 0 {
                 self.pacer.on_sent(n, Instant::now().into_std());
                 self.out.advance(n);

@@ -168,7 +168,10 @@ impl Metrics {
     /// Counts a failed TLS handshake under `reason` (one of
     /// [`crate::tls::FAILURE_REASONS`]).
     pub fn tls_handshake_failed(&self, reason: &str) {
-        if let Some(i) = crate::tls::FAILURE_REASONS.iter().position(|r| *r == reason) {
+        if let Some(i) = crate::tls::FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+        {
             self.tls_failures[i].fetch_add(1, Relaxed);
         }
     }

@@ -21,8 +21,8 @@ use metrics::Metrics;
 use registry::{Registry, SessionInfo};
 
 use crate::table::SessionId;
-use crate::tls::Current;
 use crate::table_task::TableHandle;
+use crate::tls::Current;
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -239,12 +239,15 @@ impl Acceptor {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
         let metrics = self.ctx.metrics.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(
-                crate::tls::HANDSHAKE_TIMEOUT,
-                acceptor.accept(stream),
-            )
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")));
+            let handshake =
+                tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "handshake timed out",
+                        ))
+                    });
             match handshake {
                 Ok(tls) => {
                     let (stream, conn) = tls.into_inner();
@@ -279,7 +282,12 @@ struct SessionStart {
 impl SessionStart {
     /// Registers the session and spawns its task; `tls`: the connection
     /// after its handshake and the client certificate's identities.
-    fn spawn(self, stream: TcpStream, peer: SocketAddr, tls: Option<(rustls::Connection, Vec<String>)>) {
+    fn spawn(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<(rustls::Connection, Vec<String>)>,
+    ) {
         let id: SessionId = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Metrics::inc(&self.ctx.metrics.sessions_accepted);
         self.ctx

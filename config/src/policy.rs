@@ -347,7 +347,7 @@ pub struct PolicyClass {
     /// exactly, or `"*.hv.example.net"` for one more label in front
     /// (ADR 0026). With `match` as well, both must match. Lower-cased.
     #[serde(deserialize_with = "identities")]
-    pub match_identity: Option<Spanned<Vec<Spanned<String>>>>,
+    pub match_identity: Option<SpannedNames>,
     /// `subscribe_vnis`: VNIs the peer may subscribe to; `None`: any.
     #[serde(deserialize_with = "vni_ranges")]
     pub subscribe_vnis: Option<Vec<VniRange>>,
@@ -414,9 +414,10 @@ impl PolicyClass {
     }
 }
 
-fn identities<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Spanned<Vec<Spanned<String>>>>, D::Error> {
+/// A list of names with the position of the list and of each name.
+pub type SpannedNames = Spanned<Vec<Spanned<String>>>;
+
+fn identities<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SpannedNames>, D::Error> {
     let list = Spanned::<Vec<Spanned<String>>>::deserialize(d)?;
     let span = list.span();
     let mut out = Vec::new();

@@ -681,6 +681,7 @@ fn example_client_section_is_valid_when_uncommented() {
     assert_eq!(client.stale_time, DEFAULT_STALE_TIME_SECS);
     assert_eq!(client.keepalive, DEFAULT_KEEPALIVE_SECS);
     assert!(!client.cleanup && !client.ipv4_only);
+    assert!(client.tls.is_some(), "the example [client.tls]");
 }
 
 #[test]

@@ -354,3 +354,72 @@ async fn bad_tls_files_are_start_errors_naming_the_file() {
         "{stderr}"
     );
 }
+
+/// mbbench's fan-out and dump over a TLS listener (the benchmark's TLS
+/// mode): every route reaches every subscriber, exactly once.
+#[tokio::test]
+async fn mbbench_fanout_and_dump_over_tls_are_exact() {
+    let dir = unique_temp_dir();
+    let ca = Ca::new("metalbond test CA");
+    let ca_file = ca.write(&dir.join("ca.pem"));
+    let server_cert = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let client_cert = ca.issue(&dir, "bench", &["bench.hv.example.net"], false);
+    let config = server_config(&dir, &server_cert, &ca_file);
+    let d = Daemon::start(&["--config", config.to_str().unwrap()]);
+    let tls_addr = d
+        .wait_for_line(|l| l.contains("listening (TLS)"), T)
+        .await
+        .and_then(|l| parse_addr_field(&l))
+        .unwrap_or_else(|| panic!("no TLS listener; log:\n{}", d.logs()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mbbench"));
+    cmd.args([
+        "--server",
+        &tls_addr.to_string(),
+        "--tls-ca",
+        ca_file.to_str().unwrap(),
+        "--tls-cert",
+        client_cert.cert.to_str().unwrap(),
+        "--tls-key",
+        client_cert.key.to_str().unwrap(),
+        "--scenario",
+        "dump",
+        "--routes",
+        "20000",
+        "--subscribers",
+        "3",
+        "--timeout",
+        "20",
+        "--json",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || common::mbctl::run_blocking(cmd))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let phases: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        phases.len(),
+        2,
+        "preload (fan-out) and dump: {}",
+        out.stdout
+    );
+    for p in &phases {
+        assert_eq!(p["completed"], true, "{p}");
+        assert_eq!(p["loss"], 0.0, "{p}");
+        assert_eq!(p["duplicates"], 0.0, "{p}");
+        assert_eq!(p["received"], p["expected"], "{p}");
+    }
+    // The bench's sessions were TLS sessions: the server saw their identity.
+    assert!(
+        d.logs().contains("identity=\"bench.hv.example.net\""),
+        "{}",
+        d.logs()
+    );
+}

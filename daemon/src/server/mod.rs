@@ -238,16 +238,19 @@ impl Acceptor {
         // acceptor.
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
         let metrics = self.ctx.metrics.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "handshake timed out",
-                        ))
-                    });
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+                // A shutdown drops the connection mid-handshake.
+                _ = shutdown.changed() => return,
+            };
+            let handshake = handshake.unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ))
+            });
             match handshake {
                 Ok(tls) => {
                     let (stream, conn) = tls.into_inner();

@@ -409,11 +409,9 @@ impl PeerWrite for OwnedWriteHalf {
 }
 
 impl PeerWrite for tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>> {
-    fn close_both(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            // close_notify, then the TCP FIN.
-            let _ = self.shutdown().await;
-        }
+    async fn close_both(&mut self) {
+        // close_notify, then the TCP FIN.
+        let _ = self.shutdown().await;
     }
 }
 

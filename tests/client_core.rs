@@ -40,6 +40,7 @@ fn config() -> ClientConfig {
         stable_after: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(2),
         sync: true,
+        tls: None,
     }
 }
 

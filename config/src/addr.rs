@@ -2,7 +2,8 @@
 //!
 //! - [`ServerAddr`]: a route server to connect to, `HOST:PORT`, where HOST
 //!   is an IP address (IPv6 in brackets) or a DNS name (a Kubernetes
-//!   service name is the common case). Names are kept as written and
+//!   service name is the common case); `tls://HOST:PORT` connects with TLS
+//!   (ADR 0026). Names are kept as written and
 //!   resolved by the daemon on every connection attempt, so a service that
 //!   moves is followed.
 //! - [`listen_addr`]: an address to listen on, in the forms Go's
@@ -19,6 +20,8 @@ use std::str::FromStr;
 pub struct ServerAddr {
     host: Host,
     port: u16,
+    /// Written `tls://HOST:PORT`: the session runs over TLS.
+    tls: bool,
 }
 
 /// The host part of a [`ServerAddr`].
@@ -35,6 +38,22 @@ impl ServerAddr {
         Self {
             host: Host::Ip(addr.ip()),
             port: addr.port(),
+            tls: false,
+        }
+    }
+
+    /// Whether the server was written `tls://HOST:PORT`: connect with TLS,
+    /// verifying the server's certificate for HOST.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host as written (an IP address without brackets, or the name):
+    /// the name a TLS server's certificate is checked against.
+    pub fn host(&self) -> String {
+        match &self.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(n) => n.clone(),
         }
     }
 
@@ -69,6 +88,9 @@ impl From<SocketAddr> for ServerAddr {
 
 impl fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str(TLS_SCHEME)?;
+        }
         match &self.host {
             Host::Ip(ip) => SocketAddr::new(*ip, self.port).fmt(f),
             Host::Name(n) => write!(f, "{n}:{}", self.port),
@@ -80,11 +102,27 @@ impl fmt::Display for ServerAddr {
 const SERVER_FORMS: &str =
     "expected HOST:PORT, e.g. \"[2001:db8::1]:4711\", \"192.0.2.1:4711\" or \"metalbond.example:4711\"";
 
+/// The prefix of a server reached over TLS.
+const TLS_SCHEME: &str = "tls://";
+
 impl FromStr for ServerAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
+        if let Some(rest) = t.strip_prefix(TLS_SCHEME) {
+            if rest.contains("://") {
+                return Err(format!("{s:?}: one scheme only ({SERVER_FORMS})"));
+            }
+            let mut addr: ServerAddr = rest.parse()?;
+            addr.tls = true;
+            return Ok(addr);
+        }
+        if let Some((scheme, _)) = t.split_once("://") {
+            return Err(format!(
+                "{s:?}: unknown scheme {scheme:?} (only \"tls://HOST:PORT\"; plaintext is HOST:PORT)"
+            ));
+        }
         if let Ok(addr) = t.parse::<SocketAddr>() {
             return Ok(Self::from_socket_addr(addr));
         }
@@ -104,6 +142,7 @@ impl FromStr for ServerAddr {
         Ok(Self {
             host: Host::Name(host.to_ascii_lowercase()),
             port,
+            tls: false,
         })
     }
 }
@@ -154,6 +193,9 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Ok(addr) = t.parse::<SocketAddr>() {
         return Ok(addr);
+    }
+    if t.contains("://") {
+        return Err(format!("{s:?}: a listen address has no scheme ({FORMS})"));
     }
     if let Some(port) = t.strip_prefix(':') {
         let port = parse_port(s, port)?;

@@ -110,6 +110,45 @@ pub struct ServerSection {
     /// `/healthz`. Off unless set.
     #[serde(deserialize_with = "parse::opt_http_addr")]
     pub http: Option<SocketAddr>,
+    /// `tls_listen`: addresses of TLS listeners, next to the plaintext
+    /// ones (same forms as `listen`; none twice, none also in `listen`).
+    /// Needs `[server.tls]`. None by default.
+    #[serde(deserialize_with = "parse::tls_listen")]
+    pub tls_listen: Spanned<Vec<SocketAddr>>,
+    /// `[server.tls]`: the TLS listeners' certificate, key and client CA.
+    pub tls: Option<Spanned<ServerTls>>,
+}
+
+/// `[server.tls]`: PEM files of the TLS listeners (ADR 0026). Read at
+/// start, by `check-config` and again on every reload.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// `cert`: the server's certificate chain (PEM), leaf first.
+    pub cert: Spanned<PathBuf>,
+    /// `key`: the server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
+    /// `client_ca`: CA certificates (PEM) that client certificates must
+    /// chain to; set: every TLS client must present a valid certificate.
+    /// Absent: no client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<PathBuf>>,
+}
+
+/// `[client.tls]`: PEM files for servers given as `tls://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// `ca`: CA certificates (PEM) the server's certificate must chain to
+    /// (for the name HOST).
+    pub ca: Spanned<PathBuf>,
+    /// `cert`: this node's certificate chain (PEM), presented to servers
+    /// that ask for one; with `key`.
+    #[serde(default)]
+    pub cert: Option<Spanned<PathBuf>>,
+    /// `key`: the private key of `cert` (PEM).
+    #[serde(default)]
+    pub key: Option<Spanned<PathBuf>>,
 }
 
 impl Default for ServerSection {
@@ -125,6 +164,8 @@ impl Default for ServerSection {
             pace_limit: crate::DEFAULT_PACE_LIMIT_BYTES,
             withdraw_delay: 0,
             http: None,
+            tls_listen: Spanned::new(0..0, Vec::new()),
+            tls: None,
         }
     }
 }
@@ -303,6 +344,9 @@ pub struct ClientSection {
     /// route servers; `false` (`--no-sync`) sends a reference client's
     /// HELLO. Default true.
     pub sync: bool,
+    /// `[client.tls]`: CA (and client certificate) for servers given as
+    /// `tls://HOST:PORT`.
+    pub tls: Option<Spanned<ClientTls>>,
 }
 
 impl Default for ClientSection {
@@ -322,6 +366,7 @@ impl Default for ClientSection {
             reconnect_min: crate::DEFAULT_RECONNECT_MIN_SECS,
             reconnect_max: crate::DEFAULT_RECONNECT_MAX_SECS,
             sync: true,
+            tls: None,
         }
     }
 }
@@ -401,12 +446,53 @@ impl Config {
                     "client.servers: give at least one route server (e.g. servers = [\"[2001:db8::1]:4711\"])",
                 ));
             }
+            if let Some(tls) = &client.tls {
+                if tls.get_ref().cert.is_some() != tls.get_ref().key.is_some() {
+                    errors.push(ConfigError::at(
+                        path,
+                        text,
+                        tls.span().start,
+                        "client.tls: give both cert and key (or neither)",
+                    ));
+                }
+            } else if let Some(s) = client.servers.iter().find(|s| s.tls()) {
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    header,
+                    format!("client.servers: {s} needs [client.tls] (ca = \"...\")"),
+                ));
+            }
             if !client.install_routes.is_empty() && client.tun.is_none() {
                 errors.push(ConfigError::at(
                     path,
                     text,
                     header,
                     "client.install_routes needs the tunnel device (client.tun)",
+                ));
+            }
+        }
+        if !failed_keys.iter().any(|k| k.starts_with("server")) {
+            let server = &config.server;
+            if !server.tls_listen.get_ref().is_empty() && server.tls.is_none() {
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    server.tls_listen.span().start,
+                    "server.tls_listen needs [server.tls] (cert = \"...\", key = \"...\")",
+                ));
+            }
+            if let Some(both) = server
+                .tls_listen
+                .get_ref()
+                .iter()
+                .find(|a| server.listen.contains(a))
+            {
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    server.tls_listen.span().start,
+                    format!("server.tls_listen: {both} is also in server.listen"),
                 ));
             }
         }

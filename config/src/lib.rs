@@ -25,13 +25,13 @@ mod tests;
 pub use addr::{listen_addr, no_duplicate_listen, ServerAddr};
 pub use error::{line_col, ConfigError, ConfigErrors};
 pub use file::{
-    ApiSection, ClientSection, Config, LogFormat, LogSection, MetricsSection, RoutesSection,
-    ServerSection, StateSection,
+    ApiSection, ClientSection, ClientTls, Config, LogFormat, LogSection, MetricsSection,
+    RoutesSection, ServerSection, ServerTls, StateSection,
 };
 pub use parse::http_addr;
 pub use policy::{
     canonical, Cidr, CidrValue, ConnectRate, MaxRoutesAction, NextHopRule, PolicyClass,
-    PolicySection, VniRange,
+    PolicySection, SpannedNames, VniRange,
 };
 /// A value together with its byte range in the configuration file.
 pub use toml::Spanned;

@@ -327,6 +327,18 @@ pub(crate) fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>,
     Ok(addrs)
 }
 
+/// `server.tls_listen`: like `listen`, but may be empty; kept with its
+/// position for the checks across keys.
+pub(crate) fn tls_listen<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Spanned<Vec<SocketAddr>>, D::Error> {
+    let addrs: Spanned<Vec<Listen>> = de::Deserialize::deserialize(d)?;
+    let span = addrs.span();
+    let addrs: Vec<SocketAddr> = addrs.into_inner().into_iter().map(|a| a.0).collect();
+    crate::addr::no_duplicate_listen(&addrs).map_err(de::Error::custom)?;
+    Ok(Spanned::new(span, addrs))
+}
+
 /// An optional socket address (present means given).
 pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
     d: D,

@@ -410,6 +410,12 @@ pub struct PolicyClass {
     /// empty in `[[policy.class]]`, absent in `[policy.default]`).
     #[serde(rename = "match")]
     pub matches: Option<Spanned<Vec<Spanned<CidrValue>>>>,
+    /// `match_identity`: names matched against a TLS client certificate's
+    /// DNS names (its subject CN when it has none): `"hv-17.example.net"`
+    /// exactly, or `"*.hv.example.net"` for one more label in front
+    /// (ADR 0026). With `match` as well, both must match. Lower-cased.
+    #[serde(deserialize_with = "identities")]
+    pub match_identity: Option<SpannedNames>,
     /// `subscribe_vnis`: VNIs the peer may subscribe to; `None`: any.
     #[serde(deserialize_with = "vni_ranges")]
     pub subscribe_vnis: Option<Vec<VniRange>>,
@@ -458,6 +464,7 @@ impl Default for PolicyClass {
         Self {
             name: None,
             matches: None,
+            match_identity: None,
             subscribe_vnis: None,
             announce_vnis: None,
             next_hop: None,
@@ -506,6 +513,42 @@ impl PolicyClass {
             _ => None,
         }
     }
+}
+
+impl PolicyClass {
+    /// The class's `match_identity` patterns, lower-cased (none when absent).
+    pub fn identity_patterns(&self) -> impl Iterator<Item = &str> + '_ {
+        self.match_identity
+            .iter()
+            .flat_map(|m| m.get_ref().iter().map(|p| p.get_ref().as_str()))
+    }
+}
+
+/// A list of names with the position of the list and of each name.
+pub type SpannedNames = Spanned<Vec<Spanned<String>>>;
+
+fn identities<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SpannedNames>, D::Error> {
+    let list = Spanned::<Vec<Spanned<String>>>::deserialize(d)?;
+    let span = list.span();
+    let mut out = Vec::new();
+    for p in list.into_inner() {
+        let at = p.span();
+        let t = p.into_inner().to_ascii_lowercase();
+        let name = t.strip_prefix("*.").unwrap_or(&t);
+        let ok = !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !ok {
+            return Err(de::Error::custom(format!(
+                "{t:?} is not an identity pattern (a DNS name such as \"hv-17.example.net\", or \"*.hv.example.net\" for one label in front)"
+            )));
+        }
+        out.push(Spanned::new(at, t));
+    }
+    Ok(Some(Spanned::new(span, out)))
 }
 
 /// A prefix of `match`, written as a string.
@@ -566,8 +609,18 @@ impl PolicySection {
                 )),
                 Some(n) => names.push(n.get_ref()),
             }
+            if let Some(ids) = &class.match_identity {
+                if ids.get_ref().is_empty() {
+                    errors.push((
+                        ids.span().start,
+                        format!("policy.class[{i}].match_identity: the list is empty: the class would match nobody"),
+                    ));
+                }
+            }
             let Some(matches) = &class.matches else {
-                errors.push((at, format!("policy.class[{i}]: give the peer addresses it matches (match = [\"10.0.0.0/8\"])")));
+                if class.match_identity.is_none() {
+                    errors.push((at, format!("policy.class[{i}]: give the peer addresses it matches (match = [\"10.0.0.0/8\"]) or the certificate identities (match_identity = [\"*.hv.example.net\"])")));
+                }
                 continue;
             };
             if matches.get_ref().is_empty() {
@@ -589,12 +642,22 @@ impl PolicySection {
                         ),
                     ));
                 }
-                earlier.push((cidr, class.name()));
+                // A class that also needs an identity does not take every
+                // peer of its prefixes: later classes may still match them.
+                if class.match_identity.is_none() {
+                    earlier.push((cidr, class.name()));
+                }
             }
             errors.extend(class.check_burst(&format!("policy.class[{i}]")));
         }
         if let Some(default) = &self.default {
             errors.extend(default.check_burst("policy.default"));
+            if let Some(m) = &default.match_identity {
+                errors.push((
+                    m.span().start,
+                    "policy.default.match_identity: the default class takes every peer no class matches; it has no match_identity".to_string(),
+                ));
+            }
             if let Some(m) = &default.matches {
                 errors.push((
                     m.span().start,

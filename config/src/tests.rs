@@ -131,6 +131,7 @@ fn full_file() {
             pace_limit: 0,
             withdraw_delay: 3,
             http: Some("[::1]:4712".parse().unwrap()),
+            ..ServerSection::default()
         }
     );
     assert_eq!(
@@ -680,6 +681,7 @@ fn example_client_section_is_valid_when_uncommented() {
     assert_eq!(client.stale_time, DEFAULT_STALE_TIME_SECS);
     assert_eq!(client.keepalive, DEFAULT_KEEPALIVE_SECS);
     assert!(!client.cleanup && !client.ipv4_only);
+    assert!(client.tls.is_some(), "the example [client.tls]");
 }
 
 #[test]
@@ -1053,4 +1055,95 @@ fn example_policy_section_is_valid_when_uncommented() {
     assert_eq!(p.class[0].name(), "hypervisors");
     assert_eq!(p.class[0].max_routes, Some(10000));
     assert_eq!(p.default.expect("default").announce_vnis, Some(vec![]));
+}
+
+#[test]
+fn tls_sections() {
+    let c = parse(
+        "[server]\nlisten = [\"[::1]:4711\"]\ntls_listen = [\"[::1]:4712\", \":4713\"]\n\
+         [server.tls]\ncert = \"/etc/mb/server.pem\"\nkey = \"/etc/mb/server.key\"\nclient_ca = \"/etc/mb/ca.pem\"\n\
+         [client]\nservers = [\"tls://mb.example:4712\", \"[::1]:4711\"]\n[client.tls]\nca = \"/etc/mb/ca.pem\"\n",
+    );
+    assert_eq!(
+        c.server.tls_listen.get_ref(),
+        &vec![addr("[::1]:4712"), addr("[::]:4713")]
+    );
+    let tls = c.server.tls.as_ref().unwrap().get_ref();
+    assert_eq!(tls.cert.get_ref(), Path::new("/etc/mb/server.pem"));
+    assert_eq!(
+        tls.client_ca.as_ref().unwrap().get_ref(),
+        Path::new("/etc/mb/ca.pem")
+    );
+    let client = c.client.unwrap();
+    assert!(client.servers[0].tls());
+    assert_eq!(client.servers[0].host(), "mb.example");
+    assert_eq!(client.servers[0].to_string(), "tls://mb.example:4712");
+    assert!(!client.servers[1].tls());
+    assert!(client.tls.unwrap().get_ref().cert.is_none());
+}
+
+#[test]
+fn bad_tls_sections() {
+    reject(
+        "[server]\ntls_listen = [\"[::1]:4712\"]\n",
+        2,
+        14,
+        &["tls_listen needs [server.tls]"],
+    );
+    reject(
+        "[server]\nlisten = [\"[::1]:4712\"]\ntls_listen = [\"[::1]:4712\"]\n[server.tls]\ncert = \"a\"\nkey = \"b\"\n",
+        3,
+        14,
+        &["[::1]:4712 is also in server.listen"],
+    );
+    reject(
+        "[server]\ntls_listen = [\"[::1]:4712\", \"[::1]:4712\"]\n",
+        2,
+        14,
+        &["[::1]:4712"],
+    );
+    reject("[server.tls]\ncert = \"a\"\n", 1, 1, &["key"]);
+    reject(
+        "[client]\nservers = [\"tls://[::1]:4712\"]\n",
+        1,
+        1,
+        &["tls://[::1]:4712 needs [client.tls]"],
+    );
+    reject(
+        "[client]\nservers = [\"tcp://[::1]:4712\"]\n",
+        2,
+        12,
+        &["unknown scheme \"tcp\""],
+    );
+}
+
+#[test]
+fn policy_match_identity() {
+    let c = parse(
+        "[[policy.class]]\nname = \"hv\"\nmatch_identity = [\"*.HV.example.net\", \"hv-1.example.net\"]\n",
+    );
+    let class = &c.policy.unwrap().class[0];
+    assert!(class.matches.is_none());
+    assert_eq!(
+        class.identity_patterns().collect::<Vec<_>>(),
+        ["*.hv.example.net", "hv-1.example.net"]
+    );
+    reject(
+        "[[policy.class]]\nname = \"hv\"\nmatch_identity = [\"a.*.net\"]\n",
+        3,
+        18,
+        &["not an identity pattern"],
+    );
+    reject(
+        "[[policy.class]]\nname = \"hv\"\n",
+        2,
+        8,
+        &["match_identity"],
+    );
+    reject(
+        "[policy.default]\nmatch_identity = [\"a.net\"]\n",
+        2,
+        18,
+        &["has no match_identity"],
+    );
 }

@@ -39,6 +39,7 @@ macro_rules! peer_names {
             "subscribes_refused",
             "last_refusal_reason",
             "last_refusal_at",
+            "tls_identity",
         ]
     };
 }

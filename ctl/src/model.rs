@@ -191,6 +191,8 @@ pub struct PeerJson {
     pub last_refusal_reason: String,
     /// When the last refusal happened (RFC 3339), or null.
     pub last_refusal_at: Option<String>,
+    /// TLS client certificate identity (empty for plaintext).
+    pub tls_identity: String,
 }
 
 impl From<&api::Peer> for PeerJson {
@@ -220,6 +222,7 @@ impl From<&api::Peer> for PeerJson {
             subscribes_refused: p.subscribes_refused,
             last_refusal_reason: p.last_refusal_reason.clone(),
             last_refusal_at: timestamp_text(&p.last_refusal_at),
+            tls_identity: p.tls_identity.clone(),
         }
     }
 }

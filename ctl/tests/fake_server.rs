@@ -192,6 +192,7 @@ fn peer_one() -> Peer {
             seconds: 1_700_000_100,
             nanos: 0,
         }),
+        tls_identity: String::new(),
     }
 }
 

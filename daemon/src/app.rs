@@ -465,6 +465,31 @@ async fn apply(
         }
         applied.push("server keepalive, timeouts, lag limit and pacing (for new sessions)".into());
     }
+    // The certificate files were read again by the reload (a bad one
+    // failed it, keeping these): handshakes from now on use them.
+    let mut server_tls = running.server.tls.clone();
+    match (&running.server.tls, &new.server.tls) {
+        (Some(old), Some(newer)) => {
+            old.replace_with(newer);
+            server_tls = Some(crate::tls::ServerTls {
+                files: newer.files.clone(),
+                current: old.current.clone(),
+            });
+            applied.push("server TLS certificates (for new handshakes)".into());
+        }
+        (None, None) => {}
+        _ => needs_restart.push("server.tls".into()),
+    }
+    if let (Some(old), Some(newer)) = (
+        running
+            .client
+            .as_ref()
+            .and_then(|c| c.connection.tls.as_ref()),
+        new.client.as_ref().and_then(|c| c.connection.tls.as_ref()),
+    ) {
+        old.replace_with(newer);
+        applied.push("client TLS certificates (for new connections)".into());
+    }
     if new.server.max_sessions != running.server.max_sessions {
         server.set_max_sessions(new.server.max_sessions);
         applied.push(format!("server.max_sessions = {}", new.server.max_sessions));
@@ -482,6 +507,10 @@ async fn apply(
     }
     for (what, changed) in [
         ("server.listen", new.server.listen != running.server.listen),
+        (
+            "server.tls_listen",
+            new.server.tls_listen != running.server.tls_listen,
+        ),
         ("api", new.api != running.api),
         ("state.dir", new.state_dir != running.state_dir),
         ("server.http", new.http != running.http),
@@ -498,6 +527,7 @@ async fn apply(
         server: ServerConfig {
             session: new.server.session,
             max_sessions: new.server.max_sessions,
+            tls: server_tls,
             ..running.server.clone()
         },
         client,

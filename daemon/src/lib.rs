@@ -28,4 +28,5 @@ pub mod settings;
 pub mod store;
 pub mod table;
 pub mod table_task;
+pub mod tls;
 pub mod wire;

@@ -160,6 +160,9 @@ pub struct Class {
     /// Its name (logs, metrics, API).
     pub name: String,
     matches: Vec<Cidr>,
+    /// `match_identity` patterns (lower-case); with `matches` too, both
+    /// must match.
+    identities: Vec<String>,
     subscribe: Option<VniSet>,
     announce: Option<VniSet>,
     /// `None`: any next hop. Else the peer's own address (if `own_address`)
@@ -180,6 +183,7 @@ impl Class {
         Class {
             name: c.name().to_string(),
             matches: c.match_prefixes().collect(),
+            identities: c.identity_patterns().map(str::to_string).collect(),
             subscribe: c.subscribe_vnis.as_deref().map(VniSet::new),
             announce: c.announce_vnis.as_deref().map(VniSet::new),
             next_hop: c
@@ -215,6 +219,7 @@ impl Class {
         Class {
             name: name.to_string(),
             matches: Vec::new(),
+            identities: Vec::new(),
             subscribe: None,
             announce: None,
             next_hop: None,
@@ -350,12 +355,26 @@ impl Policy {
         }
     }
 
-    /// The class of a peer whose source address is `peer`.
+    /// The class of a plaintext peer whose source address is `peer`.
     pub fn class_for(&self, peer: IpAddr) -> &Arc<Class> {
+        self.class_for_peer(peer, &[])
+    }
+
+    /// The class of a peer at `peer` whose TLS client certificate speaks
+    /// for `identities` (lower-case; none for plaintext): the first class
+    /// whose `match` (if any) holds the address and whose `match_identity`
+    /// (if any) matches one of the identities.
+    pub fn class_for_peer(&self, peer: IpAddr, identities: &[String]) -> &Arc<Class> {
         let peer = canonical(peer);
         self.classes
             .iter()
-            .find(|c| c.matches.iter().any(|m| m.contains(peer)))
+            .find(|c| {
+                (c.matches.is_empty() || c.matches.iter().any(|m| m.contains(peer)))
+                    && (c.identities.is_empty()
+                        || c.identities
+                            .iter()
+                            .any(|p| identities.iter().any(|id| identity_matches(p, id))))
+            })
             .unwrap_or(&self.default)
     }
 
@@ -370,6 +389,17 @@ impl Policy {
             .iter()
             .chain(std::iter::once(&self.default))
             .map(|c| c.name.as_str())
+    }
+}
+
+/// Whether certificate name `name` matches `pattern`: equal, or for
+/// `*.SUFFIX` exactly one non-wildcard label in front of SUFFIX.
+fn identity_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && first != "*" && rest == suffix),
+        None => pattern == name,
     }
 }
 
@@ -607,8 +637,7 @@ impl SessionPolicy {
         }
         // Already over a threshold: no warning for what it held before.
         self.warned = limit.is_some_and(|l| self.held.len() >= l.warn_at);
-        self.warned_vni =
-            vni_limit.is_some_and(|l| self.per_vni.values().any(|&n| n >= l.warn_at));
+        self.warned_vni = vni_limit.is_some_and(|l| self.per_vni.values().any(|&n| n >= l.warn_at));
         out
     }
 
@@ -940,5 +969,59 @@ connect_rate = "6/m"
             assert!(s.first_time(r) || matches!(r, Reason::MaxRoutes | Reason::NextHop));
             assert!(!s.first_time(r));
         }
+    }
+
+    #[test]
+    fn identity_selects_the_class() {
+        let section = Config::parse(
+            r#"
+            [[policy.class]]
+            name = "hv-local"
+            match = ["127.0.0.0/8"]
+            match_identity = ["*.hv.example.net"]
+            [[policy.class]]
+            name = "hv"
+            match_identity = ["*.hv.example.net", "hv-special.example.net"]
+            [[policy.class]]
+            name = "local"
+            match = ["127.0.0.0/8"]
+            "#,
+            "test.toml",
+        )
+        .unwrap()
+        .policy
+        .unwrap();
+        let p = Policy::new(&section);
+        let ids = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = ip("127.0.0.1");
+        let b = ip("2001:db8::1");
+        assert_eq!(
+            p.class_for_peer(a, &ids(&["hv-1.hv.example.net"])).name,
+            "hv-local"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["hv-1.hv.example.net"])).name,
+            "hv"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["x", "hv-special.example.net"]))
+                .name,
+            "hv"
+        );
+        // One label only, and no wildcard certificate names.
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["a.b.hv.example.net"])).name,
+            "default"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["*.hv.example.net"])).name,
+            "default"
+        );
+        assert_eq!(
+            p.class_for_peer(b, &ids(&["hv.example.net"])).name,
+            "default"
+        );
+        assert_eq!(p.class_for_peer(a, &[]).name, "local");
+        assert_eq!(p.class_for(b).name, "default");
     }
 }

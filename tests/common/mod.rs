@@ -19,6 +19,7 @@ pub mod mbctl;
 pub mod netns;
 #[cfg(feature = "interop")]
 pub mod rustbond;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};

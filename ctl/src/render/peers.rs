@@ -59,6 +59,7 @@ pub fn peer_details(peer: &PeerJson) -> String {
         peer.subscribes_refused.to_string(),
         or_dash(&peer.last_refusal_reason),
         peer.last_refusal_at.clone().unwrap_or_else(|| "-".into()),
+        or_dash(&peer.tls_identity),
     ];
     key_values(&labelled(keys::PEER, values))
 }

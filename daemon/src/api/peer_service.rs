@@ -137,6 +137,7 @@ pub fn peer_to_api(s: &SessionInfo, routes_announced: usize, vnis: &[Vni]) -> pb
             .map(|(r, _)| r.label().to_string())
             .unwrap_or_default(),
         last_refusal_at: s.last_refusal().map(|(_, at)| timestamp(at)),
+        tls_identity: s.tls_identity(),
     }
 }
 

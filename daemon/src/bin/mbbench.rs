@@ -140,6 +140,18 @@ struct Args {
     /// scrape scenario.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Run the fanout, dump, session-end, withdraw and latency sessions
+    /// over TLS (a metalbondd `tls_listen` address as --server), trusting
+    /// the CA certificates in this PEM file; the server's certificate must
+    /// name its IP address.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present, with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Kernel scenario: the routing table the agent installs --vni into.
     #[arg(long, default_value_t = 100, help_heading = "Kernel scenario")]
     table: u32,
@@ -361,6 +373,7 @@ fn agent_main(args: Args) -> ExitCode {
                 batch_bytes: args.batch_bytes,
                 batch_pause: Duration::from_micros(args.batch_pause_us),
                 handshake_timeout: Duration::from_secs(10),
+                tls: tls_config(&args)?,
             },
             client_api: args.client_api.clone().ok_or("--client-api is required")?,
             client_pid: args.client_pid,
@@ -496,6 +509,19 @@ impl Output {
     }
 }
 
+/// The TLS client configuration of `--tls-ca` (`--tls-cert`, `--tls-key`),
+/// read with the daemon's own loader.
+fn tls_config(args: &Args) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let files = metalbondd::tls::ClientFiles {
+        ca: ca.clone(),
+        cert_key: args.tls_cert.clone().zip(args.tls_key.clone()),
+    };
+    Ok(Some(metalbondd::tls::ClientTls::load(files)?.config()))
+}
+
 async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
     let server = resolve(&args.server).await?;
     let timeout = Duration::from_secs(args.timeout);
@@ -506,6 +532,7 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
             batch_bytes: args.batch_bytes,
             batch_pause: Duration::from_micros(args.batch_pause_us),
             handshake_timeout: timeout.min(Duration::from_secs(30)),
+            tls: tls_config(&args)?,
         },
         set: RouteSet::new(args.routes, args.vni, args.ipv6),
         timeout,

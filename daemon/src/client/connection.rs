@@ -112,7 +112,7 @@ pub fn backoff_delay(cfg: &BackoffConfig, attempt: u32, unit: f64) -> Duration {
 }
 
 /// Settings of the client connections.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClientConfig {
     /// Keepalive interval the client proposes, in seconds (0 means 5).
     pub keepalive_secs: u32,
@@ -128,6 +128,9 @@ pub struct ClientConfig {
     /// carries no extension field at all: byte for byte a reference
     /// client's, for a peer that misbehaves with the extension.
     pub sync: bool,
+    /// `[client.tls]`: for servers given as `tls://HOST:PORT` (ADR 0026);
+    /// a reload replaces its configuration in place.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -138,6 +141,7 @@ impl Default for ClientConfig {
             stable_after: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             sync: true,
+            tls: None,
         }
     }
 }
@@ -338,7 +342,7 @@ impl Client {
         let task = tokio::spawn(run(
             id,
             addr,
-            self.config,
+            self.config.clone(),
             desired,
             commands_rx,
             events.clone(),
@@ -472,7 +476,7 @@ pub async fn run(
         }
         let mut conn = Conn {
             server,
-            config,
+            config: config.clone(),
             desired: &mut desired,
             commands: &mut commands,
             events: &events,
@@ -581,10 +585,27 @@ impl Conn<'_> {
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
         debug!(server = %self.server, %addr, %peer, "connected");
-        self.run_session(stream, peer).await
+        let (stream, tls) = if addr.tls() {
+            let handshake = tokio::select! {
+                r = tls_handshake(self.config.tls.as_ref(), addr, stream) => r,
+                _ = self.shutdown.changed() => return Outcome::Stop,
+            };
+            match handshake {
+                Ok((stream, conn)) => (stream, Some(conn)),
+                Err(end) => return ended(end, None),
+            }
+        } else {
+            (stream, None)
+        };
+        self.run_session(stream, tls, peer).await
     }
 
-    async fn run_session(&mut self, stream: TcpStream, peer: SocketAddr) -> Outcome {
+    async fn run_session(
+        &mut self,
+        stream: TcpStream,
+        tls: Option<rustls::Connection>,
+        peer: SocketAddr,
+    ) -> Outcome {
         let mut session = Session::new(
             session::Config {
                 role: Role::Client,
@@ -608,7 +629,11 @@ impl Conn<'_> {
             write_timeout: None,
             pace_limit: 0,
         };
-        let mut link = Link::new(stream, session, settings);
+        let link = Link::new(stream, session, settings);
+        let mut link = match tls {
+            Some(tls) => link.with_tls(tls),
+            None => link,
+        };
         let mut role = ClientLink {
             server: self.server,
             peer,
@@ -806,6 +831,40 @@ pub async fn resolve(server: &ServerAddr, timeout: Duration) -> Result<Vec<Socke
         return Err(format!("{name}: no address"));
     }
     Ok(out)
+}
+
+/// The TLS handshake with a `tls://` server, verified for its host name
+/// against `[client.tls] ca`; the socket and the connection apart, for the
+/// link driver.
+async fn tls_handshake(
+    tls: Option<&crate::tls::ClientTls>,
+    addr: &ServerAddr,
+    stream: TcpStream,
+) -> Result<(TcpStream, rustls::Connection), SessionEnd> {
+    let Some(tls) = tls else {
+        return Err(SessionEnd::TlsHandshake(
+            "the server is tls:// but [client.tls] is not configured".into(),
+        ));
+    };
+    let name = rustls::pki_types::ServerName::try_from(addr.host())
+        .map_err(|e| SessionEnd::TlsHandshake(format!("bad server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config());
+    match tokio::time::timeout(
+        crate::tls::HANDSHAKE_TIMEOUT,
+        connector.connect(name, stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => {
+            let (stream, conn) = s.into_inner();
+            Ok((stream, rustls::Connection::Client(conn)))
+        }
+        Ok(Err(e)) => Err(SessionEnd::TlsHandshake(e.to_string())),
+        Err(_) => Err(SessionEnd::TlsHandshake(format!(
+            "timed out after {:?}",
+            crate::tls::HANDSHAKE_TIMEOUT
+        ))),
+    }
 }
 
 /// Connects to the first of `addrs` that accepts, in order, each attempt

@@ -4,6 +4,7 @@
 //! timers; the client: events to the agent and commands from it).
 
 use std::future::Future;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -129,6 +130,10 @@ pub struct Link {
     /// handle it, so the task yields after this turn (see `run`).
     read_full: bool,
     write_timeout: Option<Duration>,
+    /// The session runs over TLS: the socket's bytes pass through this
+    /// connection, used sans-I/O after the handshake (ADR 0026). `None`
+    /// (plaintext) costs one branch per read and write.
+    tls: Option<Box<rustls::Connection>>,
 }
 
 impl Link {
@@ -146,7 +151,16 @@ impl Link {
             paused_credit: Duration::ZERO,
             read_full: false,
             write_timeout: settings.write_timeout,
+            tls: None,
         }
+    }
+
+    /// Runs the session over `tls`, whose handshake on this link's socket
+    /// is complete (it may hold records read past the handshake).
+    pub fn with_tls(mut self, mut tls: rustls::Connection) -> Self {
+        tls.set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));
+        self.tls = Some(Box::new(tls));
+        self
     }
 
     /// Runs the session until it ends, or until `shutdown` changes (then
@@ -163,7 +177,17 @@ impl Link {
         let mut last_write_progress = Instant::now();
         // What the session says before hearing anything (the client's HELLO).
         self.collect(role, Instant::now().into_std());
+        // Records that came with the end of the TLS handshake are in rustls
+        // already: the socket will not say readable for them.
+        let early = if self.tls.is_some() {
+            self.read_some(role)
+        } else {
+            Ok(())
+        };
         if let Err(end) = role.deliver().await {
+            return end;
+        }
+        if let Err(end) = early {
             return end;
         }
         loop {
@@ -185,7 +209,11 @@ impl Link {
                 .map(|d| Instant::from_std(d) + self.paused_credit);
             let write_deadline = self.write_timeout.map(|t| last_write_progress + t);
             let (data_budget, pace_wait) = self.pace(fd);
-            let can_write = self.out.has_urgent() || data_budget > 0;
+            // TLS: records rustls holds (a write it could not finish, an
+            // alert) go out even when nothing is queued.
+            let can_write = self.out.has_urgent()
+                || data_budget > 0
+                || self.tls.as_ref().is_some_and(|t| t.wants_write());
             let turn = tokio::select! {
                 ready = self.stream.readable(), if can_read => match ready {
                     Err(e) => Err(SessionEnd::Io(e)),
@@ -256,6 +284,9 @@ impl Link {
         data_budget: usize,
         progress: &mut Instant,
     ) -> Result<(), SessionEnd> {
+        if self.tls.is_some() {
+            return self.write_some_tls(role, data_budget, progress);
+        }
         let slices = self.out.slices(data_budget);
         match self.stream.try_write_vectored(&slices) {
             Ok(0) => Err(SessionEnd::PeerClosed),
@@ -276,6 +307,9 @@ impl Link {
     /// frame in it. The buffer grows while reads fill it and is released
     /// when a quiet read leaves it empty.
     fn read_some<R: LinkRole>(&mut self, role: &mut R) -> Result<(), SessionEnd> {
+        if self.tls.is_some() {
+            return self.read_some_tls(role);
+        }
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
             self.rbuf.reserve(self.read_size);
         }
@@ -301,6 +335,115 @@ impl Link {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(SessionEnd::Io(e)),
         }
+    }
+
+    /// [`Link::write_some`] over TLS: rustls takes what fits in its buffer
+    /// (so `out` advances by exactly what it took) and its records go to
+    /// the socket.
+    fn write_some_tls<R: LinkRole>(
+        &mut self,
+        role: &mut R,
+        data_budget: usize,
+        progress: &mut Instant,
+    ) -> Result<(), SessionEnd> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        // What rustls holds goes out first, making room.
+        let mut wrote = flush_tls(tls, &self.stream)?;
+        let slices = self.out.slices(data_budget);
+        if !slices.is_empty() {
+            let n = tls
+                .writer()
+                .write_vectored(&slices)
+                .map_err(SessionEnd::Io)?;
+            if n > 0 {
+                self.pacer.on_sent(n, Instant::now().into_std());
+                self.out.advance(n);
+                role.written(n, &self.out);
+            }
+            wrote |= flush_tls(tls, &self.stream)?;
+        }
+        if wrote {
+            *progress = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// [`Link::read_some`] over TLS: socket bytes into rustls, its
+    /// plaintext into the read buffer, then the frames as usual. A TLS
+    /// error (a fatal alert, a bad record) or the peer's close_notify ends
+    /// the session after the frames before it were handled.
+    fn read_some_tls<R: LinkRole>(&mut self, role: &mut R) -> Result<(), SessionEnd> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        let mut got = 0;
+        let mut plain = false;
+        let mut eof = false;
+        let mut failed = None;
+        loop {
+            match tls.process_new_packets() {
+                Ok(state) => {
+                    let n = state.plaintext_bytes_to_read();
+                    if n > 0 {
+                        let start = self.rbuf.len();
+                        self.rbuf.resize(start + n, 0);
+                        tls.reader()
+                            .read_exact(&mut self.rbuf[start..])
+                            .map_err(SessionEnd::Io)?;
+                        plain = true;
+                    }
+                    if state.peer_has_closed() {
+                        eof = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Best effort: tell the peer why (rustls queued an alert).
+                    let _ = tls.write_tls(&mut SocketIo(&self.stream));
+                    failed = Some(e);
+                    break;
+                }
+            }
+            // Let other sessions run; the socket stays readable.
+            if got >= READ_BUFFER {
+                break;
+            }
+            match tls.read_tls(&mut SocketIo(&self.stream)) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    got += n;
+                    role.bytes_in(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(SessionEnd::Io(e)),
+            }
+        }
+        if plain {
+            let now = Instant::now().into_std();
+            let handled = self.handle_frames(role, now);
+            role.read_done(now);
+            handled?;
+        }
+        if let Some(e) = failed {
+            return Err(SessionEnd::Tls(e));
+        }
+        if eof {
+            return Err(if self.rbuf.is_empty() {
+                SessionEnd::PeerClosed
+            } else {
+                SessionEnd::TruncatedFrame(self.rbuf.len())
+            });
+        }
+        if self.rbuf.is_empty() {
+            // An idle session holds no read buffer (ADR 0011).
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// Feeds every whole frame in the read buffer to the session.
@@ -384,6 +527,45 @@ impl Link {
             }
             Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
         }
+    }
+}
+
+/// Writes the TLS records rustls holds until the socket takes no more;
+/// whether anything was written.
+fn flush_tls(tls: &mut rustls::Connection, stream: &TcpStream) -> Result<bool, SessionEnd> {
+    let mut wrote = false;
+    while tls.wants_write() {
+        match tls.write_tls(&mut SocketIo(stream)) {
+            Ok(0) => return Err(SessionEnd::PeerClosed),
+            Ok(_) => wrote = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(SessionEnd::Io(e)),
+        }
+    }
+    Ok(wrote)
+}
+
+/// The socket as blocking-style I/O for rustls, without waiting: a
+/// would-block is an error rustls passes back to us.
+struct SocketIo<'a>(&'a TcpStream);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -56,6 +56,11 @@ pub enum SessionEnd {
         /// The VNI.
         vni: u32,
     },
+    /// The TLS layer failed after the handshake: the peer sent a fatal
+    /// alert (e.g. it refused our certificate) or a malformed record.
+    Tls(rustls::Error),
+    /// Client: the TLS handshake with the server failed or timed out.
+    TlsHandshake(String),
     /// This side stops: the daemon shuts down (or, in the client role, the
     /// server was removed or nobody listens to the connection's events).
     /// Not counted as a session down by the client.
@@ -126,6 +131,8 @@ impl SessionEnd {
             SessionEnd::Reset => "reset",
             SessionEnd::PolicyMaxRoutes { .. } => "policy_max_routes",
             SessionEnd::PolicyMaxRoutesPerVni { .. } => "policy_max_routes_per_vni",
+            SessionEnd::Tls(_) => "tls_error",
+            SessionEnd::TlsHandshake(_) => "tls_handshake_failed",
             SessionEnd::Shutdown => "shutdown",
         }
     }
@@ -169,6 +176,8 @@ impl SessionEnd {
             SessionEnd::PolicyMaxRoutesPerVni { class, max, vni } => format!(
                 "announced more than max_routes_per_vni = {max} into VNI {vni} of policy class {class:?} (max_routes_action = \"close\")"
             ),
+            SessionEnd::Tls(e) => format!("TLS error: {e}"),
+            SessionEnd::TlsHandshake(e) => format!("TLS handshake failed: {e}"),
             SessionEnd::Shutdown => "server shutting down".into(),
         }
     }
@@ -223,6 +232,16 @@ mod tests {
                 Policy,
             ),
             (SessionEnd::Shutdown, "shutdown", Normal),
+            (
+                SessionEnd::Tls(rustls::Error::DecryptError),
+                "tls_error",
+                ProtocolError,
+            ),
+            (
+                SessionEnd::TlsHandshake("x".into()),
+                "tls_handshake_failed",
+                ProtocolError,
+            ),
             (
                 SessionEnd::Protocol(CloseReason::ZeroKeepaliveInterval),
                 "zero_keepalive_interval",

@@ -52,6 +52,7 @@ pub struct ServerMirror {
 struct Families {
     slow_consumers: IntCounterVec,
     policy_refused: IntCounterVec,
+    tls_failures: IntCounterVec,
     accepted: IntCounter,
     rejected: IntCounterVec,
     accept_errors: IntCounter,
@@ -93,6 +94,12 @@ impl ServerMirror {
                 "metalbondd_policy_refused_total",
                 "SUBSCRIBEs and routes the peer policy refused (never applied or distributed), by policy class and reason (subscribe_vni, announce_vni, next_hop, route_type, max_routes).",
                 &["class", "reason"],
+            ),
+            tls_failures: counter_vec(
+                registry,
+                "metalbondd_tls_handshake_failures_total",
+                "TLS handshakes on the TLS listeners that failed (connection closed), by reason (expired, unknown_ca, bad_certificate, no_certificate, not_tls, alert, other, timeout, io).",
+                &["reason"],
             ),
             accepted: counter(
                 registry,
@@ -358,6 +365,9 @@ impl ServerMirror {
         // in has all its reasons, 0 included.
         for (class, reason, n) in m.policy_refusals() {
             mirror(&f.policy_refused.with_label_values(&[&class, reason]), n);
+        }
+        for (reason, n) in m.tls_handshake_failures() {
+            mirror(&f.tls_failures.with_label_values(&[reason]), n);
         }
     }
 }

@@ -85,16 +85,18 @@ pub struct SessionContext {
     pub live: watch::Receiver<SessionSettings>,
 }
 
-/// The class of the session `info` under `policy`: the one place a
-/// session's class is chosen, at accept and at every reload.
-fn class_of(policy: &Policy, info: &SessionInfo) -> Arc<Class> {
-    policy.class_for(info.remote.ip()).clone()
+/// The class of the session `info` (with the TLS client certificate's
+/// `identities`) under `policy`: the one place a session's class is chosen,
+/// at accept and at every reload.
+fn class_of(policy: &Policy, info: &SessionInfo, identities: &[String]) -> Arc<Class> {
+    policy.class_for_peer(info.remote.ip(), identities).clone()
 }
 
 /// Runs one accepted session to its end. Log lines carry the peer address
 /// through the caller's span.
 pub async fn run(
     stream: TcpStream,
+    tls: Option<(rustls::Connection, Vec<String>)>,
     info: Arc<SessionInfo>,
     ctx: SessionContext,
     slot: super::SessionSlot,
@@ -108,10 +110,12 @@ pub async fn run(
         live,
     } = ctx;
     let id = info.id;
-    // The class is chosen at accept by the source address, and again at
-    // every reload that changes the policy (`Connection::policy_changed`).
+    // The class is chosen at accept by the source address and the TLS
+    // client certificate's identities, and again at every reload that
+    // changes the policy (`Connection::policy_changed`).
+    let (tls, identities) = tls.map_or((None, Vec::new()), |(c, ids)| (Some(c), ids));
     let policy = settings.policy.as_ref().map(|p| {
-        let class = class_of(p, &info);
+        let class = class_of(p, &info, &identities);
         info.set_policy_class(&class.name);
         debug!(class = %class.name, "policy class");
         Checker {
@@ -119,7 +123,7 @@ pub async fn run(
             policy: SessionPolicy::new(class, info.remote.ip()),
         }
     });
-    let mut link = Link::new(
+    let link = Link::new(
         stream,
         Session::new(
             session::Config {
@@ -134,6 +138,10 @@ pub async fn run(
             pace_limit: settings.pace_limit,
         },
     );
+    let mut link = match tls {
+        Some(tls) => link.with_tls(tls),
+        None => link,
+    };
     let mut conn = Connection {
         id,
         info,
@@ -154,6 +162,7 @@ pub async fn run(
         live,
         live_closed: false,
         recheck: None,
+        identities,
     };
     let started = Instant::now();
     let ended = link.run(&mut conn, &mut shutdown).await;
@@ -237,6 +246,9 @@ struct Connection {
     /// subscriptions were asked of the table; reading pauses until they are
     /// re-checked, so nothing the peer sends meanwhile races the check.
     recheck: Option<Pending>,
+    /// The TLS client certificate's identities (none for plaintext): with
+    /// the address, what selects the class, at accept and at each reload.
+    identities: Vec<String>,
 }
 
 /// A re-check under way.
@@ -528,7 +540,7 @@ impl Connection {
             }
             return;
         };
-        let class = class_of(&policy, &self.info);
+        let class = class_of(&policy, &self.info, &self.identities);
         if let Some(c) = &self.policy {
             if **c.policy.class() == *class {
                 return;

@@ -60,6 +60,8 @@ pub struct Metrics {
     /// [`crate::policy::Reason`]); a session takes its class's counters
     /// once at start, so counting a refusal is one atomic add.
     policy_refused: Mutex<BTreeMap<String, Arc<PolicyCounters>>>,
+    /// TLS handshakes that failed, by [`crate::tls::FAILURE_REASONS`] index.
+    tls_failures: [AtomicU64; crate::tls::FAILURE_REASONS.len()],
 }
 
 /// One policy class's refusals, by [`crate::policy::Reason`] number.
@@ -101,6 +103,7 @@ impl Default for Metrics {
             ),
             closes: Mutex::new(BTreeMap::new()),
             policy_refused: Mutex::new(BTreeMap::new()),
+            tls_failures: Default::default(),
         }
     }
 }
@@ -167,6 +170,25 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Counts a failed TLS handshake under `reason` (one of
+    /// [`crate::tls::FAILURE_REASONS`]).
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        if let Some(i) = crate::tls::FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+        {
+            self.tls_failures[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Failed TLS handshakes: (reason, count), every reason.
+    pub fn tls_handshake_failures(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        crate::tls::FAILURE_REASONS
+            .iter()
+            .zip(&self.tls_failures)
+            .map(|(r, n)| (*r, n.load(Relaxed)))
     }
 
     /// Closed sessions by reason.

@@ -23,6 +23,7 @@ use registry::{Registry, SessionInfo};
 use crate::policy::admission::{self, AddressTable, Admission};
 use crate::table::SessionId;
 use crate::table_task::TableHandle;
+use crate::tls::Current;
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -33,12 +34,18 @@ pub struct ServerConfig {
     pub session: SessionSettings,
     /// Most sessions open at once; further connections are closed at accept.
     pub max_sessions: usize,
+    /// Addresses of TLS listeners (ADR 0026); they need `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The TLS listeners' certificates, loaded.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// A running server.
 pub struct Server {
     /// Bound listener addresses (with real ports when 0 was asked for).
     pub local_addrs: Vec<SocketAddr>,
+    /// Bound TLS listener addresses.
+    pub tls_local_addrs: Vec<SocketAddr>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The table the sessions read and write (given at start), for status
@@ -123,13 +130,28 @@ impl Server {
         let ids = Arc::new(std::sync::atomic::AtomicU32::new(
             crate::table::FIRST_SESSION,
         ));
+        if !config.tls_listen.is_empty() && config.tls.is_none() {
+            return Err(io::Error::other("TLS listeners need [server.tls]"));
+        }
+        let tls = config.tls.as_ref().map(|t| t.current.clone());
         let mut local_addrs = Vec::new();
-        for addr in &config.listen {
+        let mut tls_local_addrs = Vec::new();
+        let listeners = config
+            .listen
+            .iter()
+            .map(|a| (a, None))
+            .chain(config.tls_listen.iter().map(|a| (a, tls.clone())));
+        for (addr, tls) in listeners {
             let listener = bind(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
-            info!(addr = %local, "listening");
-            local_addrs.push(local);
+            if tls.is_some() {
+                info!(addr = %local, "listening (TLS)");
+                tls_local_addrs.push(local);
+            } else {
+                info!(addr = %local, "listening");
+                local_addrs.push(local);
+            }
             let acceptor = Acceptor {
                 listener,
                 ctx: SessionContext {
@@ -144,11 +166,13 @@ impl Server {
                 addresses: addresses.clone(),
                 ids: ids.clone(),
                 settings: settings.subscribe(),
+                tls,
             };
             tokio::spawn(acceptor.run());
         }
         Ok(Self {
             local_addrs,
+            tls_local_addrs,
             metrics,
             table,
             registry,
@@ -190,6 +214,8 @@ struct Acceptor {
     addresses: Arc<Mutex<AddressTable>>,
     ids: Arc<std::sync::atomic::AtomicU32>,
     settings: watch::Receiver<SessionSettings>,
+    /// A TLS listener: what its handshakes use.
+    tls: Option<Arc<Current<rustls::ServerConfig>>>,
 }
 
 impl Acceptor {
@@ -247,26 +273,58 @@ impl Acceptor {
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let id: SessionId = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Metrics::inc(&self.ctx.metrics.sessions_accepted);
-        self.ctx
-            .metrics
-            .sessions_active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        info!(%peer, session = id, "session accepted");
-        let local = stream.local_addr().unwrap_or(peer);
-        let info = Arc::new(SessionInfo::new(
-            id,
-            peer,
-            local,
-            crate::session::Role::Server,
-        ));
-        self.ctx.registry.insert(info.clone());
-        let span = tracing::info_span!("session", %peer, id);
-        let mut ctx = self.ctx.clone();
-        ctx.settings = settings;
-        ctx.live = live;
-        tokio::spawn(connection::run(stream, info, ctx, slot).instrument(span));
+        let start = SessionStart {
+            ctx: SessionContext {
+                settings,
+                live,
+                ..self.ctx.clone()
+            },
+            ids: self.ids.clone(),
+            slot,
+        };
+        let Some(tls) = &self.tls else {
+            start.spawn(stream, peer, None);
+            return;
+        };
+        // The handshake runs on its own task: a slow or silent peer holds
+        // its session slot for at most the handshake timeout, never the
+        // acceptor.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
+        let metrics = self.ctx.metrics.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+                // A shutdown drops the connection mid-handshake.
+                _ = shutdown.changed() => return,
+            };
+            let handshake = handshake.unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ))
+            });
+            match handshake {
+                Ok(tls) => {
+                    let (stream, conn) = tls.into_inner();
+                    let identities = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(crate::tls::identities)
+                        .unwrap_or_default();
+                    start.spawn(
+                        stream,
+                        peer,
+                        Some((rustls::Connection::Server(conn), identities)),
+                    );
+                }
+                Err(e) => {
+                    let reason = crate::tls::failure_reason(&e);
+                    metrics.tls_handshake_failed(reason);
+                    warn!(%peer, reason, error = %e, "TLS handshake failed; connection closed");
+                }
+            }
+        });
     }
 
     /// Asks the address table about a connection from `peer`: `None` if the
@@ -315,6 +373,49 @@ impl Acceptor {
             );
         }
         None
+    }
+}
+
+/// What an accepted connection needs to become a session.
+struct SessionStart {
+    ctx: SessionContext,
+    ids: Arc<std::sync::atomic::AtomicU32>,
+    slot: SessionSlot,
+}
+
+impl SessionStart {
+    /// Registers the session and spawns its task; `tls`: the connection
+    /// after its handshake and the client certificate's identities.
+    fn spawn(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<(rustls::Connection, Vec<String>)>,
+    ) {
+        let id: SessionId = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Metrics::inc(&self.ctx.metrics.sessions_accepted);
+        self.ctx
+            .metrics
+            .sessions_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let local = stream.local_addr().unwrap_or(peer);
+        let info = Arc::new(SessionInfo::new(
+            id,
+            peer,
+            local,
+            crate::session::Role::Server,
+        ));
+        match &tls {
+            Some((_, names)) => {
+                let identity = names.first().map(String::as_str).unwrap_or("");
+                info!(%peer, session = id, identity, "session accepted (TLS)");
+                info.set_tls_identity(identity);
+            }
+            None => info!(%peer, session = id, "session accepted"),
+        }
+        self.ctx.registry.insert(info.clone());
+        let span = tracing::info_span!("session", %peer, id);
+        tokio::spawn(connection::run(stream, tls, info, self.ctx, self.slot).instrument(span));
     }
 }
 

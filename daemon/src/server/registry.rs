@@ -58,6 +58,9 @@ pub struct SessionInfo {
     pub lag_bytes: AtomicU64,
     /// Peer policy class ("" without a policy), set when the session starts.
     policy_class: Mutex<String>,
+    /// The TLS client certificate's identity ("" for plaintext), set
+    /// when the session starts.
+    tls_identity: Mutex<String>,
     /// UPDATE ADDs the policy refused.
     pub routes_refused: AtomicU64,
     /// SUBSCRIBEs the policy refused.
@@ -92,6 +95,7 @@ impl SessionInfo {
             queue_bytes: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             policy_class: Mutex::new(String::new()),
+            tls_identity: Mutex::new(String::new()),
             routes_refused: AtomicU64::new(0),
             subscribes_refused: AtomicU64::new(0),
             last_refusal_reason: AtomicU8::new(0),
@@ -135,6 +139,20 @@ impl SessionInfo {
     /// Records the session's policy class.
     pub fn set_policy_class(&self, class: &str) {
         *self.policy_class.lock().unwrap_or_else(|e| e.into_inner()) = class.to_string();
+    }
+
+    /// The TLS client certificate's identity ("" for plaintext or a
+    /// client without a certificate).
+    pub fn tls_identity(&self) -> String {
+        self.tls_identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the session's TLS identity.
+    pub fn set_tls_identity(&self, identity: &str) {
+        *self.tls_identity.lock().unwrap_or_else(|e| e.into_inner()) = identity.to_string();
     }
 
     /// Counts a refusal for `reason` at `at`.

@@ -121,6 +121,7 @@ pub fn load_client(args: &ClientArgs) -> Result<(Settings, LogFormat), String> {
     let (mut settings, log_format) =
         resolve(&config, &server_args, PathRole::Client).map_err(|e| e.to_string())?;
     settings.server.listen.clear();
+    settings.server.tls_listen.clear();
     let section = config.client.clone().unwrap_or_default();
     settings.client = Some(client_settings(&config, &section, args).map_err(|e| e.to_string())?);
     Ok((settings, log_format))
@@ -220,6 +221,8 @@ fn resolve(
                     .map(|p| std::sync::Arc::new(crate::policy::Policy::new(p))),
             },
             max_sessions: args.max_sessions.unwrap_or(file.max_sessions),
+            tls_listen: file.tls_listen.get_ref().clone(),
+            tls: server_tls(config, &mut errors),
         },
         api: ApiSettings {
             socket: shared
@@ -270,6 +273,21 @@ fn resolve(
         .log_format
         .unwrap_or_else(|| config.log.format.into());
     Ok((settings, log_format))
+}
+
+/// `[server.tls]` loaded (every file read and checked), or `None` with
+/// the error at the section when a file is missing or bad.
+fn server_tls(config: &Config, errors: &mut ConfigErrors) -> Option<crate::tls::ServerTls> {
+    let section = config.server.tls.as_ref()?;
+    let t = section.get_ref();
+    let files = crate::tls::ServerFiles {
+        cert: t.cert.get_ref().clone(),
+        key: t.key.get_ref().clone(),
+        client_ca: t.client_ca.as_ref().map(|c| c.get_ref().clone()),
+    };
+    crate::tls::ServerTls::load(files)
+        .map_err(|e| errors.extend([config.error_at(section.span(), format!("server.tls: {e}"))]))
+        .ok()
 }
 
 /// An error resolving the client role: in the file (with its position) or
@@ -349,6 +367,30 @@ fn client_settings(
         )));
     }
     let subscriptions = flags_or_file(&args.subscribe, &section.subscribe);
+    let tls = match &section.tls {
+        Some(t) => {
+            let c = t.get_ref();
+            let files = crate::tls::ClientFiles {
+                ca: c.ca.get_ref().clone(),
+                cert_key: c
+                    .cert
+                    .as_ref()
+                    .zip(c.key.as_ref())
+                    .map(|(cert, key)| (cert.get_ref().clone(), key.get_ref().clone())),
+            };
+            Some(crate::tls::ClientTls::load(files).map_err(|e| {
+                ClientError::Config(ConfigErrors::from(vec![
+                    config.error_at(t.span(), format!("client.tls: {e}"))
+                ]))
+            })?)
+        }
+        None => None,
+    };
+    if let (None, Some(s)) = (&tls, servers.iter().find(|s| s.tls())) {
+        return Err(ClientError::Flag(format!(
+            "{s}: a tls:// server needs [client.tls] in the config file (ca = \"...\")"
+        )));
+    }
     Ok(ClientSettings {
         servers,
         subscriptions: subscriptions.into_iter().map(Vni).collect(),
@@ -364,6 +406,7 @@ fn client_settings(
             ),
             // Off if either says so: the default is on.
             sync: !args.no_sync && section.sync,
+            tls,
             ..ClientConfig::default()
         },
         hold_time: Duration::from_secs(args.hold_time.unwrap_or(section.hold_time)),

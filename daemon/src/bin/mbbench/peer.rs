@@ -11,8 +11,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use metalbondd::wire::{
     decode_frame, encode_message, encode_update, Action, Frame, Hello, Message,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -47,6 +49,9 @@ pub struct PeerConfig {
     pub batch_pause: Duration,
     /// Limit for connect + handshake.
     pub handshake_timeout: Duration,
+    /// Run the sessions over TLS (`--tls-ca`), verifying the server for
+    /// its IP address.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Counters of one peer, written by its tasks and read by the controller.
@@ -182,7 +187,35 @@ impl Peer {
     }
 
     async fn connect_inner(cfg: &PeerConfig, sink: Sink) -> Result<Peer, String> {
-        let mut stream = connect_and_send_hello(cfg.server, cfg.keepalive).await?;
+        let stream = connect_tcp(cfg.server).await?;
+        match &cfg.tls {
+            // The plaintext halves as before: no lock between them.
+            None => Self::establish(stream, cfg, sink, TcpStream::into_split).await,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::IpAddress(cfg.server.ip().into());
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {}: {e}", cfg.server))?;
+                Self::establish(stream, cfg, sink, tokio::io::split).await
+            }
+        }
+    }
+
+    /// The MetalBond handshake on `stream`, then the reader and writer
+    /// tasks on its halves.
+    async fn establish<S, R, W>(
+        mut stream: S,
+        cfg: &PeerConfig,
+        sink: Sink,
+        split: impl FnOnce(S) -> (R, W),
+    ) -> Result<Peer, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: PeerWrite,
+    {
+        send_hello(&mut stream, cfg.keepalive).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let server_secs = match read_frame(&mut stream, &mut buf).await? {
             Message::Hello(h) => h.keepalive_secs,
@@ -198,6 +231,10 @@ impl Peer {
             .write_all(&KEEPALIVE)
             .await
             .map_err(|e| format!("send KEEPALIVE: {e}"))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| format!("send KEEPALIVE: {e}"))?;
         match read_frame(&mut stream, &mut buf).await? {
             Message::Keepalive => {}
             other => return Err(format!("expected KEEPALIVE, got {other:?}")),
@@ -205,7 +242,7 @@ impl Peer {
         let stats = Arc::new(PeerStats::default());
         stats.interval_ns.store(interval.as_nanos() as u64, Relaxed);
         stats.last_ka_ns.store(ns(Instant::now()), Relaxed);
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(reader(rd, buf, stats.clone(), sink, interval));
         let writer = tokio::spawn(writer(wr, rx, stats.clone(), interval, cfg.clone()));
@@ -323,10 +360,25 @@ pub async fn connect_and_send_hello(
     server: SocketAddr,
     keepalive_secs: u32,
 ) -> Result<TcpStream, String> {
-    let mut stream = TcpStream::connect(server)
+    let mut stream = connect_tcp(server).await?;
+    send_hello(&mut stream, keepalive_secs).await?;
+    Ok(stream)
+}
+
+/// Connects to `server` with TCP_NODELAY.
+async fn connect_tcp(server: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(server)
         .await
         .map_err(|e| format!("connect to {server}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// Sends the client's HELLO offering `keepalive_secs`.
+async fn send_hello<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    keepalive_secs: u32,
+) -> Result<(), String> {
     let mut out = BytesMut::new();
     encode_message(
         &Message::Hello(Hello {
@@ -340,10 +392,33 @@ pub async fn connect_and_send_hello(
         .write_all(&out)
         .await
         .map_err(|e| format!("send HELLO: {e}"))?;
-    Ok(stream)
+    stream.flush().await.map_err(|e| format!("send HELLO: {e}"))
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Message, String> {
+/// The write half of a session: plaintext or TLS.
+pub trait PeerWrite: AsyncWrite + Unpin + Send + 'static {
+    /// Ends the session so that the server sees EOF.
+    fn close_both(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl PeerWrite for OwnedWriteHalf {
+    fn close_both(&mut self) -> impl Future<Output = ()> + Send {
+        let _ = socket2::SockRef::from(self.as_ref()).shutdown(std::net::Shutdown::Both);
+        std::future::ready(())
+    }
+}
+
+impl PeerWrite for tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>> {
+    async fn close_both(&mut self) {
+        // close_notify, then the TCP FIN.
+        let _ = self.shutdown().await;
+    }
+}
+
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Message, String> {
     loop {
         match decode_frame(buf) {
             Ok(Some(Frame::Message(m))) => return Ok(m),
@@ -403,8 +478,8 @@ impl Tally {
     }
 }
 
-async fn reader(
-    mut rd: OwnedReadHalf,
+async fn reader<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut buf: BytesMut,
     stats: Arc<PeerStats>,
     sink: Sink,
@@ -515,19 +590,21 @@ fn publish(stats: &PeerStats, t: &mut Tally, now: Instant, bytes: u64) {
 
 /// Writes `frames`, telling `sent` when the write began (the latency
 /// clock starts there).
-async fn write_reporting_start(
-    wr: &mut OwnedWriteHalf,
+async fn write_reporting_start<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     frames: &[u8],
     sent: oneshot::Sender<Instant>,
 ) -> std::io::Result<()> {
     let t = Instant::now();
     wr.write_all(frames).await?;
+    // TLS: records rustls could not write yet go out now (a no-op on TCP).
+    wr.flush().await?;
     let _ = sent.send(t);
     Ok(())
 }
 
-async fn writer(
-    mut wr: OwnedWriteHalf,
+async fn writer<W: PeerWrite>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     stats: Arc<PeerStats>,
     interval: Duration,
@@ -543,6 +620,7 @@ async fn writer(
                 _ = tokio::time::sleep_until(next_ka.into()) => {
                     stats.keepalives_tx.fetch_add(1, Relaxed);
                     wr.write_all(&KEEPALIVE).await?;
+                    wr.flush().await?;
                     next_ka = Instant::now() + interval;
                     continue;
                 }
@@ -596,6 +674,7 @@ async fn writer(
                             let _ = s.send(now);
                         }
                         wr.write_all(&buf).await?;
+                        wr.flush().await?;
                         if !cfg.batch_pause.is_zero() {
                             tokio::time::sleep(cfg.batch_pause).await;
                         }
@@ -604,7 +683,7 @@ async fn writer(
                 }
                 Cmd::Close { sent } => {
                     let t = Instant::now();
-                    let _ = socket2::SockRef::from(wr.as_ref()).shutdown(std::net::Shutdown::Both);
+                    wr.close_both().await;
                     let _ = sent.send(t);
                     return Ok(());
                 }

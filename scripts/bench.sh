@@ -22,6 +22,9 @@
 #   --label NAME        name of the metalbondd run in the table (default metalbondd)
 #   --config FILE       give metalbondd this configuration file too (e.g.
 #                       scripts/bench-policy.toml: a realistic peer policy)
+#   --tls               metalbondd only: mbbench connects over TLS with a client
+#                       certificate, to a `tls_listen` address (certificates made
+#                       with openssl in OUT/tls; the config of --config is kept)
 #   --nofile N          open-file limit for the server and mbbench (default 65536;
 #                       the fleet scenario needs one per session)
 #   --run-timeout S     stop mbbench (and report it) after S seconds (default: none;
@@ -52,6 +55,7 @@ MBARGS=()
 MBD_BIN=""
 MBD_LABEL=metalbondd
 MBD_CONFIG=""
+TLS=0
 NOFILE=65536
 RUN_TIMEOUT=""
 GO_BIN=${GO_METALBOND:-/work/cache/go-metalbond/metalbond}
@@ -67,6 +71,7 @@ while [ $# -gt 0 ]; do
         --metalbondd) MBD_BIN=$2; shift ;;
         --label) MBD_LABEL=$2; shift ;;
         --config) MBD_CONFIG=$2; shift ;;
+        --tls) TLS=1 ;;
         --nofile) NOFILE=$2; shift ;;
         --run-timeout) RUN_TIMEOUT=$2; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -94,6 +99,36 @@ if [ -z "$OUT" ]; then
     OUT=$(mktemp -d "${TMPDIR:-/tmp}/mbbench.XXXXXX")
 fi
 mkdir -p "$OUT"
+
+# make_tls_config PORT: certificates (a CA, the server's for ::1, a client's)
+# in OUT/tls and a configuration file with a TLS listener on [::1]:PORT, the
+# file of --config appended; prints the file's path.
+make_tls_config() {
+    local dir="$OUT/tls" port=$1
+    mkdir -p "$dir"
+    if [ ! -f "$dir/client.pem" ]; then
+        (
+            cd "$dir"
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+                -subj /CN=bench-ca -keyout ca.key -out ca.pem
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench-server \
+                -keyout server.key -out server.csr
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile <(printf 'subjectAltName=IP:::1,DNS:localhost') -out server.pem
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench-client \
+                -keyout client.key -out client.csr
+            openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile <(printf 'subjectAltName=DNS:bench-client\nextendedKeyUsage=clientAuth') \
+                -out client.pem
+        ) >/dev/null 2>&1 || { echo "bench.sh: openssl failed making certificates" >&2; exit 2; }
+    fi
+    {
+        printf '[server]\ntls_listen = ["[::1]:%s"]\n\n[server.tls]\n' "$port"
+        printf 'cert = "%s"\nkey = "%s"\nclient_ca = "%s"\n\n' "$dir/server.pem" "$dir/server.key" "$dir/ca.pem"
+        [ -z "$MBD_CONFIG" ] || cat "$MBD_CONFIG"
+    } >"$dir/metalbondd-$port.toml"
+    echo "$dir/metalbondd-$port.toml"
+}
 
 port_in_use() { (exec 3<>"/dev/tcp/::1/$1") 2>/dev/null; }
 
@@ -133,7 +168,7 @@ trap 'stop_server; exit 130' INT TERM
 
 # run_one NAME: start server NAME, run mbbench against it, stop it. Sets RC.
 run_one() {
-    local name=$1 port addr cmd state label=$1
+    local name=$1 port addr cmd state label=$1 tls_args=()
     port=$(pick_port)
     addr="[::1]:$port"
     case "$name" in
@@ -141,9 +176,19 @@ run_one() {
             label=$MBD_LABEL
             state="$OUT/$label.state"
             mkdir -p "$state"
-            cmd=("${MBD_BIN:-$BIN/metalbondd}" server --listen "$addr" --keepalive "$KEEPALIVE"
+            # With --tls the plaintext listener moves to another port and
+            # mbbench talks TLS to $addr.
+            local listen=$addr
+            [ "$TLS" = 1 ] && listen="[::1]:$(PORT="" pick_port)"
+            cmd=("${MBD_BIN:-$BIN/metalbondd}" server --listen "$listen" --keepalive "$KEEPALIVE"
                  --api-socket "$state/api.sock" --state-dir "$state")
-            [ -z "$MBD_CONFIG" ] || cmd+=(--config "$MBD_CONFIG") ;;
+            if [ "$TLS" = 1 ]; then
+                cmd+=(--config "$(make_tls_config "$port")")
+                tls_args=(--tls-ca "$OUT/tls/ca.pem" --tls-cert "$OUT/tls/client.pem"
+                          --tls-key "$OUT/tls/client.key")
+            elif [ -n "$MBD_CONFIG" ]; then
+                cmd+=(--config "$MBD_CONFIG")
+            fi ;;
         rustbond) cmd=("$BIN/rustbond-server" --listen "$addr" --keepalive "$KEEPALIVE") ;;
         go) cmd=("$GO_BIN" server --listen "$addr" --keepalive "$KEEPALIVE") ;;
     esac
@@ -174,7 +219,7 @@ run_one() {
     local limit=()
     [ -n "$RUN_TIMEOUT" ] && limit=(timeout --signal=TERM --kill-after=10 "$RUN_TIMEOUT")
     "${limit[@]}" "$BIN/mbbench" --server "$addr" --server-pid "$SERVER_PID" --label "$name" --json \
-        "${MBARGS[@]}" >"$OUT/$name.json"
+        "${tls_args[@]}" "${MBARGS[@]}" >"$OUT/$name.json"
     RC=$?
     set -e
     if [ "$RC" = 124 ]; then

@@ -112,9 +112,18 @@ impl<C> Current<C> {
 
 /// ring, not aws-lc: it builds with a C compiler alone (ADR 0026). rustls
 /// deprecates it for lacking post-quantum key exchange, which ring lacks.
+///
+/// AES-128-GCM first (ring's default order starts with AES-256-GCM): the
+/// suite every TLS 1.3 peer must support, and 10 AES rounds per block
+/// instead of 14 on the fan-out's hot path, where every byte sent to every
+/// subscriber is encrypted separately.
 #[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
@@ -174,6 +183,9 @@ impl ServerTls {
             .map_err(|e| format!("{} with {}: {e}", files.cert.display(), files.key.display()))?;
         // Sessions do not resume: no tickets to queue after the handshake.
         config.send_tls13_tickets = 0;
+        // Our order (AES-128-GCM first, see `provider`), whatever the
+        // client prefers.
+        config.ignore_client_order = true;
         Ok(Self {
             files,
             current: Arc::new(Current::new(Arc::new(config))),

@@ -160,6 +160,12 @@ impl Link {
     pub fn with_tls(mut self, mut tls: rustls::Connection) -> Self {
         tls.set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));
         self.tls = Some(Box::new(tls));
+        // Unpaced: pacing protects Go reference peers, which reset on a
+        // 64 KiB read (ADR 0006) and cannot speak TLS. Its estimate reads
+        // TCP's window, which a TLS reader moves by whole records: a shrink
+        // it took for unread data held sessions to a probe every few
+        // milliseconds for seconds (the 1M x 100 fan-out over TLS).
+        self.pacer = Pacer::new(0);
         self
     }
 
@@ -211,9 +217,8 @@ impl Link {
             let (data_budget, pace_wait) = self.pace(fd);
             // TLS: records rustls holds (a write it could not finish, an
             // alert) go out even when nothing is queued.
-            let can_write = self.out.has_urgent()
-                || data_budget > 0
-                || self.tls.as_ref().is_some_and(|t| t.wants_write());
+            let tls_pending = self.tls.as_ref().is_some_and(|t| t.wants_write());
+            let can_write = self.out.has_urgent() || data_budget > 0 || tls_pending;
             let turn = tokio::select! {
                 ready = self.stream.readable(), if can_read => match ready {
                     Err(e) => Err(SessionEnd::Io(e)),
@@ -230,7 +235,9 @@ impl Link {
                     Err(e) => Err(SessionEnd::Io(e)),
                     Ok(()) => self.write_some(role, data_budget, &mut last_write_progress),
                 },
-                _ = sleep_until_opt(write_deadline), if !self.out.is_empty() => {
+                // Bytes only rustls holds count too: a peer that stops
+                // reading cannot pin them (and the session) forever.
+                _ = sleep_until_opt(write_deadline), if !self.out.is_empty() || tls_pending => {
                     Err(SessionEnd::WriteTimeout)
                 }
                 _ = sleep_until_opt(deadline) => self.on_timer(role),
@@ -246,7 +253,7 @@ impl Link {
             if let Err(end) = turn {
                 return end;
             }
-            if self.out.is_empty() {
+            if self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write()) {
                 last_write_progress = Instant::now();
             }
             role.turn_done(&self.out);
@@ -351,7 +358,19 @@ impl Link {
         };
         // What rustls holds goes out first, making room.
         let mut wrote = flush_tls(tls, &self.stream)?;
-        let slices = self.out.slices(data_budget);
+        if tls.wants_write() {
+            // The socket is full: refill rustls only once it has drained.
+            // Handing it queue slices now would build up to MAX_IOVECS
+            // slices per turn for the few bytes it has room for (7 % of the
+            // server's CPU in the 1M x 100 fan-out over TLS).
+            if wrote {
+                *progress = Instant::now();
+            }
+            return Ok(());
+        }
+        let slices = self
+            .out
+            .slices_bytes(data_budget.min(crate::tls::SEND_BUFFER_LIMIT));
         if !slices.is_empty() {
             let n = tls
                 .writer()

@@ -112,6 +112,20 @@ impl Outbound {
     /// control frames, then at most `data_limit` bytes of route data cut at
     /// a frame boundary.
     pub fn slices(&self, data_limit: usize) -> Vec<IoSlice<'_>> {
+        self.slices_cut(data_limit, true)
+    }
+
+    /// [`Self::slices`] with route data cut at exactly `data_limit` bytes,
+    /// inside a frame if need be: for a writer that takes a prefix of what
+    /// it is given anyway (rustls), where finding the last frame boundary
+    /// would walk every frame header a second time ([`Self::advance`]
+    /// walks them too). A frame cut this way is finished before any control
+    /// frame, as after a partial write.
+    pub fn slices_bytes(&self, data_limit: usize) -> Vec<IoSlice<'_>> {
+        self.slices_cut(data_limit, false)
+    }
+
+    fn slices_cut(&self, data_limit: usize, whole_frames: bool) -> Vec<IoSlice<'_>> {
         let mut out = Vec::with_capacity(MAX_IOVECS.min(self.control.len() + self.data.len() + 1));
         let mut data_from = self.data_off;
         if let Some(end) = self.data_cut_end() {
@@ -138,7 +152,11 @@ impl Outbound {
                 out.push(IoSlice::new(b));
                 budget -= b.len();
             } else {
-                let cut = whole_frames_prefix(b, budget);
+                let cut = if whole_frames {
+                    whole_frames_prefix(b, budget)
+                } else {
+                    budget
+                };
                 if cut > 0 {
                     out.push(IoSlice::new(&b[..cut]));
                 }
@@ -311,6 +329,26 @@ mod tests {
         let mut wire = k()[..2].to_vec();
         wire.extend(drain_all(&mut o, 5));
         assert_eq!(wire, [k(), f(9), f(1)].concat());
+    }
+
+    #[test]
+    fn byte_cut_data_is_finished_before_a_control_frame() {
+        let mut o = Outbound::default();
+        o.push_data(cat(&[f(1), f(2), f(3)]));
+        o.push_data(cat(&[f(4)]));
+        let bytes = |o: &Outbound, limit| -> usize {
+            o.slices_bytes(limit).iter().map(|s| s.len()).sum()
+        };
+        // Exactly the limit, inside frame 2 and across the two buffers.
+        assert_eq!(bytes(&o, 9), 9);
+        assert_eq!(bytes(&o, 20), 20);
+        o.advance(9);
+        // The rest of frame 2 is owed first; a keepalive queued now follows it.
+        assert!(o.has_urgent());
+        o.push_control(Bytes::from(k()));
+        let mut wire = [f(1), f(2)[..3].to_vec()].concat();
+        wire.extend(drain_all(&mut o, 4));
+        assert_eq!(wire, [f(1), f(2), k(), f(3), f(4)].concat());
     }
 
     #[test]

@@ -406,9 +406,13 @@ impl SessionStart {
             crate::session::Role::Server,
         ));
         match &tls {
-            Some((_, names)) => {
+            Some((conn, names)) => {
                 let identity = names.first().map(String::as_str).unwrap_or("");
-                info!(%peer, session = id, identity, "session accepted (TLS)");
+                let suite = conn
+                    .negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or("?");
+                info!(%peer, session = id, identity, suite, "session accepted (TLS)");
                 info.set_tls_identity(identity);
             }
             None => info!(%peer, session = id, "session accepted"),

@@ -336,9 +336,8 @@ mod tests {
         let mut o = Outbound::default();
         o.push_data(cat(&[f(1), f(2), f(3)]));
         o.push_data(cat(&[f(4)]));
-        let bytes = |o: &Outbound, limit| -> usize {
-            o.slices_bytes(limit).iter().map(|s| s.len()).sum()
-        };
+        let bytes =
+            |o: &Outbound, limit| -> usize { o.slices_bytes(limit).iter().map(|s| s.len()).sum() };
         // Exactly the limit, inside frame 2 and across the two buffers.
         assert_eq!(bytes(&o, 9), 9);
         assert_eq!(bytes(&o, 20), 20);

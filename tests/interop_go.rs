@@ -10,6 +10,9 @@
 //!   client role) reach the Go client, the session runs without the SYNC
 //!   extension (PROTOCOL.md section 8) and the Go server logs no error.
 //! - A mixed fleet: our client with SYNC and a Go client on our server.
+//! - Next to TLS and a peer policy (issue 13): a Go client on the plaintext
+//!   listener and our client over TLS exchange routes, each in its class;
+//!   the Go binary on the TLS port is refused there, nobody else notices.
 //! - In a network namespace (root and `ip` needed, see tests/common/netns.rs):
 //!   our client and a Go client with `--install-routes` install the same
 //!   kernel routes (every type, both families, ECMP).
@@ -292,6 +295,150 @@ async fn mixed_fleet_our_client_with_sync_and_a_go_client_on_our_server() {
     let mut want: Vec<&str> = G1.to_vec();
     want.push(INJECTED);
     wait_received(&sock, &want, "G1's and the injected route", &client, &[&gc]).await;
+    gc.wait_routes(
+        &[OURS, INJECTED],
+        "the injected route at the Go client",
+        FLOW,
+    )
+    .await;
+    assert_eq!(gc.error_lines(), Vec::<String>::new(), "{}", gc.logs());
+}
+
+/// Issue 13: a Go client on the plaintext listener of a server that also
+/// has a TLS listener and a peer policy is served as before; our client
+/// over TLS (its certificate's identity selecting its class) exchanges
+/// routes with it; the Go binary pointed at the TLS port is refused there
+/// without disturbing either session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_client_on_the_plaintext_listener_next_to_tls_and_a_policy() {
+    let Some(go) = go_metalbond("a_go_client_on_the_plaintext_listener_next_to_tls_and_a_policy")
+    else {
+        return;
+    };
+    use common::tls::Ca;
+    let dir = unique_temp_dir();
+    let ca = Ca::new("interop test CA");
+    let ca_file = ca.write(&dir.join("ca.pem"));
+    let server_cert = ca.issue(&dir, "server", &["127.0.0.1"], false);
+    let client_cert = ca.issue(&dir, "client", &["hv-1.hv.example.net"], false);
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+tls_listen = ["127.0.0.1:0"]
+[server.tls]
+cert = "{}"
+key = "{}"
+client_ca = "{}"
+
+[[policy.class]]
+name = "hv-tls"
+match_identity = ["*.hv.example.net"]
+subscribe_vnis = [{VNI}]
+announce_vnis = [{VNI}]
+next_hop = ["2001:db8::/32"]
+
+[[policy.class]]
+name = "go-plain"
+match = ["127.0.0.0/8", "::1/128"]
+subscribe_vnis = [{VNI}]
+announce_vnis = [{VNI}]
+"#,
+            server_cert.cert.display(),
+            server_cert.key.display(),
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    let server = Daemon::start(&["--config", config.to_str().unwrap()]);
+    let tls_addr = server
+        .wait_for_line(|l| l.contains("listening (TLS)"), FLOW)
+        .await
+        .and_then(|l| parse_addr_field(&l))
+        .unwrap_or_else(|| panic!("no TLS listener; log:\n{}", server.logs()));
+    let gc = GoProc::client(&go, server.addr, &[VNI], &G1);
+
+    const OURS: &str = "23#10.6.2.0/24@2001:db8::6";
+    let client_toml = dir.join("client.toml");
+    std::fs::write(
+        &client_toml,
+        format!(
+            "[client]\nservers = [\"tls://{tls_addr}\"]\nsubscribe = [{VNI}]\nannounce = [\"{OURS}\"]\n\
+             [client.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca_file.display(),
+            client_cert.cert.display(),
+            client_cert.key.display()
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("client.sock");
+    let client = Daemon::spawn_running(&[
+        "client",
+        "--config",
+        client_toml.to_str().unwrap(),
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--state-dir",
+        dir.join("client-state").to_str().unwrap(),
+        "--reconnect-min",
+        "0",
+        "--reconnect-max",
+        "1",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    wait_received(
+        &sock,
+        &G1,
+        "the Go client's routes over TLS",
+        &client,
+        &[&gc],
+    )
+    .await;
+    gc.wait_routes(&[OURS], "our TLS client's route at the Go client", FLOW)
+        .await;
+    // Each session fell in its class: by identity over TLS, by address in
+    // plaintext.
+    let peers = mbctl(&server.api_socket(), &["peers", "-o", "json"])
+        .await
+        .json();
+    let classes: BTreeSet<(String, String)> = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["policy_class"].as_str().unwrap_or("").to_string(),
+                p["tls_identity"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        BTreeSet::from([
+            ("go-plain".to_string(), String::new()),
+            ("hv-tls".to_string(), "hv-1.hv.example.net".to_string()),
+        ]),
+        "{peers}"
+    );
+
+    // The Go binary on the TLS port: its plaintext HELLO is refused there.
+    let refused = GoProc::client_unestablished(&go, tls_addr, &[VNI]);
+    server
+        .wait_for_line(
+            |l| l.contains("TLS handshake failed") && l.contains("not_tls"),
+            FLOW,
+        )
+        .await
+        .unwrap_or_else(|| panic!("no refusal logged; log:\n{}", server.logs()));
+    drop(refused);
+    // Both sessions still carry updates.
+    inject(&server.api_socket(), &[INJECTED]).await;
+    let mut want: Vec<&str> = G1.to_vec();
+    want.push(INJECTED);
+    wait_received(&sock, &want, "the injected route over TLS", &client, &[&gc]).await;
     gc.wait_routes(
         &[OURS, INJECTED],
         "the injected route at the Go client",

@@ -176,6 +176,25 @@ impl GoProc {
         Self::client_with(bin, None, server, subscribe, announce, &[])
     }
 
+    /// Starts `metalbond client --server SERVER --subscribe VNI...` and
+    /// waits only until it has set up its peer, not for a session: for a
+    /// server that is expected to refuse it (e.g. a TLS port).
+    pub fn client_unestablished(bin: &Path, server: SocketAddr, subscribe: &[u32]) -> GoProc {
+        let mut args = vec!["--server".to_string(), server.to_string()];
+        for v in subscribe {
+            args.extend(["--subscribe".into(), v.to_string()]);
+        }
+        Self::spawn(
+            bin,
+            None,
+            "client",
+            &args,
+            server,
+            super::free_addr(),
+            "Adding peer",
+        )
+    }
+
     /// Like [`GoProc::client`], inside the network namespace `ns` if given,
     /// with `extra` flags (`--install-routes VNI#TABLE --tun DEV`).
     pub fn client_with(

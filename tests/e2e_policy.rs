@@ -28,6 +28,7 @@ next_hop = "self"
 name = "hv2"
 match = ["127.0.0.2/32"]
 next_hop = ["self", "2001:db8:2::/48"]
+destinations = [{ vnis = [300], prefixes = ["10.0.0.0/12"] }]
 max_routes = 5
 max_routes_warn = 60
 
@@ -116,6 +117,8 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
     b.announce(b_own).await;
     b.announce(b_listed).await;
     b.announce(b_hijack).await;
+    // ... and outside its destinations in VNI 300.
+    b.announce(route("300#192.0.2.0/24@127.0.0.2")).await;
     obs.expect_exactly(
         &[add(own), add(b_own), add(b_listed)],
         "allowed routes only",
@@ -151,7 +154,7 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
     assert!(pa.last_refusal_at.is_some());
     let pb_ = peer(&d, b.local).await;
     assert_eq!(pb_.policy_class, "hv2");
-    assert_eq!((pb_.routes_refused, pb_.routes_announced), (1, 3));
+    assert_eq!((pb_.routes_refused, pb_.routes_announced), (2, 3));
     let po = peer(&d, obs.local).await;
     assert_eq!(
         (po.policy_class.as_str(), po.routes_refused),
@@ -168,6 +171,7 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
         );
     }
     assert_eq!(refusal_lines(&d, b.local, "next_hop"), 1);
+    assert_eq!(refusal_lines(&d, b.local, "destination"), 1);
 
     // Metrics by class and reason.
     let metrics = d.http_addr("/metrics").await;
@@ -183,6 +187,7 @@ async fn refused_subscriptions_and_routes_reach_nobody_and_are_counted() {
     assert_eq!(refused("hv1", "announce_vni"), 1.0);
     assert_eq!(refused("hv1", "subscribe_vni"), 1.0);
     assert_eq!(refused("hv2", "next_hop"), 1.0);
+    assert_eq!(refused("hv2", "destination"), 1.0);
     assert_eq!(refused("default", "next_hop"), 0.0);
 
     // mbctl peer ADDR shows the same.

@@ -30,8 +30,8 @@ pub use file::{
 };
 pub use parse::http_addr;
 pub use policy::{
-    canonical, Cidr, CidrValue, ConnectRate, MaxRoutesAction, NextHopRule, PolicyClass,
-    PolicySection, SpannedNames, VniRange,
+    canonical, Cidr, CidrValue, ConnectRate, DestinationRule, MaxRoutesAction, NextHopRule,
+    PolicyClass, PolicySection, SpannedNames, VniRange,
 };
 /// A value together with its byte range in the configuration file.
 pub use toml::Spanned;

@@ -284,6 +284,28 @@ fn route_types<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<i32>>, D::E
     Ok(Some(v.into_iter().map(|t| t.0).collect()))
 }
 
+/// One entry of a class's `destinations`:
+/// `{ vnis = ["100-199"], prefixes = ["10.0.0.0/8", "fd00::/8"] }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationRule {
+    /// The VNIs it applies to (not empty).
+    pub vnis: Vec<VniRange>,
+    /// The prefixes a route's destination must lie inside (an empty list
+    /// allows no route in those VNIs).
+    pub prefixes: Vec<CidrValue>,
+}
+
+fn destinations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<DestinationRule>>, D::Error> {
+    let rules = Vec::<DestinationRule>::deserialize(d)?;
+    if rules.iter().any(|r| r.vnis.is_empty()) {
+        return Err(de::Error::custom(
+            "an entry with `vnis = []` applies to no VNI (give the VNIs its prefixes are for)",
+        ));
+    }
+    Ok(Some(rules))
+}
+
 fn vni_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<VniRange>>, D::Error> {
     Vec::deserialize(d).map(Some)
 }
@@ -430,6 +452,12 @@ pub struct PolicyClass {
     /// nat 1, lb 2); `None`: all.
     #[serde(deserialize_with = "route_types")]
     pub route_types: Option<Vec<i32>>,
+    /// `destinations`: per VNI, the destination prefixes a peer may
+    /// announce: a route in a VNI of an entry must lie inside one of that
+    /// entry's prefixes (the first entry listing the VNI decides; VNIs no
+    /// entry lists are not restricted by it). `None`: any.
+    #[serde(deserialize_with = "destinations")]
+    pub destinations: Option<Vec<DestinationRule>>,
     /// `max_routes`: most routes a session may hold in the table; `None`:
     /// no limit.
     #[serde(deserialize_with = "max_routes")]
@@ -469,6 +497,7 @@ impl Default for PolicyClass {
             announce_vnis: None,
             next_hop: None,
             route_types: None,
+            destinations: None,
             max_routes: None,
             max_routes_action: MaxRoutesAction::Refuse,
             max_routes_warn: crate::DEFAULT_MAX_ROUTES_WARN_PERCENT,

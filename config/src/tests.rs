@@ -944,6 +944,24 @@ subscribe_vnis = []
             &["next_hop", "not a prefix"],
         );
         reject(
+            "[policy.default]\ndestinations = [{ vnis = [100], prefixes = [\"10.0.0.0/40\"] }]\n",
+            2,
+            45,
+            &["destinations", "longer than the address"],
+        );
+        reject(
+            "[policy.default]\ndestinations = [{ vnis = [], prefixes = [] }]\n",
+            2,
+            16,
+            &["destinations", "applies to no VNI"],
+        );
+        reject(
+            "[policy.default]\ndestinations = [{ vni = [100], prefixes = [] }]\n",
+            2,
+            19,
+            &["destinations[0].vni", "expected `vnis` or `prefixes`"],
+        );
+        reject(
             "[policy.default]\nmax_routes_action = \"drop\"\n",
             2,
             21,

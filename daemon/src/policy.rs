@@ -41,12 +41,14 @@ pub enum Reason {
     SessionsPerAddress = 6,
     /// A connection over the address's `connect_rate` (closed at accept).
     ConnectRate = 7,
+    /// A route whose destination lies outside its VNI's `destinations`.
+    Destination = 8,
 }
 
 impl Reason {
     /// Every reason, in the order of their numbers.
-    /// (At most 8: a session's `logged` set is one byte.)
-    pub const ALL: [Reason; 8] = [
+    /// (At most 16: a session's `logged` set is a `u16`.)
+    pub const ALL: [Reason; 9] = [
         Reason::SubscribeVni,
         Reason::AnnounceVni,
         Reason::NextHop,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::MaxRoutesPerVni,
         Reason::SessionsPerAddress,
         Reason::ConnectRate,
+        Reason::Destination,
     ];
 
     /// The metric label.
@@ -68,6 +71,7 @@ impl Reason {
             Reason::MaxRoutesPerVni => "max_routes_per_vni",
             Reason::SessionsPerAddress => "sessions_per_address",
             Reason::ConnectRate => "connect_rate",
+            Reason::Destination => "destination",
         }
     }
 
@@ -91,6 +95,9 @@ impl Reason {
             }
             Reason::ConnectRate => {
                 "connection over the address's connect_rate (closed at accept)"
+            }
+            Reason::Destination => {
+                "route whose destination lies outside the class's destinations for its VNI (not distributed)"
             }
         }
     }
@@ -170,6 +177,9 @@ pub struct Class {
     next_hop: Option<(bool, Vec<Cidr>)>,
     /// Bit `t` set: type `t` (0..=63) allowed; `None`: every type.
     types: Option<u64>,
+    /// `destinations`: (VNIs, prefixes) in file order, the first entry
+    /// holding a route's VNI decides; `None`: any destination.
+    destinations: Option<Vec<(VniSet, Vec<Cidr>)>>,
     /// The route limit, if any.
     pub limit: Option<Limit>,
     /// The route limit per VNI, if any (same action and warning share).
@@ -194,6 +204,17 @@ impl Class {
                 t.iter()
                     .filter(|&&t| (0..64).contains(&t))
                     .fold(0u64, |m, &t| m | (1 << t))
+            }),
+            destinations: c.destinations.as_ref().map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| {
+                        (
+                            VniSet::new(&r.vnis),
+                            r.prefixes.iter().map(|p| p.0).collect(),
+                        )
+                    })
+                    .collect()
             }),
             limit: c.max_routes.map(|max| Limit::new(max, c)),
             vni_limit: c.max_routes_per_vni.map(|max| Limit::new(max, c)),
@@ -224,6 +245,7 @@ impl Class {
             announce: None,
             next_hop: None,
             types: None,
+            destinations: None,
             limit: None,
             vni_limit: None,
             address: admission::AddressLimits::default(),
@@ -237,6 +259,7 @@ impl Class {
             || self.announce.is_some()
             || self.next_hop.is_some()
             || self.types.is_some()
+            || self.destinations.is_some()
             || self.limit.is_some()
             || self.vni_limit.is_some()
     }
@@ -284,6 +307,16 @@ impl Class {
                 .collect();
             out.push(format!("route_types = [{}]", names.join(", ")));
         }
+        if let Some(rules) = &self.destinations {
+            let entries: Vec<String> = rules
+                .iter()
+                .map(|(set, prefixes)| {
+                    let p: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+                    format!("{{ vnis = {}, prefixes = [{}] }}", vnis(set), p.join(", "))
+                })
+                .collect();
+            out.push(format!("destinations = [{}]", entries.join(", ")));
+        }
         // `max_routes` has fields of its own in the API; the other limits
         // are listed here.
         if let Some(l) = self.vni_limit {
@@ -323,6 +356,17 @@ impl Class {
             let hop = canonical(route.next_hop.addr.to_ip());
             if !((*own && hop == peer) || prefixes.iter().any(|p| p.contains(hop))) {
                 return Some(Reason::NextHop);
+            }
+        }
+        if let Some(rules) = &self.destinations {
+            if let Some((_, prefixes)) = rules.iter().find(|(vnis, _)| vnis.contains(route.vni)) {
+                let dest = Cidr {
+                    addr: canonical(route.dest.addr.to_ip()),
+                    len: route.dest.prefix_len,
+                };
+                if !prefixes.iter().any(|p| p.covers(&dest)) {
+                    return Some(Reason::Destination);
+                }
             }
         }
         None
@@ -453,7 +497,7 @@ pub struct SessionPolicy {
     warned: bool,
     warned_vni: bool,
     /// Bit `r` set: reason `r` was logged for this session already.
-    logged: u8,
+    logged: u16,
 }
 
 impl SessionPolicy {
@@ -644,7 +688,7 @@ impl SessionPolicy {
     /// True the first time `reason` is seen in this session (log it then,
     /// never again).
     pub fn first_time(&mut self, reason: Reason) -> bool {
-        let bit = 1u8 << (reason as u8);
+        let bit = 1u16 << (reason as u8);
         let first = self.logged & bit == 0;
         self.logged |= bit;
         first
@@ -960,15 +1004,58 @@ connect_rate = "6/m"
         assert!(s.first_time(Reason::MaxRoutes));
         assert!(!s.first_time(Reason::MaxRoutes));
         assert!(s.first_time(Reason::NextHop));
-        for n in 0..8 {
+        for n in 0..9 {
             assert_eq!(Reason::from_u8(n).map(|r| r as u8), Some(n));
         }
-        assert_eq!(Reason::from_u8(8), None);
-        // Every reason has its own bit in a session's `logged` byte.
+        assert_eq!(Reason::from_u8(9), None);
+        // Every reason has its own bit in a session's `logged` set.
         for r in Reason::ALL {
             assert!(s.first_time(r) || matches!(r, Reason::MaxRoutes | Reason::NextHop));
             assert!(!s.first_time(r));
         }
+    }
+
+    #[test]
+    fn destinations_per_vni() {
+        let p = policy(
+            r#"
+[[policy.class]]
+name = "d"
+match = ["10.0.0.0/8"]
+destinations = [
+  { vnis = ["100-199"], prefixes = ["10.100.0.0/16", "fd00:100::/32"] },
+  { vnis = [100, 300], prefixes = [] },
+]
+"#,
+        );
+        let class = p.class_for(ip("10.0.0.1")).clone();
+        assert!(class.restricts());
+        let mut s = SessionPolicy::new(class.clone(), ip("10.0.0.1"));
+        let mut verdict = |r: &str| s.route(&route(r), Action::Add);
+        // Inside a prefix of the first entry holding the VNI: allowed (the
+        // second entry, which allows nothing in VNI 100, is not asked).
+        assert_eq!(verdict("100#10.100.1.0/24@2001:db8::1"), Verdict::Forward);
+        assert_eq!(verdict("150#10.100.0.0/16@2001:db8::1"), Verdict::Forward);
+        assert_eq!(verdict("150#fd00:100:1::/48@2001:db8::1"), Verdict::Forward);
+        // Wider than the prefix, or outside it: refused.
+        assert_eq!(
+            verdict("150#10.0.0.0/8@2001:db8::1"),
+            Verdict::Refuse(Reason::Destination)
+        );
+        assert_eq!(
+            verdict("150#10.101.0.0/24@2001:db8::1"),
+            Verdict::Refuse(Reason::Destination)
+        );
+        // An empty list allows nothing; an unlisted VNI is unrestricted.
+        assert_eq!(
+            verdict("300#10.100.1.0/24@2001:db8::1"),
+            Verdict::Refuse(Reason::Destination)
+        );
+        assert_eq!(verdict("400#192.0.2.0/24@2001:db8::1"), Verdict::Forward);
+        assert_eq!(
+            class.rules(),
+            vec!["destinations = [{ vnis = [100-199], prefixes = [10.100.0.0/16, fd00:100::/32] }, { vnis = [100, 300], prefixes = [] }]".to_string()]
+        );
     }
 
     #[test]

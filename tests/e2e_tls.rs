@@ -4,7 +4,8 @@
 //! another CA, an expired one and a plaintext HELLO on the TLS port
 //! refused (and logged and counted) while the TLS session and a plaintext
 //! peer on the plaintext listener keep getting updates; certificates
-//! replaced by a reload, a bad file refused by it.
+//! replaced by a reload, a bad file refused by it; the client role's
+//! certificate renewed by a reload, presented on its next session.
 
 mod common;
 
@@ -311,6 +312,39 @@ async fn tls_sessions_identity_refusals_and_certificate_reload() {
     inject(&d.api_socket(), &["100#10.98.0.0/24@2001:db8::98"]).await;
     client_received(&mut client_api, "100#10.98.0.0/24@2001:db8::98").await;
     assert_eq!(tls_peer(&mut api).await.session_id, session.session_id);
+
+    // The client role's certificate renewed and reloaded: its session
+    // stays; its next session presents the new certificate (identity).
+    let renewed_client = ca.issue(&dir, "client-renewed", &["hv-18.hv.example.net"], false);
+    std::fs::copy(&renewed_client.cert, &client_cert.cert).unwrap();
+    std::fs::copy(&renewed_client.key, &client_cert.key).unwrap();
+    client_api
+        .daemon
+        .reload(pb::ReloadRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("client reload: {e}"));
+    assert_eq!(tls_peer(&mut api).await.session_id, session.session_id);
+    api.peers
+        .reset_peer(pb::ResetPeerRequest {
+            peer: Some(pb::reset_peer_request::Peer::SessionId(session.session_id)),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    let again = loop {
+        let p = tls_peer(&mut api).await;
+        if p.session_id != session.session_id {
+            break p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client did not come back; log:\n{}",
+            client.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again.tls_identity, "hv-18.hv.example.net");
+    assert_eq!(again.policy_class, "hv-tls");
     drop(client);
 }
 

@@ -42,25 +42,7 @@ max_routes_action = "close"
 /// A daemon with [`POLICY`] listening on [::1] (the open default class's
 /// observers) and 127.0.0.1; returns it and its IPv4 address.
 async fn start() -> (Daemon, SocketAddr) {
-    let dir = unique_temp_dir();
-    let config = dir.join("policy.toml");
-    std::fs::write(&config, POLICY).unwrap();
-    let d = Daemon::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    let v4 = d
-        .wait_for_line(
-            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
-            T,
-        )
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .unwrap_or_else(|| panic!("no IPv4 listener; log:\n{}", d.logs()));
+    let (d, v4, _) = Daemon::start_with_config_v4(POLICY).await;
     (d, v4)
 }
 
@@ -345,24 +327,12 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
         .await
         .and_then(|l| parse_addr_field(&l))
         .expect("IPv4 listener");
-    let mut obs = RawPeer::established(d.addr).await;
-    obs.subscribe(100).await;
-    let mut sub200 = RawPeer::established(d.addr).await;
-    sub200.subscribe(200).await;
-    let mut a = RawPeer::established_from(v4, ip("127.0.0.1")).await;
-    let flooder = RawPeer::established_from(v4, ip("127.0.0.4")).await;
-    let flood_local = flooder.local;
-    // Warm up the daemon's allocations (a session's buffers, the table's
-    // first slabs) before taking the baseline.
-    let warm = route("100#10.255.0.0/24@127.0.0.1");
-    a.announce(warm).await;
-    assert_eq!(obs.expect_update(T).await, add(warm));
-    let before = rss_kib(d.pid());
-
     // The flood: 1M distinct routes in writes of 4096 frames, each chunk
     // with a KEEPALIVE so the session stays alive however long it takes.
-    // Encoded before it starts, so that the probes below measure the
-    // daemon, not this test's encoding.
+    // Encoded before any session starts, so that the probes below measure
+    // the daemon, not this test's encoding, and no session waits for it
+    // (a debug build on a loaded machine can take longer than the
+    // keepalive timeout).
     let mut chunks = Vec::new();
     let mut chunk = Vec::with_capacity(4096 * 40);
     for i in 0..FLOOD {
@@ -378,6 +348,20 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
             chunks.push(std::mem::take(&mut chunk));
         }
     }
+    let mut obs = RawPeer::established(d.addr).await;
+    obs.subscribe(100).await;
+    let mut sub200 = RawPeer::established(d.addr).await;
+    sub200.subscribe(200).await;
+    let mut a = RawPeer::established_from(v4, ip("127.0.0.1")).await;
+    let flooder = RawPeer::established_from(v4, ip("127.0.0.4")).await;
+    let flood_local = flooder.local;
+    // Warm up the daemon's allocations (a session's buffers, the table's
+    // first slabs) before taking the baseline.
+    let warm = route("100#10.255.0.0/24@127.0.0.1");
+    a.announce(warm).await;
+    assert_eq!(obs.expect_update(T).await, add(warm));
+    let before = rss_kib(d.pid());
+
     let start = std::time::Instant::now();
     // From a thread of its own: the probes below measure the daemon, not
     // this test's scheduling.
@@ -394,7 +378,16 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
     let mut probes = 0u32;
     let mut worst = Duration::ZERO;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // The other peers keep their sessions alive: a flood on a loaded
+    // machine can outlast the keepalive timeout (12.5 s).
+    let mut pinged = std::time::Instant::now();
     let p = loop {
+        if pinged.elapsed() > Duration::from_secs(2) {
+            obs.ping().await;
+            sub200.ping().await;
+            a.ping().await;
+            pinged = std::time::Instant::now();
+        }
         if flood.is_finished() {
             let p = peer(&d, flood_local).await;
             if p.routes_refused == u64::from(FLOOD - LIMIT) {

@@ -39,25 +39,7 @@ max_routes_action = "close"
 /// A daemon with [`POLICY`] listening on [::1] (the open default class's
 /// observers) and 127.0.0.1; returns it and its IPv4 address.
 async fn start() -> (Daemon, SocketAddr) {
-    let dir = unique_temp_dir();
-    let config = dir.join("policy.toml");
-    std::fs::write(&config, POLICY).unwrap();
-    let d = Daemon::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    let v4 = d
-        .wait_for_line(
-            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
-            T,
-        )
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .unwrap_or_else(|| panic!("no IPv4 listener; log:\n{}", d.logs()));
+    let (d, v4, _) = Daemon::start_with_config_v4(POLICY).await;
     (d, v4)
 }
 

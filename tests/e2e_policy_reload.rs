@@ -56,25 +56,7 @@ fn ip(s: &str) -> IpAddr {
 /// The daemon with `config` written to a file, listening on [::1] and
 /// 127.0.0.1; returns it, the IPv4 listener and the file.
 async fn start(config: &str) -> (Daemon, SocketAddr, std::path::PathBuf) {
-    let file = unique_temp_dir().join("policy.toml");
-    std::fs::write(&file, config).unwrap();
-    let d = Daemon::start(&[
-        "--config",
-        file.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    let v4 = d
-        .wait_for_line(
-            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
-            T,
-        )
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .unwrap_or_else(|| panic!("no IPv4 listener; log:\n{}", d.logs()));
-    (d, v4, file)
+    Daemon::start_with_config_v4(config).await
 }
 
 async fn peer(d: &Daemon, local: SocketAddr) -> pb::Peer {

@@ -283,6 +283,33 @@ fn listening_addr(log: &str) -> Option<SocketAddr> {
 }
 
 impl Daemon {
+    /// A daemon run with the configuration file `text` (written to a fresh
+    /// file, returned: rewrite it and reload to change it), listening on
+    /// [::1] and 127.0.0.1, with metrics: for tests that tell peers apart
+    /// by their loopback source address (127.0.0.2, ...), as the peer
+    /// policy does. Returns the daemon, its IPv4 listener and the file.
+    pub async fn start_with_config_v4(text: &str) -> (Daemon, SocketAddr, std::path::PathBuf) {
+        let file = unique_temp_dir().join("metalbondd.toml");
+        std::fs::write(&file, text).unwrap();
+        let d = Daemon::start(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]);
+        let v4 = d
+            .wait_for_line(
+                |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
+                T,
+            )
+            .await
+            .and_then(|l| parse_addr_field(&l))
+            .unwrap_or_else(|| panic!("no IPv4 listener; log:\n{}", d.logs()));
+        (d, v4, file)
+    }
+
     /// Starts `metalbondd server --listen [::1]:0 --keepalive 5 ARGS...`
     /// (`--keepalive` is left out when `args` carries its own) and waits
     /// until it listens. Panics with the log if it does not.

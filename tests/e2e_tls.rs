@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::api::{connect, inject, Api};
 use common::http::{get, value_or_zero};
-use common::tls::{tls_connect, Ca, Issued};
+use common::tls::{server_tls_toml, tls_client, tls_connect, Ca, Issued};
 use common::*;
 use metalbond_proto::api as pb;
 use metalbondd::wire::{Hello, Message};
@@ -25,28 +25,13 @@ const IDENTITY: &str = "hv-17.hv.example.net";
 
 fn server_config(dir: &Path, server: &Issued, ca: &Path) -> std::path::PathBuf {
     let path = dir.join("server.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[server]
-tls_listen = ["127.0.0.1:0"]
-[server.tls]
-cert = "{}"
-key = "{}"
-client_ca = "{}"
-
+    let policy = r#"
 [[policy.class]]
 name = "hv-tls"
 match_identity = ["*.hv.example.net"]
 announce_vnis = ["100"]
-"#,
-            server.cert.display(),
-            server.key.display(),
-            ca.display()
-        ),
-    )
-    .unwrap();
+"#;
+    std::fs::write(&path, server_tls_toml(server, ca) + policy).unwrap();
     path
 }
 
@@ -152,32 +137,7 @@ async fn tls_sessions_identity_refusals_and_certificate_reload() {
     plain.subscribe(100).await;
 
     // Our client role over TLS, with a client certificate.
-    let client_toml = dir.join("client.toml");
-    std::fs::write(
-        &client_toml,
-        format!(
-            "[client]\nservers = [\"tls://{tls_addr}\"]\nsubscribe = [100]\nannounce = [\"{CLIENT_ROUTE}\"]\n\
-             [client.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            ca_file.display(),
-            client_cert.cert.display(),
-            client_cert.key.display()
-        ),
-    )
-    .unwrap();
-    let client = Daemon::spawn_running(&[
-        "client",
-        "--config",
-        client_toml.to_str().unwrap(),
-        "--api-socket",
-        dir.join("client.sock").to_str().unwrap(),
-        "--state-dir",
-        dir.join("client-state").to_str().unwrap(),
-        "--reconnect-min",
-        "0",
-        "--reconnect-max",
-        "1",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (client, _) = tls_client(&dir, tls_addr, &ca_file, &client_cert, 100, CLIENT_ROUTE);
 
     // Its route reaches the plaintext peer through the server; its
     // certificate's identity chose the class.

@@ -315,24 +315,15 @@ async fn a_go_client_on_the_plaintext_listener_next_to_tls_and_a_policy() {
     else {
         return;
     };
-    use common::tls::Ca;
+    use common::tls::{server_tls_toml, tls_client, Ca};
     let dir = unique_temp_dir();
     let ca = Ca::new("interop test CA");
     let ca_file = ca.write(&dir.join("ca.pem"));
     let server_cert = ca.issue(&dir, "server", &["127.0.0.1"], false);
     let client_cert = ca.issue(&dir, "client", &["hv-1.hv.example.net"], false);
     let config = dir.join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-tls_listen = ["127.0.0.1:0"]
-[server.tls]
-cert = "{}"
-key = "{}"
-client_ca = "{}"
-
+    let policy = format!(
+        r#"
 [[policy.class]]
 name = "hv-tls"
 match_identity = ["*.hv.example.net"]
@@ -345,13 +336,9 @@ name = "go-plain"
 match = ["127.0.0.0/8", "::1/128"]
 subscribe_vnis = [{VNI}]
 announce_vnis = [{VNI}]
-"#,
-            server_cert.cert.display(),
-            server_cert.key.display(),
-            ca_file.display()
-        ),
-    )
-    .unwrap();
+"#
+    );
+    std::fs::write(&config, server_tls_toml(&server_cert, &ca_file) + &policy).unwrap();
     let server = Daemon::start(&["--config", config.to_str().unwrap()]);
     let tls_addr = server
         .wait_for_line(|l| l.contains("listening (TLS)"), FLOW)
@@ -361,33 +348,7 @@ announce_vnis = [{VNI}]
     let gc = GoProc::client(&go, server.addr, &[VNI], &G1);
 
     const OURS: &str = "23#10.6.2.0/24@2001:db8::6";
-    let client_toml = dir.join("client.toml");
-    std::fs::write(
-        &client_toml,
-        format!(
-            "[client]\nservers = [\"tls://{tls_addr}\"]\nsubscribe = [{VNI}]\nannounce = [\"{OURS}\"]\n\
-             [client.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            ca_file.display(),
-            client_cert.cert.display(),
-            client_cert.key.display()
-        ),
-    )
-    .unwrap();
-    let sock = dir.join("client.sock");
-    let client = Daemon::spawn_running(&[
-        "client",
-        "--config",
-        client_toml.to_str().unwrap(),
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--state-dir",
-        dir.join("client-state").to_str().unwrap(),
-        "--reconnect-min",
-        "0",
-        "--reconnect-max",
-        "1",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (client, sock) = tls_client(&dir, tls_addr, &ca_file, &client_cert, VNI, OURS);
 
     wait_received(
         &sock,

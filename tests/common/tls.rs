@@ -88,3 +88,58 @@ pub async fn tls_connect(
     .await
     .unwrap_or_else(|_| panic!("TLS handshake with {addr} timed out"))
 }
+
+/// The `[server]` lines of a TLS listener on 127.0.0.1 (any port) with
+/// `server`'s certificate, client certificates required and checked
+/// against `ca` (append a `[policy]` after it).
+pub fn server_tls_toml(server: &Issued, ca: &Path) -> String {
+    format!(
+        "[server]\ntls_listen = [\"127.0.0.1:0\"]\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.display()
+    )
+}
+
+/// Starts `metalbondd client` (its config, API socket `client.sock` and
+/// state in `dir`) connected over TLS to `server`, trusting `ca` and
+/// presenting `cert`, subscribed to `vni` and announcing `announce`; waits
+/// until it runs (not until its session is up). Returns it and its API
+/// socket.
+pub fn tls_client(
+    dir: &Path,
+    server: SocketAddr,
+    ca: &Path,
+    cert: &Issued,
+    vni: u32,
+    announce: &str,
+) -> (super::Daemon, PathBuf) {
+    let toml = dir.join("client.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[client]\nservers = [\"tls://{server}\"]\nsubscribe = [{vni}]\nannounce = [\"{announce}\"]\n\
+             [client.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.display(),
+            cert.cert.display(),
+            cert.key.display()
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("client.sock");
+    let client = super::Daemon::spawn_running(&[
+        "client",
+        "--config",
+        toml.to_str().unwrap(),
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--state-dir",
+        dir.join("client-state").to_str().unwrap(),
+        "--reconnect-min",
+        "0",
+        "--reconnect-max",
+        "1",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    (client, sock)
+}

@@ -420,6 +420,103 @@ async fn vnis_count_routes_announcers_and_subscribers() {
     assert_eq!(all.vnis, vec![vni]);
 }
 
+/// The per-VNI digest (ADR 0029) of two servers: equal when they hold the
+/// same routes, however the routes arrived (other order, other announcers,
+/// routes that came and went), different when one route differs.
+#[tokio::test]
+async fn vni_digests_of_two_servers_agree_exactly_when_their_routes_do() {
+    const R: [&str; 4] = [
+        "7#10.0.0.0/24@2001:db8::1",
+        "7#10.0.1.0/24@2001:db8::1#nat#1024#2047",
+        "7#10.0.2.0/24@2001:db8::2#lb",
+        "7#2001:db8:7::/64@2001:db8::3",
+    ];
+    const NOISE: &str = "7#10.9.9.0/24@2001:db8::9";
+    let digest_of = |sock: std::path::PathBuf| async move {
+        let mut api = connect(&sock).await;
+        let one = api
+            .vnis
+            .get_vni(pb::GetVniRequest { vni: 7 })
+            .await
+            .unwrap()
+            .into_inner();
+        // ListVnis shows the same digest as GetVni.
+        let all = api
+            .vnis
+            .list_vnis(pb::ListVnisRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(all.vnis.contains(&one), "{all:?} lacks {one:?}");
+        (one.digest_routes, one.digest)
+    };
+
+    // Server a: peer p announces R[0..3] in order, a second peer joins on
+    // R[1], the API adds R[3]; a noise route comes and goes.
+    let a = Daemon::start(&[]);
+    let mut p = RawPeer::established(a.addr).await;
+    let mut p2 = RawPeer::established(a.addr).await;
+    let mut helper = RawPeer::established(a.addr).await;
+    for text in &R[..3] {
+        p.announce(route(text)).await;
+    }
+    p2.announce(route(R[1])).await;
+    p2.announce(route(NOISE)).await;
+    p2.withdraw(route(NOISE)).await;
+    common::api::inject(&a.api_socket(), &[R[3]]).await;
+    barrier(&mut p, &mut helper, 900).await;
+    barrier(&mut p2, &mut helper, 900).await;
+
+    // Server b: the API first (R[3], R[0]), then a peer in reverse order,
+    // announcing R[0] a second time; its noise route leaves with a session.
+    let b = Daemon::start(&[]);
+    common::api::inject(&b.api_socket(), &[R[3], R[0]]).await;
+    let mut q = RawPeer::established(b.addr).await;
+    let mut q2 = RawPeer::established(b.addr).await;
+    let mut helper_b = RawPeer::established(b.addr).await;
+    for text in R.iter().rev() {
+        q.announce(route(text)).await;
+    }
+    q2.announce(route(NOISE)).await;
+    barrier(&mut q, &mut helper_b, 900).await;
+    barrier(&mut q2, &mut helper_b, 900).await;
+    let (routes, noisy) = digest_of(b.api_socket()).await;
+    assert_eq!(routes, 5, "the noise route is in b's digest");
+    drop(q2);
+    // Bounded polling: the session end reaches the table asynchronously.
+    let deadline = tokio::time::Instant::now() + T;
+    let digest_b = loop {
+        let got = digest_of(b.api_socket()).await;
+        if got.0 == 4 {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b still counts {} routes",
+            got.0
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let digest_a = digest_of(a.api_socket()).await;
+    assert_eq!(digest_a.0, 4);
+    assert_eq!(digest_a.1.len(), 16, "{digest_a:?}");
+    assert!(
+        digest_a.1.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        "{digest_a:?}"
+    );
+    assert_ne!(noisy, digest_b.1);
+    assert_eq!(digest_a, digest_b, "same routes, same digest");
+
+    // One route more on b: the digests differ; withdrawn again: equal.
+    common::api::inject(&b.api_socket(), &[NOISE]).await;
+    let differing = digest_of(b.api_socket()).await;
+    assert_eq!(differing.0, 5);
+    assert_ne!(differing.1, digest_a.1, "a differing route, a differing digest");
+    assert_eq!(differing.1, noisy, "the digest of a route set does not depend on who announced it");
+    common::api::withdraw(&b.api_socket(), &[NOISE]).await;
+    assert_eq!(digest_of(b.api_socket()).await, digest_a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_started_during_announcements_sees_every_route_exactly_once() {
     const N: u32 = 20_000;

@@ -507,7 +507,28 @@ async fn vnis_routes_and_filters_in_table_and_json() {
     let b_peer = format!("peer {}", b.local);
     let b_local = b.local.to_string();
 
-    // VNIs.
+    // VNIs. The digests (ADR 0029) depend on the routes: the table shows
+    // those of the JSON document, 16 hex digits, one per VNI.
+    let mut doc = mbctl(&sock, &["-o", "json", "vnis"]).await.json();
+    let mut digests = Vec::new();
+    for v in doc["vnis"].as_array_mut().unwrap() {
+        let v = v.as_object_mut().unwrap();
+        assert_eq!(v.remove("digest_routes"), v.get("routes").cloned());
+        let digest = v.remove("digest").unwrap().as_str().unwrap().to_string();
+        assert!(
+            digest.len() == 16 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+            "{digest:?}"
+        );
+        digests.push(digest);
+    }
+    assert_ne!(digests[0], digests[1]);
+    assert_eq!(
+        doc,
+        json!({"vnis": [
+            {"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1},
+            {"vni": 200, "routes": 1, "announcers": 2, "subscribers": 1},
+        ]})
+    );
     let rows = parse_table(mbctl(&sock, &["vnis"]).await.ok(), columns::VNIS);
     assert_eq!(
         rows,
@@ -516,23 +537,17 @@ async fn vnis_routes_and_filters_in_table_and_json() {
                 ("VNI", "100"),
                 ("ROUTES", "2"),
                 ("ANNOUNCERS", "2"),
-                ("SUBSCRIBERS", "1")
+                ("SUBSCRIBERS", "1"),
+                ("DIGEST", &digests[0]),
             ]),
             cells(&[
                 ("VNI", "200"),
                 ("ROUTES", "1"),
                 ("ANNOUNCERS", "2"),
-                ("SUBSCRIBERS", "1")
+                ("SUBSCRIBERS", "1"),
+                ("DIGEST", &digests[1]),
             ]),
         ]
-    );
-    let doc = mbctl(&sock, &["-o", "json", "vnis"]).await.json();
-    assert_eq!(
-        doc,
-        json!({"vnis": [
-            {"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1},
-            {"vni": 200, "routes": 1, "announcers": 2, "subscribers": 1},
-        ]})
     );
 
     // Routes, table.
@@ -1304,6 +1319,9 @@ async fn peer_reset_and_vni_against_the_daemon() {
     let mut helper = RawPeer::established(d.addr).await;
     barrier(&mut peer, &mut helper, 100).await;
 
+    let v = mbctl(&sock, &["-o", "json", "vni", "100"]).await.json();
+    assert_eq!(keys(&v), sorted(fields::VNI));
+    assert_eq!(v["vni"], 100);
     let kv = parse_key_values(mbctl(&sock, &["vni", "100"]).await.ok());
     assert_eq!(
         kv,
@@ -1311,12 +1329,11 @@ async fn peer_reset_and_vni_against_the_daemon() {
             ("vni", "100"),
             ("routes", "2"),
             ("announcers", "2"),
-            ("subscribers", "1")
+            ("subscribers", "1"),
+            ("digest_routes", "2"),
+            ("digest", v["digest"].as_str().unwrap()),
         ])
     );
-    let v = mbctl(&sock, &["-o", "json", "vni", "100"]).await.json();
-    assert_eq!(keys(&v), sorted(fields::VNI));
-    assert_eq!(v["vni"], 100);
     let msg = mbctl(&sock, &["vni", "4242"]).await.fails(1);
     assert!(msg.ends_with("(NOT_FOUND)"), "{msg}");
 

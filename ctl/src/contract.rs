@@ -62,7 +62,7 @@ pub mod columns {
         "LAST ERROR",
     ];
     /// `mbctl vnis`.
-    pub const VNIS: &[&str] = &["VNI", "ROUTES", "ANNOUNCERS", "SUBSCRIBERS"];
+    pub const VNIS: &[&str] = &["VNI", "ROUTES", "ANNOUNCERS", "SUBSCRIBERS", "DIGEST"];
     /// `mbctl routes`.
     pub const ROUTES: &[&str] = &["VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS", "ANNOUNCERS"];
     /// `mbctl servers` (client role).
@@ -135,7 +135,14 @@ pub mod fields {
     /// only `kind`.
     pub const PEER_ANNOUNCER: &[&str] = &["kind", "session_id", "remote_address"];
     /// A VNI (`mbctl vnis`, `mbctl vni`).
-    pub const VNI: &[&str] = &["vni", "routes", "announcers", "subscribers"];
+    pub const VNI: &[&str] = &[
+        "vni",
+        "routes",
+        "announcers",
+        "subscribers",
+        "digest_routes",
+        "digest",
+    ];
     /// `mbctl status`.
     pub const STATUS: &[&str] = &[
         "version",

@@ -245,6 +245,11 @@ pub struct VniJson {
     pub announcers: u64,
     /// Sessions subscribed to it.
     pub subscribers: u64,
+    /// Distinct routes the digest covers.
+    pub digest_routes: u64,
+    /// Order-independent hash of its routes (16 hex digits): equal on
+    /// servers that hold the same routes in this VNI.
+    pub digest: String,
 }
 
 impl From<&api::Vni> for VniJson {
@@ -254,6 +259,8 @@ impl From<&api::Vni> for VniJson {
             routes: v.routes,
             announcers: v.announcers,
             subscribers: v.subscribers,
+            digest_routes: v.digest_routes,
+            digest: v.digest.clone(),
         }
     }
 }
@@ -1091,11 +1098,14 @@ mod tests {
             routes: 2,
             announcers: 3,
             subscribers: 4,
+            digest_routes: 2,
+            digest: "00000000000000ab".into(),
         }))
         .unwrap();
         assert_eq!(
             v,
-            json!({"vni": 1, "routes": 2, "announcers": 3, "subscribers": 4})
+            json!({"vni": 1, "routes": 2, "announcers": 3, "subscribers": 4,
+                   "digest_routes": 2, "digest": "00000000000000ab"})
         );
         let v = serde_json::to_value(ReloadJson {
             applied: vec!["log".into()],

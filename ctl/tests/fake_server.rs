@@ -398,12 +398,16 @@ impl vni_service_server::VniService for Fake {
                     routes: 2,
                     announcers: 2,
                     subscribers: 1,
+                    digest_routes: 2,
+                    digest: "0123456789abcdef".into(),
                 },
                 api::Vni {
                     vni: 16_777_215,
                     routes: 12_345,
                     announcers: 1,
                     subscribers: 0,
+                    digest_routes: 12_345,
+                    digest: "fedcba9876543210".into(),
                 },
             ],
         }))
@@ -416,6 +420,8 @@ impl vni_service_server::VniService for Fake {
                 routes: 2,
                 announcers: 2,
                 subscribers: 1,
+                digest_routes: 2,
+                digest: "0123456789abcdef".into(),
             })),
             vni => Err(Status::not_found(format!("no VNI {vni}"))),
         }
@@ -944,17 +950,19 @@ fn vnis_table_and_json() {
     assert_eq!(
         s.ok(&["vnis"]),
         "\
-VNI       ROUTES  ANNOUNCERS  SUBSCRIBERS
-100       2       2           1
-16777215  12345   1           0
+VNI       ROUTES  ANNOUNCERS  SUBSCRIBERS  DIGEST
+100       2       2           1            0123456789abcdef
+16777215  12345   1           0            fedcba9876543210
 "
     );
     let v = s.json(&["vnis"]);
     assert_eq!(
         v,
         serde_json::json!({"vnis": [
-            {"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1},
-            {"vni": 16777215, "routes": 12345, "announcers": 1, "subscribers": 0}
+            {"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1,
+             "digest_routes": 2, "digest": "0123456789abcdef"},
+            {"vni": 16777215, "routes": 12345, "announcers": 1, "subscribers": 0,
+             "digest_routes": 12345, "digest": "fedcba9876543210"}
         ]})
     );
 }
@@ -1263,11 +1271,13 @@ fn one_vni_table_and_json() {
     let s = default_server();
     assert_eq!(
         s.ok(&["vni", "100"]),
-        "vni:         100\nroutes:      2\nannouncers:  2\nsubscribers: 1\n"
+        "vni:           100\nroutes:        2\nannouncers:    2\nsubscribers:   1\n\
+         digest_routes: 2\ndigest:        0123456789abcdef\n"
     );
     assert_eq!(
         s.json(&["vni", "100"]),
-        serde_json::json!({"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1})
+        serde_json::json!({"vni": 100, "routes": 2, "announcers": 2, "subscribers": 1,
+                           "digest_routes": 2, "digest": "0123456789abcdef"})
     );
     s.fails(&["vni", "7"], 1, "mbctl: no VNI 7 (NOT_FOUND)\n");
     // Out of range: a usage error, nothing sent.

@@ -11,16 +11,23 @@ pub fn vni_details(v: &VniJson) -> String {
 
 /// The table of `mbctl vnis`.
 pub fn vnis_table(vnis: &[VniJson]) -> String {
-    table_of(columns::VNIS, vnis, vni_cells)
+    table_of(columns::VNIS, vnis, |v| {
+        // The table leaves out the digest's route count: it is ROUTES.
+        let mut cells = vni_cells(v);
+        cells.remove(4);
+        cells
+    })
 }
 
-/// A VNI's numbers, in the order of `keys::VNI` and `columns::VNIS` (the
-/// two are the same).
+/// A VNI's numbers, in the order of `keys::VNI`; `columns::VNIS` is the
+/// same without `digest_routes`.
 fn vni_cells(v: &VniJson) -> Vec<String> {
     vec![
         v.vni.to_string(),
         v.routes.to_string(),
         v.announcers.to_string(),
         v.subscribers.to_string(),
+        v.digest_routes.to_string(),
+        v.digest.clone(),
     ]
 }

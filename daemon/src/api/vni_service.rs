@@ -36,6 +36,8 @@ fn vni_to_api(s: &VniStats) -> pb::Vni {
         routes: s.routes as u64,
         announcers: s.announcers as u64,
         subscribers: s.subscribers as u64,
+        digest_routes: s.routes as u64,
+        digest: crate::table::digest::to_hex(s.digest),
     }
 }
 

@@ -14,6 +14,7 @@
 //! Operations report what subscribers must hear (a route that first appears,
 //! or whose last announcer left); the caller turns that into UPDATE frames.
 
+pub mod digest;
 mod hops;
 pub mod log;
 
@@ -152,6 +153,9 @@ struct VniTable {
     /// Routes of this VNI per announcer (for the distinct announcer count
     /// without a scan of the routes).
     announcers: HashMap<SessionId, u32>,
+    /// Wrapping sum of [`digest::route_hash`] over the routes of this VNI
+    /// (the count is `routes`): changed only when a route appears or goes.
+    digest: u64,
 }
 
 impl VniTable {
@@ -203,6 +207,9 @@ pub struct VniStats {
     pub announcers: usize,
     /// Sessions subscribed to it.
     pub subscribers: usize,
+    /// Order-independent hash of its routes ([`digest`]); equal on two
+    /// servers that hold the same routes in this VNI.
+    pub digest: u64,
 }
 
 /// Position after the last route of a page: (VNI, slot). Routes stay in their
@@ -254,6 +261,8 @@ impl RouteTable {
                     announcers: Announcers::One(session),
                 };
                 let i = slab_insert(&mut vt.slots, &mut vt.free, entry);
+                // The route appears in the VNI: the only place the digest grows.
+                vt.digest = vt.digest.wrapping_add(digest::route_hash(route));
                 let (slots, hasher) = (&vt.slots, &self.hasher);
                 vt.index.insert_unique(hash, i, |&j| {
                     let s = &slots[j as usize];
@@ -328,14 +337,17 @@ impl RouteTable {
         self.routes -= 1;
         let next_hop = *self.hops.get(hop);
         self.hops.release(hop);
-        if vt.is_empty() {
-            self.vnis.remove(&vni);
-        }
-        Some(Route {
+        let route = Route {
             vni,
             dest,
             next_hop,
-        })
+        };
+        // The route's last announcer left: the only place the digest shrinks.
+        vt.digest = vt.digest.wrapping_sub(digest::route_hash(&route));
+        if vt.is_empty() {
+            self.vnis.remove(&vni);
+        }
+        Some(route)
     }
 
     /// Records that `session` subscribes to `vni`. False if it already did
@@ -547,6 +559,7 @@ impl RouteTable {
                 routes: vt.routes,
                 announcers: vt.announcers.len(),
                 subscribers: vt.subscribers,
+                digest: vt.digest,
             })
             .collect();
         out.sort_unstable_by_key(|s| s.vni);

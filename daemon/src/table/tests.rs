@@ -225,19 +225,23 @@ fn vni_stats_count_routes_announcers_and_subscribers() {
                 vni: Vni(7),
                 routes: 2,
                 announcers: 2,
-                subscribers: 1
+                subscribers: 1,
+                digest: digest::route_hash(&r("7#10.0.0.0/24@2001:db8::1"))
+                    .wrapping_add(digest::route_hash(&r("7#10.0.1.0/24@2001:db8::1"))),
             },
             VniStats {
                 vni: Vni(8),
                 routes: 1,
                 announcers: 1,
-                subscribers: 0
+                subscribers: 0,
+                digest: digest::route_hash(&r("8#10.0.1.0/24@2001:db8::1")),
             },
             VniStats {
                 vni: Vni(9),
                 routes: 0,
                 announcers: 0,
-                subscribers: 1
+                subscribers: 1,
+                digest: 0,
             },
         ]
     );
@@ -330,7 +334,68 @@ mod properties {
                     let announcers: BTreeSet<SessionId> = in_vni.iter().flat_map(|(_, set)| set.iter().copied()).collect();
                     prop_assert_eq!(stats.routes, in_vni.len());
                     prop_assert_eq!(stats.announcers, announcers.len());
+                    // The incremental digest equals the digest computed from scratch.
+                    let want = in_vni.iter().fold(0u64, |d, (r, _)| d.wrapping_add(digest::route_hash(r)));
+                    prop_assert_eq!(stats.digest, want);
                 }
+            }
+        }
+
+        /// Two tables that end with the same routes have equal digests, however
+        /// the routes arrived: other orders, other announcers, routes announced
+        /// and withdrawn in between, sessions that came and went.
+        #[test]
+        fn digest_depends_only_on_the_final_routes(
+            keep in proptest::collection::vec(0usize..12, 0..12),
+            noise_a in proptest::collection::vec(op(), 0..60),
+            noise_b in proptest::collection::vec(op(), 0..60),
+            order in proptest::collection::vec(any::<u32>(), 12),
+            announcer_b in 20u32..30,
+        ) {
+            let routes = universe();
+            let digests = |t: &RouteTable| -> Vec<(Vni, usize, u64)> {
+                t.vni_stats(None).into_iter().filter(|s| s.routes > 0).map(|s| (s.vni, s.routes, s.digest)).collect()
+            };
+            // Noise from sessions 1..5, which then disconnect: only the kept
+            // routes (announced by sessions that stay) remain.
+            let noisy = |noise: &[Op], t: &mut RouteTable| {
+                for op in noise {
+                    match *op {
+                        Op::Announce(s, i) => { t.announce(s, &routes[i]); }
+                        Op::Withdraw(s, i) => { t.withdraw(s, &routes[i]); }
+                        Op::Disconnect(s) => t.remove_session(s, |_| {}),
+                    }
+                }
+            };
+            let mut a = RouteTable::new();
+            for &i in &keep {
+                a.announce(LOCAL_API, &routes[i]);
+            }
+            noisy(&noise_a, &mut a);
+            let mut b = RouteTable::new();
+            noisy(&noise_b, &mut b);
+            // A permutation of `keep` (sorted by random keys), a second
+            // announcer and a repeated announcement for half of them.
+            let mut shuffled: Vec<(u32, usize)> = order.iter().copied().zip(keep.iter().copied()).collect();
+            shuffled.sort_unstable();
+            let shuffled: Vec<usize> = shuffled.into_iter().map(|(_, i)| i).collect();
+            for (n, &i) in shuffled.iter().enumerate() {
+                b.announce(announcer_b, &routes[i]);
+                if n % 2 == 0 {
+                    b.announce(announcer_b + 1, &routes[i]);
+                    b.announce(announcer_b, &routes[i]);
+                }
+            }
+            for s in 1..5 {
+                a.remove_session(s, |_| {});
+                b.remove_session(s, |_| {});
+            }
+            b.remove_session(announcer_b + 1, |_| {});
+            prop_assert_eq!(digests(&a), digests(&b));
+            // And a table holding one route fewer (or more) differs.
+            if let Some(&i) = keep.first() {
+                a.withdraw(LOCAL_API, &routes[i]);
+                prop_assert_ne!(digests(&a), digests(&b));
             }
         }
     }
@@ -400,4 +465,43 @@ fn routes_of_lists_exactly_a_sessions_routes() {
     if t.announcers(&gone).is_empty() {
         assert_eq!(t.route_at(vni, slot), None);
     }
+}
+
+#[test]
+fn digest_changes_only_when_a_route_appears_or_goes() {
+    let mut t = RouteTable::new();
+    let a = r("5#10.0.0.0/24@2001:db8::1");
+    let b = r("5#10.0.1.0/24@2001:db8::1#nat#1#10");
+    let digest = |t: &RouteTable| {
+        t.vni_stats(Some(Vni(5)))
+            .first()
+            .map_or((0, 0), |s| (s.routes, s.digest))
+    };
+    t.subscribe(30, Vni(5));
+    assert_eq!(digest(&t), (0, 0), "a VNI without routes");
+    t.announce(20, &a);
+    let one = digest(&t);
+    assert_eq!(one, (1, digest::route_hash(&a)));
+    // Re-announcing, or a second announcer, changes nothing.
+    t.announce(20, &a);
+    t.announce(21, &a);
+    t.announce(LOCAL_API, &a);
+    assert_eq!(digest(&t), one);
+    t.announce(21, &b);
+    let two = digest(&t);
+    assert_eq!(two.0, 2);
+    assert_eq!(two.1, one.1.wrapping_add(digest::route_hash(&b)));
+    // A withdraw that leaves other announcers changes nothing; an unknown one neither.
+    t.withdraw(20, &a);
+    t.withdraw(22, &b);
+    assert_eq!(digest(&t), two);
+    // The session end takes b (its only announcer) but not a.
+    t.remove_session(21, |_| {});
+    assert_eq!(digest(&t), one);
+    // The last announcer withdraws: back to the empty digest.
+    t.withdraw(LOCAL_API, &a);
+    assert_eq!(digest(&t), (0, 0));
+    // Other VNIs are not affected.
+    t.announce(20, &r("6#10.0.0.0/24@2001:db8::1"));
+    assert_eq!(digest(&t), (0, 0));
 }

@@ -501,7 +501,10 @@ async fn vni_digests_of_two_servers_agree_exactly_when_their_routes_do() {
     assert_eq!(digest_a.0, 4);
     assert_eq!(digest_a.1.len(), 16, "{digest_a:?}");
     assert!(
-        digest_a.1.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        digest_a
+            .1
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
         "{digest_a:?}"
     );
     assert_ne!(noisy, digest_b.1);
@@ -511,8 +514,14 @@ async fn vni_digests_of_two_servers_agree_exactly_when_their_routes_do() {
     common::api::inject(&b.api_socket(), &[NOISE]).await;
     let differing = digest_of(b.api_socket()).await;
     assert_eq!(differing.0, 5);
-    assert_ne!(differing.1, digest_a.1, "a differing route, a differing digest");
-    assert_eq!(differing.1, noisy, "the digest of a route set does not depend on who announced it");
+    assert_ne!(
+        differing.1, digest_a.1,
+        "a differing route, a differing digest"
+    );
+    assert_eq!(
+        differing.1, noisy,
+        "the digest of a route set does not depend on who announced it"
+    );
     common::api::withdraw(&b.api_socket(), &[NOISE]).await;
     assert_eq!(digest_of(b.api_socket()).await, digest_a);
 }

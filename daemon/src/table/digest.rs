@@ -35,9 +35,7 @@ pub fn route_hash(route: &Route) -> u64 {
     let (h_hi, h_lo) = addr_words(&hop.addr);
     let words = [
         (u64::from(route.vni.0) << 32) | u64::from(hop.kind.0 as u32),
-        (u64::from(hop.target_vni) << 32)
-            | (u64::from(hop.nat_from) << 16)
-            | u64::from(hop.nat_to),
+        (u64::from(hop.target_vni) << 32) | (u64::from(hop.nat_from) << 16) | u64::from(hop.nat_to),
         ((dest.addr.as_bytes().len() as u64) << 16)
             | (u64::from(dest.prefix_len) << 8)
             | hop.addr.as_bytes().len() as u64,

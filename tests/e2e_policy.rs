@@ -306,27 +306,10 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
     const FLOOD: u32 = 1_000_000;
     const LIMIT: u32 = 10_000;
-    let dir = unique_temp_dir();
-    let config = dir.join("flood.toml");
-    std::fs::write(
-        &config,
-        format!("[[policy.class]]\nname = \"flood\"\nmatch = [\"127.0.0.4/32\"]\nmax_routes = {LIMIT}\n"),
-    )
-    .unwrap();
-    let d = Daemon::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let v4 = d
-        .wait_for_line(
-            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
-            T,
-        )
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .expect("IPv4 listener");
+    let (d, v4, _) = Daemon::start_with_config_v4(&format!(
+        "[[policy.class]]\nname = \"flood\"\nmatch = [\"127.0.0.4/32\"]\nmax_routes = {LIMIT}\n"
+    ))
+    .await;
     // The flood: 1M distinct routes in writes of 4096 frames, each chunk
     // with a KEEPALIVE so the session stays alive however long it takes.
     // Encoded before any session starts, so that the probes below measure
@@ -440,23 +423,7 @@ async fn a_flood_of_a_million_routes_is_held_to_the_limit_in_bounded_memory() {
 
 #[tokio::test]
 async fn a_reload_applies_a_changed_policy_to_new_and_open_sessions() {
-    let dir = unique_temp_dir();
-    let config = dir.join("policy.toml");
-    std::fs::write(&config, POLICY).unwrap();
-    let d = Daemon::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let v4 = d
-        .wait_for_line(
-            |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),
-            T,
-        )
-        .await
-        .and_then(|l| parse_addr_field(&l))
-        .expect("IPv4 listener");
+    let (d, v4, config) = Daemon::start_with_config_v4(POLICY).await;
     let mut helper = RawPeer::established(d.addr).await;
     let r = route("150#10.0.0.0/24@2001:db8::1");
     helper.announce(r).await;

@@ -55,22 +55,8 @@ fn start_server(dir: &Path) -> (Daemon, std::net::SocketAddr) {
 /// Starts `metalbondd client` connected to `server`, with its state in
 /// `dir` (the same `dir` again is a restart).
 fn start_client(dir: &Path, server: std::net::SocketAddr) -> Daemon {
-    Daemon::spawn_running(&[
-        "client",
-        "--server",
-        &server.to_string(),
-        "--announce",
-        CONFIGURED,
-        "--api-socket",
-        dir.join("client.sock").to_str().unwrap(),
-        "--state-dir",
-        dir.join("client-state").to_str().unwrap(),
-        "--reconnect-min",
-        "0",
-        "--reconnect-max",
-        "1",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"))
+    let server = server.to_string();
+    Daemon::start_client(dir, &["--server", &server, "--announce", CONFIGURED]).0
 }
 
 /// Every announcement of the client, as (route text, owners).

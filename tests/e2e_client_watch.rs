@@ -254,27 +254,20 @@ async fn snapshot_synced_and_deltas_follow_the_received_routes_through_a_server_
     let (addr_a, addr_b) = (free_addr(), free_addr());
     let server_a = start_server(&dir_a, addr_a);
     let server_b = start_server(&dir_b, addr_b);
-    let client_sock = dir.join("client.sock");
-    let _client = Daemon::spawn_running(&[
-        "client",
-        "--server",
-        &addr_a.to_string(),
-        "--server",
-        &addr_b.to_string(),
-        "--subscribe",
-        "100",
-        "--subscribe",
-        "200",
-        "--api-socket",
-        client_sock.to_str().unwrap(),
-        "--state-dir",
-        dir.join("client-state").to_str().unwrap(),
-        "--reconnect-min",
-        "0",
-        "--reconnect-max",
-        "1",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (addr_a_text, addr_b_text) = (addr_a.to_string(), addr_b.to_string());
+    let (_client, client_sock) = Daemon::start_client(
+        &dir,
+        &[
+            "--server",
+            &addr_a_text,
+            "--server",
+            &addr_b_text,
+            "--subscribe",
+            "100",
+            "--subscribe",
+            "200",
+        ],
+    );
 
     // A watch from the start, and one of VNI 200 only.
     let all = Watch::spawn(watch(&client_sock, &[], false).await);
@@ -338,19 +331,9 @@ async fn a_watch_that_stops_reading_gets_lagged_then_a_fresh_snapshot() {
     let dir_a = dir.join("a");
     let addr_a = free_addr();
     let _server = start_server(&dir_a, addr_a);
-    let client_sock = dir.join("client.sock");
-    let _client = Daemon::spawn_running(&[
-        "client",
-        "--server",
-        &addr_a.to_string(),
-        "--subscribe",
-        "100",
-        "--api-socket",
-        client_sock.to_str().unwrap(),
-        "--state-dir",
-        dir.join("client-state").to_str().unwrap(),
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let addr_a_text = addr_a.to_string();
+    let (_client, client_sock) =
+        Daemon::start_client(&dir, &["--server", &addr_a_text, "--subscribe", "100"]);
     let first = routes(100, 10, 1, 0..1000);
     inject(&dir_a, &first).await;
     let fast = Watch::spawn(watch(&client_sock, &[], false).await);

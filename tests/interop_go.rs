@@ -60,25 +60,16 @@ async fn mbctl(socket: &Path, args: &[&str]) -> Out {
 /// in `dir`; waits until it runs (not until its session is up).
 fn our_client(dir: &Path, server: std::net::SocketAddr, announce: &[&str]) -> Daemon {
     let mut args: Vec<String> = vec![
-        "client".into(),
         "--server".into(),
         server.to_string(),
         "--subscribe".into(),
         VNI.to_string(),
-        "--api-socket".into(),
-        dir.join("client.sock").display().to_string(),
-        "--state-dir".into(),
-        dir.join("client-state").display().to_string(),
-        "--reconnect-min".into(),
-        "0".into(),
-        "--reconnect-max".into(),
-        "1".into(),
     ];
     for r in announce {
         args.extend(["--announce".into(), r.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::spawn_running(&args).unwrap_or_else(|e| panic!("{e}"))
+    Daemon::start_client(dir, &args).0
 }
 
 /// The `route server up` line of our client (bounded wait), with its

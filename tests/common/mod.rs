@@ -283,6 +283,29 @@ fn listening_addr(log: &str) -> Option<SocketAddr> {
 }
 
 impl Daemon {
+    /// Starts `metalbondd client ARGS` with its API socket (returned) and
+    /// state in `dir` (the same `dir` again is a restart) and quick
+    /// reconnects (`--reconnect-min 0 --reconnect-max 1`); waits until it
+    /// runs, not until its sessions are up.
+    pub fn start_client(dir: &std::path::Path, args: &[&str]) -> (Daemon, std::path::PathBuf) {
+        let sock = dir.join("client.sock");
+        let state = dir.join("client-state");
+        let mut all = vec!["client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--reconnect-min",
+            "0",
+            "--reconnect-max",
+            "1",
+        ]);
+        let d = Daemon::spawn_running(&all).unwrap_or_else(|e| panic!("{e}"));
+        (d, sock)
+    }
+
     /// A daemon run with the configuration file `text` (written to a fresh
     /// file, returned: rewrite it and reload to change it), listening on
     /// [::1] and 127.0.0.1, with metrics: for tests that tell peers apart

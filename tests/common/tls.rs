@@ -126,20 +126,5 @@ pub fn tls_client(
         ),
     )
     .unwrap();
-    let sock = dir.join("client.sock");
-    let client = super::Daemon::spawn_running(&[
-        "client",
-        "--config",
-        toml.to_str().unwrap(),
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--state-dir",
-        dir.join("client-state").to_str().unwrap(),
-        "--reconnect-min",
-        "0",
-        "--reconnect-max",
-        "1",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
-    (client, sock)
+    super::Daemon::start_client(dir, &["--config", toml.to_str().unwrap()])
 }

@@ -4,6 +4,9 @@
 //! * `metalbond.proto`: the wire messages (prost only).
 //! * `metalbondd/v1/api.proto`: the control API (prost + tonic client and
 //!   server), plus its encoded descriptor set for gRPC server reflection.
+//! * `etcd/`: etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`), vendored
+//!   unchanged from etcd (Apache-2.0, `etcd/LICENSE`); tonic clients only,
+//!   for the shared-state backend (ADR 0031).
 
 use std::path::PathBuf;
 
@@ -28,6 +31,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .compile_fds(fds)?;
+
+    let etcd = ["etcd/etcd/api/etcdserverpb/rpc.proto"];
+    println!("cargo:rerun-if-changed=etcd");
+    let fds = protox::compile(etcd, ["etcd"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
         .compile_fds(fds)?;
     Ok(())
 }

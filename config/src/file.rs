@@ -30,6 +30,7 @@ use crate::error::{line_col, ConfigError};
 use crate::parse;
 use crate::policy::PolicySection;
 use crate::recover;
+use crate::store::StoreSection;
 
 /// The whole configuration file. Every section and key is optional; a
 /// missing one takes the command line's default.
@@ -45,6 +46,9 @@ pub struct Config {
     /// `[state]`: the daemon's own state store.
     #[serde(deserialize_with = "parse::section")]
     pub state: StateSection,
+    /// `[store]`: the operator state's backend (redb or etcd, ADR 0031).
+    #[serde(deserialize_with = "parse::section")]
+    pub store: StoreSection,
     /// `[log]`: logging.
     #[serde(deserialize_with = "parse::section")]
     pub log: LogSection,
@@ -505,6 +509,11 @@ impl Config {
         });
         if let (Some(policy), true) = (&config.policy, policy_intact) {
             for (offset, message) in policy.check(header(text, "[policy")) {
+                errors.push(ConfigError::at(path, text, offset, message));
+            }
+        }
+        if !failed_keys.iter().any(|k| k.starts_with("store")) {
+            for (offset, message) in config.store.check(header(text, "[store")) {
                 errors.push(ConfigError::at(path, text, offset, message));
             }
         }

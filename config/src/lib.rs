@@ -18,6 +18,7 @@ mod file;
 mod parse;
 mod policy;
 mod recover;
+mod store;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,11 @@ pub use file::{
     RoutesSection, ServerSection, ServerTls, StateSection,
 };
 pub use parse::http_addr;
+pub use store::{
+    etcd_endpoint, parse_duration, EtcdSection, StoreBackend, StoreSection,
+    DEFAULT_ETCD_DIAL_TIMEOUT, DEFAULT_ETCD_MAX_TXN_OPS, DEFAULT_ETCD_PREFIX,
+    DEFAULT_ETCD_REQUEST_TIMEOUT,
+};
 pub use policy::{
     canonical, Cidr, CidrValue, ConnectRate, DestinationRule, MaxRoutesAction, NextHopRule,
     PolicyClass, PolicySection, SpannedNames, VniRange,

@@ -1165,3 +1165,104 @@ fn policy_match_identity() {
         &["has no match_identity"],
     );
 }
+
+#[test]
+fn store_defaults_to_redb_and_etcd_section_parses() {
+    let c = parse("");
+    assert_eq!(*c.store.backend.get_ref(), StoreBackend::Redb);
+    assert!(c.store.etcd.is_none());
+    let c = parse(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://127.0.0.1:2379\", \"http://[::1]:2380/\"]\n\
+         prefix = \"/fleet-a\"\ndial_timeout = \"500ms\"\nrequest_timeout = 3\nmax_txn_ops = 64\n\
+         username = \"mb\"\npassword_file = \"/etc/mb/pw\"\n",
+    );
+    assert_eq!(*c.store.backend.get_ref(), StoreBackend::Etcd);
+    let e = c.store.etcd.as_ref().unwrap().get_ref();
+    assert_eq!(
+        e.endpoints.get_ref(),
+        &vec!["http://127.0.0.1:2379".to_string(), "http://[::1]:2380".to_string()]
+    );
+    assert_eq!(e.prefix, "/fleet-a/");
+    assert_eq!(e.dial_timeout, std::time::Duration::from_millis(500));
+    assert_eq!(e.request_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(e.max_txn_ops, 64);
+    assert_eq!(e.username.as_deref(), Some("mb"));
+    let d = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:1\"]\n");
+    let e = d.store.etcd.as_ref().unwrap().get_ref();
+    assert_eq!(e.prefix, DEFAULT_ETCD_PREFIX);
+    assert_eq!(e.dial_timeout, DEFAULT_ETCD_DIAL_TIMEOUT);
+    assert_eq!(e.request_timeout, DEFAULT_ETCD_REQUEST_TIMEOUT);
+    assert_eq!(e.max_txn_ops, DEFAULT_ETCD_MAX_TXN_OPS);
+}
+
+#[test]
+fn bad_store_settings_are_reported_at_their_position() {
+    reject("[store]\nbackend = \"zk\"\n", 2, 11, &["store.backend", "redb", "etcd"]);
+    reject("[store]\nbackend = \"etcd\"\n", 2, 11, &["[store.etcd]"]);
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",
+        4,
+        13,
+        &["http://"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://h\"]\n",
+        4,
+        13,
+        &["port"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = []\n",
+        4,
+        13,
+        &["at least one"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"https://a:1\"]\n",
+        4,
+        13,
+        &["store.etcd.ca"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:1\", \"https://b:1\"]\nca = \"/ca\"\n",
+        4,
+        13,
+        &["either http:// or https://"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"https://a:1\"]\nca = \"/ca\"\ncert = \"/c\"\n",
+        6,
+        8,
+        &["both cert and key"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:1\"]\npassword_file = \"/pw\"\n",
+        5,
+        17,
+        &["username and password_file"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:1\"]\ndial_timeout = \"2 parsecs\"\n",
+        5,
+        16,
+        &["store.etcd.dial_timeout", "not a duration"],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:1\"]\nprefix = \"\"\n",
+        5,
+        10,
+        &["prefix is empty"],
+    );
+    reject(
+        "[store.etcd]\nendpoints = [\"http://a:1\"]\n",
+        1,
+        1,
+        &["backend is \"redb\""],
+    );
+    reject(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:1\"]\nhosts = 1\n",
+        5,
+        1,
+        &["hosts"],
+    );
+}

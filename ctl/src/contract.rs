@@ -161,6 +161,7 @@ pub mod fields {
         "static_routes",
         "overrides",
         "client",
+        "shared_state",
     ];
     /// A route received from the servers (`mbctl received`).
     pub const RECEIVED_ROUTE: &[&str] = &["route", "servers", "installed_tables"];

@@ -307,6 +307,48 @@ pub struct StatusJson {
     pub overrides: Vec<OverrideJson>,
     /// The client role's counters, or null when it does not run.
     pub client: Option<ClientStatusJson>,
+    /// The operator state's backend and its health, or null from a daemon
+    /// that does not report it.
+    pub shared_state: Option<SharedStateJson>,
+}
+
+/// The shared-state part of `mbctl status -o json` (ADR 0031).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SharedStateJson {
+    /// `redb` or `etcd`.
+    pub backend: String,
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// etcd key prefix.
+    pub prefix: String,
+    /// etcd unreachable: the last state seen is kept, writes fail.
+    pub degraded: bool,
+    /// Why, when degraded (null otherwise).
+    pub reason: Option<String>,
+    /// etcd revision applied last.
+    pub revision: i64,
+    /// Routes applied from the shared state.
+    pub routes: u64,
+    /// Resyncs from a snapshot.
+    pub resyncs: u64,
+    /// Keys under the prefix that are not routes.
+    pub skipped_keys: u64,
+}
+
+impl From<&api::SharedStateStatus> for SharedStateJson {
+    fn from(s: &api::SharedStateStatus) -> Self {
+        SharedStateJson {
+            backend: s.backend.clone(),
+            endpoints: s.endpoints.clone(),
+            prefix: s.prefix.clone(),
+            degraded: s.degraded,
+            reason: non_empty(&s.reason),
+            revision: s.revision,
+            routes: s.routes,
+            resyncs: s.resyncs,
+            skipped_keys: s.skipped_keys,
+        }
+    }
 }
 
 /// A setting given at start that a stored API change replaced.
@@ -380,6 +422,7 @@ impl From<&api::Status> for StatusJson {
                 })
                 .collect(),
             client: s.client.as_ref().map(ClientStatusJson::from),
+            shared_state: s.shared_state.as_ref().map(SharedStateJson::from),
         }
     }
 }

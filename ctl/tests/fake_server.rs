@@ -458,6 +458,7 @@ impl daemon_service_server::DaemonService for Fake {
             static_routes: 1,
             overrides: self.overrides.clone(),
             client: self.client_status,
+            shared_state: None,
         }))
     }
 

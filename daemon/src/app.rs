@@ -111,8 +111,16 @@ impl Daemon {
         let server = Server::start(settings.server.clone(), crate::table_task::spawn())
             .await
             .map_err(|e| e.to_string())?;
-        let telemetry = Arc::new(telemetry(&settings, &server, agent.as_ref()));
         restore_routes(&server, &store, &settings.static_routes).await?;
+        let shared = match &settings.etcd {
+            Some(etcd) => Some(start_shared_state(etcd, &server, &store).await?),
+            None => None,
+        };
+        let mut telemetry = telemetry(&settings, &server, agent.as_ref());
+        if let Some(shared) = &shared {
+            telemetry = telemetry.with_shared_state(shared.clone());
+        }
+        let telemetry = Arc::new(telemetry);
 
         let (metrics_only_addr, http_addr) = http::bound_addrs(&listeners.http);
         // With `--metrics` and `--http` on one address, one listener serves both.
@@ -123,6 +131,7 @@ impl Daemon {
             table: server.table.clone(),
             registry: server.registry.clone(),
             store,
+            shared,
             inject_lock: tokio::sync::Mutex::new(()),
             started_at: SystemTime::now(),
             started: Instant::now(),
@@ -158,6 +167,7 @@ impl Daemon {
                 sessions: server.registry.clone(),
                 agent: agent.as_ref().map(Agent::handle),
                 readiness: readiness.clone(),
+                shared: api.shared.clone(),
             }),
             stopped,
         ));
@@ -346,6 +356,44 @@ async fn restore_routes(
         "daemon routes announced"
     );
     Ok(())
+}
+
+/// Starts the shared state on etcd (ADR 0031): its applied set starts from
+/// the routes cached in the local store (announced already), its watcher
+/// applies etcd's difference. Waits (bounded) for the first snapshot, so
+/// that peers subscribing right after start see etcd's routes in their dump.
+async fn start_shared_state(
+    settings: &crate::etcd::client::EtcdSettings,
+    server: &Server,
+    store: &Arc<Store>,
+) -> Result<Arc<crate::etcd::shared::SharedState>, String> {
+    let reader = store.clone();
+    let cached = tokio::task::spawn_blocking(move || reader.routes())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let shared = crate::etcd::shared::SharedState::new(settings.clone(), cached)
+        .map_err(|e| format!("store.etcd: {e}"))?;
+    let mut revision = shared.revision_watch();
+    tokio::spawn(shared.clone().run(server.table.clone(), store.clone()));
+    let first = tokio::time::timeout(
+        settings.request_timeout,
+        revision.wait_for(|&r| r > 0),
+    )
+    .await;
+    match first {
+        Ok(_) => info!(
+            endpoints = ?settings.endpoints,
+            prefix = %settings.prefix,
+            routes = shared.status().routes,
+            "shared state (etcd) in sync"
+        ),
+        Err(_) => warn!(
+            endpoints = ?settings.endpoints,
+            "shared state (etcd) not reachable at start: serving the routes cached locally, retrying"
+        ),
+    }
+    Ok(shared)
 }
 
 /// The `STATUS=` text systemd shows while the daemon serves.

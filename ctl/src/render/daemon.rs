@@ -48,6 +48,23 @@ pub fn status_details(s: &StatusJson) -> String {
             ),
         ]);
     }
+    if let Some(shared) = s.shared_state.as_ref().filter(|x| x.backend == "etcd") {
+        let state = match &shared.reason {
+            Some(reason) if shared.degraded => format!("DEGRADED: {reason}"),
+            _ if shared.degraded => "DEGRADED".to_string(),
+            _ => "ok".to_string(),
+        };
+        lines.extend([
+            ("shared_state", format!("etcd {} ({})", shared.endpoints.join(","), shared.prefix)),
+            ("shared_state_health", state),
+            (
+                "shared_state_routes",
+                format!("{} at revision {}", shared.routes, shared.revision),
+            ),
+        ]);
+    } else if let Some(shared) = &s.shared_state {
+        lines.push(("shared_state", shared.backend.clone()));
+    }
     for o in &s.overrides {
         lines.push(("overridden", format!("{} -> {}", o.setting, o.replaced_by)));
     }

@@ -57,8 +57,13 @@ impl pb::daemon_service_server::DaemonService for Daemon {
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::Status>, Status> {
         let stats = self.state.table.stats().await.ok_or_else(shutting_down)?;
-        let store = self.state.store.clone();
-        let injected = blocking(move || store.routes().map(|r| r.len())).await?;
+        let injected = match &self.state.shared {
+            Some(shared) => shared.status().routes as usize,
+            None => {
+                let store = self.state.store.clone();
+                blocking(move || store.routes().map(|r| r.len())).await?
+            }
+        };
         Ok(Response::new(pb::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: Some(timestamp(self.state.started_at)),
@@ -90,6 +95,7 @@ impl pb::daemon_service_server::DaemonService for Daemon {
                 })
                 .collect(),
             client: self.client_status().await,
+            shared_state: Some(shared_state_status(self.state.shared.as_deref())),
         }))
     }
 
@@ -202,4 +208,26 @@ impl pb::daemon_service_server::DaemonService for Daemon {
 /// An optional address as text ("" when absent).
 fn addr_text(addr: Option<std::net::SocketAddr>) -> String {
     addr.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// `Status.shared_state`: the backend and, with etcd, its health.
+fn shared_state_status(shared: Option<&crate::etcd::shared::SharedState>) -> pb::SharedStateStatus {
+    let Some(shared) = shared else {
+        return pb::SharedStateStatus {
+            backend: "redb".into(),
+            ..Default::default()
+        };
+    };
+    let status = shared.status();
+    pb::SharedStateStatus {
+        backend: "etcd".into(),
+        endpoints: shared.settings().endpoints.clone(),
+        prefix: shared.settings().prefix.clone(),
+        degraded: status.degraded,
+        reason: status.reason,
+        revision: status.revision,
+        routes: status.routes,
+        resyncs: shared.resyncs.load(Relaxed),
+        skipped_keys: shared.skipped_keys.load(Relaxed),
+    }
 }

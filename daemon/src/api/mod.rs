@@ -71,6 +71,9 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// The daemon's durable state.
     pub store: Arc<Store>,
+    /// The shared state on etcd, when `[store] backend = "etcd"` (the
+    /// injected routes live there; `store` caches them).
+    pub shared: Option<Arc<crate::etcd::shared::SharedState>>,
     /// Serialises changes to injected routes (check, store, apply).
     pub inject_lock: Mutex<()>,
     /// Wall-clock start.
@@ -155,6 +158,7 @@ pub async fn serve(
 
     let (reporter, unix_router) = router(false);
     mark_serving(&reporter).await;
+    follow_shared_state(&reporter, &state);
     let serving = unix_router
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), until(shutdown.clone()));
     tasks.push(spawn_listener(serving, reporter, "unix socket"));
@@ -170,6 +174,7 @@ pub async fn serve(
         info!(addr = %local, read_only, "control API listening on TCP");
         let (reporter, tcp_router) = router(read_only);
         mark_serving(&reporter).await;
+        follow_shared_state(&reporter, &state);
         let serving = tcp_router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until(shutdown));
         tasks.push(spawn_listener(serving, reporter, "tcp"));
@@ -195,6 +200,37 @@ fn spawn_listener(
 
 /// The boxed future of the API's tower middlewares ([`metered`], [`read_only`]).
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+/// The health service's name for the shared state (ADR 0031): SERVING
+/// while etcd answers, NOT_SERVING while degraded. Registered only with
+/// the etcd backend.
+pub const SHARED_STATE_HEALTH: &str = "metalbondd.shared_state";
+
+/// Keeps [`SHARED_STATE_HEALTH`] in step with the shared state, while the
+/// listener's reporter lives.
+fn follow_shared_state(reporter: &tonic_health::server::HealthReporter, state: &ApiState) {
+    use tonic_health::ServingStatus;
+    let Some(shared) = &state.shared else {
+        return;
+    };
+    let mut degraded = shared.degraded_watch();
+    let reporter = reporter.clone();
+    tokio::spawn(async move {
+        loop {
+            let status = if *degraded.borrow_and_update() {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            reporter
+                .set_service_status(SHARED_STATE_HEALTH, status)
+                .await;
+            if degraded.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
 
 async fn mark_serving(reporter: &tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;

@@ -13,6 +13,8 @@ use super::convert::{
     routes_from_api, vni_from_api,
 };
 use super::{blocking, shutting_down, ApiState};
+use crate::etcd::client::{EtcdError, TxnOp};
+use crate::etcd::shared::{SharedState, WriteError};
 use crate::store::{Store, StoreError};
 use crate::table::log::Mailbox;
 use crate::table::{PageCursor, SessionId, LOCAL_API};
@@ -151,6 +153,104 @@ fn not_injected_message(i: usize, route: &Route, injected: &[Route]) -> String {
     )
 }
 
+/// The routes of a request once each, in order (a key may appear only once
+/// in an etcd transaction).
+fn distinct(routes: Vec<Route>) -> Vec<Route> {
+    let mut seen = hashbrown::HashSet::with_capacity(routes.len());
+    routes.into_iter().filter(|r| seen.insert(*r)).collect()
+}
+
+/// The gRPC status of a failed shared-state write.
+fn shared_write_error(e: WriteError, verb: &str) -> Status {
+    let what = if e.committed == 0 {
+        format!("the route was not {verb}")
+    } else {
+        format!(
+            "{} of {} routes were {verb} (committed in etcd, they reach every server), the rest were not",
+            e.committed, e.total
+        )
+    };
+    match e.error {
+        EtcdError::Unreachable(_) => Status::unavailable(format!(
+            "shared state (etcd) unreachable: {}; {what}",
+            e.error
+        )),
+        other => Status::unavailable(format!("shared state (etcd): {other}; {what}")),
+    }
+}
+
+/// AnnounceRoutes with the etcd backend: check against the shared state as
+/// applied here, write the keys, return once committed and applied.
+async fn shared_announce(
+    shared: &SharedState,
+    routes: Vec<Route>,
+    allow_existing: bool,
+) -> Result<u32, Status> {
+    let existing = shared.contains(&routes);
+    if !allow_existing {
+        if let Some(i) = existing.iter().position(|&e| e) {
+            return Err(Status::already_exists(format!(
+                "routes[{i}]: {} is already announced through the API",
+                routes[i]
+            )));
+        }
+    }
+    let keys = shared
+        .keys(&routes)
+        .map_err(|(i, e)| invalid(&format!("routes[{i}]"), &e))?;
+    let added = distinct(routes.clone())
+        .iter()
+        .filter(|r| !shared.contains(std::slice::from_ref(r))[0])
+        .count() as u32;
+    let mut seen = hashbrown::HashSet::with_capacity(keys.len());
+    let ops = keys
+        .into_iter()
+        .filter(|k| seen.insert(k.clone()))
+        .map(|k| TxnOp::Put(k, Vec::new(), 0))
+        .collect();
+    shared
+        .write(ops)
+        .await
+        .map_err(|e| shared_write_error(e, "announced"))?;
+    Ok(added)
+}
+
+/// WithdrawRoutes with the etcd backend.
+async fn shared_withdraw(
+    shared: &SharedState,
+    routes: Vec<Route>,
+    allow_missing: bool,
+) -> Result<u32, Status> {
+    let existing = shared.contains(&routes);
+    if !allow_missing {
+        if let Some(i) = existing.iter().position(|&e| !e) {
+            return Err(Status::not_found(not_injected_message(
+                i,
+                &routes[i],
+                &shared.routes(),
+            )));
+        }
+    }
+    let keys = shared
+        .keys(&routes)
+        .map_err(|(i, e)| invalid(&format!("routes[{i}]"), &e))?;
+    let removed = distinct(routes)
+        .iter()
+        .filter(|r| shared.contains(std::slice::from_ref(r))[0])
+        .count() as u32;
+    let mut seen = hashbrown::HashSet::with_capacity(keys.len());
+    let ops = keys
+        .into_iter()
+        .filter(|k| seen.insert(k.clone()))
+        .map(TxnOp::Delete)
+        .collect();
+    shared
+        .write(ops)
+        .await
+        .map_err(|e| shared_write_error(e, "withdrawn"))?;
+    Ok(removed)
+}
+
 fn encode_token(cursor: PageCursor) -> String {
     format!("{}.{}", cursor.0 .0, cursor.1)
 }
@@ -226,6 +326,11 @@ impl pb::route_service_server::RouteService for Routes {
         }
         let req = request.into_inner();
         let routes = routes_from_api(&req.routes)?;
+        if let Some(shared) = &self.state.shared {
+            return shared_announce(shared, routes, req.allow_existing)
+                .await
+                .map(|added| Response::new(pb::AnnounceRoutesResponse { added }));
+        }
         let _guard = self.state.inject_lock.lock().await;
         let existing = self.injected(&routes).await?;
         if !req.allow_existing {
@@ -248,6 +353,11 @@ impl pb::route_service_server::RouteService for Routes {
     ) -> Result<Response<pb::WithdrawRoutesResponse>, Status> {
         let req = request.into_inner();
         let routes = routes_from_api(&req.routes)?;
+        if let Some(shared) = &self.state.shared {
+            return shared_withdraw(shared, routes, req.allow_missing)
+                .await
+                .map(|removed| Response::new(pb::WithdrawRoutesResponse { removed }));
+        }
         let _guard = self.state.inject_lock.lock().await;
         let existing = self.injected(&routes).await?;
         if !req.allow_missing {

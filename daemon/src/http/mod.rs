@@ -85,6 +85,9 @@ pub struct HttpState {
     pub agent: Option<AgentHandle>,
     /// For `/healthz`.
     pub readiness: Arc<Readiness>,
+    /// The shared state on etcd, when configured (its degradation is
+    /// named in `/healthz`'s body).
+    pub shared: Option<Arc<crate::etcd::shared::SharedState>>,
 }
 
 /// Which endpoints a listener serves.
@@ -219,7 +222,16 @@ async fn healthz(State(s): Shared) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, format!("{}\n", s.readiness.describe())).into_response()
+    let mut body = s.readiness.describe().to_string();
+    if let Some(shared) = &s.shared {
+        let status = shared.status();
+        if status.degraded {
+            // Still 200 while serving: the routes in force are served;
+            // the body says what is wrong for the operator.
+            body.push_str(&format!("; shared state degraded: {}", status.reason));
+        }
+    }
+    (code, format!("{body}\n")).into_response()
 }
 
 async fn routes_json(State(s): Shared) -> Response {
@@ -339,6 +351,7 @@ mod tests {
             sessions: Arc::new(Sessions::default()),
             agent: None,
             readiness,
+            shared: None,
         });
         let response = router(Endpoints::Metrics, state)
             .oneshot(

@@ -35,6 +35,7 @@ pub struct Telemetry {
     registry: Registry,
     server: Option<server::ServerMirror>,
     client: Option<client::ClientMirror>,
+    shared: Option<SharedStateMirror>,
     api: Arc<ApiMetrics>,
     sessions: SessionFamilies,
     /// One scrape at a time: mirroring reads a counter and adds the rest.
@@ -79,6 +80,7 @@ impl Telemetry {
             registry,
             server: None,
             client: None,
+            shared: None,
             api,
             sessions,
             scrape: tokio::sync::Mutex::new(()),
@@ -107,6 +109,21 @@ impl Telemetry {
         self
     }
 
+    /// Adds the shared state's metrics (ADR 0031).
+    pub fn with_shared_state(mut self, shared: Arc<crate::etcd::shared::SharedState>) -> Self {
+        use families::{counter, gauge};
+        let r = &self.registry;
+        self.shared = Some(SharedStateMirror {
+            degraded: gauge(r, "metalbondd_shared_state_degraded", "1 while the shared state (etcd) is unreachable and the routes last seen are kept, else 0."),
+            revision: gauge(r, "metalbondd_shared_state_revision", "etcd revision of the shared state applied last."),
+            resyncs: counter(r, "metalbondd_shared_state_resyncs_total", "Resyncs of the shared state from an etcd snapshot (after compaction or an outage)."),
+            routes: gauge(r, "metalbondd_shared_state_routes", "Routes applied from the shared state (etcd)."),
+            skipped: counter(r, "metalbondd_shared_state_skipped_keys_total", "Keys under the shared-state prefix skipped because they are not canonical routes."),
+            shared,
+        });
+        self
+    }
+
     /// The API request metrics, for the API's tower layer.
     pub fn api(&self) -> Arc<ApiMetrics> {
         self.api.clone()
@@ -122,6 +139,9 @@ impl Telemetry {
         if let Some(client) = &self.client {
             client.refresh();
         }
+        if let Some(shared) = &self.shared {
+            shared.refresh();
+        }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
@@ -133,6 +153,28 @@ impl Telemetry {
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The shared state's metrics, mirrored at scrape time.
+struct SharedStateMirror {
+    shared: Arc<crate::etcd::shared::SharedState>,
+    degraded: IntGauge,
+    revision: IntGauge,
+    resyncs: prometheus::IntCounter,
+    routes: IntGauge,
+    skipped: prometheus::IntCounter,
+}
+
+impl SharedStateMirror {
+    fn refresh(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let status = self.shared.status();
+        self.degraded.set(i64::from(status.degraded));
+        self.revision.set(status.revision);
+        self.routes.set(status.routes as i64);
+        families::mirror(&self.resyncs, self.shared.resyncs.load(Relaxed));
+        families::mirror(&self.skipped, self.shared.skipped_keys.load(Relaxed));
     }
 }
 

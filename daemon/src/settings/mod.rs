@@ -82,6 +82,34 @@ pub struct Settings {
     /// The hypervisor (client) role, when enabled (`metalbondd client`, or a
     /// `[client]` section in the config file).
     pub client: Option<ClientSettings>,
+    /// The shared state on etcd (`[store] backend = "etcd"`); None: the
+    /// local redb store only (ADR 0031).
+    pub etcd: Option<crate::etcd::client::EtcdSettings>,
+}
+
+/// The etcd settings of `[store.etcd]` when the backend is etcd.
+fn etcd_settings(config: &Config) -> Option<crate::etcd::client::EtcdSettings> {
+    if *config.store.backend.get_ref() != metalbondd_config::StoreBackend::Etcd {
+        return None;
+    }
+    let e = config.store.etcd.as_ref()?.get_ref();
+    Some(crate::etcd::client::EtcdSettings {
+        endpoints: e.endpoints.get_ref().clone(),
+        prefix: e.prefix.clone(),
+        ca: e.ca.as_ref().map(|p| p.get_ref().clone()),
+        identity: e
+            .cert
+            .as_ref()
+            .zip(e.key.as_ref())
+            .map(|(c, k)| (c.get_ref().clone(), k.get_ref().clone())),
+        credentials: e
+            .username
+            .clone()
+            .zip(e.password_file.as_ref().map(|p| p.get_ref().clone())),
+        dial_timeout: e.dial_timeout,
+        request_timeout: e.request_timeout,
+        max_txn_ops: e.max_txn_ops,
+    })
 }
 
 /// Re-reads the settings (the config file) on SIGHUP or an API Reload.
@@ -258,6 +286,7 @@ fn resolve(
                 .unwrap_or(config.metrics.vni_label_limit),
         },
         client: None,
+        etcd: etcd_settings(config),
     };
     if let Some(section) = &config.client {
         match client_settings(config, section, &ClientArgs::default()) {

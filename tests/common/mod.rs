@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod etcd;
 pub mod go;
 pub mod http;
 pub mod mbctl;

@@ -30,6 +30,10 @@ use crate::server::registry::Registry;
 use crate::store::Store;
 use crate::table_task::TableHandle;
 
+/// Largest RouteService request: one call may carry a few hundred
+/// thousand routes (about 50 bytes each).
+const MAX_ROUTE_MESSAGE: usize = 64 << 20;
+
 /// What the daemon asks of the application loop (`app::run`).
 #[derive(Debug)]
 pub enum ControlRequest {
@@ -135,9 +139,14 @@ pub async fn serve(
                 .add_service(health)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(pb::route_service_server::RouteServiceServer::new(
-                    route_service::Routes::new(state.clone()),
-                ))
+                .add_service(
+                    pb::route_service_server::RouteServiceServer::new(route_service::Routes::new(
+                        state.clone(),
+                    ))
+                    // A 100,000-route AnnounceRoutes is about 5 MB, past
+                    // tonic's 4 MiB default.
+                    .max_decoding_message_size(MAX_ROUTE_MESSAGE),
+                )
                 .add_service(pb::peer_service_server::PeerServiceServer::new(
                     peer_service::Peers::new(state.clone()),
                 ))

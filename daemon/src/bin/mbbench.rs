@@ -9,6 +9,8 @@
 //! mbbench --server [::1]:4711 --scenario fleet [--hypervisors H] [--vnis V]
 //!         [--zipf-s S] [--subs-per-session S] [--routes-per-session R] [--seed X]
 //!         [--churn-rate K] [--churn-secs C] [--storm-window SECS] [--server-pid PID]
+//! mbbench --server [::1]:4711 --scenario inject --inject-api PATH [--watch-server ADDR]...
+//!         [--subscribers M] [--latency-samples K] [--routes N]
 //! ```
 //!
 //! One-VNI scenarios (`all` runs fanout, dump, session-end, withdraw and
@@ -30,6 +32,8 @@
 mod agent;
 #[path = "mbbench/fleet.rs"]
 mod fleet;
+#[path = "mbbench/inject.rs"]
+mod inject;
 #[path = "mbbench/kernel.rs"]
 mod kernel;
 #[path = "mbbench/ledger.rs"]
@@ -203,6 +207,13 @@ struct Args {
     /// Fleet: after a phase converged, keep counting late duplicates and extras this long, milliseconds.
     #[arg(long, default_value_t = 500, help_heading = "Fleet scenario")]
     settle_ms: u64,
+    /// Inject: the API socket of the server routes are injected through.
+    #[arg(long, value_name = "PATH", help_heading = "Inject scenario")]
+    inject_api: Option<std::path::PathBuf>,
+    /// Inject: a server whose subscribers must receive the injected routes
+    /// (repeat for every server of the fleet; default: --server).
+    #[arg(long, value_name = "ADDR", help_heading = "Inject scenario")]
+    watch_server: Vec<SocketAddr>,
     /// Agent: the API socket of the `metalbondd client` under test, subscribed
     /// to --vni and connected to --server.
     #[arg(long, value_name = "PATH", help_heading = "Agent scenario")]
@@ -245,6 +256,11 @@ enum Scenario {
     /// N received routes through its feed, feed snapshots, K announcements
     /// through its API to a subscriber of the server.
     Agent,
+    /// Routes injected through one server's API (--inject-api) reaching
+    /// --subscribers subscribers on every --watch-server: K single
+    /// injections (latency after the call returned), then N routes in one
+    /// call (`mbbench/inject.rs`).
+    Inject,
     /// Run inside the namespace of an agent installing VNI into --table:
     /// time until N announced routes are in the kernel table and until they
     /// are gone after the withdrawal (`mbbench/kernel.rs`).
@@ -263,6 +279,9 @@ fn main() -> ExitCode {
     let _ = ns(Instant::now());
     if args.scenario == Scenario::Agent {
         return agent_main(args);
+    }
+    if args.scenario == Scenario::Inject {
+        return inject_main(args);
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
@@ -396,6 +415,66 @@ fn agent_main(args: Args) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             out.human(&format!("mbbench: agent scenario failed: {e}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn inject_main(args: Args) -> ExitCode {
+    let out = Output { json: args.json };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mbbench: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async {
+        let server = resolve(&args.server).await?;
+        let cfg = inject::InjectConfig {
+            peer: PeerConfig {
+                server,
+                keepalive: args.keepalive,
+                batch_bytes: args.batch_bytes,
+                batch_pause: Duration::from_micros(args.batch_pause_us),
+                handshake_timeout: Duration::from_secs(10),
+                tls: tls_config(&args)?,
+            },
+            watch: if args.watch_server.is_empty() {
+                vec![server]
+            } else {
+                args.watch_server.clone()
+            },
+            subscribers: args.subscribers,
+            api: args.inject_api.clone().ok_or("--inject-api is required")?,
+            vni: args.vni,
+            samples: args.latency_samples,
+            batch: args.routes,
+            timeout: Duration::from_secs(args.timeout),
+        };
+        inject::run(&cfg, |r| {
+            out.human(&r.human());
+            if args.json {
+                println!("{}", r.json(&args.label));
+            }
+        })
+        .await
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(0) => {
+            out.human("RESULT: no loss");
+            ExitCode::SUCCESS
+        }
+        Ok(lost) => {
+            out.human(&format!("RESULT: LOSS ({lost} deliveries missing)"));
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            out.human(&format!("mbbench: inject scenario failed: {e}"));
             ExitCode::from(2)
         }
     }
@@ -610,6 +689,7 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
         }
         Scenario::Fleet => unreachable!("fleet runs in fleet_main"),
         Scenario::Agent => unreachable!("agent runs in agent_main"),
+        Scenario::Inject => unreachable!("inject runs in inject_main"),
         Scenario::Kernel => {
             for i in 0..args.runs.max(1) {
                 let r = kernel::run(

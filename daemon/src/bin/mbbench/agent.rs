@@ -90,8 +90,10 @@ impl PhaseResult {
     }
 }
 
-async fn connect(path: &Path) -> Result<Channel, String> {
+/// A gRPC channel over the API's Unix socket at `path`.
+pub async fn connect(path: &Path) -> Result<Channel, String> {
     let path = path.to_path_buf();
+    let path_text = path.display().to_string();
     let endpoint = Endpoint::try_from("http://localhost").map_err(|e| e.to_string())?;
     endpoint
         .connect_with_connector(tower::service_fn(move |_| {
@@ -102,10 +104,11 @@ async fn connect(path: &Path) -> Result<Channel, String> {
             }
         }))
         .await
-        .map_err(|e| format!("connect to the agent's API: {e}"))
+        .map_err(|e| format!("connect to the API socket {}: {e}", path_text))
 }
 
-fn api_route(r: &Route) -> pb::Route {
+/// `r` as an API route (type STANDARD).
+pub fn api_route(r: &Route) -> pb::Route {
     pb::Route {
         vni: r.vni.0,
         prefix: r.dest.to_string(),

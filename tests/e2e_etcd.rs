@@ -1,0 +1,220 @@
+//! Shared operator state on etcd (issue 14, ADR 0031): three real
+//! metalbondd servers on a real 3-member etcd cluster on loopback; a raw
+//! MetalBond subscriber connected to one server only sees what an operator
+//! does through another server's API or directly in etcd, and nothing at
+//! all while etcd fails.
+
+#[allow(dead_code)]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::api::{self, api_route};
+use common::etcd::EtcdCluster;
+use common::{add, rem, route, Daemon, RawPeer, Recv};
+use metalbond_proto::api as pb;
+
+/// Bound on waiting for something to reach a subscriber or a status.
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Server {
+    daemon: Daemon,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    sock: PathBuf,
+}
+
+async fn start_server(cluster: &EtcdCluster) -> Server {
+    let config = format!(
+        "[server]\nkeepalive = 3600\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {}\n\
+         dial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n",
+        cluster.endpoints_toml()
+    );
+    let (daemon, listen, _file) = Daemon::start_with_config_v4(&config).await;
+    let metrics = daemon.http_addr("/metrics").await;
+    let sock = daemon.api_socket();
+    Server {
+        daemon,
+        listen,
+        metrics,
+        sock,
+    }
+}
+
+async fn shared_status(sock: &std::path::Path) -> pb::SharedStateStatus {
+    let mut api = api::connect(sock).await;
+    api.daemon
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect("GetStatus")
+        .into_inner()
+        .shared_state
+        .expect("Status.shared_state")
+}
+
+/// Polls `sock`'s status until `want(status)` (bounded).
+async fn wait_status(sock: &std::path::Path, what: &str, want: impl Fn(&pb::SharedStateStatus) -> bool) -> pb::SharedStateStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = shared_status(sock).await;
+        if want(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: status still {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next frame the subscriber gets must be exactly this UPDATE.
+async fn expect_next(peer: &mut RawPeer, want: metalbondd::wire::Update, what: &str) {
+    let got = peer.expect_update(WAIT).await;
+    assert_eq!(got, want, "{what}");
+}
+
+/// The subscriber has nothing waiting: everything the server sent before
+/// our KEEPALIVE's answer was read, and there was no UPDATE among it.
+async fn expect_quiet(peer: &mut RawPeer, what: &str) {
+    peer.ping().await;
+    match peer.recv(Duration::from_millis(1)).await {
+        Recv::Timeout => {}
+        other => panic!("{what}: the subscriber got {other:?}"),
+    }
+}
+
+async fn table_routes(sock: &std::path::Path) -> Vec<String> {
+    let mut api = api::connect(sock).await;
+    let mut out: Vec<String> = api
+        .routes
+        .list_routes(pb::ListRoutesRequest::default())
+        .await
+        .expect("ListRoutes")
+        .into_inner()
+        .routes
+        .iter()
+        .map(|e| api::route_text(e.route.as_ref().unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
+    let Some(mut cluster) = EtcdCluster::start("e2e_etcd", 3) else {
+        return;
+    };
+    let a = start_server(&cluster).await;
+    let b = start_server(&cluster).await;
+    let c = start_server(&cluster).await;
+
+    let mut sub = RawPeer::connect(c.listen).await;
+    sub.handshake(3600).await;
+    sub.subscribe(100).await;
+    expect_quiet(&mut sub, "empty dump").await;
+
+    // Injected through A, seen by a subscriber of C only.
+    let r1 = "100#10.0.1.0/24@2001:db8::1";
+    api::inject(&a.sock, &[r1]).await;
+    expect_next(&mut sub, add(route(r1)), "r1 injected through A").await;
+    assert_eq!(cluster.keys("/metalbondd/routes/"), vec![format!("/metalbondd/routes/{r1}")]);
+
+    // A dies: the route stays on B and C (C's subscriber sees no REMOVE:
+    // the next thing it sees is r2, injected through B).
+    let _a_dir = a.daemon.kill_hard();
+    let r2 = "100#10.0.2.0/24@2001:db8::2";
+    api::inject(&b.sock, &[r2]).await;
+    expect_next(&mut sub, add(route(r2)), "r2 through B after A died").await;
+    assert!(table_routes(&b.sock).await.contains(&r1.to_string()));
+
+    // Withdrawn through B: gone everywhere.
+    api::withdraw(&b.sock, &[r1]).await;
+    expect_next(&mut sub, rem(route(r1)), "r1 withdrawn through B").await;
+    assert!(!table_routes(&c.sock).await.contains(&r1.to_string()));
+
+    // One etcd member killed: writes and the watch go on, nothing flaps.
+    cluster.kill_member(0);
+    let r3 = "100#10.0.3.0/24@2001:db8::3";
+    api::inject(&b.sock, &[r3]).await;
+    expect_next(&mut sub, add(route(r3)), "r3 with one member down").await;
+    expect_quiet(&mut sub, "one member down").await;
+    assert!(!shared_status(&c.sock).await.degraded);
+
+    // Every member stopped: the servers keep their routes, writes fail
+    // with UNAVAILABLE, health and status say degraded.
+    cluster.stop_all();
+    let s = wait_status(&c.sock, "C degraded", |s| s.degraded).await;
+    assert!(s.reason.contains("etcd"), "{s:?}");
+    assert_eq!(s.routes, 2, "{s:?}");
+    let mut api_b = api::connect(&b.sock).await;
+    let err = api_b
+        .routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: vec![api_route("100#10.0.9.0/24@2001:db8::9")],
+            allow_existing: false,
+        })
+        .await
+        .expect_err("a write with etcd down");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("shared state (etcd) unreachable") && err.message().contains("not announced"),
+        "{}",
+        err.message()
+    );
+    let health = common::http::get(c.metrics, "/healthz").await;
+    assert_eq!(health.status, 200);
+    assert!(health.body.contains("serving; shared state degraded: "), "{}", health.body);
+    let metrics = common::http::get(c.metrics, "/metrics").await.body;
+    assert_eq!(common::http::value(&metrics, "metalbondd_shared_state_degraded", &[]), 1.0);
+    assert_eq!(common::http::value(&metrics, "metalbondd_shared_state_routes", &[]), 2.0);
+    let mut api_c = api::connect(&c.sock).await;
+    let mut health_client = tonic_health::pb::health_client::HealthClient::new(api_c.channel.clone());
+    let shared_health = health_client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "metalbondd.shared_state".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status;
+    assert_eq!(shared_health, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    expect_quiet(&mut sub, "etcd down").await;
+    let mut cmd = std::process::Command::new(common::mbctl::mbctl_bin());
+    cmd.args(["--socket", c.sock.to_str().unwrap(), "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = common::mbctl::run(cmd).await;
+    let ctl = out.ok();
+    assert!(ctl.contains("shared_state_health") && ctl.contains("DEGRADED"), "{ctl}");
+
+    // etcd back: a route written directly in etcd reaches every server;
+    // the unchanged r2 and r3 are neither withdrawn nor re-announced.
+    cluster.restart_all();
+    let r4 = "100#10.0.4.0/24@2001:db8::4";
+    cluster.put(&format!("/metalbondd/routes/{r4}"), "");
+    expect_next(&mut sub, add(route(r4)), "r4 put with etcdctl").await;
+    expect_quiet(&mut sub, "after the outage").await;
+    for sock in [&b.sock, &c.sock] {
+        let s = wait_status(sock, "healthy again", |s| !s.degraded && s.routes == 3).await;
+        assert!(s.resyncs >= 1, "{s:?}");
+        assert_eq!(
+            table_routes(sock).await,
+            vec![r2.to_string(), r3.to_string(), r4.to_string()]
+        );
+    }
+    let shared_health = health_client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "metalbondd.shared_state".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status;
+    assert_eq!(shared_health, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let _ = api_c.daemon.get_status(pb::GetStatusRequest {}).await;
+    // A key under the prefix that is not a canonical route is skipped and
+    // counted, never applied.
+    cluster.put("/metalbondd/routes/100#10.0.5.0/24#2001:db8::5", "");
+    wait_status(&c.sock, "skipped key counted", |s| s.skipped_keys >= 1).await;
+    expect_quiet(&mut sub, "a non-canonical key").await;
+}

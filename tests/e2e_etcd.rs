@@ -55,7 +55,11 @@ async fn shared_status(sock: &std::path::Path) -> pb::SharedStateStatus {
 }
 
 /// Polls `sock`'s status until `want(status)` (bounded).
-async fn wait_status(sock: &std::path::Path, what: &str, want: impl Fn(&pb::SharedStateStatus) -> bool) -> pb::SharedStateStatus {
+async fn wait_status(
+    sock: &std::path::Path,
+    what: &str,
+    want: impl Fn(&pb::SharedStateStatus) -> bool,
+) -> pb::SharedStateStatus {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = shared_status(sock).await;
@@ -117,7 +121,10 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
     let r1 = "100#10.0.1.0/24@2001:db8::1";
     api::inject(&a.sock, &[r1]).await;
     expect_next(&mut sub, add(route(r1)), "r1 injected through A").await;
-    assert_eq!(cluster.keys("/metalbondd/routes/"), vec![format!("/metalbondd/routes/{r1}")]);
+    assert_eq!(
+        cluster.keys("/metalbondd/routes/"),
+        vec![format!("/metalbondd/routes/{r1}")]
+    );
 
     // A dies: the route stays on B and C (C's subscriber sees no REMOVE:
     // the next thing it sees is r2, injected through B).
@@ -157,18 +164,30 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
         .expect_err("a write with etcd down");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(
-        err.message().contains("shared state (etcd) unreachable") && err.message().contains("not announced"),
+        err.message().contains("shared state (etcd) unreachable")
+            && err.message().contains("not announced"),
         "{}",
         err.message()
     );
     let health = common::http::get(c.metrics, "/healthz").await;
     assert_eq!(health.status, 200);
-    assert!(health.body.contains("serving; shared state degraded: "), "{}", health.body);
+    assert!(
+        health.body.contains("serving; shared state degraded: "),
+        "{}",
+        health.body
+    );
     let metrics = common::http::get(c.metrics, "/metrics").await.body;
-    assert_eq!(common::http::value(&metrics, "metalbondd_shared_state_degraded", &[]), 1.0);
-    assert_eq!(common::http::value(&metrics, "metalbondd_shared_state_routes", &[]), 2.0);
+    assert_eq!(
+        common::http::value(&metrics, "metalbondd_shared_state_degraded", &[]),
+        1.0
+    );
+    assert_eq!(
+        common::http::value(&metrics, "metalbondd_shared_state_routes", &[]),
+        2.0
+    );
     let mut api_c = api::connect(&c.sock).await;
-    let mut health_client = tonic_health::pb::health_client::HealthClient::new(api_c.channel.clone());
+    let mut health_client =
+        tonic_health::pb::health_client::HealthClient::new(api_c.channel.clone());
     let shared_health = health_client
         .check(tonic_health::pb::HealthCheckRequest {
             service: "metalbondd.shared_state".into(),
@@ -177,7 +196,10 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
         .expect("health check")
         .into_inner()
         .status;
-    assert_eq!(shared_health, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    assert_eq!(
+        shared_health,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
     expect_quiet(&mut sub, "etcd down").await;
     let mut cmd = std::process::Command::new(common::mbctl::mbctl_bin());
     cmd.args(["--socket", c.sock.to_str().unwrap(), "status"])
@@ -185,7 +207,10 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
         .stderr(std::process::Stdio::piped());
     let out = common::mbctl::run(cmd).await;
     let ctl = out.ok();
-    assert!(ctl.contains("shared_state_health") && ctl.contains("DEGRADED"), "{ctl}");
+    assert!(
+        ctl.contains("shared_state_health") && ctl.contains("DEGRADED"),
+        "{ctl}"
+    );
 
     // etcd back: a route written directly in etcd reaches every server;
     // the unchanged r2 and r3 are neither withdrawn nor re-announced.
@@ -210,7 +235,10 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
         .expect("health check")
         .into_inner()
         .status;
-    assert_eq!(shared_health, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        shared_health,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let _ = api_c.daemon.get_status(pb::GetStatusRequest {}).await;
     // A key under the prefix that is not a canonical route is skipped and
     // counted, never applied.

@@ -46,6 +46,9 @@ const PURE_MODULES: &[&str] = &[
     "link::end",
     // A session's queue of whole frames (the driver writes it).
     "link::outbound",
+    // The shared state's routes on etcd vs the table: snapshots and watch
+    // events in, differences out (ADR 0031).
+    "etcd::reconcile",
 ];
 
 /// The only tokio items a pure module may name. `table::log`'s `Mailbox`

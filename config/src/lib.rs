@@ -30,14 +30,14 @@ pub use file::{
     RoutesSection, ServerSection, ServerTls, StateSection,
 };
 pub use parse::http_addr;
+pub use policy::{
+    canonical, Cidr, CidrValue, ConnectRate, DestinationRule, MaxRoutesAction, NextHopRule,
+    PolicyClass, PolicySection, SpannedNames, VniRange,
+};
 pub use store::{
     etcd_endpoint, parse_duration, EtcdSection, StoreBackend, StoreSection,
     DEFAULT_ETCD_DIAL_TIMEOUT, DEFAULT_ETCD_MAX_TXN_OPS, DEFAULT_ETCD_PREFIX,
     DEFAULT_ETCD_REQUEST_TIMEOUT,
-};
-pub use policy::{
-    canonical, Cidr, CidrValue, ConnectRate, DestinationRule, MaxRoutesAction, NextHopRule,
-    PolicyClass, PolicySection, SpannedNames, VniRange,
 };
 /// A value together with its byte range in the configuration file.
 pub use toml::Spanned;

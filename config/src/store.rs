@@ -136,15 +136,17 @@ pub fn etcd_endpoint(s: &str) -> Result<String, String> {
             format!("etcd endpoint {s:?} must start with http:// or https:// (e.g. \"http://127.0.0.1:2379\")")
         })?;
     let hostport = rest.strip_suffix('/').unwrap_or(rest);
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| format!("etcd endpoint {s:?} needs a port (e.g. \"http://127.0.0.1:2379\")"))?;
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(|| {
+        format!("etcd endpoint {s:?} needs a port (e.g. \"http://127.0.0.1:2379\")")
+    })?;
     if host.is_empty() || hostport.contains('/') {
         return Err(format!("etcd endpoint {s:?} is not SCHEME://HOST:PORT"));
     }
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(s.strip_suffix('/').unwrap_or(s).to_string()),
-        _ => Err(format!("etcd endpoint {s:?}: port {port:?} is not a number from 1 to 65535")),
+        _ => Err(format!(
+            "etcd endpoint {s:?}: port {port:?} is not a number from 1 to 65535"
+        )),
     }
 }
 
@@ -168,7 +170,11 @@ fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         }
         // Our keys are `{prefix}routes/...`: a prefix without the slash
         // would make "/a" and "/ab" overlap.
-        Ok(if s.ends_with('/') { s.to_string() } else { format!("{s}/") })
+        Ok(if s.ends_with('/') {
+            s.to_string()
+        } else {
+            format!("{s}/")
+        })
     })
 }
 
@@ -250,7 +256,8 @@ impl StoreSection {
         if https != 0 && https != list.len() {
             problems.push((
                 e.endpoints.span().start,
-                "store.etcd.endpoints: use either http:// or https:// for every endpoint, not both".into(),
+                "store.etcd.endpoints: use either http:// or https:// for every endpoint, not both"
+                    .into(),
             ));
         }
         if https != 0 && e.ca.is_none() {
@@ -269,11 +276,21 @@ impl StoreSection {
         }
         if e.cert.is_some() != e.key.is_some() {
             let f = e.cert.as_ref().or(e.key.as_ref()).expect("one is set");
-            problems.push((f.span().start, "store.etcd: give both cert and key (or neither)".into()));
+            problems.push((
+                f.span().start,
+                "store.etcd: give both cert and key (or neither)".into(),
+            ));
         }
         if e.username.is_some() != e.password_file.is_some() {
-            let offset = e.password_file.as_ref().map(|p| p.span().start).unwrap_or(at);
-            problems.push((offset, "store.etcd: give both username and password_file (or neither)".into()));
+            let offset = e
+                .password_file
+                .as_ref()
+                .map(|p| p.span().start)
+                .unwrap_or(at);
+            problems.push((
+                offset,
+                "store.etcd: give both username and password_file (or neither)".into(),
+            ));
         }
         if *self.backend.get_ref() == StoreBackend::Redb {
             problems.push((

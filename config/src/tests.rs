@@ -1180,7 +1180,10 @@ fn store_defaults_to_redb_and_etcd_section_parses() {
     let e = c.store.etcd.as_ref().unwrap().get_ref();
     assert_eq!(
         e.endpoints.get_ref(),
-        &vec!["http://127.0.0.1:2379".to_string(), "http://[::1]:2380".to_string()]
+        &vec![
+            "http://127.0.0.1:2379".to_string(),
+            "http://[::1]:2380".to_string()
+        ]
     );
     assert_eq!(e.prefix, "/fleet-a/");
     assert_eq!(e.dial_timeout, std::time::Duration::from_millis(500));
@@ -1197,7 +1200,12 @@ fn store_defaults_to_redb_and_etcd_section_parses() {
 
 #[test]
 fn bad_store_settings_are_reported_at_their_position() {
-    reject("[store]\nbackend = \"zk\"\n", 2, 11, &["store.backend", "redb", "etcd"]);
+    reject(
+        "[store]\nbackend = \"zk\"\n",
+        2,
+        11,
+        &["store.backend", "redb", "etcd"],
+    );
     reject("[store]\nbackend = \"etcd\"\n", 2, 11, &["[store.etcd]"]);
     reject(
         "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",

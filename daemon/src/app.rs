@@ -376,11 +376,7 @@ async fn start_shared_state(
         .map_err(|e| format!("store.etcd: {e}"))?;
     let mut revision = shared.revision_watch();
     tokio::spawn(shared.clone().run(server.table.clone(), store.clone()));
-    let first = tokio::time::timeout(
-        settings.request_timeout,
-        revision.wait_for(|&r| r > 0),
-    )
-    .await;
+    let first = tokio::time::timeout(settings.request_timeout, revision.wait_for(|&r| r > 0)).await;
     match first {
         Ok(_) => info!(
             endpoints = ?settings.endpoints,

@@ -55,7 +55,10 @@ pub fn status_details(s: &StatusJson) -> String {
             _ => "ok".to_string(),
         };
         lines.extend([
-            ("shared_state", format!("etcd {} ({})", shared.endpoints.join(","), shared.prefix)),
+            (
+                "shared_state",
+                format!("etcd {} ({})", shared.endpoints.join(","), shared.prefix),
+            ),
             ("shared_state_health", state),
             (
                 "shared_state_routes",

@@ -92,8 +92,15 @@ struct Inner {
 
 impl std::fmt::Debug for EtcdClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.inner.endpoints.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("EtcdClient").field("endpoints", &names).finish()
+        let names: Vec<&str> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        f.debug_struct("EtcdClient")
+            .field("endpoints", &names)
+            .finish()
     }
 }
 
@@ -130,7 +137,8 @@ impl EtcdClient {
         let tls = match &settings.ca {
             None => None,
             Some(ca) => {
-                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA")?));
+                let mut tls =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA")?));
                 if let Some((cert, key)) = &settings.identity {
                     tls = tls.identity(Identity::from_pem(
                         read(cert, "client certificate")?,
@@ -164,7 +172,10 @@ impl EtcdClient {
             None => None,
             Some((user, file)) => {
                 let pw = String::from_utf8(read(file, "password file")?).map_err(|_| {
-                    EtcdError::Setup(format!("etcd password file {} is not UTF-8", file.display()))
+                    EtcdError::Setup(format!(
+                        "etcd password file {} is not UTF-8",
+                        file.display()
+                    ))
                 })?;
                 Some((user.clone(), pw.trim_end_matches(['\n', '\r']).to_string()))
             }
@@ -182,7 +193,11 @@ impl EtcdClient {
 
     /// The endpoint URLs.
     pub fn endpoints(&self) -> Vec<String> {
-        self.inner.endpoints.iter().map(|(u, _)| u.clone()).collect()
+        self.inner
+            .endpoints
+            .iter()
+            .map(|(u, _)| u.clone())
+            .collect()
     }
 
     fn request<T>(&self, message: T, watch: bool) -> tonic::Request<T> {
@@ -243,13 +258,18 @@ impl EtcdClient {
                     return Err(EtcdError::Refused(last));
                 }
             }
-            let outcome = tokio::time::timeout(self.inner.request_timeout, call(channel.clone())).await;
+            let outcome =
+                tokio::time::timeout(self.inner.request_timeout, call(channel.clone())).await;
             match outcome {
                 Ok(Ok(value)) => {
                     self.inner.current.store(index, Relaxed);
                     return Ok(value);
                 }
-                Ok(Err(status)) if is_bad_token(&status) && !reauthenticated && self.inner.credentials.is_some() => {
+                Ok(Err(status))
+                    if is_bad_token(&status)
+                        && !reauthenticated
+                        && self.inner.credentials.is_some() =>
+                {
                     reauthenticated = true;
                     *self.inner.token.lock().expect("token lock") = None;
                     continue;
@@ -261,7 +281,10 @@ impl EtcdClient {
                     return Err(EtcdError::Refused(format!("{what}: {}", status.message())))
                 }
                 Err(_) => {
-                    last = format!("{url}: {what} timed out after {:?}", self.inner.request_timeout);
+                    last = format!(
+                        "{url}: {what} timed out after {:?}",
+                        self.inner.request_timeout
+                    );
                 }
             }
             tracing::debug!(endpoint = %url, error = %last, "etcd endpoint failed; trying the next");
@@ -275,7 +298,10 @@ impl EtcdClient {
     }
 
     /// Every key-value under `prefix` at one revision (paged), and that revision.
-    pub async fn range_prefix(&self, prefix: &[u8]) -> Result<(Vec<mvccpb::KeyValue>, i64), EtcdError> {
+    pub async fn range_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<(Vec<mvccpb::KeyValue>, i64), EtcdError> {
         let end = prefix_end(prefix);
         let mut out = Vec::new();
         let mut from = prefix.to_vec();
@@ -316,12 +342,14 @@ impl EtcdClient {
             .iter()
             .map(|op| pb::RequestOp {
                 request: Some(match op {
-                    TxnOp::Put(k, v, lease) => pb::request_op::Request::RequestPut(pb::PutRequest {
-                        key: k.clone(),
-                        value: v.clone(),
-                        lease: *lease,
-                        ..Default::default()
-                    }),
+                    TxnOp::Put(k, v, lease) => {
+                        pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: k.clone(),
+                            value: v.clone(),
+                            lease: *lease,
+                            ..Default::default()
+                        })
+                    }
                     TxnOp::Delete(k) => {
                         pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
                             key: k.clone(),
@@ -346,8 +374,14 @@ impl EtcdClient {
     }
 
     /// Puts one key attached to `lease` (see [`EtcdClient::grant_lease`]).
-    pub async fn put_with_lease(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
-        self.txn(&[TxnOp::Put(key.to_vec(), value.to_vec(), lease)]).await
+    pub async fn put_with_lease(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Result<i64, EtcdError> {
+        self.txn(&[TxnOp::Put(key.to_vec(), value.to_vec(), lease)])
+            .await
     }
 
     /// Grants a lease of `ttl` seconds; its id.
@@ -366,10 +400,7 @@ impl EtcdClient {
     pub async fn keep_alive_once(&self, id: i64) -> Result<i64, EtcdError> {
         self.call("lease keepalive", |ch| {
             let mut lease = pb::lease_client::LeaseClient::new(ch);
-            let request = self.request(
-                tokio_stream::once(pb::LeaseKeepAliveRequest { id }),
-                false,
-            );
+            let request = self.request(tokio_stream::once(pb::LeaseKeepAliveRequest { id }), false);
             async move {
                 let mut stream = lease.lease_keep_alive(request).await?.into_inner();
                 match stream.message().await? {
@@ -405,7 +436,8 @@ impl EtcdClient {
             )),
         };
         self.call("watch", |ch| {
-            let mut client = pb::watch_client::WatchClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+            let mut client =
+                pb::watch_client::WatchClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
             let create = create.clone();
             let (tx, rx) = mpsc::channel(4);
             let request = self.request(ReceiverStream::new(rx), true);
@@ -420,14 +452,16 @@ impl EtcdClient {
                         stream,
                         _requests: tx,
                     }),
-                    Some(first) if first.compact_revision > 0 => {
-                        Err(Status::out_of_range(format!("compacted:{}", first.compact_revision)))
-                    }
+                    Some(first) if first.compact_revision > 0 => Err(Status::out_of_range(
+                        format!("compacted:{}", first.compact_revision),
+                    )),
                     Some(first) => Err(Status::failed_precondition(format!(
                         "watch not created: {}",
                         first.cancel_reason
                     ))),
-                    None => Err(Status::unavailable("watch stream ended before it was created")),
+                    None => Err(Status::unavailable(
+                        "watch stream ended before it was created",
+                    )),
                 }
             }
         })
@@ -465,7 +499,12 @@ impl Watch {
         let reply = match self.stream.message().await {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(EtcdError::Unreachable("the etcd watch stream ended".into())),
-            Err(status) => return Err(EtcdError::Unreachable(format!("etcd watch: {}", status.message()))),
+            Err(status) => {
+                return Err(EtcdError::Unreachable(format!(
+                    "etcd watch: {}",
+                    status.message()
+                )))
+            }
         };
         if reply.compact_revision > 0 {
             return Err(EtcdError::Compacted(reply.compact_revision));
@@ -525,7 +564,11 @@ mod tests {
     fn transport_failures_fail_over_and_answers_do_not() {
         assert!(is_transport(&Status::unavailable("connection refused")));
         assert!(is_transport(&Status::unknown("etcdserver: no leader")));
-        assert!(!is_transport(&Status::invalid_argument("etcdserver: too many operations in txn request")));
-        assert!(is_bad_token(&Status::unauthenticated("etcdserver: invalid auth token")));
+        assert!(!is_transport(&Status::invalid_argument(
+            "etcdserver: too many operations in txn request"
+        )));
+        assert!(is_bad_token(&Status::unauthenticated(
+            "etcdserver: invalid auth token"
+        )));
     }
 }

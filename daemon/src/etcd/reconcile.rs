@@ -53,7 +53,9 @@ pub fn route_of_key(routes_prefix: &[u8], key: &[u8]) -> Result<Route, String> {
         .strip_prefix(routes_prefix)
         .ok_or_else(|| "not under the routes prefix".to_string())?;
     let text = std::str::from_utf8(text).map_err(|_| "the key is not UTF-8".to_string())?;
-    let route: Route = text.parse().map_err(|e: crate::wire::ParseRouteError| e.to_string())?;
+    let route: Route = text
+        .parse()
+        .map_err(|e: crate::wire::ParseRouteError| e.to_string())?;
     let canonical = route.to_string();
     if canonical != text {
         return Err(format!(
@@ -148,7 +150,9 @@ impl Applied {
                 Ok(route) => {
                     now.insert(route);
                 }
-                Err(why) => delta.skipped.push((String::from_utf8_lossy(key).into_owned(), why)),
+                Err(why) => delta
+                    .skipped
+                    .push((String::from_utf8_lossy(key).into_owned(), why)),
             }
         }
         delta.announce = now.difference(&self.routes).copied().collect();
@@ -226,11 +230,21 @@ mod tests {
     }
 
     fn put(route: &Route, revision: i64) -> KeyEvent {
-        KeyEvent { put: true, key: key(route), value: Vec::new(), revision }
+        KeyEvent {
+            put: true,
+            key: key(route),
+            value: Vec::new(),
+            revision,
+        }
     }
 
     fn del(route: &Route, revision: i64) -> KeyEvent {
-        KeyEvent { put: false, key: key(route), value: Vec::new(), revision }
+        KeyEvent {
+            put: false,
+            key: key(route),
+            value: Vec::new(),
+            revision,
+        }
     }
 
     #[test]
@@ -249,16 +263,26 @@ mod tests {
 
     #[test]
     fn non_canonical_and_garbage_keys_are_refused_with_a_reason() {
-        let go_form = route_of_key(b"/mb/routes/", b"/mb/routes/100#10.0.1.0/24#2001:db8::1").unwrap_err();
-        assert!(go_form.contains("/mb/routes/100#10.0.1.0/24@2001:db8::1"), "{go_form}");
+        let go_form =
+            route_of_key(b"/mb/routes/", b"/mb/routes/100#10.0.1.0/24#2001:db8::1").unwrap_err();
+        assert!(
+            go_form.contains("/mb/routes/100#10.0.1.0/24@2001:db8::1"),
+            "{go_form}"
+        );
         let junk = route_of_key(b"/mb/routes/", b"/mb/routes/hello").unwrap_err();
         assert!(junk.contains("invalid route"), "{junk}");
-        assert!(route_of_key(b"/mb/routes/", b"/mb/routes/\xff").unwrap_err().contains("UTF-8"));
+        assert!(route_of_key(b"/mb/routes/", b"/mb/routes/\xff")
+            .unwrap_err()
+            .contains("UTF-8"));
     }
 
     #[test]
     fn a_resync_yields_only_the_differences_and_reports_bad_keys() {
-        let (a, b, c) = (r("1#10.0.0.0/24@2001:db8::1"), r("1#10.0.1.0/24@2001:db8::1"), r("2#10.0.0.0/24@2001:db8::2"));
+        let (a, b, c) = (
+            r("1#10.0.0.0/24@2001:db8::1"),
+            r("1#10.0.1.0/24@2001:db8::1"),
+            r("2#10.0.0.0/24@2001:db8::2"),
+        );
         let mut applied = Applied::with_cached(P, [a, b]);
         let keys = [key(&b), key(&c), b"/mb/routes/nonsense".to_vec()];
         let delta = applied.resync(keys.iter().map(Vec::as_slice), 40);
@@ -273,7 +297,10 @@ mod tests {
 
     #[test]
     fn events_net_out_and_repeats_are_ignored() {
-        let (a, b) = (r("1#10.0.0.0/24@2001:db8::1"), r("1#10.0.1.0/24@2001:db8::1"));
+        let (a, b) = (
+            r("1#10.0.0.0/24@2001:db8::1"),
+            r("1#10.0.1.0/24@2001:db8::1"),
+        );
         let mut applied = Applied::new(P);
         let d = applied.apply(&[put(&a, 5), put(&b, 5), del(&b, 6)], 6);
         assert_eq!(d.announce, vec![a]);
@@ -286,9 +313,8 @@ mod tests {
     }
 
     fn arb_route() -> impl Strategy<Value = Route> {
-        (0u32..4, 0u8..8, 1u8..3).prop_map(|(vni, net, hop)| {
-            r(&format!("{vni}#10.0.{net}.0/24@2001:db8::{hop}"))
-        })
+        (0u32..4, 0u8..8, 1u8..3)
+            .prop_map(|(vni, net, hop)| r(&format!("{vni}#10.0.{net}.0/24@2001:db8::{hop}")))
     }
 
     proptest! {

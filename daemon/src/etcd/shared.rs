@@ -133,7 +133,13 @@ impl SharedState {
 
     /// Every route applied (sorted).
     pub fn routes(&self) -> Vec<Route> {
-        let mut routes: Vec<Route> = self.applied.lock().expect("applied lock").routes().copied().collect();
+        let mut routes: Vec<Route> = self
+            .applied
+            .lock()
+            .expect("applied lock")
+            .routes()
+            .copied()
+            .collect();
         routes.sort_unstable();
         routes
     }
@@ -191,7 +197,11 @@ impl SharedState {
             if matches!(error, EtcdError::Unreachable(_)) {
                 self.set_degraded(format!("etcd unreachable: {error}"));
             }
-            return Err(WriteError { committed, total, error });
+            return Err(WriteError {
+                committed,
+                total,
+                error,
+            });
         }
         // Read your writes: the table has them when the watcher applied
         // that revision (bounded: a slow watcher does not fail the write).
@@ -204,7 +214,8 @@ impl SharedState {
         if delta.skipped.is_empty() {
             return;
         }
-        self.skipped_keys.fetch_add(delta.skipped.len() as u64, Relaxed);
+        self.skipped_keys
+            .fetch_add(delta.skipped.len() as u64, Relaxed);
         let now = tokio::time::Instant::now();
         if last_warn.is_none_or(|t| now.duration_since(t) >= SKIP_WARN_EVERY) {
             *last_warn = Some(now);
@@ -221,7 +232,12 @@ impl SharedState {
     /// Runs the watcher until the table task stops.
     pub async fn run(self: Arc<Self>, table: TableHandle, store: Arc<Store>) {
         let mirror = spawn_mirror(store);
-        let prefix = self.applied.lock().expect("applied lock").routes_prefix().to_vec();
+        let prefix = self
+            .applied
+            .lock()
+            .expect("applied lock")
+            .routes_prefix()
+            .to_vec();
         let mut backoff = BACKOFF_MIN;
         let mut first = true;
         let mut last_warn = None;
@@ -277,7 +293,11 @@ impl SharedState {
                 loop {
                     match watch.next().await {
                         Ok(WatchItem::Events(events, revision)) => {
-                            let delta = self.applied.lock().expect("applied lock").apply(&events, revision);
+                            let delta = self
+                                .applied
+                                .lock()
+                                .expect("applied lock")
+                                .apply(&events, revision);
                             self.note_skipped(&delta, &mut last_warn);
                             if !self.apply(&table, delta, &mirror).await {
                                 return;
@@ -286,7 +306,10 @@ impl SharedState {
                             from = revision + 1;
                         }
                         Ok(WatchItem::Progress(revision)) => {
-                            self.applied.lock().expect("applied lock").progress(revision);
+                            self.applied
+                                .lock()
+                                .expect("applied lock")
+                                .progress(revision);
                             self.revision.send_replace(revision);
                             from = revision + 1;
                         }
@@ -303,7 +326,12 @@ impl SharedState {
 
     /// Applies a difference to the table and hands it to the mirror; false
     /// when the table task stopped.
-    async fn apply(&self, table: &TableHandle, delta: Delta, mirror: &mpsc::UnboundedSender<Delta>) -> bool {
+    async fn apply(
+        &self,
+        table: &TableHandle,
+        delta: Delta,
+        mirror: &mpsc::UnboundedSender<Delta>,
+    ) -> bool {
         if delta.is_empty() {
             return true;
         }

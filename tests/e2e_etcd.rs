@@ -4,7 +4,6 @@
 //! does through another server's API or directly in etcd, and nothing at
 //! all while etcd fails.
 
-#[allow(dead_code)]
 mod common;
 
 use std::net::SocketAddr;
@@ -26,10 +25,13 @@ struct Server {
     sock: PathBuf,
 }
 
-async fn start_server(cluster: &EtcdCluster) -> Server {
+/// A server on `cluster` with its state store (the local cache of the
+/// shared state) in `state`.
+async fn start_server(cluster: &EtcdCluster, state: &std::path::Path) -> Server {
     let config = format!(
-        "[server]\nkeepalive = 3600\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {}\n\
-         dial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n",
+        "[server]\nkeepalive = 3600\n[state]\ndir = {:?}\n[store]\nbackend = \"etcd\"\n\
+         [store.etcd]\nendpoints = {}\ndial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n",
+        state.to_str().unwrap(),
         cluster.endpoints_toml()
     );
     let (daemon, listen, _file) = Daemon::start_with_config_v4(&config).await;
@@ -108,9 +110,12 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
     let Some(mut cluster) = EtcdCluster::start("e2e_etcd", 3) else {
         return;
     };
-    let a = start_server(&cluster).await;
-    let b = start_server(&cluster).await;
-    let c = start_server(&cluster).await;
+    let states: Vec<PathBuf> = (0..3)
+        .map(|_| common::unique_temp_dir().join("state"))
+        .collect();
+    let a = start_server(&cluster, &states[0]).await;
+    let b = start_server(&cluster, &states[1]).await;
+    let c = start_server(&cluster, &states[2]).await;
 
     let mut sub = RawPeer::connect(c.listen).await;
     sub.handshake(3600).await;
@@ -131,8 +136,12 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
     let _a_dir = a.daemon.kill_hard();
     let r2 = "100#10.0.2.0/24@2001:db8::2";
     api::inject(&b.sock, &[r2]).await;
+    // Read your writes: B's table has r2 when the call returned.
+    assert_eq!(
+        table_routes(&b.sock).await,
+        vec![r1.to_string(), r2.to_string()]
+    );
     expect_next(&mut sub, add(route(r2)), "r2 through B after A died").await;
-    assert!(table_routes(&b.sock).await.contains(&r1.to_string()));
 
     // Withdrawn through B: gone everywhere.
     api::withdraw(&b.sock, &[r1]).await;

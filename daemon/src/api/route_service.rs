@@ -555,6 +555,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_write_failures_say_what_was_committed() {
+        let none = shared_write_error(
+            WriteError {
+                committed: 0,
+                total: 1,
+                error: EtcdError::Unreachable("connection refused".into()),
+            },
+            "announced",
+        );
+        assert_eq!(none.code(), tonic::Code::Unavailable);
+        assert!(
+            none.message()
+                .starts_with("shared state (etcd) unreachable: ")
+                && none.message().ends_with("the route was not announced"),
+            "{}",
+            none.message()
+        );
+        let partial = shared_write_error(
+            WriteError {
+                committed: 256,
+                total: 1000,
+                error: EtcdError::Unreachable("timed out".into()),
+            },
+            "withdrawn",
+        );
+        assert!(
+            partial
+                .message()
+                .contains("256 of 1000 routes were withdrawn"),
+            "{}",
+            partial.message()
+        );
+    }
+
+    #[test]
     fn page_tokens_round_trip_and_garbage_is_rejected() {
         let c = (Vni(77), 1234);
         assert_eq!(decode_token(&encode_token(c)).unwrap(), Some(c));

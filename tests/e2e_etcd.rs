@@ -255,3 +255,71 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
     wait_status(&c.sock, "skipped key counted", |s| s.skipped_keys >= 1).await;
     expect_quiet(&mut sub, "a non-canonical key").await;
 }
+
+/// With etcd authentication on, a server with the right password writes and
+/// watches; one with a wrong password refuses writes with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_authentication_with_a_password_file() {
+    let Some(cluster) = EtcdCluster::start("e2e_etcd auth", 1) else {
+        return;
+    };
+    for args in [
+        &["user", "add", "root", "--new-user-password", "s3cret"][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        let (code, out, err) = cluster.etcdctl(args);
+        assert_eq!(code, Some(0), "etcdctl {args:?}: {out} {err}");
+    }
+    let dir = common::unique_temp_dir();
+    let good = dir.join("good");
+    let bad = dir.join("bad");
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let start = |pw: &std::path::Path| {
+        format!(
+            "[server]\nkeepalive = 3600\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {}\n\
+             username = \"root\"\npassword_file = {:?}\nrequest_timeout = \"2s\"\n",
+            cluster.endpoints_toml(),
+            pw.to_str().unwrap()
+        )
+    };
+    let (ok, ok_listen, _) = Daemon::start_with_config_v4(&start(&good)).await;
+    let (refused, _, _) = Daemon::start_with_config_v4(&start(&bad)).await;
+    let mut sub = RawPeer::connect(ok_listen).await;
+    sub.handshake(3600).await;
+    sub.subscribe(100).await;
+    expect_quiet(&mut sub, "empty dump").await;
+
+    let r = "100#10.0.7.0/24@2001:db8::7";
+    api::inject(&ok.api_socket(), &[r]).await;
+    expect_next(&mut sub, add(route(r)), "injected with a password").await;
+    let (code, out, err) = cluster.etcdctl(&[
+        "--user",
+        "root:s3cret",
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/metalbondd/routes/",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("/metalbondd/routes/{r}")), "{out}");
+
+    let mut api_bad = api::connect(&refused.api_socket()).await;
+    let err = api_bad
+        .routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: vec![api_route("100#10.0.8.0/24@2001:db8::8")],
+            allow_existing: false,
+        })
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("authenticate") && err.message().contains("not announced"),
+        "{}",
+        err.message()
+    );
+    let s = shared_status(&refused.api_socket()).await;
+    assert!(s.degraded && s.reason.contains("authenticat"), "{s:?}");
+}

@@ -557,6 +557,7 @@ async fn apply(
         ),
         ("api", new.api != running.api),
         ("state.dir", new.state_dir != running.state_dir),
+        ("store", new.etcd != running.etcd),
         ("server.http", new.http != running.http),
         ("metrics", new.metrics != running.metrics),
     ] {

@@ -195,7 +195,7 @@ impl SharedState {
         }
         if let Some(error) = error {
             if matches!(error, EtcdError::Unreachable(_)) {
-                self.set_degraded(format!("etcd unreachable: {error}"));
+                self.set_degraded(reason(&error));
             }
             return Err(WriteError {
                 committed,
@@ -246,7 +246,7 @@ impl SharedState {
             let (kvs, revision) = match self.client.range_prefix(&prefix).await {
                 Ok(snapshot) => snapshot,
                 Err(e) => {
-                    self.set_degraded(format!("etcd unreachable: {e}"));
+                    self.set_degraded(reason(&e));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -281,7 +281,7 @@ impl SharedState {
                     Ok(w) => w,
                     Err(EtcdError::Compacted(_)) => break 'watching,
                     Err(e) => {
-                        self.set_degraded(format!("etcd unreachable: {e}"));
+                        self.set_degraded(reason(&e));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         break 'watching;
@@ -347,6 +347,14 @@ impl SharedState {
         }
         let _ = mirror.send(delta);
         true
+    }
+}
+
+/// The degraded reason shown for an etcd error.
+fn reason(e: &EtcdError) -> String {
+    match e {
+        EtcdError::Unreachable(_) => format!("etcd unreachable: {e}"),
+        other => other.to_string(),
     }
 }
 

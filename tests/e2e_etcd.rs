@@ -323,3 +323,121 @@ async fn etcd_authentication_with_a_password_file() {
     let s = shared_status(&refused.api_socket()).await;
     assert!(s.degraded && s.reason.contains("authenticat"), "{s:?}");
 }
+
+/// One etcd member with TLS on its client URL (client certificates
+/// required), killed by PID on drop.
+struct TlsEtcd {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Routes go through an `https://` endpoint with a client certificate;
+/// a server without one is refused by etcd and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate() {
+    let Some(bin) = common::etcd::etcd_binary("e2e_etcd tls") else {
+        return;
+    };
+    let dir = common::unique_temp_dir();
+    let ca = common::tls::Ca::new("etcd test CA");
+    let ca_file = ca.write(&dir.join("ca.pem"));
+    let server = ca.issue(&dir, "etcd", &["127.0.0.1"], false);
+    let client = ca.issue(&dir, "metalbondd", &["metalbondd"], false);
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (cport, pport) = (port(0), port(1));
+    let url = format!("https://127.0.0.1:{cport}");
+    let peer = format!("http://127.0.0.1:{pport}");
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let child = std::process::Command::new(bin)
+        .args(["--name", "t0", "--data-dir"])
+        .arg(dir.join("t0.etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("t0={peer}")])
+        .arg("--cert-file")
+        .arg(&server.cert)
+        .arg("--key-file")
+        .arg(&server.key)
+        .arg("--trusted-ca-file")
+        .arg(&ca_file)
+        .arg("--client-cert-auth")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd");
+    let etcd = TlsEtcd { child, url };
+    let config = |identity: bool| {
+        let mut text = format!(
+            "[server]\nkeepalive = 3600\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [{:?}]\n\
+             ca = {:?}\nrequest_timeout = \"2s\"\n",
+            etcd.url,
+            ca_file.to_str().unwrap()
+        );
+        if identity {
+            text.push_str(&format!(
+                "cert = {:?}\nkey = {:?}\n",
+                client.cert.to_str().unwrap(),
+                client.key.to_str().unwrap()
+            ));
+        }
+        text
+    };
+    let (with_cert, listen, _) = Daemon::start_with_config_v4(&config(true)).await;
+    let (without_cert, _, _) = Daemon::start_with_config_v4(&config(false)).await;
+    // etcd may still be starting: the status says when the server synced.
+    wait_status(&with_cert.api_socket(), "TLS server in sync", |s| {
+        !s.degraded && s.revision > 0
+    })
+    .await;
+    let mut sub = RawPeer::connect(listen).await;
+    sub.handshake(3600).await;
+    sub.subscribe(100).await;
+    expect_quiet(&mut sub, "empty dump").await;
+    let r = "100#10.0.6.0/24@2001:db8::6";
+    api::inject(&with_cert.api_socket(), &[r]).await;
+    expect_next(&mut sub, add(route(r)), "injected over TLS").await;
+    assert_eq!(
+        table_routes(&with_cert.api_socket()).await,
+        vec![r.to_string()]
+    );
+
+    let s = wait_status(&without_cert.api_socket(), "no client certificate", |s| {
+        s.degraded
+    })
+    .await;
+    assert!(s.reason.contains("etcd"), "{s:?}");
+    let mut api_no = api::connect(&without_cert.api_socket()).await;
+    let err = api_no
+        .routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: vec![api_route("100#10.0.8.0/24@2001:db8::8")],
+            allow_existing: false,
+        })
+        .await
+        .expect_err("no client certificate");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("not announced"), "{}", err.message());
+}

@@ -26,7 +26,12 @@ use crate::table_task::{Op, TableHandle};
 use crate::wire::Route;
 
 /// Transactions of one API call in flight at once.
-const TXNS_IN_FLIGHT: usize = 32;
+const TXNS_IN_FLIGHT: usize = 128;
+/// Watch responses already received that the watcher applies as one table
+/// batch (a large API call arrives as one response per transaction).
+const COALESCE_RESPONSES: usize = 256;
+/// The local cache is written at most this often (each write is an fsync).
+const MIRROR_EVERY: Duration = Duration::from_millis(250);
 /// How long an API write waits for this server's watcher to apply it.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
 /// Back-off of the watcher while etcd is unreachable.
@@ -292,7 +297,25 @@ impl SharedState {
                 backoff = BACKOFF_MIN;
                 loop {
                     match watch.next().await {
-                        Ok(WatchItem::Events(events, revision)) => {
+                        Ok(WatchItem::Events(mut events, mut revision)) => {
+                            // Take what has arrived already, to apply it as
+                            // one batch (`next` is cancel safe).
+                            let mut ended = None;
+                            for _ in 0..COALESCE_RESPONSES {
+                                use futures_util::FutureExt;
+                                match watch.next().now_or_never() {
+                                    None => break,
+                                    Some(Ok(WatchItem::Events(more, r))) => {
+                                        events.extend(more);
+                                        revision = r;
+                                    }
+                                    Some(Ok(WatchItem::Progress(r))) => revision = revision.max(r),
+                                    Some(Err(e)) => {
+                                        ended = Some(e);
+                                        break;
+                                    }
+                                }
+                            }
                             let delta = self
                                 .applied
                                 .lock()
@@ -304,6 +327,14 @@ impl SharedState {
                             }
                             self.revision.send_replace(revision);
                             from = revision + 1;
+                            match ended {
+                                None => {}
+                                Some(EtcdError::Compacted(_)) => break 'watching,
+                                Some(e) => {
+                                    info!(error = %e, "shared-state watch ended; watching again");
+                                    continue 'watching;
+                                }
+                            }
                         }
                         Ok(WatchItem::Progress(revision)) => {
                             self.applied
@@ -364,6 +395,9 @@ fn spawn_mirror(store: Arc<Store>) -> mpsc::UnboundedSender<Delta> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Delta>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
+            // A large change arrives as many differences: one write (one
+            // fsync) for all of them.
+            tokio::time::sleep(MIRROR_EVERY).await;
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);

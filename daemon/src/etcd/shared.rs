@@ -32,6 +32,8 @@ const TXNS_IN_FLIGHT: usize = 128;
 const COALESCE_RESPONSES: usize = 256;
 /// The local cache is written at most this often (each write is an fsync).
 const MIRROR_EVERY: Duration = Duration::from_millis(250);
+/// The longest a difference waits for the local cache.
+const MIRROR_MAX: Duration = Duration::from_secs(5);
 /// How long an API write waits for this server's watcher to apply it.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
 /// Back-off of the watcher while etcd is unreachable.
@@ -179,6 +181,7 @@ impl SharedState {
     /// server's watcher applied them (bounded by [`READ_YOUR_WRITES`]).
     pub async fn write(&self, ops: Vec<TxnOp>) -> Result<(), WriteError> {
         let total = ops.len();
+        let begun = tokio::time::Instant::now();
         let chunk = self.settings.max_txn_ops.max(1);
         let chunks: Vec<Vec<TxnOp>> = ops.chunks(chunk).map(<[TxnOp]>::to_vec).collect();
         let results: Vec<(usize, Result<i64, EtcdError>)> = stream::iter(chunks)
@@ -210,8 +213,16 @@ impl SharedState {
         }
         // Read your writes: the table has them when the watcher applied
         // that revision (bounded: a slow watcher does not fail the write).
+        let committed_after = begun.elapsed();
         let mut applied = self.revision.subscribe();
         let _ = tokio::time::timeout(READ_YOUR_WRITES, applied.wait_for(|&r| r >= newest)).await;
+        tracing::debug!(
+            keys = total,
+            revision = newest,
+            commit_ms = committed_after.as_millis() as u64,
+            applied_ms = begun.elapsed().as_millis() as u64,
+            "shared state written"
+        );
         Ok(())
     }
 
@@ -396,17 +407,37 @@ fn spawn_mirror(store: Arc<Store>) -> mpsc::UnboundedSender<Delta> {
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             // A large change arrives as many differences: one write (one
-            // fsync) for all of them.
-            tokio::time::sleep(MIRROR_EVERY).await;
+            // fsync) once they stop coming (at most every MIRROR_MAX), so
+            // the cache costs no CPU while etcd and the watch are busy.
             let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
+            let started = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(MIRROR_EVERY).await;
+                let before = batch.len();
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                if batch.len() == before || started.elapsed() >= MIRROR_MAX {
+                    break;
+                }
             }
             let store = store.clone();
             let outcome = tokio::task::spawn_blocking(move || {
+                // The net change of the batch, in two transactions.
+                let mut net: hashbrown::HashMap<Route, bool> = hashbrown::HashMap::new();
                 for delta in batch {
-                    store.remove_routes(&delta.withdraw)?;
-                    store.add_routes(&delta.announce)?;
+                    net.extend(delta.withdraw.into_iter().map(|r| (r, false)));
+                    net.extend(delta.announce.into_iter().map(|r| (r, true)));
+                }
+                let (add, remove): (Vec<_>, Vec<_>) =
+                    net.into_iter().partition(|&(_, present)| present);
+                let remove: Vec<Route> = remove.into_iter().map(|(r, _)| r).collect();
+                let add: Vec<Route> = add.into_iter().map(|(r, _)| r).collect();
+                if !remove.is_empty() {
+                    store.remove_routes(&remove)?;
+                }
+                if !add.is_empty() {
+                    store.add_routes(&add)?;
                 }
                 Ok::<_, crate::store::StoreError>(())
             })

@@ -297,6 +297,40 @@ impl EtcdClient {
         pb::kv_client::KvClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
     }
 
+    /// Sends the following calls to the raft leader, when one endpoint is
+    /// it (a follower forwards every write to the leader: a large batch
+    /// commits faster there). Asks every endpoint for its status; an
+    /// endpoint that does not answer is skipped. True if the leader was
+    /// found.
+    pub async fn prefer_leader(&self) -> bool {
+        let probes = self
+            .inner
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (_, channel))| {
+                let mut m = pb::maintenance_client::MaintenanceClient::new(channel.clone());
+                let request = self.request(pb::StatusRequest {}, false);
+                async move {
+                    let reply = tokio::time::timeout(self.inner.request_timeout, m.status(request))
+                        .await
+                        .ok()?
+                        .ok()?
+                        .into_inner();
+                    let me = reply.header.as_ref()?.member_id;
+                    Some((i, me == reply.leader && reply.leader != 0))
+                }
+            });
+        let answers = futures_util::future::join_all(probes).await;
+        match answers.into_iter().flatten().find(|&(_, leader)| leader) {
+            Some((i, _)) => {
+                self.inner.current.store(i, Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every key-value under `prefix` at one revision (paged), and that revision.
     pub async fn range_prefix(
         &self,

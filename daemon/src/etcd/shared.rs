@@ -305,6 +305,10 @@ impl SharedState {
                 };
                 self.watch_healthy.store(true, Relaxed);
                 self.set_healthy();
+                // Writes (and this watch's successors) go to the leader;
+                // on its own task, so a hung member delays nothing here.
+                let client = self.client.clone();
+                tokio::spawn(async move { client.prefer_leader().await });
                 backoff = BACKOFF_MIN;
                 loop {
                     match watch.next().await {

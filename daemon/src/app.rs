@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiState, ControlRequest, ReloadError};
 use crate::client::reload::ClientDiff;
 use crate::client::{Agent, AgentHandle, AgentRequest, ClientSettings};
+use crate::fleet::FleetDirectory;
 use crate::http::{self, Endpoints, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
@@ -119,6 +120,16 @@ impl Daemon {
         let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
         let (control_tx, control) = mpsc::channel(8);
         let (listeners_stop, stopped) = watch::channel(false);
+        let fleet = Arc::new(FleetDirectory::new(
+            settings
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::fleet::default_name(&server.local_addrs)),
+            server.local_addrs.clone(),
+            server.table.clone(),
+            server.registry.clone(),
+        ));
+        fleet.add_api_address(settings.api.socket.display().to_string());
         let api = Arc::new(ApiState {
             table: server.table.clone(),
             registry: server.registry.clone(),
@@ -141,6 +152,7 @@ impl Daemon {
             metrics_addr,
             http_addr,
             session_settings: server.settings_watch(),
+            fleet: fleet.clone(),
         });
         let tcp = settings
             .api
@@ -515,6 +527,7 @@ async fn apply(
         ("state.dir", new.state_dir != running.state_dir),
         ("server.http", new.http != running.http),
         ("metrics", new.metrics != running.metrics),
+        ("server.name", new.name != running.name),
     ] {
         if changed {
             needs_restart.push(what.to_string());

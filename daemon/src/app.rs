@@ -112,14 +112,6 @@ impl Daemon {
         let server = Server::start(settings.server.clone(), crate::table_task::spawn())
             .await
             .map_err(|e| e.to_string())?;
-        let telemetry = Arc::new(telemetry(&settings, &server, agent.as_ref()));
-        restore_routes(&server, &store, &settings.static_routes).await?;
-
-        let (metrics_only_addr, http_addr) = http::bound_addrs(&listeners.http);
-        // With `--metrics` and `--http` on one address, one listener serves both.
-        let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
-        let (control_tx, control) = mpsc::channel(8);
-        let (listeners_stop, stopped) = watch::channel(false);
         let fleet = Arc::new(FleetDirectory::new(
             settings
                 .name
@@ -130,6 +122,14 @@ impl Daemon {
             server.registry.clone(),
         ));
         fleet.add_api_address(settings.api.socket.display().to_string());
+        let telemetry = Arc::new(telemetry(&settings, &server, agent.as_ref(), &fleet));
+        restore_routes(&server, &store, &settings.static_routes).await?;
+
+        let (metrics_only_addr, http_addr) = http::bound_addrs(&listeners.http);
+        // With `--metrics` and `--http` on one address, one listener serves both.
+        let metrics_addr = settings.metrics.listen.and(metrics_only_addr.or(http_addr));
+        let (control_tx, control) = mpsc::channel(8);
+        let (listeners_stop, stopped) = watch::channel(false);
         let api = Arc::new(ApiState {
             table: server.table.clone(),
             registry: server.registry.clone(),
@@ -170,6 +170,8 @@ impl Daemon {
                 sessions: server.registry.clone(),
                 agent: agent.as_ref().map(Agent::handle),
                 readiness: readiness.clone(),
+                // Only where the route server listens (as its metrics).
+                fleet: (!server.local_addrs.is_empty()).then(|| fleet.clone()),
             }),
             stopped,
         ));
@@ -314,12 +316,21 @@ async fn start_agent(client: &ClientSettings, store: &Arc<Store>) -> Result<Agen
 }
 
 /// The metric families of the roles that run.
-fn telemetry(settings: &Settings, server: &Server, agent: Option<&Agent>) -> Telemetry {
+fn telemetry(
+    settings: &Settings,
+    server: &Server,
+    agent: Option<&Agent>,
+    fleet: &Arc<FleetDirectory>,
+) -> Telemetry {
     let mut telemetry = Telemetry::new();
     // The route server's families only where it listens (not for
     // `metalbondd client`, whose table holds nothing but API routes).
     if !server.local_addrs.is_empty() {
-        telemetry = telemetry.with_server(server, settings.metrics.vni_label_limit);
+        telemetry = telemetry.with_server(
+            server,
+            settings.metrics.vni_label_limit,
+            Some(fleet.clone()),
+        );
     }
     if let Some(agent) = agent {
         telemetry = telemetry.with_client(agent.stats.clone());

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::server::registry::Registry;
+use crate::table::VniStats;
 use crate::table_task::{Query, TableHandle};
 
 /// The `schema` of the records this version writes.
@@ -196,8 +197,16 @@ impl FleetDirectory {
     }
 
     /// Replaces the other members' records (a registration task's view of
-    /// the fleet, from `source`).
-    pub fn publish(&self, published: Published) {
+    /// the fleet, from `source`). A record whose digests do not parse is
+    /// left out, with a warning: it could only be compared wrongly.
+    pub fn publish(&self, mut published: Published) {
+        published.records.retain(|r| match r.digests() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet member record ignored");
+                false
+            }
+        });
         self.published.send_replace(published);
     }
 
@@ -209,6 +218,12 @@ impl FleetDirectory {
             .table
             .query(|reply| Query::Vnis { only: None, reply })
             .await?;
+        Some(self.record_of(stats.routes as u64, &per_vni))
+    }
+
+    /// This server's record from answers of the table task already at hand
+    /// (`routes` in the table, `per_vni` of every VNI), e.g. a scrape's.
+    pub fn record_of(&self, routes: u64, per_vni: &[VniStats]) -> MemberRecord {
         let mut vnis: Vec<VniRecord> = per_vni
             .iter()
             .filter(|v| v.routes > 0)
@@ -219,7 +234,7 @@ impl FleetDirectory {
             })
             .collect();
         vnis.sort_by_key(|v| v.vni);
-        Some(MemberRecord {
+        MemberRecord {
             schema: RECORD_SCHEMA,
             name: self.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -230,16 +245,20 @@ impl FleetDirectory {
                 .clone(),
             listen_addresses: self.listen.iter().map(ToString::to_string).collect(),
             sessions: self.sessions.len() as u64,
-            routes: stats.routes as u64,
+            routes,
             vnis,
             updated_at_unix_ms: unix_ms(SystemTime::now()),
-        })
+        }
     }
 
     /// The fleet: this server's fresh record first, then the published
     /// ones, and where they disagree; `None` while the daemon shuts down.
     pub async fn view(&self) -> Option<FleetView> {
-        let local = self.local_record().await?;
+        Some(self.view_with(self.local_record().await?))
+    }
+
+    /// The fleet with `local` as this server's record.
+    pub fn view_with(&self, local: MemberRecord) -> FleetView {
         let published = self.published.borrow().clone();
         let mut members = vec![local];
         members.extend(
@@ -257,11 +276,11 @@ impl FleetDirectory {
         } else {
             published.source
         };
-        Some(FleetView {
+        FleetView {
             source,
             disagreements: compare::disagreeing_vnis(&digests),
             members,
-        })
+        }
     }
 }
 

@@ -66,7 +66,14 @@ fn sock(p: &Path) -> &str {
 
 #[tokio::test]
 async fn two_servers_agree_then_disagree_on_one_vni() {
-    let a = Daemon::start(&["--name", "rs-a", "--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let a = Daemon::start(&[
+        "--name",
+        "rs-a",
+        "--metrics",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
     // B keeps the default name: the host name and its listen port.
     let b = Daemon::start(&[]);
     let (sa, sb) = (a.api_socket(), b.api_socket());
@@ -89,7 +96,16 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     assert_eq!(va.digest, vb.digest, "equal routes, equal digests");
 
     // `mbctl fleet --server A --server B`: no disagreement, equal digests.
-    let out = run_args(&["-o", "json", "fleet", "--server", sock(&sa), "--server", sock(&sb)]).await;
+    let out = run_args(&[
+        "-o",
+        "json",
+        "fleet",
+        "--server",
+        sock(&sa),
+        "--server",
+        sock(&sb),
+    ])
+    .await;
     let doc = out.json();
     assert_eq!(keys(&doc), sorted(fields::FLEET), "{doc}");
     assert_eq!(doc["source"], "servers");
@@ -126,13 +142,25 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     let va = wait_for_routes(&mut api_a, 100, 4).await;
     assert_ne!(va.digest, vb.digest);
 
-    let out = run_args(&["-o", "json", "fleet", "--server", sock(&sa), "--server", sock(&sb)]).await;
+    let out = run_args(&[
+        "-o",
+        "json",
+        "fleet",
+        "--server",
+        sock(&sa),
+        "--server",
+        sock(&sb),
+    ])
+    .await;
     let doc = out.json();
     let dis = doc["disagreeing_vnis"].as_array().unwrap();
     assert_eq!(dis.len(), 1, "only VNI 100 differs: {doc}");
     assert_eq!(keys(&dis[0]), sorted(fields::FLEET_DISAGREEMENT));
     assert_eq!(dis[0]["vni"], 100);
-    assert_eq!(keys(&dis[0]["members"][0]), sorted(fields::FLEET_MEMBER_DIGEST));
+    assert_eq!(
+        keys(&dis[0]["members"][0]),
+        sorted(fields::FLEET_MEMBER_DIGEST)
+    );
     assert_eq!(
         dis[0]["members"],
         serde_json::json!([
@@ -157,8 +185,18 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
 
     // The GetFleet API of each server: itself (source "self"), its own
     // digests; compared, they name VNI 100.
-    let fa = api_a.fleet.get_fleet(pb::GetFleetRequest {}).await.unwrap().into_inner();
-    let fb = api_b.fleet.get_fleet(pb::GetFleetRequest {}).await.unwrap().into_inner();
+    let fa = api_a
+        .fleet
+        .get_fleet(pb::GetFleetRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let fb = api_b
+        .fleet
+        .get_fleet(pb::GetFleetRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(fa.source, "self");
     assert_eq!(fa.members.len(), 1);
     assert!(fa.members[0].local && fa.members[0].name == "rs-a");
@@ -170,7 +208,13 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
             .iter()
             .map(|v| {
                 let digest = metalbond_types::fleet::parse_digest_hex(&v.digest).unwrap();
-                (v.vni, metalbond_types::fleet::VniDigest { routes: v.routes, digest })
+                (
+                    v.vni,
+                    metalbond_types::fleet::VniDigest {
+                        routes: v.routes,
+                        digest,
+                    },
+                )
             })
             .collect(),
     };
@@ -190,30 +234,64 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     assert_eq!(only_a.len(), 1, "{doc}");
     assert_eq!(only_a[0]["prefix"], "10.9.9.0/24");
     assert_eq!(only_a[0]["next_hop"]["address"], "2001:db8::7");
-    assert_eq!((doc["a"]["routes"].as_u64(), doc["b"]["routes"].as_u64()), (Some(4), Some(3)));
+    assert_eq!(
+        (doc["a"]["routes"].as_u64(), doc["b"]["routes"].as_u64()),
+        (Some(4), Some(3))
+    );
     // Table mode, A named by its member name (resolved through A's GetFleet).
-    let out = run_args(&["--socket", sock(&sa), "diff", "--vni", "100", "rs-a", sock(&sb)]).await;
+    let out = run_args(&[
+        "--socket",
+        sock(&sa),
+        "diff",
+        "--vni",
+        "100",
+        "rs-a",
+        sock(&sb),
+    ])
+    .await;
     assert_eq!(out.code, Some(1), "{out:?}");
     let rows: Vec<&str> = out.stdout.lines().skip(3).collect();
     assert_eq!(
-        rows.iter().map(|l| l.split_whitespace().collect::<Vec<_>>()).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
         vec![vec!["A", "100", "10.9.9.0/24", "2001:db8::7", "std", "-"]],
         "{out:?}"
     );
-    assert!(out.stdout.contains(&format!("A: rs-a at {}: 4 routes in VNI 100", sock(&sa))), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("A: rs-a at {}: 4 routes in VNI 100", sock(&sa))),
+        "{out:?}"
+    );
     // The VNI they agree on.
     let out = run_args(&["diff", "--vni", "200", sock(&sa), sock(&sb)]).await;
     assert_eq!(out.code, Some(0), "{out:?}");
     // A member name nobody knows: a usage error naming the known ones.
-    let out = run_args(&["--socket", sock(&sa), "diff", "--vni", "100", "nobody", sock(&sb)]).await;
+    let out = run_args(&[
+        "--socket",
+        sock(&sa),
+        "diff",
+        "--vni",
+        "100",
+        "nobody",
+        sock(&sb),
+    ])
+    .await;
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("\"nobody\"") && out.stderr.contains("rs-a"), "{out:?}");
+    assert!(
+        out.stderr.contains("\"nobody\"") && out.stderr.contains("rs-a"),
+        "{out:?}"
+    );
 
     // The metrics: the digest of each VNI as a label, the fleet gauges.
     let maddr = a.http_addr(METRICS_ONLY).await;
     let text = get(maddr, "/metrics").await.body;
     assert_eq!(
-        value(&text, "metalbondd_vni_digest_info", &[("vni", "100"), ("digest", &va.digest)]),
+        value(
+            &text,
+            "metalbondd_vni_digest_info",
+            &[("vni", "100"), ("digest", &va.digest)]
+        ),
         1.0
     );
     let digest_series: Vec<_> = samples(&text)
@@ -221,22 +299,41 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
         .filter(|s| s.name == "metalbondd_vni_digest_info")
         .map(|s| s.labels["vni"].clone())
         .collect();
-    assert_eq!(digest_series, ["100", "200"], "one series per VNI with routes");
+    assert_eq!(
+        digest_series,
+        ["100", "200"],
+        "one series per VNI with routes"
+    );
     assert_eq!(value(&text, "metalbondd_fleet_members", &[]), 1.0);
     assert_eq!(value(&text, "metalbondd_fleet_disagreeing_vnis", &[]), 0.0);
 
     // The status page: the digests in their own section.
     let page = get(a.http_addr(STATUS_PAGE).await, "/").await.body;
     assert!(
-        page.contains(&format!("<tr><td>100</td><td>4</td><td><code>{}</code></td></tr>", va.digest)),
+        page.contains(&format!(
+            "<tr><td>100</td><td>4</td><td><code>{}</code></td></tr>",
+            va.digest
+        )),
         "{page}"
     );
-    assert!(page.contains("<h2 id=\"fleet\">Fleet (1 members, source self)</h2>"), "{page}");
+    assert!(
+        page.contains("<h2 id=\"fleet\">Fleet (1 members, source self)</h2>"),
+        "{page}"
+    );
 
     // A withdrawal on A brings the servers back into agreement.
     pa.withdraw(route(EXTRA)).await;
     wait_for_routes(&mut api_a, 100, 3).await;
-    let out = run_args(&["-o", "json", "fleet", "--server", sock(&sa), "--server", sock(&sb)]).await;
+    let out = run_args(&[
+        "-o",
+        "json",
+        "fleet",
+        "--server",
+        sock(&sa),
+        "--server",
+        sock(&sb),
+    ])
+    .await;
     assert_eq!(out.json()["disagreeing_vnis"], serde_json::json!([]));
 }
 
@@ -260,4 +357,59 @@ async fn servers_with_one_name_are_refused() {
     let (code, _, err) = run_to_exit(&["server", "--name", " ", "--listen", "[::1]:0"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("the name is empty"), "{err}");
+}
+
+/// Across hosts: a read-only TCP API listener serves GetFleet and
+/// ListRoutes, so `mbctl fleet --server tcp://...` and `mbctl diff` work
+/// without the Unix socket; the member record lists that listener.
+#[tokio::test]
+async fn fleet_and_diff_over_a_read_only_tcp_listener() {
+    let (a, port) = api::start_with_tcp_api("tcp_read_only = true\n").await;
+    let b = Daemon::start(&[]);
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let mut peer = RawPeer::established(a.addr).await;
+    peer.announce(route(EXTRA)).await;
+    wait_for_routes(&mut api::connect(&a.api_socket()).await, 100, 1).await;
+
+    let out = run_args(&[
+        "-o",
+        "json",
+        "fleet",
+        "--server",
+        &tcp,
+        "--server",
+        sock(&b.api_socket()),
+    ])
+    .await;
+    let doc = out.json();
+    let addrs = doc["members"][0]["api_addresses"].as_array().unwrap();
+    assert!(
+        addrs.iter().any(|a| a == &Value::from(tcp.clone())),
+        "{doc}"
+    );
+    assert_eq!(doc["disagreeing_vnis"][0]["vni"], 100, "{doc}");
+
+    let out = run_args(&[
+        "-o",
+        "json",
+        "diff",
+        "--vni",
+        "100",
+        &tcp,
+        sock(&b.api_socket()),
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["a"]["address"], tcp.as_str());
+    assert_eq!(doc["only_a"][0]["prefix"], "10.9.9.0/24", "{doc}");
+    // Nothing listens there: exit 3, the address named.
+    let out = run_args(&[
+        "fleet",
+        "--server",
+        &format!("tcp://127.0.0.1:{}", free_port()),
+    ])
+    .await;
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stderr.contains("tcp://127.0.0.1:"), "{out:?}");
 }

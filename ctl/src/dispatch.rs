@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::CommandFactory;
 use metalbond_proto::api::{
     self, client_service_client::ClientServiceClient, daemon_service_client::DaemonServiceClient,
-    fleet_service_client::FleetServiceClient, peer_service_client::PeerServiceClient, route_service_client::RouteServiceClient,
-    vni_service_client::VniServiceClient,
+    fleet_service_client::FleetServiceClient, peer_service_client::PeerServiceClient,
+    route_service_client::RouteServiceClient, vni_service_client::VniServiceClient,
 };
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -584,11 +584,10 @@ async fn fleet_of_servers(
         let fleet = ctx
             .call("GetFleet", ctx.fleet().get_fleet(api::GetFleetRequest {}))
             .await?;
-        let own = fleet
-            .members
-            .iter()
-            .find(|m| m.local)
-            .ok_or_else(|| CliError::Other(format!("{target}: GetFleet has no local member")))?;
+        let own =
+            fleet.members.iter().find(|m| m.local).ok_or_else(|| {
+                CliError::Other(format!("{target}: GetFleet has no local member"))
+            })?;
         if let Some(twin) = members.iter().find(|m| m.name == own.name) {
             return Err(CliError::Other(format!(
                 "{target} and another server are both named {:?} (set --name / server.name)",
@@ -643,6 +642,9 @@ async fn fleet_of_servers(
     Ok(EXIT_OK)
 }
 
+/// The routes of one server in `mbctl diff`, by (VNI, text form).
+type RouteSet = std::collections::BTreeMap<(u32, String), api::Route>;
+
 /// `mbctl diff --vni V A B`: the routes of `vni` only A or only B has;
 /// exit 0 when there are none, 1 when there are (as diff(1)). Member names
 /// are resolved through the GetFleet of the daemon at `socket`.
@@ -653,9 +655,8 @@ async fn diff(
     timeout: Duration,
     p: &mut Printer,
 ) -> Result<u8, CliError> {
-    use std::collections::BTreeMap;
     let mut fleet: Option<api::Fleet> = None;
-    let mut lists: Vec<(DiffSideJson, BTreeMap<(u32, String), api::Route>)> = Vec::new();
+    let mut lists: Vec<(DiffSideJson, RouteSet)> = Vec::new();
     for given in &sides {
         let target = match given {
             Target::Member(name) => {
@@ -683,7 +684,7 @@ async fn diff(
             vni: Some(vni),
             ..Default::default()
         };
-        let routes: BTreeMap<(u32, String), api::Route> = ctx
+        let routes: RouteSet = ctx
             .all_routes(filter)
             .await?
             .into_iter()
@@ -699,7 +700,7 @@ async fn diff(
     }
     let (b_side, b) = lists.pop().expect("two sides");
     let (a_side, a) = lists.pop().expect("two sides");
-    let only = |x: &BTreeMap<(u32, String), api::Route>, y: &BTreeMap<(u32, String), api::Route>| {
+    let only = |x: &RouteSet, y: &RouteSet| {
         x.iter()
             .filter(|(k, _)| !y.contains_key(*k))
             .map(|(_, r)| RouteJson::from(r))

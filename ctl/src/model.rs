@@ -1214,7 +1214,10 @@ mod tests {
         assert_eq!(keys(&v), sorted(fields::FLEET));
         assert_eq!(keys(&v["members"][0]), sorted(fields::FLEET_MEMBER));
         assert_eq!(keys(&v["members"][0]["vnis"][0]), sorted(fields::FLEET_VNI));
-        assert_eq!(keys(&v["disagreeing_vnis"][0]), sorted(fields::FLEET_DISAGREEMENT));
+        assert_eq!(
+            keys(&v["disagreeing_vnis"][0]),
+            sorted(fields::FLEET_DISAGREEMENT)
+        );
         assert_eq!(
             keys(&v["disagreeing_vnis"][0]["members"][0]),
             sorted(fields::FLEET_MEMBER_DIGEST)

@@ -6,7 +6,8 @@ use clap_complete::Shell;
 use metalbond_proto::api;
 
 use crate::cli::{
-    Command, DiffArgs, FleetArgs, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand, WatchCommand,
+    Command, DiffArgs, FleetArgs, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand,
+    WatchCommand,
 };
 use crate::error::CliError;
 use crate::route::{parse_addr, parse_prefix, parse_route, MAX_VNI};

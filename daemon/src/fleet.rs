@@ -269,8 +269,7 @@ impl FleetDirectory {
         );
         // A record whose digest is unreadable was refused when it was
         // published; here it would only be skipped.
-        let digests: Vec<MemberDigests> =
-            members.iter().filter_map(|m| m.digests().ok()).collect();
+        let digests: Vec<MemberDigests> = members.iter().filter_map(|m| m.digests().ok()).collect();
         let source = if published.source.is_empty() {
             SOURCE_SELF.to_string()
         } else {

@@ -377,7 +377,9 @@ pub fn fleet_html(fleet: &crate::fleet::FleetView) -> String {
         fleet.members.len(),
         esc(&fleet.source)
     );
-    h.push_str("<table><tr><th>name</th><th>sessions</th><th>routes</th><th>VNIs</th><th>API</th></tr>\n");
+    h.push_str(
+        "<table><tr><th>name</th><th>sessions</th><th>routes</th><th>VNIs</th><th>API</th></tr>\n",
+    );
     for m in &fleet.members {
         let _ = writeln!(
             h,
@@ -445,19 +447,39 @@ mod tests {
             disagreements: vec![],
         };
         let h = fleet_html(&fleet);
-        assert!(h.contains("<h2 id=\"digests\">Route digests (1 VNIs)</h2>"), "{h}");
+        assert!(
+            h.contains("<h2 id=\"digests\">Route digests (1 VNIs)</h2>"),
+            "{h}"
+        );
         assert!(h.contains("<tr><td>7</td><td>1</td><td><code>00000000000000aa</code></td></tr>"));
         assert!(h.contains("<td>&lt;a&gt;</td>") && h.contains("disagree: none"));
         fleet.members.push(member("b", "00000000000000bb"));
         fleet.disagreements = vec![Disagreement {
             vni: 7,
             members: vec![
-                ("<a>".into(), VniDigest { routes: 1, digest: 0xaa }),
-                ("b".into(), VniDigest { routes: 1, digest: 0xbb }),
+                (
+                    "<a>".into(),
+                    VniDigest {
+                        routes: 1,
+                        digest: 0xaa,
+                    },
+                ),
+                (
+                    "b".into(),
+                    VniDigest {
+                        routes: 1,
+                        digest: 0xbb,
+                    },
+                ),
             ],
         }];
         let h = fleet_html(&fleet);
-        assert!(h.contains("<tr><td>7</td><td>b</td><td>1</td><td><code>00000000000000bb</code></td></tr>"), "{h}");
+        assert!(
+            h.contains(
+                "<tr><td>7</td><td>b</td><td>1</td><td><code>00000000000000bb</code></td></tr>"
+            ),
+            "{h}"
+        );
     }
 
     fn view() -> RouteView {

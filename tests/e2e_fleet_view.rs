@@ -403,6 +403,12 @@ async fn fleet_and_diff_over_a_read_only_tcp_listener() {
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["a"]["address"], tcp.as_str());
     assert_eq!(doc["only_a"][0]["prefix"], "10.9.9.0/24", "{doc}");
+    // `--socket tcp://...` for any read-only command; changes are refused.
+    let out = run_args(&["--socket", &tcp, "-o", "json", "fleet"]).await;
+    assert_eq!(out.json()["members"][0]["routes"], 1);
+    let out = run_args(&["--socket", &tcp, "announce", "7#10.0.0.0/8@2001:db8::1"]).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.to_lowercase().contains("read-only"), "{out:?}");
     // Nothing listens there: exit 3, the address named.
     let out = run_args(&[
         "fleet",

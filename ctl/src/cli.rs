@@ -14,7 +14,8 @@ pub use crate::client::Role;
     after_help = "Exit status: 0 ok, 1 error from the daemon, 2 usage error, 3 cannot connect."
 )]
 pub struct Cli {
-    /// Path of the daemon's API socket [default: the first that exists of
+    /// Path of the daemon's API socket, or tcp://HOST:PORT for its TCP API
+    /// listener [default: the first that exists of
     /// /run/metalbondd/api.sock, $XDG_RUNTIME_DIR/metalbondd/api.sock,
     /// /tmp/metalbondd-UID/api.sock, then the same for the client role
     /// (metalbondd-client)]

@@ -54,8 +54,17 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
         Request::Diff { vni, a, b } => return diff(vni, [a, b], &socket, timeout, p).await,
         _ => {}
     }
-    let channel = connect(&socket, timeout).await?;
-    serve(&Ctx { channel, timeout }, p, request).await
+    let ctx = Ctx::open(&socket_target(&socket), timeout).await?;
+    serve(&ctx, p, request).await
+}
+
+/// `--socket`: a Unix socket path, or `tcp://HOST:PORT` (a TCP API
+/// listener, e.g. another host's read-only one).
+fn socket_target(socket: &std::path::Path) -> Target {
+    match socket.to_str().and_then(|s| s.strip_prefix("tcp://")) {
+        Some(addr) => Target::Tcp(addr.to_string()),
+        None => Target::Socket(socket.to_path_buf()),
+    }
 }
 
 /// Sends `request` (any but `Completions`) and prints the answer.
@@ -661,7 +670,7 @@ async fn diff(
         let target = match given {
             Target::Member(name) => {
                 if fleet.is_none() {
-                    let ctx = Ctx::open(&Target::Socket(socket.to_path_buf()), timeout).await?;
+                    let ctx = Ctx::open(&socket_target(socket), timeout).await?;
                     let f = ctx
                         .call("GetFleet", ctx.fleet().get_fleet(api::GetFleetRequest {}))
                         .await?;

@@ -376,4 +376,146 @@ mod tests {
         assert!(name.ends_with(":4711") && name.len() > 5, "{name}");
         assert!(!default_name(&[]).contains(':'));
     }
+
+    /// What a registration task publishes joins this server's fresh record:
+    /// its own name is ignored, an unreadable record left out, and the
+    /// comparison runs over all of them.
+    #[tokio::test]
+    async fn published_members_join_the_view() {
+        let table = crate::table_task::spawn();
+        let route: crate::wire::Route = "100#10.0.0.0/24@2001:db8::1".parse().unwrap();
+        table
+            .local_ops(
+                crate::table::LOCAL_API,
+                vec![crate::table_task::Op::Announce(route)],
+            )
+            .await;
+        let dir = FleetDirectory::new(
+            "me".into(),
+            vec!["[::1]:4711".parse().unwrap()],
+            table,
+            Arc::new(Registry::default()),
+        );
+        dir.add_api_address("/run/me.sock".into());
+        dir.add_api_address("/run/me.sock".into());
+        let view = dir.view().await.unwrap();
+        assert_eq!(view.source, SOURCE_SELF);
+        assert_eq!(view.members.len(), 1);
+        let me = &view.members[0];
+        assert_eq!(me.api_addresses, ["/run/me.sock"]);
+        assert_eq!(me.routes, 1);
+        let mine = me.vnis[0].clone();
+        assert_eq!(
+            (mine.vni, mine.routes, mine.digest.clone()),
+            (
+                100,
+                1,
+                crate::table::digest::to_hex(crate::table::digest::route_hash(&route))
+            )
+        );
+
+        let mut same = record();
+        same.name = "twin".into();
+        same.vnis = vec![mine.clone()];
+        let mut other = record();
+        other.name = "other".into();
+        let mut stale_self = record();
+        stale_self.name = "me".into();
+        let mut broken = record();
+        broken.name = "broken".into();
+        broken.vnis[0].digest = "zz".into();
+        dir.publish(Published {
+            source: "etcd".into(),
+            records: vec![same, other, stale_self, broken],
+        });
+        let view = dir.view().await.unwrap();
+        assert_eq!(view.source, "etcd");
+        let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["me", "twin", "other"]);
+        // "other" holds VNIs 100 (2 routes) and 200: both differ from "me".
+        let vnis: Vec<u32> = view.disagreements.iter().map(|d| d.vni).collect();
+        assert_eq!(vnis, [100, 200]);
+        assert_eq!(view.disagreements[1].members[0].1, VniDigest::EMPTY);
+    }
+
+    mod properties {
+        use std::collections::BTreeSet;
+
+        use metalbond_types::fleet::{disagreeing_vnis, MemberDigests, VniDigest};
+        use proptest::prelude::*;
+
+        use crate::table::{RouteTable, LOCAL_API};
+        use crate::wire::Route;
+
+        /// 24 routes over VNIs 1..=4.
+        fn universe() -> Vec<Route> {
+            (0..24u32)
+                .map(|i| {
+                    format!("{}#10.0.{i}.0/24@2001:db8::{}", i % 4 + 1, i % 3 + 1)
+                        .parse()
+                        .unwrap()
+                })
+                .collect()
+        }
+
+        /// A member's digests as its table has them.
+        fn member(name: &str, t: &RouteTable) -> MemberDigests {
+            MemberDigests {
+                name: name.into(),
+                vnis: t
+                    .vni_stats(None)
+                    .into_iter()
+                    .filter(|s| s.routes > 0)
+                    .map(|s| {
+                        (
+                            s.vni.0,
+                            VniDigest {
+                                routes: s.routes as u64,
+                                digest: s.digest,
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        }
+
+        proptest! {
+            /// Two servers fed the same routes in any order agree; fed
+            /// different sets, they disagree exactly on the VNIs whose
+            /// routes differ (a VNI one of them lacks included).
+            #[test]
+            fn members_disagree_exactly_where_their_routes_differ(
+                a_routes in proptest::collection::btree_set(0usize..24, 0..24),
+                b_routes in proptest::collection::btree_set(0usize..24, 0..24),
+                order in proptest::collection::vec(any::<u32>(), 24),
+            ) {
+                let routes = universe();
+                let mut a = RouteTable::new();
+                for &i in &a_routes {
+                    a.announce(LOCAL_API, &routes[i]);
+                }
+                // B in another order (sorted by random keys).
+                let mut shuffled: Vec<(u32, usize)> =
+                    order.iter().copied().zip(b_routes.iter().copied()).collect();
+                shuffled.sort_unstable();
+                let mut b = RouteTable::new();
+                for (_, i) in shuffled {
+                    b.announce(LOCAL_API, &routes[i]);
+                }
+                let got: Vec<u32> = disagreeing_vnis(&[member("a", &a), member("b", &b)])
+                    .iter()
+                    .map(|d| d.vni)
+                    .collect();
+                let want: Vec<u32> = (1..=4u32)
+                    .filter(|&v| {
+                        let of = |set: &BTreeSet<usize>| -> BTreeSet<usize> {
+                            set.iter().copied().filter(|&i| routes[i].vni.0 == v).collect()
+                        };
+                        of(&a_routes) != of(&b_routes)
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }

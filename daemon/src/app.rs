@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiState, ControlRequest, ReloadError};
 use crate::client::reload::ClientDiff;
 use crate::client::{Agent, AgentHandle, AgentRequest, ClientSettings};
+use crate::fleet::FleetDirectory;
 use crate::http::{self, Endpoints, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
@@ -111,7 +112,17 @@ impl Daemon {
         let server = Server::start(settings.server.clone(), crate::table_task::spawn())
             .await
             .map_err(|e| e.to_string())?;
-        let telemetry = Arc::new(telemetry(&settings, &server, agent.as_ref()));
+        let fleet = Arc::new(FleetDirectory::new(
+            settings
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::fleet::default_name(&server.local_addrs)),
+            server.local_addrs.clone(),
+            server.table.clone(),
+            server.registry.clone(),
+        ));
+        fleet.add_api_address(settings.api.socket.display().to_string());
+        let telemetry = Arc::new(telemetry(&settings, &server, agent.as_ref(), &fleet));
         restore_routes(&server, &store, &settings.static_routes).await?;
 
         let (metrics_only_addr, http_addr) = http::bound_addrs(&listeners.http);
@@ -141,6 +152,7 @@ impl Daemon {
             metrics_addr,
             http_addr,
             session_settings: server.settings_watch(),
+            fleet: fleet.clone(),
         });
         let tcp = settings
             .api
@@ -158,6 +170,8 @@ impl Daemon {
                 sessions: server.registry.clone(),
                 agent: agent.as_ref().map(Agent::handle),
                 readiness: readiness.clone(),
+                // Only where the route server listens (as its metrics).
+                fleet: (!server.local_addrs.is_empty()).then(|| fleet.clone()),
             }),
             stopped,
         ));
@@ -302,12 +316,21 @@ async fn start_agent(client: &ClientSettings, store: &Arc<Store>) -> Result<Agen
 }
 
 /// The metric families of the roles that run.
-fn telemetry(settings: &Settings, server: &Server, agent: Option<&Agent>) -> Telemetry {
+fn telemetry(
+    settings: &Settings,
+    server: &Server,
+    agent: Option<&Agent>,
+    fleet: &Arc<FleetDirectory>,
+) -> Telemetry {
     let mut telemetry = Telemetry::new();
     // The route server's families only where it listens (not for
     // `metalbondd client`, whose table holds nothing but API routes).
     if !server.local_addrs.is_empty() {
-        telemetry = telemetry.with_server(server, settings.metrics.vni_label_limit);
+        telemetry = telemetry.with_server(
+            server,
+            settings.metrics.vni_label_limit,
+            Some(fleet.clone()),
+        );
     }
     if let Some(agent) = agent {
         telemetry = telemetry.with_client(agent.stats.clone());
@@ -515,6 +538,7 @@ async fn apply(
         ("state.dir", new.state_dir != running.state_dir),
         ("server.http", new.http != running.http),
         ("metrics", new.metrics != running.metrics),
+        ("server.name", new.name != running.name),
     ] {
         if changed {
             needs_restart.push(what.to_string());

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod app;
 pub mod client;
+pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod link;

@@ -82,6 +82,9 @@ pub struct Settings {
     /// The hypervisor (client) role, when enabled (`metalbondd client`, or a
     /// `[client]` section in the config file).
     pub client: Option<ClientSettings>,
+    /// This server's name in the fleet view (`--name`, `server.name`);
+    /// `None`: the host name and the first listen port (`fleet`).
+    pub name: Option<String>,
 }
 
 /// Re-reads the settings (the config file) on SIGHUP or an API Reload.
@@ -258,6 +261,7 @@ fn resolve(
                 .unwrap_or(config.metrics.vni_label_limit),
         },
         client: None,
+        name: args.name.clone().or_else(|| file.name.clone()),
     };
     if let Some(section) = &config.client {
         match client_settings(config, section, &ClientArgs::default()) {

@@ -121,6 +121,11 @@ pub struct ServerSection {
     pub tls_listen: Spanned<Vec<SocketAddr>>,
     /// `[server.tls]`: the TLS listeners' certificate, key and client CA.
     pub tls: Option<Spanned<ServerTls>>,
+    /// `name`: this server's name in the fleet view (`--name`; ADR 0030),
+    /// unique among the fleet's servers. Default: the host name, `:` and
+    /// the first listen port (so servers on one host differ).
+    #[serde(deserialize_with = "parse::opt_nonempty_string")]
+    pub name: Option<String>,
 }
 
 /// `[server.tls]`: PEM files of the TLS listeners (ADR 0026). Read at
@@ -170,6 +175,7 @@ impl Default for ServerSection {
             http: None,
             tls_listen: Spanned::new(0..0, Vec::new()),
             tls: None,
+            name: None,
         }
     }
 }

@@ -14,7 +14,8 @@ pub use crate::client::Role;
     after_help = "Exit status: 0 ok, 1 error from the daemon, 2 usage error, 3 cannot connect."
 )]
 pub struct Cli {
-    /// Path of the daemon's API socket [default: the first that exists of
+    /// Path of the daemon's API socket, or tcp://HOST:PORT for its TCP API
+    /// listener [default: the first that exists of
     /// /run/metalbondd/api.sock, $XDG_RUNTIME_DIR/metalbondd/api.sock,
     /// /tmp/metalbondd-UID/api.sock, then the same for the client role
     /// (metalbondd-client)]
@@ -166,6 +167,13 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         vni: Option<u32>,
     },
+    /// Show the fleet's route servers and the VNIs they disagree on (the
+    /// daemon's GetFleet, or each --server's own record compared here).
+    Fleet(FleetArgs),
+    /// Show the routes of one VNI that only A or only B has (A and B: API
+    /// sockets, tcp://HOST:PORT, or member names of `mbctl fleet`); exit 0
+    /// when equal, 1 when they differ, as diff(1).
+    Diff(DiffArgs),
     /// Show the daemon's status.
     Status,
     /// Show the peer policy: its classes in match order and the live
@@ -412,4 +420,29 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
+}
+
+/// `mbctl fleet [--server S]...`.
+#[derive(Debug, Args, Default)]
+pub struct FleetArgs {
+    /// Ask this server (API socket path or tcp://HOST:PORT) for its own
+    /// record; repeat for each server, and the VNIs they disagree on are
+    /// computed here (no shared registry needed).
+    #[arg(long = "server", value_name = "SOCKET")]
+    pub servers: Vec<String>,
+}
+
+/// `mbctl diff --vni V A B`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The VNI to compare.
+    #[arg(long, value_name = "N", required = true)]
+    pub vni: String,
+    /// One server: an API socket path, tcp://HOST:PORT, or a member name
+    /// (resolved through the daemon's GetFleet).
+    #[arg(value_name = "A")]
+    pub a: String,
+    /// The other server, in the same forms.
+    #[arg(value_name = "B")]
+    pub b: String,
 }

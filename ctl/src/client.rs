@@ -175,6 +175,26 @@ pub async fn connect(path: &Path, timeout: Duration) -> Result<Channel, CliError
         })
 }
 
+/// Opens a gRPC channel to a TCP API listener at `addr` (`HOST:PORT`),
+/// connected eagerly like [`connect`] (a failure is exit 3).
+pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<Channel, CliError> {
+    let connect_error = |source| CliError::Connect {
+        socket: PathBuf::from(format!("tcp://{addr}")),
+        source,
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| connect_error(std::io::Error::other(error_chain(&e))))?
+        .connect_timeout(timeout);
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(connect_error(std::io::Error::other(error_chain(&e)))),
+        Err(_) => Err(connect_error(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connection timed out",
+        ))),
+    }
+}
+
 /// Runs one call with the `--timeout` limit (the limit covers the answer's
 /// arrival; a watch stream itself may then run for ever).
 pub async fn call<T, F>(what: &'static str, timeout: Duration, fut: F) -> Result<T, CliError>

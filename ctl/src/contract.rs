@@ -94,6 +94,12 @@ pub mod columns {
         "SUBSCRIBES REFUSED",
         "LAST REFUSAL",
     ];
+    /// `mbctl fleet`: the members.
+    pub const FLEET_MEMBERS: &[&str] = &["NAME", "SESSIONS", "ROUTES", "VNIS", "UPDATED"];
+    /// `mbctl fleet`: the VNIs where members disagree, one row per member.
+    pub const FLEET_DISAGREEMENTS: &[&str] = &["VNI", "MEMBER", "ROUTES", "DIGEST"];
+    /// `mbctl diff`: the routes only one side has.
+    pub const DIFF: &[&str] = &["ONLY ON", "VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS"];
     /// `mbctl received` (client role).
     pub const RECEIVED: &[&str] = &[
         "VNI",
@@ -197,6 +203,30 @@ pub mod fields {
         "subscribes_refused",
         "last_refusal_reason",
     ];
+    /// `mbctl fleet`.
+    pub const FLEET: &[&str] = &["source", "members", "disagreeing_vnis"];
+    /// A member of `mbctl fleet`.
+    pub const FLEET_MEMBER: &[&str] = &[
+        "name",
+        "local",
+        "version",
+        "api_addresses",
+        "listen_addresses",
+        "sessions",
+        "routes",
+        "vnis",
+        "updated_at",
+    ];
+    /// A VNI of a member of `mbctl fleet`.
+    pub const FLEET_VNI: &[&str] = &["vni", "routes", "digest"];
+    /// A disagreeing VNI of `mbctl fleet`, and each member's value in it.
+    pub const FLEET_DISAGREEMENT: &[&str] = &["vni", "members"];
+    /// A member's value in a disagreeing VNI.
+    pub const FLEET_MEMBER_DIGEST: &[&str] = &["member", "routes", "digest"];
+    /// `mbctl diff`.
+    pub const DIFF: &[&str] = &["vni", "a", "b", "equal", "only_a", "only_b"];
+    /// A side of `mbctl diff`.
+    pub const DIFF_SIDE: &[&str] = &["server", "address", "routes"];
     /// The error document of a failed command: `{"error": {...}}`.
     pub const ERROR: &[&str] = &["error"];
     /// The object inside [`ERROR`].

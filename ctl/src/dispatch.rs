@@ -9,20 +9,20 @@ use std::time::Duration;
 use clap::CommandFactory;
 use metalbond_proto::api::{
     self, client_service_client::ClientServiceClient, daemon_service_client::DaemonServiceClient,
-    peer_service_client::PeerServiceClient, route_service_client::RouteServiceClient,
-    vni_service_client::VniServiceClient,
+    fleet_service_client::FleetServiceClient, peer_service_client::PeerServiceClient,
+    route_service_client::RouteServiceClient, vni_service_client::VniServiceClient,
 };
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 use crate::cli::Cli;
-use crate::client::{call, connect, default_socket};
+use crate::client::{call, connect, connect_tcp, default_socket};
 use crate::error::{CliError, EXIT_DAEMON, EXIT_OK};
 use crate::model::*;
 use crate::printer::Printer;
 use crate::render;
-use crate::request::Request;
+use crate::request::{Request, Target};
 
 /// Largest answer accepted (a page of 10000 routes is far below this).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -46,8 +46,25 @@ pub async fn run(cli: Cli, p: &mut Printer) -> Result<u8, CliError> {
         return Ok(EXIT_OK);
     }
 
-    let channel = connect(&socket, timeout).await?;
-    serve(&Ctx { channel, timeout }, p, request).await
+    match request {
+        // Several daemons, each asked for itself: no default socket needed.
+        Request::Fleet(targets) if !targets.is_empty() => {
+            return fleet_of_servers(&targets, timeout, p).await
+        }
+        Request::Diff { vni, a, b } => return diff(vni, [a, b], &socket, timeout, p).await,
+        _ => {}
+    }
+    let ctx = Ctx::open(&socket_target(&socket), timeout).await?;
+    serve(&ctx, p, request).await
+}
+
+/// `--socket`: a Unix socket path, or `tcp://HOST:PORT` (a TCP API
+/// listener, e.g. another host's read-only one).
+fn socket_target(socket: &std::path::Path) -> Target {
+    match socket.to_str().and_then(|s| s.strip_prefix("tcp://")) {
+        Some(addr) => Target::Tcp(addr.to_string()),
+        None => Target::Socket(socket.to_path_buf()),
+    }
 }
 
 /// Sends `request` (any but `Completions`) and prints the answer.
@@ -417,6 +434,17 @@ async fn serve(ctx: &Ctx, p: &mut Printer, request: Request) -> Result<u8, CliEr
             )
             .await
         }
+        Request::Fleet(_) => {
+            ctx.answer(
+                p,
+                "GetFleet",
+                ctx.fleet().get_fleet(api::GetFleetRequest {}),
+                |r| FleetJson::from(&r),
+                render::fleet::fleet_tables,
+            )
+            .await
+        }
+        Request::Diff { .. } => unreachable!("answered by `run`"),
         Request::Completions(_) => unreachable!("printed by `run`"),
     }
 }
@@ -442,6 +470,48 @@ impl Ctx {
     }
     fn daemon(&self) -> DaemonServiceClient<Channel> {
         DaemonServiceClient::new(self.channel.clone())
+    }
+    fn fleet(&self) -> FleetServiceClient<Channel> {
+        FleetServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A context for the daemon at `target` (a socket or a TCP listener).
+    async fn open(target: &Target, timeout: Duration) -> Result<Ctx, CliError> {
+        let channel = match target {
+            Target::Socket(path) => connect(path, timeout).await?,
+            Target::Tcp(addr) => connect_tcp(addr, timeout).await?,
+            Target::Member(m) => {
+                return Err(CliError::Other(format!(
+                    "member {m:?} has no API address to connect to"
+                )))
+            }
+        };
+        Ok(Ctx { channel, timeout })
+    }
+
+    /// Every route matching `filter`, all pages.
+    async fn all_routes(&self, filter: api::RouteFilter) -> Result<Vec<api::RouteEntry>, CliError> {
+        let mut client = self.routes();
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = api::ListRoutesRequest {
+                filter: Some(filter.clone()),
+                page_size: 0,
+                page_token: token.clone(),
+            };
+            let resp = self.call("ListRoutes", client.list_routes(req)).await?;
+            all.extend(resp.routes);
+            if resp.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            if resp.next_page_token == token {
+                return Err(CliError::Other(
+                    "the daemon returned the same page token twice; listing stopped".into(),
+                ));
+            }
+            token = resp.next_page_token;
+        }
     }
 
     /// Whether `announce`/`withdraw` go to the route servers: the daemon
@@ -501,30 +571,179 @@ fn reset_selector(sel: api::get_peer_request::Peer) -> (api::reset_peer_request:
 
 /// `mbctl routes`: every page of ListRoutes, printed as one document.
 async fn routes(ctx: &Ctx, p: &mut Printer, filter: api::RouteFilter) -> Result<u8, CliError> {
-    let mut client = ctx.routes();
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let req = api::ListRoutesRequest {
-            filter: Some(filter.clone()),
-            page_size: 0,
-            page_token: token.clone(),
-        };
-        let resp = ctx.call("ListRoutes", client.list_routes(req)).await?;
-        all.extend(resp.routes.iter().map(RouteEntryJson::from));
-        if resp.next_page_token.is_empty() {
-            break;
-        }
-        if resp.next_page_token == token {
-            return Err(CliError::Other(
-                "the daemon returned the same page token twice; listing stopped".into(),
-            ));
-        }
-        token = resp.next_page_token;
-    }
-    let doc = RouteListJson { routes: all };
+    let all = ctx.all_routes(filter).await?;
+    let doc = RouteListJson {
+        routes: all.iter().map(RouteEntryJson::from).collect(),
+    };
     p.emit(&doc, |d| render::routes::routes_table(&d.routes))?;
     Ok(EXIT_OK)
+}
+
+/// `mbctl fleet --server S...`: each server's own record (its GetFleet's
+/// local member), compared here with the daemon's rule (ADR 0030).
+async fn fleet_of_servers(
+    targets: &[Target],
+    timeout: Duration,
+    p: &mut Printer,
+) -> Result<u8, CliError> {
+    use metalbond_types::fleet::{digest_hex, disagreeing_vnis, parse_digest_hex, MemberDigests};
+    let mut members: Vec<FleetMemberJson> = Vec::new();
+    for target in targets {
+        let ctx = Ctx::open(target, timeout).await?;
+        let fleet = ctx
+            .call("GetFleet", ctx.fleet().get_fleet(api::GetFleetRequest {}))
+            .await?;
+        let own =
+            fleet.members.iter().find(|m| m.local).ok_or_else(|| {
+                CliError::Other(format!("{target}: GetFleet has no local member"))
+            })?;
+        if let Some(twin) = members.iter().find(|m| m.name == own.name) {
+            return Err(CliError::Other(format!(
+                "{target} and another server are both named {:?} (set --name / server.name)",
+                twin.name
+            )));
+        }
+        members.push(FleetMemberJson::from(own));
+    }
+    let mut digests = Vec::with_capacity(members.len());
+    for m in &members {
+        let mut d = MemberDigests {
+            name: m.name.clone(),
+            ..MemberDigests::default()
+        };
+        for v in &m.vnis {
+            let digest = parse_digest_hex(&v.digest).ok_or_else(|| {
+                CliError::Other(format!(
+                    "{}: VNI {}: digest {:?} is not hex",
+                    m.name, v.vni, v.digest
+                ))
+            })?;
+            d.vnis.insert(
+                v.vni,
+                metalbond_types::fleet::VniDigest {
+                    routes: v.routes,
+                    digest,
+                },
+            );
+        }
+        digests.push(d);
+    }
+    let doc = FleetJson {
+        source: "servers".into(),
+        disagreeing_vnis: disagreeing_vnis(&digests)
+            .into_iter()
+            .map(|d| FleetDisagreementJson {
+                vni: d.vni,
+                members: d
+                    .members
+                    .into_iter()
+                    .map(|(member, v)| FleetMemberDigestJson {
+                        member,
+                        routes: v.routes,
+                        digest: digest_hex(v.digest),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        members,
+    };
+    p.emit(&doc, render::fleet::fleet_tables)?;
+    Ok(EXIT_OK)
+}
+
+/// The routes of one server in `mbctl diff`, by (VNI, text form).
+type RouteSet = std::collections::BTreeMap<(u32, String), api::Route>;
+
+/// `mbctl diff --vni V A B`: the routes of `vni` only A or only B has;
+/// exit 0 when there are none, 1 when there are (as diff(1)). Member names
+/// are resolved through the GetFleet of the daemon at `socket`.
+async fn diff(
+    vni: u32,
+    sides: [Target; 2],
+    socket: &std::path::Path,
+    timeout: Duration,
+    p: &mut Printer,
+) -> Result<u8, CliError> {
+    let mut fleet: Option<api::Fleet> = None;
+    let mut lists: Vec<(DiffSideJson, RouteSet)> = Vec::new();
+    for given in &sides {
+        let target = match given {
+            Target::Member(name) => {
+                if fleet.is_none() {
+                    let ctx = Ctx::open(&socket_target(socket), timeout).await?;
+                    let f = ctx
+                        .call("GetFleet", ctx.fleet().get_fleet(api::GetFleetRequest {}))
+                        .await?;
+                    fleet = Some(f);
+                }
+                let members = &fleet.as_ref().expect("asked above").members;
+                let member = members.iter().find(|m| &m.name == name).ok_or_else(|| {
+                    let known: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                    CliError::Usage(format!(
+                        "no fleet member named {name:?} (known: {}); give an API socket path or tcp://HOST:PORT",
+                        known.join(", ")
+                    ))
+                })?;
+                member_address(member)?
+            }
+            t => t.clone(),
+        };
+        let ctx = Ctx::open(&target, timeout).await?;
+        let filter = api::RouteFilter {
+            vni: Some(vni),
+            ..Default::default()
+        };
+        let routes: RouteSet = ctx
+            .all_routes(filter)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.route)
+            .map(|r| ((r.vni, crate::route::format_route(&r)), r))
+            .collect();
+        let side = DiffSideJson {
+            server: given.to_string(),
+            address: target.to_string(),
+            routes: routes.len() as u64,
+        };
+        lists.push((side, routes));
+    }
+    let (b_side, b) = lists.pop().expect("two sides");
+    let (a_side, a) = lists.pop().expect("two sides");
+    let only = |x: &RouteSet, y: &RouteSet| {
+        x.iter()
+            .filter(|(k, _)| !y.contains_key(*k))
+            .map(|(_, r)| RouteJson::from(r))
+            .collect::<Vec<_>>()
+    };
+    let doc = DiffJson {
+        vni,
+        only_a: only(&a, &b),
+        only_b: only(&b, &a),
+        equal: a.len() == b.len() && a.keys().all(|k| b.contains_key(k)),
+        a: a_side,
+        b: b_side,
+    };
+    p.emit(&doc, render::fleet::diff_table)?;
+    Ok(if doc.equal { EXIT_OK } else { EXIT_DAEMON })
+}
+
+/// Where to reach a fleet member's API from here: its socket if that file
+/// is on this host, else its TCP listener, else its first address.
+fn member_address(m: &api::FleetMember) -> Result<Target, CliError> {
+    let parse = |a: &String| match a.strip_prefix("tcp://") {
+        Some(addr) => Target::Tcp(addr.to_string()),
+        None => Target::Socket(a.into()),
+    };
+    let local_socket = m
+        .api_addresses
+        .iter()
+        .find(|a| !a.starts_with("tcp://") && std::path::Path::new(a).exists());
+    let tcp = m.api_addresses.iter().find(|a| a.starts_with("tcp://"));
+    local_socket
+        .or(tcp)
+        .or(m.api_addresses.first())
+        .map(parse)
+        .ok_or_else(|| CliError::Other(format!("fleet member {:?} lists no API address", m.name)))
 }
 
 /// The document of a `watch` event, and whether it is the `lagged` event

@@ -272,6 +272,149 @@ pub struct VniListJson {
     pub vnis: Vec<VniJson>,
 }
 
+/// `mbctl fleet -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetJson {
+    /// Where the members come from: `self` (the daemon alone), `etcd`, or
+    /// `servers` (the `--server` options, compared by mbctl).
+    pub source: String,
+    /// The members, the answering (or first named) server first.
+    pub members: Vec<FleetMemberJson>,
+    /// The VNIs the members disagree on, sorted by VNI.
+    pub disagreeing_vnis: Vec<FleetDisagreementJson>,
+}
+
+/// A route server of the fleet.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetMemberJson {
+    /// Its name.
+    pub name: String,
+    /// Whether it is the server that answered (`--server`: each is).
+    pub local: bool,
+    /// Its metalbondd version.
+    pub version: String,
+    /// Where its API answers.
+    pub api_addresses: Vec<String>,
+    /// Its MetalBond listen addresses.
+    pub listen_addresses: Vec<String>,
+    /// Open sessions.
+    pub sessions: u64,
+    /// Routes in its table.
+    pub routes: u64,
+    /// Its digest of every VNI with routes.
+    pub vnis: Vec<FleetVniJson>,
+    /// When its record was made (RFC 3339), or null.
+    pub updated_at: Option<String>,
+}
+
+/// One VNI's digest on a member.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetVniJson {
+    /// The VNI.
+    pub vni: u32,
+    /// Its distinct routes.
+    pub routes: u64,
+    /// Its digest, 16 hex digits.
+    pub digest: String,
+}
+
+/// A VNI the members disagree on.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetDisagreementJson {
+    /// The VNI.
+    pub vni: u32,
+    /// Every member's value, in the order of `members`.
+    pub members: Vec<FleetMemberDigestJson>,
+}
+
+/// One member's digest of a disagreeing VNI.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetMemberDigestJson {
+    /// The member's name.
+    pub member: String,
+    /// Its routes in the VNI.
+    pub routes: u64,
+    /// Its digest of the VNI.
+    pub digest: String,
+}
+
+impl From<&api::FleetMember> for FleetMemberJson {
+    fn from(m: &api::FleetMember) -> Self {
+        FleetMemberJson {
+            name: m.name.clone(),
+            local: m.local,
+            version: m.version.clone(),
+            api_addresses: m.api_addresses.clone(),
+            listen_addresses: m.listen_addresses.clone(),
+            sessions: m.sessions,
+            routes: m.routes,
+            vnis: m
+                .vnis
+                .iter()
+                .map(|v| FleetVniJson {
+                    vni: v.vni,
+                    routes: v.routes,
+                    digest: v.digest.clone(),
+                })
+                .collect(),
+            updated_at: timestamp_text(&m.updated_at),
+        }
+    }
+}
+
+impl From<&api::Fleet> for FleetJson {
+    fn from(f: &api::Fleet) -> Self {
+        FleetJson {
+            source: f.source.clone(),
+            members: f.members.iter().map(FleetMemberJson::from).collect(),
+            disagreeing_vnis: f
+                .disagreeing_vnis
+                .iter()
+                .map(|d| FleetDisagreementJson {
+                    vni: d.vni,
+                    members: d
+                        .members
+                        .iter()
+                        .map(|m| FleetMemberDigestJson {
+                            member: m.member.clone(),
+                            routes: m.routes,
+                            digest: m.digest.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `mbctl diff -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DiffJson {
+    /// The VNI compared.
+    pub vni: u32,
+    /// Server A as named (and resolved).
+    pub a: DiffSideJson,
+    /// Server B.
+    pub b: DiffSideJson,
+    /// Whether A and B hold the same routes in the VNI.
+    pub equal: bool,
+    /// Routes only A has, sorted.
+    pub only_a: Vec<RouteJson>,
+    /// Routes only B has, sorted.
+    pub only_b: Vec<RouteJson>,
+}
+
+/// One side of `mbctl diff`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DiffSideJson {
+    /// The server as given on the command line.
+    pub server: String,
+    /// The API address asked (the socket path or tcp://HOST:PORT).
+    pub address: String,
+    /// Its routes in the VNI.
+    pub routes: u64,
+}
+
 /// `mbctl status -o json`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct StatusJson {
@@ -1099,6 +1242,45 @@ mod tests {
         assert_eq!(keys(&v["announcers"][0]), sorted(fields::PEER_ANNOUNCER));
         let v = serde_json::to_value(VniJson::from(&api::Vni::default())).unwrap();
         assert_eq!(keys(&v), sorted(fields::VNI));
+        let fleet = api::Fleet {
+            source: "self".into(),
+            members: vec![api::FleetMember {
+                vnis: vec![api::FleetVniDigest::default()],
+                ..Default::default()
+            }],
+            disagreeing_vnis: vec![api::FleetDisagreement {
+                vni: 1,
+                members: vec![api::FleetMemberDigest::default()],
+            }],
+        };
+        let v = serde_json::to_value(FleetJson::from(&fleet)).unwrap();
+        assert_eq!(keys(&v), sorted(fields::FLEET));
+        assert_eq!(keys(&v["members"][0]), sorted(fields::FLEET_MEMBER));
+        assert_eq!(keys(&v["members"][0]["vnis"][0]), sorted(fields::FLEET_VNI));
+        assert_eq!(
+            keys(&v["disagreeing_vnis"][0]),
+            sorted(fields::FLEET_DISAGREEMENT)
+        );
+        assert_eq!(
+            keys(&v["disagreeing_vnis"][0]["members"][0]),
+            sorted(fields::FLEET_MEMBER_DIGEST)
+        );
+        let side = DiffSideJson {
+            server: "a".into(),
+            address: "a".into(),
+            routes: 0,
+        };
+        let v = serde_json::to_value(DiffJson {
+            vni: 1,
+            a: side.clone(),
+            b: side,
+            equal: true,
+            only_a: vec![],
+            only_b: vec![],
+        })
+        .unwrap();
+        assert_eq!(keys(&v), sorted(fields::DIFF));
+        assert_eq!(keys(&v["a"]), sorted(fields::DIFF_SIDE));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use clap_complete::Shell;
 use metalbond_proto::api;
 
 use crate::cli::{
-    Command, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand, WatchCommand,
+    Command, DiffArgs, FleetArgs, PeerAction, PeerArgs, RouteTypeArg, RoutesArgs, ServerCommand,
+    WatchCommand,
 };
 use crate::error::CliError;
 use crate::route::{parse_addr, parse_prefix, parse_route, MAX_VNI};
@@ -63,6 +64,18 @@ pub enum Request {
     Unmap(u32),
     /// ListReceivedRoutes.
     Received(Option<u32>),
+    /// FleetService.GetFleet of the daemon (no targets), or of each
+    /// target, compared here.
+    Fleet(Vec<Target>),
+    /// ListRoutes of one VNI on two servers, compared.
+    Diff {
+        /// The VNI.
+        vni: u32,
+        /// One server.
+        a: Target,
+        /// The other.
+        b: Target,
+    },
     /// GetStatus.
     Status,
     /// GetPolicy.
@@ -157,12 +170,74 @@ impl Request {
                 Some(v) => Some(vni_arg(&v.to_string())?),
                 None => None,
             }),
+            Command::Fleet(FleetArgs { servers }) => Request::Fleet(
+                servers
+                    .iter()
+                    .map(|s| match Target::parse(s)? {
+                        Target::Member(m) => Err(CliError::Usage(format!(
+                            "invalid --server {m:?}: an API socket path (with a '/') or tcp://HOST:PORT"
+                        ))),
+                        t => Ok(t),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::Diff(DiffArgs { vni, a, b }) => Request::Diff {
+                vni: vni_arg(&vni)?,
+                a: Target::parse(&a)?,
+                b: Target::parse(&b)?,
+            },
             Command::Status => Request::Status,
             Command::Policy => Request::Policy,
             Command::Health => Request::Health,
             Command::Reload => Request::Reload,
             Command::Shutdown => Request::Shutdown,
         })
+    }
+}
+
+/// A server to ask, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An API socket (a path: it has a '/', or the file exists).
+    Socket(std::path::PathBuf),
+    /// A TCP API listener, `HOST:PORT` (given as `tcp://HOST:PORT`).
+    Tcp(String),
+    /// A member name of the fleet, resolved through GetFleet.
+    Member(String),
+}
+
+impl Target {
+    /// `tcp://HOST:PORT`, a socket path (with a '/', or an existing file),
+    /// else a member name.
+    pub fn parse(s: &str) -> Result<Target, CliError> {
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(CliError::Usage(format!(
+                    "invalid server {s:?}: tcp://HOST:PORT"
+                )));
+            }
+            return Ok(Target::Tcp(addr.to_string()));
+        }
+        if s.trim().is_empty() {
+            return Err(CliError::Usage("invalid server \"\": empty".into()));
+        }
+        if s.contains('/') || std::path::Path::new(s).exists() {
+            return Ok(Target::Socket(s.into()));
+        }
+        Ok(Target::Member(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "{}", p.display()),
+            Target::Tcp(a) => write!(f, "tcp://{a}"),
+            Target::Member(m) => f.write_str(m),
+        }
     }
 }
 
@@ -283,6 +358,32 @@ pub fn peer_selector(s: &str) -> api::get_peer_request::Peer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn diff_and_fleet_targets() {
+        use super::Target;
+        assert_eq!(
+            Target::parse("/run/a/api.sock").unwrap(),
+            Target::Socket("/run/a/api.sock".into())
+        );
+        assert_eq!(
+            Target::parse("tcp://10.0.0.1:4713").unwrap(),
+            Target::Tcp("10.0.0.1:4713".into())
+        );
+        assert_eq!(
+            Target::parse("rs1:4711").unwrap(),
+            Target::Member("rs1:4711".into())
+        );
+        for bad in ["tcp://nohost", "tcp://:1", "tcp://h:99999", ""] {
+            assert!(Target::parse(bad).is_err(), "{bad:?}");
+        }
+        // --server takes sockets and TCP listeners, not member names.
+        let err = super::Request::check(crate::cli::Command::Fleet(crate::cli::FleetArgs {
+            servers: vec!["rs1".into()],
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("--server"), "{err}");
+    }
+
     use super::*;
 
     #[test]

@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiState, ControlRequest, ReloadError};
 use crate::client::reload::ClientDiff;
 use crate::client::{Agent, AgentHandle, AgentRequest, ClientSettings};
+use crate::fleet::FleetDirectory;
 use crate::http::{self, Endpoints, HttpState, Readiness};
 use crate::logging::LogControl;
 use crate::metrics::Telemetry;
@@ -111,12 +112,22 @@ impl Daemon {
         let server = Server::start(settings.server.clone(), crate::table_task::spawn())
             .await
             .map_err(|e| e.to_string())?;
+        let fleet = Arc::new(FleetDirectory::new(
+            settings
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::fleet::default_name(&server.local_addrs)),
+            server.local_addrs.clone(),
+            server.table.clone(),
+            server.registry.clone(),
+        ));
+        fleet.add_api_address(settings.api.socket.display().to_string());
         restore_routes(&server, &store, &settings.static_routes).await?;
         let shared = match &settings.etcd {
             Some(etcd) => Some(start_shared_state(etcd, &server, &store).await?),
             None => None,
         };
-        let mut telemetry = telemetry(&settings, &server, agent.as_ref());
+        let mut telemetry = telemetry(&settings, &server, agent.as_ref(), &fleet);
         if let Some(shared) = &shared {
             telemetry = telemetry.with_shared_state(shared.clone());
         }
@@ -150,6 +161,7 @@ impl Daemon {
             metrics_addr,
             http_addr,
             session_settings: server.settings_watch(),
+            fleet: fleet.clone(),
         });
         let tcp = settings
             .api
@@ -168,6 +180,8 @@ impl Daemon {
                 agent: agent.as_ref().map(Agent::handle),
                 readiness: readiness.clone(),
                 shared: api.shared.clone(),
+                // Only where the route server listens (as its metrics).
+                fleet: (!server.local_addrs.is_empty()).then(|| fleet.clone()),
             }),
             stopped,
         ));
@@ -312,12 +326,21 @@ async fn start_agent(client: &ClientSettings, store: &Arc<Store>) -> Result<Agen
 }
 
 /// The metric families of the roles that run.
-fn telemetry(settings: &Settings, server: &Server, agent: Option<&Agent>) -> Telemetry {
+fn telemetry(
+    settings: &Settings,
+    server: &Server,
+    agent: Option<&Agent>,
+    fleet: &Arc<FleetDirectory>,
+) -> Telemetry {
     let mut telemetry = Telemetry::new();
     // The route server's families only where it listens (not for
     // `metalbondd client`, whose table holds nothing but API routes).
     if !server.local_addrs.is_empty() {
-        telemetry = telemetry.with_server(server, settings.metrics.vni_label_limit);
+        telemetry = telemetry.with_server(
+            server,
+            settings.metrics.vni_label_limit,
+            Some(fleet.clone()),
+        );
     }
     if let Some(agent) = agent {
         telemetry = telemetry.with_client(agent.stats.clone());
@@ -560,6 +583,7 @@ async fn apply(
         ("store", new.etcd != running.etcd),
         ("server.http", new.http != running.http),
         ("metrics", new.metrics != running.metrics),
+        ("server.name", new.name != running.name),
     ] {
         if changed {
             needs_restart.push(what.to_string());

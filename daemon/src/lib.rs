@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod etcd;
+pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod link;

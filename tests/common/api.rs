@@ -15,6 +15,7 @@ pub struct Api {
     pub vnis: pb::vni_service_client::VniServiceClient<Channel>,
     pub daemon: pb::daemon_service_client::DaemonServiceClient<Channel>,
     pub client: pb::client_service_client::ClientServiceClient<Channel>,
+    pub fleet: pb::fleet_service_client::FleetServiceClient<Channel>,
 }
 
 /// Connects to the API socket at `path` (bounded).
@@ -52,6 +53,7 @@ async fn connect_endpoint(path: &Path, endpoint: Endpoint) -> Api {
         vnis: pb::vni_service_client::VniServiceClient::new(channel.clone()),
         daemon: pb::daemon_service_client::DaemonServiceClient::new(channel.clone()),
         client: pb::client_service_client::ClientServiceClient::new(channel.clone()),
+        fleet: pb::fleet_service_client::FleetServiceClient::new(channel.clone()),
         channel,
     }
 }

@@ -152,3 +152,15 @@ pub async fn run(cmd: Command) -> Out {
         .await
         .expect("the mbctl runner panicked")
 }
+
+/// Runs `mbctl ARGS` (bounded), with `MBCTL_SOCKET` removed from its
+/// environment so only the arguments say which daemon it asks.
+pub async fn run_args(args: &[&str]) -> Out {
+    let mut cmd = Command::new(mbctl_bin());
+    cmd.args(args)
+        .env_remove("MBCTL_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    run(cmd).await
+}

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod daemon;
 pub mod events;
+pub mod fleet;
 pub mod peers;
 pub mod policy;
 pub mod routes;

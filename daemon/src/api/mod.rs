@@ -5,6 +5,7 @@
 mod client_service;
 mod convert;
 mod daemon_service;
+mod fleet_service;
 mod listeners;
 mod metered;
 mod peer_service;
@@ -108,6 +109,8 @@ pub struct ApiState {
     pub http_addr: Option<SocketAddr>,
     /// The route server's session settings in force (the peer policy).
     pub session_settings: watch::Receiver<crate::server::SessionSettings>,
+    /// The fleet view: this server's record and the members it knows of.
+    pub fleet: Arc<crate::fleet::FleetDirectory>,
 }
 
 /// Starts serving the API on the given listeners until `shutdown` becomes true.
@@ -156,6 +159,9 @@ pub async fn serve(
                 .add_service(pb::client_service_server::ClientServiceServer::new(
                     client_service::ClientApi::new(state.clone()),
                 ))
+                .add_service(pb::fleet_service_server::FleetServiceServer::new(
+                    fleet_service::Fleet::new(state.clone()),
+                ))
                 .add_service(pb::daemon_service_server::DaemonServiceServer::new(
                     daemon_service::Daemon::new(state),
                 )),
@@ -181,6 +187,7 @@ pub async fn serve(
         })?;
         let local = listener.local_addr()?;
         info!(addr = %local, read_only, "control API listening on TCP");
+        state.fleet.add_api_address(format!("tcp://{local}"));
         let (reporter, tcp_router) = router(read_only);
         mark_serving(&reporter).await;
         follow_shared_state(&reporter, &state);
@@ -252,6 +259,7 @@ async fn mark_serving(reporter: &tonic_health::server::HealthReporter) {
         "metalbondd.v1.VniService",
         "metalbondd.v1.DaemonService",
         "metalbondd.v1.ClientService",
+        "metalbondd.v1.FleetService",
     ] {
         reporter
             .set_service_status(service, ServingStatus::Serving)

@@ -97,6 +97,7 @@ mod tests {
         assert!(is_mutating("/metalbondd.v1.RouteService/AnnounceRoutes"));
         assert!(is_mutating("/metalbondd.v1.DaemonService/Shutdown"));
         assert!(is_mutating("/metalbondd.v1.ClientService/SetTableMapping"));
+        assert!(!is_mutating("/metalbondd.v1.FleetService/GetFleet"));
         assert!(!is_mutating(
             "/metalbondd.v1.ClientService/ListReceivedRoutes"
         ));

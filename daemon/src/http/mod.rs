@@ -88,6 +88,8 @@ pub struct HttpState {
     /// The shared state on etcd, when configured (its degradation is
     /// named in `/healthz`'s body).
     pub shared: Option<Arc<crate::etcd::shared::SharedState>>,
+    /// The fleet view, shown on `/` (route server only).
+    pub fleet: Option<Arc<crate::fleet::FleetDirectory>>,
 }
 
 /// Which endpoints a listener serves.
@@ -260,12 +262,18 @@ async fn route_document(
 async fn index(State(s): Shared) -> Response {
     let view = route_view(&s).await;
     let peers = peer_rows(&s).await;
-    let body = status::index_html(
+    let mut body = status::index_html(
         &peers,
         &view,
         &status::date_text(SystemTime::now()),
         env!("CARGO_PKG_VERSION"),
     );
+    // The fleet section goes after everything the Go page has.
+    if let Some(fleet) = &s.fleet {
+        if let (Some(view), Some(end)) = (fleet.view().await, body.rfind("</body>")) {
+            body.insert_str(end, &status::fleet_html(&view));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
@@ -352,6 +360,7 @@ mod tests {
             agent: None,
             readiness,
             shared: None,
+            fleet: None,
         });
         let response = router(Endpoints::Metrics, state)
             .oneshot(

@@ -347,9 +347,140 @@ pub fn index_html(peers: &[PeerRow], view: &RouteView, date: &str, version: &str
     h
 }
 
+/// The fleet section of `/` (ADR 0030), after the sections the Go page
+/// has: this server's digest of every VNI with routes, the members of the
+/// fleet view and the VNIs they disagree on.
+pub fn fleet_html(fleet: &crate::fleet::FleetView) -> String {
+    let mut h = String::new();
+    let Some(local) = fleet.members.first() else {
+        return h;
+    };
+    let _ = writeln!(
+        h,
+        "<h2 id=\"digests\">Route digests ({} VNIs)</h2>",
+        local.vnis.len()
+    );
+    h.push_str("<table><tr><th>VNI</th><th>routes</th><th>digest</th></tr>\n");
+    for v in &local.vnis {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            v.vni,
+            v.routes,
+            esc(&v.digest)
+        );
+    }
+    h.push_str("</table>\n");
+    let _ = writeln!(
+        h,
+        "<h2 id=\"fleet\">Fleet ({} members, source {})</h2>",
+        fleet.members.len(),
+        esc(&fleet.source)
+    );
+    h.push_str(
+        "<table><tr><th>name</th><th>sessions</th><th>routes</th><th>VNIs</th><th>API</th></tr>\n",
+    );
+    for m in &fleet.members {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&m.name),
+            m.sessions,
+            m.routes,
+            m.vnis.len(),
+            esc(&m.api_addresses.join(" "))
+        );
+    }
+    h.push_str("</table>\n");
+    if fleet.disagreements.is_empty() {
+        h.push_str("<p>VNIs where members disagree: none.</p>\n");
+        return h;
+    }
+    let _ = writeln!(
+        h,
+        "<h3>VNIs where members disagree ({})</h3>",
+        fleet.disagreements.len()
+    );
+    h.push_str("<table><tr><th>VNI</th><th>member</th><th>routes</th><th>digest</th></tr>\n");
+    for d in &fleet.disagreements {
+        for (member, v) in &d.members {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                d.vni,
+                esc(member),
+                v.routes,
+                metalbond_types::fleet::digest_hex(v.digest)
+            );
+        }
+    }
+    h.push_str("</table>\n");
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_section_lists_digests_members_and_disagreements() {
+        use crate::fleet::{FleetView, MemberRecord, VniRecord};
+        use metalbond_types::fleet::{Disagreement, VniDigest};
+        let member = |name: &str, digest: &str| MemberRecord {
+            schema: 1,
+            name: name.into(),
+            version: "v".into(),
+            api_addresses: vec!["/a.sock".into()],
+            listen_addresses: vec![],
+            sessions: 1,
+            routes: 1,
+            vnis: vec![VniRecord {
+                vni: 7,
+                routes: 1,
+                digest: digest.into(),
+            }],
+            updated_at_unix_ms: 0,
+        };
+        let mut fleet = FleetView {
+            source: "self".into(),
+            members: vec![member("<a>", "00000000000000aa")],
+            disagreements: vec![],
+        };
+        let h = fleet_html(&fleet);
+        assert!(
+            h.contains("<h2 id=\"digests\">Route digests (1 VNIs)</h2>"),
+            "{h}"
+        );
+        assert!(h.contains("<tr><td>7</td><td>1</td><td><code>00000000000000aa</code></td></tr>"));
+        assert!(h.contains("<td>&lt;a&gt;</td>") && h.contains("disagree: none"));
+        fleet.members.push(member("b", "00000000000000bb"));
+        fleet.disagreements = vec![Disagreement {
+            vni: 7,
+            members: vec![
+                (
+                    "<a>".into(),
+                    VniDigest {
+                        routes: 1,
+                        digest: 0xaa,
+                    },
+                ),
+                (
+                    "b".into(),
+                    VniDigest {
+                        routes: 1,
+                        digest: 0xbb,
+                    },
+                ),
+            ],
+        }];
+        let h = fleet_html(&fleet);
+        assert!(
+            h.contains(
+                "<tr><td>7</td><td>b</td><td>1</td><td><code>00000000000000bb</code></td></tr>"
+            ),
+            "{h}"
+        );
+    }
 
     fn view() -> RouteView {
         let mut v = RouteView::default();

@@ -88,13 +88,20 @@ impl Telemetry {
     }
 
     /// Adds the route server's metrics; routes per VNI get their own label
-    /// for at most `vni_label_limit` VNIs (the biggest).
-    pub fn with_server(mut self, server: &Server, vni_label_limit: usize) -> Self {
+    /// for at most `vni_label_limit` VNIs (the biggest); `fleet`: the fleet
+    /// view's gauges (members, disagreeing VNIs).
+    pub fn with_server(
+        mut self,
+        server: &Server,
+        vni_label_limit: usize,
+        fleet: Option<Arc<crate::fleet::FleetDirectory>>,
+    ) -> Self {
         self.server = Some(server::ServerMirror::new(
             &self.registry,
             self.sessions.clone(),
             server,
             vni_label_limit,
+            fleet,
         ));
         self
     }

@@ -39,6 +39,7 @@ const COMMON_END_REASONS: [&str; 8] = [
 ];
 
 pub struct ServerMirror {
+    fleet: Option<Arc<crate::fleet::FleetDirectory>>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
     table: TableHandle,
@@ -73,6 +74,9 @@ struct Families {
     vni_routes: IntGaugeVec,
     vni_announcers: IntGaugeVec,
     vni_subscribers: IntGaugeVec,
+    vni_digest: IntGaugeVec,
+    fleet_members: IntGauge,
+    fleet_disagreeing: IntGauge,
 }
 
 impl ServerMirror {
@@ -81,6 +85,7 @@ impl ServerMirror {
         shared: SessionFamilies,
         server: &Server,
         vni_label_limit: usize,
+        fleet: Option<Arc<crate::fleet::FleetDirectory>>,
     ) -> Self {
         let families = Families {
             slow_consumers: counter_vec(
@@ -205,6 +210,22 @@ impl ServerMirror {
                 "Subscribers per VNI (same VNIs as metalbondd_vni_routes; \"other\" sums the rest).",
                 &["vni"],
             ),
+            vni_digest: gauge_vec(
+                registry,
+                "metalbondd_vni_digest_info",
+                "Always 1: the order-independent digest of a VNI's routes (16 hex digits; equal on servers holding the same routes, ADR 0029) as a label, for the VNIs of metalbondd_vni_routes that have routes (no \"other\").",
+                &["vni", "digest"],
+            ),
+            fleet_members: gauge(
+                registry,
+                "metalbondd_fleet_members",
+                "Route servers in this server's fleet view, itself included (1 without a shared registry; ADR 0030).",
+            ),
+            fleet_disagreeing: gauge(
+                registry,
+                "metalbondd_fleet_disagreeing_vnis",
+                "VNIs whose digest is not the same on every member of the fleet view (ADR 0030).",
+            ),
         };
         // Series that exist from the start, so that rate() and alerts work
         // before the first occurrence.
@@ -226,6 +247,7 @@ impl ServerMirror {
             vni_label_limit,
             shared,
             families,
+            fleet,
         }
     }
 
@@ -257,7 +279,8 @@ impl ServerMirror {
 
         // The table task answers between batches; on a shutting-down daemon
         // it is gone and the table gauges keep their last values.
-        if let Some(stats) = self.table.stats().await {
+        let stats = self.table.stats().await;
+        if let Some(stats) = &stats {
             set(&f.routes, stats.routes as u64);
             set(&f.vnis, stats.vnis as u64);
             set(&f.next_hops, stats.next_hops as u64);
@@ -286,7 +309,13 @@ impl ServerMirror {
             .query(|reply| Query::Vnis { only: None, reply })
             .await
         {
+            if let (Some(fleet), Some(stats)) = (&self.fleet, &stats) {
+                let view = fleet.view_with(fleet.record_of(stats.routes as u64, &per_vni));
+                set(&f.fleet_members, view.members.len() as u64);
+                set(&f.fleet_disagreeing, view.disagreements.len() as u64);
+            }
             per_vni.sort_by(|a, b| b.routes.cmp(&a.routes).then(a.vni.cmp(&b.vni)));
+            f.vni_digest.reset();
             f.vni_routes.reset();
             f.vni_announcers.reset();
             f.vni_subscribers.reset();
@@ -294,6 +323,10 @@ impl ServerMirror {
             for v in &per_vni[..split] {
                 let vni = v.vni.0.to_string();
                 set(&f.vni_routes.with_label_values(&[&vni]), v.routes as u64);
+                if v.routes > 0 {
+                    let digest = crate::table::digest::to_hex(v.digest);
+                    set(&f.vni_digest.with_label_values(&[&vni, &digest]), 1);
+                }
                 set(
                     &f.vni_announcers.with_label_values(&[&vni]),
                     v.announcers as u64,

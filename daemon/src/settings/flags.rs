@@ -84,6 +84,11 @@ pub struct ServerArgs {
     /// [file: server.listen].
     #[arg(long, value_name = "ADDR", value_parser = defaults::listen_addr)]
     pub listen: Vec<SocketAddr>,
+    /// This server's name in the fleet view (`mbctl fleet`), unique among
+    /// the fleet's servers. Default HOSTNAME:PORT (the first listen port)
+    /// [file: server.name].
+    #[arg(long, value_name = "NAME", value_parser = non_empty_name)]
+    pub name: Option<String>,
     /// Keepalive interval in seconds offered to clients (0 means 5). Default
     /// 5 [file: server.keepalive].
     #[arg(long, value_name = "SECS")]
@@ -211,4 +216,13 @@ pub struct ClientArgs {
     /// The flags of both roles.
     #[command(flatten)]
     pub daemon: DaemonArgs,
+}
+
+/// A `--name`: not empty or blank.
+fn non_empty_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("the name is empty".into())
+    } else {
+        Ok(s.to_string())
+    }
 }

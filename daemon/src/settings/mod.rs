@@ -85,6 +85,9 @@ pub struct Settings {
     /// The shared state on etcd (`[store] backend = "etcd"`); None: the
     /// local redb store only (ADR 0031).
     pub etcd: Option<crate::etcd::client::EtcdSettings>,
+    /// This server's name in the fleet view (`--name`, `server.name`);
+    /// `None`: the host name and the first listen port (`fleet`).
+    pub name: Option<String>,
 }
 
 /// The etcd settings of `[store.etcd]` when the backend is etcd.
@@ -287,6 +290,7 @@ fn resolve(
         },
         client: None,
         etcd: etcd_settings(config),
+        name: args.name.clone().or_else(|| file.name.clone()),
     };
     if let Some(section) = &config.client {
         match client_settings(config, section, &ClientArgs::default()) {

@@ -746,6 +746,7 @@ async fn status_and_health() {
             ("next_hops", "3"),
             ("injected_routes", "2"),
             ("static_routes", "0"),
+            ("shared_state", "redb"),
         ])
     );
 
@@ -771,6 +772,17 @@ async fn status_and_health() {
             "static_routes": 0,
             "overrides": [],
             "client": null,
+            "shared_state": {
+                "backend": "redb",
+                "endpoints": [],
+                "prefix": "",
+                "degraded": false,
+                "reason": null,
+                "revision": 0,
+                "routes": 0,
+                "resyncs": 0,
+                "skipped_keys": 0,
+            },
         })
     );
 

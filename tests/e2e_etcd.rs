@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::api::{self, api_route};
 use common::etcd::EtcdCluster;
+use common::mbctl::run_args;
 use common::{add, rem, route, Daemon, RawPeer, Recv};
 use metalbond_proto::api as pb;
+use serde_json::Value;
 
 /// Bound on waiting for something to reach a subscriber or a status.
 const WAIT: Duration = Duration::from_secs(15);
@@ -28,8 +30,18 @@ struct Server {
 /// A server on `cluster` with its state store (the local cache of the
 /// shared state) in `state`.
 async fn start_server(cluster: &EtcdCluster, state: &std::path::Path) -> Server {
+    start_named_server(cluster, state, None).await
+}
+
+/// [`start_server`] with `[server] name` set.
+async fn start_named_server(
+    cluster: &EtcdCluster,
+    state: &std::path::Path,
+    name: Option<&str>,
+) -> Server {
+    let name = name.map(|n| format!("name = {n:?}\n")).unwrap_or_default();
     let config = format!(
-        "[server]\nkeepalive = 3600\n[state]\ndir = {:?}\n[store]\nbackend = \"etcd\"\n\
+        "[server]\nkeepalive = 3600\n{name}[state]\ndir = {:?}\n[store]\nbackend = \"etcd\"\n\
          [store.etcd]\nendpoints = {}\ndial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n",
         state.to_str().unwrap(),
         cluster.endpoints_toml()
@@ -440,4 +452,122 @@ async fn etcd_over_tls_with_a_client_certificate() {
         .expect_err("no client certificate");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains("not announced"), "{}", err.message());
+}
+
+/// `mbctl -o json --socket SOCK fleet`, polled (bounded) until `want` holds.
+async fn wait_fleet(sock: &std::path::Path, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = run_args(&["--socket", sock.to_str().unwrap(), "-o", "json", "fleet"]).await;
+        let doc = out.json();
+        if want(&doc) {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "{what}: fleet still {doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn member_names(doc: &Value) -> Vec<String> {
+    let mut names: Vec<String> = doc["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_registers_in_the_fleet_and_disagreement_is_named() {
+    let Some(cluster) = EtcdCluster::start("e2e_etcd fleet", 3) else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = (0..3)
+        .map(|_| common::unique_temp_dir().join("state"))
+        .collect();
+    let a = start_named_server(&cluster, &dirs[0], Some("rs-a")).await;
+    let b = start_named_server(&cluster, &dirs[1], Some("rs-b")).await;
+    let c = start_named_server(&cluster, &dirs[2], Some("rs-c")).await;
+
+    // Each registers under a lease; any server lists all three, from etcd.
+    let doc = wait_fleet(&c.sock, "three members", |d| member_names(d).len() == 3).await;
+    assert_eq!(doc["source"], "etcd", "{doc}");
+    assert_eq!(member_names(&doc), ["rs-a", "rs-b", "rs-c"]);
+    assert_eq!(
+        doc["members"][0]["name"], "rs-c",
+        "this server first: {doc}"
+    );
+    assert_eq!(doc["disagreeing_vnis"], serde_json::json!([]), "{doc}");
+    let keys = cluster.keys("/metalbondd/fleet/");
+    assert_eq!(
+        keys,
+        [
+            "/metalbondd/fleet/rs-a",
+            "/metalbondd/fleet/rs-b",
+            "/metalbondd/fleet/rs-c"
+        ]
+    );
+
+    // A peer announces to A only: C names VNI 300 (A's fresh record).
+    let mut peer = RawPeer::established(a.listen).await;
+    peer.announce(route("300#10.3.0.0/24@2001:db8::3")).await;
+    let doc = wait_fleet(&c.sock, "VNI 300 disagrees", |d| {
+        d["disagreeing_vnis"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+    })
+    .await;
+    let dis = doc["disagreeing_vnis"].as_array().unwrap();
+    assert_eq!(dis.len(), 1, "{doc}");
+    assert_eq!(dis[0]["vni"], 300);
+    let a_value = dis[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member"] == "rs-a")
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(a_value["routes"], 1, "{doc}");
+
+    // `mbctl diff` on C, A and B named by their member names (resolved
+    // through the fleet's records): exactly that route, exit 1.
+    let out = run_args(&[
+        "--socket",
+        c.sock.to_str().unwrap(),
+        "-o",
+        "json",
+        "diff",
+        "--vni",
+        "300",
+        "rs-a",
+        "rs-b",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let diff: Value = serde_json::from_str(&out.stdout).expect("diff JSON");
+    assert_eq!(diff["only_b"], serde_json::json!([]), "{diff}");
+    let only_a = diff["only_a"].as_array().unwrap();
+    assert_eq!(only_a.len(), 1, "{diff}");
+    assert_eq!(only_a[0]["prefix"], "10.3.0.0/24", "{diff}");
+    assert_eq!(only_a[0]["next_hop"]["address"], "2001:db8::3", "{diff}");
+
+    // The metrics of C count the members and the disagreeing VNI.
+    let body = common::http::get(c.metrics, "/metrics").await.body;
+    assert!(body.contains("metalbondd_fleet_members 3"), "{body}");
+    assert!(
+        body.contains("metalbondd_fleet_disagreeing_vnis 1"),
+        "{body}"
+    );
+
+    // B stops: it revokes its lease and leaves the fleet at once (long
+    // before its lease would expire).
+    let stopped = Instant::now();
+    b.daemon.terminate(WAIT).expect("B stops");
+    wait_fleet(&c.sock, "B gone", |d| member_names(d) == ["rs-a", "rs-c"]).await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "B left only when its lease expired"
+    );
+    drop(peer);
 }

@@ -183,8 +183,19 @@ impl Daemon {
                 // Only where the route server listens (as its metrics).
                 fleet: (!server.local_addrs.is_empty()).then(|| fleet.clone()),
             }),
-            stopped,
+            stopped.clone(),
         ));
+        // With etcd, the route server registers itself and follows the
+        // fleet's members (after the API is bound: its addresses are in the
+        // record). Joined at stop, so the lease is revoked before exit.
+        if let (Some(shared), false) = (&api.shared, server.local_addrs.is_empty()) {
+            listener_tasks.push(tokio::spawn(crate::etcd::registration::run(
+                shared.client().clone(),
+                shared.settings().prefix.clone(),
+                fleet.clone(),
+                stopped,
+            )));
+        }
         Ok(Daemon {
             running: settings,
             server,

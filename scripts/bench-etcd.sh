@@ -102,5 +102,15 @@ for flag in --routes --latency-samples --subscribers; do
         esac ;;
     esac
 done
+cpu() { # CPU seconds (user + system) of PID so far
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+rc=0
 "$TARGET/release/mbbench" --server "${watch[1]}" --scenario inject --vni 100 \
-    --inject-api "$OUT/server0.sock" "${watch[@]}" "${MBARGS[@]}"
+    --inject-api "$OUT/server0.sock" "${watch[@]}" "${MBARGS[@]}" || rc=$?
+line="CPU seconds over the whole run:"
+for p in "${pids[@]}"; do
+    line+=" $(tr -d '\0' < "/proc/$p/comm" 2>/dev/null)[$p]=$(cpu "$p")"
+done
+echo "$line" >&2
+exit $rc

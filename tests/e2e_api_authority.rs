@@ -291,6 +291,7 @@ async fn python_grpcio_with_its_default_authority() {
             "grpc.health.v1.Health",
             "metalbondd.v1.ClientService",
             "metalbondd.v1.DaemonService",
+            "metalbondd.v1.FleetService",
             "metalbondd.v1.PeerService",
             "metalbondd.v1.RouteService",
             "metalbondd.v1.VniService",
@@ -316,4 +317,17 @@ async fn python_grpcio_with_its_default_authority() {
         .map(|e| common::api::route_text(e.route.as_ref().unwrap()))
         .collect();
     assert_eq!(texts, ["23#10.0.99.0/24@2001:db8::99#nat#1024#2047"]);
+    // The fleet view through Python: this server alone, its digest of VNI
+    // 23 the one VniService gives.
+    let vni = api
+        .vnis
+        .get_vni(metalbond_proto::api::GetVniRequest { vni: 23 })
+        .await
+        .unwrap()
+        .into_inner();
+    let want = format!(
+        "fleet: source=self members=1 disagreeing=0 digests 23=1/{}",
+        vni.digest
+    );
+    assert!(lines.contains(&want.as_str()), "no {want:?} in:\n{stdout}");
 }

@@ -149,6 +149,21 @@ def main():
         status = get_status(status_req())
         print(f"status: version={status.version} routes={status.routes}")
 
+        fleet_req, get_fleet = unary(
+            channel,
+            load_pool(channel, f"{pkg}.FleetService"),
+            f"/{pkg}.FleetService/GetFleet",
+            f"{pkg}.GetFleetRequest",
+            f"{pkg}.Fleet",
+        )
+        fleet = get_fleet(fleet_req())
+        me = fleet.members[0]
+        digests = " ".join(f"{v.vni}={v.routes}/{v.digest}" for v in me.vnis)
+        print(
+            f"fleet: source={fleet.source} members={len(fleet.members)} "
+            f"disagreeing={len(fleet.disagreeing_vnis)} digests {digests}"
+        )
+
 
 if __name__ == "__main__":
     try:

@@ -370,30 +370,46 @@ fn fleet_dims(a: &Args) -> shape::Dims {
     }
 }
 
-/// `--scenario fleet`: one thread for every session (see `mbbench/fleet.rs`).
-fn agent_main(args: Args) -> ExitCode {
-    let out = Output { json: args.json };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded runtime with the default number of workers, or None
+/// after saying why not.
+fn default_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("mbbench: cannot start runtime: {e}");
-            return ExitCode::from(2);
+            None
         }
+    }
+}
+
+/// The simulated peers' settings from the arguments, aimed at `server`.
+fn peer_config(
+    args: &Args,
+    server: SocketAddr,
+    handshake_timeout: Duration,
+) -> Result<PeerConfig, String> {
+    Ok(PeerConfig {
+        server,
+        keepalive: args.keepalive,
+        batch_bytes: args.batch_bytes,
+        batch_pause: Duration::from_micros(args.batch_pause_us),
+        handshake_timeout,
+        tls: tls_config(args)?,
+    })
+}
+
+fn agent_main(args: Args) -> ExitCode {
+    let out = Output { json: args.json };
+    let Some(rt) = default_runtime() else {
+        return ExitCode::from(2);
     };
     let result = rt.block_on(async {
         let server = resolve(&args.server).await?;
         let cfg = agent::AgentConfig {
-            peer: PeerConfig {
-                server,
-                keepalive: args.keepalive,
-                batch_bytes: args.batch_bytes,
-                batch_pause: Duration::from_micros(args.batch_pause_us),
-                handshake_timeout: Duration::from_secs(10),
-                tls: tls_config(&args)?,
-            },
+            peer: peer_config(&args, server, Duration::from_secs(10))?,
             client_api: args.client_api.clone().ok_or("--client-api is required")?,
             client_pid: args.client_pid,
             routes: args.routes,
@@ -422,27 +438,13 @@ fn agent_main(args: Args) -> ExitCode {
 
 fn inject_main(args: Args) -> ExitCode {
     let out = Output { json: args.json };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mbbench: cannot start runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(rt) = default_runtime() else {
+        return ExitCode::from(2);
     };
     let result = rt.block_on(async {
         let server = resolve(&args.server).await?;
         let cfg = inject::InjectConfig {
-            peer: PeerConfig {
-                server,
-                keepalive: args.keepalive,
-                batch_bytes: args.batch_bytes,
-                batch_pause: Duration::from_micros(args.batch_pause_us),
-                handshake_timeout: Duration::from_secs(10),
-                tls: tls_config(&args)?,
-            },
+            peer: peer_config(&args, server, Duration::from_secs(10))?,
             watch: if args.watch_server.is_empty() {
                 vec![server]
             } else {
@@ -480,6 +482,7 @@ fn inject_main(args: Args) -> ExitCode {
     }
 }
 
+/// `--scenario fleet`: one thread for every session (see `mbbench/fleet.rs`).
 fn fleet_main(args: Args) -> ExitCode {
     let out = Output { json: args.json };
     if let Err(e) = fleet::raise_fd_limit(args.hypervisors) {
@@ -605,14 +608,7 @@ async fn run(args: Args, out: &Output) -> Result<Vec<ScenarioResult>, String> {
     let server = resolve(&args.server).await?;
     let timeout = Duration::from_secs(args.timeout);
     let bench = Bench {
-        cfg: PeerConfig {
-            server,
-            keepalive: args.keepalive,
-            batch_bytes: args.batch_bytes,
-            batch_pause: Duration::from_micros(args.batch_pause_us),
-            handshake_timeout: timeout.min(Duration::from_secs(30)),
-            tls: tls_config(&args)?,
-        },
+        cfg: peer_config(&args, server, timeout.min(Duration::from_secs(30)))?,
         set: RouteSet::new(args.routes, args.vni, args.ipv6),
         timeout,
         stall: (args.stall > 0).then(|| Duration::from_secs(args.stall)),

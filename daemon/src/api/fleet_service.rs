@@ -57,7 +57,7 @@ impl pb::fleet_service_server::FleetService for Fleet {
     ) -> Result<Response<pb::Fleet>, Status> {
         let view = self.state.fleet.view().await.ok_or_else(shutting_down)?;
         Ok(Response::new(pb::Fleet {
-            source: view.source,
+            source: view.source.clone(),
             members: view
                 .members
                 .iter()

@@ -232,6 +232,14 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
         ctl.contains("shared_state_health") && ctl.contains("DEGRADED"),
         "{ctl}"
     );
+    // `mbctl health`: the daemon serves (exit 0), its shared state not.
+    let out = run_args(&["--socket", c.sock.to_str().unwrap(), "health"]).await;
+    assert_eq!(out.ok(), "SERVING (shared state: NOT_SERVING)\n");
+    let out = run_args(&["--socket", c.sock.to_str().unwrap(), "-o", "json", "health"]).await;
+    assert_eq!(
+        out.json(),
+        serde_json::json!({"status": "SERVING", "shared_state": "NOT_SERVING"})
+    );
 
     // etcd back: a route written directly in etcd reaches every server;
     // the unchanged r2 and r3 are neither withdrawn nor re-announced.
@@ -552,13 +560,39 @@ async fn every_server_registers_in_the_fleet_and_disagreement_is_named() {
     assert_eq!(only_a[0]["prefix"], "10.3.0.0/24", "{diff}");
     assert_eq!(only_a[0]["next_hop"]["address"], "2001:db8::3", "{diff}");
 
-    // The metrics of C count the members and the disagreeing VNI.
-    let body = common::http::get(c.metrics, "/metrics").await.body;
-    assert!(body.contains("metalbondd_fleet_members 3"), "{body}");
+    // The disagreement has an age; it settles after 5 s (A's peer route is
+    // not shared through etcd, so it never goes away).
+    let age = |d: &Value| {
+        d["disagreeing_for_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{d}"))
+    };
+    assert_eq!(dis[0]["settled"], age(&dis[0]) >= 5_000, "{doc}");
+    let doc = wait_fleet(&c.sock, "VNI 300 settled", |d| {
+        d["disagreeing_vnis"][0]["settled"] == true
+    })
+    .await;
+    assert!(age(&doc["disagreeing_vnis"][0]) >= 5_000, "{doc}");
+    let text = run_args(&["--socket", c.sock.to_str().unwrap(), "fleet"]).await;
+    let text = text.ok();
     assert!(
-        body.contains("metalbondd_fleet_disagreeing_vnis 1"),
-        "{body}"
+        text.contains("VNIs where members disagree: 1\n") && !text.contains("settling"),
+        "{text}"
     );
+
+    // The metrics of C count the members and the settled disagreeing VNI
+    // (polled: each scrape computes a view of its own).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = common::http::get(c.metrics, "/metrics").await.body;
+        if body.contains("metalbondd_fleet_disagreeing_vnis 1") {
+            assert!(body.contains("metalbondd_fleet_members 3"), "{body}");
+            assert!(body.contains("metalbondd_fleet_settling_vnis 0"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled in metrics: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // B stops: it revokes its lease and leaves the fleet at once (long
     // before its lease would expire).

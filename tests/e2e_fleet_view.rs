@@ -168,18 +168,22 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
             {"member": b_name, "routes": 3, "digest": vb.digest},
         ])
     );
+    // Compared once by mbctl: no history, so the age is unknown (null).
+    assert_eq!(dis[0]["disagreeing_for_ms"], serde_json::Value::Null);
+    assert_eq!(dis[0]["settled"], serde_json::Value::Null);
     let text = run_args(&["fleet", "--server", sock(&sa), "--server", sock(&sb)]).await;
     let text = text.ok();
     let lines: Vec<&str> = text.lines().collect();
     let at = lines
         .iter()
-        .position(|l| *l == "VNIs where members disagree:")
+        .position(|l| l.starts_with("VNIs where members disagree: 1 (compared once by mbctl"))
         .unwrap_or_else(|| panic!("{text}"));
     let header: Vec<&str> = lines[at + 1].split_whitespace().collect();
     assert_eq!(header, columns::FLEET_DISAGREEMENTS, "{text}");
     assert!(
         text.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["100", "rs-a", "4", &va.digest]),
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["100", "-", "rs-a", "4", &va.digest]),
         "{text}"
     );
 
@@ -306,6 +310,7 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     );
     assert_eq!(value(&text, "metalbondd_fleet_members", &[]), 1.0);
     assert_eq!(value(&text, "metalbondd_fleet_disagreeing_vnis", &[]), 0.0);
+    assert_eq!(value(&text, "metalbondd_fleet_settling_vnis", &[]), 0.0);
 
     // The status page: the digests in their own section.
     let page = get(a.http_addr(STATUS_PAGE).await, "/").await.body;

@@ -97,7 +97,7 @@ pub mod columns {
     /// `mbctl fleet`: the members.
     pub const FLEET_MEMBERS: &[&str] = &["NAME", "SESSIONS", "ROUTES", "VNIS", "UPDATED"];
     /// `mbctl fleet`: the VNIs where members disagree, one row per member.
-    pub const FLEET_DISAGREEMENTS: &[&str] = &["VNI", "MEMBER", "ROUTES", "DIGEST"];
+    pub const FLEET_DISAGREEMENTS: &[&str] = &["VNI", "AGE", "MEMBER", "ROUTES", "DIGEST"];
     /// `mbctl diff`: the routes only one side has.
     pub const DIFF: &[&str] = &["ONLY ON", "VNI", "PREFIX", "NEXT HOP", "TYPE", "PORTS"];
     /// `mbctl received` (client role).
@@ -220,7 +220,7 @@ pub mod fields {
     /// A VNI of a member of `mbctl fleet`.
     pub const FLEET_VNI: &[&str] = &["vni", "routes", "digest"];
     /// A disagreeing VNI of `mbctl fleet`, and each member's value in it.
-    pub const FLEET_DISAGREEMENT: &[&str] = &["vni", "members"];
+    pub const FLEET_DISAGREEMENT: &[&str] = &["vni", "members", "disagreeing_for_ms", "settled"];
     /// A member's value in a disagreeing VNI.
     pub const FLEET_MEMBER_DIGEST: &[&str] = &["member", "routes", "digest"];
     /// `mbctl diff`.

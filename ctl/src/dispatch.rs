@@ -643,6 +643,9 @@ async fn fleet_of_servers(
                         digest: digest_hex(v.digest),
                     })
                     .collect(),
+                // Compared once, here: no history, so no age.
+                disagreeing_for_ms: None,
+                settled: None,
             })
             .collect(),
         members,
@@ -806,7 +809,12 @@ async fn watch<Raw, Doc: WatchEvent<Raw>>(
     }
 }
 
-/// `mbctl health`: exit 0 if the daemon is SERVING, else 1.
+/// The health service of the shared state (etcd); absent with redb.
+const SHARED_STATE_HEALTH: &str = "metalbondd.shared_state";
+
+/// `mbctl health`: exit 0 if the daemon is SERVING, else 1. With a shared
+/// state (etcd) its health is shown too, but does not change the exit
+/// status: a server whose etcd is unreachable still serves its last state.
 async fn health(ctx: &Ctx, p: &mut Printer) -> Result<u8, CliError> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let mut client = HealthClient::new(ctx.channel.clone());
@@ -816,7 +824,28 @@ async fn health(ctx: &Ctx, p: &mut Printer) -> Result<u8, CliError> {
     let resp = ctx.call("Health/Check", client.check(req)).await?;
     let status = ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown);
     let name = status.as_str_name().to_string();
-    p.emit(&HealthJson { status: name }, render::daemon::health)?;
+    let req = HealthCheckRequest {
+        service: SHARED_STATE_HEALTH.to_string(),
+    };
+    // NOT_FOUND: the daemon has no shared state (redb), nothing to show.
+    let shared_state = match tokio::time::timeout(ctx.timeout, client.check(req)).await {
+        Ok(Ok(r)) => Some(
+            ServingStatus::try_from(r.into_inner().status)
+                .unwrap_or(ServingStatus::Unknown)
+                .as_str_name()
+                .to_string(),
+        ),
+        Ok(Err(s)) if s.code() == tonic::Code::NotFound => None,
+        Ok(Err(s)) => Some(format!("UNKNOWN ({})", s.message())),
+        Err(_) => Some("UNKNOWN (timed out)".to_string()),
+    };
+    p.emit(
+        &HealthJson {
+            status: name,
+            shared_state,
+        },
+        render::daemon::health,
+    )?;
     Ok(if status == ServingStatus::Serving {
         EXIT_OK
     } else {

@@ -325,6 +325,13 @@ pub struct FleetDisagreementJson {
     pub vni: u32,
     /// Every member's value, in the order of `members`.
     pub members: Vec<FleetMemberDigestJson>,
+    /// How long the answering server has seen the VNI disagreeing, in
+    /// milliseconds; null with `--server` (mbctl compares once, it has no
+    /// history).
+    pub disagreeing_for_ms: Option<u64>,
+    /// Disagreeing for at least 5 s: not just a route change on its way;
+    /// null with `--server`.
+    pub settled: Option<bool>,
 }
 
 /// One member's digest of a disagreeing VNI.
@@ -381,6 +388,8 @@ impl From<&api::Fleet> for FleetJson {
                             digest: m.digest.clone(),
                         })
                         .collect(),
+                    disagreeing_for_ms: Some(d.disagreeing_for_ms),
+                    settled: Some(d.settled),
                 })
                 .collect(),
         }
@@ -672,6 +681,11 @@ pub struct WithdrawJson {
 pub struct HealthJson {
     /// `SERVING`, `NOT_SERVING`, `UNKNOWN` or `SERVICE_UNKNOWN`.
     pub status: String,
+    /// The health of the shared state (service `metalbondd.shared_state`:
+    /// `SERVING`, or `NOT_SERVING` while etcd is unreachable); left out
+    /// when the daemon has no shared state (the redb backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_state: Option<String>,
 }
 
 /// `mbctl shutdown -o json`.
@@ -1251,6 +1265,7 @@ mod tests {
             disagreeing_vnis: vec![api::FleetDisagreement {
                 vni: 1,
                 members: vec![api::FleetMemberDigest::default()],
+                ..Default::default()
             }],
         };
         let v = serde_json::to_value(FleetJson::from(&fleet)).unwrap();

@@ -40,9 +40,11 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use metalbond_types::fleet::{self as compare, Disagreement, MemberDigests, VniDigest};
+use metalbond_types::fleet::{
+    self as compare, Disagreement, DisagreementClock, MemberDigests, VniDigest,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -151,6 +153,28 @@ pub struct FleetView {
     pub members: Vec<MemberRecord>,
     /// The VNIs the members disagree on, sorted by VNI.
     pub disagreements: Vec<Disagreement>,
+    /// How long each of `disagreements` (same order) has been disagreeing
+    /// in this server's views, in milliseconds (see
+    /// [`FleetDirectory::view_at`]).
+    pub disagreeing_for_ms: Vec<u64>,
+}
+
+impl FleetView {
+    /// Whether the `i`th disagreement is settled: older than
+    /// [`compare::SETTLE_AFTER_MS`], so not just a route change whose
+    /// records are still on their way.
+    pub fn settled(&self, i: usize) -> bool {
+        self.disagreeing_for_ms
+            .get(i)
+            .is_some_and(|&ms| compare::is_settled(ms))
+    }
+
+    /// Disagreements that are settled.
+    pub fn settled_count(&self) -> usize {
+        (0..self.disagreements.len())
+            .filter(|&i| self.settled(i))
+            .count()
+    }
 }
 
 /// The directory of the fleet's members (see the module documentation).
@@ -161,6 +185,10 @@ pub struct FleetDirectory {
     table: TableHandle,
     sessions: Arc<Registry>,
     published: watch::Sender<Published>,
+    /// Since when each VNI has been disagreeing, updated by every view.
+    clock: Mutex<DisagreementClock>,
+    /// The origin of the clock's milliseconds (monotonic).
+    epoch: Instant,
 }
 
 impl FleetDirectory {
@@ -179,6 +207,8 @@ impl FleetDirectory {
             table,
             sessions,
             published: watch::Sender::new(Published::default()),
+            clock: Mutex::new(DisagreementClock::default()),
+            epoch: Instant::now(),
         }
     }
 
@@ -257,8 +287,19 @@ impl FleetDirectory {
         Some(self.view_with(self.local_record().await?))
     }
 
-    /// The fleet with `local` as this server's record.
+    /// The fleet with `local` as this server's record, at the present time.
     pub fn view_with(&self, local: MemberRecord) -> FleetView {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.view_at(local, now_ms)
+    }
+
+    /// The fleet with `local` as this server's record, computed `now_ms`
+    /// milliseconds after the directory was made. Every view updates the
+    /// memory of since when each VNI has been disagreeing (a VNI that
+    /// agrees again is forgotten), so a disagreement's age is measured
+    /// from the first view that saw it; the registration task computes a
+    /// view every round so ages advance even when nobody asks.
+    pub fn view_at(&self, local: MemberRecord, now_ms: u64) -> FleetView {
         let published = self.published.borrow().clone();
         let mut members = vec![local];
         members.extend(
@@ -275,9 +316,17 @@ impl FleetDirectory {
         } else {
             published.source
         };
+        let disagreements = compare::disagreeing_vnis(&digests);
+        let vnis: Vec<u32> = disagreements.iter().map(|d| d.vni).collect();
+        let disagreeing_for_ms = self
+            .clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(now_ms, &vnis);
         FleetView {
             source,
-            disagreements: compare::disagreeing_vnis(&digests),
+            disagreements,
+            disagreeing_for_ms,
             members,
         }
     }
@@ -436,6 +485,58 @@ mod tests {
         let vnis: Vec<u32> = view.disagreements.iter().map(|d| d.vni).collect();
         assert_eq!(vnis, [100, 200]);
         assert_eq!(view.disagreements[1].members[0].1, VniDigest::EMPTY);
+    }
+
+    /// A disagreement's age runs from the first view that saw it, across
+    /// views, and it settles after SETTLE_AFTER_MS; agreeing again resets it.
+    #[tokio::test]
+    async fn disagreements_age_across_views_and_settle() {
+        let dir = FleetDirectory::new(
+            "me".into(),
+            vec![],
+            crate::table_task::spawn(),
+            Arc::new(Registry::default()),
+        );
+        let mut me = record();
+        me.name = "me".into();
+        let mut other = record();
+        other.name = "other".into();
+        other.vnis[0].digest = "0000000000000abc".into();
+        dir.publish(Published {
+            source: "etcd".into(),
+            records: vec![other.clone()],
+        });
+        let v = dir.view_at(me.clone(), 10_000);
+        assert_eq!(v.disagreements.len(), 1);
+        assert_eq!(
+            (v.disagreeing_for_ms.clone(), v.settled_count()),
+            (vec![0], 0)
+        );
+        let v = dir.view_at(me.clone(), 14_999);
+        assert_eq!(
+            (v.disagreeing_for_ms.clone(), v.settled(0)),
+            (vec![4_999], false)
+        );
+        let v = dir.view_at(me.clone(), 15_000);
+        assert_eq!(
+            (v.disagreeing_for_ms.clone(), v.settled(0)),
+            (vec![5_000], true)
+        );
+        assert_eq!(v.settled_count(), 1);
+        // The members agree again: forgotten; a new disagreement starts at 0.
+        dir.publish(Published {
+            source: "etcd".into(),
+            records: vec![MemberRecord {
+                name: "other".into(),
+                ..me.clone()
+            }],
+        });
+        assert!(dir.view_at(me.clone(), 16_000).disagreements.is_empty());
+        dir.publish(Published {
+            source: "etcd".into(),
+            records: vec![other],
+        });
+        assert_eq!(dir.view_at(me, 17_000).disagreeing_for_ms, vec![0]);
     }
 
     mod properties {

@@ -11,7 +11,7 @@
 //! routes of that VNI were all withdrawn agree, while a server holding
 //! routes of a VNI the other lacks disagrees with it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One VNI's digest on one member: its distinct routes and the wrapping sum
 /// of their route hashes (ADR 0029).
@@ -83,6 +83,57 @@ pub fn disagreeing_vnis(members: &[MemberDigests]) -> Vec<Disagreement> {
             })
         })
         .collect()
+}
+
+/// How long a VNI must have been disagreeing before the disagreement counts
+/// as settled, in milliseconds. Members refresh their records every 2 s
+/// (etcd registration), so a route change shows as a disagreement for up to
+/// one refresh round although the servers converge in milliseconds; 5 s is
+/// more than two rounds, so a disagreement that old is not one of those.
+pub const SETTLE_AFTER_MS: u64 = 5_000;
+
+/// Whether a disagreement `disagreeing_for_ms` old is settled
+/// ([`SETTLE_AFTER_MS`]).
+pub fn is_settled(disagreeing_for_ms: u64) -> bool {
+    disagreeing_for_ms >= SETTLE_AFTER_MS
+}
+
+/// Remembers since when each VNI has been disagreeing, across the
+/// comparisons of one server. Time is passed in (milliseconds on any
+/// monotonic clock), so the logic is tested without waiting.
+#[derive(Clone, Debug, Default)]
+pub struct DisagreementClock {
+    /// VNI -> the time of the first comparison that found it disagreeing
+    /// (without an agreeing comparison since).
+    first_seen_ms: HashMap<u32, u64>,
+}
+
+impl DisagreementClock {
+    /// Records a comparison made at `now_ms` that found `disagreeing`
+    /// VNIs; returns how long each of them has been disagreeing, in the
+    /// same order. A VNI not in `disagreeing` agrees again and is
+    /// forgotten: its next disagreement starts at 0.
+    pub fn observe(&mut self, now_ms: u64, disagreeing: &[u32]) -> Vec<u64> {
+        let now: BTreeSet<u32> = disagreeing.iter().copied().collect();
+        self.first_seen_ms.retain(|vni, _| now.contains(vni));
+        disagreeing
+            .iter()
+            .map(|vni| {
+                let since = *self.first_seen_ms.entry(*vni).or_insert(now_ms);
+                now_ms.saturating_sub(since)
+            })
+            .collect()
+    }
+
+    /// VNIs currently remembered as disagreeing.
+    pub fn len(&self) -> usize {
+        self.first_seen_ms.len()
+    }
+
+    /// Whether no VNI is remembered as disagreeing.
+    pub fn is_empty(&self) -> bool {
+        self.first_seen_ms.is_empty()
+    }
 }
 
 /// A digest as the API shows it: 16 lower-case hex digits.
@@ -179,6 +230,31 @@ mod tests {
         let b = member("b", &[]);
         let vnis: Vec<u32> = disagreeing_vnis(&[b, a]).iter().map(|x| x.vni).collect();
         assert_eq!(vnis, vec![10, 20, 30]);
+    }
+
+    #[test]
+    fn a_disagreement_ages_from_its_first_sighting_and_settles() {
+        let mut clock = DisagreementClock::default();
+        assert_eq!(clock.observe(1_000, &[7]), vec![0]);
+        assert_eq!(clock.observe(3_000, &[7, 9]), vec![2_000, 0]);
+        let ages = clock.observe(6_000, &[7, 9]);
+        assert_eq!(ages, vec![5_000, 3_000]);
+        assert!(is_settled(ages[0]) && !is_settled(ages[1]));
+        assert!(!is_settled(SETTLE_AFTER_MS - 1));
+    }
+
+    #[test]
+    fn an_agreeing_vni_is_forgotten_and_starts_again_at_zero() {
+        let mut clock = DisagreementClock::default();
+        clock.observe(0, &[7, 9]);
+        assert_eq!(clock.observe(10_000, &[9]), vec![10_000]);
+        assert_eq!(clock.len(), 1);
+        assert_eq!(clock.observe(11_000, &[7, 9]), vec![0, 11_000]);
+        assert!(clock.observe(12_000, &[]).is_empty());
+        assert!(clock.is_empty());
+        // A clock going backwards never yields a huge age.
+        clock.observe(5_000, &[1]);
+        assert_eq!(clock.observe(4_000, &[1]), vec![0]);
     }
 
     #[test]

@@ -76,7 +76,10 @@ pub fn status_details(s: &StatusJson) -> String {
 
 /// The line of `mbctl health`: the serving status.
 pub fn health(h: &HealthJson) -> String {
-    format!("{}\n", h.status)
+    match &h.shared_state {
+        Some(shared) => format!("{} (shared state: {shared})\n", h.status),
+        None => format!("{}\n", h.status),
+    }
 }
 
 /// The lines of `mbctl reload`: what was applied and what needs a restart.
@@ -93,4 +96,28 @@ pub fn reloaded(r: &ReloadJson) -> String {
 /// The line of `mbctl shutdown`.
 pub fn shutting_down(_: &ShutdownJson) -> String {
     "metalbondd is shutting down\n".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_shows_the_shared_state_only_when_there_is_one() {
+        let mut h = HealthJson {
+            status: "SERVING".into(),
+            shared_state: None,
+        };
+        assert_eq!(health(&h), "SERVING\n");
+        assert_eq!(
+            serde_json::to_value(&h).unwrap(),
+            serde_json::json!({"status": "SERVING"})
+        );
+        h.shared_state = Some("NOT_SERVING".into());
+        assert_eq!(health(&h), "SERVING (shared state: NOT_SERVING)\n");
+        assert_eq!(
+            serde_json::to_value(&h).unwrap(),
+            serde_json::json!({"status": "SERVING", "shared_state": "NOT_SERVING"})
+        );
+    }
 }

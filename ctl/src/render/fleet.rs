@@ -27,22 +27,50 @@ pub fn fleet_tables(f: &FleetJson) -> String {
         ));
         return out;
     }
-    out.push_str("VNIs where members disagree:\n");
-    let rows: Vec<(u32, &str, u64, &str)> = f
+    let settling = f
+        .disagreeing_vnis
+        .iter()
+        .filter(|d| d.settled == Some(false))
+        .count();
+    let aged = f
+        .disagreeing_vnis
+        .iter()
+        .all(|d| d.disagreeing_for_ms.is_some());
+    let note = if !aged {
+        // `--server`: compared once by mbctl, no history.
+        " (compared once by mbctl: a change may still be on its way, ask again)".to_string()
+    } else if settling > 0 {
+        format!(" ({settling} settling, routes may still be on their way)")
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
+        "VNIs where members disagree: {}{note}\n",
+        f.disagreeing_vnis.len()
+    ));
+    let rows: Vec<(u32, String, &str, u64, &str)> = f
         .disagreeing_vnis
         .iter()
         .flat_map(|d| {
-            d.members
-                .iter()
-                .map(move |m| (d.vni, m.member.as_str(), m.routes, m.digest.as_str()))
+            let age = age_text(d.disagreeing_for_ms, d.settled);
+            d.members.iter().map(move |m| {
+                (
+                    d.vni,
+                    age.clone(),
+                    m.member.as_str(),
+                    m.routes,
+                    m.digest.as_str(),
+                )
+            })
         })
         .collect();
     out.push_str(&table_of(
         columns::FLEET_DISAGREEMENTS,
         &rows,
-        |(vni, member, routes, digest)| {
+        |(vni, age, member, routes, digest)| {
             vec![
                 vni.to_string(),
+                age.clone(),
                 member.to_string(),
                 routes.to_string(),
                 digest.to_string(),
@@ -50,6 +78,22 @@ pub fn fleet_tables(f: &FleetJson) -> String {
         },
     ));
     out
+}
+
+/// The AGE cell: how long the VNI has been disagreeing, `(settling)` while
+/// under 5 s; `-` when unknown (`--server`).
+fn age_text(ms: Option<u64>, settled: Option<bool>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) => {
+            let state = if settled == Some(false) {
+                " (settling)"
+            } else {
+                ""
+            };
+            format!("{:.1}s{state}", ms as f64 / 1000.0)
+        }
+    }
 }
 
 /// `mbctl diff`: both sides, then the routes only one of them has.
@@ -138,15 +182,38 @@ mod tests {
                     digest: "00000000000000bb".into(),
                 },
             ],
+            disagreeing_for_ms: None,
+            settled: None,
         }];
         let text = fleet_tables(&f);
         assert!(
             text.ends_with(
-                "VNIs where members disagree:\n\
-                 VNI  MEMBER  ROUTES  DIGEST\n\
-                 7    a:1     2       00000000000000aa\n\
-                 7    b:2     1       00000000000000bb\n"
+                "VNIs where members disagree: 1 (compared once by mbctl: a change may still be on its way, ask again)\n\
+                 VNI  AGE  MEMBER  ROUTES  DIGEST\n\
+                 7    -    a:1     2       00000000000000aa\n\
+                 7    -    b:2     1       00000000000000bb\n"
             ),
+            "{text}"
+        );
+        // From a daemon: the age, settling under 5 s.
+        f.disagreeing_vnis[0].disagreeing_for_ms = Some(1_234);
+        f.disagreeing_vnis[0].settled = Some(false);
+        let text = fleet_tables(&f);
+        assert!(
+            text.ends_with(
+                "VNIs where members disagree: 1 (1 settling, routes may still be on their way)\n\
+                 VNI  AGE              MEMBER  ROUTES  DIGEST\n\
+                 7    1.2s (settling)  a:1     2       00000000000000aa\n\
+                 7    1.2s (settling)  b:2     1       00000000000000bb\n"
+            ),
+            "{text}"
+        );
+        f.disagreeing_vnis[0].disagreeing_for_ms = Some(65_000);
+        f.disagreeing_vnis[0].settled = Some(true);
+        let text = fleet_tables(&f);
+        assert!(
+            text.contains("VNIs where members disagree: 1\nVNI  AGE    MEMBER")
+                && text.contains("7    65.0s  a:1"),
             "{text}"
         );
     }

@@ -57,7 +57,7 @@ impl pb::fleet_service_server::FleetService for Fleet {
     ) -> Result<Response<pb::Fleet>, Status> {
         let view = self.state.fleet.view().await.ok_or_else(shutting_down)?;
         Ok(Response::new(pb::Fleet {
-            source: view.source,
+            source: view.source.clone(),
             members: view
                 .members
                 .iter()
@@ -67,8 +67,11 @@ impl pb::fleet_service_server::FleetService for Fleet {
             disagreeing_vnis: view
                 .disagreements
                 .iter()
-                .map(|d| pb::FleetDisagreement {
+                .enumerate()
+                .map(|(i, d)| pb::FleetDisagreement {
                     vni: d.vni,
+                    disagreeing_for_ms: view.disagreeing_for_ms.get(i).copied().unwrap_or(0),
+                    settled: view.settled(i),
                     members: d
                         .members
                         .iter()

@@ -116,6 +116,9 @@ impl Registration {
         let Some(mut record) = self.directory.local_record().await else {
             return Ok(0); // shutting down
         };
+        // Kept whole for this round's view, even when the record written
+        // must lose its VNI list.
+        let local = record.clone();
         let mut json = record.to_json();
         if json.len() > MAX_RECORD_BYTES {
             if !self.warned_size {
@@ -173,6 +176,9 @@ impl Registration {
             source: SOURCE_ETCD.to_string(),
             records,
         });
+        // One view per round, so the ages of disagreements (settling or
+        // settled, ADR 0030) advance even when nobody asks for the fleet.
+        self.directory.view_with(local);
         Ok(members)
     }
 

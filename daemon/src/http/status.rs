@@ -396,18 +396,24 @@ pub fn fleet_html(fleet: &crate::fleet::FleetView) -> String {
         h.push_str("<p>VNIs where members disagree: none.</p>\n");
         return h;
     }
+    let settling = fleet.disagreements.len() - fleet.settled_count();
     let _ = writeln!(
         h,
-        "<h3>VNIs where members disagree ({})</h3>",
+        "<h3>VNIs where members disagree ({}, {settling} settling)</h3>",
         fleet.disagreements.len()
     );
-    h.push_str("<table><tr><th>VNI</th><th>member</th><th>routes</th><th>digest</th></tr>\n");
-    for d in &fleet.disagreements {
+    h.push_str(
+        "<table><tr><th>VNI</th><th>for</th><th>member</th><th>routes</th><th>digest</th></tr>\n",
+    );
+    for (i, d) in fleet.disagreements.iter().enumerate() {
+        let age = fleet.disagreeing_for_ms.get(i).copied().unwrap_or(0);
+        let state = if fleet.settled(i) { "" } else { " (settling)" };
         for (member, v) in &d.members {
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                "<tr><td>{}</td><td>{:.1} s{state}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
                 d.vni,
+                age as f64 / 1000.0,
                 esc(member),
                 v.routes,
                 metalbond_types::fleet::digest_hex(v.digest)
@@ -445,6 +451,7 @@ mod tests {
             source: "self".into(),
             members: vec![member("<a>", "00000000000000aa")],
             disagreements: vec![],
+            disagreeing_for_ms: vec![],
         };
         let h = fleet_html(&fleet);
         assert!(
@@ -473,10 +480,11 @@ mod tests {
                 ),
             ],
         }];
+        fleet.disagreeing_for_ms = vec![1_500];
         let h = fleet_html(&fleet);
         assert!(
             h.contains(
-                "<tr><td>7</td><td>b</td><td>1</td><td><code>00000000000000bb</code></td></tr>"
+                "<tr><td>7</td><td>1.5 s (settling)</td><td>b</td><td>1</td><td><code>00000000000000bb</code></td></tr>"
             ),
             "{h}"
         );

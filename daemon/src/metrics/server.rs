@@ -77,6 +77,7 @@ struct Families {
     vni_digest: IntGaugeVec,
     fleet_members: IntGauge,
     fleet_disagreeing: IntGauge,
+    fleet_settling: IntGauge,
 }
 
 impl ServerMirror {
@@ -224,7 +225,12 @@ impl ServerMirror {
             fleet_disagreeing: gauge(
                 registry,
                 "metalbondd_fleet_disagreeing_vnis",
-                "VNIs whose digest is not the same on every member of the fleet view (ADR 0030).",
+                "VNIs whose digest has not been the same on every member of the fleet view for at least 5 s (settled disagreements; ADR 0030).",
+            ),
+            fleet_settling: gauge(
+                registry,
+                "metalbondd_fleet_settling_vnis",
+                "VNIs whose members have disagreed for less than 5 s: usually a route change whose member records are still on their way (ADR 0030).",
             ),
         };
         // Series that exist from the start, so that rate() and alerts work
@@ -312,7 +318,12 @@ impl ServerMirror {
             if let (Some(fleet), Some(stats)) = (&self.fleet, &stats) {
                 let view = fleet.view_with(fleet.record_of(stats.routes as u64, &per_vni));
                 set(&f.fleet_members, view.members.len() as u64);
-                set(&f.fleet_disagreeing, view.disagreements.len() as u64);
+                let settled = view.settled_count();
+                set(&f.fleet_disagreeing, settled as u64);
+                set(
+                    &f.fleet_settling,
+                    (view.disagreements.len() - settled) as u64,
+                );
             }
             per_vni.sort_by(|a, b| b.routes.cmp(&a.routes).then(a.vni.cmp(&b.vni)));
             f.vni_digest.reset();

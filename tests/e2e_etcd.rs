@@ -101,6 +101,22 @@ async fn expect_quiet(peer: &mut RawPeer, what: &str) {
     }
 }
 
+/// Announces `route` through the API at `sock`, which must fail with
+/// UNAVAILABLE (`what` says why it should); the error.
+async fn announce_unavailable(sock: &std::path::Path, route: &str, what: &str) -> tonic::Status {
+    let mut api = api::connect(sock).await;
+    let err = api
+        .routes
+        .announce_routes(pb::AnnounceRoutesRequest {
+            routes: vec![api_route(route)],
+            allow_existing: false,
+        })
+        .await
+        .expect_err(what);
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{what}: {err:?}");
+    err
+}
+
 async fn table_routes(sock: &std::path::Path) -> Vec<String> {
     let mut api = api::connect(sock).await;
     let mut out: Vec<String> = api
@@ -174,16 +190,12 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
     let s = wait_status(&c.sock, "C degraded", |s| s.degraded).await;
     assert!(s.reason.contains("etcd"), "{s:?}");
     assert_eq!(s.routes, 2, "{s:?}");
-    let mut api_b = api::connect(&b.sock).await;
-    let err = api_b
-        .routes
-        .announce_routes(pb::AnnounceRoutesRequest {
-            routes: vec![api_route("100#10.0.9.0/24@2001:db8::9")],
-            allow_existing: false,
-        })
-        .await
-        .expect_err("a write with etcd down");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = announce_unavailable(
+        &b.sock,
+        "100#10.0.9.0/24@2001:db8::9",
+        "a write with etcd down",
+    )
+    .await;
     assert!(
         err.message().contains("shared state (etcd) unreachable")
             && err.message().contains("not announced"),
@@ -325,16 +337,12 @@ async fn etcd_authentication_with_a_password_file() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains(&format!("/metalbondd/routes/{r}")), "{out}");
 
-    let mut api_bad = api::connect(&refused.api_socket()).await;
-    let err = api_bad
-        .routes
-        .announce_routes(pb::AnnounceRoutesRequest {
-            routes: vec![api_route("100#10.0.8.0/24@2001:db8::8")],
-            allow_existing: false,
-        })
-        .await
-        .expect_err("a wrong password");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = announce_unavailable(
+        &refused.api_socket(),
+        "100#10.0.8.0/24@2001:db8::8",
+        "a wrong password",
+    )
+    .await;
     assert!(
         err.message().contains("authenticate") && err.message().contains("not announced"),
         "{}",
@@ -449,16 +457,12 @@ async fn etcd_over_tls_with_a_client_certificate() {
     })
     .await;
     assert!(s.reason.contains("etcd"), "{s:?}");
-    let mut api_no = api::connect(&without_cert.api_socket()).await;
-    let err = api_no
-        .routes
-        .announce_routes(pb::AnnounceRoutesRequest {
-            routes: vec![api_route("100#10.0.8.0/24@2001:db8::8")],
-            allow_existing: false,
-        })
-        .await
-        .expect_err("no client certificate");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = announce_unavailable(
+        &without_cert.api_socket(),
+        "100#10.0.8.0/24@2001:db8::8",
+        "no client certificate",
+    )
+    .await;
     assert!(err.message().contains("not announced"), "{}", err.message());
 }
 

@@ -64,6 +64,13 @@ fn sock(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `mbctl GLOBAL... fleet --server A --server B`.
+async fn fleet_of(global: &[&str], a: &Path, b: &Path) -> common::mbctl::Out {
+    let mut args = global.to_vec();
+    args.extend(["fleet", "--server", sock(a), "--server", sock(b)]);
+    run_args(&args).await
+}
+
 #[tokio::test]
 async fn two_servers_agree_then_disagree_on_one_vni() {
     let a = Daemon::start(&[
@@ -96,16 +103,7 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     assert_eq!(va.digest, vb.digest, "equal routes, equal digests");
 
     // `mbctl fleet --server A --server B`: no disagreement, equal digests.
-    let out = run_args(&[
-        "-o",
-        "json",
-        "fleet",
-        "--server",
-        sock(&sa),
-        "--server",
-        sock(&sb),
-    ])
-    .await;
+    let out = fleet_of(&["-o", "json"], &sa, &sb).await;
     let doc = out.json();
     assert_eq!(keys(&doc), sorted(fields::FLEET), "{doc}");
     assert_eq!(doc["source"], "servers");
@@ -125,7 +123,7 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
         "{doc}"
     );
     // Table mode.
-    let text = run_args(&["fleet", "--server", sock(&sa), "--server", sock(&sb)]).await;
+    let text = fleet_of(&[], &sa, &sb).await;
     let text = text.ok();
     let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, columns::FLEET_MEMBERS, "{text}");
@@ -142,16 +140,7 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     let va = wait_for_routes(&mut api_a, 100, 4).await;
     assert_ne!(va.digest, vb.digest);
 
-    let out = run_args(&[
-        "-o",
-        "json",
-        "fleet",
-        "--server",
-        sock(&sa),
-        "--server",
-        sock(&sb),
-    ])
-    .await;
+    let out = fleet_of(&["-o", "json"], &sa, &sb).await;
     let doc = out.json();
     let dis = doc["disagreeing_vnis"].as_array().unwrap();
     assert_eq!(dis.len(), 1, "only VNI 100 differs: {doc}");
@@ -171,7 +160,7 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     // Compared once by mbctl: no history, so the age is unknown (null).
     assert_eq!(dis[0]["disagreeing_for_ms"], serde_json::Value::Null);
     assert_eq!(dis[0]["settled"], serde_json::Value::Null);
-    let text = run_args(&["fleet", "--server", sock(&sa), "--server", sock(&sb)]).await;
+    let text = fleet_of(&[], &sa, &sb).await;
     let text = text.ok();
     let lines: Vec<&str> = text.lines().collect();
     let at = lines
@@ -329,16 +318,7 @@ async fn two_servers_agree_then_disagree_on_one_vni() {
     // A withdrawal on A brings the servers back into agreement.
     pa.withdraw(route(EXTRA)).await;
     wait_for_routes(&mut api_a, 100, 3).await;
-    let out = run_args(&[
-        "-o",
-        "json",
-        "fleet",
-        "--server",
-        sock(&sa),
-        "--server",
-        sock(&sb),
-    ])
-    .await;
+    let out = fleet_of(&["-o", "json"], &sa, &sb).await;
     assert_eq!(out.json()["disagreeing_vnis"], serde_json::json!([]));
 }
 

@@ -117,6 +117,17 @@ fn is_transport(status: &Status) -> bool {
         || status.message().contains("etcdserver: request timed out")
 }
 
+/// Whether a call failed because the connection it was sent on broke (a
+/// member that restarted), not because the member is down: a new connection
+/// may well work.
+fn is_broken_connection(status: &Status) -> bool {
+    let m = status.message();
+    m.contains("operation was canceled")
+        || m.contains("connection reset")
+        || m.contains("broken pipe")
+        || m.contains("h2 protocol error")
+}
+
 /// Whether the auth token needs renewing.
 fn is_bad_token(status: &Status) -> bool {
     status.code() == Code::Unauthenticated
@@ -242,6 +253,7 @@ impl EtcdClient {
         let start = self.inner.current.load(Relaxed);
         let mut last = String::new();
         let mut reauthenticated = false;
+        let mut retried_here = false;
         let mut i = 0;
         while i < n {
             let index = (start + i) % n;
@@ -274,6 +286,14 @@ impl EtcdClient {
                     *self.inner.token.lock().expect("token lock") = None;
                     continue;
                 }
+                Ok(Err(status)) if is_broken_connection(&status) && !retried_here => {
+                    // The member's old connection broke (it restarted): the
+                    // channel connects again on the next call, so ask the same
+                    // member once more before calling it failed.
+                    retried_here = true;
+                    last = format!("{url}: {}", status.message());
+                    continue;
+                }
                 Ok(Err(status)) if is_transport(&status) => {
                     last = format!("{url}: {}", status.message());
                 }
@@ -288,6 +308,7 @@ impl EtcdClient {
                 }
             }
             tracing::debug!(endpoint = %url, error = %last, "etcd endpoint failed; trying the next");
+            retried_here = false;
             i += 1;
         }
         Err(EtcdError::Unreachable(last))

@@ -295,7 +295,10 @@ impl SharedState {
             'watching: loop {
                 let mut watch = match self.client.watch_prefix(&prefix, from).await {
                     Ok(w) => w,
-                    Err(EtcdError::Compacted(_)) => break 'watching,
+                    Err(EtcdError::Compacted(at)) => {
+                        log_compacted(at, from);
+                        break 'watching;
+                    }
                     Err(e) => {
                         self.set_degraded(reason(&e));
                         tokio::time::sleep(backoff).await;
@@ -344,7 +347,10 @@ impl SharedState {
                             from = revision + 1;
                             match ended {
                                 None => {}
-                                Some(EtcdError::Compacted(_)) => break 'watching,
+                                Some(EtcdError::Compacted(at)) => {
+                                    log_compacted(at, from);
+                                    break 'watching;
+                                }
                                 Some(e) => {
                                     info!(error = %e, "shared-state watch ended; watching again");
                                     continue 'watching;
@@ -359,7 +365,10 @@ impl SharedState {
                             self.revision.send_replace(revision);
                             from = revision + 1;
                         }
-                        Err(EtcdError::Compacted(_)) => break 'watching,
+                        Err(EtcdError::Compacted(at)) => {
+                            log_compacted(at, from);
+                            break 'watching;
+                        }
                         Err(e) => {
                             info!(error = %e, "shared-state watch ended; watching again");
                             continue 'watching;
@@ -452,4 +461,12 @@ fn spawn_mirror(store: Arc<Store>) -> mpsc::UnboundedSender<Delta> {
         }
     });
     tx
+}
+/// Logs that the revision a watch wanted was compacted away (the next step
+/// is a resync from a snapshot, which applies only the differences).
+fn log_compacted(compact_revision: i64, from: i64) {
+    info!(
+        compact_revision,
+        from, "shared-state watch: revision compacted; resyncing from a snapshot"
+    );
 }

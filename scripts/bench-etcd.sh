@@ -4,13 +4,15 @@
 # their PIDs), then mbbench --scenario inject: routes injected through server
 # A's API reaching subscribers of all three servers.
 #
-#   scripts/bench-etcd.sh [--no-build] [--metalbondd PATH] [--out DIR] [--redb] [-- MBBENCH-ARGS...]
+#   scripts/bench-etcd.sh [--no-build] [--metalbondd PATH] [--out DIR] [--redb] [--etcd-members N]
+#                         [-- MBBENCH-ARGS...]
 #
 # Defaults: K = 1,000 single injections (--latency-samples; the time from the
 # API call's return until every subscriber has the route, p50/p99/max), then
 # N = 100,000 routes in one call (--routes), 2 subscribers per server
 # (--subscribers). --redb runs one server with the default redb store instead
-# (no etcd), for comparison. Needs etcd and etcdctl (Debian: etcd-server,
+# (no etcd), for comparison; --etcd-members 1 runs a one-member etcd (on this
+# 2-core machine three members compete with the servers for the CPU). Needs etcd and etcdctl (Debian: etcd-server,
 # etcd-client). CARGO_TARGET_DIR is honoured (default: <repo>/target).
 
 set -euo pipefail
@@ -20,6 +22,7 @@ BUILD=1
 MBD=""
 OUT=""
 REDB=0
+MEMBERS=3
 MBARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -27,6 +30,7 @@ while [ $# -gt 0 ]; do
         --metalbondd) MBD=$2; shift ;;
         --out) OUT=$2; shift ;;
         --redb) REDB=1 ;;
+        --etcd-members) MEMBERS=$2; shift ;;
         --) shift; MBARGS=("$@"); break ;;
         -h|--help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-etcd.sh: unknown argument $1" >&2; exit 2 ;;
@@ -46,18 +50,22 @@ trap cleanup EXIT
 
 servers=3
 store_toml=""
+if [ -e "$OUT/etcd-m0" ] || [ -e "$OUT/server0-state" ]; then
+    echo "bench-etcd.sh: $OUT holds an earlier run; give a new --out" >&2
+    exit 2
+fi
 if [ "$REDB" = 0 ]; then
     command -v etcd >/dev/null || { echo "bench-etcd.sh: etcd is not installed (Debian: etcd-server)" >&2; exit 2; }
     cluster=""
     endpoints=()
     declare -a cport pport
-    for i in 0 1 2; do
+    for i in $(seq 0 $((MEMBERS - 1))); do
         cport[$i]=$(free_port)
         pport[$i]=$(free_port)
         cluster+="${cluster:+,}m$i=http://127.0.0.1:${pport[$i]}"
         endpoints+=("\"http://127.0.0.1:${cport[$i]}\"")
     done
-    for i in 0 1 2; do
+    for i in $(seq 0 $((MEMBERS - 1))); do
         etcd --name "m$i" --data-dir "$OUT/etcd-m$i" \
             --listen-client-urls "http://127.0.0.1:${cport[$i]}" \
             --advertise-client-urls "http://127.0.0.1:${cport[$i]}" \
@@ -65,14 +73,20 @@ if [ "$REDB" = 0 ]; then
             --initial-advertise-peer-urls "http://127.0.0.1:${pport[$i]}" \
             --initial-cluster "$cluster" --initial-cluster-state new \
             --initial-cluster-token metalbondd-bench \
-            --logger zap --log-outputs stderr >"$OUT/etcd-m$i.log" 2>&1 &
+            --logger zap --log-outputs stderr ${ETCD_ARGS:-} >"$OUT/etcd-m$i.log" 2>&1 &
         pids+=($!)
     done
     eps=$(IFS=,; echo "${endpoints[*]}")
-    for _ in $(seq 200); do
-        ETCDCTL_API=3 etcdctl --endpoints="${eps//\"/}" endpoint health >/dev/null 2>&1 && break
+    healthy=0
+    for _ in $(seq 100); do
+        if ETCDCTL_API=3 etcdctl --endpoints="${eps//\"/}" --dial-timeout=1s --command-timeout=1s \
+            endpoint health >/dev/null 2>&1; then healthy=1; break; fi
         sleep 0.1
     done
+    if [ "$healthy" = 0 ]; then
+        echo "bench-etcd.sh: the etcd cluster did not become healthy (logs: $OUT/etcd-m*.log)" >&2
+        exit 2
+    fi
     store_toml=$(printf '[store]\nbackend = "etcd"\n\n[store.etcd]\nendpoints = [%s]\nprefix = "/metalbondd-bench/"\n' "$eps")
 else
     servers=1

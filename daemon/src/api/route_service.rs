@@ -153,13 +153,6 @@ fn not_injected_message(i: usize, route: &Route, injected: &[Route]) -> String {
     )
 }
 
-/// The routes of a request once each, in order (a key may appear only once
-/// in an etcd transaction).
-fn distinct(routes: Vec<Route>) -> Vec<Route> {
-    let mut seen = hashbrown::HashSet::with_capacity(routes.len());
-    routes.into_iter().filter(|r| seen.insert(*r)).collect()
-}
-
 /// The gRPC status of a failed shared-state write.
 fn shared_write_error(e: WriteError, verb: &str) -> Status {
     let what = if e.committed == 0 {
@@ -179,6 +172,38 @@ fn shared_write_error(e: WriteError, verb: &str) -> Status {
     }
 }
 
+/// Writes one operation per distinct route of a request (a key may appear
+/// only once in an etcd transaction) and returns once committed and
+/// applied here; the number of distinct routes whose presence in the shared
+/// state (`existing`, per route of the request) was `counted`: the routes
+/// the call adds or removes.
+async fn shared_write(
+    shared: &SharedState,
+    routes: &[Route],
+    existing: &[bool],
+    counted: bool,
+    op: fn(Vec<u8>) -> TxnOp,
+    verb: &str,
+) -> Result<u32, Status> {
+    let keys = shared
+        .keys(routes)
+        .map_err(|(i, e)| invalid(&format!("routes[{i}]"), &e))?;
+    let mut seen = hashbrown::HashSet::with_capacity(routes.len());
+    let mut changed = 0;
+    let mut ops = Vec::with_capacity(routes.len());
+    for ((route, key), &exists) in routes.iter().zip(keys).zip(existing) {
+        if seen.insert(*route) {
+            changed += u32::from(exists == counted);
+            ops.push(op(key));
+        }
+    }
+    shared
+        .write(ops)
+        .await
+        .map_err(|e| shared_write_error(e, verb))?;
+    Ok(changed)
+}
+
 /// AnnounceRoutes with the etcd backend: check against the shared state as
 /// applied here, write the keys, return once committed and applied.
 async fn shared_announce(
@@ -195,24 +220,8 @@ async fn shared_announce(
             )));
         }
     }
-    let keys = shared
-        .keys(&routes)
-        .map_err(|(i, e)| invalid(&format!("routes[{i}]"), &e))?;
-    let added = distinct(routes.clone())
-        .iter()
-        .filter(|r| !shared.contains(std::slice::from_ref(r))[0])
-        .count() as u32;
-    let mut seen = hashbrown::HashSet::with_capacity(keys.len());
-    let ops = keys
-        .into_iter()
-        .filter(|k| seen.insert(k.clone()))
-        .map(|k| TxnOp::Put(k, Vec::new(), 0))
-        .collect();
-    shared
-        .write(ops)
-        .await
-        .map_err(|e| shared_write_error(e, "announced"))?;
-    Ok(added)
+    let put = |key| TxnOp::Put(key, Vec::new(), 0);
+    shared_write(shared, &routes, &existing, false, put, "announced").await
 }
 
 /// WithdrawRoutes with the etcd backend.
@@ -231,24 +240,7 @@ async fn shared_withdraw(
             )));
         }
     }
-    let keys = shared
-        .keys(&routes)
-        .map_err(|(i, e)| invalid(&format!("routes[{i}]"), &e))?;
-    let removed = distinct(routes)
-        .iter()
-        .filter(|r| shared.contains(std::slice::from_ref(r))[0])
-        .count() as u32;
-    let mut seen = hashbrown::HashSet::with_capacity(keys.len());
-    let ops = keys
-        .into_iter()
-        .filter(|k| seen.insert(k.clone()))
-        .map(TxnOp::Delete)
-        .collect();
-    shared
-        .write(ops)
-        .await
-        .map_err(|e| shared_write_error(e, "withdrawn"))?;
-    Ok(removed)
+    shared_write(shared, &routes, &existing, true, TxnOp::Delete, "withdrawn").await
 }
 
 fn encode_token(cursor: PageCursor) -> String {

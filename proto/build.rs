@@ -36,9 +36,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let etcd = ["etcd/etcd/api/etcdserverpb/rpc.proto"];
     println!("cargo:rerun-if-changed=etcd");
     let fds = protox::compile(etcd, ["etcd"])?;
+    // `bytes` fields as `Bytes`: keys and values of watch events are then
+    // slices of the received buffer, not one allocation each.
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(false)
+        .bytes(".")
         .compile_fds(fds)?;
     Ok(())
 }

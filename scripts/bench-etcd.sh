@@ -5,14 +5,16 @@
 # A's API reaching subscribers of all three servers.
 #
 #   scripts/bench-etcd.sh [--no-build] [--metalbondd PATH] [--out DIR] [--redb] [--etcd-members N]
-#                         [-- MBBENCH-ARGS...]
+#                         [--max-txn-ops N] [-- MBBENCH-ARGS...]
 #
 # Defaults: K = 1,000 single injections (--latency-samples; the time from the
 # API call's return until every subscriber has the route, p50/p99/max), then
 # N = 100,000 routes in one call (--routes), 2 subscribers per server
 # (--subscribers). --redb runs one server with the default redb store instead
 # (no etcd), for comparison; --etcd-members 1 runs a one-member etcd (on this
-# 2-core machine three members compete with the servers for the CPU). Needs etcd and etcdctl (Debian: etcd-server,
+# 2-core machine three members compete with the servers for the CPU);
+# --max-txn-ops N sets etcd's --max-txn-ops and the servers' store.etcd.max_txn_ops
+# (default 1024, as OPERATIONS.md recommends; 128 is etcd's own default). Needs etcd and etcdctl (Debian: etcd-server,
 # etcd-client). CARGO_TARGET_DIR is honoured (default: <repo>/target).
 
 set -euo pipefail
@@ -23,6 +25,7 @@ MBD=""
 OUT=""
 REDB=0
 MEMBERS=3
+MAXOPS=1024
 MBARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --redb) REDB=1 ;;
         --etcd-members) MEMBERS=$2; shift ;;
+        --max-txn-ops) MAXOPS=$2; shift ;;
         --) shift; MBARGS=("$@"); break ;;
         -h|--help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-etcd.sh: unknown argument $1" >&2; exit 2 ;;
@@ -73,7 +77,7 @@ if [ "$REDB" = 0 ]; then
             --initial-advertise-peer-urls "http://127.0.0.1:${pport[$i]}" \
             --initial-cluster "$cluster" --initial-cluster-state new \
             --initial-cluster-token metalbondd-bench \
-            --logger zap --log-outputs stderr ${ETCD_ARGS:-} >"$OUT/etcd-m$i.log" 2>&1 &
+            --logger zap --log-outputs stderr ${MAXOPS:+--max-txn-ops $MAXOPS} ${ETCD_ARGS:-} >"$OUT/etcd-m$i.log" 2>&1 &
         pids+=($!)
     done
     eps=$(IFS=,; echo "${endpoints[*]}")
@@ -87,7 +91,7 @@ if [ "$REDB" = 0 ]; then
         echo "bench-etcd.sh: the etcd cluster did not become healthy (logs: $OUT/etcd-m*.log)" >&2
         exit 2
     fi
-    store_toml=$(printf '[store]\nbackend = "etcd"\n\n[store.etcd]\nendpoints = [%s]\nprefix = "/metalbondd-bench/"\n' "$eps")
+    store_toml=$(printf '[store]\nbackend = "etcd"\n\n[store.etcd]\nendpoints = [%s]\nprefix = "/metalbondd-bench/"\n%b' "$eps" "${MAXOPS:+max_txn_ops = $MAXOPS\n}")
 else
     servers=1
 fi

@@ -680,3 +680,53 @@ async fn a_compacted_watch_revision_resyncs_with_the_differences_only() {
         vec![kept.to_string(), new.to_string()]
     );
 }
+
+/// A server whose `max_txn_ops` (default 1024) is above what etcd accepts
+/// (its default `--max-txn-ops` is 128) writes a bulk call anyway: the
+/// refused transactions go again at 128, the fall-back is logged once, and
+/// every route of the call is in etcd and on a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_write_falls_back_to_the_transaction_size_etcd_accepts() {
+    let Some(cluster) = EtcdCluster::start("e2e_etcd max-txn-ops", 1) else {
+        return;
+    };
+    let server = start_server(&cluster, &common::unique_temp_dir().join("state")).await;
+    let mut sub = RawPeer::connect(server.listen).await;
+    sub.handshake(3600).await;
+    sub.subscribe(100).await;
+    expect_quiet(&mut sub, "empty dump").await;
+
+    let texts: Vec<String> = (0..1_000u32)
+        .map(|i| format!("100#10.{}.{}.0/24@2001:db8::1", i / 256, i % 256))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    api::inject(&server.sock, &refs).await;
+    assert_eq!(cluster.keys("/metalbondd/routes/").len(), 1_000);
+    assert!(
+        server
+            .daemon
+            .wait_for_log("etcd refuses transactions this large", WAIT)
+            .await,
+        "the fall-back is logged: {}",
+        server.daemon.logs()
+    );
+    let updates = sub.expect_updates(1_000, WAIT).await;
+    let seen: std::collections::HashSet<_> = updates
+        .iter()
+        .inspect(|u| assert_eq!(u.action, metalbondd::wire::Action::Add, "{u:?}"))
+        .map(|u| u.route)
+        .collect();
+    assert_eq!(seen.len(), 1_000, "every route reached the subscriber once");
+
+    // Withdrawn in one call: the smaller size is remembered (one WARN).
+    api::withdraw(&server.sock, &refs).await;
+    assert!(cluster.keys("/metalbondd/routes/").is_empty());
+    assert_eq!(
+        server
+            .daemon
+            .logs()
+            .matches("etcd refuses transactions this large")
+            .count(),
+        1
+    );
+}

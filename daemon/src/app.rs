@@ -122,9 +122,10 @@ impl Daemon {
             server.registry.clone(),
         ));
         fleet.add_api_address(settings.api.socket.display().to_string());
-        restore_routes(&server, &store, &settings.static_routes).await?;
+        let injected = injected_routes(&store, settings.etcd.is_some()).await?;
+        restore_routes(&server, injected.clone(), &settings.static_routes).await;
         let shared = match &settings.etcd {
-            Some(etcd) => Some(start_shared_state(etcd, &server, &store).await?),
+            Some(etcd) => Some(start_shared_state(etcd, &server, &store, injected).await?),
             None => None,
         };
         let mut telemetry = telemetry(&settings, &server, agent.as_ref(), &fleet);
@@ -359,19 +360,38 @@ fn telemetry(
     telemetry
 }
 
-/// Announces the daemon's own routes (the operator's injected ones from the
-/// store, then the configured static ones), before any peer can subscribe
-/// and ask for a dump.
-async fn restore_routes(
-    server: &Server,
-    store: &Arc<Store>,
-    static_routes: &[Route],
-) -> Result<(), String> {
+/// The operator's injected routes to announce at start: with the redb
+/// backend the store's, with etcd the local cache of the shared state (the
+/// last state seen, until the first snapshot corrects it). Routes injected
+/// earlier under the redb backend stay in the store, unannounced, with a
+/// warning: the operator state of an etcd fleet is what etcd holds.
+async fn injected_routes(store: &Arc<Store>, etcd: bool) -> Result<Vec<Route>, String> {
     let reader = store.clone();
-    let injected = tokio::task::spawn_blocking(move || reader.routes())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let (injected, left_in_redb) = tokio::task::spawn_blocking(move || {
+        if etcd {
+            Ok((reader.shared_cache_routes()?, reader.routes()?.len()))
+        } else {
+            reader.routes().map(|routes| (routes, 0))
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e: crate::store::StoreError| e.to_string())?;
+    if left_in_redb > 0 {
+        warn!(
+            routes = left_in_redb,
+            store = %store.path().display(),
+            "routes injected under the redb backend are not announced with backend \"etcd\"; \
+             inject them again through the API to put them into the shared state"
+        );
+    }
+    Ok(injected)
+}
+
+/// Announces the daemon's own routes (the operator's injected ones, then
+/// the configured static ones), before any peer can subscribe and ask for
+/// a dump.
+async fn restore_routes(server: &Server, injected: Vec<Route>, static_routes: &[Route]) {
     let restored = injected.len();
     server
         .table
@@ -389,7 +409,6 @@ async fn restore_routes(
         static_routes = static_routes.len(),
         "daemon routes announced"
     );
-    Ok(())
 }
 
 /// Starts the shared state on etcd (ADR 0031): its applied set starts from
@@ -400,12 +419,8 @@ async fn start_shared_state(
     settings: &crate::etcd::client::EtcdSettings,
     server: &Server,
     store: &Arc<Store>,
+    cached: Vec<Route>,
 ) -> Result<Arc<crate::etcd::shared::SharedState>, String> {
-    let reader = store.clone();
-    let cached = tokio::task::spawn_blocking(move || reader.routes())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
     let shared = crate::etcd::shared::SharedState::new(settings.clone(), cached)
         .map_err(|e| format!("store.etcd: {e}"))?;
     let mut revision = shared.revision_watch();

@@ -29,6 +29,7 @@
 //! | `injected_routes` | route key, see below (`&[u8]`) | `()` |
 //! | `operator_state` | `(namespace: &str, key: &str)` | `&str` |
 //! | `client_announcements` | owner (ASCII, at most 64 bytes), `0`, route key (`&[u8]`) | `()` |
+//! | `shared_state_cache` | bucket (`u16`) | route keys (`&[u8]`), see [`shared_cache`] |
 //!
 //! `client_announcements` holds the client role's runtime announcements by
 //! owner (ADR 0021): binary keys, so that storing 100,000 routes costs byte
@@ -76,6 +77,8 @@ use redb::{
 };
 
 use crate::wire::{Address, Destination, NextHop, NextHopType, Route, Vni};
+
+pub mod shared_cache;
 
 /// Name of the database file inside the state directory.
 pub const STATE_FILE: &str = "state.redb";

@@ -220,7 +220,7 @@ async fn shared_announce(
             )));
         }
     }
-    let put = |key| TxnOp::Put(key, Vec::new(), 0);
+    let put = |key: Vec<u8>| TxnOp::Put(key.into(), bytes::Bytes::new(), 0);
     shared_write(shared, &routes, &existing, false, put, "announced").await
 }
 
@@ -240,7 +240,8 @@ async fn shared_withdraw(
             )));
         }
     }
-    shared_write(shared, &routes, &existing, true, TxnOp::Delete, "withdrawn").await
+    let delete = |key: Vec<u8>| TxnOp::Delete(key.into());
+    shared_write(shared, &routes, &existing, true, delete, "withdrawn").await
 }
 
 fn encode_token(cursor: PageCursor) -> String {

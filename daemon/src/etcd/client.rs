@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use metalbond_proto::etcd::etcdserverpb as pb;
 use metalbond_proto::etcd::mvccpb;
 use tokio::sync::mpsc;
@@ -59,6 +60,10 @@ pub enum EtcdError {
     /// The cluster answered with an error.
     #[error("etcd refused the request: {0}")]
     Refused(String),
+    /// A transaction had more operations than the cluster accepts (etcd's
+    /// `--max-txn-ops`); nothing of it was applied.
+    #[error("etcd refused a transaction of {0} operations (more than its --max-txn-ops)")]
+    TooManyOps(usize),
     /// The requested revision was compacted away; resync from a snapshot.
     #[error("etcd revision compacted (compact revision {0})")]
     Compacted(i64),
@@ -71,9 +76,9 @@ pub enum EtcdError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnOp {
     /// Puts key = value, attached to a lease (0: none).
-    Put(Vec<u8>, Vec<u8>, i64),
+    Put(Bytes, Bytes, i64),
     /// Deletes the key.
-    Delete(Vec<u8>),
+    Delete(Bytes),
 }
 
 /// A cheap-to-clone etcd client (see the module documentation).
@@ -297,6 +302,12 @@ impl EtcdClient {
                 Ok(Err(status)) if is_transport(&status) => {
                     last = format!("{url}: {}", status.message());
                 }
+                Ok(Err(status))
+                    if status.code() == Code::InvalidArgument
+                        && status.message().contains("too many operations") =>
+                {
+                    return Err(EtcdError::TooManyOps(0));
+                }
                 Ok(Err(status)) => {
                     return Err(EtcdError::Refused(format!("{what}: {}", status.message())))
                 }
@@ -357,13 +368,13 @@ impl EtcdClient {
         &self,
         prefix: &[u8],
     ) -> Result<(Vec<mvccpb::KeyValue>, i64), EtcdError> {
-        let end = prefix_end(prefix);
+        let end = Bytes::from(prefix_end(prefix));
         let mut out = Vec::new();
         let mut from = prefix.to_vec();
         let mut revision = 0;
         loop {
             let request = pb::RangeRequest {
-                key: from.clone(),
+                key: Bytes::from(from.clone()),
                 range_end: end.clone(),
                 limit: RANGE_PAGE,
                 revision,
@@ -381,7 +392,7 @@ impl EtcdClient {
             }
             let more = reply.more;
             if let Some(last) = reply.kvs.last() {
-                from = last.key.clone();
+                from = last.key.to_vec();
                 from.push(0);
             }
             out.extend(reply.kvs);
@@ -393,6 +404,13 @@ impl EtcdClient {
 
     /// Commits `ops` in one transaction; the revision it created.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<i64, EtcdError> {
+        self.txn_request(ops).await.map_err(|e| match e {
+            EtcdError::TooManyOps(_) => EtcdError::TooManyOps(ops.len()),
+            other => other,
+        })
+    }
+
+    async fn txn_request(&self, ops: &[TxnOp]) -> Result<i64, EtcdError> {
         let success: Vec<pb::RequestOp> = ops
             .iter()
             .map(|op| pb::RequestOp {
@@ -435,8 +453,12 @@ impl EtcdClient {
         value: &[u8],
         lease: i64,
     ) -> Result<i64, EtcdError> {
-        self.txn(&[TxnOp::Put(key.to_vec(), value.to_vec(), lease)])
-            .await
+        self.txn(&[TxnOp::Put(
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(value),
+            lease,
+        )])
+        .await
     }
 
     /// Grants a lease of `ttl` seconds; its id.
@@ -482,8 +504,8 @@ impl EtcdClient {
         let create = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
-                    key: prefix.to_vec(),
-                    range_end: prefix_end(prefix),
+                    key: Bytes::copy_from_slice(prefix),
+                    range_end: prefix_end(prefix).into(),
                     start_revision: from,
                     progress_notify: true,
                     ..Default::default()

@@ -10,7 +10,7 @@
 //! mirrored into the local redb store in the background, so a restart
 //! during an etcd outage still announces the last state seen.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ use crate::table::LOCAL_API;
 use crate::table_task::{Op, TableHandle};
 use crate::wire::Route;
 
+/// etcd's default `--max-txn-ops`: where a refused transaction size falls
+/// back to.
+const ETCD_DEFAULT_TXN_OPS: usize = 128;
 /// Transactions of one API call in flight at once.
 const TXNS_IN_FLIGHT: usize = 128;
 /// Watch responses already received that the watcher applies as one table
@@ -66,6 +69,9 @@ pub struct SharedState {
     degraded: watch::Sender<bool>,
     reason: Mutex<String>,
     watch_healthy: AtomicBool,
+    /// Operations per transaction: `max_txn_ops`, lowered to what etcd
+    /// accepts once it refused more.
+    txn_ops: AtomicUsize,
     /// Resyncs from a snapshot after the first.
     pub resyncs: AtomicU64,
     /// Keys under the prefix that are not routes.
@@ -90,6 +96,7 @@ impl SharedState {
         let client = EtcdClient::new(&settings).map_err(|e| e.to_string())?;
         Ok(Arc::new(SharedState {
             applied: Mutex::new(Applied::with_cached(&settings.prefix, cached)),
+            txn_ops: AtomicUsize::new(settings.max_txn_ops.max(1)),
             client,
             settings,
             revision: watch::channel(0).0,
@@ -176,29 +183,46 @@ impl SharedState {
             .collect()
     }
 
-    /// Writes `ops` to etcd in transactions of at most `max_txn_ops`,
-    /// several in flight; returns after every commit and after this
-    /// server's watcher applied them (bounded by [`READ_YOUR_WRITES`]).
+    /// Writes `ops` to etcd in transactions of at most `max_txn_ops` (lowered
+    /// to what etcd accepts, see [`lower_txn_ops`]), several in flight;
+    /// returns after every commit and after this server's watcher applied
+    /// them (bounded by [`READ_YOUR_WRITES`]).
     pub async fn write(&self, ops: Vec<TxnOp>) -> Result<(), WriteError> {
         let total = ops.len();
         let begun = tokio::time::Instant::now();
-        let chunk = self.settings.max_txn_ops.max(1);
-        let chunks: Vec<Vec<TxnOp>> = ops.chunks(chunk).map(<[TxnOp]>::to_vec).collect();
-        let results: Vec<(usize, Result<i64, EtcdError>)> = stream::iter(chunks)
-            .map(|c| async move { (c.len(), self.client.txn(&c).await) })
-            .buffer_unordered(TXNS_IN_FLIGHT)
-            .collect()
-            .await;
         let mut committed = 0;
         let mut newest = 0;
         let mut error = None;
-        for (n, result) in results {
-            match result {
-                Ok(revision) => {
-                    committed += n;
-                    newest = newest.max(revision);
+        let mut pending = ops;
+        while !pending.is_empty() {
+            let size = self.txn_ops.load(Relaxed).max(1);
+            let chunks: Vec<Vec<TxnOp>> = pending.chunks(size).map(<[TxnOp]>::to_vec).collect();
+            pending = Vec::new();
+            let results: Vec<(Vec<TxnOp>, Result<i64, EtcdError>)> = stream::iter(chunks)
+                .map(|c| async move {
+                    let result = self.client.txn(&c).await;
+                    (c, result)
+                })
+                .buffer_unordered(TXNS_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut refused_size = false;
+            for (chunk, result) in results {
+                match result {
+                    Ok(revision) => {
+                        committed += chunk.len();
+                        newest = newest.max(revision);
+                    }
+                    // Nothing of it was applied: again, in smaller ones.
+                    Err(EtcdError::TooManyOps(_)) if size > 1 => {
+                        refused_size = true;
+                        pending.extend(chunk);
+                    }
+                    Err(e) => error = Some(e),
                 }
-                Err(e) => error = Some(e),
+            }
+            if refused_size {
+                self.lower_txn_ops(size);
             }
         }
         if let Some(error) = error {
@@ -224,6 +248,26 @@ impl SharedState {
             "shared state written"
         );
         Ok(())
+    }
+
+    /// etcd refused a transaction of `refused` operations (its
+    /// `--max-txn-ops` is lower than `max_txn_ops`): from now on send at
+    /// most etcd's default (128), or half of what was refused if that is
+    /// not more. Logged once per change.
+    fn lower_txn_ops(&self, refused: usize) {
+        let lower = if refused > ETCD_DEFAULT_TXN_OPS {
+            ETCD_DEFAULT_TXN_OPS
+        } else {
+            (refused / 2).max(1)
+        };
+        if self.txn_ops.fetch_min(lower, Relaxed) > lower {
+            warn!(
+                refused,
+                now = lower,
+                "etcd refuses transactions this large (its --max-txn-ops); writing smaller ones. \
+                 Bulk writes are faster with etcd's --max-txn-ops and store.etcd.max_txn_ops at 1024"
+            );
+        }
     }
 
     fn note_skipped(&self, delta: &Delta, last_warn: &mut Option<tokio::time::Instant>) {
@@ -272,7 +316,7 @@ impl SharedState {
                 .applied
                 .lock()
                 .expect("applied lock")
-                .resync(kvs.iter().map(|kv| kv.key.as_slice()), revision);
+                .resync(kvs.iter().map(|kv| &kv.key[..]), revision);
             if !first {
                 self.resyncs.fetch_add(1, Relaxed);
             }
@@ -446,12 +490,7 @@ fn spawn_mirror(store: Arc<Store>) -> mpsc::UnboundedSender<Delta> {
                     net.into_iter().partition(|&(_, present)| present);
                 let remove: Vec<Route> = remove.into_iter().map(|(r, _)| r).collect();
                 let add: Vec<Route> = add.into_iter().map(|(r, _)| r).collect();
-                if !remove.is_empty() {
-                    store.remove_routes(&remove)?;
-                }
-                if !add.is_empty() {
-                    store.add_routes(&add)?;
-                }
+                store.update_shared_cache(&add, &remove)?;
                 Ok::<_, crate::store::StoreError>(())
             })
             .await;

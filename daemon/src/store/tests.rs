@@ -239,6 +239,32 @@ fn ten_thousand_routes_in_one_call_survive_reopen() {
 }
 
 #[test]
+fn the_shared_state_cache_follows_its_changes_across_reopen() {
+    let tmp = TempDir::new("shared-cache");
+    let routes: Vec<Route> = (0..5_000).map(route_n).collect();
+    {
+        let store = Store::open(&tmp.0).unwrap();
+        assert!(store.shared_cache_routes().unwrap().is_empty());
+        store.update_shared_cache(&routes, &[]).unwrap();
+        // Remove every third route, re-add one already there.
+        let gone: Vec<Route> = routes.iter().copied().step_by(3).collect();
+        store.update_shared_cache(&routes[1..2], &gone).unwrap();
+        // The injected-routes table of the redb backend is another thing.
+        assert!(store.routes().unwrap().is_empty());
+    }
+    let store = Store::open(&tmp.0).unwrap();
+    let want: Vec<Route> = routes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, r)| *r)
+        .collect();
+    assert_eq!(sorted(store.shared_cache_routes().unwrap()), sorted(want));
+    store.update_shared_cache(&[], &routes).unwrap();
+    assert!(store.shared_cache_routes().unwrap().is_empty());
+}
+
+#[test]
 fn ten_thousand_routes_in_a_hundred_transactions() {
     let tmp = TempDir::new("100x100");
     let routes: Vec<Route> = (0..10_000).map(route_n).collect();

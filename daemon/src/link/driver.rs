@@ -26,6 +26,9 @@ const READ_BUFFER: usize = 64 * 1024;
 const READ_MIN: usize = 4 * 1024;
 /// Quick re-checks (yielding to other tasks) before pacing waits on the timer.
 const PACE_SPINS: u32 = 32;
+/// Most queued bytes a turn writes without first waiting for `writable`
+/// (see `Link::run`): a few updates or an echo, not a dump.
+const DIRECT_WRITE_MAX: usize = 16 * 1024;
 
 /// How the driver treats the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +133,9 @@ pub struct Link {
     /// handle it, so the task yields after this turn (see `run`).
     read_full: bool,
     write_timeout: Option<Duration>,
+    /// The last plaintext write left bytes behind (or would have blocked):
+    /// the next write waits for the socket to say writable.
+    socket_full: bool,
     /// The session runs over TLS: the socket's bytes pass through this
     /// connection, used sans-I/O after the handshake (ADR 0026). `None`
     /// (plaintext) costs one branch per read and write.
@@ -151,6 +157,7 @@ impl Link {
             paused_credit: Duration::ZERO,
             read_full: false,
             write_timeout: settings.write_timeout,
+            socket_full: false,
             tls: None,
         }
     }
@@ -196,6 +203,13 @@ impl Link {
         if let Err(end) = early {
             return end;
         }
+        // The peer's keepalive deadline, one timer for the session's life:
+        // moved when the deadline moves (a KEEPALIVE read), not registered
+        // and dropped again every turn (the cost of an idle session's turn).
+        let mut keepalive_timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+        let mut keepalive_at: Option<Instant> = None;
+        // The last turn wrote without waiting (see below).
+        let mut wrote_directly = false;
         loop {
             let can_read = match role.prepare(&mut self.out) {
                 Ok(can_read) => can_read,
@@ -219,7 +233,28 @@ impl Link {
             // alert) go out even when nothing is queued.
             let tls_pending = self.tls.as_ref().is_some_and(|t| t.wants_write());
             let can_write = self.out.has_urgent() || data_budget > 0 || tls_pending;
-            let turn = tokio::select! {
+            if deadline != keepalive_at {
+                if let Some(d) = deadline {
+                    keepalive_timer.as_mut().reset(d);
+                }
+                keepalive_at = deadline;
+            }
+            // A little to send (an update, an echo) on a socket that took
+            // everything last time: write it now rather than in a turn of its
+            // own after `writable` says what it said last time. Not twice in a
+            // row, so that reading and every other wake-up get a turn between
+            // (a keepalive is never starved by a stream of writes), and not
+            // for bulk data, which the usual turns pace and interleave.
+            let write_now = can_write
+                && !wrote_directly
+                && !self.socket_full
+                && self.tls.is_none()
+                && self.out.len() <= DIRECT_WRITE_MAX;
+            wrote_directly = write_now;
+            let turn = if write_now {
+                self.write_some(role, data_budget, &mut last_write_progress)
+            } else {
+                tokio::select! {
                 ready = self.stream.readable(), if can_read => match ready {
                     Err(e) => Err(SessionEnd::Io(e)),
                     Ok(()) => match self.read_some(role) {
@@ -233,19 +268,23 @@ impl Link {
                 },
                 ready = self.stream.writable(), if can_write => match ready {
                     Err(e) => Err(SessionEnd::Io(e)),
-                    Ok(()) => self.write_some(role, data_budget, &mut last_write_progress),
+                    Ok(()) => {
+                        self.socket_full = false;
+                        self.write_some(role, data_budget, &mut last_write_progress)
+                    }
                 },
                 // Bytes only rustls holds count too: a peer that stops
                 // reading cannot pin them (and the session) forever.
                 _ = sleep_until_opt(write_deadline), if !self.out.is_empty() || tls_pending => {
                     Err(SessionEnd::WriteTimeout)
                 }
-                _ = sleep_until_opt(deadline) => self.on_timer(role),
+                _ = &mut keepalive_timer, if keepalive_at.is_some() => self.on_timer(role),
                 woken = role.wait(&mut self.session, &mut self.out) => woken.map(|()| {
                     self.collect(role, Instant::now().into_std());
                 }),
                 _ = pace_wait_for(pace_wait), if pace_wait.is_some() => Ok(()),
                 _ = shutdown.changed() => Err(SessionEnd::Shutdown),
+                }
             };
             if let Err(end) = role.deliver().await {
                 return end;
@@ -295,9 +334,11 @@ impl Link {
             return self.write_some_tls(role, data_budget, progress);
         }
         let slices = self.out.slices(data_budget);
+        let offered: usize = slices.iter().map(|s| s.len()).sum();
         match self.stream.try_write_vectored(&slices) {
             Ok(0) => Err(SessionEnd::PeerClosed),
             Ok(n) => {
+                self.socket_full = n < offered;
                 let now = Instant::now();
                 self.pacer.on_sent(n, now.into_std());
                 self.out.advance(n);
@@ -305,7 +346,10 @@ impl Link {
                 *progress = now;
                 Ok(())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket_full = true;
+                Ok(())
+            }
             Err(e) => Err(SessionEnd::Io(e)),
         }
     }

@@ -40,13 +40,14 @@ async fn start_named_server(
     name: Option<&str>,
 ) -> Server {
     let name = name.map(|n| format!("name = {n:?}\n")).unwrap_or_default();
+    // DEBUG for the shared state: tests wait for its cache writes.
     let config = format!(
-        "[server]\nkeepalive = 3600\n{name}[state]\ndir = {:?}\n[store]\nbackend = \"etcd\"\n\
+        "[server]\nkeepalive = 3600\n{name}[log]\nlevel = \"info,metalbondd::etcd::shared=debug\"\n\
+         [store]\nbackend = \"etcd\"\n\
          [store.etcd]\nendpoints = {}\ndial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n",
-        state.to_str().unwrap(),
         cluster.endpoints_toml()
     );
-    let (daemon, listen, _file) = Daemon::start_with_config_v4(&config).await;
+    let (daemon, listen, _file) = Daemon::start_with_config_v4_in(&config, Some(state)).await;
     let metrics = daemon.http_addr("/metrics").await;
     let sock = daemon.api_socket();
     Server {
@@ -710,6 +711,12 @@ async fn a_bulk_write_falls_back_to_the_transaction_size_etcd_accepts() {
         "the fall-back is logged: {}",
         server.daemon.logs()
     );
+    // It names the transaction etcd refused (the whole call) and the new size.
+    let logs = server.daemon.logs();
+    assert!(
+        logs.contains("refused=1000 now=128"),
+        "the WARN names the sizes: {logs}"
+    );
     let updates = sub.expect_updates(1_000, WAIT).await;
     let seen: std::collections::HashSet<_> = updates
         .iter()
@@ -729,4 +736,72 @@ async fn a_bulk_write_falls_back_to_the_transaction_size_etcd_accepts() {
             .count(),
         1
     );
+}
+
+/// A server switched from the redb backend to etcd announces what etcd
+/// holds, not the routes injected under redb (those stay in its store), and
+/// says so once at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_injected_under_redb_are_not_announced_after_switching_to_etcd() {
+    let Some(cluster) = EtcdCluster::start("e2e_etcd backend switch", 1) else {
+        return;
+    };
+    let state = common::unique_temp_dir().join("state");
+    let redb_config = "[server]\nkeepalive = 3600\n";
+    let (redb, _, _) = Daemon::start_with_config_v4_in(redb_config, Some(&state)).await;
+    let old = "100#10.0.5.0/24@2001:db8::5";
+    api::inject(&redb.api_socket(), &[old]).await;
+    assert!(redb.terminate(WAIT).is_some_and(|s| s.success()));
+
+    let server = start_server(&cluster, &state).await;
+    let shared = "100#10.0.6.0/24@2001:db8::6";
+    api::inject(&server.sock, &[shared]).await;
+    assert_eq!(table_routes(&server.sock).await, vec![shared.to_string()]);
+    let logs = server.daemon.logs();
+    assert!(
+        logs.contains("routes injected under the redb backend are not announced")
+            && logs.contains("routes=1"),
+        "{logs}"
+    );
+}
+
+/// A server restarted while etcd is down announces the routes it last
+/// applied from etcd (its local cache); when etcd returns, it resyncs and
+/// its subscriber sees nothing for the unchanged routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_during_an_etcd_outage_announces_its_cached_routes() {
+    let Some(mut cluster) = EtcdCluster::start("e2e_etcd cache", 1) else {
+        return;
+    };
+    let state = common::unique_temp_dir().join("state");
+    let first = start_server(&cluster, &state).await;
+    let (r1, r2) = ("100#10.0.1.0/24@2001:db8::1", "100#10.0.2.0/24@2001:db8::2");
+    api::inject(&first.sock, &[r1, r2]).await;
+    api::withdraw(&first.sock, &[r2]).await;
+    // The cache is written in the background, once changes stop coming:
+    // with the withdrawal (in the write of both changes or after it).
+    assert!(
+        first.daemon.wait_for_log("removed=1", WAIT).await,
+        "{}",
+        first.daemon.logs()
+    );
+    cluster.stop_all();
+    assert!(first.daemon.terminate(WAIT).is_some_and(|s| s.success()));
+
+    let second = start_server(&cluster, &state).await;
+    assert!(second
+        .daemon
+        .logs()
+        .contains("shared state (etcd) not reachable at start"));
+    let mut sub = RawPeer::connect(second.listen).await;
+    sub.handshake(3600).await;
+    sub.subscribe(100).await;
+    expect_next(&mut sub, add(route(r1)), "the cached route, etcd down").await;
+    expect_quiet(&mut sub, "only the cached state").await;
+    assert!(shared_status(&second.sock).await.degraded);
+
+    cluster.restart_all();
+    wait_status(&second.sock, "etcd back", |s| !s.degraded && s.revision > 0).await;
+    expect_quiet(&mut sub, "resync of an unchanged state").await;
+    assert_eq!(table_routes(&second.sock).await, vec![r1.to_string()]);
 }

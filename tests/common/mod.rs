@@ -313,16 +313,30 @@ impl Daemon {
     /// by their loopback source address (127.0.0.2, ...), as the peer
     /// policy does. Returns the daemon, its IPv4 listener and the file.
     pub async fn start_with_config_v4(text: &str) -> (Daemon, SocketAddr, std::path::PathBuf) {
+        Self::start_with_config_v4_in(text, None).await
+    }
+
+    /// [`Daemon::start_with_config_v4`] with the state directory `state`
+    /// (`None`: a fresh one), e.g. to start a daemon again on the state an
+    /// earlier one left.
+    pub async fn start_with_config_v4_in(
+        text: &str,
+        state: Option<&std::path::Path>,
+    ) -> (Daemon, SocketAddr, std::path::PathBuf) {
         let file = unique_temp_dir().join("metalbondd.toml");
         std::fs::write(&file, text).unwrap();
-        let d = Daemon::start(&[
+        let mut args = vec![
             "--config",
             file.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
             "--metrics",
             "127.0.0.1:0",
-        ]);
+        ];
+        if let Some(state) = state {
+            args.extend(["--state-dir", state.to_str().unwrap()]);
+        }
+        let d = Daemon::start(&args);
         let v4 = d
             .wait_for_line(
                 |l| l.contains("listening") && parse_addr_field(l).is_some_and(|a| a.is_ipv4()),

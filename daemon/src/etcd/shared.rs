@@ -206,7 +206,8 @@ impl SharedState {
                 .buffer_unordered(TXNS_IN_FLIGHT)
                 .collect()
                 .await;
-            let mut refused_size = false;
+            // The largest transaction etcd refused as too large.
+            let mut refused = 0;
             for (chunk, result) in results {
                 match result {
                     Ok(revision) => {
@@ -214,15 +215,15 @@ impl SharedState {
                         newest = newest.max(revision);
                     }
                     // Nothing of it was applied: again, in smaller ones.
-                    Err(EtcdError::TooManyOps(_)) if size > 1 => {
-                        refused_size = true;
+                    Err(EtcdError::TooManyOps(_)) if chunk.len() > 1 => {
+                        refused = refused.max(chunk.len());
                         pending.extend(chunk);
                     }
                     Err(e) => error = Some(e),
                 }
             }
-            if refused_size {
-                self.lower_txn_ops(size);
+            if refused > 0 {
+                self.lower_txn_ops(refused);
             }
         }
         if let Some(error) = error {
@@ -491,11 +492,17 @@ fn spawn_mirror(store: Arc<Store>) -> mpsc::UnboundedSender<Delta> {
                 let remove: Vec<Route> = remove.into_iter().map(|(r, _)| r).collect();
                 let add: Vec<Route> = add.into_iter().map(|(r, _)| r).collect();
                 store.update_shared_cache(&add, &remove)?;
-                Ok::<_, crate::store::StoreError>(())
+                Ok::<_, crate::store::StoreError>((add.len(), remove.len()))
             })
             .await;
-            if let Ok(Err(e)) = outcome {
-                warn!(error = %e, "cannot mirror the shared state into the local store");
+            match outcome {
+                Ok(Ok((added, removed))) => {
+                    tracing::debug!(added, removed, "shared-state cache written")
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot mirror the shared state into the local store")
+                }
+                Err(_) => {}
             }
         }
     });

@@ -27,6 +27,7 @@ pub mod policy;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod signal;
 pub mod store;
 pub mod table;
 pub mod table_task;

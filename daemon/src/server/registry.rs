@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use crate::session::{Role, State};
 use crate::table::SessionId;
@@ -70,7 +70,7 @@ pub struct SessionInfo {
     last_refusal_reason: AtomicU8,
     last_refusal_ms: AtomicU64,
     last_error: Mutex<String>,
-    reset: Notify,
+    reset: crate::signal::Signal,
 }
 
 impl SessionInfo {
@@ -101,7 +101,7 @@ impl SessionInfo {
             last_refusal_reason: AtomicU8::new(0),
             last_refusal_ms: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
-            reset: Notify::new(),
+            reset: crate::signal::Signal::new(),
         }
     }
 
@@ -192,12 +192,12 @@ impl SessionInfo {
 
     /// Asks the session task to close the session.
     pub fn request_reset(&self) {
-        self.reset.notify_one();
+        self.reset.notify();
     }
 
     /// Completes when a reset was requested.
     pub async fn reset_requested(&self) {
-        self.reset.notified().await;
+        self.reset.wait().await;
     }
 }
 

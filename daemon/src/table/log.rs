@@ -110,7 +110,7 @@ pub struct Mailbox {
     /// Set when the reader is gone: the writer forgets the mailbox.
     closed: AtomicBool,
     /// Wakes the reader; notified once per transition from empty to not empty.
-    wake: tokio::sync::Notify,
+    wake: crate::signal::Signal,
 }
 
 impl Mailbox {
@@ -123,7 +123,7 @@ impl Mailbox {
             overflowed: AtomicBool::new(false),
             overflowed_at: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            wake: crate::signal::Signal::new(),
         })
     }
 
@@ -147,7 +147,7 @@ impl Mailbox {
             let dropped = std::mem::take(&mut *q);
             drop(q);
             drop(dropped);
-            self.wake.notify_one();
+            self.wake.notify();
             return;
         }
         q.push_back(mail);
@@ -156,7 +156,7 @@ impl Mailbox {
         drop(q);
         // Told once until the reader has taken what is there.
         if was_empty {
-            self.wake.notify_one();
+            self.wake.notify();
         }
     }
 
@@ -200,7 +200,7 @@ impl Mailbox {
 
     /// Waits until mail may be waiting (or the mailbox overflowed).
     pub async fn notified(&self) {
-        self.wake.notified().await;
+        self.wake.wait().await;
     }
 
     /// The reader is gone: the writer stops delivering and forgets it.

@@ -255,35 +255,35 @@ impl Link {
                 self.write_some(role, data_budget, &mut last_write_progress)
             } else {
                 tokio::select! {
-                ready = self.stream.readable(), if can_read => match ready {
-                    Err(e) => Err(SessionEnd::Io(e)),
-                    Ok(()) => match self.read_some(role) {
-                        // Echo a KEEPALIVE at once: the socket is nearly
-                        // always writable, and this saves a turn per echo.
-                        Ok(()) if self.out.has_urgent() => {
-                            self.write_some(role, 0, &mut last_write_progress)
-                        }
-                        other => other,
+                    ready = self.stream.readable(), if can_read => match ready {
+                        Err(e) => Err(SessionEnd::Io(e)),
+                        Ok(()) => match self.read_some(role) {
+                            // Echo a KEEPALIVE at once: the socket is nearly
+                            // always writable, and this saves a turn per echo.
+                            Ok(()) if self.out.has_urgent() => {
+                                self.write_some(role, 0, &mut last_write_progress)
+                            }
+                            other => other,
+                        },
                     },
-                },
-                ready = self.stream.writable(), if can_write => match ready {
-                    Err(e) => Err(SessionEnd::Io(e)),
-                    Ok(()) => {
-                        self.socket_full = false;
-                        self.write_some(role, data_budget, &mut last_write_progress)
+                    ready = self.stream.writable(), if can_write => match ready {
+                        Err(e) => Err(SessionEnd::Io(e)),
+                        Ok(()) => {
+                            self.socket_full = false;
+                            self.write_some(role, data_budget, &mut last_write_progress)
+                        }
+                    },
+                    // Bytes only rustls holds count too: a peer that stops
+                    // reading cannot pin them (and the session) forever.
+                    _ = sleep_until_opt(write_deadline), if !self.out.is_empty() || tls_pending => {
+                        Err(SessionEnd::WriteTimeout)
                     }
-                },
-                // Bytes only rustls holds count too: a peer that stops
-                // reading cannot pin them (and the session) forever.
-                _ = sleep_until_opt(write_deadline), if !self.out.is_empty() || tls_pending => {
-                    Err(SessionEnd::WriteTimeout)
-                }
-                _ = &mut keepalive_timer, if keepalive_at.is_some() => self.on_timer(role),
-                woken = role.wait(&mut self.session, &mut self.out) => woken.map(|()| {
-                    self.collect(role, Instant::now().into_std());
-                }),
-                _ = pace_wait_for(pace_wait), if pace_wait.is_some() => Ok(()),
-                _ = shutdown.changed() => Err(SessionEnd::Shutdown),
+                    _ = &mut keepalive_timer, if keepalive_at.is_some() => self.on_timer(role),
+                    woken = role.wait(&mut self.session, &mut self.out) => woken.map(|()| {
+                        self.collect(role, Instant::now().into_std());
+                    }),
+                    _ = pace_wait_for(pace_wait), if pace_wait.is_some() => Ok(()),
+                    _ = shutdown.changed() => Err(SessionEnd::Shutdown),
                 }
             };
             if let Err(end) = role.deliver().await {

@@ -87,7 +87,10 @@ mod tests {
         signal.notify();
         signal.notify();
         assert!(signal.poll_wait(&mut cx).is_ready());
-        assert!(signal.poll_wait(&mut cx).is_pending(), "two notifies, one permit");
+        assert!(
+            signal.poll_wait(&mut cx).is_pending(),
+            "two notifies, one permit"
+        );
     }
 
     #[test]

@@ -612,6 +612,23 @@ async fn every_server_registers_in_the_fleet_and_disagreement_is_named() {
 }
 
 /// The revision the current etcd header reports (`etcdctl endpoint status`).
+/// Waits (bounded) until the kernel reports `pid` stopped (state `T`).
+fn wait_stopped(pid: libc::pid_t) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} not stopped: {stat}");
+        std::thread::yield_now();
+    }
+}
+
 fn etcd_revision(cluster: &EtcdCluster) -> i64 {
     let (code, out, err) = cluster.etcdctl(&["endpoint", "status", "-w", "json"]);
     assert_eq!(code, Some(0), "{err}");
@@ -647,6 +664,10 @@ async fn a_compacted_watch_revision_resyncs_with_the_differences_only() {
     // is broken and the revision it resumes from is gone.
     let pid = s.daemon.pid() as libc::pid_t;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // The signal is delivered asynchronously: until the kernel reports the
+    // process stopped, it could still see etcd go away and take the outage
+    // path instead of the compaction one.
+    wait_stopped(pid);
     cluster.kill_member(0);
     cluster.restart_all();
     cluster.put(&format!("/metalbondd/routes/{new}"), "");

@@ -125,6 +125,22 @@ fn is_transport(status: &Status) -> bool {
 /// Whether a call failed because the connection it was sent on broke (a
 /// member that restarted), not because the member is down: a new connection
 /// may well work.
+/// A status's message with the chain of errors under it (tonic's bare
+/// "transport error" says nothing without its source).
+fn status_text(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
+}
+
 fn is_broken_connection(status: &Status) -> bool {
     let m = status.message();
     m.contains("operation was canceled")
@@ -296,11 +312,11 @@ impl EtcdClient {
                     // channel connects again on the next call, so ask the same
                     // member once more before calling it failed.
                     retried_here = true;
-                    last = format!("{url}: {}", status.message());
+                    last = format!("{url}: {}", status_text(&status));
                     continue;
                 }
                 Ok(Err(status)) if is_transport(&status) => {
-                    last = format!("{url}: {}", status.message());
+                    last = format!("{url}: {}", status_text(&status));
                 }
                 Ok(Err(status))
                     if status.code() == Code::InvalidArgument

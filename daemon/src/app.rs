@@ -123,7 +123,7 @@ impl Daemon {
         ));
         fleet.add_api_address(settings.api.socket.display().to_string());
         let injected = injected_routes(&store, settings.etcd.is_some()).await?;
-        restore_routes(&server, injected.clone(), &settings.static_routes).await;
+        restore_routes(&server, &injected, &settings.static_routes).await;
         let shared = match &settings.etcd {
             Some(etcd) => Some(start_shared_state(etcd, &server, &store, injected).await?),
             None => None,
@@ -369,7 +369,7 @@ async fn injected_routes(store: &Arc<Store>, etcd: bool) -> Result<Vec<Route>, S
     let reader = store.clone();
     let (injected, left_in_redb) = tokio::task::spawn_blocking(move || {
         if etcd {
-            Ok((reader.shared_cache_routes()?, reader.routes()?.len()))
+            Ok((reader.shared_cache_routes()?, reader.route_count()?))
         } else {
             reader.routes().map(|routes| (routes, 0))
         }
@@ -391,11 +391,13 @@ async fn injected_routes(store: &Arc<Store>, etcd: bool) -> Result<Vec<Route>, S
 /// Announces the daemon's own routes (the operator's injected ones, then
 /// the configured static ones), before any peer can subscribe and ask for
 /// a dump.
-async fn restore_routes(server: &Server, injected: Vec<Route>, static_routes: &[Route]) {
-    let restored = injected.len();
+async fn restore_routes(server: &Server, injected: &[Route], static_routes: &[Route]) {
     server
         .table
-        .local_ops(LOCAL_API, injected.into_iter().map(Op::Announce).collect())
+        .local_ops(
+            LOCAL_API,
+            injected.iter().copied().map(Op::Announce).collect(),
+        )
         .await;
     server
         .table
@@ -405,7 +407,7 @@ async fn restore_routes(server: &Server, injected: Vec<Route>, static_routes: &[
         )
         .await;
     info!(
-        injected_routes = restored,
+        injected_routes = injected.len(),
         static_routes = static_routes.len(),
         "daemon routes announced"
     );

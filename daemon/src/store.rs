@@ -300,6 +300,14 @@ impl Store {
         Ok(out)
     }
 
+    /// How many injected routes are stored (no decoding).
+    pub fn route_count(&self) -> Result<u64, StoreError> {
+        let what = "count routes";
+        let txn = self.db.begin_read().map_err(self.db_err(what))?;
+        let table = txn.open_table(ROUTES).map_err(self.db_err(what))?;
+        table.len().map_err(self.db_err(what))
+    }
+
     /// True if `route` is stored.
     pub fn contains_route(&self, route: &Route) -> Result<bool, StoreError> {
         let what = "look up route";

@@ -61,7 +61,7 @@ impl pb::daemon_service_server::DaemonService for Daemon {
             Some(shared) => shared.status().routes as usize,
             None => {
                 let store = self.state.store.clone();
-                blocking(move || store.routes().map(|r| r.len())).await?
+                blocking(move || store.route_count()).await? as usize
             }
         };
         Ok(Response::new(pb::Status {

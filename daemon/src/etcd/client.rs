@@ -62,8 +62,8 @@ pub enum EtcdError {
     Refused(String),
     /// A transaction had more operations than the cluster accepts (etcd's
     /// `--max-txn-ops`); nothing of it was applied.
-    #[error("etcd refused a transaction of {0} operations (more than its --max-txn-ops)")]
-    TooManyOps(usize),
+    #[error("etcd refused a transaction of more operations than its --max-txn-ops")]
+    TooManyOps,
     /// The requested revision was compacted away; resync from a snapshot.
     #[error("etcd revision compacted (compact revision {0})")]
     Compacted(i64),
@@ -322,7 +322,7 @@ impl EtcdClient {
                     if status.code() == Code::InvalidArgument
                         && status.message().contains("too many operations") =>
                 {
-                    return Err(EtcdError::TooManyOps(0));
+                    return Err(EtcdError::TooManyOps);
                 }
                 Ok(Err(status)) => {
                     return Err(EtcdError::Refused(format!("{what}: {}", status.message())))
@@ -420,13 +420,6 @@ impl EtcdClient {
 
     /// Commits `ops` in one transaction; the revision it created.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<i64, EtcdError> {
-        self.txn_request(ops).await.map_err(|e| match e {
-            EtcdError::TooManyOps(_) => EtcdError::TooManyOps(ops.len()),
-            other => other,
-        })
-    }
-
-    async fn txn_request(&self, ops: &[TxnOp]) -> Result<i64, EtcdError> {
         let success: Vec<pb::RequestOp> = ops
             .iter()
             .map(|op| pb::RequestOp {

@@ -215,7 +215,7 @@ impl SharedState {
                         newest = newest.max(revision);
                     }
                     // Nothing of it was applied: again, in smaller ones.
-                    Err(EtcdError::TooManyOps(_)) if chunk.len() > 1 => {
+                    Err(EtcdError::TooManyOps) if chunk.len() > 1 => {
                         refused = refused.max(chunk.len());
                         pending.extend(chunk);
                     }

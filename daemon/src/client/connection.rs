@@ -628,6 +628,7 @@ impl Conn<'_> {
         let settings = LinkSettings {
             write_timeout: None,
             pace_limit: 0,
+            opened: crate::link::pacing::Opened::Active,
         };
         let link = Link::new(stream, session, settings);
         let mut link = match tls {
@@ -646,8 +647,9 @@ impl Conn<'_> {
             established_at: None,
             sync: false,
             pending: Vec::new(),
+            shutdown: &mut *self.shutdown,
         };
-        match link.run(&mut role, &mut *self.shutdown).await {
+        match link.run(&mut role).await {
             SessionEnd::Shutdown => Outcome::Stop,
             end => ended(end, role.established_at),
         }
@@ -673,6 +675,8 @@ struct ClientLink<'a> {
     /// Events of the frames just handled, in order, sent (waiting while the
     /// channel is full) before the next turn.
     pending: Vec<ClientEvent>,
+    /// Changes when the client shuts down.
+    shutdown: &'a mut watch::Receiver<bool>,
 }
 
 impl LinkRole for ClientLink<'_> {
@@ -727,12 +731,16 @@ impl LinkRole for ClientLink<'_> {
         }
     }
 
-    fn written(&mut self, n: usize, _out: &Outbound) {
+    fn written(&mut self, n: usize, _out: &Outbound, _now: std::time::Instant) {
         self.stats.bytes_out.fetch_add(n as u64, Relaxed);
     }
 
     async fn wait(&mut self, session: &mut Session, out: &mut Outbound) -> Result<(), SessionEnd> {
-        match self.commands.recv().await {
+        let command = tokio::select! {
+            command = self.commands.recv() => command,
+            _ = self.shutdown.changed() => return Err(SessionEnd::Shutdown),
+        };
+        match command {
             Some(cmd) => {
                 self.on_command(cmd, session, out);
                 Ok(())

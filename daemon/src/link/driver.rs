@@ -3,27 +3,30 @@
 //! one role needs (the server: table forwarding, its mailbox, delivery
 //! timers; the client: events to the agent and commands from it).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::end::SessionEnd;
 use super::outbound::Outbound;
-use super::pacing::{self, Decision, Pacer};
+use super::pacing::{self, Decision, Opened, Pacer};
 use crate::session::{Event, Session, State};
-use crate::wire::{decode_frame_with, encode_message, Frame, Message};
+use crate::wire::{decode_frame_with, encode_message, Frame, Message, KEEPALIVE_FRAME};
 
 /// Largest read (the read buffer grows to it while reads fill it).
 const READ_BUFFER: usize = 64 * 1024;
-/// First read size, and the size a quiet session falls back to.
-const READ_MIN: usize = 4 * 1024;
+/// First read size, and the size a quiet session falls back to. Small
+/// enough for the allocator's per-thread cache (glibc's tcache takes up to
+/// 1,032 bytes): an idle session's buffer is allocated for each KEEPALIVE
+/// and released after it, and a 4 KiB one went through the arena's bins
+/// and their consolidation every time.
+const READ_MIN: usize = 1024;
 /// Quick re-checks (yielding to other tasks) before pacing waits on the timer.
 const PACE_SPINS: u32 = 32;
 /// Most queued bytes a turn writes without first waiting for `writable`
@@ -39,6 +42,9 @@ pub struct LinkSettings {
     /// Keep the estimate of route data the peer has not read under this
     /// many bytes (0: unpaced; see [`super::pacing`]).
     pub pace_limit: usize,
+    /// Who opened the connection (the pacing probe reads the kernel's
+    /// counters, one of which depends on it).
+    pub opened: Opened,
 }
 
 /// What a role adds to the driver. Every hook runs on the session's task,
@@ -68,8 +74,8 @@ pub trait LinkRole {
     /// they were read.
     fn read_done(&mut self, _received: std::time::Instant) {}
 
-    /// `n` bytes were written; `out` tells how far each lane got.
-    fn written(&mut self, _n: usize, _out: &Outbound) {}
+    /// `n` bytes were written at `now`; `out` tells how far each lane got.
+    fn written(&mut self, _n: usize, _out: &Outbound, _now: std::time::Instant) {}
 
     /// Before each wait: queue more route data, or end the session. Returns
     /// whether to read; a role that stops reading is credited the time
@@ -94,7 +100,9 @@ pub trait LinkRole {
     }
 
     /// Waits for one of the role's own wake-ups and handles it; the driver
-    /// then collects the session's output. Dropped unfinished whenever
+    /// then collects the session's output. The role's shutdown is one of
+    /// them ([`SessionEnd::Shutdown`]): the driver has no wait of its own for
+    /// it, so that a server can wake only the sessions concerned. Dropped unfinished whenever
     /// another wake-up comes first, so it must only change state after its
     /// last await.
     fn wait(
@@ -122,6 +130,7 @@ pub struct Link {
     /// Bytes to ask for in the next read (grows while reads fill the buffer).
     read_size: usize,
     pacer: Pacer,
+    opened: Opened,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
     /// Since when reading is paused by the role.
@@ -152,6 +161,7 @@ impl Link {
             rbuf: BytesMut::new(),
             read_size: READ_MIN,
             pacer: Pacer::new(settings.pace_limit),
+            opened: settings.opened,
             pace_spins: 0,
             paused_at: None,
             paused_credit: Duration::ZERO,
@@ -176,18 +186,15 @@ impl Link {
         self
     }
 
-    /// Runs the session until it ends, or until `shutdown` changes (then
-    /// [`SessionEnd::Shutdown`]). Reading never stops while a write is
+    /// Runs the session until it ends (the role's shutdown among the ends,
+    /// see [`LinkRole::wait`]). Reading never stops while a write is
     /// pending, so keepalives are answered during long dumps; a KEEPALIVE
     /// echo is written in the turn that read it, and control frames
     /// overtake route data at frame boundaries ([`Outbound`]).
-    pub async fn run<R: LinkRole>(
-        &mut self,
-        role: &mut R,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> SessionEnd {
+    pub async fn run<R: LinkRole>(&mut self, role: &mut R) -> SessionEnd {
         let fd = self.stream.as_raw_fd();
         let mut last_write_progress = Instant::now();
+        let mut out_was_empty = true;
         // What the session says before hearing anything (the client's HELLO).
         self.collect(role, Instant::now().into_std());
         // Records that came with the end of the TLS handshake are in rustls
@@ -227,6 +234,12 @@ impl Link {
                 .session
                 .poll_timeout()
                 .map(|d| Instant::from_std(d) + self.paused_credit);
+            // The write timeout counts from the last progress, or from
+            // when something was queued on an empty queue: a clock read
+            // only in the turns that queue, none in an echo's or an idle turn.
+            if out_was_empty && !self.out.is_empty() {
+                last_write_progress = Instant::now();
+            }
             let write_deadline = self.write_timeout.map(|t| last_write_progress + t);
             let (data_budget, pace_wait) = self.pace(fd);
             // TLS: records rustls holds (a write it could not finish, an
@@ -255,7 +268,10 @@ impl Link {
                 self.write_some(role, data_budget, &mut last_write_progress)
             } else {
                 tokio::select! {
-                    ready = self.stream.readable(), if can_read => match ready {
+                    // The socket's own waker slots, not `readable()` and
+                    // `writable()`: those link a waiter into the socket's
+                    // list and unlink it again every turn.
+                    ready = poll_fn(|cx| self.stream.poll_read_ready(cx)), if can_read => match ready {
                         Err(e) => Err(SessionEnd::Io(e)),
                         Ok(()) => match self.read_some(role) {
                             // Echo a KEEPALIVE at once: the socket is nearly
@@ -266,7 +282,7 @@ impl Link {
                             other => other,
                         },
                     },
-                    ready = self.stream.writable(), if can_write => match ready {
+                    ready = poll_fn(|cx| self.stream.poll_write_ready(cx)), if can_write => match ready {
                         Err(e) => Err(SessionEnd::Io(e)),
                         Ok(()) => {
                             self.socket_full = false;
@@ -283,7 +299,6 @@ impl Link {
                         self.collect(role, Instant::now().into_std());
                     }),
                     _ = pace_wait_for(pace_wait), if pace_wait.is_some() => Ok(()),
-                    _ = shutdown.changed() => Err(SessionEnd::Shutdown),
                 }
             };
             if let Err(end) = role.deliver().await {
@@ -292,9 +307,8 @@ impl Link {
             if let Err(end) = turn {
                 return end;
             }
-            if self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write()) {
-                last_write_progress = Instant::now();
-            }
+            out_was_empty =
+                self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write());
             role.turn_done(&self.out);
             // See `LinkRole::yield_after_full_read`.
             if std::mem::take(&mut self.read_full) && role.yield_after_full_read() {
@@ -342,7 +356,7 @@ impl Link {
                 let now = Instant::now();
                 self.pacer.on_sent(n, now.into_std());
                 self.out.advance(n);
-                role.written(n, &self.out);
+                role.written(n, &self.out, now.into_std());
                 *progress = now;
                 Ok(())
             }
@@ -421,9 +435,10 @@ impl Link {
                 .write_vectored(&slices)
                 .map_err(SessionEnd::Io)?;
             if n > 0 {
-                self.pacer.on_sent(n, Instant::now().into_std());
+                let now = Instant::now().into_std();
+                self.pacer.on_sent(n, now);
                 self.out.advance(n);
-                role.written(n, &self.out);
+                role.written(n, &self.out, now);
             }
             wrote |= flush_tls(tls, &self.stream)?;
         }
@@ -548,9 +563,15 @@ impl Link {
     fn collect<R: LinkRole>(&mut self, role: &mut R, read_at: std::time::Instant) {
         role.state(self.session.state());
         while let Some(msg) = self.session.poll_transmit() {
-            let mut buf = BytesMut::with_capacity(16);
-            encode_message(&msg, &mut buf);
-            self.out.push_control(buf.freeze());
+            // An echo is most of what a session ever sends: no allocation.
+            let frame = if matches!(msg, Message::Keepalive) {
+                Bytes::from_static(&KEEPALIVE_FRAME)
+            } else {
+                let mut buf = BytesMut::with_capacity(16);
+                encode_message(&msg, &mut buf);
+                buf.freeze()
+            };
+            self.out.push_control(frame);
             role.message_out(&msg, self.out.control_pushed(), read_at);
         }
         while let Some(event) = self.session.poll_event() {
@@ -567,14 +588,21 @@ impl Link {
         if self.pacer.is_disabled() {
             return (usize::MAX, None);
         }
-        let probe = match pacing::probe_socket(fd) {
+        let written = self.out.data_written() + self.out.control_written();
+        let queued = (self.out.data_pushed() - self.out.data_written()) as usize;
+        if let Some(allowed) = self.pacer.allowance(written, queued) {
+            return (allowed, None);
+        }
+        let probe = match pacing::probe_socket(fd, self.opened) {
             Ok(probe) => probe,
             Err(e) => {
                 debug!(error = %e, "cannot read socket state; writing unpaced");
                 return (usize::MAX, None);
             }
         };
-        let decision = self.pacer.decide(probe, Instant::now().into_std());
+        let decision = self
+            .pacer
+            .decide_at(probe, Instant::now().into_std(), written);
         tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
         match decision {
             Decision::Send(n) => {

@@ -105,7 +105,7 @@ pub async fn run(
         table,
         settings,
         metrics,
-        mut shutdown,
+        shutdown,
         registry,
         live,
     } = ctx;
@@ -136,6 +136,7 @@ pub async fn run(
         LinkSettings {
             write_timeout: Some(settings.write_timeout),
             pace_limit: settings.pace_limit,
+            opened: crate::link::pacing::Opened::Passive,
         },
     );
     let mut link = match tls {
@@ -161,11 +162,12 @@ pub async fn run(
         close: None,
         live,
         live_closed: false,
+        shutdown,
         recheck: None,
         identities,
     };
     let started = Instant::now();
-    let ended = link.run(&mut conn, &mut shutdown).await;
+    let ended = link.run(&mut conn).await;
     // The table stops delivering to it at once, before it hears of the end.
     conn.mailbox.close();
     let duration = format!("{:.1?}", started.elapsed());
@@ -242,6 +244,8 @@ struct Connection {
     live: watch::Receiver<SessionSettings>,
     /// The server dropped the settings channel: stop watching it.
     live_closed: bool,
+    /// Becomes true when the server shuts down.
+    shutdown: watch::Receiver<bool>,
     /// A reload moved the session into a class with rules: its routes and
     /// subscriptions were asked of the table; reading pauses until they are
     /// re-checked, so nothing the peer sends meanwhile races the check.
@@ -275,8 +279,6 @@ type Checked = (SessionPolicy, crate::policy::Recheck, usize);
 enum Woke {
     /// Nothing more to do here (the driver looks at the mailbox, reads).
     Turn,
-    /// A reload: the settings changed (or their channel closed).
-    Reload(bool),
     /// The table listed the session's routes (None: it is gone, shutting
     /// down).
     Listed(Option<(Vec<Route>, Vec<Vni>)>),
@@ -434,11 +436,11 @@ impl LinkRole for Connection {
         self.flush_ops(received);
     }
 
-    fn written(&mut self, n: usize, out: &Outbound) {
+    fn written(&mut self, n: usize, out: &Outbound, now: std::time::Instant) {
         self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
         self.info.bytes_out.fetch_add(n as u64, Relaxed);
-        self.complete_deliveries(out);
-        self.complete_echoes(out);
+        self.complete_deliveries(out, now);
+        self.complete_echoes(out, now);
     }
 
     fn prepare(&mut self, out: &mut Outbound) -> Result<bool, SessionEnd> {
@@ -466,9 +468,27 @@ impl LinkRole for Connection {
         _session: &mut Session,
         _out: &mut Outbound,
     ) -> Result<(), SessionEnd> {
+        // What changes outside the session wakes it through its attention
+        // signal (`SessionInfo::wake`); here, before waiting, is where it
+        // looks. Each look is an atomic load.
+        if self.shutdown.has_changed().unwrap_or(true) {
+            return Err(SessionEnd::Shutdown);
+        }
+        if self.info.reset_requested() {
+            return Err(SessionEnd::Reset);
+        }
+        if !self.live_closed && self.recheck.is_none() {
+            match self.live.has_changed() {
+                Ok(true) => {
+                    self.policy_changed();
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(_) => self.live_closed = true,
+            }
+        }
         // Only while commands wait for room in the table's channel.
         let commands = (!self.waiting.is_empty()).then(|| self.table.commands.clone());
-        let watch_live = !self.live_closed && self.recheck.is_none();
         let woke = tokio::select! {
             permit = reserve(commands.as_ref()), if commands.is_some() => {
                 match permit {
@@ -490,14 +510,12 @@ impl LinkRole for Connection {
             // the mailbox overflowed. With a full queue, the wake-up is only
             // used to look at the overflow.
             _ = self.mailbox.notified(), if self.established => Woke::Turn,
-            _ = self.info.reset_requested() => return Err(SessionEnd::Reset),
-            changed = self.live.changed(), if watch_live => Woke::Reload(changed.is_ok()),
+            // A reset, a reload or the shutdown: looked at above, next turn.
+            _ = self.info.attention() => Woke::Turn,
             woke = pending_done(self.recheck.as_mut()), if self.recheck.is_some() => woke,
         };
         match woke {
             Woke::Turn => {}
-            Woke::Reload(true) => self.policy_changed(),
-            Woke::Reload(false) => self.live_closed = true,
             Woke::Listed(answer) => {
                 if let Some(Pending::Listing {
                     class, counters, ..
@@ -676,25 +694,21 @@ impl Connection {
     }
 
     /// Observes the delivery times of what has been written completely.
-    fn complete_deliveries(&mut self, out: &Outbound) {
+    fn complete_deliveries(&mut self, out: &Outbound, now: std::time::Instant) {
         if self.timers.is_empty() {
             return;
         }
         let metrics = &self.metrics;
-        self.timers.complete(
-            out.data_written(),
-            std::time::Instant::now(),
-            |kind, took| match kind {
+        self.timers
+            .complete(out.data_written(), now, |kind, took| match kind {
                 Delivery::Updates => metrics.propagation.observe(took.as_secs_f64()),
                 Delivery::Dump => metrics.dump_duration.observe(took.as_secs_f64()),
-            },
-        );
+            });
     }
 
     /// Observes the latency of every KEEPALIVE echo written completely.
-    fn complete_echoes(&mut self, out: &Outbound) {
+    fn complete_echoes(&mut self, out: &Outbound, now: std::time::Instant) {
         let written = out.control_written();
-        let now = std::time::Instant::now();
         while let Some(&(end, read_at)) = self.echoes.front() {
             if end > written {
                 break;
@@ -798,7 +812,9 @@ impl Connection {
         self.metrics.updates_out.fetch_add(queued, Relaxed);
         self.info.updates_out.fetch_add(queued, Relaxed);
         // A dump with no routes is delivered as soon as it is queued.
-        self.complete_deliveries(out);
+        if self.timers.any_due(out.data_written()) {
+            self.complete_deliveries(out, std::time::Instant::now());
+        }
         self.info.messages_out.fetch_add(queued, Relaxed);
     }
 }

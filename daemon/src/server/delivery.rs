@@ -70,6 +70,12 @@ impl DeliveryTimers {
         }
     }
 
+    /// True when a timer completes once the stream is written up to
+    /// `written` (a clock read is needed only then).
+    pub fn any_due(&self, written: u64) -> bool {
+        self.pending.front().is_some_and(|t| t.end <= written)
+    }
+
     /// Timers pending.
     pub fn len(&self) -> usize {
         self.pending.len()
@@ -96,6 +102,8 @@ mod tests {
         timers.start(100, t0, Delivery::Dump);
         timers.start(150, t0 + ms(5), Delivery::Updates);
         let mut seen = Vec::new();
+        assert!(!timers.any_due(99));
+        assert!(timers.any_due(100));
         timers.complete(99, t0 + ms(10), |k, d| seen.push((k, d)));
         assert!(seen.is_empty());
         timers.complete(120, t0 + ms(10), |k, d| seen.push((k, d)));
@@ -110,6 +118,7 @@ mod tests {
         let t0 = Instant::now();
         let mut timers = DeliveryTimers::default();
         timers.start(0, t0, Delivery::Dump);
+        assert!(timers.any_due(0), "due as soon as queued");
         let mut seen = 0;
         timers.complete(0, t0, |_, _| seen += 1);
         assert_eq!(seen, 1);

@@ -192,6 +192,7 @@ impl Server {
     /// only the policy from them (re-checked against what they hold, ADR 0028).
     pub fn set_session_settings(&self, settings: SessionSettings) {
         self.settings.send_replace(settings);
+        self.registry.wake_all();
     }
 
     /// A new limit on concurrent sessions; sessions over it are not closed,
@@ -204,6 +205,15 @@ impl Server {
     /// (no storm of REMOVEs: PROTOCOL.md section 4).
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
+        self.registry.wake_all();
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::shutdown`] closes its sessions
+    /// all the same.
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -70,7 +70,15 @@ pub struct SessionInfo {
     last_refusal_reason: AtomicU8,
     last_refusal_ms: AtomicU64,
     last_error: Mutex<String>,
-    reset: crate::signal::Signal,
+    /// An operator asked for the session to be closed.
+    reset: AtomicBool,
+    /// Wakes the session task to look at what changed outside it: a reset,
+    /// a reload, the server's shutdown. One per-session signal instead of
+    /// a wait on each of the server's broadcast channels every turn: those
+    /// link a waiter into a shared list and unlink it again, a cost every
+    /// turn of every session paid for an event that comes once in a
+    /// session's life (ADR 0011, addendum of stop 14).
+    attention: crate::signal::Signal,
 }
 
 impl SessionInfo {
@@ -101,7 +109,8 @@ impl SessionInfo {
             last_refusal_reason: AtomicU8::new(0),
             last_refusal_ms: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
-            reset: crate::signal::Signal::new(),
+            reset: AtomicBool::new(false),
+            attention: crate::signal::Signal::new(),
         }
     }
 
@@ -192,12 +201,25 @@ impl SessionInfo {
 
     /// Asks the session task to close the session.
     pub fn request_reset(&self) {
-        self.reset.notify();
+        self.reset.store(true, Relaxed);
+        self.attention.notify();
     }
 
-    /// Completes when a reset was requested.
-    pub async fn reset_requested(&self) {
-        self.reset.wait().await;
+    /// True when a reset was requested.
+    pub fn reset_requested(&self) -> bool {
+        self.reset.load(Relaxed)
+    }
+
+    /// Wakes the session task to look at the server's state (a reload, a
+    /// shutdown): see [`SessionInfo::attention`].
+    pub fn wake(&self) {
+        self.attention.notify();
+    }
+
+    /// Completes when the session task was woken by [`SessionInfo::wake`]
+    /// or [`SessionInfo::request_reset`]. Cancel safe.
+    pub async fn attention(&self) {
+        self.attention.wait().await;
     }
 }
 
@@ -287,6 +309,15 @@ impl Registry {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
         all.sort_by_key(|s| s.id);
         all
+    }
+
+    /// Wakes every session task to look at the server's state (after a
+    /// reload or at shutdown). A session that starts after this looks at
+    /// that state once before its first wait, so none is missed.
+    pub fn wake_all(&self) {
+        for info in self.lock().values() {
+            info.wake();
+        }
     }
 
     /// Number of sessions.

@@ -8,7 +8,7 @@ pub mod protobuf;
 
 pub use codec::{
     decode_frame, decode_frame_with, decode_updates, encode_message, encode_update, Frame,
-    HEADER_LEN, MAX_SEND_PAYLOAD,
+    HEADER_LEN, KEEPALIVE_FRAME, MAX_SEND_PAYLOAD,
 };
 pub use message::{DecodeError, Extensions, Hello, Message, MessageType, Update};
 pub use metalbond_types::text;

@@ -505,3 +505,55 @@ fn digest_changes_only_when_a_route_appears_or_goes() {
     t.announce(20, &r("6#10.0.0.0/24@2001:db8::1"));
     assert_eq!(digest(&t), (0, 0));
 }
+
+#[test]
+fn readers_are_woken_once_per_seal_with_all_their_mail() {
+    use crate::table::log::{FanOut, Mail, Mailbox};
+    use crate::wire::Action;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    // Whether the reader would be woken now (taking the wake-up).
+    fn woken(mailbox: &Mailbox) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let notified = std::pin::pin!(mailbox.notified());
+        notified.poll(&mut cx) == Poll::Ready(())
+    }
+    fn mails(mailbox: &Mailbox) -> usize {
+        mailbox.take_while(|_: Mail| Ok(()))
+    }
+
+    let mut log = FanOut::new();
+    let reader = Mailbox::new(1 << 20);
+    let late = Mailbox::new(1 << 20);
+    log.subscribe(Vni(1), 7, reader.clone());
+    log.subscribe(Vni(2), 7, reader.clone());
+    log.append_update(Action::Add, &r("1#10.0.0.0/24@2001:db8::1"), 9);
+    log.append_update(Action::Add, &r("2#10.0.0.0/24@2001:db8::1"), 9);
+    // A subscriber's change seals its VNI at once, but the reader hears of
+    // it only with the rest of the batch.
+    log.seal_vni(Vni(1));
+    assert!(!woken(&reader), "woken before the end of the seal");
+    log.push(
+        &late,
+        Mail::Dump {
+            vni: Vni(1),
+            frames: Vec::new(),
+            routes: 0,
+            requested_at: std::time::Instant::now(),
+        },
+    );
+    assert!(!woken(&late));
+    log.seal();
+    assert!(woken(&reader), "not woken at the end of the seal");
+    assert!(!woken(&reader), "woken twice for one seal");
+    assert!(woken(&late), "a dump's reader not woken");
+    assert_eq!(
+        mails(&reader),
+        2,
+        "one mail per VNI, both there at the wake-up"
+    );
+    // A seal with nothing new wakes nobody.
+    log.seal();
+    assert!(!woken(&reader));
+}

@@ -119,6 +119,9 @@ impl TableTask {
                     }
                 }
             }
+            // Whatever a branch queued (a dump, a seal) wakes its readers now
+            // at the latest (`FanOut::push`).
+            self.log.wake_readers();
         }
     }
 
@@ -331,12 +334,15 @@ impl TableTask {
                     // nothing of the VNI can come between (PROTOCOL.md 8).
                     append_sync(&mut frames, vni);
                 }
-                mailbox.push(Mail::Dump {
-                    vni,
-                    frames,
-                    routes,
-                    requested_at: received,
-                });
+                self.log.push(
+                    mailbox,
+                    Mail::Dump {
+                        vni,
+                        frames,
+                        routes,
+                        requested_at: received,
+                    },
+                );
                 true
             }
             Op::Unsubscribe(vni) => {

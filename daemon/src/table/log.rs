@@ -11,9 +11,7 @@
 //! [`Mailbox`]. So:
 //! * an update costs work proportional to the subscribers of its VNI, not to
 //!   all sessions; a session is woken only when something it wants arrived,
-//!   only once until it has taken its mail, and only at the end of the seal
-//!   (coalesced wake-ups: a session with mail from several VNIs of one seal
-//!   starts once, with all of it);
+//!   and only once until it has taken its mail (coalesced wake-ups);
 //! * fan-out to M subscribers costs one encoding and M `Bytes` clones per VNI
 //!   and batch, never per route;
 //! * the table never waits: delivering is pushing a slice onto a queue. A
@@ -136,21 +134,10 @@ impl Mailbox {
     /// Queues `mail` (writer side). Never blocks on the reader: if the reader
     /// is too far behind, the queue is dropped and the mailbox overflows.
     pub fn push(&self, mail: Mail) {
-        if self.push_deferring_wake(mail) {
-            self.wake();
-        }
-    }
-
-    /// [`Mailbox::push`] without waking the reader: returns whether it must
-    /// be woken ([`Mailbox::wake`]). The table task wakes the readers of a
-    /// whole seal at its end, so a reader subscribed to several VNIs of one
-    /// seal starts once, with all of its mail there, rather than racing the
-    /// seal on the other core and writing a little after each push.
-    pub fn push_deferring_wake(&self, mail: Mail) -> bool {
         let len = mail.len() as u64;
         let mut q = self.lock();
         if self.overflowed.load(Relaxed) || self.closed.load(Relaxed) {
-            return false;
+            return;
         }
         let queued = self.queued.load(Relaxed) + len;
         if queued > self.limit {
@@ -160,17 +147,17 @@ impl Mailbox {
             let dropped = std::mem::take(&mut *q);
             drop(q);
             drop(dropped);
-            return true;
+            self.wake.notify();
+            return;
         }
         q.push_back(mail);
         self.queued.store(queued, Relaxed);
+        let was_empty = q.len() == 1;
+        drop(q);
         // Told once until the reader has taken what is there.
-        q.len() == 1
-    }
-
-    /// Wakes the reader (after [`Mailbox::push_deferring_wake`] said so).
-    pub fn wake(&self) {
-        self.wake.notify();
+        if was_empty {
+            self.wake.notify();
+        }
     }
 
     /// Takes mail in order while `take` accepts it (reader side). Returns the
@@ -232,13 +219,6 @@ impl Mailbox {
     }
 }
 
-/// Pushes `mail`, noting `mailbox` in `to_wake` if its reader must be woken.
-fn push(to_wake: &mut Vec<Arc<Mailbox>>, mailbox: &Arc<Mailbox>, mail: Mail) {
-    if mailbox.push_deferring_wake(mail) {
-        to_wake.push(mailbox.clone());
-    }
-}
-
 /// A run of frames of one VNI caused by one session.
 #[derive(Clone, Copy, Debug)]
 struct Run {
@@ -284,8 +264,6 @@ pub struct FanOut {
     cause: Option<Instant>,
     /// Bytes of frames sealed so far.
     sealed_bytes: u64,
-    /// Readers that got mail since the last [`FanOut::wake_readers`].
-    to_wake: Vec<Arc<Mailbox>>,
 }
 
 impl FanOut {
@@ -333,32 +311,8 @@ impl FanOut {
         }
     }
 
-    /// Delivers everything appended so far to its readers, and wakes every
-    /// reader that got mail since the last seal (see [`FanOut::push`]).
+    /// Delivers everything appended so far to its readers.
     pub fn seal(&mut self) {
-        self.seal_quietly();
-        self.wake_readers();
-    }
-
-    /// Queues `mail` for `mailbox`, its reader woken at the next
-    /// [`FanOut::seal`] (or [`FanOut::wake_readers`]): a dump is placed in
-    /// the reader's mail exactly as if pushed directly, and a reader that
-    /// also gets updates in the same batch starts once.
-    pub fn push(&mut self, mailbox: &Arc<Mailbox>, mail: Mail) {
-        push(&mut self.to_wake, mailbox, mail);
-    }
-
-    /// Wakes every reader that got mail since the last time.
-    pub fn wake_readers(&mut self) {
-        for mailbox in self.to_wake.drain(..) {
-            mailbox.wake();
-        }
-        if self.to_wake.capacity() > 4096 {
-            self.to_wake = Vec::new();
-        }
-    }
-
-    fn seal_quietly(&mut self) {
         if self.touched.is_empty() {
             return;
         }
@@ -391,7 +345,6 @@ impl FanOut {
 
     /// Delivers what `vni` has appended so far (before its subscriber set
     /// changes, so a dump sits exactly between the updates before and after it).
-    /// Its readers are woken at the next [`FanOut::seal`].
     pub fn seal_vni(&mut self, vni: Vni) {
         let Some(pending) = self.pending.remove(&vni) else {
             return;
@@ -445,12 +398,11 @@ impl FanOut {
         if let Some(subs) = self.subscribers.get(&vni) {
             for sub in subs {
                 if runs.iter().all(|r| r.origin != sub.session) {
-                    let mail = Mail::Updates {
+                    sub.mailbox.push(Mail::Updates {
                         frames: whole.clone(),
                         count,
                         since,
-                    };
-                    push(&mut self.to_wake, &sub.mailbox, mail);
+                    });
                     continue;
                 }
                 // Cut out the subscriber's own runs; neighbours stay one slice.
@@ -458,12 +410,11 @@ impl FanOut {
                 for run in runs {
                     if run.origin == sub.session {
                         if let Some((s, e, c)) = from.take() {
-                            let mail = Mail::Updates {
+                            sub.mailbox.push(Mail::Updates {
                                 frames: out.slice(s as usize..e as usize),
                                 count: c,
                                 since,
-                            };
-                            push(&mut self.to_wake, &sub.mailbox, mail);
+                            });
                         }
                     } else {
                         from = Some(match from {
@@ -473,23 +424,21 @@ impl FanOut {
                     }
                 }
                 if let Some((s, e, c)) = from {
-                    let mail = Mail::Updates {
+                    sub.mailbox.push(Mail::Updates {
                         frames: out.slice(s as usize..e as usize),
                         count: c,
                         since,
-                    };
-                    push(&mut self.to_wake, &sub.mailbox, mail);
+                    });
                 }
             }
         }
         for w in &self.watchers {
             if w.vni.is_none_or(|v| v == vni) {
-                let mail = Mail::Updates {
+                w.mailbox.push(Mail::Updates {
                     frames: whole.clone(),
                     count,
                     since,
-                };
-                push(&mut self.to_wake, &w.mailbox, mail);
+                });
             }
         }
     }

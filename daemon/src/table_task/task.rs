@@ -119,9 +119,6 @@ impl TableTask {
                     }
                 }
             }
-            // Whatever a branch queued (a dump, a seal) wakes its readers now
-            // at the latest (`FanOut::push`).
-            self.log.wake_readers();
         }
     }
 
@@ -334,15 +331,12 @@ impl TableTask {
                     // nothing of the VNI can come between (PROTOCOL.md 8).
                     append_sync(&mut frames, vni);
                 }
-                self.log.push(
-                    mailbox,
-                    Mail::Dump {
-                        vni,
-                        frames,
-                        routes,
-                        requested_at: received,
-                    },
-                );
+                mailbox.push(Mail::Dump {
+                    vni,
+                    frames,
+                    routes,
+                    requested_at: received,
+                });
                 true
             }
             Op::Unsubscribe(vni) => {

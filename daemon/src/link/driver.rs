@@ -102,9 +102,9 @@ pub trait LinkRole {
     /// Waits for one of the role's own wake-ups and handles it; the driver
     /// then collects the session's output. The role's shutdown is one of
     /// them ([`SessionEnd::Shutdown`]): the driver has no wait of its own for
-    /// it, so that a server can wake only the sessions concerned. Dropped unfinished whenever
-    /// another wake-up comes first, so it must only change state after its
-    /// last await.
+    /// it, so that a server can wake only the sessions concerned. Dropped
+    /// unfinished whenever another wake-up comes first, so it must only
+    /// change state after its last await.
     fn wait(
         &mut self,
         session: &mut Session,
@@ -236,7 +236,8 @@ impl Link {
                 .map(|d| Instant::from_std(d) + self.paused_credit);
             // The write timeout counts from the last progress, or from
             // when something was queued on an empty queue: a clock read
-            // only in the turns that queue, none in an echo's or an idle turn.
+            // only in the turns that queue (here, or below for what a turn
+            // queued and could not write), none in an echo's or an idle turn.
             if out_was_empty && !self.out.is_empty() {
                 last_write_progress = Instant::now();
             }
@@ -307,8 +308,12 @@ impl Link {
             if let Err(end) = turn {
                 return end;
             }
-            out_was_empty =
+            let out_empty =
                 self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write());
+            if out_was_empty && !out_empty {
+                last_write_progress = Instant::now();
+            }
+            out_was_empty = out_empty;
             role.turn_done(&self.out);
             // See `LinkRole::yield_after_full_read`.
             if std::mem::take(&mut self.read_full) && role.yield_after_full_read() {

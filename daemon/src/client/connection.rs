@@ -628,7 +628,6 @@ impl Conn<'_> {
         let settings = LinkSettings {
             write_timeout: None,
             pace_limit: 0,
-            opened: crate::link::pacing::Opened::Active,
         };
         let link = Link::new(stream, session, settings);
         let mut link = match tls {

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use super::end::SessionEnd;
 use super::outbound::Outbound;
-use super::pacing::{self, Decision, Opened, Pacer};
+use super::pacing::{self, Decision, Pacer};
 use crate::session::{Event, Session, State};
 use crate::wire::{decode_frame_with, encode_message, Frame, Message, KEEPALIVE_FRAME};
 
@@ -42,9 +42,6 @@ pub struct LinkSettings {
     /// Keep the estimate of route data the peer has not read under this
     /// many bytes (0: unpaced; see [`super::pacing`]).
     pub pace_limit: usize,
-    /// Who opened the connection (the pacing probe reads the kernel's
-    /// counters, one of which depends on it).
-    pub opened: Opened,
 }
 
 /// What a role adds to the driver. Every hook runs on the session's task,
@@ -130,7 +127,6 @@ pub struct Link {
     /// Bytes to ask for in the next read (grows while reads fill the buffer).
     read_size: usize,
     pacer: Pacer,
-    opened: Opened,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
     /// Since when reading is paused by the role.
@@ -161,7 +157,6 @@ impl Link {
             rbuf: BytesMut::new(),
             read_size: READ_MIN,
             pacer: Pacer::new(settings.pace_limit),
-            opened: settings.opened,
             pace_spins: 0,
             paused_at: None,
             paused_credit: Duration::ZERO,
@@ -598,7 +593,7 @@ impl Link {
         if let Some(allowed) = self.pacer.allowance(written, queued) {
             return (allowed, None);
         }
-        let probe = match pacing::probe_socket(fd, self.opened) {
+        let probe = match pacing::probe_socket(fd) {
             Ok(probe) => probe,
             Err(e) => {
                 debug!(error = %e, "cannot read socket state; writing unpaced");

@@ -136,7 +136,6 @@ pub async fn run(
         LinkSettings {
             write_timeout: Some(settings.write_timeout),
             pace_limit: settings.pace_limit,
-            opened: crate::link::pacing::Opened::Passive,
         },
     );
     let mut link = match tls {

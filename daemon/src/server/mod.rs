@@ -461,3 +461,144 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session's attention signal: the shutdown, an operator's reset and
+    //! a reload reach an idle, established session at once, though it waits
+    //! on no broadcast channel (ADR 0011, addendum of stop 14).
+
+    use super::*;
+    use crate::wire::{decode_frame, encode_message, Frame, Hello, Message};
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Well below the keepalive deadline (2.5 x 5 s) that would close an
+    /// idle session anyway.
+    const PROMPTLY: Duration = Duration::from_secs(3);
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            keepalive_secs: 5,
+            write_timeout: Duration::from_secs(30),
+            max_lag_bytes: 1 << 20,
+            pace_limit: 0,
+            withdraw_delay: Duration::ZERO,
+            policy: None,
+        }
+    }
+
+    async fn start() -> Server {
+        let config = ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            session: settings(),
+            max_sessions: 16,
+            tls_listen: Vec::new(),
+            tls: None,
+        };
+        Server::start(config, crate::table_task::spawn())
+            .await
+            .unwrap()
+    }
+
+    /// Connects and completes the handshake; returns the stream.
+    async fn established(server: &Server) -> tokio::net::TcpStream {
+        let mut stream = tokio::net::TcpStream::connect(server.local_addrs[0])
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        encode_message(
+            &Message::Hello(Hello {
+                keepalive_secs: 5,
+                is_server: false,
+                extensions: 0,
+            }),
+            &mut out,
+        );
+        encode_message(&Message::Keepalive, &mut out);
+        stream.write_all(&out).await.unwrap();
+        // The server's HELLO and the echo of our KEEPALIVE.
+        let mut buf = BytesMut::new();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            stream.read_buf(&mut buf).await.unwrap();
+            while let Some(Frame::Message(m)) = decode_frame(&mut buf).unwrap() {
+                seen.push(m);
+            }
+        }
+        assert!(matches!(seen[0], Message::Hello(_)), "{seen:?}");
+        assert_eq!(seen[1], Message::Keepalive);
+        stream
+    }
+
+    /// Waits (bounded) until the server closes `stream`.
+    async fn closed_promptly(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(PROMPTLY, stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_an_idle_session_at_once() {
+        let server = start().await;
+        let mut stream = established(&server).await;
+        server.shutdown();
+        assert!(closed_promptly(&mut stream).await);
+    }
+
+    #[tokio::test]
+    async fn a_reset_closes_that_session_only() {
+        let server = start().await;
+        let mut reset = established(&server).await;
+        let mut other = established(&server).await;
+        let sessions = server.registry.all();
+        assert_eq!(sessions.len(), 2);
+        let local = reset.local_addr().unwrap();
+        let info = sessions.iter().find(|s| s.remote == local).unwrap();
+        info.request_reset();
+        assert!(closed_promptly(&mut reset).await);
+        // The other session still answers.
+        let mut out = BytesMut::new();
+        encode_message(&Message::Keepalive, &mut out);
+        other.write_all(&out).await.unwrap();
+        let mut buf = BytesMut::new();
+        tokio::time::timeout(PROMPTLY, other.read_buf(&mut buf))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(
+            decode_frame(&mut buf).unwrap(),
+            Some(Frame::Message(Message::Keepalive))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_reaches_an_idle_session() {
+        let server = start().await;
+        let _stream = established(&server).await;
+        let info = server.registry.all().pop().unwrap();
+        assert_eq!(info.policy_class(), "");
+        // A policy with one class for everyone: the session takes it (its
+        // class is shown) without any traffic of its own.
+        let config = metalbondd_config::Config::parse(
+            "[[policy.class]]\nname = \"everyone\"\nmatch = [\"0.0.0.0/0\"]\n",
+            "test.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policy = crate::policy::Policy::new(&config.policy.expect("policy"));
+        server.set_session_settings(SessionSettings {
+            policy: Some(Arc::new(policy)),
+            ..settings()
+        });
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        while info.policy_class() != "everyone" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reload did not reach the session"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -92,6 +92,15 @@ async fn expect_next(peer: &mut RawPeer, want: metalbondd::wire::Update, what: &
     assert_eq!(got, want, "{what}");
 }
 
+/// A raw peer subscribed to VNI 100, whose dump was empty.
+async fn subscriber_of_vni_100(listen: SocketAddr) -> RawPeer {
+    let mut sub = RawPeer::connect(listen).await;
+    sub.handshake(3600).await;
+    sub.subscribe(100).await;
+    expect_quiet(&mut sub, "empty dump").await;
+    sub
+}
+
 /// The subscriber has nothing waiting: everything the server sent before
 /// our KEEPALIVE's answer was read, and there was no UPDATE among it.
 async fn expect_quiet(peer: &mut RawPeer, what: &str) {
@@ -146,10 +155,7 @@ async fn routes_injected_anywhere_reach_every_server_and_survive_etcd_faults() {
     let b = start_server(&cluster, &states[1]).await;
     let c = start_server(&cluster, &states[2]).await;
 
-    let mut sub = RawPeer::connect(c.listen).await;
-    sub.handshake(3600).await;
-    sub.subscribe(100).await;
-    expect_quiet(&mut sub, "empty dump").await;
+    let mut sub = subscriber_of_vni_100(c.listen).await;
 
     // Injected through A, seen by a subscriber of C only.
     let r1 = "100#10.0.1.0/24@2001:db8::1";
@@ -319,10 +325,7 @@ async fn etcd_authentication_with_a_password_file() {
     };
     let (ok, ok_listen, _) = Daemon::start_with_config_v4(&start(&good)).await;
     let (refused, _, _) = Daemon::start_with_config_v4(&start(&bad)).await;
-    let mut sub = RawPeer::connect(ok_listen).await;
-    sub.handshake(3600).await;
-    sub.subscribe(100).await;
-    expect_quiet(&mut sub, "empty dump").await;
+    let mut sub = subscriber_of_vni_100(ok_listen).await;
 
     let r = "100#10.0.7.0/24@2001:db8::7";
     api::inject(&ok.api_socket(), &[r]).await;
@@ -441,10 +444,7 @@ async fn etcd_over_tls_with_a_client_certificate() {
         !s.degraded && s.revision > 0
     })
     .await;
-    let mut sub = RawPeer::connect(listen).await;
-    sub.handshake(3600).await;
-    sub.subscribe(100).await;
-    expect_quiet(&mut sub, "empty dump").await;
+    let mut sub = subscriber_of_vni_100(listen).await;
     let r = "100#10.0.6.0/24@2001:db8::6";
     api::inject(&with_cert.api_socket(), &[r]).await;
     expect_next(&mut sub, add(route(r)), "injected over TLS").await;
@@ -644,10 +644,7 @@ async fn a_compacted_watch_revision_resyncs_with_the_differences_only() {
         return;
     };
     let s = start_server(&cluster, &common::unique_temp_dir().join("state")).await;
-    let mut sub = RawPeer::connect(s.listen).await;
-    sub.handshake(3600).await;
-    sub.subscribe(100).await;
-    expect_quiet(&mut sub, "empty dump").await;
+    let mut sub = subscriber_of_vni_100(s.listen).await;
     let (kept, gone, new) = (
         "100#10.0.1.0/24@2001:db8::1",
         "100#10.0.2.0/24@2001:db8::2",
@@ -713,10 +710,7 @@ async fn a_bulk_write_falls_back_to_the_transaction_size_etcd_accepts() {
         return;
     };
     let server = start_server(&cluster, &common::unique_temp_dir().join("state")).await;
-    let mut sub = RawPeer::connect(server.listen).await;
-    sub.handshake(3600).await;
-    sub.subscribe(100).await;
-    expect_quiet(&mut sub, "empty dump").await;
+    let mut sub = subscriber_of_vni_100(server.listen).await;
 
     let texts: Vec<String> = (0..1_000u32)
         .map(|i| format!("100#10.{}.{}.0/24@2001:db8::1", i / 256, i % 256))

@@ -349,7 +349,7 @@ impl Link {
         }
         let slices = self.out.slices(data_budget);
         let offered: usize = slices.iter().map(|s| s.len()).sum();
-        match self.stream.try_write_vectored(&slices) {
+        match write_clearing(&self.stream, &slices, offered) {
             Ok(0) => Err(SessionEnd::PeerClosed),
             Ok(n) => {
                 self.socket_full = n < offered;
@@ -379,7 +379,7 @@ impl Link {
             self.rbuf.reserve(self.read_size);
         }
         let spare = self.rbuf.capacity() - self.rbuf.len();
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        match read_clearing(&self.stream, &mut self.rbuf, spare) {
             Ok(0) if self.rbuf.is_empty() => Err(SessionEnd::PeerClosed),
             Ok(0) => Err(SessionEnd::TruncatedFrame(self.rbuf.len())),
             Ok(n) => {
@@ -593,17 +593,30 @@ impl Link {
         if let Some(allowed) = self.pacer.allowance(written, queued) {
             return (allowed, None);
         }
-        let probe = match pacing::probe_socket(fd) {
-            Ok(probe) => probe,
+        let probe = pacing::unacked_bytes(fd).and_then(|unacked| {
+            if self.pacer.must_wait(unacked) {
+                return Ok(None);
+            }
+            let peer_window = pacing::peer_window(fd)?;
+            Ok(Some(pacing::SocketProbe {
+                unacked,
+                peer_window,
+            }))
+        });
+        let decision = match probe {
+            Ok(Some(probe)) => {
+                let decision = self
+                    .pacer
+                    .decide_at(probe, Instant::now().into_std(), written);
+                tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
+                decision
+            }
+            Ok(None) => Decision::Wait(pacing::RECHECK),
             Err(e) => {
                 debug!(error = %e, "cannot read socket state; writing unpaced");
                 return (usize::MAX, None);
             }
         };
-        let decision = self
-            .pacer
-            .decide_at(probe, Instant::now().into_std(), written);
-        tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
         match decision {
             Decision::Send(n) => {
                 self.pace_spins = 0;
@@ -618,6 +631,52 @@ impl Link {
             }
             Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
         }
+    }
+}
+
+/// `try_read_buf`, and a short read (the socket had less than `spare`)
+/// also forgets the socket's read readiness, as tokio's own `poll_read`
+/// does. Without that the next turn finds the socket "readable", reads
+/// nothing (`EAGAIN`) and only then waits: a wasted turn and syscall per
+/// KEEPALIVE. The readiness is captured before the read, so an event that
+/// arrives after it is kept (tokio clears only the readiness it saw).
+fn read_clearing(stream: &TcpStream, buf: &mut BytesMut, spare: usize) -> io::Result<usize> {
+    let mut short = None;
+    let read = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        if 0 < n && n < spare {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => read,
+    }
+}
+
+/// `try_write_vectored`, and a short write (the socket took less than
+/// `offered`) also forgets the socket's write readiness (see
+/// [`read_clearing`]): the next turn waits for room instead of trying a
+/// write that cannot succeed.
+fn write_clearing(
+    stream: &TcpStream,
+    slices: &[io::IoSlice<'_>],
+    offered: usize,
+) -> io::Result<usize> {
+    let mut short = None;
+    let written = stream.try_io(tokio::io::Interest::WRITABLE, || {
+        let n = stream.try_write_vectored(slices)?;
+        if 0 < n && n < offered {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => written,
     }
 }
 

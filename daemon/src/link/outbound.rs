@@ -56,6 +56,13 @@ impl Outbound {
         }
     }
 
+    /// Makes room for `n` more pushes of route data: one allocation for a
+    /// mailbox's worth of items instead of growing step by step (the queue
+    /// is released whenever it drains, so it grows again from nothing).
+    pub fn reserve_data(&mut self, n: usize) {
+        self.data.reserve(n);
+    }
+
     /// Route data bytes queued since the queue was created: the position,
     /// in the session's route data stream, of the end of what is queued.
     pub fn data_pushed(&self) -> u64 {

@@ -31,6 +31,7 @@
 //!
 //! A slow reader is fed at its own pace.
 
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// Largest whole frame (header + the largest payload we ever send).
@@ -180,6 +181,21 @@ impl Pacer {
         decision
     }
 
+    /// Whether route data has to wait for acknowledgements whatever the
+    /// peer's window says: more than a batch is still unacknowledged. Then
+    /// the caller need not read the window (`TCP_INFO`, the dearer half of
+    /// a probe) and waits as [`Pacer::decide`] would have told it. A session
+    /// waiting for an ACK asks this on each re-check (half of the probes of a
+    /// reconnect storm); a peer turning into a fast reader is noticed at the
+    /// next full probe.
+    pub fn must_wait(&mut self, unacked: usize) -> bool {
+        let wait = !self.is_disabled() && unacked > 0 && unacked + MAX_FRAME > self.batch;
+        if wait {
+            self.allowed_until = 0;
+        }
+        wait
+    }
+
     /// Decides how much route data may be written now.
     pub fn decide(&mut self, probe: SocketProbe, now: Instant) -> Decision {
         if probe.peer_window.is_some_and(|w| w >= FAST_READER_WINDOW) {
@@ -218,14 +234,30 @@ impl Pacer {
 }
 
 /// Reads `SIOCOUTQ` and `TCP_INFO` of a connected TCP socket.
+pub fn probe_socket(fd: RawFd) -> std::io::Result<SocketProbe> {
+    Ok(SocketProbe {
+        unacked: unacked_bytes(fd)?,
+        peer_window: peer_window(fd)?,
+    })
+}
+
+/// Bytes written to a connected TCP socket and not yet acknowledged
+/// (`SIOCOUTQ`).
 #[cfg(target_os = "linux")]
-pub fn probe_socket(fd: std::os::fd::RawFd) -> std::io::Result<SocketProbe> {
+pub fn unacked_bytes(fd: RawFd) -> std::io::Result<usize> {
     let mut unacked: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which
     // points to a live local; `fd` is a socket owned by the caller.
     if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unacked) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(unacked.max(0) as usize)
+}
+
+/// The receive window the peer advertised last (`TCP_INFO.tcpi_snd_wnd`),
+/// if the kernel reports it.
+#[cfg(target_os = "linux")]
+pub fn peer_window(fd: RawFd) -> std::io::Result<Option<u32>> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -244,20 +276,19 @@ pub fn probe_socket(fd: std::os::fd::RawFd) -> std::io::Result<SocketProbe> {
     }
     // Kernels before 5.4 return a shorter struct without tcpi_snd_wnd.
     let snd_wnd_end = std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + 4;
-    let peer_window = (len as usize >= snd_wnd_end).then_some(info.tcpi_snd_wnd);
-    Ok(SocketProbe {
-        unacked: unacked.max(0) as usize,
-        peer_window,
-    })
+    Ok((len as usize >= snd_wnd_end).then_some(info.tcpi_snd_wnd))
 }
 
 /// Elsewhere nothing is known: pace on nothing (never hold data back).
 #[cfg(not(target_os = "linux"))]
-pub fn probe_socket(_fd: i32) -> std::io::Result<SocketProbe> {
-    Ok(SocketProbe {
-        unacked: 0,
-        peer_window: None,
-    })
+pub fn unacked_bytes(_fd: RawFd) -> std::io::Result<usize> {
+    Ok(0)
+}
+
+/// Elsewhere nothing is known.
+#[cfg(not(target_os = "linux"))]
+pub fn peer_window(_fd: RawFd) -> std::io::Result<Option<u32>> {
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -282,6 +313,43 @@ mod tests {
         assert_eq!(pacer.decide(p(n, 100_000), *now), Decision::Wait(RECHECK));
         *now += ack_after;
         n
+    }
+
+    #[test]
+    fn must_wait_only_where_any_window_would_wait_too() {
+        let mut now = Instant::now();
+        let mut waited = 0;
+        // Pacers in different states: fresh, grown by quick ACKs, shrunk by slow ones.
+        for ack_after in [
+            None,
+            Some(Duration::from_micros(50)),
+            Some(Duration::from_millis(30)),
+        ] {
+            let mut pacer = Pacer::new(LIMIT);
+            if let Some(after) = ack_after {
+                for _ in 0..10 {
+                    cycle(&mut pacer, &mut now, after);
+                }
+            }
+            for unacked in (0..=LIMIT + MAX_FRAME).step_by(512) {
+                let mut asked = pacer.clone();
+                if !asked.must_wait(unacked) {
+                    continue;
+                }
+                waited += 1;
+                assert_eq!(asked.allowance(0, 1), None, "a wait leaves no allowance");
+                for window in [0, 1_000, 65_535, 200_000, FAST_READER_WINDOW - 1] {
+                    let decision = pacer.clone().decide(p(unacked, window), now);
+                    assert_eq!(
+                        decision,
+                        Decision::Wait(RECHECK),
+                        "unacked {unacked}, window {window}"
+                    );
+                }
+            }
+        }
+        assert!(waited > 0);
+        assert!(!Pacer::new(0).must_wait(LIMIT), "unpaced never waits");
     }
 
     #[test]

@@ -764,10 +764,12 @@ impl Connection {
         // When the oldest cause of the updates queued now arrived.
         let mut oldest: Option<std::time::Instant> = None;
         let mut queued = 0u64;
-        self.mailbox.take_while(|mail| {
+        self.mailbox.take_while_counted(|mail, behind| {
             if out.len() >= OUTBOUND_HIGH_WATER {
                 return Err(mail);
             }
+            // Room for the rest at once (a no-op once it is there).
+            out.reserve_data(behind + 1);
             match mail {
                 Mail::Updates {
                     frames,

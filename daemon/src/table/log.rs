@@ -163,11 +163,21 @@ impl Mailbox {
     /// Takes mail in order while `take` accepts it (reader side). Returns the
     /// number of items taken.
     pub fn take_while(&self, mut take: impl FnMut(Mail) -> Result<(), Mail>) -> usize {
+        self.take_while_counted(|mail, _| take(mail))
+    }
+
+    /// [`Mailbox::take_while`], telling `take` with each item how many more
+    /// are queued behind it, so that the reader can make room for them at
+    /// once.
+    pub fn take_while_counted(
+        &self,
+        mut take: impl FnMut(Mail, usize) -> Result<(), Mail>,
+    ) -> usize {
         let mut q = self.lock();
         let mut n = 0;
         while let Some(mail) = q.pop_front() {
             let len = mail.len() as u64;
-            if let Err(mail) = take(mail) {
+            if let Err(mail) = take(mail, q.len()) {
                 q.push_front(mail);
                 break;
             }

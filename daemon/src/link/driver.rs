@@ -603,15 +603,17 @@ impl Link {
                 peer_window,
             }))
         });
-        let decision = match probe {
+        // Whether an acknowledgement is on its way (rather than the peer's
+        // application having left data unread).
+        let (decision, ack_pending) = match probe {
             Ok(Some(probe)) => {
                 let decision = self
                     .pacer
                     .decide_at(probe, Instant::now().into_std(), written);
                 tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
-                decision
+                (decision, probe.unacked > 0)
             }
-            Ok(None) => Decision::Wait(pacing::RECHECK),
+            Ok(None) => (Decision::Wait(pacing::RECHECK), true),
             Err(e) => {
                 debug!(error = %e, "cannot read socket state; writing unpaced");
                 return (usize::MAX, None);
@@ -624,8 +626,11 @@ impl Link {
             }
             // A fast reader's ACK comes within microseconds, and the kernel
             // wakes nobody for an ACK: look again after yielding to other
-            // tasks a few times before falling back to the timer.
-            Decision::Wait(_) if self.pace_spins < PACE_SPINS => {
+            // tasks a few times before falling back to the timer. Not for
+            // data the peer has not read yet (only its window holds us
+            // back): it reads when it gets the CPU, and spinning would take
+            // that CPU from it.
+            Decision::Wait(_) if ack_pending && self.pace_spins < PACE_SPINS => {
                 self.pace_spins += 1;
                 (0, Some(PaceWait::Yield))
             }

@@ -35,6 +35,11 @@ const LISTING_PART: usize = 65_536;
 const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 /// Only after at least this much was appended to the log since the last time.
 const TRIM_AFTER_BYTES: u64 = 16 << 20;
+/// Or after anything was appended, once the last trim is this old: the
+/// tail of a burst (the buffers sessions free after the last big trim) goes
+/// back too, instead of staying in the heap for as long as the fleet is
+/// quiet. At most one trim per this long under light churn.
+const TRIM_SETTLE: Duration = Duration::from_secs(10);
 
 /// Starts the table task (once per daemon).
 pub fn spawn() -> TableHandle {
@@ -90,6 +95,7 @@ impl TableTask {
         let mut trim = tokio::time::interval(TRIM_INTERVAL);
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut trimmed_at = 0u64;
+        let mut last_trim = Instant::now();
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH) => {
@@ -113,8 +119,12 @@ impl TableTask {
                     // freed once every session has sent them; give that memory
                     // back to the system instead of keeping it in the heap.
                     let churn = self.log.sealed_bytes() + self.dumped_bytes;
-                    if churn - trimmed_at >= TRIM_AFTER_BYTES {
+                    let grown = churn - trimmed_at;
+                    if grown >= TRIM_AFTER_BYTES
+                        || (grown > 0 && last_trim.elapsed() >= TRIM_SETTLE)
+                    {
                         trimmed_at = churn;
+                        last_trim = Instant::now();
                         tokio::task::spawn_blocking(release_free_memory);
                     }
                 }

@@ -349,7 +349,9 @@ impl Link {
         }
         let slices = self.out.slices(data_budget);
         let offered: usize = slices.iter().map(|s| s.len()).sum();
-        match write_clearing(&self.stream, &slices, offered) {
+        let stream = &self.stream;
+        let write = || stream.try_write_vectored(&slices);
+        match io_clearing_when_short(stream, tokio::io::Interest::WRITABLE, offered, write) {
             Ok(0) => Err(SessionEnd::PeerClosed),
             Ok(n) => {
                 self.socket_full = n < offered;
@@ -379,7 +381,9 @@ impl Link {
             self.rbuf.reserve(self.read_size);
         }
         let spare = self.rbuf.capacity() - self.rbuf.len();
-        match read_clearing(&self.stream, &mut self.rbuf, spare) {
+        let (stream, rbuf) = (&self.stream, &mut self.rbuf);
+        let read = || stream.try_read_buf(rbuf);
+        match io_clearing_when_short(stream, tokio::io::Interest::READABLE, spare, read) {
             Ok(0) if self.rbuf.is_empty() => Err(SessionEnd::PeerClosed),
             Ok(0) => Err(SessionEnd::TruncatedFrame(self.rbuf.len())),
             Ok(n) => {
@@ -639,41 +643,24 @@ impl Link {
     }
 }
 
-/// `try_read_buf`, and a short read (the socket had less than `spare`)
-/// also forgets the socket's read readiness, as tokio's own `poll_read`
-/// does. Without that the next turn finds the socket "readable", reads
-/// nothing (`EAGAIN`) and only then waits: a wasted turn and syscall per
-/// KEEPALIVE. The readiness is captured before the read, so an event that
-/// arrives after it is kept (tokio clears only the readiness it saw).
-fn read_clearing(stream: &TcpStream, buf: &mut BytesMut, spare: usize) -> io::Result<usize> {
-    let mut short = None;
-    let read = stream.try_io(tokio::io::Interest::READABLE, || {
-        let n = stream.try_read_buf(buf)?;
-        if 0 < n && n < spare {
-            short = Some(n);
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match short {
-        Some(n) => Ok(n),
-        None => read,
-    }
-}
-
-/// `try_write_vectored`, and a short write (the socket took less than
-/// `offered`) also forgets the socket's write readiness (see
-/// [`read_clearing`]): the next turn waits for room instead of trying a
-/// write that cannot succeed.
-fn write_clearing(
+/// Runs `op`, a read or write of up to `asked` bytes on `stream`; when it
+/// comes back short (the socket had less to read, or took less), also
+/// forgets the readiness for `interest`, as tokio's own `poll_read` and
+/// `poll_write` do. `try_read_buf` and `try_write_vectored` forget it only
+/// on `EAGAIN`: after a KEEPALIVE the next turn found the socket still
+/// "readable", read nothing and only then waited, a wasted turn and
+/// syscall per echo. The readiness is captured before `op` runs, so an
+/// event that arrives after that is kept (tokio clears only what it saw).
+fn io_clearing_when_short(
     stream: &TcpStream,
-    slices: &[io::IoSlice<'_>],
-    offered: usize,
+    interest: tokio::io::Interest,
+    asked: usize,
+    op: impl FnOnce() -> io::Result<usize>,
 ) -> io::Result<usize> {
     let mut short = None;
-    let written = stream.try_io(tokio::io::Interest::WRITABLE, || {
-        let n = stream.try_write_vectored(slices)?;
-        if 0 < n && n < offered {
+    let done = stream.try_io(interest, || {
+        let n = op()?;
+        if 0 < n && n < asked {
             short = Some(n);
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -681,7 +668,7 @@ fn write_clearing(
     });
     match short {
         Some(n) => Ok(n),
-        None => written,
+        None => done,
     }
 }
 
@@ -746,5 +733,71 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+    use tokio::io::{AsyncWriteExt, Interest};
+    use tokio::net::TcpListener;
+
+    /// A connected pair on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    /// Whether the socket is ready for `interest` without waiting.
+    async fn ready_now(stream: &TcpStream, interest: Interest) -> bool {
+        poll_fn(|cx| {
+            let ready = if interest.is_readable() {
+                stream.poll_read_ready(cx)
+            } else {
+                stream.poll_write_ready(cx)
+            };
+            Poll::Ready(ready.is_ready())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_short_read_forgets_readiness_and_new_data_brings_it_back() {
+        let (reader, mut peer) = pair().await;
+        peer.write_all(&KEEPALIVE_FRAME).await.unwrap();
+        reader.readable().await.unwrap();
+        let mut buf = BytesMut::with_capacity(1024);
+        let spare = buf.capacity();
+        let read = || reader.try_read_buf(&mut buf);
+        let n = io_clearing_when_short(&reader, Interest::READABLE, spare, read).unwrap();
+        assert_eq!(n, KEEPALIVE_FRAME.len());
+        assert!(
+            !ready_now(&reader, Interest::READABLE).await,
+            "a drained socket still looked readable"
+        );
+        peer.write_all(&KEEPALIVE_FRAME).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), reader.readable())
+            .await
+            .expect("new data did not make the socket readable again")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_short_write_forgets_readiness() {
+        let (writer, _peer) = pair().await;
+        // More than the send buffer and the unread peer's receive buffer hold.
+        let big = vec![0u8; 64 << 20];
+        let slices = [io::IoSlice::new(&big)];
+        writer.writable().await.unwrap();
+        let write = || writer.try_write_vectored(&slices);
+        let n = io_clearing_when_short(&writer, Interest::WRITABLE, big.len(), write).unwrap();
+        assert!(0 < n && n < big.len(), "wrote {n}");
+        assert!(
+            !ready_now(&writer, Interest::WRITABLE).await,
+            "a full socket still looked writable"
+        );
     }
 }

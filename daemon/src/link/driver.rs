@@ -350,7 +350,12 @@ impl Link {
         let slices = self.out.slices(data_budget);
         let offered: usize = slices.iter().map(|s| s.len()).sum();
         let stream = &self.stream;
-        let write = || stream.try_write_vectored(&slices);
+        // One slice (an echo, an update) is a plain write: `writev` first
+        // copies and checks the vector, for each of the churn's writes.
+        let write = || match &slices[..] {
+            [one] => stream.try_write(one),
+            _ => stream.try_write_vectored(&slices),
+        };
         match io_clearing_when_short(stream, tokio::io::Interest::WRITABLE, offered, write) {
             Ok(0) => Err(SessionEnd::PeerClosed),
             Ok(n) => {

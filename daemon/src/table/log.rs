@@ -173,20 +173,47 @@ impl Mailbox {
         &self,
         mut take: impl FnMut(Mail, usize) -> Result<(), Mail>,
     ) -> usize {
-        let mut q = self.lock();
+        // The whole queue at once, so that the writer never waits for the
+        // reader's work on it (the lock is held for a swap, not for `take`).
+        let mut taken = std::mem::take(&mut *self.lock());
         let mut n = 0;
-        while let Some(mail) = q.pop_front() {
+        let mut bytes = 0u64;
+        while let Some(mail) = taken.pop_front() {
             let len = mail.len() as u64;
-            if let Err(mail) = take(mail, q.len()) {
-                q.push_front(mail);
+            if let Err(mail) = take(mail, taken.len()) {
+                taken.push_front(mail);
                 break;
             }
-            self.queued.fetch_sub(len, Relaxed);
+            bytes += len;
             n += 1;
         }
-        if q.is_empty() && q.capacity() > 8 {
-            // An idle reader holds no queue memory.
-            *q = VecDeque::new();
+        // Saturating: an overflow or a close meanwhile reset the count.
+        let _ = self
+            .queued
+            .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(bytes)));
+        if taken.is_empty() {
+            // A small queue's memory goes back for the next push (no
+            // allocation per delivery in churn); a big one is released, so
+            // an idle reader holds no queue memory.
+            if taken.capacity() <= 8 {
+                let mut q = self.lock();
+                if q.capacity() == 0 {
+                    *q = taken;
+                }
+            }
+        } else {
+            // What `take` refused goes back in front of what came meanwhile
+            // (unless the mailbox overflowed or closed: then it is dropped).
+            let mut q = self.lock();
+            if !(self.overflowed.load(Relaxed) || self.closed.load(Relaxed)) {
+                if q.is_empty() {
+                    *q = taken;
+                } else {
+                    while let Some(mail) = taken.pop_back() {
+                        q.push_front(mail);
+                    }
+                }
+            }
         }
         n
     }
@@ -495,5 +522,71 @@ impl FanOut {
     /// subscribers share it).
     pub fn sealed_bytes(&self) -> u64 {
         self.sealed_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail(tag: u8) -> Mail {
+        Mail::Updates {
+            frames: Bytes::from(vec![tag; 4]),
+            count: 1,
+            since: None,
+        }
+    }
+
+    fn tag(mail: &Mail) -> u8 {
+        match mail {
+            Mail::Updates { frames, .. } => frames[0],
+            Mail::Dump { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn refused_mail_goes_back_before_mail_pushed_while_taking() {
+        let mailbox = Mailbox::new(u64::MAX);
+        mailbox.push(mail(1));
+        mailbox.push(mail(2));
+        let mut got = vec![];
+        let taken = mailbox.take_while_counted(|m, behind| {
+            if tag(&m) == 2 {
+                return Err(m);
+            }
+            assert_eq!(behind, 1);
+            // The writer pushes while the reader takes: it does not wait.
+            mailbox.push(mail(3));
+            got.push(tag(&m));
+            Ok(())
+        });
+        assert_eq!((taken, &got[..]), (1, &[1][..]));
+        assert_eq!(mailbox.queued_bytes(), 8);
+        mailbox.take_while(|m| {
+            got.push(tag(&m));
+            Ok(())
+        });
+        assert_eq!(got, [1, 2, 3], "per-route order across a refused take");
+        assert_eq!(mailbox.queued_bytes(), 0);
+        assert!(!mailbox.has_mail());
+    }
+
+    #[test]
+    fn an_overflow_while_taking_drops_what_was_refused() {
+        let mailbox = Mailbox::new(10);
+        mailbox.push(mail(1));
+        mailbox.push(mail(2));
+        mailbox.take_while(|m| {
+            if tag(&m) == 2 {
+                return Err(m);
+            }
+            // 8 bytes queued (the refused one counts until taken) + 4 > 10.
+            mailbox.push(mail(3));
+            mailbox.push(mail(4));
+            Ok(())
+        });
+        assert_eq!(mailbox.overflowed(), Some(12));
+        assert!(!mailbox.has_mail(), "an overflowed mailbox holds nothing");
+        assert_eq!(mailbox.queued_bytes(), 0, "the count did not wrap");
     }
 }

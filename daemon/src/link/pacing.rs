@@ -184,7 +184,8 @@ impl Pacer {
     /// Whether route data has to wait for acknowledgements whatever the
     /// peer's window says: more than a batch is still unacknowledged. Then
     /// the caller need not read the window (`TCP_INFO`, the dearer half of
-    /// a probe) and waits as [`Pacer::decide`] would have told it. A session
+    /// a probe) and waits as [`Pacer::decide`] would have told it; like a
+    /// wait from [`Pacer::decide_at`], it leaves no allowance. A session
     /// waiting for an ACK asks this on each re-check (half of the probes of a
     /// reconnect storm); a peer turning into a fast reader is noticed at the
     /// next full probe.

@@ -84,6 +84,11 @@ pub trait LinkRole {
     /// After each turn that did not end the session.
     fn turn_done(&mut self, _out: &Outbound) {}
 
+    /// A KEEPALIVE was read (once per keepalive interval): release memory
+    /// kept for bursts if nothing is in it, so that an idle session holds
+    /// none.
+    fn release_if_idle(&mut self) {}
+
     /// Whether the task yields after a turn whose read filled the buffer.
     /// A role whose input can be dropped without waiting for anything (the
     /// server with a peer policy refusing a flood) says yes: otherwise a
@@ -554,6 +559,10 @@ impl Link {
                     if matches!(msg, Message::Keepalive) {
                         // Pauses before this one no longer matter.
                         self.paused_credit = Duration::ZERO;
+                        // Once per keepalive interval: what a burst left
+                        // drained goes back (before the echo is queued).
+                        self.out.release_if_drained();
+                        role.release_if_idle();
                     }
                     self.session
                         .handle_message(msg, now)

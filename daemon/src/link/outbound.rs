@@ -16,6 +16,8 @@ use crate::wire::HEADER_LEN;
 
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
+/// Most buffers whose room the data queue keeps once drained (2 KiB).
+const KEEP_DATA_QUEUE: usize = 64;
 
 /// See the module documentation.
 #[derive(Default)]
@@ -57,8 +59,7 @@ impl Outbound {
     }
 
     /// Makes room for `n` more pushes of route data: one allocation for a
-    /// mailbox's worth of items instead of growing step by step (the queue
-    /// is released whenever it drains, so it grows again from nothing).
+    /// mailbox's worth of items instead of growing step by step.
     pub fn reserve_data(&mut self, n: usize) {
         self.data.reserve(n);
     }
@@ -195,7 +196,18 @@ impl Outbound {
             }
         }
         self.advance_data(n);
-        // An idle session holds no queue memory (ADR 0011).
+        // The memory of a drained queue stays for the next burst unless it
+        // grew past what a burst of updates needs (a big dump's).
+        if self.data.is_empty() && self.data.capacity() > KEEP_DATA_QUEUE {
+            self.data = VecDeque::new();
+        }
+    }
+
+    /// Releases what a burst made drained queues grow to: the driver calls
+    /// it once per keepalive interval, so that an idle session holds little
+    /// (ADR 0011) while a busy one does not regrow its queues for every burst.
+    pub fn release_if_drained(&mut self) {
+        // Small queues stay: an echo or a single update then allocates nothing.
         if self.control.is_empty() && self.control.capacity() > 4 {
             self.control = VecDeque::new();
         }
@@ -212,18 +224,21 @@ impl Outbound {
             let take = n.min(front.len() - self.data_off);
             self.data_off += take;
             n -= take;
-            // Move the frame start up to the last boundary at or before data_off.
+            if self.data_off == front.len() {
+                // All written: no frame of it is cut, nothing to walk.
+                self.data.pop_front();
+                self.data_off = 0;
+                self.data_frame_start = 0;
+                continue;
+            }
+            // Move the frame start up to the last boundary at or before
+            // data_off (only the buffer a write ended in is walked).
             while self.data_frame_start < self.data_off {
                 let end = self.data_frame_start + frame_len_at(front, self.data_frame_start);
                 if end > self.data_off {
                     break;
                 }
                 self.data_frame_start = end;
-            }
-            if self.data_off == front.len() {
-                self.data.pop_front();
-                self.data_off = 0;
-                self.data_frame_start = 0;
             }
         }
     }
@@ -288,6 +303,29 @@ mod tests {
 
     fn total(o: &Outbound, limit: usize) -> usize {
         o.slices(limit).iter().map(|s| s.len()).sum()
+    }
+
+    #[test]
+    fn a_drained_queue_keeps_its_room_until_released_while_idle() {
+        let mut o = Outbound::default();
+        for vni in 0..20 {
+            o.push_data(Bytes::from(f(vni)));
+        }
+        drain_all(&mut o, usize::MAX);
+        let burst = o.data.capacity();
+        assert!(burst >= 20, "the next burst does not regrow the queue");
+        o.release_if_drained();
+        assert_eq!(o.data.capacity(), 0, "an idle session holds none of it");
+        // A single update's room stays: churn allocates nothing per delivery.
+        o.push_data(Bytes::from(f(1)));
+        drain_all(&mut o, usize::MAX);
+        let single = o.data.capacity();
+        o.release_if_drained();
+        assert_eq!(o.data.capacity(), single);
+        // Queued data is never released.
+        o.push_data(Bytes::from(f(2)));
+        o.release_if_drained();
+        assert_eq!(drain_all(&mut o, usize::MAX), f(2));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! times dump and update deliveries and KEEPALIVE echoes.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -462,6 +463,10 @@ impl LinkRole for Connection {
         self.info.queue_bytes.store(out.len() as u64, Relaxed);
     }
 
+    fn release_if_idle(&mut self) {
+        self.mailbox.release_if_empty();
+    }
+
     async fn wait(
         &mut self,
         _session: &mut Session,
@@ -764,6 +769,11 @@ impl Connection {
         // When the oldest cause of the updates queued now arrived.
         let mut oldest: Option<std::time::Instant> = None;
         let mut queued = 0u64;
+        // The VNIs whose dumps are queued now, for one log line: a session
+        // subscribes to its VNIs in one read, and a reconnect storm's line
+        // per VNI was 3 % of its CPU.
+        let mut subscribed = String::new();
+        let mut dump_routes = 0usize;
         self.mailbox.take_while_counted(|mail, behind| {
             if out.len() >= OUTBOUND_HIGH_WATER {
                 return Err(mail);
@@ -792,7 +802,11 @@ impl Connection {
                     if let Some(t) = oldest.take() {
                         timers.start(out.data_pushed(), t, Delivery::Updates);
                     }
-                    info!(%vni, dump_routes = routes, "subscribed");
+                    if !subscribed.is_empty() {
+                        subscribed.push(',');
+                    }
+                    let _ = write!(subscribed, "{vni}");
+                    dump_routes += routes;
                     for buf in frames {
                         out.push_data(buf);
                     }
@@ -806,6 +820,9 @@ impl Connection {
         });
         if let Some(t) = oldest {
             timers.start(out.data_pushed(), t, Delivery::Updates);
+        }
+        if !subscribed.is_empty() {
+            info!(vni = %subscribed, dump_routes, "subscribed");
         }
         if queued == 0 {
             return;

@@ -4,8 +4,8 @@
 //! The table owner encodes each change once, as a ready UPDATE frame, into a
 //! scratch arena, and remembers per VNI the runs of frames it appended and
 //! which session caused each run. When it seals (after each batch of
-//! commands, before a SUBSCRIBE/UNSUBSCRIBE of that VNI, before a watch
-//! snapshot, or when the arena is full) it copies each touched VNI's frames
+//! commands, before an UNSUBSCRIBE of that VNI, before a watch snapshot, or
+//! when the arena is full) it copies each touched VNI's frames
 //! into one buffer sized to its content, contiguous per VNI, and hands every
 //! subscriber of that VNI a zero-copy slice of it through the subscriber's
 //! [`Mailbox`]. So:
@@ -18,9 +18,12 @@
 //!   mailbox that holds more than its reader's lag limit is cleared and
 //!   marked overflowed (its reader closes the session, the client resyncs),
 //!   so memory stays bounded by the limit, per reader;
-//! * a SUBSCRIBE's dump is pushed into the subscriber's mailbox right after
-//!   the VNI was sealed, so it sits exactly between the updates before it
-//!   (contained in the dump, never delivered again) and after it;
+//! * a SUBSCRIBE's dump is pushed into the subscriber's mailbox at once, and
+//!   the subscriber hears only the runs its VNI appends after that, so the
+//!   dump sits exactly between the updates before it (contained in the dump,
+//!   never delivered again) and after it. The VNI is not sealed for it: its
+//!   other subscribers still get the whole batch in one mail (a reconnect
+//!   storm's SUBSCRIBEs cut every popular VNI's batches into pieces);
 //! * a session never hears its own updates: runs caused by it are skipped
 //!   when its slices are cut.
 
@@ -94,13 +97,18 @@ impl Mail {
 }
 
 /// One reader's queue of mail: written by the table task, read by one
-/// session task (or route watcher). The lock is held only to push or to take
-/// a few items, never across routing work or I/O.
+/// session task (or route watcher). The lock is held only to push one item
+/// or to swap queues, never across routing work or I/O.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<Mail>>,
+    queue: Mutex<Queues>,
     /// Bytes of frames queued (what the reader has not taken yet).
     queued: AtomicU64,
+    /// Whether the queue holds anything (written under the lock): the
+    /// reader looks here before taking the lock, so that its turns with
+    /// nothing to take (most turns of a session in churn: its echoes) do
+    /// not take the line the table writes to.
+    has_items: AtomicBool,
     /// Queued bytes above which the mailbox overflows.
     limit: u64,
     /// Set once the limit was exceeded: nothing more is delivered.
@@ -113,12 +121,32 @@ pub struct Mailbox {
     wake: crate::signal::Signal,
 }
 
+/// Most items whose queue memory a mailbox keeps between bursts (in each of
+/// its two queues, about 4 KiB): the queues do not grow again from nothing
+/// for every burst, and [`Mailbox::release_if_empty`] gives it back once the
+/// reader is idle.
+const KEEP_QUEUE: usize = 64;
+/// Items an empty queue makes room for at its first push, and the room an
+/// idle reader's queues keep (512 bytes each): churn's single deliveries
+/// then allocate nothing, and a new session's queue does not grow in steps.
+const SMALL_QUEUE: usize = 8;
+
+/// The queue the writer pushes onto, and the emptied one the reader swapped
+/// out last time: the writer goes on with its memory while the reader works
+/// outside the lock, so neither reallocates in a burst.
+#[derive(Debug, Default)]
+struct Queues {
+    live: VecDeque<Mail>,
+    spare: VecDeque<Mail>,
+}
+
 impl Mailbox {
     /// A new mailbox that overflows when more than `limit` bytes are queued.
     pub fn new(limit: u64) -> Arc<Self> {
         Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queues::default()),
             queued: AtomicU64::new(0),
+            has_items: AtomicBool::new(false),
             limit,
             overflowed: AtomicBool::new(false),
             overflowed_at: AtomicU64::new(0),
@@ -127,7 +155,7 @@ impl Mailbox {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Mail>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -135,6 +163,7 @@ impl Mailbox {
     /// is too far behind, the queue is dropped and the mailbox overflows.
     pub fn push(&self, mail: Mail) {
         let len = mail.len() as u64;
+
         let mut q = self.lock();
         if self.overflowed.load(Relaxed) || self.closed.load(Relaxed) {
             return;
@@ -144,15 +173,22 @@ impl Mailbox {
             self.overflowed_at.store(queued, Relaxed);
             self.overflowed.store(true, Relaxed);
             self.queued.store(0, Relaxed);
+            self.has_items.store(false, Relaxed);
             let dropped = std::mem::take(&mut *q);
             drop(q);
             drop(dropped);
             self.wake.notify();
             return;
         }
-        q.push_back(mail);
+        if q.live.capacity() == 0 {
+            // A new or idle reader's first mail: room for a burst (a
+            // reconnect's dumps and updates) at once, not in four steps.
+            q.live.reserve(SMALL_QUEUE);
+        }
+        q.live.push_back(mail);
         self.queued.store(queued, Relaxed);
-        let was_empty = q.len() == 1;
+        self.has_items.store(true, Relaxed);
+        let was_empty = q.live.len() == 1;
         drop(q);
         // Told once until the reader has taken what is there.
         if was_empty {
@@ -174,8 +210,19 @@ impl Mailbox {
         mut take: impl FnMut(Mail, usize) -> Result<(), Mail>,
     ) -> usize {
         // The whole queue at once, so that the writer never waits for the
-        // reader's work on it (the lock is held for a swap, not for `take`).
-        let mut taken = std::mem::take(&mut *self.lock());
+        // reader's work on it (the lock is held for a swap, not for `take`);
+        // the writer goes on in the spare queue.
+        // Nothing queued: no lock. A push racing with this look wakes the
+        // reader, which then takes it in its next turn.
+        if !self.has_items.load(Relaxed) {
+            return 0;
+        }
+        let mut taken = {
+            let mut q = self.lock();
+            self.has_items.store(false, Relaxed);
+            let spare = std::mem::take(&mut q.spare);
+            std::mem::replace(&mut q.live, spare)
+        };
         let mut n = 0;
         let mut bytes = 0u64;
         while let Some(mail) = taken.pop_front() {
@@ -192,25 +239,22 @@ impl Mailbox {
             .queued
             .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(bytes)));
         if taken.is_empty() {
-            // A small queue's memory goes back for the next push (no
-            // allocation per delivery in churn); a big one is released, so
-            // an idle reader holds no queue memory.
-            if taken.capacity() <= 8 {
-                let mut q = self.lock();
-                if q.capacity() == 0 {
-                    *q = taken;
-                }
+            // Its memory is the next spare, unless it grew past what a
+            // burst needs (then it is released).
+            if taken.capacity() <= KEEP_QUEUE {
+                self.lock().spare = taken;
             }
         } else {
             // What `take` refused goes back in front of what came meanwhile
             // (unless the mailbox overflowed or closed: then it is dropped).
             let mut q = self.lock();
             if !(self.overflowed.load(Relaxed) || self.closed.load(Relaxed)) {
-                if q.is_empty() {
-                    *q = taken;
+                self.has_items.store(true, Relaxed);
+                if q.live.is_empty() {
+                    q.spare = std::mem::replace(&mut q.live, taken);
                 } else {
                     while let Some(mail) = taken.pop_back() {
-                        q.push_front(mail);
+                        q.live.push_front(mail);
                     }
                 }
             }
@@ -218,9 +262,29 @@ impl Mailbox {
         n
     }
 
+    /// Releases what a burst made the queues grow to if nothing is queued
+    /// (reader side, when it is idle: a session calls it once per keepalive
+    /// interval), so that an idle reader holds at most two small queues.
+    pub fn release_if_empty(&self) {
+        let mut q = self.lock();
+        if q.live.is_empty() && q.live.capacity() > SMALL_QUEUE {
+            q.live = VecDeque::new();
+        }
+        if q.spare.capacity() > SMALL_QUEUE {
+            q.spare = VecDeque::new();
+        }
+    }
+
+    /// Items the queues have room for (for tests).
+    #[cfg(test)]
+    fn queue_capacity(&self) -> usize {
+        let q = self.lock();
+        q.live.capacity() + q.spare.capacity()
+    }
+
     /// True when mail is waiting.
     pub fn has_mail(&self) -> bool {
-        !self.lock().is_empty()
+        !self.lock().live.is_empty()
     }
 
     /// Bytes queued and not taken yet.
@@ -245,6 +309,7 @@ impl Mailbox {
         let mut q = self.lock();
         self.closed.store(true, Relaxed);
         self.queued.store(0, Relaxed);
+        self.has_items.store(false, Relaxed);
         let dropped = std::mem::take(&mut *q);
         drop(q);
         drop(dropped);
@@ -272,6 +337,10 @@ struct Pending {
     runs: Vec<Run>,
     /// When the cause of the first of them arrived.
     since: Option<Instant>,
+    /// Subscribers that joined after some of `runs` were appended, each
+    /// with the index of the first run it hears (the earlier ones are in
+    /// its dump). No run spans a join.
+    joins: Vec<(SessionId, usize)>,
 }
 
 /// A subscriber of one VNI.
@@ -331,8 +400,12 @@ impl FanOut {
         if pending.since.is_none() {
             pending.since = self.cause;
         }
+        let joined_since_last = pending
+            .joins
+            .last()
+            .is_some_and(|&(_, at)| at == pending.runs.len());
         match pending.runs.last_mut() {
-            Some(run) if run.origin == origin && run.end == start => {
+            Some(run) if run.origin == origin && run.end == start && !joined_since_last => {
                 run.end = end;
                 run.count += 1;
             }
@@ -368,11 +441,12 @@ impl FanOut {
             let Some(pending) = self.pending.remove(&vni) else {
                 continue;
             };
-            placed.push((vni, self.place(&mut out, pending.runs), pending.since));
+            let runs = self.place(&mut out, pending.runs, pending.joins.is_empty());
+            placed.push((vni, runs, pending.since, pending.joins));
         }
         let out = out.freeze();
-        for (vni, runs, since) in placed {
-            self.deliver(vni, &out, &runs, since);
+        for (vni, runs, since, joins) in placed {
+            self.deliver(vni, &out, &runs, since, &joins);
         }
         self.arena.clear();
         if self.arena.capacity() > 4 * SEAL_BYTES {
@@ -394,23 +468,24 @@ impl FanOut {
             .map(|r| (r.end - r.start) as usize)
             .sum();
         let mut out = BytesMut::with_capacity(total);
-        let runs = self.place(&mut out, pending.runs);
-        self.deliver(vni, &out.freeze(), &runs, pending.since);
+        let runs = self.place(&mut out, pending.runs, pending.joins.is_empty());
+        self.deliver(vni, &out.freeze(), &runs, pending.since, &pending.joins);
         if self.touched.is_empty() {
             self.arena.clear();
         }
     }
 
     /// Copies `runs` of the arena into `out`, merging neighbours of the same
-    /// origin; returns the runs as ranges of `out`.
-    fn place(&self, out: &mut BytesMut, runs: Vec<Run>) -> Vec<Run> {
+    /// origin if `merge` (not when joins refer to runs by index); returns
+    /// the runs as ranges of `out`.
+    fn place(&self, out: &mut BytesMut, runs: Vec<Run>, merge: bool) -> Vec<Run> {
         let mut placed: Vec<Run> = Vec::with_capacity(runs.len());
         for run in runs {
             let start = out.len() as u32;
             out.extend_from_slice(&self.arena[run.start as usize..run.end as usize]);
             let end = out.len() as u32;
             match placed.last_mut() {
-                Some(last) if last.origin == run.origin => {
+                Some(last) if merge && last.origin == run.origin => {
                     last.end = end;
                     last.count += run.count;
                 }
@@ -425,47 +500,45 @@ impl FanOut {
         placed
     }
 
-    fn deliver(&mut self, vni: Vni, out: &Bytes, runs: &[Run], since: Option<Instant>) {
+    /// Hands `runs` (ranges of `out`, all of `vni`) to the subscribers of
+    /// `vni`, each from its join on and without its own, and to the watchers.
+    fn deliver(
+        &mut self,
+        vni: Vni,
+        out: &Bytes,
+        runs: &[Run],
+        since: Option<Instant>,
+        joins: &[(SessionId, usize)],
+    ) {
         let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
             return;
         };
+
         let whole = out.slice(first.start as usize..last.end as usize);
         let count: u32 = runs.iter().map(|r| r.count).sum();
         self.sealed_bytes += whole.len() as u64;
+        // Many joins in one batch (a storm's SUBSCRIBEs to a popular VNI):
+        // looked up by hash rather than by a scan per subscriber.
+        let many: Option<HashMap<SessionId, usize>> =
+            (joins.len() > 16).then(|| joins.iter().copied().collect());
         if let Some(subs) = self.subscribers.get(&vni) {
             for sub in subs {
-                if runs.iter().all(|r| r.origin != sub.session) {
+                let from = match &many {
+                    Some(joins) => joins.get(&sub.session).copied(),
+                    None => joins
+                        .iter()
+                        .find(|&&(session, _)| session == sub.session)
+                        .map(|&(_, at)| at),
+                }
+                .unwrap_or(0);
+                if from == 0 && runs.iter().all(|r| r.origin != sub.session) {
                     sub.mailbox.push(Mail::Updates {
                         frames: whole.clone(),
                         count,
                         since,
                     });
-                    continue;
-                }
-                // Cut out the subscriber's own runs; neighbours stay one slice.
-                let mut from: Option<(u32, u32, u32)> = None;
-                for run in runs {
-                    if run.origin == sub.session {
-                        if let Some((s, e, c)) = from.take() {
-                            sub.mailbox.push(Mail::Updates {
-                                frames: out.slice(s as usize..e as usize),
-                                count: c,
-                                since,
-                            });
-                        }
-                    } else {
-                        from = Some(match from {
-                            Some((s, _, c)) => (s, run.end, c + run.count),
-                            None => (run.start, run.end, run.count),
-                        });
-                    }
-                }
-                if let Some((s, e, c)) = from {
-                    sub.mailbox.push(Mail::Updates {
-                        frames: out.slice(s as usize..e as usize),
-                        count: c,
-                        since,
-                    });
+                } else {
+                    push_heard(&sub.mailbox, out, &runs[from..], sub.session, since);
                 }
             }
         }
@@ -484,10 +557,13 @@ impl FanOut {
         self.watchers.retain(|w| !w.mailbox.is_closed());
     }
 
-    /// `session` hears the updates of `vni` sealed from now on. Call
-    /// [`FanOut::seal_vni`] first.
+    /// `session` hears the updates of `vni` appended from now on (those
+    /// appended before and not sealed yet go to the earlier subscribers
+    /// only: they are in its dump).
     pub fn subscribe(&mut self, vni: Vni, session: SessionId, mailbox: Arc<Mailbox>) {
-        debug_assert!(!self.pending.contains_key(&vni), "seal the VNI first");
+        if let Some(pending) = self.pending.get_mut(&vni) {
+            pending.joins.push((session, pending.runs.len()));
+        }
         self.subscribers
             .entry(vni)
             .or_default()
@@ -522,6 +598,40 @@ impl FanOut {
     /// subscribers share it).
     pub fn sealed_bytes(&self) -> u64 {
         self.sealed_bytes
+    }
+}
+
+/// Pushes the frames of `runs` but those of `own` (the reader's own
+/// updates) onto `mailbox`: neighbouring runs stay one slice.
+fn push_heard(
+    mailbox: &Mailbox,
+    out: &Bytes,
+    runs: &[Run],
+    own: SessionId,
+    since: Option<Instant>,
+) {
+    let mut heard: Option<(u32, u32, u32)> = None;
+    let push = |(start, end, count): (u32, u32, u32)| {
+        mailbox.push(Mail::Updates {
+            frames: out.slice(start as usize..end as usize),
+            count,
+            since,
+        });
+    };
+    for run in runs {
+        if run.origin == own {
+            if let Some(slice) = heard.take() {
+                push(slice);
+            }
+        } else {
+            heard = Some(match heard {
+                Some((start, _, count)) => (start, run.end, count + run.count),
+                None => (run.start, run.end, run.count),
+            });
+        }
+    }
+    if let Some(slice) = heard {
+        push(slice);
     }
 }
 
@@ -569,6 +679,59 @@ mod tests {
         assert_eq!(got, [1, 2, 3], "per-route order across a refused take");
         assert_eq!(mailbox.queued_bytes(), 0);
         assert!(!mailbox.has_mail());
+    }
+
+    #[test]
+    fn queue_memory_is_kept_across_bursts_and_released_when_idle() {
+        let mailbox = Mailbox::new(u64::MAX);
+        let burst = |mailbox: &Mailbox| {
+            for t in 0..10 {
+                mailbox.push(mail(t));
+            }
+        };
+        for _ in 0..2 {
+            burst(&mailbox);
+            assert_eq!(mailbox.take_while(|_| Ok(())), 10);
+        }
+        let kept = mailbox.queue_capacity();
+        assert!(kept >= 20, "both queues keep room for a burst");
+        // A burst fills the spare while the reader drains the other: no
+        // queue grows again from nothing.
+        burst(&mailbox);
+        assert_eq!(mailbox.queue_capacity(), kept);
+        let mut pushed_while_taking = false;
+        mailbox.take_while(|_| {
+            if !pushed_while_taking {
+                burst(&mailbox);
+                pushed_while_taking = true;
+            }
+            Ok(())
+        });
+        assert_eq!(mailbox.queue_capacity(), kept);
+        assert_eq!(mailbox.take_while(|_| Ok(())), 10);
+        assert_eq!(mailbox.queue_capacity(), kept);
+        // Idle: released down to two small queues. With mail queued: the
+        // queue holding it is kept.
+        mailbox.push(mail(1));
+        mailbox.release_if_empty();
+        assert!(mailbox.has_mail());
+        assert!(mailbox.queue_capacity() >= 10);
+        assert_eq!(mailbox.take_while(|_| Ok(())), 1);
+        mailbox.release_if_empty();
+        assert!(mailbox.queue_capacity() <= 2 * SMALL_QUEUE);
+        // Single deliveries then allocate nothing (once both small queues
+        // exist).
+        let single = |t| {
+            mailbox.push(mail(t));
+            assert_eq!(mailbox.take_while(|_| Ok(())), 1);
+            mailbox.release_if_empty();
+            mailbox.queue_capacity()
+        };
+        let small = (0..2).map(single).last().unwrap();
+        assert_eq!(small, 2 * SMALL_QUEUE);
+        for t in 0..3 {
+            assert_eq!(single(t), small);
+        }
     }
 
     #[test]

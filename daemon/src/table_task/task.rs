@@ -333,7 +333,6 @@ impl TableTask {
                 };
                 // Updates appended before go to the earlier subscribers only
                 // (they are in the dump); later ones to this one too.
-                self.log.seal_vni(vni);
                 self.log.subscribe(vni, session, mailbox.clone());
                 let (mut frames, routes) = self.dump(vni, session);
                 if sync {

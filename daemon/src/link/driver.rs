@@ -84,9 +84,9 @@ pub trait LinkRole {
     /// After each turn that did not end the session.
     fn turn_done(&mut self, _out: &Outbound) {}
 
-    /// A KEEPALIVE was read (once per keepalive interval): release memory
-    /// kept for bursts if nothing is in it, so that an idle session holds
-    /// none.
+    /// A KEEPALIVE was read (once per keepalive interval): release what a
+    /// burst made the role's queues grow to if they are empty, so that an
+    /// idle session holds little.
     fn release_if_idle(&mut self) {}
 
     /// Whether the task yields after a turn whose read filled the buffer.

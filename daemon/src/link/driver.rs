@@ -134,10 +134,6 @@ pub struct Link {
     pacer: Pacer,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
-    /// Unacknowledged bytes at the probe that said "wait" while spinning:
-    /// until that number changes no ACK has come, so the answer stands and
-    /// the window (`TCP_INFO`) is not read again.
-    spin_unacked: Option<usize>,
     /// Since when reading is paused by the role.
     paused_at: Option<Instant>,
     /// Time reading was paused since the last KEEPALIVE was read: it does
@@ -167,7 +163,6 @@ impl Link {
             read_size: READ_MIN,
             pacer: Pacer::new(settings.pace_limit),
             pace_spins: 0,
-            spin_unacked: None,
             paused_at: None,
             paused_credit: Duration::ZERO,
             read_full: false,
@@ -616,28 +611,27 @@ impl Link {
         if let Some(allowed) = self.pacer.allowance(written, queued) {
             return (allowed, None);
         }
-        // The window (`TCP_INFO`, the dearer half of a probe) cannot change
-        // the answer while more than a batch is unacknowledged, nor while
-        // no ACK has come since the last "wait" (the spins below).
         let probe = pacing::unacked_bytes(fd).and_then(|unacked| {
-            if self.pacer.must_wait(unacked) || self.spin_unacked == Some(unacked) {
-                return Ok((unacked, None));
+            if self.pacer.must_wait(unacked) {
+                return Ok(None);
             }
-            Ok((unacked, Some(pacing::peer_window(fd)?)))
+            let peer_window = pacing::peer_window(fd)?;
+            Ok(Some(pacing::SocketProbe {
+                unacked,
+                peer_window,
+            }))
         });
-        let (decision, unacked) = match probe {
-            Ok((unacked, Some(peer_window))) => {
-                let probe = pacing::SocketProbe {
-                    unacked,
-                    peer_window,
-                };
+        // Whether an acknowledgement is on its way (rather than the peer's
+        // application having left data unread).
+        let (decision, ack_pending) = match probe {
+            Ok(Some(probe)) => {
                 let decision = self
                     .pacer
                     .decide_at(probe, Instant::now().into_std(), written);
-                tracing::trace!(unacked, window = ?peer_window, ?decision, queued = self.out.len(), "pacing");
-                (decision, unacked)
+                tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
+                (decision, probe.unacked > 0)
             }
-            Ok((unacked, None)) => (Decision::Wait(pacing::RECHECK), unacked),
+            Ok(None) => (Decision::Wait(pacing::RECHECK), true),
             Err(e) => {
                 debug!(error = %e, "cannot read socket state; writing unpaced");
                 return (usize::MAX, None);
@@ -646,24 +640,19 @@ impl Link {
         match decision {
             Decision::Send(n) => {
                 self.pace_spins = 0;
-                self.spin_unacked = None;
                 (n, None)
             }
             // A fast reader's ACK comes within microseconds, and the kernel
             // wakes nobody for an ACK: look again after yielding to other
             // tasks a few times before falling back to the timer. Not for
-            // data the peer has not read yet (nothing unacknowledged, only
-            // its window holds us back): it reads when it gets the CPU, and
-            // spinning would take that CPU from it.
-            Decision::Wait(_) if unacked > 0 && self.pace_spins < PACE_SPINS => {
+            // data the peer has not read yet (only its window holds us
+            // back): it reads when it gets the CPU, and spinning would take
+            // that CPU from it.
+            Decision::Wait(_) if ack_pending && self.pace_spins < PACE_SPINS => {
                 self.pace_spins += 1;
-                self.spin_unacked = Some(unacked);
                 (0, Some(PaceWait::Yield))
             }
-            Decision::Wait(d) => {
-                self.spin_unacked = None;
-                (0, Some(PaceWait::Until(Instant::now() + d)))
-            }
+            Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
         }
     }
 }

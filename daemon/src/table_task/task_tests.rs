@@ -345,6 +345,73 @@ fn an_update_reaches_only_the_subscribers_of_its_vni_and_never_its_origin() {
 }
 
 #[test]
+fn subscribers_joining_one_batch_hear_it_from_their_join_and_the_others_in_one_mail() {
+    // More joins than the scan handles (the hashed lookup), each between
+    // two announcements of the same batch.
+    const JOINERS: u32 = 24;
+    let mut t = task();
+    let at = Instant::now();
+    let early = Mailbox::new(u64::MAX);
+    t.handle(Command::Ops {
+        session: 1,
+        ops: vec![Op::Subscribe {
+            vni: Vni(7),
+            sync: false,
+        }],
+        received: at,
+        mailbox: early.clone(),
+    });
+    t.log.seal();
+    let route = |i: u32| -> Route { format!("7#10.1.{i}.0/24@2001:db8::1").parse().unwrap() };
+    let mut joiners = Vec::new();
+    for i in 0..JOINERS {
+        t.handle(Command::Ops {
+            session: 2,
+            ops: vec![Op::Announce(route(i))],
+            received: at,
+            mailbox: Mailbox::new(u64::MAX),
+        });
+        let mailbox = Mailbox::new(u64::MAX);
+        t.handle(Command::Ops {
+            session: 100 + i,
+            ops: vec![Op::Subscribe {
+                vni: Vni(7),
+                sync: false,
+            }],
+            received: at,
+            mailbox: mailbox.clone(),
+        });
+        joiners.push(mailbox);
+    }
+    t.handle(Command::Ops {
+        session: 2,
+        ops: vec![Op::Announce(route(JOINERS))],
+        received: at,
+        mailbox: Mailbox::new(u64::MAX),
+    });
+    t.log.seal();
+    for (i, mailbox) in joiners.iter().enumerate() {
+        let mut seen = BTreeMap::new();
+        collect(mailbox, &mut seen);
+        let i = i as u32;
+        let dump = (0..=i).map(route).collect();
+        let later = (i + 1..=JOINERS).map(|j| Seen::Add(route(j)));
+        let want: Vec<Seen> = std::iter::once(Seen::Dump(dump)).chain(later).collect();
+        assert_eq!(seen[&7], want, "joiner {i}");
+    }
+    // The earlier subscriber gets the whole batch as one slice.
+    let mut mails = 0;
+    let mut heard = Vec::new();
+    early.take_while(|mail| {
+        mails += 1;
+        heard.extend(mail.updates().map(|u| u.route));
+        Ok(())
+    });
+    assert_eq!(mails, 2, "its dump, then the batch in one mail");
+    assert_eq!(heard, (0..=JOINERS).map(route).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_mailbox_over_its_limit_overflows_and_the_table_goes_on() {
     let routes = universe();
     let mut t = task();

@@ -18,6 +18,10 @@ use crate::wire::HEADER_LEN;
 const MAX_IOVECS: usize = 64;
 /// Most buffers whose room the data queue keeps once drained (2 KiB).
 const KEEP_DATA_QUEUE: usize = 64;
+/// Room the queues of an idle session keep (an echo, a few updates): churn
+/// then allocates nothing per delivery.
+const IDLE_CONTROL_QUEUE: usize = 4;
+const IDLE_DATA_QUEUE: usize = 8;
 
 /// See the module documentation.
 #[derive(Default)]
@@ -207,11 +211,10 @@ impl Outbound {
     /// it once per keepalive interval, so that an idle session holds little
     /// (ADR 0011) while a busy one does not regrow its queues for every burst.
     pub fn release_if_drained(&mut self) {
-        // Small queues stay: an echo or a single update then allocates nothing.
-        if self.control.is_empty() && self.control.capacity() > 4 {
+        if self.control.is_empty() && self.control.capacity() > IDLE_CONTROL_QUEUE {
             self.control = VecDeque::new();
         }
-        if self.data.is_empty() && self.data.capacity() > 8 {
+        if self.data.is_empty() && self.data.capacity() > IDLE_DATA_QUEUE {
             self.data = VecDeque::new();
         }
     }

@@ -59,6 +59,29 @@ fn task() -> TableTask {
     TableTask::new(Arc::default())
 }
 
+/// `session` subscribes to `vni` (no SYNC), its mail going to `mailbox`.
+fn subscribe(t: &mut TableTask, session: SessionId, vni: u32, mailbox: &Arc<Mailbox>) {
+    t.handle(Command::Ops {
+        session,
+        ops: vec![Op::Subscribe {
+            vni: Vni(vni),
+            sync: false,
+        }],
+        received: Instant::now(),
+        mailbox: mailbox.clone(),
+    });
+}
+
+/// `session` announces `route` (it subscribes to nothing).
+fn announce(t: &mut TableTask, session: SessionId, route: Route) {
+    t.handle(Command::Ops {
+        session,
+        ops: vec![Op::Announce(route)],
+        received: Instant::now(),
+        mailbox: Mailbox::new(u64::MAX),
+    });
+}
+
 fn decode_all(bytes: &[u8]) -> Vec<Update> {
     let mut buf = BytesMut::from(bytes);
     let mut out = Vec::new();
@@ -313,15 +336,7 @@ fn an_update_reaches_only_the_subscribers_of_its_vni_and_never_its_origin() {
     let c = Mailbox::new(u64::MAX);
     let at = Instant::now();
     for (s, mb, vni) in [(20, &a, 1), (21, &b, 1), (22, &c, 2)] {
-        t.handle(Command::Ops {
-            session: s,
-            ops: vec![Op::Subscribe {
-                vni: Vni(vni),
-                sync: false,
-            }],
-            received: at,
-            mailbox: mb.clone(),
-        });
+        subscribe(&mut t, s, vni, mb);
     }
     t.log.seal();
     let vni1 = routes.iter().find(|r| r.vni.0 == 1).copied().unwrap();
@@ -350,45 +365,18 @@ fn subscribers_joining_one_batch_hear_it_from_their_join_and_the_others_in_one_m
     // two announcements of the same batch.
     const JOINERS: u32 = 24;
     let mut t = task();
-    let at = Instant::now();
     let early = Mailbox::new(u64::MAX);
-    t.handle(Command::Ops {
-        session: 1,
-        ops: vec![Op::Subscribe {
-            vni: Vni(7),
-            sync: false,
-        }],
-        received: at,
-        mailbox: early.clone(),
-    });
+    subscribe(&mut t, 1, 7, &early);
     t.log.seal();
     let route = |i: u32| -> Route { format!("7#10.1.{i}.0/24@2001:db8::1").parse().unwrap() };
     let mut joiners = Vec::new();
     for i in 0..JOINERS {
-        t.handle(Command::Ops {
-            session: 2,
-            ops: vec![Op::Announce(route(i))],
-            received: at,
-            mailbox: Mailbox::new(u64::MAX),
-        });
+        announce(&mut t, 2, route(i));
         let mailbox = Mailbox::new(u64::MAX);
-        t.handle(Command::Ops {
-            session: 100 + i,
-            ops: vec![Op::Subscribe {
-                vni: Vni(7),
-                sync: false,
-            }],
-            received: at,
-            mailbox: mailbox.clone(),
-        });
+        subscribe(&mut t, 100 + i, 7, &mailbox);
         joiners.push(mailbox);
     }
-    t.handle(Command::Ops {
-        session: 2,
-        ops: vec![Op::Announce(route(JOINERS))],
-        received: at,
-        mailbox: Mailbox::new(u64::MAX),
-    });
+    announce(&mut t, 2, route(JOINERS));
     t.log.seal();
     for (i, mailbox) in joiners.iter().enumerate() {
         let mut seen = BTreeMap::new();
@@ -447,25 +435,11 @@ fn a_mailbox_over_its_limit_overflows_and_the_table_goes_on() {
 fn a_dump_mail_decodes_into_the_routes_of_its_vni() {
     let routes = universe();
     let mut t = task();
-    let at = Instant::now();
     for r in &routes {
-        t.handle(Command::Ops {
-            session: 30,
-            ops: vec![Op::Announce(*r)],
-            received: at,
-            mailbox: Mailbox::new(u64::MAX),
-        });
+        announce(&mut t, 30, *r);
     }
     let mailbox = Mailbox::new(u64::MAX);
-    t.handle(Command::Ops {
-        session: 20,
-        ops: vec![Op::Subscribe {
-            vni: Vni(2),
-            sync: false,
-        }],
-        received: at,
-        mailbox: mailbox.clone(),
-    });
+    subscribe(&mut t, 20, 2, &mailbox);
     let mut dumped = Vec::new();
     mailbox.take_while(|mail| {
         assert!(matches!(mail, Mail::Dump { .. }), "{mail:?}");

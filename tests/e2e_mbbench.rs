@@ -171,6 +171,53 @@ fn small_fleet_is_exact_in_every_phase() {
     assert!(d.is_alive());
 }
 
+/// Sessions that offer SYNC, as metalbondd agents do, get one SYNC per
+/// dump and are still counted exactly (the server no longer paces them).
+#[test]
+fn a_fleet_offering_sync_gets_a_sync_per_dump_and_is_exact() {
+    let d = Daemon::start(&[]);
+    let addr = d.addr.to_string();
+    let (code, out) = mbbench(&[
+        "--server",
+        &addr,
+        "--scenario",
+        "fleet",
+        "--hypervisors",
+        "30",
+        "--vnis",
+        "10",
+        "--subs-per-session",
+        "4",
+        "--routes-per-session",
+        "5",
+        "--churn-secs",
+        "0",
+        "--no-storm",
+        "--settle-ms",
+        "200",
+        "--timeout",
+        "30",
+        "--offer-sync",
+        "--json",
+    ]);
+    let p = phases(&out);
+    let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fleet-connect", "fleet-converge"], "{out}");
+    let (_, converge) = &p[1];
+    assert_eq!(converge["offer_sync"], true, "{converge}");
+    assert_eq!(converge["exact"], true, "{converge}");
+    assert_eq!(num(converge, "unexpected_frames"), 0.0, "{converge}");
+    assert_eq!(
+        num(converge, "adds"),
+        num(converge, "expected_held"),
+        "one ADD per expected route"
+    );
+    // Every session's 4 SUBSCRIBEs were answered with a dump and a SYNC.
+    assert_eq!(num(converge, "syncs"), 30.0 * 4.0, "{converge}");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(d.is_alive());
+}
+
 /// A "server" that completes every handshake and echoes KEEPALIVEs but
 /// never forwards a route: every expected route is missing.
 fn silent_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {

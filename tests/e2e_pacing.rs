@@ -64,6 +64,9 @@ struct GoLikeReader {
     per_route: Duration,
     keepalive: Duration,
     last_keepalive: Instant,
+    /// Extension bits offered in HELLO (0, as the Go reference, unless a
+    /// test says otherwise).
+    extensions: u64,
 }
 
 impl GoLikeReader {
@@ -78,6 +81,7 @@ impl GoLikeReader {
             per_route,
             keepalive: Duration::from_secs(u64::from(DEFAULT_KEEPALIVE)),
             last_keepalive: Instant::now(),
+            extensions: 0,
         }
     }
 
@@ -141,7 +145,7 @@ impl GoLikeReader {
         self.send(&Message::Hello(Hello {
             keepalive_secs: DEFAULT_KEEPALIVE,
             is_server: false,
-            extensions: 0,
+            extensions: self.extensions,
         }));
         let mut got_hello = false;
         let deadline = Instant::now() + T;
@@ -290,4 +294,32 @@ async fn without_pacing_the_go_like_reader_fails() {
         matches!(outcome, GoOutcome::Reset(_)),
         "expected an unpaced dump to break a Go-style reader, got {outcome:?}"
     );
+}
+
+/// A peer that negotiated an extension is a metalbondd peer, which reads
+/// whole streams, so it is not paced (ADR 0006): the same reader, offering
+/// SYNC, gets the dump as fast as TCP takes it and sees what an unpaced
+/// dump does to a Go reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_negotiated_an_extension_is_not_paced() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let d = Daemon::start(&[]);
+    let _announcer = load_routes(&d).await;
+    let addr = d.addr;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut go = GoLikeReader::connect(addr, PER_ROUTE);
+        go.extensions = metalbondd::wire::Extensions::SYNC.0;
+        go.handshake_and_subscribe();
+        go.receive(ROUTES)
+    })
+    .await
+    .unwrap();
+    match outcome {
+        GoOutcome::Reset(reason) => assert!(
+            reason.contains("65,535-byte buffer") || reason.contains("cut at the end"),
+            "expected an unpaced dump's full or cut read, got: {reason}"
+        ),
+        other => panic!("expected the dump unpaced, got {other:?}"),
+    }
+    assert!(d.is_alive());
 }

@@ -198,6 +198,11 @@ struct Args {
     /// Fleet: skip the reconnect storm phase.
     #[arg(long, help_heading = "Fleet scenario")]
     no_storm: bool,
+    /// Fleet: sessions offer the SYNC extension in HELLO, as metalbondd
+    /// agents do (a metalbondd server then follows each dump with a SYNC and
+    /// does not pace them); default: plain sessions, as the Go reference's client.
+    #[arg(long, help_heading = "Fleet scenario")]
+    offer_sync: bool,
     /// Fleet: connection handshakes under way at once.
     #[arg(long, default_value_t = 256, help_heading = "Fleet scenario")]
     connect_concurrency: usize,
@@ -520,6 +525,7 @@ fn fleet_main(args: Args) -> ExitCode {
         timeout: Duration::from_secs(args.timeout),
         stall: (args.stall > 0).then(|| Duration::from_secs(args.stall)),
         server_pid: args.server_pid,
+        offer_sync: args.offer_sync,
     };
     out.human(&fleet::header(&cfg, &args.server));
     let report = |r: &fleet::PhaseResult| {

@@ -593,6 +593,12 @@ impl Link {
             role.message_out(&msg, self.out.control_pushed(), read_at);
         }
         while let Some(event) = self.session.poll_event() {
+            if let Event::Negotiated(_) = event {
+                // Only metalbondd peers offer extensions (PROTOCOL.md
+                // section 8), and they read whole streams: pacing protects
+                // Go reference peers, which never negotiate (ADR 0006).
+                self.pacer.peer_reads_streams();
+            }
             role.event(event, &mut self.out);
         }
     }

@@ -124,6 +124,15 @@ impl Pacer {
         self.limit == 0 || self.fast_reader
     }
 
+    /// The peer is known not to read like a Go reference peer (it
+    /// negotiated a metalbondd extension): it gets data as fast as TCP
+    /// takes it from now on, like a proven fast reader, and costs no
+    /// probes. Route data may already be queued: nothing of it was
+    /// written past a frame boundary, so stopping here is safe.
+    pub fn peer_reads_streams(&mut self) {
+        self.fast_reader = true;
+    }
+
     /// Current batch size.
     pub fn batch(&self) -> usize {
         self.batch
@@ -517,6 +526,25 @@ mod tests {
             Decision::Send(usize::MAX)
         );
         assert!(pacer.is_disabled());
+    }
+
+    #[test]
+    fn a_peer_that_reads_streams_is_not_paced_whatever_it_shows() {
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        pacer.on_sent(INITIAL_BATCH, t);
+        // A batch unacknowledged and a shrunk window: a paced peer waits.
+        assert_eq!(
+            pacer.decide(p(INITIAL_BATCH, 1000), t),
+            Decision::Wait(RECHECK)
+        );
+        pacer.peer_reads_streams();
+        assert!(pacer.is_disabled());
+        assert!(!pacer.must_wait(1 << 20), "no probe asks it to wait");
+        assert_eq!(
+            pacer.decide(p(1 << 20, 1000), t),
+            Decision::Send(usize::MAX)
+        );
     }
 
     #[test]

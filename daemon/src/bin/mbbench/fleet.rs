@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use metalbondd::wire::{
-    codec::decode_payload, encode_message, encode_update, Action, Message, MessageType, Vni,
+    codec::decode_payload, encode_message, encode_update, Action, Extensions, Message, MessageType,
+    Vni,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
@@ -80,6 +81,10 @@ pub struct FleetConfig {
     pub stall: Option<Duration>,
     /// Server PID for /proc readings.
     pub server_pid: Option<u32>,
+    /// Sessions offer the SYNC extension in HELLO, as metalbondd agents do
+    /// (PROTOCOL.md section 8); otherwise they are plain MetalBond clients,
+    /// as the Go reference's.
+    pub offer_sync: bool,
 }
 
 counter_set! {
@@ -101,6 +106,8 @@ counter_set! {
         connect_failures,
         /// Frames a server should not send (HELLO again, SUBSCRIBE, unknown types).
         unexpected_frames,
+        /// SYNC frames received (sessions that offer SYNC get one per dump).
+        syncs,
     }
 }
 
@@ -139,7 +146,12 @@ struct World {
     echo_over_1s: u64,
     /// Why sessions ended or failed to connect, with counts (a few kinds).
     reasons: Vec<(String, u64)>,
+    /// Sessions offer SYNC: its frames are expected ([`FleetConfig::offer_sync`]).
+    offer_sync: bool,
 }
+
+/// The message type of SYNC (PROTOCOL.md section 8).
+const SYNC_TYPE: u8 = MessageType::Sync as u8;
 
 impl World {
     fn note_reason(&mut self, reason: String) {
@@ -225,6 +237,8 @@ pub struct PhaseResult {
     pub ka_unsolicited: u64,
     /// Other frames a server must not send.
     pub unexpected_frames: u64,
+    /// SYNC frames received (only when the sessions offer SYNC).
+    pub syncs: u64,
     /// Largest KEEPALIVE echo time, milliseconds.
     pub echo_max_ms: f64,
     /// KEEPALIVE echoes slower than 1 s.
@@ -320,6 +334,7 @@ impl PhaseResult {
         o.num("routes_per_session", d.routes.into());
         o.num("zipf_s", d.zipf_s);
         o.num("seed", d.seed as f64);
+        o.raw("offer_sync", if cfg.offer_sync { "true" } else { "false" });
         o.raw("completed", if self.converged { "true" } else { "false" });
         o.raw("exact", if self.ok() { "true" } else { "false" });
         o.num("elapsed_s", self.wall_s);
@@ -342,6 +357,7 @@ impl PhaseResult {
         o.num("keepalive_echo_over_1s", self.echo_over_1s as f64);
         o.num("keepalive_unsolicited", self.ka_unsolicited as f64);
         o.num("unexpected_frames", self.unexpected_frames as f64);
+        o.num("syncs", self.syncs as f64);
         o.num("resets", self.resets as f64);
         o.num("connects", self.connects as f64);
         o.num("connect_failures", self.connect_failures as f64);
@@ -411,6 +427,7 @@ pub async fn run(cfg: FleetConfig, report: &dyn Fn(&PhaseResult)) -> Vec<PhaseRe
             buf: vec![0; READ_BUF + MAX_FRAME],
             echo_max_us: 0,
             echo_over_1s: 0,
+            offer_sync: cfg.offer_sync,
             reasons: Vec::new(),
         }),
         wake: (0..h).map(|_| Notify::new()).collect(),
@@ -584,6 +601,7 @@ fn finish(ctx: &Ctx, name: &'static str, snap: &Snap, done: Option<Cpu>, wall: f
         connect_failures: c.connect_failures,
         ka_unsolicited: c.ka_unsolicited,
         unexpected_frames: c.unexpected_frames,
+        syncs: c.syncs,
         echo_max_ms: w.echo_max_us as f64 / 1000.0,
         echo_over_1s: w.echo_over_1s,
         bench_cpu_s: cpu.bench - snap.bench_cpu,
@@ -827,7 +845,13 @@ async fn session(h: u32, ctx: Rc<Ctx>) {
 /// negotiated interval and any bytes read past the handshake.
 async fn handshake(cfg: &FleetConfig) -> Result<(TcpStream, Duration, Vec<u8>), String> {
     use tokio::io::AsyncWriteExt;
-    let mut stream = crate::peer::connect_and_send_hello(cfg.server, cfg.keepalive).await?;
+    let extensions = if cfg.offer_sync {
+        Extensions::SYNC.0
+    } else {
+        0
+    };
+    let mut stream =
+        crate::peer::connect_and_send_hello(cfg.server, cfg.keepalive, extensions).await?;
     let mut buf = Vec::with_capacity(64);
     let (t, payload) = read_frame(&mut stream, &mut buf).await?;
     let server_secs = match (t, decode_payload_of(t, &payload)) {
@@ -1032,6 +1056,7 @@ fn read(
         buf,
         echo_max_us,
         echo_over_1s,
+        offer_sync,
         ..
     } = &mut *w;
     let conn = &mut conns[h as usize];
@@ -1077,6 +1102,8 @@ fn read(
                     Ok(_) => conn.counters.unexpected_frames += 1,
                     Err(e) => return Err(format!("invalid UPDATE from server: {e}")),
                 },
+                // What a session that offered SYNC gets after each dump.
+                SYNC_TYPE if *offer_sync => conn.counters.syncs += 1,
                 _ => conn.counters.unexpected_frames += 1,
             }
             off = end;
@@ -1092,7 +1119,7 @@ pub fn header(cfg: &FleetConfig, server: &str) -> String {
     let d = &cfg.dims;
     let shape = Shape::new(d.to_owned());
     format!(
-        "mbbench fleet: server {server}, {} hypervisor sessions, {} VNIs (Zipf s = {}), {} subscriptions and {} routes per session, seed {}, keepalive {} s; {} deliveries for a full converge; churn {} events/s for {} s; storm window {} s{}",
+        "mbbench fleet: server {server}, {} hypervisor sessions, {} VNIs (Zipf s = {}), {} subscriptions and {} routes per session, seed {}, keepalive {} s; {} deliveries for a full converge; churn {} events/s for {} s; storm window {} s{}{}",
         d.sessions,
         d.vnis,
         d.zipf_s,
@@ -1107,6 +1134,11 @@ pub fn header(cfg: &FleetConfig, server: &str) -> String {
         match cfg.server_pid {
             Some(p) => format!(", server pid {p}"),
             None => String::new(),
+        },
+        if cfg.offer_sync {
+            "; sessions offer SYNC"
+        } else {
+            ""
         }
     )
 }

@@ -215,7 +215,7 @@ impl Peer {
         R: AsyncRead + Unpin + Send + 'static,
         W: PeerWrite,
     {
-        send_hello(&mut stream, cfg.keepalive).await?;
+        send_hello(&mut stream, cfg.keepalive, 0).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let server_secs = match read_frame(&mut stream, &mut buf).await? {
             Message::Hello(h) => h.keepalive_secs,
@@ -359,9 +359,10 @@ impl Drop for Peer {
 pub async fn connect_and_send_hello(
     server: SocketAddr,
     keepalive_secs: u32,
+    extensions: u64,
 ) -> Result<TcpStream, String> {
     let mut stream = connect_tcp(server).await?;
-    send_hello(&mut stream, keepalive_secs).await?;
+    send_hello(&mut stream, keepalive_secs, extensions).await?;
     Ok(stream)
 }
 
@@ -374,17 +375,19 @@ async fn connect_tcp(server: SocketAddr) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
-/// Sends the client's HELLO offering `keepalive_secs`.
+/// Sends the client's HELLO offering `keepalive_secs` and the extension
+/// bits `extensions` (0: none, as the Go reference's client).
 async fn send_hello<S: AsyncWrite + Unpin>(
     stream: &mut S,
     keepalive_secs: u32,
+    extensions: u64,
 ) -> Result<(), String> {
     let mut out = BytesMut::new();
     encode_message(
         &Message::Hello(Hello {
             keepalive_secs,
             is_server: false,
-            extensions: 0,
+            extensions,
         }),
         &mut out,
     );

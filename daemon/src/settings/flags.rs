@@ -106,7 +106,8 @@ pub struct ServerArgs {
     pub max_lag_bytes: Option<u64>,
     /// Largest batch of route data a peer may have unacknowledged (batches
     /// start at 16 KiB and grow while the peer reads fast; Go peers reset at
-    /// 64 KiB unread); 0 disables pacing. Default 16384 [file: server.pace_limit].
+    /// 64 KiB unread; metalbondd peers, which negotiate an extension, are
+    /// never paced); 0 disables pacing. Default 16384 [file: server.pace_limit].
     #[arg(long, value_name = "BYTES")]
     pub pace_limit: Option<usize>,
     /// Close a session whose socket accepts no data for this many seconds.

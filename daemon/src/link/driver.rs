@@ -6,6 +6,7 @@
 use std::future::{poll_fn, Future};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +30,41 @@ const READ_BUFFER: usize = 64 * 1024;
 const READ_MIN: usize = 1024;
 /// Quick re-checks (yielding to other tasks) before pacing waits on the timer.
 const PACE_SPINS: u32 = 32;
+/// Sessions re-checking quickly at once, at most; the others wait on the
+/// timer. A lone fast reader not yet proven fast (a big dump's first
+/// milliseconds) needs its ACK caught within microseconds, or every 16 KiB
+/// batch waits a millisecond; when thousands of sessions wait for ACKs (a
+/// fleet's converge or reconnect storm), each re-check only passes through
+/// the others' and the CPU is better spent writing. Noticing an ACK late on
+/// the timer does not shrink a batch: the pacer times an ACK by its arrival.
+const MAX_SPINNERS: usize = 16;
+/// Sessions holding a [`SpinSlot`].
+static SPINNERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_SPINNERS`] places of sessions re-checking quickly;
+/// given back when dropped.
+#[derive(Debug)]
+struct SpinSlot(&'static AtomicUsize);
+
+impl SpinSlot {
+    fn take() -> Option<Self> {
+        Self::take_from(&SPINNERS, MAX_SPINNERS)
+    }
+
+    /// A place among at most `max` counted by `holders`.
+    fn take_from(holders: &'static AtomicUsize, max: usize) -> Option<Self> {
+        holders
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| SpinSlot(holders))
+    }
+}
+
+impl Drop for SpinSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
 /// Most queued bytes a turn writes without first waiting for `writable`
 /// (see `Link::run`): a few updates or an echo, not a dump.
 const DIRECT_WRITE_MAX: usize = 16 * 1024;
@@ -134,6 +170,8 @@ pub struct Link {
     pacer: Pacer,
     /// Consecutive quick re-checks while pacing holds data back.
     pace_spins: u32,
+    /// Held while re-checking quickly (see [`MAX_SPINNERS`]).
+    spin_slot: Option<SpinSlot>,
     /// Since when reading is paused by the role.
     paused_at: Option<Instant>,
     /// Time reading was paused since the last KEEPALIVE was read: it does
@@ -163,6 +201,7 @@ impl Link {
             read_size: READ_MIN,
             pacer: Pacer::new(settings.pace_limit),
             pace_spins: 0,
+            spin_slot: None,
             paused_at: None,
             paused_credit: Duration::ZERO,
             read_full: false,
@@ -606,6 +645,16 @@ impl Link {
     /// How many bytes of route data may be written now, or how to wait
     /// before looking again.
     fn pace(&mut self, fd: RawFd) -> (usize, Option<PaceWait>) {
+        let paced = self.pace_decision(fd);
+        if !matches!(paced.1, Some(PaceWait::Yield)) {
+            // Not re-checking quickly: the place goes to another session.
+            self.spin_slot = None;
+        }
+        paced
+    }
+
+    /// [`Link::pace`], holding a [`SpinSlot`] if it yields.
+    fn pace_decision(&mut self, fd: RawFd) -> (usize, Option<PaceWait>) {
         if !self.out.has_data() {
             return (0, None);
         }
@@ -621,10 +670,11 @@ impl Link {
             if self.pacer.must_wait(unacked) {
                 return Ok(None);
             }
-            let peer_window = pacing::peer_window(fd)?;
+            let peer = pacing::peer_info(fd)?;
             Ok(Some(pacing::SocketProbe {
                 unacked,
-                peer_window,
+                peer_window: peer.window,
+                acked_ago: peer.acked_ago,
             }))
         });
         // Whether an acknowledgement is on its way (rather than the peer's
@@ -654,12 +704,25 @@ impl Link {
             // data the peer has not read yet (only its window holds us
             // back): it reads when it gets the CPU, and spinning would take
             // that CPU from it.
-            Decision::Wait(_) if ack_pending && self.pace_spins < PACE_SPINS => {
+            Decision::Wait(_)
+                if ack_pending && self.pace_spins < PACE_SPINS && self.holds_spin_slot() =>
+            {
                 self.pace_spins += 1;
                 (0, Some(PaceWait::Yield))
             }
             Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
         }
+    }
+}
+
+impl Link {
+    /// Whether this session may re-check quickly (taking a place if it
+    /// holds none).
+    fn holds_spin_slot(&mut self) -> bool {
+        if self.spin_slot.is_none() {
+            self.spin_slot = SpinSlot::take();
+        }
+        self.spin_slot.is_some()
     }
 }
 
@@ -759,6 +822,21 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spin_slots_are_limited_and_given_back() {
+        static HOLDERS: AtomicUsize = AtomicUsize::new(0);
+        let mut held: Vec<SpinSlot> = (0..3)
+            .map_while(|_| SpinSlot::take_from(&HOLDERS, 3))
+            .collect();
+        assert_eq!(held.len(), 3);
+        assert!(SpinSlot::take_from(&HOLDERS, 3).is_none(), "all taken");
+        held.pop();
+        assert_eq!(HOLDERS.load(Relaxed), 2, "a dropped slot is given back");
+        held.push(SpinSlot::take_from(&HOLDERS, 3).expect("free again"));
+        drop(held);
+        assert_eq!(HOLDERS.load(Relaxed), 0);
+    }
     use std::task::Poll;
     use tokio::io::{AsyncWriteExt, Interest};
     use tokio::net::TcpListener;

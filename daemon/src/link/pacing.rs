@@ -68,6 +68,19 @@ pub struct SocketProbe {
     pub unacked: usize,
     /// Receive window the peer advertised last (`tcpi_snd_wnd`), if the kernel reports it.
     pub peer_window: Option<u32>,
+    /// How long ago the last acknowledgement arrived (`tcpi_last_ack_recv`,
+    /// counted in the kernel's clock ticks, so up to a few milliseconds
+    /// short), if known.
+    pub acked_ago: Option<Duration>,
+}
+
+/// What `TCP_INFO` says about the peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// See [`SocketProbe::peer_window`].
+    pub window: Option<u32>,
+    /// See [`SocketProbe::acked_ago`].
+    pub acked_ago: Option<Duration>,
 }
 
 /// What to do with queued route data now.
@@ -216,7 +229,15 @@ impl Pacer {
         }
         if probe.unacked == 0 {
             if let Some(sent) = self.awaiting_ack.take() {
-                self.batch = if now.duration_since(sent) >= SLOW_ACK {
+                // When the ACK arrived, not when we looked: a busy server
+                // looks late, and an ACK it noticed late is no sign of a
+                // slow reader. Never earlier than the batch went out (the
+                // tick count may be short).
+                let acked = probe
+                    .acked_ago
+                    .and_then(|ago| now.checked_sub(ago))
+                    .map_or(now, |at| at.clamp(sent, now));
+                self.batch = if acked.duration_since(sent) >= SLOW_ACK {
                     (self.batch / 2).max(MIN_BATCH)
                 } else {
                     (self.batch + BATCH_STEP).min(self.limit)
@@ -245,9 +266,12 @@ impl Pacer {
 
 /// Reads `SIOCOUTQ` and `TCP_INFO` of a connected TCP socket.
 pub fn probe_socket(fd: RawFd) -> std::io::Result<SocketProbe> {
+    let unacked = unacked_bytes(fd)?;
+    let peer = peer_info(fd)?;
     Ok(SocketProbe {
-        unacked: unacked_bytes(fd)?,
-        peer_window: peer_window(fd)?,
+        unacked,
+        peer_window: peer.window,
+        acked_ago: peer.acked_ago,
     })
 }
 
@@ -264,10 +288,11 @@ pub fn unacked_bytes(fd: RawFd) -> std::io::Result<usize> {
     Ok(unacked.max(0) as usize)
 }
 
-/// The receive window the peer advertised last (`TCP_INFO.tcpi_snd_wnd`),
-/// if the kernel reports it.
+/// The receive window the peer advertised last (`TCP_INFO.tcpi_snd_wnd`)
+/// and how long ago its last acknowledgement arrived
+/// (`tcpi_last_ack_recv`), as far as the kernel reports them.
 #[cfg(target_os = "linux")]
-pub fn peer_window(fd: RawFd) -> std::io::Result<Option<u32>> {
+pub fn peer_info(fd: RawFd) -> std::io::Result<PeerInfo> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -286,7 +311,12 @@ pub fn peer_window(fd: RawFd) -> std::io::Result<Option<u32>> {
     }
     // Kernels before 5.4 return a shorter struct without tcpi_snd_wnd.
     let snd_wnd_end = std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + 4;
-    Ok((len as usize >= snd_wnd_end).then_some(info.tcpi_snd_wnd))
+    let last_ack_end = std::mem::offset_of!(libc::tcp_info, tcpi_last_ack_recv) + 4;
+    Ok(PeerInfo {
+        window: (len as usize >= snd_wnd_end).then_some(info.tcpi_snd_wnd),
+        acked_ago: (len as usize >= last_ack_end)
+            .then(|| Duration::from_millis(info.tcpi_last_ack_recv.into())),
+    })
 }
 
 /// Elsewhere nothing is known: pace on nothing (never hold data back).
@@ -297,8 +327,8 @@ pub fn unacked_bytes(_fd: RawFd) -> std::io::Result<usize> {
 
 /// Elsewhere nothing is known.
 #[cfg(not(target_os = "linux"))]
-pub fn peer_window(_fd: RawFd) -> std::io::Result<Option<u32>> {
-    Ok(None)
+pub fn peer_info(_fd: RawFd) -> std::io::Result<PeerInfo> {
+    Ok(PeerInfo::default())
 }
 
 #[cfg(test)]
@@ -309,6 +339,7 @@ mod tests {
         SocketProbe {
             unacked,
             peer_window: Some(window),
+            acked_ago: None,
         }
     }
 
@@ -411,6 +442,51 @@ mod tests {
             .map(|_| cycle(&mut pacer, &mut now, Duration::from_micros(100)))
             .collect();
         assert_eq!(*grown.last().unwrap(), LIMIT);
+    }
+
+    /// Sends a batch; `acked_after` later the ACK arrives, and the pacer
+    /// looks `noticed_after` after sending. Returns the next batch.
+    fn ack_seen_late(pacer: &mut Pacer, acked_after: Duration, noticed_after: Duration) -> usize {
+        let t = Instant::now();
+        let Decision::Send(n) = pacer.decide(p(0, 100_000), t) else {
+            panic!("expected to send")
+        };
+        pacer.on_sent(n, t);
+        let probe = SocketProbe {
+            acked_ago: Some(noticed_after.saturating_sub(acked_after)),
+            ..p(0, 100_000)
+        };
+        let Decision::Send(next) = pacer.decide(probe, t + noticed_after) else {
+            panic!("expected to send")
+        };
+        next
+    }
+
+    #[test]
+    fn an_ack_is_timed_by_its_arrival_not_by_when_it_was_noticed() {
+        let late = Duration::from_millis(45);
+        // A quick ACK that a busy sender noticed late grows the batch.
+        let mut pacer = Pacer::new(LIMIT);
+        let grown = ack_seen_late(&mut pacer, Duration::from_micros(200), late);
+        assert_eq!(grown, INITIAL_BATCH + BATCH_STEP);
+        // A slow one halves it, however soon it was noticed.
+        let mut pacer = Pacer::new(LIMIT);
+        let slow = Duration::from_millis(30);
+        assert_eq!(ack_seen_late(&mut pacer, slow, slow), INITIAL_BATCH / 2);
+        // An arrival reported before the batch went out (the kernel's tick
+        // count is coarse) counts as at once, never earlier.
+        let mut pacer = Pacer::new(LIMIT);
+        let t = Instant::now();
+        pacer.decide(p(0, 100_000), t);
+        pacer.on_sent(INITIAL_BATCH, t);
+        let probe = SocketProbe {
+            acked_ago: Some(late + Duration::from_millis(15)),
+            ..p(0, 100_000)
+        };
+        assert_eq!(
+            pacer.decide(probe, t + late),
+            Decision::Send(INITIAL_BATCH + BATCH_STEP)
+        );
     }
 
     #[test]

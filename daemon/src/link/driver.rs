@@ -38,6 +38,10 @@ const PACE_SPINS: u32 = 32;
 /// the others' and the CPU is better spent writing. Noticing an ACK late on
 /// the timer does not shrink a batch: the pacer times an ACK by its arrival.
 const MAX_SPINNERS: usize = 16;
+/// Most queued bytes a turn writes without first waiting for `writable`
+/// (see `Link::run`): a few updates or an echo, not a dump.
+const DIRECT_WRITE_MAX: usize = 16 * 1024;
+
 /// Sessions holding a [`SpinSlot`].
 static SPINNERS: AtomicUsize = AtomicUsize::new(0);
 
@@ -47,6 +51,7 @@ static SPINNERS: AtomicUsize = AtomicUsize::new(0);
 struct SpinSlot(&'static AtomicUsize);
 
 impl SpinSlot {
+    /// One of the [`MAX_SPINNERS`] places, if one is free.
     fn take() -> Option<Self> {
         Self::take_from(&SPINNERS, MAX_SPINNERS)
     }
@@ -65,9 +70,6 @@ impl Drop for SpinSlot {
         self.0.fetch_sub(1, Relaxed);
     }
 }
-/// Most queued bytes a turn writes without first waiting for `writable`
-/// (see `Link::run`): a few updates or an echo, not a dump.
-const DIRECT_WRITE_MAX: usize = 16 * 1024;
 
 /// How the driver treats the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -653,6 +655,15 @@ impl Link {
         paced
     }
 
+    /// Whether this session may re-check quickly (taking a place if it
+    /// holds none).
+    fn holds_spin_slot(&mut self) -> bool {
+        if self.spin_slot.is_none() {
+            self.spin_slot = SpinSlot::take();
+        }
+        self.spin_slot.is_some()
+    }
+
     /// [`Link::pace`], holding a [`SpinSlot`] if it yields.
     fn pace_decision(&mut self, fd: RawFd) -> (usize, Option<PaceWait>) {
         if !self.out.has_data() {
@@ -712,17 +723,6 @@ impl Link {
             }
             Decision::Wait(d) => (0, Some(PaceWait::Until(Instant::now() + d))),
         }
-    }
-}
-
-impl Link {
-    /// Whether this session may re-check quickly (taking a place if it
-    /// holds none).
-    fn holds_spin_slot(&mut self) -> bool {
-        if self.spin_slot.is_none() {
-            self.spin_slot = SpinSlot::take();
-        }
-        self.spin_slot.is_some()
     }
 }
 

@@ -12,7 +12,9 @@
 //!   because the receiver's first segments are acknowledged at once whether
 //!   read or not. Quick ACKs grow the batch step by step up to the limit; an
 //!   ACK slower than [`SLOW_ACK`] (a slow reader, or the receiver's
-//!   delayed-ACK timer acknowledging unread data) halves it.
+//!   delayed-ACK timer acknowledging unread data) halves it. An ACK is
+//!   timed by when it arrived (`tcpi_last_ack_recv`), not by when a busy
+//!   sender looked.
 //! * **Window shrink.** How far the peer's advertised window
 //!   (`TCP_INFO.tcpi_snd_wnd`) has shrunk from its recent maximum counts as
 //!   unread data too; it catches peers whose receive buffer is nearly full.

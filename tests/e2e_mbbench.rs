@@ -73,6 +73,14 @@ fn phases(out: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// [`phases`], which must be exactly `names` in this order.
+fn phases_named(out: &str, names: &[&str]) -> Vec<(String, serde_json::Value)> {
+    let p = phases(out);
+    let got: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(got, names, "{out}");
+    p
+}
+
 fn num(v: &serde_json::Value, k: &str) -> f64 {
     v[k].as_f64()
         .unwrap_or_else(|| panic!("field {k} missing in {v}"))
@@ -110,17 +118,14 @@ fn small_fleet_is_exact_in_every_phase() {
         "30",
         "--json",
     ]);
-    let p = phases(&out);
-    let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
+    let p = phases_named(
+        &out,
+        &[
             "fleet-connect",
             "fleet-converge",
             "fleet-churn",
-            "fleet-storm"
+            "fleet-storm",
         ],
-        "{out}"
     );
     for (name, v) in &p {
         assert_eq!(v["completed"], true, "{name} did not complete: {v}");
@@ -200,9 +205,7 @@ fn a_fleet_offering_sync_gets_a_sync_per_dump_and_is_exact() {
         "--offer-sync",
         "--json",
     ]);
-    let p = phases(&out);
-    let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["fleet-connect", "fleet-converge"], "{out}");
+    let p = phases_named(&out, &["fleet-connect", "fleet-converge"]);
     let (_, converge) = &p[1];
     assert_eq!(converge["offer_sync"], true, "{converge}");
     assert_eq!(converge["exact"], true, "{converge}");
@@ -291,9 +294,7 @@ fn missing_routes_are_reported_and_fail_the_run() {
         "0",
         "--json",
     ]);
-    let p = phases(&out);
-    let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["fleet-connect", "fleet-converge"], "{out}");
+    let p = phases_named(&out, &["fleet-connect", "fleet-converge"]);
     assert_eq!(p[0].1["exact"], true, "{out}");
     let converge = &p[1].1;
     assert_eq!(converge["completed"], false);

@@ -73,6 +73,27 @@ fn phases(out: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// mbbench's fleet scenario against `server`: H sessions, V VNIs, S
+/// subscriptions and R routes per session, then the `more` arguments.
+fn fleet(server: &str, [h, v, s, r]: [&str; 4], more: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec![
+        "--server",
+        server,
+        "--scenario",
+        "fleet",
+        "--hypervisors",
+        h,
+        "--vnis",
+        v,
+        "--subs-per-session",
+        s,
+        "--routes-per-session",
+        r,
+    ];
+    args.extend_from_slice(more);
+    mbbench(&args)
+}
+
 /// [`phases`], which must be exactly `names` in this order.
 fn phases_named(out: &str, names: &[&str]) -> Vec<(String, serde_json::Value)> {
     let p = phases(out);
@@ -91,33 +112,25 @@ fn small_fleet_is_exact_in_every_phase() {
     let d = Daemon::start(&[]);
     let addr = d.addr.to_string();
     let pid = d.pid().to_string();
-    let (code, out) = mbbench(&[
-        "--server",
+    let (code, out) = fleet(
         &addr,
-        "--server-pid",
-        &pid,
-        "--scenario",
-        "fleet",
-        "--hypervisors",
-        "50",
-        "--vnis",
-        "20",
-        "--subs-per-session",
-        "5",
-        "--routes-per-session",
-        "8",
-        "--churn-rate",
-        "40",
-        "--churn-secs",
-        "1",
-        "--storm-window",
-        "0.5",
-        "--settle-ms",
-        "200",
-        "--timeout",
-        "30",
-        "--json",
-    ]);
+        ["50", "20", "5", "8"],
+        &[
+            "--server-pid",
+            &pid,
+            "--churn-rate",
+            "40",
+            "--churn-secs",
+            "1",
+            "--storm-window",
+            "0.5",
+            "--settle-ms",
+            "200",
+            "--timeout",
+            "30",
+            "--json",
+        ],
+    );
     let p = phases_named(
         &out,
         &[
@@ -182,29 +195,21 @@ fn small_fleet_is_exact_in_every_phase() {
 fn a_fleet_offering_sync_gets_a_sync_per_dump_and_is_exact() {
     let d = Daemon::start(&[]);
     let addr = d.addr.to_string();
-    let (code, out) = mbbench(&[
-        "--server",
+    let (code, out) = fleet(
         &addr,
-        "--scenario",
-        "fleet",
-        "--hypervisors",
-        "30",
-        "--vnis",
-        "10",
-        "--subs-per-session",
-        "4",
-        "--routes-per-session",
-        "5",
-        "--churn-secs",
-        "0",
-        "--no-storm",
-        "--settle-ms",
-        "200",
-        "--timeout",
-        "30",
-        "--offer-sync",
-        "--json",
-    ]);
+        ["30", "10", "4", "5"],
+        &[
+            "--churn-secs",
+            "0",
+            "--no-storm",
+            "--settle-ms",
+            "200",
+            "--timeout",
+            "30",
+            "--offer-sync",
+            "--json",
+        ],
+    );
     let p = phases_named(&out, &["fleet-connect", "fleet-converge"]);
     let (_, converge) = &p[1];
     assert_eq!(converge["offer_sync"], true, "{converge}");
@@ -275,25 +280,11 @@ fn silent_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
 fn missing_routes_are_reported_and_fail_the_run() {
     let (addr, _server) = silent_server();
     let addr = addr.to_string();
-    let (code, out) = mbbench(&[
-        "--server",
+    let (code, out) = fleet(
         &addr,
-        "--scenario",
-        "fleet",
-        "--hypervisors",
-        "10",
-        "--vnis",
-        "5",
-        "--subs-per-session",
-        "2",
-        "--routes-per-session",
-        "4",
-        "--timeout",
-        "2",
-        "--stall",
-        "0",
-        "--json",
-    ]);
+        ["10", "5", "2", "4"],
+        &["--timeout", "2", "--stall", "0", "--json"],
+    );
     let p = phases_named(&out, &["fleet-connect", "fleet-converge"]);
     assert_eq!(p[0].1["exact"], true, "{out}");
     let converge = &p[1].1;

@@ -71,6 +71,13 @@ async fn a_peer_offering_sync_gets_it_and_a_sync_after_every_dump_once() {
         p.recv(T).await,
         Recv::Frame(Frame::Message(Message::Keepalive))
     ));
+    // The log says what was negotiated (such a peer is not paced).
+    assert!(
+        d.wait_for_log("session established keepalive_secs=5 extensions=sync", T)
+            .await,
+        "{}",
+        d.logs()
+    );
 
     // The dump, then SYNC right after its last ADD.
     p.subscribe(7).await;

@@ -693,7 +693,9 @@ impl LinkRole for ClientLink<'_> {
     fn event(&mut self, event: Event, out: &mut Outbound) {
         match event {
             Event::Established { keepalive } => {
-                info!(server = %self.server, keepalive_secs = keepalive.as_secs(), "session with route server established");
+                // `sync`: the server is a metalbondd peer (SYNC negotiated,
+                // before this event), which is not paced.
+                info!(server = %self.server, keepalive_secs = keepalive.as_secs(), sync = self.sync, "session with route server established");
                 self.established_at = Some(Instant::now());
                 self.stats.session_ups.fetch_add(1, Relaxed);
                 // The SUBSCRIBEs were queued by the session (control lane,

@@ -334,7 +334,18 @@ impl LinkRole for Connection {
     fn event(&mut self, event: Event, _out: &mut Outbound) {
         match event {
             Event::Established { keepalive } => {
-                info!(keepalive_secs = keepalive.as_secs(), "session established");
+                // A metalbondd peer (extensions negotiated, which come
+                // first) is not paced: worth seeing when a dump looks slow.
+                let extensions = Extensions(self.info.extensions.load(Relaxed));
+                if extensions.is_empty() {
+                    info!(keepalive_secs = keepalive.as_secs(), "session established");
+                } else {
+                    info!(
+                        keepalive_secs = keepalive.as_secs(),
+                        extensions = %extensions.names().join(","),
+                        "session established"
+                    );
+                }
                 Metrics::inc(&self.metrics.sessions_established);
                 self.established = true;
                 self.info

@@ -681,11 +681,9 @@ impl Link {
             if self.pacer.must_wait(unacked) {
                 return Ok(None);
             }
-            let peer = pacing::peer_info(fd)?;
             Ok(Some(pacing::SocketProbe {
                 unacked,
-                peer_window: peer.window,
-                acked_ago: peer.acked_ago,
+                peer: pacing::peer_info(fd)?,
             }))
         });
         // Whether an acknowledgement is on its way (rather than the peer's
@@ -695,7 +693,7 @@ impl Link {
                 let decision = self
                     .pacer
                     .decide_at(probe, Instant::now().into_std(), written);
-                tracing::trace!(unacked = probe.unacked, window = ?probe.peer_window, ?decision, queued = self.out.len(), "pacing");
+                tracing::trace!(unacked = probe.unacked, window = ?probe.peer.window, ?decision, queued = self.out.len(), "pacing");
                 (decision, probe.unacked > 0)
             }
             Ok(None) => (Decision::Wait(pacing::RECHECK), true),

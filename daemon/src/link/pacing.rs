@@ -68,20 +68,18 @@ const WINDOW_EPOCH: Duration = Duration::from_millis(250);
 pub struct SocketProbe {
     /// Bytes written but not yet acknowledged by the peer (`SIOCOUTQ`).
     pub unacked: usize,
-    /// Receive window the peer advertised last (`tcpi_snd_wnd`), if the kernel reports it.
-    pub peer_window: Option<u32>,
-    /// How long ago the last acknowledgement arrived (`tcpi_last_ack_recv`,
-    /// counted in the kernel's clock ticks, so up to a few milliseconds
-    /// short), if known.
-    pub acked_ago: Option<Duration>,
+    /// What `TCP_INFO` says about the peer.
+    pub peer: PeerInfo,
 }
 
 /// What `TCP_INFO` says about the peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// See [`SocketProbe::peer_window`].
+    /// Receive window the peer advertised last (`tcpi_snd_wnd`), if the kernel reports it.
     pub window: Option<u32>,
-    /// See [`SocketProbe::acked_ago`].
+    /// How long ago the last acknowledgement arrived (`tcpi_last_ack_recv`,
+    /// counted in the kernel's clock ticks, so up to a few milliseconds
+    /// short), if known.
     pub acked_ago: Option<Duration>,
 }
 
@@ -223,7 +221,7 @@ impl Pacer {
 
     /// Decides how much route data may be written now.
     pub fn decide(&mut self, probe: SocketProbe, now: Instant) -> Decision {
-        if probe.peer_window.is_some_and(|w| w >= FAST_READER_WINDOW) {
+        if probe.peer.window.is_some_and(|w| w >= FAST_READER_WINDOW) {
             self.fast_reader = true;
         }
         if self.is_disabled() {
@@ -236,6 +234,7 @@ impl Pacer {
                 // slow reader. Never earlier than the batch went out (the
                 // tick count may be short).
                 let acked = probe
+                    .peer
                     .acked_ago
                     .and_then(|ago| now.checked_sub(ago))
                     .map_or(now, |at| at.clamp(sent, now));
@@ -246,7 +245,7 @@ impl Pacer {
                 };
             }
         }
-        let shrink = self.window_shrink(probe.peer_window, now);
+        let shrink = self.window_shrink(probe.peer.window, now);
         let unread = probe.unacked + shrink;
         if unread + MAX_FRAME <= self.batch {
             self.window_stall = None;
@@ -268,12 +267,9 @@ impl Pacer {
 
 /// Reads `SIOCOUTQ` and `TCP_INFO` of a connected TCP socket.
 pub fn probe_socket(fd: RawFd) -> std::io::Result<SocketProbe> {
-    let unacked = unacked_bytes(fd)?;
-    let peer = peer_info(fd)?;
     Ok(SocketProbe {
-        unacked,
-        peer_window: peer.window,
-        acked_ago: peer.acked_ago,
+        unacked: unacked_bytes(fd)?,
+        peer: peer_info(fd)?,
     })
 }
 
@@ -340,9 +336,17 @@ mod tests {
     fn p(unacked: usize, window: u32) -> SocketProbe {
         SocketProbe {
             unacked,
-            peer_window: Some(window),
-            acked_ago: None,
+            peer: PeerInfo {
+                window: Some(window),
+                acked_ago: None,
+            },
         }
+    }
+
+    /// `probe` with its last ACK `ago`.
+    fn acked(mut probe: SocketProbe, ago: Duration) -> SocketProbe {
+        probe.peer.acked_ago = Some(ago);
+        probe
     }
 
     const LIMIT: usize = 48 * 1024;
@@ -454,10 +458,7 @@ mod tests {
             panic!("expected to send")
         };
         pacer.on_sent(n, t);
-        let probe = SocketProbe {
-            acked_ago: Some(noticed_after.saturating_sub(acked_after)),
-            ..p(0, 100_000)
-        };
+        let probe = acked(p(0, 100_000), noticed_after.saturating_sub(acked_after));
         let Decision::Send(next) = pacer.decide(probe, t + noticed_after) else {
             panic!("expected to send")
         };
@@ -481,10 +482,7 @@ mod tests {
         let t = Instant::now();
         pacer.decide(p(0, 100_000), t);
         pacer.on_sent(INITIAL_BATCH, t);
-        let probe = SocketProbe {
-            acked_ago: Some(late + Duration::from_millis(15)),
-            ..p(0, 100_000)
-        };
+        let probe = acked(p(0, 100_000), late + Duration::from_millis(15));
         assert_eq!(
             pacer.decide(probe, t + late),
             Decision::Send(INITIAL_BATCH + BATCH_STEP)
@@ -693,6 +691,6 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let probe = probe_socket(client.as_raw_fd()).unwrap();
         assert_eq!(probe.unacked, 0);
-        assert!(probe.peer_window.unwrap_or(1) > 0);
+        assert!(probe.peer.window.unwrap_or(1) > 0);
     }
 }

@@ -24,11 +24,6 @@
 //!   the new baseline at once, and when only the window holds data back a
 //!   small probe batch fetches a fresh one.
 //!
-//! * **An opening burst.** A peer cannot have more unread than it was ever
-//!   sent, so a session's first batch may fill the stream up to
-//!   [`HARD_LIMIT`] minus the batch limit ([`Pacer::opening_burst`]): a
-//!   small dump goes out in one write. What the estimate below might miss of
-//!   it plus one more batch still stays under the hard limit.
 //! * **Fast readers go unpaced.** Linux grows a receiver's buffer (and so the
 //!   window it advertises) only while its application reads more per
 //!   round trip than the buffer holds. A peer whose window has passed
@@ -115,8 +110,6 @@ pub struct Pacer {
     /// control frames too) up to which the last [`Decision::Send`] allowed
     /// writing: see [`Pacer::allowance`].
     allowed_until: u64,
-    /// No decision was taken yet: the next may grant the opening burst.
-    opening: bool,
 }
 
 impl Pacer {
@@ -136,20 +129,7 @@ impl Pacer {
             window_stall: None,
             fast_reader: false,
             allowed_until: 0,
-            opening: true,
         }
-    }
-
-    /// How far into the session's outbound stream the first batch may
-    /// reach: [`HARD_LIMIT`] minus the batch limit (44 KiB with the default
-    /// 16 KiB limit). The peer cannot have more unread than it was ever
-    /// sent, so this holds whatever it does; the window baseline is taken
-    /// before the burst, so later decisions see the burst while it is unread,
-    /// and were they to miss all of it, one more batch would still keep the
-    /// peer under the hard limit. A dump of up to about 1,100 routes then
-    /// costs one write instead of three batches, each waiting for an ACK.
-    pub fn opening_burst(&self) -> u64 {
-        HARD_LIMIT.saturating_sub(self.limit) as u64
     }
 
     /// True when pacing is switched off, or no longer needed for this peer.
@@ -214,16 +194,8 @@ impl Pacer {
 
     /// [`Pacer::decide`] for a session whose outbound position is `written`,
     /// remembered for [`Pacer::allowance`].
-    /// The session's first decision may grant the opening burst (see
-    /// [`Pacer::opening_burst`]).
     pub fn decide_at(&mut self, probe: SocketProbe, now: Instant, written: u64) -> Decision {
-        let mut decision = self.decide(probe, now);
-        if std::mem::take(&mut self.opening) {
-            if let Decision::Send(n) = &mut decision {
-                let burst = self.opening_burst().saturating_sub(written);
-                *n = (*n).max(usize::try_from(burst).unwrap_or(0));
-            }
-        }
+        let decision = self.decide(probe, now);
         self.allowed_until = match decision {
             Decision::Send(n) => written.saturating_add(n as u64),
             Decision::Wait(_) => 0,
@@ -412,11 +384,7 @@ mod tests {
                     continue;
                 }
                 waited += 1;
-                assert_eq!(
-                    asked.allowance(HARD_LIMIT as u64, 1),
-                    None,
-                    "a wait leaves no allowance"
-                );
+                assert_eq!(asked.allowance(0, 1), None, "a wait leaves no allowance");
                 for window in [0, 1_000, 65_535, 200_000, FAST_READER_WINDOW - 1] {
                     let decision = pacer.clone().decide(p(unacked, window), now);
                     assert_eq!(
@@ -704,73 +672,6 @@ mod tests {
             assert!(written as usize <= limit, "unread {written} over {limit}");
         }
         assert!(written > 0);
-    }
-
-    #[test]
-    fn the_first_decision_grants_the_opening_burst() {
-        let mut pacer = Pacer::new(INITIAL_BATCH);
-        let now = Instant::now();
-        // HELLO and an echo went out before the first route data.
-        let written = 30;
-        let opening = (HARD_LIMIT - INITIAL_BATCH) as u64;
-        assert_eq!(pacer.opening_burst(), opening);
-        let Decision::Send(n) = pacer.decide_at(p(0, 65_535), now, written) else {
-            panic!("an idle socket may be written");
-        };
-        assert_eq!(n as u64, opening - written);
-        assert_eq!(pacer.allowance(written, n), Some(n));
-        pacer.on_sent(n, now);
-        // Only once: the next decision is an ordinary batch.
-        let later = now + Duration::from_micros(50);
-        let Decision::Send(m) = pacer.decide_at(p(0, 65_535), later, written + n as u64) else {
-            panic!("acknowledged at once");
-        };
-        assert!(m <= INITIAL_BATCH, "{m}");
-        // Were later decisions to miss the whole burst (a window baseline
-        // taken after it), one more batch would still stay under the hard
-        // limit.
-        for limit in [1, MIN_BATCH + MAX_FRAME, INITIAL_BATCH, 32 * 1024, 1 << 20] {
-            let pacer = Pacer::new(limit);
-            assert!(pacer.opening_burst() as usize + pacer.limit <= HARD_LIMIT);
-        }
-        // A limit at the hard limit leaves no room for a burst.
-        let mut full = Pacer::new(HARD_LIMIT);
-        assert_eq!(full.opening_burst(), 0);
-        assert_eq!(
-            full.decide_at(p(0, 65_535), now, 0),
-            Decision::Send(INITIAL_BATCH)
-        );
-    }
-
-    #[test]
-    fn a_peer_that_reads_nothing_never_has_the_hard_limit_unread() {
-        // The worst peer for the estimate: its kernel acknowledges every
-        // byte at once (nothing ever looks unacknowledged), it reads
-        // nothing, and its window shrinks by exactly what it holds. Route
-        // data keeps coming in small and large pieces for 400 ms (within
-        // two window epochs, the memory of the baseline).
-        for limit in [MIN_BATCH + MAX_FRAME, INITIAL_BATCH, 32 * 1024, HARD_LIMIT] {
-            let mut pacer = Pacer::new(limit);
-            let start = Instant::now();
-            let mut unread = 0usize;
-            for step in 0..4000u64 {
-                let now = start + Duration::from_micros(step * 100);
-                let queued = if step % 50 == 0 { 100_000 } else { 45 };
-                let window = 65_535u32.saturating_sub(unread as u32);
-                let budget = match pacer.allowance(unread as u64, queued) {
-                    Some(b) => b,
-                    None => match pacer.decide_at(p(0, window), now, unread as u64) {
-                        Decision::Send(b) => b,
-                        Decision::Wait(_) => continue,
-                    },
-                };
-                let n = queued.min(budget);
-                pacer.on_sent(n, now);
-                unread += n;
-                assert!(unread <= HARD_LIMIT, "limit {limit}: {unread} unread");
-            }
-            assert!(unread > limit.min(INITIAL_BATCH), "limit {limit}: {unread}");
-        }
     }
 
     #[test]

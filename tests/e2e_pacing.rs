@@ -223,18 +223,27 @@ async fn load_routes(d: &Daemon) -> RawPeer {
     announcer
 }
 
-fn run_go_reader(addr: SocketAddr, expected: usize, per_route: Duration) -> GoOutcome {
+/// A Go-like reader subscribes, reads nothing for `busy` (its
+/// application is busy elsewhere) and then receives `expected` routes.
+fn run_go_reader(
+    addr: SocketAddr,
+    expected: usize,
+    per_route: Duration,
+    busy: Duration,
+) -> GoOutcome {
     let mut go = GoLikeReader::connect(addr, per_route);
     go.handshake_and_subscribe();
+    // Models a busy peer, not a wait for an event.
+    std::thread::sleep(busy);
     go.receive(expected)
 }
 
-async fn dump_to_go_reader(per_route: Duration) {
+async fn dump_to_go_reader(per_route: Duration, busy: Duration) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let d = Daemon::start(&[]);
     let _announcer = load_routes(&d).await;
     let addr = d.addr;
-    let outcome = tokio::task::spawn_blocking(move || run_go_reader(addr, ROUTES, per_route))
+    let outcome = tokio::task::spawn_blocking(move || run_go_reader(addr, ROUTES, per_route, busy))
         .await
         .unwrap();
     match outcome {
@@ -246,12 +255,12 @@ async fn dump_to_go_reader(per_route: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_like_reader_receives_a_large_dump_intact() {
-    dump_to_go_reader(PER_ROUTE).await;
+    dump_to_go_reader(PER_ROUTE, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_go_like_reader_receives_a_large_dump_intact() {
-    dump_to_go_reader(PER_ROUTE_SLOW).await;
+    dump_to_go_reader(PER_ROUTE_SLOW, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,23 +299,7 @@ async fn a_go_like_reader_survives_a_live_burst() {
 /// 64 KiB unread for about 350 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_like_reader_busy_when_its_dump_starts_receives_it_intact() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let d = Daemon::start(&[]);
-    let _announcer = load_routes(&d).await;
-    let addr = d.addr;
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut go = GoLikeReader::connect(addr, PER_ROUTE);
-        go.handshake_and_subscribe();
-        std::thread::sleep(BUSY_AT_START);
-        go.receive(ROUTES)
-    })
-    .await
-    .unwrap();
-    match outcome {
-        GoOutcome::Complete { max_read } => assert!(max_read < 65_535),
-        GoOutcome::Reset(reason) => panic!("the Go reader would have reset: {reason}"),
-    }
-    assert!(d.is_alive());
+    dump_to_go_reader(PER_ROUTE, BUSY_AT_START).await;
 }
 
 /// The check above has teeth: without pacing, the same reader fails.
@@ -316,9 +309,10 @@ async fn without_pacing_the_go_like_reader_fails() {
     let d = Daemon::start(&["--pace-limit", "0"]);
     let _announcer = load_routes(&d).await;
     let addr = d.addr;
-    let outcome = tokio::task::spawn_blocking(move || run_go_reader(addr, ROUTES, PER_ROUTE))
-        .await
-        .unwrap();
+    let outcome =
+        tokio::task::spawn_blocking(move || run_go_reader(addr, ROUTES, PER_ROUTE, Duration::ZERO))
+            .await
+            .unwrap();
     assert!(
         matches!(outcome, GoOutcome::Reset(_)),
         "expected an unpaced dump to break a Go-style reader, got {outcome:?}"

@@ -53,6 +53,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("metalbondd_subscribe_dump_duration_seconds", "histogram"),
     ("metalbondd_outbound_queue_bytes", "gauge"),
     ("metalbondd_outbound_queue_max_bytes", "gauge"),
+    ("metalbondd_paced_sessions", "gauge"),
     ("metalbondd_slow_consumer_events_total", "counter"),
     ("metalbondd_protocol_errors_total", "counter"),
     ("metalbondd_handshake_timeouts_total", "counter"),
@@ -616,4 +617,59 @@ fn no_second_timestamp_when_logging_to_journald() {
         elsewhere.starts_with("20") && elsewhere.contains("Z "),
         "a timestamp first: {elsewhere:?}"
     );
+}
+
+/// Which sessions are paced (ADR 0006) is visible: `Peer.paced` in the API
+/// (`mbctl peer`) and the `metalbondd_paced_sessions` gauge. A peer that
+/// speaks like the Go reference is paced; one that negotiated SYNC, a
+/// metalbondd agent, is not.
+#[tokio::test]
+async fn the_api_and_the_metrics_say_which_sessions_are_paced() {
+    use metalbondd::wire::{Extensions, Frame, Hello, Message};
+    let d = Daemon::start(&["--metrics", "127.0.0.1:0"]);
+    let addr = d.http_addr(METRICS_ONLY).await;
+    let plain = RawPeer::established(d.addr).await;
+    let mut agent = RawPeer::connect(d.addr).await;
+    agent
+        .send(&Message::Hello(Hello {
+            keepalive_secs: 5,
+            is_server: false,
+            extensions: Extensions::SYNC.0,
+        }))
+        .await;
+    assert!(matches!(
+        agent.recv(T).await,
+        Recv::Frame(Frame::Message(Message::Hello(_)))
+    ));
+    agent.accept = Extensions::SYNC;
+    agent.send(&Message::Keepalive).await;
+    assert!(matches!(
+        agent.recv(T).await,
+        Recv::Frame(Frame::Message(Message::Keepalive))
+    ));
+
+    // Each session reports after its turn: wait for both to be counted.
+    let text = scrape_until(addr, |t| {
+        value_or_zero(t, "metalbondd_sessions", &[("state", "established")]) == 2.0
+            && value_or_zero(t, "metalbondd_paced_sessions", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(value(&text, "metalbondd_paced_sessions", &[]), 1.0);
+    let mut api = api::connect(&d.api_socket()).await;
+    let peers = api
+        .peers
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    let paced = |local: std::net::SocketAddr| {
+        peers
+            .iter()
+            .find(|p| p.remote_address == local.to_string())
+            .unwrap_or_else(|| panic!("no session from {local}: {peers:?}"))
+            .paced
+    };
+    assert!(paced(plain.local), "a reference-style peer is paced");
+    assert!(!paced(agent.local), "a peer that negotiated SYNC is not");
 }

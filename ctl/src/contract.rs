@@ -40,6 +40,7 @@ macro_rules! peer_names {
             "last_refusal_reason",
             "last_refusal_at",
             "tls_identity",
+            "paced",
         ]
     };
 }

@@ -193,6 +193,8 @@ pub struct PeerJson {
     pub last_refusal_at: Option<String>,
     /// TLS client certificate identity (empty for plaintext).
     pub tls_identity: String,
+    /// Route data to the peer is paced (it may be a Go reference peer).
+    pub paced: bool,
 }
 
 impl From<&api::Peer> for PeerJson {
@@ -223,6 +225,7 @@ impl From<&api::Peer> for PeerJson {
             last_refusal_reason: p.last_refusal_reason.clone(),
             last_refusal_at: timestamp_text(&p.last_refusal_at),
             tls_identity: p.tls_identity.clone(),
+            paced: p.paced,
         }
     }
 }

@@ -193,6 +193,7 @@ fn peer_one() -> Peer {
             nanos: 0,
         }),
         tls_identity: String::new(),
+        paced: false,
     }
 }
 

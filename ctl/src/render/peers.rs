@@ -60,6 +60,7 @@ pub fn peer_details(peer: &PeerJson) -> String {
         or_dash(&peer.last_refusal_reason),
         peer.last_refusal_at.clone().unwrap_or_else(|| "-".into()),
         or_dash(&peer.tls_identity),
+        peer.paced.to_string(),
     ];
     key_values(&labelled(keys::PEER, values))
 }

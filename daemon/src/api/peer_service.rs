@@ -138,6 +138,7 @@ pub fn peer_to_api(s: &SessionInfo, routes_announced: usize, vnis: &[Vni]) -> pb
             .unwrap_or_default(),
         last_refusal_at: s.last_refusal().map(|(_, at)| timestamp(at)),
         tls_identity: s.tls_identity(),
+        paced: s.paced.load(Relaxed),
     }
 }
 

@@ -122,6 +122,11 @@ pub trait LinkRole {
     /// After each turn that did not end the session.
     fn turn_done(&mut self, _out: &Outbound) {}
 
+    /// Whether route data to the peer is paced changed (at the first turn,
+    /// when the session negotiates an extension, when the peer proves a
+    /// fast reader).
+    fn pacing_changed(&mut self, _paced: bool) {}
+
     /// A KEEPALIVE was read (once per keepalive interval): release what a
     /// burst made the role's queues grow to if they are empty, so that an
     /// idle session holds little.
@@ -174,6 +179,9 @@ pub struct Link {
     pace_spins: u32,
     /// Held while re-checking quickly (see [`MAX_SPINNERS`]).
     spin_slot: Option<SpinSlot>,
+    /// Whether route data is paced, as last told to the role (`None`:
+    /// not told yet).
+    told_paced: Option<bool>,
     /// Since when reading is paused by the role.
     paused_at: Option<Instant>,
     /// Time reading was paused since the last KEEPALIVE was read: it does
@@ -204,6 +212,7 @@ impl Link {
             pacer: Pacer::new(settings.pace_limit),
             pace_spins: 0,
             spin_slot: None,
+            told_paced: None,
             paused_at: None,
             paused_credit: Duration::ZERO,
             read_full: false,
@@ -356,6 +365,11 @@ impl Link {
             }
             out_was_empty = out_empty;
             role.turn_done(&self.out);
+            let paced = !self.pacer.is_disabled();
+            if self.told_paced != Some(paced) {
+                self.told_paced = Some(paced);
+                role.pacing_changed(paced);
+            }
             // See `LinkRole::yield_after_full_read`.
             if std::mem::take(&mut self.read_full) && role.yield_after_full_read() {
                 tokio::task::yield_now().await;

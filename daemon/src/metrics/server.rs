@@ -64,6 +64,7 @@ struct Families {
     dump_routes: IntCounter,
     queue_bytes: IntGauge,
     queue_max_bytes: IntGauge,
+    paced_sessions: IntGauge,
     lag_max_bytes: IntGauge,
     table_queue: IntGauge,
     routes: IntGauge,
@@ -157,6 +158,11 @@ impl ServerMirror {
                 registry,
                 "metalbondd_outbound_queue_max_bytes",
                 "Bytes queued for writing in the fullest session.",
+            ),
+            paced_sessions: gauge(
+                registry,
+                "metalbondd_paced_sessions",
+                "Sessions whose route data is paced for a possible Go reference peer: no extension negotiated, no fast reader's window seen (ADR 0006).",
             ),
             lag_max_bytes: gauge(
                 registry,
@@ -261,13 +267,14 @@ impl ServerMirror {
         self.mirror_counters();
         let sessions = self.sessions.all();
         let f = &self.families;
-        let (mut queued, mut queue_max, mut lag_max) = (0u64, 0u64, 0u64);
+        let (mut queued, mut queue_max, mut lag_max, mut paced) = (0u64, 0u64, 0u64, 0u64);
         let mut by_state = [0i64; STATES.len()];
         for s in &sessions {
             let q = s.queue_bytes.load(Relaxed);
             queued += q;
             queue_max = queue_max.max(q);
             lag_max = lag_max.max(s.lag_bytes.load(Relaxed));
+            paced += u64::from(s.paced.load(Relaxed));
             if let Some(i) = STATES.iter().position(|(st, _)| *st == s.state()) {
                 by_state[i] += 1;
             }
@@ -277,6 +284,7 @@ impl ServerMirror {
         }
         set(&f.queue_bytes, queued);
         set(&f.queue_max_bytes, queue_max);
+        set(&f.paced_sessions, paced);
         set(&f.lag_max_bytes, lag_max);
         set(
             &f.table_queue,

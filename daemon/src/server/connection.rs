@@ -474,6 +474,10 @@ impl LinkRole for Connection {
         self.info.queue_bytes.store(out.len() as u64, Relaxed);
     }
 
+    fn pacing_changed(&mut self, paced: bool) {
+        self.info.paced.store(paced, Relaxed);
+    }
+
     fn release_if_idle(&mut self) {
         self.mailbox.release_if_empty();
     }

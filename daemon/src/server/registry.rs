@@ -56,6 +56,8 @@ pub struct SessionInfo {
     pub queue_bytes: AtomicU64,
     /// Bytes of the update log not read yet.
     pub lag_bytes: AtomicU64,
+    /// Route data to the peer is paced (ADR 0006).
+    pub paced: AtomicBool,
     /// Peer policy class ("" without a policy), set when the session starts.
     policy_class: Mutex<String>,
     /// The TLS client certificate's identity ("" for plaintext), set
@@ -102,6 +104,7 @@ impl SessionInfo {
             updates_out: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
+            paced: AtomicBool::new(false),
             policy_class: Mutex::new(String::new()),
             tls_identity: Mutex::new(String::new()),
             routes_refused: AtomicU64::new(0),

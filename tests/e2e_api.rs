@@ -327,13 +327,7 @@ async fn peers_are_listed_watched_and_reset() {
     };
     assert_eq!(p.remote_address, peer.local.to_string());
 
-    let listed = api
-        .peers
-        .list_peers(pb::ListPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .peers;
+    let listed = api::list_peers(&mut api).await;
     assert_eq!(listed.len(), 2);
     let me = api
         .peers

@@ -656,13 +656,7 @@ async fn the_api_and_the_metrics_say_which_sessions_are_paced() {
     .await;
     assert_eq!(value(&text, "metalbondd_paced_sessions", &[]), 1.0);
     let mut api = api::connect(&d.api_socket()).await;
-    let peers = api
-        .peers
-        .list_peers(pb::ListPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .peers;
+    let peers = api::list_peers(&mut api).await;
     let paced = |local: std::net::SocketAddr| {
         peers
             .iter()

@@ -50,12 +50,8 @@ fn ip(s: &str) -> IpAddr {
 /// Sessions the server lists from source address `src`.
 async fn peers_from(d: &Daemon, src: IpAddr) -> Vec<pb::Peer> {
     let mut api = connect(&d.api_socket()).await;
-    api.peers
-        .list_peers(pb::ListPeersRequest {})
+    api::list_peers(&mut api)
         .await
-        .unwrap()
-        .into_inner()
-        .peers
         .into_iter()
         .filter(|p| {
             p.remote_address

@@ -39,13 +39,7 @@ announce_vnis = ["100"]
 async fn tls_peer(api: &mut Api) -> pb::Peer {
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let peers = api
-            .peers
-            .list_peers(pb::ListPeersRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .peers;
+        let peers = api::list_peers(api).await;
         if let Some(p) = peers.into_iter().find(|p| !p.tls_identity.is_empty()) {
             return p;
         }

@@ -598,25 +598,11 @@ async fn a_go_client_with_keepalive_1_keeps_its_session_with_our_server() {
         assert_eq!(peers.len(), 1, "{peers:?}");
         peers.into_iter().next().unwrap()
     };
-    let first = peer(
-        api.peers
-            .list_peers(pb::ListPeersRequest {})
-            .await
-            .expect("ListPeers")
-            .into_inner()
-            .peers,
-    );
+    let first = peer(api::list_peers(&mut api).await);
     assert_eq!(first.keepalive_seconds, 1, "{first:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = peer(
-            api.peers
-                .list_peers(pb::ListPeersRequest {})
-                .await
-                .expect("ListPeers")
-                .into_inner()
-                .peers,
-        );
+        let now = peer(api::list_peers(&mut api).await);
         assert_eq!(
             now.session_id,
             first.session_id,

@@ -96,6 +96,16 @@ pub fn route_text(r: &pb::Route) -> String {
     s
 }
 
+/// Every session of the daemon (`ListPeers`).
+pub async fn list_peers(api: &mut Api) -> Vec<pb::Peer> {
+    api.peers
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .expect("ListPeers")
+        .into_inner()
+        .peers
+}
+
 /// Every route of a listing, following page tokens.
 pub async fn list_all(
     api: &mut Api,

@@ -625,28 +625,13 @@ fn no_second_timestamp_when_logging_to_journald() {
 /// metalbondd agent, is not.
 #[tokio::test]
 async fn the_api_and_the_metrics_say_which_sessions_are_paced() {
-    use metalbondd::wire::{Extensions, Frame, Hello, Message};
+    use metalbondd::wire::Extensions;
     let d = Daemon::start(&["--metrics", "127.0.0.1:0"]);
     let addr = d.http_addr(METRICS_ONLY).await;
     let plain = RawPeer::established(d.addr).await;
     let mut agent = RawPeer::connect(d.addr).await;
-    agent
-        .send(&Message::Hello(Hello {
-            keepalive_secs: 5,
-            is_server: false,
-            extensions: Extensions::SYNC.0,
-        }))
-        .await;
-    assert!(matches!(
-        agent.recv(T).await,
-        Recv::Frame(Frame::Message(Message::Hello(_)))
-    ));
-    agent.accept = Extensions::SYNC;
-    agent.send(&Message::Keepalive).await;
-    assert!(matches!(
-        agent.recv(T).await,
-        Recv::Frame(Frame::Message(Message::Keepalive))
-    ));
+    let hello = agent.handshake_offering(5, Extensions::SYNC.0).await;
+    assert_eq!(hello.extensions, Extensions::SYNC.0, "SYNC negotiated");
 
     // Each session reports after its turn: wait for both to be counted.
     let text = scrape_until(addr, |t| {

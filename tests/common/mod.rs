@@ -978,16 +978,24 @@ impl RawPeer {
     /// HELLO -> server HELLO -> KEEPALIVE -> server KEEPALIVE. Returns the
     /// server's HELLO. Panics on anything else.
     pub async fn handshake(&mut self, keepalive_secs: u32) -> Hello {
+        self.handshake_offering(keepalive_secs, 0).await
+    }
+
+    /// [`RawPeer::handshake`] offering the extension bits `extensions`
+    /// (PROTOCOL.md section 8), as a metalbondd agent does; what the server
+    /// answers is decoded from then on.
+    pub async fn handshake_offering(&mut self, keepalive_secs: u32, extensions: u64) -> Hello {
         self.send(&Message::Hello(Hello {
             keepalive_secs,
             is_server: false,
-            extensions: 0,
+            extensions,
         }))
         .await;
         let hello = match self.recv(T).await {
             Recv::Frame(Frame::Message(Message::Hello(h))) => h,
             other => panic!("{}: expected the server's HELLO, got {other:?}", self.local),
         };
+        self.accept = Extensions(hello.extensions);
         self.send(&Message::Keepalive).await;
         match self.recv(T).await {
             Recv::Frame(Frame::Message(Message::Keepalive)) => {}

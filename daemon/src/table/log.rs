@@ -40,7 +40,7 @@ use crate::wire::{decode_updates, encode_update, Action, Route, Update, Vni};
 
 /// Seal everything once the arena holds this many bytes of frames: bounds
 /// the latency of a long batch and the size of a sealed buffer.
-const SEAL_BYTES: usize = 64 * 1024;
+const SEAL_BYTES: usize = 256 * 1024;
 
 /// What a reader receives, in the order the table decided it.
 #[derive(Debug)]
@@ -430,6 +430,11 @@ impl FanOut {
         if self.arena.len() >= SEAL_BYTES {
             self.seal();
         }
+    }
+
+    /// True when something was appended and not sealed yet.
+    pub fn has_pending(&self) -> bool {
+        !self.touched.is_empty()
     }
 
     /// Delivers everything appended so far to its readers.

@@ -41,6 +41,12 @@ const TRIM_AFTER_BYTES: u64 = 16 << 20;
 /// quiet. At most one trim per this long under light churn.
 const TRIM_SETTLE: Duration = Duration::from_secs(10);
 
+/// While changes keep coming, the fan-out seals at most once per this
+/// interval; a change after a quiet moment is sealed at once (ADR 0032). A
+/// reconnect storm's changes then reach each subscriber in a few large
+/// mails instead of a small one per batch of commands.
+const SEAL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Starts the table task (once per daemon).
 pub fn spawn() -> TableHandle {
     return_large_frees_to_the_system();
@@ -96,6 +102,7 @@ impl TableTask {
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut trimmed_at = 0u64;
         let mut last_trim = Instant::now();
+        let mut seals = SealClock::default();
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH) => {
@@ -105,7 +112,13 @@ impl TableTask {
                     for command in batch.drain(..) {
                         self.handle(command);
                     }
+                    if self.log.has_pending() && seals.seal_now(tokio::time::Instant::now()) {
+                        self.log.seal();
+                    }
+                }
+                _ = sleep_until_due(seals.due()) => {
                     self.log.seal();
+                    seals.sealed(tokio::time::Instant::now());
                 }
                 _ = sleep_until_opt(self.expiring.front().map(|e| e.0)) => {
                     self.expire(Instant::now());
@@ -393,6 +406,53 @@ fn append_sync(frames: &mut Vec<Bytes>, vni: Vni) {
     let mut buf = BytesMut::with_capacity(8);
     encode_message(&Message::Sync(vni), &mut buf);
     frames.push(buf.freeze());
+}
+
+/// Decides when the fan-out seals what the table's commands appended: at
+/// once if the last seal was at least [`SEAL_INTERVAL`] ago, otherwise when
+/// that interval has passed. Uses tokio's clock (tests pause it).
+#[derive(Debug, Default)]
+struct SealClock {
+    last: Option<tokio::time::Instant>,
+    due: Option<tokio::time::Instant>,
+}
+
+impl SealClock {
+    /// Changes are pending at `now`: true to seal them now (recorded as a
+    /// seal); false if a seal is due at [`SealClock::due`].
+    fn seal_now(&mut self, now: tokio::time::Instant) -> bool {
+        if self.due.is_some() {
+            return false;
+        }
+        match self.last {
+            Some(last) if now < last + SEAL_INTERVAL => {
+                self.due = Some(last + SEAL_INTERVAL);
+                false
+            }
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+
+    /// When the pending changes are sealed, if they wait.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.due
+    }
+
+    /// The due seal happened at `now`.
+    fn sealed(&mut self, now: tokio::time::Instant) {
+        self.last = Some(now);
+        self.due = None;
+    }
+}
+
+async fn sleep_until_due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

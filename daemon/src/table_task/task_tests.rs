@@ -693,3 +693,80 @@ fn a_long_listing_is_answered_in_parts_with_other_work_between() {
     assert_eq!(routes, want);
     assert_eq!(subs, vec![Vni(7)]);
 }
+
+/// Routes each mail of `mailbox` carries, per mail (dumps as ADDs).
+fn mails(mailbox: &Mailbox) -> Vec<Vec<Route>> {
+    let mut out = Vec::new();
+    mailbox.take_while(|mail| {
+        out.push(mail.updates().map(|u| u.route).collect());
+        Ok(())
+    });
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_change_is_sealed_at_once_and_a_busy_table_seals_once_per_interval() {
+    use tokio::time::Instant as Clock;
+    let table = spawn();
+    let route = |i: u32| -> Route { format!("7#10.2.{i}.0/24@2001:db8::1").parse().unwrap() };
+    let subscriber = Mailbox::new(u64::MAX);
+    let announcer = Mailbox::new(u64::MAX);
+    let send = |session, op, mailbox: &Arc<Mailbox>| {
+        table.commands.try_send(Command::Ops {
+            session,
+            ops: vec![op],
+            received: Instant::now(),
+            mailbox: mailbox.clone(),
+        })
+    };
+    send(
+        10,
+        Op::Subscribe {
+            vni: Vni(7),
+            sync: false,
+        },
+        &subscriber,
+    )
+    .unwrap();
+    subscriber.notified().await;
+    assert_eq!(mails(&subscriber), vec![vec![]], "the empty dump");
+
+    // After a quiet moment: sealed at once (the paused clock has not moved).
+    tokio::time::sleep(SEAL_INTERVAL * 2).await;
+    let start = Clock::now();
+    send(20, Op::Announce(route(0)), &announcer).unwrap();
+    subscriber.notified().await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(mails(&subscriber), vec![vec![route(0)]]);
+
+    // Right after a seal: these wait for the interval, then go out in one mail.
+    for i in 1..=3 {
+        send(20, Op::Announce(route(i)), &announcer).unwrap();
+        // The table takes each in its own batch.
+        tokio::task::yield_now().await;
+    }
+    subscriber.notified().await;
+    assert_eq!(start.elapsed(), SEAL_INTERVAL);
+    assert_eq!(mails(&subscriber), vec![vec![route(1), route(2), route(3)]]);
+}
+
+#[test]
+fn the_seal_clock_seals_at_once_after_a_quiet_interval_and_waits_within_one() {
+    let t0 = tokio::time::Instant::now();
+    let ms = |n| Duration::from_millis(n);
+    let mut clock = SealClock::default();
+    assert!(clock.seal_now(t0), "the first change");
+    assert!(!clock.seal_now(t0 + ms(1)));
+    assert_eq!(clock.due(), Some(t0 + SEAL_INTERVAL));
+    assert!(!clock.seal_now(t0 + ms(2)), "one seal is due already");
+    assert_eq!(clock.due(), Some(t0 + SEAL_INTERVAL));
+    clock.sealed(t0 + SEAL_INTERVAL);
+    assert_eq!(clock.due(), None);
+    assert!(!clock.seal_now(t0 + SEAL_INTERVAL + ms(1)));
+    assert_eq!(clock.due(), Some(t0 + SEAL_INTERVAL * 2));
+    clock.sealed(t0 + SEAL_INTERVAL * 2);
+    assert!(
+        clock.seal_now(t0 + SEAL_INTERVAL * 3),
+        "quiet for an interval"
+    );
+}

@@ -4,8 +4,9 @@
 //! The table owner encodes each change once, as a ready UPDATE frame, into a
 //! scratch arena, and remembers per VNI the runs of frames it appended and
 //! which session caused each run. When it seals (after each batch of
-//! commands, before an UNSUBSCRIBE of that VNI, before a watch snapshot, or
-//! when the arena is full) it copies each touched VNI's frames
+//! commands, at most once per 20 ms while the table is busy (ADR 0032);
+//! before an UNSUBSCRIBE of that VNI, before a watch snapshot, or when the
+//! arena is full) it copies each touched VNI's frames
 //! into one buffer sized to its content, contiguous per VNI, and hands every
 //! subscriber of that VNI a zero-copy slice of it through the subscriber's
 //! [`Mailbox`]. So:

@@ -116,7 +116,7 @@ impl TableTask {
                         self.log.seal();
                     }
                 }
-                _ = sleep_until_due(seals.due()) => {
+                _ = sleep_until_opt(seals.due()) => {
                     self.log.seal();
                     seals.sealed(tokio::time::Instant::now());
                 }
@@ -448,14 +448,9 @@ impl SealClock {
     }
 }
 
-async fn sleep_until_due(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
+/// Sleeps until `at`, or forever if there is none (a `select!` branch that
+/// is off). Takes the std clock's instants and tokio's.
+async fn sleep_until_opt(at: Option<impl Into<tokio::time::Instant>>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

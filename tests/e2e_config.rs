@@ -382,6 +382,66 @@ async fn command_line_flags_override_the_file() {
     );
 }
 
+/// The worker threads the daemon's runtime reports at start (tokio's
+/// blocking threads carry the workers' thread name, so /proc cannot tell).
+async fn worker_threads(d: &Daemon) -> usize {
+    let line = d
+        .wait_for_line(|l| l.contains("metalbondd running"), T)
+        .await
+        .unwrap_or_else(|| panic!("no start line in:\n{}", d.logs()));
+    let (_, n) = line
+        .split_once("worker_threads=")
+        .unwrap_or_else(|| panic!("no worker_threads in {line}"));
+    n.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn worker_threads_default_to_one_and_come_from_the_file_or_the_flag() {
+    let s = Scratch::new("threads");
+    let file = s.write(
+        "metalbondd.toml",
+        &format!(
+            "[server]\nlisten = [\"[::1]:0\"]\n\n{}\n[runtime]\nthreads = 3\n",
+            s.private_sections()
+        ),
+    );
+    let file = path_str(&file);
+    let plain = s.write(
+        "plain.toml",
+        &format!(
+            "[server]\nlisten = [\"[::1]:0\"]\n\n{}",
+            s.private_sections()
+        ),
+    );
+    for (args, want) in [
+        (vec!["--config", path_str(&plain)], 1),
+        (vec!["--config", file], 3),
+        (vec!["--config", file, "--threads", "2"], 2),
+    ] {
+        let d = Daemon::spawn(&args).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            worker_threads(&d).await,
+            want,
+            "worker threads with {args:?}"
+        );
+    }
+    let (code, _, err) = run_to_exit(&["--threads", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--threads") && err.contains("must be at least 1"),
+        "{err}"
+    );
+    let zero = s.write("zero.toml", "[runtime]\nthreads = 0\n");
+    assert_rejected(
+        run_to_exit(&["check-config", path_str(&zero)]),
+        &zero,
+        2,
+        11,
+        &["runtime.threads", "at least 1"],
+    );
+}
+
 #[test]
 fn log_level_from_the_file_and_verbose_override() {
     if std::env::var_os("E2E_RUST_LOG").is_some() {
@@ -481,15 +541,15 @@ fn sighup(d: &Daemon) {
 async fn api_reload_applies_what_it_can_and_reports_the_rest() {
     use metalbond_proto::api as pb;
     let s = Scratch::new("apireload");
-    let config = |listen: &str, max_sessions: u32, level: &str, routes: &str| {
+    let config = |listen: &str, max_sessions: u32, level: &str, routes: &str, threads: u32| {
         format!(
-            "[server]\nlisten = [\"{listen}\"]\nmax_sessions = {max_sessions}\n\n{}\n[log]\nlevel = \"{level}\"\n\n[routes]\nstatic = [{routes}]\n",
+            "[server]\nlisten = [\"{listen}\"]\nmax_sessions = {max_sessions}\n\n{}\n[log]\nlevel = \"{level}\"\n\n[routes]\nstatic = [{routes}]\n\n[runtime]\nthreads = {threads}\n",
             s.private_sections()
         )
     };
     let file = s.write(
         "metalbondd.toml",
-        &config("[::1]:0", 100, "info", "\"100#10.0.1.0/24@2001:db8::1\""),
+        &config("[::1]:0", 100, "info", "\"100#10.0.1.0/24@2001:db8::1\"", 1),
     );
     let d = Daemon::spawn(&["--config", path_str(&file)]).unwrap_or_else(|e| panic!("{e}"));
     let mut sub = RawPeer::established(d.addr).await;
@@ -500,7 +560,7 @@ async fn api_reload_applies_what_it_can_and_reports_the_rest() {
 
     s.write(
         "metalbondd.toml",
-        &config("[::1]:1", 1, "debug", "\"100#10.0.2.0/24@2001:db8::2\""),
+        &config("[::1]:1", 1, "debug", "\"100#10.0.2.0/24@2001:db8::2\"", 2),
     );
     let report = api
         .daemon
@@ -515,7 +575,10 @@ async fn api_reload_applies_what_it_can_and_reports_the_rest() {
     );
     assert!(applied.contains("server.max_sessions = 1"), "{applied}");
     assert!(applied.contains("log.level = debug"), "{applied}");
-    assert_eq!(report.needs_restart, vec!["server.listen".to_string()]);
+    assert_eq!(
+        report.needs_restart,
+        vec!["server.listen".to_string(), "runtime.threads".to_string()]
+    );
     // The session was not dropped and heard the change.
     let got = sub.expect_updates(2, T).await;
     assert_same_updates(

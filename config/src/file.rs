@@ -52,6 +52,9 @@ pub struct Config {
     /// `[log]`: logging.
     #[serde(deserialize_with = "parse::section")]
     pub log: LogSection,
+    /// `[runtime]`: the async runtime's threads.
+    #[serde(deserialize_with = "parse::section")]
+    pub runtime: RuntimeSection,
     /// `[routes]`: routes the daemon announces itself.
     #[serde(deserialize_with = "parse::section")]
     pub routes: RoutesSection,
@@ -257,6 +260,25 @@ impl Default for LogSection {
         Self {
             level: crate::DEFAULT_LOG_LEVEL.to_string(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[runtime]`: the daemon's async runtime. Read at start only.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// `threads`: worker threads running the sessions, the route table and
+    /// the API (`--threads`); at least 1. Blocking work (the state store,
+    /// netlink) has threads of its own.
+    #[serde(deserialize_with = "parse::positive_usize")]
+    pub threads: usize,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            threads: crate::DEFAULT_RUNTIME_THREADS,
         }
     }
 }

@@ -27,7 +27,7 @@ pub use addr::{listen_addr, no_duplicate_listen, ServerAddr};
 pub use error::{line_col, ConfigError, ConfigErrors};
 pub use file::{
     ApiSection, ClientSection, ClientTls, Config, LogFormat, LogSection, MetricsSection,
-    RoutesSection, ServerSection, ServerTls, StateSection,
+    RoutesSection, RuntimeSection, ServerSection, ServerTls, StateSection,
 };
 pub use parse::http_addr;
 pub use policy::{
@@ -144,6 +144,12 @@ pub const DEFAULT_MAX_ROUTES_WARN_PERCENT: u8 = 80;
 
 /// Default log filter (a tracing `EnvFilter` directive).
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Worker threads of the daemon's async runtime (`[runtime] threads`,
+/// `--threads`). One: the daemon's work is one table task and many small
+/// session tasks, and spreading those over more workers cost more in
+/// cross-thread wake-ups and cache traffic than it gained (ADR 0033).
+pub const DEFAULT_RUNTIME_THREADS: usize = 1;
 
 /// Resolves a configured keepalive interval: 0 means the default.
 pub fn effective_keepalive_secs(configured: u32) -> u32 {

@@ -35,7 +35,32 @@ use crate::printer::Printer;
 
 /// Runs mbctl with the process's arguments and returns its exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and the help asked for by giving nothing.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, as for every other error: clap's first paragraph
+            // without its `error: ` prefix, usage and tips.
+            let text = e.render().to_string();
+            let paragraph: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = paragraph.join(" ");
+            eprintln!(
+                "mbctl: {} (see --help)",
+                line.strip_prefix("error: ").unwrap_or(&line)
+            );
+            return ExitCode::from(2);
+        }
+    };
     let format = cli.output;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -128,7 +128,15 @@ fn bad_filters_and_flags_exit_2() {
     ] {
         let out = mbctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
+        // clap's errors too: one line naming what is wrong, no usage text.
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("mbctl: "), "{args:?}: {err}");
     }
+    let err = text(&mbctl(&["frobnicate"]).stderr);
+    assert!(err.contains("'frobnicate'"), "{err}");
+    let err = text(&mbctl(&["--socket", sock, "announce"]).stderr);
+    assert!(err.contains("<ROUTE>"), "the missing argument is named: {err}");
 }
 
 #[test]

@@ -233,6 +233,8 @@ impl Daemon {
         info!(
             version = env!("CARGO_PKG_VERSION"),
             keepalive_secs = self.running.server.session.keepalive_secs,
+            // What the runtime really has, not what was asked for.
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "metalbondd running"
         );
         loop {
@@ -612,6 +614,7 @@ async fn apply(
         ("server.http", new.http != running.http),
         ("metrics", new.metrics != running.metrics),
         ("server.name", new.name != running.name),
+        ("runtime.threads", new.threads != running.threads),
     ] {
         if changed {
             needs_restart.push(what.to_string());

@@ -66,7 +66,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and the help asked for by giving nothing.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("metalbondd: {} (see --help)", first_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     let args = match cli.command {
         Some(Command::CheckConfig { file }) => return check_config(&file, &ServerArgs::default()),
         Some(Command::Server(args)) => args,
@@ -99,6 +112,20 @@ fn main() -> ExitCode {
     )
 }
 
+/// The message of a command-line error, without clap's `error: ` prefix,
+/// usage and tips: its first paragraph on one line, as for every other bad
+/// argument.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = paragraph.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 /// Starts logging and the runtime and runs the daemon with the `loaded`
 /// settings until it stops. Settings that did not load are reported on
 /// stderr (before logging exists), every error on its own line.
@@ -119,6 +146,7 @@ fn run(
         info!(file = %path.display(), "configuration loaded");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
         .enable_all()
         .build()
     {

@@ -65,6 +65,10 @@ pub struct DaemonArgs {
     /// `metalbondd client` and metalbondd otherwise [file: state.dir].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Worker threads of the async runtime (sessions, route table, API);
+    /// read at start. Default 1 [file: runtime.threads].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub threads: Option<usize>,
 }
 
 /// Route server flags (`metalbondd [server]`).
@@ -220,6 +224,14 @@ pub struct ClientArgs {
 }
 
 /// A `--name`: not empty or blank.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn non_empty_name(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         Err("the name is empty".into())

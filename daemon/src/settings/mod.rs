@@ -88,6 +88,9 @@ pub struct Settings {
     /// This server's name in the fleet view (`--name`, `server.name`);
     /// `None`: the host name and the first listen port (`fleet`).
     pub name: Option<String>,
+    /// Worker threads of the async runtime (`--threads`, `runtime.threads`;
+    /// ADR 0033). Read at start only.
+    pub threads: usize,
 }
 
 /// The etcd settings of `[store.etcd]` when the backend is etcd.
@@ -291,6 +294,7 @@ fn resolve(
         client: None,
         etcd: etcd_settings(config),
         name: args.name.clone().or_else(|| file.name.clone()),
+        threads: shared.threads.unwrap_or(config.runtime.threads),
     };
     if let Some(section) = &config.client {
         match client_settings(config, section, &ClientArgs::default()) {

@@ -136,7 +136,10 @@ fn bad_filters_and_flags_exit_2() {
     let err = text(&mbctl(&["frobnicate"]).stderr);
     assert!(err.contains("'frobnicate'"), "{err}");
     let err = text(&mbctl(&["--socket", sock, "announce"]).stderr);
-    assert!(err.contains("<ROUTE>"), "the missing argument is named: {err}");
+    assert!(
+        err.contains("<ROUTE>"),
+        "the missing argument is named: {err}"
+    );
 }
 
 #[test]

@@ -251,23 +251,30 @@ async fn route_document(
     content_type: &'static str,
 ) -> Response {
     let view = route_view(s).await;
-    let body = render(
-        &view,
-        &status::date_text(SystemTime::now()),
-        env!("CARGO_PKG_VERSION"),
-    );
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    let date = status::date_text(SystemTime::now());
+    // A million routes take a while to render: not on the runtime's worker,
+    // where the sessions' keepalives wait for it (ADR 0033).
+    let rendered =
+        tokio::task::spawn_blocking(move || render(&view, &date, env!("CARGO_PKG_VERSION"))).await;
+    match rendered {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn index(State(s): Shared) -> Response {
     let view = route_view(&s).await;
     let peers = peer_rows(&s).await;
-    let mut body = status::index_html(
-        &peers,
-        &view,
-        &status::date_text(SystemTime::now()),
-        env!("CARGO_PKG_VERSION"),
-    );
+    let date = status::date_text(SystemTime::now());
+    // Off the runtime's worker, as the route documents.
+    let rendered = tokio::task::spawn_blocking(move || {
+        status::index_html(&peers, &view, &date, env!("CARGO_PKG_VERSION"))
+    })
+    .await;
+    let mut body = match rendered {
+        Ok(body) => body,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
     // The fleet section goes after everything the Go page has.
     if let Some(fleet) = &s.fleet {
         if let (Some(view), Some(end)) = (fleet.view().await, body.rfind("</body>")) {

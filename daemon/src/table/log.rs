@@ -204,6 +204,12 @@ impl Mailbox {
         }
     }
 
+    /// True when mail is queued: a look without the lock, for heuristics
+    /// (a push or a take may be racing with it).
+    pub fn has_items(&self) -> bool {
+        self.has_items.load(Relaxed)
+    }
+
     /// Takes mail in order while `take` accepts it (reader side). Returns the
     /// number of items taken.
     pub fn take_while(&self, mut take: impl FnMut(Mail) -> Result<(), Mail>) -> usize {
@@ -382,6 +388,9 @@ pub struct FanOut {
     cause: Option<Instant>,
     /// Bytes of frames sealed so far.
     sealed_bytes: u64,
+    /// The VNIs of the last [`FanOut::seal`], to tell whether their readers
+    /// have taken that mail yet ([`FanOut::readers_behind`]).
+    last_sealed: Vec<Vni>,
 }
 
 impl FanOut {
@@ -438,6 +447,18 @@ impl FanOut {
         !self.touched.is_empty()
     }
 
+    /// True while a subscriber of the last seal's VNIs has mail it has not
+    /// taken: the readers are behind, and a seal now would queue another
+    /// small mail behind the last one instead of reaching an idle reader
+    /// (the table task then waits to seal; ADR 0032). Stops at the first.
+    pub fn readers_behind(&self) -> bool {
+        self.last_sealed.iter().any(|vni| {
+            self.subscribers
+                .get(vni)
+                .is_some_and(|subs| subs.iter().any(|s| s.mailbox.has_items()))
+        })
+    }
+
     /// Delivers everything appended so far to its readers.
     pub fn seal(&mut self) {
         if self.touched.is_empty() {
@@ -445,6 +466,8 @@ impl FanOut {
         }
         self.prune_watchers();
         let touched = std::mem::take(&mut self.touched);
+        self.last_sealed.clear();
+        self.last_sealed.extend_from_slice(&touched);
         let total: usize = touched
             .iter()
             .filter_map(|v| self.pending.get(v))

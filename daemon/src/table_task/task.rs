@@ -112,7 +112,9 @@ impl TableTask {
                     for command in batch.drain(..) {
                         self.handle(command);
                     }
-                    if self.log.has_pending() && seals.seal_now(tokio::time::Instant::now()) {
+                    if self.log.has_pending()
+                        && seals.seal_now(tokio::time::Instant::now(), || self.log.readers_behind())
+                    {
                         self.log.seal();
                     }
                 }
@@ -409,8 +411,10 @@ fn append_sync(frames: &mut Vec<Bytes>, vni: Vni) {
 }
 
 /// Decides when the fan-out seals what the table's commands appended: at
-/// once if the last seal was at least [`SEAL_INTERVAL`] ago, otherwise when
-/// that interval has passed. Uses tokio's clock (tests pause it).
+/// once if the last seal was at least [`SEAL_INTERVAL`] ago or its readers
+/// have all taken their mail, otherwise when that interval has passed (as
+/// Nagle's algorithm holds a small segment only while one is unacknowledged).
+/// Uses tokio's clock (tests pause it).
 #[derive(Debug, Default)]
 struct SealClock {
     last: Option<tokio::time::Instant>,
@@ -419,18 +423,22 @@ struct SealClock {
 
 impl SealClock {
     /// Changes are pending at `now`: true to seal them now (recorded as a
-    /// seal); false if a seal is due at [`SealClock::due`].
-    fn seal_now(&mut self, now: tokio::time::Instant) -> bool {
-        if self.due.is_some() {
-            return false;
-        }
+    /// seal); false if a seal is due at [`SealClock::due`]. `readers_behind`
+    /// (asked only within the interval): the last seal's mail is not all
+    /// taken yet.
+    fn seal_now(
+        &mut self,
+        now: tokio::time::Instant,
+        readers_behind: impl FnOnce() -> bool,
+    ) -> bool {
         match self.last {
-            Some(last) if now < last + SEAL_INTERVAL => {
+            Some(last) if now < last + SEAL_INTERVAL && readers_behind() => {
                 self.due = Some(last + SEAL_INTERVAL);
                 false
             }
             _ => {
                 self.last = Some(now);
+                self.due = None;
                 true
             }
         }

@@ -739,34 +739,59 @@ async fn a_lone_change_is_sealed_at_once_and_a_busy_table_seals_once_per_interva
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(mails(&subscriber), vec![vec![route(0)]]);
 
-    // Right after a seal: these wait for the interval, then go out in one mail.
-    for i in 1..=3 {
+    // Right after a seal whose mail the reader took: at once again (a
+    // sequence of single changes, each waiting for the last to arrive).
+    send(20, Op::Announce(route(1)), &announcer).unwrap();
+    subscriber.notified().await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(mails(&subscriber), vec![vec![route(1)]]);
+
+    // The reader leaves route 2 unread: the next changes wait for the
+    // interval, then go out in one mail.
+    send(20, Op::Announce(route(2)), &announcer).unwrap();
+    subscriber.notified().await;
+    for i in 3..=4 {
         send(20, Op::Announce(route(i)), &announcer).unwrap();
         // The table takes each in its own batch.
         tokio::task::yield_now().await;
     }
+    tokio::time::sleep(SEAL_INTERVAL - Duration::from_millis(1)).await;
+    assert_eq!(mails(&subscriber), vec![vec![route(2)]], "3 and 4 wait");
     subscriber.notified().await;
     assert_eq!(start.elapsed(), SEAL_INTERVAL);
-    assert_eq!(mails(&subscriber), vec![vec![route(1), route(2), route(3)]]);
+    assert_eq!(mails(&subscriber), vec![vec![route(3), route(4)]]);
 }
 
 #[test]
-fn the_seal_clock_seals_at_once_after_a_quiet_interval_and_waits_within_one() {
+fn the_seal_clock_waits_within_an_interval_only_while_readers_are_behind() {
     let t0 = tokio::time::Instant::now();
     let ms = |n| Duration::from_millis(n);
+    let behind = || true;
+    let caught_up = || false;
     let mut clock = SealClock::default();
-    assert!(clock.seal_now(t0), "the first change");
-    assert!(!clock.seal_now(t0 + ms(1)));
+    assert!(clock.seal_now(t0, behind), "the first change");
+    assert!(!clock.seal_now(t0 + ms(1), behind));
     assert_eq!(clock.due(), Some(t0 + SEAL_INTERVAL));
-    assert!(!clock.seal_now(t0 + ms(2)), "one seal is due already");
+    assert!(
+        !clock.seal_now(t0 + ms(2), behind),
+        "one seal is due already"
+    );
     assert_eq!(clock.due(), Some(t0 + SEAL_INTERVAL));
     clock.sealed(t0 + SEAL_INTERVAL);
     assert_eq!(clock.due(), None);
-    assert!(!clock.seal_now(t0 + SEAL_INTERVAL + ms(1)));
+    assert!(!clock.seal_now(t0 + SEAL_INTERVAL + ms(1), behind));
     assert_eq!(clock.due(), Some(t0 + SEAL_INTERVAL * 2));
-    clock.sealed(t0 + SEAL_INTERVAL * 2);
+    // The readers caught up meanwhile: the next change seals everything.
+    assert!(clock.seal_now(t0 + SEAL_INTERVAL + ms(3), caught_up));
+    assert_eq!(clock.due(), None);
+    assert!(clock.seal_now(t0 + SEAL_INTERVAL + ms(4), caught_up));
+    let mut asked = false;
     assert!(
-        clock.seal_now(t0 + SEAL_INTERVAL * 3),
+        clock.seal_now(t0 + SEAL_INTERVAL * 3, || {
+            asked = true;
+            true
+        }),
         "quiet for an interval"
     );
+    assert!(!asked, "after an interval the readers are not asked");
 }

@@ -29,7 +29,7 @@
 //!   when its slices are cut.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -110,6 +110,8 @@ pub struct Mailbox {
     /// nothing to take (most turns of a session in churn: its echoes) do
     /// not take the line the table writes to.
     has_items: AtomicBool,
+    /// Items queued (written under the lock, read without it: a hint).
+    items: AtomicUsize,
     /// Set when a queue grew past [`SMALL_QUEUE`] items: only then has
     /// [`Mailbox::release_if_empty`] anything to release (it then takes
     /// the lock; churn's sessions never do).
@@ -152,6 +154,7 @@ impl Mailbox {
             queue: Mutex::new(Queues::default()),
             queued: AtomicU64::new(0),
             has_items: AtomicBool::new(false),
+            items: AtomicUsize::new(0),
             grown: AtomicBool::new(false),
             limit,
             overflowed: AtomicBool::new(false),
@@ -179,6 +182,7 @@ impl Mailbox {
             self.overflowed.store(true, Relaxed);
             self.queued.store(0, Relaxed);
             self.has_items.store(false, Relaxed);
+            self.items.store(0, Relaxed);
             let dropped = std::mem::take(&mut *q);
             drop(q);
             drop(dropped);
@@ -193,6 +197,7 @@ impl Mailbox {
         q.live.push_back(mail);
         self.queued.store(queued, Relaxed);
         self.has_items.store(true, Relaxed);
+        self.items.store(q.live.len(), Relaxed);
         if q.live.len() > SMALL_QUEUE {
             self.grown.store(true, Relaxed);
         }
@@ -204,10 +209,11 @@ impl Mailbox {
         }
     }
 
-    /// True when mail is queued: a look without the lock, for heuristics
-    /// (a push or a take may be racing with it).
-    pub fn has_items(&self) -> bool {
-        self.has_items.load(Relaxed)
+    /// True when two or more mails are queued: the reader has not taken
+    /// an earlier one yet, not only the last one just sent. A look without
+    /// the lock, for heuristics (a push or a take may be racing with it).
+    pub fn is_behind(&self) -> bool {
+        self.items.load(Relaxed) >= 2
     }
 
     /// Takes mail in order while `take` accepts it (reader side). Returns the
@@ -234,6 +240,7 @@ impl Mailbox {
         let mut taken = {
             let mut q = self.lock();
             self.has_items.store(false, Relaxed);
+            self.items.store(0, Relaxed);
             let spare = std::mem::take(&mut q.spare);
             std::mem::replace(&mut q.live, spare)
         };
@@ -271,6 +278,7 @@ impl Mailbox {
                         q.live.push_front(mail);
                     }
                 }
+                self.items.store(q.live.len(), Relaxed);
             }
         }
         n
@@ -328,6 +336,7 @@ impl Mailbox {
         self.closed.store(true, Relaxed);
         self.queued.store(0, Relaxed);
         self.has_items.store(false, Relaxed);
+        self.items.store(0, Relaxed);
         let dropped = std::mem::take(&mut *q);
         drop(q);
         drop(dropped);
@@ -447,15 +456,16 @@ impl FanOut {
         !self.touched.is_empty()
     }
 
-    /// True while a subscriber of the last seal's VNIs has mail it has not
-    /// taken: the readers are behind, and a seal now would queue another
-    /// small mail behind the last one instead of reaching an idle reader
-    /// (the table task then waits to seal; ADR 0032). Stops at the first.
+    /// True while a subscriber of the last seal's VNIs is behind: it has
+    /// not taken a mail from before that seal ([`Mailbox::is_behind`]). A
+    /// seal now would queue one more small mail behind those instead of
+    /// reaching a reader that keeps up (the table task then waits to seal;
+    /// ADR 0032). Stops at the first.
     pub fn readers_behind(&self) -> bool {
         self.last_sealed.iter().any(|vni| {
             self.subscribers
                 .get(vni)
-                .is_some_and(|subs| subs.iter().any(|s| s.mailbox.has_items()))
+                .is_some_and(|subs| subs.iter().any(|s| s.mailbox.is_behind()))
         })
     }
 

@@ -45,19 +45,9 @@ pub fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            // One line, as for every other error: clap's first paragraph
-            // without its `error: ` prefix, usage and tips.
-            let text = e.render().to_string();
-            let paragraph: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let line = paragraph.join(" ");
-            eprintln!(
-                "mbctl: {} (see --help)",
-                line.strip_prefix("error: ").unwrap_or(&line)
-            );
+            // One line, as for every other error.
+            let line = metalbond_types::usage::one_line(&e.render().to_string());
+            eprintln!("mbctl: {line} (see --help)");
             return ExitCode::from(2);
         }
     };

@@ -76,7 +76,9 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("metalbondd: {} (see --help)", first_line(&e));
+            // One line, as for every other bad argument.
+            let line = metalbond_types::usage::one_line(&e.render().to_string());
+            eprintln!("metalbondd: {line} (see --help)");
             return ExitCode::from(2);
         }
     };
@@ -110,20 +112,6 @@ fn main() -> ExitCode {
         args.config.as_deref(),
         settings::server_reloader(&args),
     )
-}
-
-/// The message of a command-line error, without clap's `error: ` prefix,
-/// usage and tips: its first paragraph on one line, as for every other bad
-/// argument.
-fn first_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let paragraph: Vec<&str> = text
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    let line = paragraph.join(" ");
-    line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
 /// Starts logging and the runtime and runs the daemon with the `loaded`

@@ -8,6 +8,7 @@ pub mod civil;
 pub mod fleet;
 pub mod route;
 pub mod text;
+pub mod usage;
 
 pub use route::{Action, Address, Destination, NextHop, NextHopType, Route, Vni};
 pub use text::{ParseRouteError, PrefixError};

@@ -396,7 +396,7 @@ async fn worker_threads(d: &Daemon) -> usize {
 }
 
 #[tokio::test]
-async fn worker_threads_default_to_one_and_come_from_the_file_or_the_flag() {
+async fn worker_threads_default_to_the_roles_and_come_from_the_file_or_the_flag() {
     let s = Scratch::new("threads");
     let file = s.write(
         "metalbondd.toml",
@@ -423,6 +423,17 @@ async fn worker_threads_default_to_one_and_come_from_the_file_or_the_flag() {
             worker_threads(&d).await,
             want,
             "worker threads with {args:?}"
+        );
+    }
+    // The hypervisor role defaults to two (ADR 0033); its flag works too.
+    for (args, want) in [(&[][..], 2), (&["--threads", "1"][..], 1)] {
+        let mut all = vec!["--server", "[::1]:1"];
+        all.extend_from_slice(args);
+        let (d, _) = Daemon::start_client(&s.0.join(format!("client{want}")), &all);
+        assert_eq!(
+            worker_threads(&d).await,
+            want,
+            "client worker threads with {args:?}"
         );
     }
     let (code, _, err) = run_to_exit(&["--threads", "0"]);

@@ -265,22 +265,15 @@ impl Default for LogSection {
 }
 
 /// `[runtime]`: the daemon's async runtime. Read at start only.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     /// `threads`: worker threads running the sessions, the route table and
-    /// the API (`--threads`); at least 1. Blocking work (the state store,
-    /// netlink) has threads of its own.
-    #[serde(deserialize_with = "parse::positive_usize")]
-    pub threads: usize,
-}
-
-impl Default for RuntimeSection {
-    fn default() -> Self {
-        Self {
-            threads: crate::DEFAULT_RUNTIME_THREADS,
-        }
-    }
+    /// the API (`--threads`); at least 1. `None`: the role's default
+    /// ([`crate::DEFAULT_SERVER_THREADS`], [`crate::DEFAULT_CLIENT_THREADS`]).
+    /// Blocking work (the state store, netlink) has threads of its own.
+    #[serde(deserialize_with = "parse::opt_positive_usize")]
+    pub threads: Option<usize>,
 }
 
 /// `[metrics]`: the Prometheus endpoint (`/metrics` and `/healthz`).

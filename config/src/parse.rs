@@ -385,6 +385,13 @@ pub(crate) fn positive_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::E
     int_in(d, "seconds, at least 1", 1, i64::MAX as u64)
 }
 
+/// A whole number of at least 1, when given.
+pub(crate) fn opt_positive_usize<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    positive_usize(d).map(Some)
+}
+
 /// A non-empty string.
 pub(crate) fn opt_nonempty_string<'de, D: Deserializer<'de>>(
     d: D,

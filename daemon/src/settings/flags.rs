@@ -66,7 +66,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Worker threads of the async runtime (sessions, route table, API);
-    /// read at start. Default 1 [file: runtime.threads].
+    /// read at start. Default 1 for a route server, 2 for `metalbondd
+    /// client` [file: runtime.threads].
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub threads: Option<usize>,
 }

@@ -294,7 +294,13 @@ fn resolve(
         client: None,
         etcd: etcd_settings(config),
         name: args.name.clone().or_else(|| file.name.clone()),
-        threads: shared.threads.unwrap_or(config.runtime.threads),
+        threads: shared
+            .threads
+            .or(config.runtime.threads)
+            .unwrap_or(match role {
+                PathRole::Server => defaults::DEFAULT_SERVER_THREADS,
+                PathRole::Client => defaults::DEFAULT_CLIENT_THREADS,
+            }),
     };
     if let Some(section) = &config.client {
         match client_settings(config, section, &ClientArgs::default()) {

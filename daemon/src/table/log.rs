@@ -4,7 +4,7 @@
 //! The table owner encodes each change once, as a ready UPDATE frame, into a
 //! scratch arena, and remembers per VNI the runs of frames it appended and
 //! which session caused each run. When it seals (after each batch of
-//! commands, at most once per 20 ms while the table is busy (ADR 0032);
+//! commands, at most once per 20 ms while its readers are behind (ADR 0032);
 //! before an UNSUBSCRIBE of that VNI, before a watch snapshot, or when the
 //! arena is full) it copies each touched VNI's frames
 //! into one buffer sized to its content, contiguous per VNI, and hands every
@@ -105,12 +105,11 @@ pub struct Mailbox {
     queue: Mutex<Queues>,
     /// Bytes of frames queued (what the reader has not taken yet).
     queued: AtomicU64,
-    /// Whether the queue holds anything (written under the lock): the
-    /// reader looks here before taking the lock, so that its turns with
-    /// nothing to take (most turns of a session in churn: its echoes) do
-    /// not take the line the table writes to.
-    has_items: AtomicBool,
-    /// Items queued (written under the lock, read without it: a hint).
+    /// Items queued (written under the lock, read without it). The reader
+    /// looks here before taking the lock, so that its turns with nothing to
+    /// take (most turns of a session in churn: its echoes) do not take the
+    /// line the table writes to; the table asks whether a reader is behind
+    /// ([`Mailbox::is_behind`]).
     items: AtomicUsize,
     /// Set when a queue grew past [`SMALL_QUEUE`] items: only then has
     /// [`Mailbox::release_if_empty`] anything to release (it then takes
@@ -153,7 +152,6 @@ impl Mailbox {
         Arc::new(Self {
             queue: Mutex::new(Queues::default()),
             queued: AtomicU64::new(0),
-            has_items: AtomicBool::new(false),
             items: AtomicUsize::new(0),
             grown: AtomicBool::new(false),
             limit,
@@ -181,7 +179,6 @@ impl Mailbox {
             self.overflowed_at.store(queued, Relaxed);
             self.overflowed.store(true, Relaxed);
             self.queued.store(0, Relaxed);
-            self.has_items.store(false, Relaxed);
             self.items.store(0, Relaxed);
             let dropped = std::mem::take(&mut *q);
             drop(q);
@@ -196,7 +193,6 @@ impl Mailbox {
         }
         q.live.push_back(mail);
         self.queued.store(queued, Relaxed);
-        self.has_items.store(true, Relaxed);
         self.items.store(q.live.len(), Relaxed);
         if q.live.len() > SMALL_QUEUE {
             self.grown.store(true, Relaxed);
@@ -231,7 +227,7 @@ impl Mailbox {
     ) -> usize {
         // Nothing queued: no lock. A push racing with this look wakes the
         // reader, which then takes it in its next turn.
-        if !self.has_items.load(Relaxed) {
+        if self.items.load(Relaxed) == 0 {
             return 0;
         }
         // The whole queue at once, so that the writer never waits for the
@@ -239,7 +235,6 @@ impl Mailbox {
         // the writer goes on in the spare queue.
         let mut taken = {
             let mut q = self.lock();
-            self.has_items.store(false, Relaxed);
             self.items.store(0, Relaxed);
             let spare = std::mem::take(&mut q.spare);
             std::mem::replace(&mut q.live, spare)
@@ -270,7 +265,6 @@ impl Mailbox {
             // (unless the mailbox overflowed or closed: then it is dropped).
             let mut q = self.lock();
             if !(self.overflowed.load(Relaxed) || self.closed.load(Relaxed)) {
-                self.has_items.store(true, Relaxed);
                 if q.live.is_empty() {
                     q.spare = std::mem::replace(&mut q.live, taken);
                 } else {
@@ -335,7 +329,6 @@ impl Mailbox {
         let mut q = self.lock();
         self.closed.store(true, Relaxed);
         self.queued.store(0, Relaxed);
-        self.has_items.store(false, Relaxed);
         self.items.store(0, Relaxed);
         let dropped = std::mem::take(&mut *q);
         drop(q);

@@ -41,10 +41,11 @@ const TRIM_AFTER_BYTES: u64 = 16 << 20;
 /// quiet. At most one trim per this long under light churn.
 const TRIM_SETTLE: Duration = Duration::from_secs(10);
 
-/// While changes keep coming, the fan-out seals at most once per this
-/// interval; a change after a quiet moment is sealed at once (ADR 0032). A
-/// reconnect storm's changes then reach each subscriber in a few large
-/// mails instead of a small one per batch of commands.
+/// While the readers of the last seal are behind, the fan-out seals at most
+/// once per this interval; a change that finds them keeping up, or comes
+/// after a quiet interval, is sealed at once (ADR 0032). A reconnect storm's
+/// changes then reach each subscriber in a few large mails instead of a
+/// small one per batch of commands.
 const SEAL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Starts the table task (once per daemon).
@@ -411,8 +412,8 @@ fn append_sync(frames: &mut Vec<Bytes>, vni: Vni) {
 }
 
 /// Decides when the fan-out seals what the table's commands appended: at
-/// once if the last seal was at least [`SEAL_INTERVAL`] ago or its readers
-/// have all taken their mail, otherwise when that interval has passed (as
+/// once if the last seal was at least [`SEAL_INTERVAL`] ago or none of its
+/// readers is behind, otherwise when that interval has passed (as
 /// Nagle's algorithm holds a small segment only while one is unacknowledged).
 /// Uses tokio's clock (tests pause it).
 #[derive(Debug, Default)]

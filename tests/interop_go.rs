@@ -708,33 +708,52 @@ async fn a_go_client_gets_a_20000_route_dump_from_our_server_intact() {
     // The Go client reads like PROTOCOL.md section 6 says: a read that fills
     // its 64 KiB buffer or ends inside a frame resets the session. Our
     // server must pace the dump so that neither happens.
+    //
+    // Progress is read from the client's own log (it logs every route it
+    // receives), not from its status page: rendering 20,000 routes there
+    // holds its table while its reader is meant to keep up, a stall the
+    // test would add itself. The page is read once, at the end.
     let start = Instant::now();
     let gc = GoProc::client(&go, server.addr, &[VNI], &[]);
-    let want: BTreeSet<String> = texts.iter().cloned().collect();
     let deadline = start + Duration::from_secs(15);
     loop {
-        let got = gc.routes().await;
-        if got == want {
+        let log = gc.logs();
+        let received = log.matches("Received Route").count();
+        let sessions = log.matches("Connection established").count();
+        assert!(
+            sessions == 1 && !log.contains("level=warn") && gc.error_lines().is_empty(),
+            "the Go client's session was reset after {received} of {DUMP} routes \
+             ({sessions} sessions); its warnings and errors: {:#?}",
+            log.lines()
+                .filter(|l| l.contains("level=warn") || l.contains("level=error"))
+                .collect::<Vec<_>>()
+        );
+        if received >= DUMP {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the Go client has {} of {DUMP} routes after {:?}; its errors: {:#?}",
-            got.len(),
-            start.elapsed(),
-            gc.error_lines()
+            "the Go client logged {received} of {DUMP} routes after {:?}",
+            start.elapsed()
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = start.elapsed();
     // Shown with --nocapture: the number for the report.
     eprintln!("a real Go client got a {DUMP}-route dump from metalbondd in {took:?}");
+    let want: BTreeSet<String> = texts.iter().cloned().collect();
+    assert_eq!(
+        gc.routes().await,
+        want,
+        "the Go client's table after the dump"
+    );
     let log = gc.logs();
     assert_eq!(
-        log.matches("Connection established").count(),
-        1,
-        "the Go client's session was reset during the dump"
+        log.matches("Received Route").count(),
+        DUMP,
+        "each route received once"
     );
+    assert_eq!(log.matches("Connection established").count(), 1);
     assert_eq!(gc.error_lines(), Vec::<String>::new());
     assert!(!log.contains("level=warn"), "the Go client warned");
 }

@@ -159,6 +159,11 @@ fn small_fleet_is_exact_in_every_phase() {
             assert_eq!(num(v, k), 0.0, "{name}: {k} in {v}");
         }
         assert!(num(v, "server_cpu_s") >= 0.0, "{name}: server CPU read");
+        let kernel = num(v, "server_kernel_cpu_s");
+        assert!(
+            (0.0..=num(v, "server_cpu_s")).contains(&kernel),
+            "{name}: the kernel's part of the server's CPU in {v}"
+        );
         assert!(
             num(v, "server_hwm_after_kib") > 0.0,
             "{name}: server memory read"

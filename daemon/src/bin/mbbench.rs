@@ -783,7 +783,7 @@ fn counts(p: &Peer) -> Counts {
 /// Resource usage at the start of a scenario.
 struct Snapshot {
     client_cpu: f64,
-    server_cpu: Option<f64>,
+    server_cpu: Option<procfs::ProcCpu>,
     mem: Option<Mem>,
     counts: Vec<Counts>,
 }
@@ -805,7 +805,7 @@ impl Bench {
     fn snapshot(&self, peers: &[&Peer]) -> Snapshot {
         Snapshot {
             client_cpu: procfs::self_cpu_secs(),
-            server_cpu: self.pid.and_then(procfs::cpu_secs),
+            server_cpu: self.pid.and_then(procfs::cpu),
             mem: self.mem(),
             counts: peers.iter().map(|p| counts(p)).collect(),
         }
@@ -814,8 +814,10 @@ impl Bench {
     /// Fills the resource and incident fields of `r` from the peers.
     fn finish(&self, r: &mut ScenarioResult, before: &Snapshot, peers: &[&Peer]) {
         r.client_cpu_s = procfs::self_cpu_secs() - before.client_cpu;
-        if let (Some(b), Some(a)) = (before.server_cpu, self.pid.and_then(procfs::cpu_secs)) {
-            r.server_cpu_s = Some(a - b);
+        if let (Some(b), Some(a)) = (before.server_cpu, self.pid.and_then(procfs::cpu)) {
+            let used = a.since(b);
+            r.server_cpu_s = Some(used.total());
+            r.server_kernel_cpu_s = Some(used.system);
         }
         if let (Some(b), Some(a)) = (before.mem, self.mem()) {
             r.mem = Some(MemReport {

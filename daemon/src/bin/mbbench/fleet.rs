@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::ledger::{counter_set, Events, Gap, Ledger};
-use crate::procfs::{self, Mem};
+use crate::procfs::{self, Mem, ProcCpu};
 use crate::report::JsonObject;
 use crate::shape::{Dims, Rng, Shape};
 
@@ -245,6 +245,8 @@ pub struct PhaseResult {
     pub echo_over_1s: u64,
     /// Server CPU seconds during the phase (until its goal).
     pub server_cpu_s: Option<f64>,
+    /// The kernel's part of `server_cpu_s` (an estimate, see [`procfs::cpu`]).
+    pub server_kernel_cpu_s: Option<f64>,
     /// Server memory at the end of the phase.
     pub mem: Option<Mem>,
     /// mbbench CPU seconds during the phase (until its goal).
@@ -303,6 +305,9 @@ impl PhaseResult {
         let _ = write!(s, "          CPU: mbbench {:.2} s", self.bench_cpu_s);
         if let Some(c) = self.server_cpu_s {
             let _ = write!(s, ", server {c:.2} s");
+            if let Some(k) = self.server_kernel_cpu_s {
+                let _ = write!(s, " ({k:.2} s of it in the kernel)");
+            }
         }
         if let Some(m) = &self.mem {
             let _ = write!(
@@ -364,6 +369,9 @@ impl PhaseResult {
         o.num("client_cpu_s", self.bench_cpu_s);
         if let Some(c) = self.server_cpu_s {
             o.num("server_cpu_s", c);
+        }
+        if let Some(k) = self.server_kernel_cpu_s {
+            o.num("server_kernel_cpu_s", k);
         }
         if let Some(m) = &self.mem {
             o.num("server_rss_after_kib", m.rss_kib as f64);
@@ -489,7 +497,7 @@ pub async fn run(cfg: FleetConfig, report: &dyn Fn(&PhaseResult)) -> Vec<PhaseRe
 struct Snap {
     t0: Instant,
     bench_cpu: f64,
-    server_cpu: Option<f64>,
+    server_cpu: Option<ProcCpu>,
     events: Events,
     counters: Counters,
     gens: Vec<u32>,
@@ -504,7 +512,7 @@ impl Snap {
         Snap {
             t0: Instant::now(),
             bench_cpu: procfs::self_cpu_secs(),
-            server_cpu: ctx.cfg.server_pid.and_then(procfs::cpu_secs),
+            server_cpu: ctx.cfg.server_pid.and_then(procfs::cpu),
             events: w.ledger.total_events(),
             counters: w.counters(),
             gens: w.conns.iter().map(|c| c.gen).collect(),
@@ -515,7 +523,7 @@ impl Snap {
 /// CPU readings at the moment a phase reached its goal.
 struct Cpu {
     bench: f64,
-    server: Option<f64>,
+    server: Option<ProcCpu>,
 }
 
 /// Waits (bounded by the timeout and the stall limit) until `goal` holds;
@@ -531,7 +539,7 @@ async fn wait_until(ctx: &Ctx, snap: &Snap, goal: impl Fn(&World) -> bool) -> (O
             if goal(&w) {
                 let cpu = Cpu {
                     bench: procfs::self_cpu_secs(),
-                    server: ctx.cfg.server_pid.and_then(procfs::cpu_secs),
+                    server: ctx.cfg.server_pid.and_then(procfs::cpu),
                 };
                 return (Some(cpu), now.duration_since(snap.t0).as_secs_f64());
             }
@@ -585,11 +593,15 @@ fn finish(ctx: &Ctx, name: &'static str, snap: &Snap, done: Option<Cpu>, wall: f
     let w = ctx.world.borrow();
     let now_cpu = || Cpu {
         bench: procfs::self_cpu_secs(),
-        server: ctx.cfg.server_pid.and_then(procfs::cpu_secs),
+        server: ctx.cfg.server_pid.and_then(procfs::cpu),
     };
     let converged = done.is_some();
     let cpu = done.unwrap_or_else(now_cpu);
     let c = w.counters().since(&snap.counters);
+    let server_cpu = match (cpu.server, snap.server_cpu) {
+        (Some(now), Some(start)) => Some(now.since(start)),
+        _ => None,
+    };
     let mut r = PhaseResult {
         name,
         converged,
@@ -605,10 +617,8 @@ fn finish(ctx: &Ctx, name: &'static str, snap: &Snap, done: Option<Cpu>, wall: f
         echo_max_ms: w.echo_max_us as f64 / 1000.0,
         echo_over_1s: w.echo_over_1s,
         bench_cpu_s: cpu.bench - snap.bench_cpu,
-        server_cpu_s: match (cpu.server, snap.server_cpu) {
-            (Some(a), Some(b)) => Some(a - b),
-            _ => None,
-        },
+        server_cpu_s: server_cpu.map(ProcCpu::total),
+        server_kernel_cpu_s: server_cpu.map(|c| c.system),
         mem: ctx.cfg.server_pid.and_then(procfs::mem),
         ..Default::default()
     };

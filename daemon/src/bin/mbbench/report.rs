@@ -65,6 +65,9 @@ pub struct ScenarioResult {
     pub mem: Option<MemReport>,
     /// Server CPU seconds used during the scenario, with --server-pid.
     pub server_cpu_s: Option<f64>,
+    /// The kernel's part of `server_cpu_s` (an estimate, see
+    /// [`crate::procfs::cpu`]).
+    pub server_kernel_cpu_s: Option<f64>,
     /// mbbench CPU seconds used during the scenario.
     pub client_cpu_s: f64,
     /// Incidents worth reading (timeouts, close reasons).
@@ -151,6 +154,9 @@ impl ScenarioResult {
         let _ = write!(s, "          CPU: mbbench {:.2} s", self.client_cpu_s);
         if let Some(c) = self.server_cpu_s {
             let _ = write!(s, ", server {c:.2} s");
+            if let Some(k) = self.server_kernel_cpu_s {
+                let _ = write!(s, " ({k:.2} s of it in the kernel)");
+            }
         }
         if let Some(m) = &self.mem {
             let _ = write!(
@@ -220,6 +226,9 @@ impl ScenarioResult {
         o.num("client_cpu_s", self.client_cpu_s);
         if let Some(c) = self.server_cpu_s {
             o.num("server_cpu_s", c);
+        }
+        if let Some(k) = self.server_kernel_cpu_s {
+            o.num("server_kernel_cpu_s", k);
         }
         if let Some(m) = &self.mem {
             o.num("server_rss_before_kib", m.before.rss_kib as f64);

@@ -815,9 +815,7 @@ impl Bench {
     fn finish(&self, r: &mut ScenarioResult, before: &Snapshot, peers: &[&Peer]) {
         r.client_cpu_s = procfs::self_cpu_secs() - before.client_cpu;
         if let (Some(b), Some(a)) = (before.server_cpu, self.pid.and_then(procfs::cpu)) {
-            let used = a.since(b);
-            r.server_cpu_s = Some(used.total());
-            r.server_kernel_cpu_s = Some(used.system);
+            r.server_cpu = Some(a.since(b));
         }
         if let (Some(b), Some(a)) = (before.mem, self.mem()) {
             r.mem = Some(MemReport {

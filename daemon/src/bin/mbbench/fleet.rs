@@ -243,10 +243,8 @@ pub struct PhaseResult {
     pub echo_max_ms: f64,
     /// KEEPALIVE echoes slower than 1 s.
     pub echo_over_1s: u64,
-    /// Server CPU seconds during the phase (until its goal).
-    pub server_cpu_s: Option<f64>,
-    /// The kernel's part of `server_cpu_s` (an estimate, see [`procfs::cpu`]).
-    pub server_kernel_cpu_s: Option<f64>,
+    /// Server CPU during the phase (until its goal).
+    pub server_cpu: Option<ProcCpu>,
     /// Server memory at the end of the phase.
     pub mem: Option<Mem>,
     /// mbbench CPU seconds during the phase (until its goal).
@@ -303,11 +301,8 @@ impl PhaseResult {
             self.resets, self.connects, self.connect_failures
         );
         let _ = write!(s, "          CPU: mbbench {:.2} s", self.bench_cpu_s);
-        if let Some(c) = self.server_cpu_s {
-            let _ = write!(s, ", server {c:.2} s");
-            if let Some(k) = self.server_kernel_cpu_s {
-                let _ = write!(s, " ({k:.2} s of it in the kernel)");
-            }
+        if let Some(c) = self.server_cpu {
+            let _ = write!(s, ", server {c}");
         }
         if let Some(m) = &self.mem {
             let _ = write!(
@@ -367,12 +362,7 @@ impl PhaseResult {
         o.num("connects", self.connects as f64);
         o.num("connect_failures", self.connect_failures as f64);
         o.num("client_cpu_s", self.bench_cpu_s);
-        if let Some(c) = self.server_cpu_s {
-            o.num("server_cpu_s", c);
-        }
-        if let Some(k) = self.server_kernel_cpu_s {
-            o.num("server_kernel_cpu_s", k);
-        }
+        o.server_cpu(self.server_cpu);
         if let Some(m) = &self.mem {
             o.num("server_rss_after_kib", m.rss_kib as f64);
             o.num("server_hwm_after_kib", m.hwm_kib as f64);
@@ -598,10 +588,6 @@ fn finish(ctx: &Ctx, name: &'static str, snap: &Snap, done: Option<Cpu>, wall: f
     let converged = done.is_some();
     let cpu = done.unwrap_or_else(now_cpu);
     let c = w.counters().since(&snap.counters);
-    let server_cpu = match (cpu.server, snap.server_cpu) {
-        (Some(now), Some(start)) => Some(now.since(start)),
-        _ => None,
-    };
     let mut r = PhaseResult {
         name,
         converged,
@@ -617,8 +603,10 @@ fn finish(ctx: &Ctx, name: &'static str, snap: &Snap, done: Option<Cpu>, wall: f
         echo_max_ms: w.echo_max_us as f64 / 1000.0,
         echo_over_1s: w.echo_over_1s,
         bench_cpu_s: cpu.bench - snap.bench_cpu,
-        server_cpu_s: server_cpu.map(ProcCpu::total),
-        server_kernel_cpu_s: server_cpu.map(|c| c.system),
+        server_cpu: match (cpu.server, snap.server_cpu) {
+            (Some(now), Some(start)) => Some(now.since(start)),
+            _ => None,
+        },
         mem: ctx.cfg.server_pid.and_then(procfs::mem),
         ..Default::default()
     };

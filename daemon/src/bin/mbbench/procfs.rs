@@ -49,6 +49,18 @@ impl ProcCpu {
     }
 }
 
+/// As mbbench prints a server's CPU: `1.23 s (0.80 s of it in the kernel)`.
+impl std::fmt::Display for ProcCpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s ({:.2} s of it in the kernel)",
+            self.total(),
+            self.system
+        )
+    }
+}
+
 /// CPU seconds consumed by `pid` so far (all its threads, live and ended).
 ///
 /// The kernel keeps the total exact (the scheduler's runtime) and splits it
@@ -123,5 +135,9 @@ mod tests {
             }
         );
         assert_eq!(b.since(a).total(), 1.25);
+        assert_eq!(
+            b.since(a).to_string(),
+            "1.25 s (0.75 s of it in the kernel)"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::procfs::Mem;
+use crate::procfs::{Mem, ProcCpu};
 
 /// Server memory around a scenario.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,11 +63,8 @@ pub struct ScenarioResult {
     pub latency: Option<Latency>,
     /// Server memory, with --server-pid.
     pub mem: Option<MemReport>,
-    /// Server CPU seconds used during the scenario, with --server-pid.
-    pub server_cpu_s: Option<f64>,
-    /// The kernel's part of `server_cpu_s` (an estimate, see
-    /// [`crate::procfs::cpu`]).
-    pub server_kernel_cpu_s: Option<f64>,
+    /// Server CPU used during the scenario, with --server-pid.
+    pub server_cpu: Option<ProcCpu>,
     /// mbbench CPU seconds used during the scenario.
     pub client_cpu_s: f64,
     /// Incidents worth reading (timeouts, close reasons).
@@ -152,11 +149,8 @@ impl ScenarioResult {
         }
         s.push('\n');
         let _ = write!(s, "          CPU: mbbench {:.2} s", self.client_cpu_s);
-        if let Some(c) = self.server_cpu_s {
-            let _ = write!(s, ", server {c:.2} s");
-            if let Some(k) = self.server_kernel_cpu_s {
-                let _ = write!(s, " ({k:.2} s of it in the kernel)");
-            }
+        if let Some(c) = self.server_cpu {
+            let _ = write!(s, ", server {c}");
         }
         if let Some(m) = &self.mem {
             let _ = write!(
@@ -224,12 +218,7 @@ impl ScenarioResult {
             o.num("announce_s", a);
         }
         o.num("client_cpu_s", self.client_cpu_s);
-        if let Some(c) = self.server_cpu_s {
-            o.num("server_cpu_s", c);
-        }
-        if let Some(k) = self.server_kernel_cpu_s {
-            o.num("server_kernel_cpu_s", k);
-        }
+        o.server_cpu(self.server_cpu);
         if let Some(m) = &self.mem {
             o.num("server_rss_before_kib", m.before.rss_kib as f64);
             o.num("server_rss_after_kib", m.after.rss_kib as f64);
@@ -291,6 +280,14 @@ impl JsonObject {
     pub fn raw(&mut self, k: &str, v: &str) {
         self.key(k);
         self.out.push_str(v);
+    }
+    /// Adds a server's CPU, if read: `server_cpu_s` (the total) and
+    /// `server_kernel_cpu_s` (the kernel's part).
+    pub fn server_cpu(&mut self, cpu: Option<ProcCpu>) {
+        if let Some(c) = cpu {
+            self.num("server_cpu_s", c.total());
+            self.num("server_kernel_cpu_s", c.system);
+        }
     }
     /// Adds an array of strings.
     pub fn strings(&mut self, k: &str, v: &[String]) {

@@ -22,6 +22,9 @@ use crate::wire::{encode_message, encode_update, Action, Message, Route, Vni};
 
 /// Commands handled per wake-up at most (then what they changed is delivered).
 const BATCH: usize = 256;
+/// Longest the task handles commands before it lets other tasks (sessions
+/// echoing KEEPALIVEs) run; the rest of the batch follows in the next turn.
+const TURN_TIME: Duration = Duration::from_millis(4);
 /// Dump frames are grouped into buffers of about this size: big enough for
 /// few syscalls, small enough that a keepalive echo is never held up long.
 const DUMP_BUFFER_BYTES: usize = 16 * 1024;
@@ -50,6 +53,11 @@ const SEAL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Starts the table task (once per daemon).
 pub fn spawn() -> TableHandle {
+    spawn_with_turn_time(TURN_TIME)
+}
+
+/// [`spawn`] with another [`TURN_TIME`] (tests pick zero or forever).
+fn spawn_with_turn_time(turn_time: Duration) -> TableHandle {
     return_large_frees_to_the_system();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let counters = Arc::new(TableCounters::default());
@@ -57,7 +65,8 @@ pub fn spawn() -> TableHandle {
         commands: tx,
         counters: counters.clone(),
     };
-    let task = TableTask::new(counters);
+    let mut task = TableTask::new(counters);
+    task.turn_time = turn_time;
     tokio::spawn(task.run(rx));
     handle
 }
@@ -73,6 +82,9 @@ struct TableTask {
     dumped_bytes: u64,
     /// Sessions' route listings being resolved a part per turn, in order.
     listings: VecDeque<Listing>,
+    /// Longest the task handles a batch's commands before it lets the
+    /// other tasks run ([`TURN_TIME`]).
+    turn_time: Duration,
 }
 
 /// A [`Query::SessionRoutes`] being answered a part at a time. The session
@@ -94,6 +106,7 @@ impl TableTask {
             counters,
             dumped_bytes: 0,
             listings: VecDeque::new(),
+            turn_time: TURN_TIME,
         }
     }
 
@@ -110,8 +123,18 @@ impl TableTask {
                     if n == 0 {
                         return;
                     }
+                    let mut turn_start = Instant::now();
                     for command in batch.drain(..) {
                         self.handle(command);
+                        // A batch can hold 256 reads of 1,600 routes each:
+                        // with one runtime worker, every KEEPALIVE echo waits
+                        // for the task to let go. What it appended stays
+                        // unsealed meanwhile, so subscribers get the batch as
+                        // one mail whatever the number of turns.
+                        if turn_start.elapsed() >= self.turn_time {
+                            tokio::task::yield_now().await;
+                            turn_start = Instant::now();
+                        }
                     }
                     if self.log.has_pending()
                         && seals.seal_now(tokio::time::Instant::now(), || self.log.readers_behind())

@@ -800,3 +800,67 @@ fn the_seal_clock_waits_within_an_interval_only_while_readers_are_behind() {
     );
     assert!(!asked, "after an interval the readers are not asked");
 }
+
+/// Polls another task got while the table task handled one batch of `n`
+/// single-route commands in turns of `turn_time`, and the mails a
+/// subscriber of the routes' VNI got from that batch.
+async fn polls_during_a_batch(turn_time: Duration, n: u32) -> (usize, Vec<Vec<Route>>) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let table = spawn_with_turn_time(turn_time);
+    let route = |i: u32| -> Route { format!("7#10.3.{i}.0/24@2001:db8::1").parse().unwrap() };
+    let send = |session, op, mailbox: &Arc<Mailbox>| {
+        table
+            .commands
+            .try_send(Command::Ops {
+                session,
+                ops: vec![op],
+                received: Instant::now(),
+                mailbox: mailbox.clone(),
+            })
+            .unwrap()
+    };
+    let subscriber = Mailbox::new(u64::MAX);
+    let subscribe = Op::Subscribe {
+        vni: Vni(7),
+        sync: false,
+    };
+    send(10, subscribe, &subscriber);
+    subscriber.notified().await;
+    assert_eq!(mails(&subscriber), vec![vec![]], "the empty dump");
+
+    // Queued before the table task runs again: one batch of `n` commands.
+    let announcer = Mailbox::new(u64::MAX);
+    for i in 0..n {
+        send(20, Op::Announce(route(i)), &announcer);
+    }
+    let polls = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = tokio::spawn({
+        let (polls, stop) = (polls.clone(), stop.clone());
+        async move {
+            while !stop.load(Relaxed) {
+                polls.fetch_add(1, Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    subscriber.notified().await;
+    stop.store(true, Relaxed);
+    other.await.unwrap();
+    (polls.load(Relaxed), mails(&subscriber))
+}
+
+#[tokio::test]
+async fn a_long_batch_lets_other_tasks_run_between_turns_and_is_sealed_as_one() {
+    let routes: Vec<Route> = (0..20)
+        .map(|i| format!("7#10.3.{i}.0/24@2001:db8::1").parse().unwrap())
+        .collect();
+    // A turn ends after each command: the other task runs between them.
+    let (polls, got) = polls_during_a_batch(Duration::ZERO, 20).await;
+    assert!(polls >= 19, "{polls} polls between 20 commands");
+    assert_eq!(got, vec![routes.clone()], "one mail for the whole batch");
+    // One turn for the whole batch: the other task waits for all of it.
+    let (polls, got) = polls_during_a_batch(Duration::from_secs(3600), 20).await;
+    assert!(polls <= 2, "{polls} polls during a one-turn batch");
+    assert_eq!(got, vec![routes]);
+}

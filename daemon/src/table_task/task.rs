@@ -24,7 +24,10 @@ use crate::wire::{encode_message, encode_update, Action, Message, Route, Vni};
 const BATCH: usize = 256;
 /// Longest the task handles commands before it lets other tasks (sessions
 /// echoing KEEPALIVEs) run; the rest of the batch follows in the next turn.
-const TURN_TIME: Duration = Duration::from_millis(4);
+/// Far below any keepalive timeout (2.5 s at the shortest interval), and
+/// long enough that a bulk stream's batches are rarely cut: every cut lets
+/// the subscribers run and write smaller pieces (ADR 0033, stop-22 addendum).
+const TURN_TIME: Duration = Duration::from_millis(50);
 /// Dump frames are grouped into buffers of about this size: big enough for
 /// few syscalls, small enough that a keepalive echo is never held up long.
 const DUMP_BUFFER_BYTES: usize = 16 * 1024;
@@ -123,21 +126,14 @@ impl TableTask {
                     if n == 0 {
                         return;
                     }
-                    let mut turn_start = Instant::now();
-                    for command in batch.drain(..) {
-                        self.handle(command);
-                        // A batch can hold 256 reads of 1,600 routes each:
-                        // with one runtime worker, every KEEPALIVE echo waits
-                        // for the task to let go. What it appended stays
-                        // unsealed meanwhile, so subscribers get the batch as
-                        // one mail whatever the number of turns.
-                        if turn_start.elapsed() >= self.turn_time {
-                            tokio::task::yield_now().await;
-                            turn_start = Instant::now();
-                        }
-                    }
+                    let turns = self.handle_batch(&mut batch).await;
+                    // A batch that took more than one turn is bulk: its seal
+                    // is paced as if the readers were behind (they ran
+                    // between its turns, so they are rarely behind).
                     if self.log.has_pending()
-                        && seals.seal_now(tokio::time::Instant::now(), || self.log.readers_behind())
+                        && seals.seal_now(tokio::time::Instant::now(), || {
+                            turns > 1 || self.log.readers_behind()
+                        })
                     {
                         self.log.seal();
                     }
@@ -169,6 +165,27 @@ impl TableTask {
                 }
             }
         }
+    }
+
+    /// Handles the commands of `batch` in order, in turns of at most
+    /// `turn_time` with a yield between two turns; returns the number of
+    /// turns. A batch can hold 256 reads of 1,600 routes each: with one
+    /// runtime worker, every KEEPALIVE echo waits for the task to let go.
+    /// What the batch appends stays unsealed until it is done, so that its
+    /// subscribers get it as one mail however many turns it took.
+    async fn handle_batch(&mut self, batch: &mut Vec<Command>) -> usize {
+        let mut turn_start = Instant::now();
+        let mut turns = 1;
+        let mut commands = batch.drain(..);
+        while let Some(command) = commands.next() {
+            self.handle(command);
+            if commands.len() > 0 && turn_start.elapsed() >= self.turn_time {
+                tokio::task::yield_now().await;
+                turn_start = Instant::now();
+                turns += 1;
+            }
+        }
+        turns
     }
 
     fn handle(&mut self, command: Command) {
@@ -435,9 +452,10 @@ fn append_sync(frames: &mut Vec<Bytes>, vni: Vni) {
 }
 
 /// Decides when the fan-out seals what the table's commands appended: at
-/// once if the last seal was at least [`SEAL_INTERVAL`] ago or none of its
-/// readers is behind, otherwise when that interval has passed (as
-/// Nagle's algorithm holds a small segment only while one is unacknowledged).
+/// once if the last seal was at least [`SEAL_INTERVAL`] ago or the table is
+/// not busy (none of its readers is behind, and the batch took one turn),
+/// otherwise when that interval has passed (as Nagle's algorithm holds a
+/// small segment only while one is unacknowledged).
 /// Uses tokio's clock (tests pause it).
 #[derive(Debug, Default)]
 struct SealClock {
@@ -447,16 +465,12 @@ struct SealClock {
 
 impl SealClock {
     /// Changes are pending at `now`: true to seal them now (recorded as a
-    /// seal); false if a seal is due at [`SealClock::due`]. `readers_behind`
-    /// (asked only within the interval): the last seal's mail is not all
-    /// taken yet.
-    fn seal_now(
-        &mut self,
-        now: tokio::time::Instant,
-        readers_behind: impl FnOnce() -> bool,
-    ) -> bool {
+    /// seal); false if a seal is due at [`SealClock::due`]. `busy` (asked
+    /// only within the interval): the last seal's mail is not all taken yet,
+    /// or the batch took more than one turn of the task.
+    fn seal_now(&mut self, now: tokio::time::Instant, busy: impl FnOnce() -> bool) -> bool {
         match self.last {
-            Some(last) if now < last + SEAL_INTERVAL && readers_behind() => {
+            Some(last) if now < last + SEAL_INTERVAL && busy() => {
                 self.due = Some(last + SEAL_INTERVAL);
                 false
             }

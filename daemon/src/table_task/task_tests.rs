@@ -864,3 +864,61 @@ async fn a_long_batch_lets_other_tasks_run_between_turns_and_is_sealed_as_one() 
     assert!(polls <= 2, "{polls} polls during a one-turn batch");
     assert_eq!(got, vec![routes]);
 }
+
+/// How long after it was sent a batch of two single-route commands reached
+/// a subscriber that keeps up, the task handling batches in turns of
+/// `turn_time`, right after a seal (paused clock).
+async fn seal_delay_of_a_two_command_batch(turn_time: Duration) -> Duration {
+    use tokio::time::Instant as Clock;
+    let table = spawn_with_turn_time(turn_time);
+    let route = |i: u32| -> Route { format!("7#10.4.{i}.0/24@2001:db8::1").parse().unwrap() };
+    let send = |session, op, mailbox: &Arc<Mailbox>| {
+        table
+            .commands
+            .try_send(Command::Ops {
+                session,
+                ops: vec![op],
+                received: Instant::now(),
+                mailbox: mailbox.clone(),
+            })
+            .unwrap()
+    };
+    let subscriber = Mailbox::new(u64::MAX);
+    let subscribe = Op::Subscribe {
+        vni: Vni(7),
+        sync: false,
+    };
+    send(10, subscribe, &subscriber);
+    subscriber.notified().await;
+    assert_eq!(mails(&subscriber), vec![vec![]], "the empty dump");
+
+    // The first change after a quiet moment is sealed at once, and taken.
+    tokio::time::sleep(SEAL_INTERVAL * 2).await;
+    let announcer = Mailbox::new(u64::MAX);
+    let start = Clock::now();
+    send(20, Op::Announce(route(0)), &announcer);
+    subscriber.notified().await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(mails(&subscriber), vec![vec![route(0)]]);
+
+    send(20, Op::Announce(route(1)), &announcer);
+    send(20, Op::Announce(route(2)), &announcer);
+    subscriber.notified().await;
+    assert_eq!(mails(&subscriber), vec![vec![route(1), route(2)]]);
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_took_several_turns_is_sealed_once_per_interval() {
+    // Each command a turn of its own: the batch is bulk, and waits for the
+    // interval although its reader keeps up.
+    assert_eq!(
+        seal_delay_of_a_two_command_batch(Duration::ZERO).await,
+        SEAL_INTERVAL
+    );
+    // One turn: the reader keeps up, so it goes at once.
+    assert_eq!(
+        seal_delay_of_a_two_command_batch(Duration::from_secs(3600)).await,
+        Duration::ZERO
+    );
+}

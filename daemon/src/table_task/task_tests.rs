@@ -801,15 +801,38 @@ fn the_seal_clock_waits_within_an_interval_only_while_readers_are_behind() {
     assert!(!asked, "after an interval the readers are not asked");
 }
 
-/// Polls another task got while the table task handled one batch of `n`
-/// single-route commands in turns of `turn_time`, and the mails a
-/// subscriber of the routes' VNI got from that batch.
-async fn polls_during_a_batch(turn_time: Duration, n: u32) -> (usize, Vec<Vec<Route>>) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    let table = spawn_with_turn_time(turn_time);
-    let route = |i: u32| -> Route { format!("7#10.3.{i}.0/24@2001:db8::1").parse().unwrap() };
-    let send = |session, op, mailbox: &Arc<Mailbox>| {
-        table
+/// Route `i` of VNI 7 (the turn tests' routes).
+fn turn_route(i: u32) -> Route {
+    format!("7#10.3.{i}.0/24@2001:db8::1").parse().unwrap()
+}
+
+/// A table task handling batches in turns of a given time, with a
+/// subscriber of VNI 7 that has taken its (empty) dump.
+struct TurnFixture {
+    table: TableHandle,
+    subscriber: Arc<Mailbox>,
+    announcer: Arc<Mailbox>,
+}
+
+impl TurnFixture {
+    async fn new(turn_time: Duration) -> Self {
+        let fixture = Self {
+            table: spawn_with_turn_time(turn_time),
+            subscriber: Mailbox::new(u64::MAX),
+            announcer: Mailbox::new(u64::MAX),
+        };
+        let subscribe = Op::Subscribe {
+            vni: Vni(7),
+            sync: false,
+        };
+        fixture.send(10, subscribe, &fixture.subscriber);
+        fixture.subscriber.notified().await;
+        assert_eq!(mails(&fixture.subscriber), vec![vec![]], "the empty dump");
+        fixture
+    }
+
+    fn send(&self, session: SessionId, op: Op, mailbox: &Arc<Mailbox>) {
+        self.table
             .commands
             .try_send(Command::Ops {
                 session,
@@ -817,21 +840,24 @@ async fn polls_during_a_batch(turn_time: Duration, n: u32) -> (usize, Vec<Vec<Ro
                 received: Instant::now(),
                 mailbox: mailbox.clone(),
             })
-            .unwrap()
-    };
-    let subscriber = Mailbox::new(u64::MAX);
-    let subscribe = Op::Subscribe {
-        vni: Vni(7),
-        sync: false,
-    };
-    send(10, subscribe, &subscriber);
-    subscriber.notified().await;
-    assert_eq!(mails(&subscriber), vec![vec![]], "the empty dump");
+            .unwrap();
+    }
 
-    // Queued before the table task runs again: one batch of `n` commands.
-    let announcer = Mailbox::new(u64::MAX);
+    /// Queues a command announcing [`turn_route`] `i` (the table task takes
+    /// the commands queued before it runs as one batch).
+    fn announce(&self, i: u32) {
+        self.send(20, Op::Announce(turn_route(i)), &self.announcer);
+    }
+}
+
+/// Polls another task got while the table task handled one batch of `n`
+/// single-route commands in turns of `turn_time`, and the mails the
+/// subscriber got from that batch.
+async fn polls_during_a_batch(turn_time: Duration, n: u32) -> (usize, Vec<Vec<Route>>) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let fixture = TurnFixture::new(turn_time).await;
     for i in 0..n {
-        send(20, Op::Announce(route(i)), &announcer);
+        fixture.announce(i);
     }
     let polls = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -844,17 +870,15 @@ async fn polls_during_a_batch(turn_time: Duration, n: u32) -> (usize, Vec<Vec<Ro
             }
         }
     });
-    subscriber.notified().await;
+    fixture.subscriber.notified().await;
     stop.store(true, Relaxed);
     other.await.unwrap();
-    (polls.load(Relaxed), mails(&subscriber))
+    (polls.load(Relaxed), mails(&fixture.subscriber))
 }
 
 #[tokio::test]
 async fn a_long_batch_lets_other_tasks_run_between_turns_and_is_sealed_as_one() {
-    let routes: Vec<Route> = (0..20)
-        .map(|i| format!("7#10.3.{i}.0/24@2001:db8::1").parse().unwrap())
-        .collect();
+    let routes: Vec<Route> = (0..20).map(turn_route).collect();
     // A turn ends after each command: the other task runs between them.
     let (polls, got) = polls_during_a_batch(Duration::ZERO, 20).await;
     assert!(polls >= 19, "{polls} polls between 20 commands");
@@ -866,45 +890,24 @@ async fn a_long_batch_lets_other_tasks_run_between_turns_and_is_sealed_as_one() 
 }
 
 /// How long after it was sent a batch of two single-route commands reached
-/// a subscriber that keeps up, the task handling batches in turns of
-/// `turn_time`, right after a seal (paused clock).
+/// the subscriber, which keeps up, right after a seal, the task handling
+/// batches in turns of `turn_time` (paused clock).
 async fn seal_delay_of_a_two_command_batch(turn_time: Duration) -> Duration {
     use tokio::time::Instant as Clock;
-    let table = spawn_with_turn_time(turn_time);
-    let route = |i: u32| -> Route { format!("7#10.4.{i}.0/24@2001:db8::1").parse().unwrap() };
-    let send = |session, op, mailbox: &Arc<Mailbox>| {
-        table
-            .commands
-            .try_send(Command::Ops {
-                session,
-                ops: vec![op],
-                received: Instant::now(),
-                mailbox: mailbox.clone(),
-            })
-            .unwrap()
-    };
-    let subscriber = Mailbox::new(u64::MAX);
-    let subscribe = Op::Subscribe {
-        vni: Vni(7),
-        sync: false,
-    };
-    send(10, subscribe, &subscriber);
-    subscriber.notified().await;
-    assert_eq!(mails(&subscriber), vec![vec![]], "the empty dump");
-
+    let fixture = TurnFixture::new(turn_time).await;
+    let subscriber = &fixture.subscriber;
     // The first change after a quiet moment is sealed at once, and taken.
     tokio::time::sleep(SEAL_INTERVAL * 2).await;
-    let announcer = Mailbox::new(u64::MAX);
     let start = Clock::now();
-    send(20, Op::Announce(route(0)), &announcer);
+    fixture.announce(0);
     subscriber.notified().await;
     assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!(mails(&subscriber), vec![vec![route(0)]]);
+    assert_eq!(mails(subscriber), vec![vec![turn_route(0)]]);
 
-    send(20, Op::Announce(route(1)), &announcer);
-    send(20, Op::Announce(route(2)), &announcer);
+    fixture.announce(1);
+    fixture.announce(2);
     subscriber.notified().await;
-    assert_eq!(mails(&subscriber), vec![vec![route(1), route(2)]]);
+    assert_eq!(mails(subscriber), vec![vec![turn_route(1), turn_route(2)]]);
     start.elapsed()
 }
 

@@ -120,13 +120,17 @@ impl TableTask {
         let mut trimmed_at = 0u64;
         let mut last_trim = Instant::now();
         let mut seals = SealClock::default();
+        // When the task last got the worker: batches taken one after the
+        // other without a wait (tokio's LIFO slot makes them mostly one
+        // command each) are one turn.
+        let mut turn_start = Instant::now();
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => {
+                n = recv_batch(&mut rx, &mut batch, &mut turn_start) => {
                     if n == 0 {
                         return;
                     }
-                    let turns = self.handle_batch(&mut batch).await;
+                    let turns = self.handle_batch(&mut batch, &mut turn_start).await;
                     // A batch that took more than one turn is bulk: its seal
                     // is paced as if the readers were behind (they ran
                     // between its turns, so they are rarely behind).
@@ -136,6 +140,10 @@ impl TableTask {
                         })
                     {
                         self.log.seal();
+                    }
+                    if turn_start.elapsed() >= self.turn_time {
+                        tokio::task::yield_now().await;
+                        turn_start = Instant::now();
                     }
                 }
                 _ = sleep_until_opt(seals.due()) => {
@@ -167,21 +175,21 @@ impl TableTask {
         }
     }
 
-    /// Handles the commands of `batch` in order, in turns of at most
-    /// `turn_time` with a yield between two turns; returns the number of
-    /// turns. A batch can hold 256 reads of 1,600 routes each: with one
-    /// runtime worker, every KEEPALIVE echo waits for the task to let go.
-    /// What the batch appends stays unsealed until it is done, so that its
-    /// subscribers get it as one mail however many turns it took.
-    async fn handle_batch(&mut self, batch: &mut Vec<Command>) -> usize {
-        let mut turn_start = Instant::now();
+    /// Handles the commands of `batch` in order, yielding between two of
+    /// them once the turn that began at `turn_start` has lasted `turn_time`;
+    /// returns the number of turns the batch took. A batch can hold 256
+    /// reads of 1,600 routes each: with one runtime worker, every KEEPALIVE
+    /// echo waits for the task to let go. What the batch appends stays
+    /// unsealed until it is done, so that its subscribers get it as one mail
+    /// however many turns it took.
+    async fn handle_batch(&mut self, batch: &mut Vec<Command>, turn_start: &mut Instant) -> usize {
         let mut turns = 1;
         let mut commands = batch.drain(..);
         while let Some(command) = commands.next() {
             self.handle(command);
             if commands.len() > 0 && turn_start.elapsed() >= self.turn_time {
                 tokio::task::yield_now().await;
-                turn_start = Instant::now();
+                *turn_start = Instant::now();
                 turns += 1;
             }
         }
@@ -492,6 +500,27 @@ impl SealClock {
         self.last = Some(now);
         self.due = None;
     }
+}
+
+/// Takes up to [`BATCH`] commands into `batch`, waiting for one if there is
+/// none; a wait gave the worker to the other tasks, so the next turn starts
+/// now (`turn_start`).
+async fn recv_batch(
+    rx: &mut mpsc::Receiver<Command>,
+    batch: &mut Vec<Command>,
+    turn_start: &mut Instant,
+) -> usize {
+    let mut waited = false;
+    let n = std::future::poll_fn(|cx| {
+        let polled = rx.poll_recv_many(cx, batch, BATCH);
+        waited |= polled.is_pending();
+        polled
+    })
+    .await;
+    if waited {
+        *turn_start = Instant::now();
+    }
+    n
 }
 
 /// Sleeps until `at`, or forever if there is none (a `select!` branch that

@@ -925,3 +925,23 @@ async fn a_batch_that_took_several_turns_is_sealed_once_per_interval() {
         Duration::ZERO
     );
 }
+
+#[tokio::test]
+async fn a_turn_goes_on_across_batches_until_the_task_waits_for_commands() {
+    let (tx, mut rx) = mpsc::channel(4);
+    let stats = || Command::Stats {
+        reply: tokio::sync::oneshot::channel().0,
+    };
+    let mut batch = Vec::new();
+    let long_ago = Instant::now() - Duration::from_secs(1);
+    let mut turn_start = long_ago;
+    tx.try_send(stats()).unwrap();
+    assert_eq!(recv_batch(&mut rx, &mut batch, &mut turn_start).await, 1);
+    assert_eq!(turn_start, long_ago, "a command was there: the same turn");
+
+    batch.clear();
+    let sender = tokio::spawn(async move { tx.send(stats()).await.is_ok() });
+    assert_eq!(recv_batch(&mut rx, &mut batch, &mut turn_start).await, 1);
+    assert!(turn_start > long_ago, "it waited: a new turn");
+    assert!(sender.await.unwrap());
+}

@@ -120,31 +120,26 @@ impl TableTask {
         let mut trimmed_at = 0u64;
         let mut last_trim = Instant::now();
         let mut seals = SealClock::default();
-        // When the task last got the worker: batches taken one after the
-        // other without a wait (tokio's LIFO slot makes them mostly one
-        // command each) are one turn.
-        let mut turn_start = Instant::now();
+        let mut turn = Turn::new();
         loop {
             tokio::select! {
-                n = recv_batch(&mut rx, &mut batch, &mut turn_start) => {
+                n = recv_batch(&mut rx, &mut batch, &mut turn) => {
                     if n == 0 {
                         return;
                     }
-                    let turns = self.handle_batch(&mut batch, &mut turn_start).await;
-                    // A batch that took more than one turn is bulk: its seal
-                    // is paced as if the readers were behind (they ran
-                    // between its turns, so they are rarely behind).
+                    self.handle_batch(&mut batch, &mut turn).await;
+                    // A table that has had to cut its work into turns since
+                    // it last waited for commands is busy: its seal is paced
+                    // as if the readers were behind (they ran between the
+                    // turns, so they are rarely behind).
                     if self.log.has_pending()
                         && seals.seal_now(tokio::time::Instant::now(), || {
-                            turns > 1 || self.log.readers_behind()
+                            turn.cut || self.log.readers_behind()
                         })
                     {
                         self.log.seal();
                     }
-                    if turn_start.elapsed() >= self.turn_time {
-                        tokio::task::yield_now().await;
-                        turn_start = Instant::now();
-                    }
+                    turn.end_if_over(self.turn_time).await;
                 }
                 _ = sleep_until_opt(seals.due()) => {
                     self.log.seal();
@@ -175,25 +170,20 @@ impl TableTask {
         }
     }
 
-    /// Handles the commands of `batch` in order, yielding between two of
-    /// them once the turn that began at `turn_start` has lasted `turn_time`;
-    /// returns the number of turns the batch took. A batch can hold 256
+    /// Handles the commands of `batch` in order, ending the `turn` between
+    /// two of them once it has lasted `turn_time`. A batch can hold 256
     /// reads of 1,600 routes each: with one runtime worker, every KEEPALIVE
     /// echo waits for the task to let go. What the batch appends stays
     /// unsealed until it is done, so that its subscribers get it as one mail
     /// however many turns it took.
-    async fn handle_batch(&mut self, batch: &mut Vec<Command>, turn_start: &mut Instant) -> usize {
-        let mut turns = 1;
+    async fn handle_batch(&mut self, batch: &mut Vec<Command>, turn: &mut Turn) {
         let mut commands = batch.drain(..);
         while let Some(command) = commands.next() {
             self.handle(command);
-            if commands.len() > 0 && turn_start.elapsed() >= self.turn_time {
-                tokio::task::yield_now().await;
-                *turn_start = Instant::now();
-                turns += 1;
+            if commands.len() > 0 {
+                turn.end_if_over(self.turn_time).await;
             }
         }
-        turns
     }
 
     fn handle(&mut self, command: Command) {
@@ -461,7 +451,8 @@ fn append_sync(frames: &mut Vec<Bytes>, vni: Vni) {
 
 /// Decides when the fan-out seals what the table's commands appended: at
 /// once if the last seal was at least [`SEAL_INTERVAL`] ago or the table is
-/// not busy (none of its readers is behind, and the batch took one turn),
+/// not busy (none of its readers is behind, and it has not cut its work
+/// into turns since it last waited for commands),
 /// otherwise when that interval has passed (as Nagle's algorithm holds a
 /// small segment only while one is unacknowledged).
 /// Uses tokio's clock (tests pause it).
@@ -475,7 +466,7 @@ impl SealClock {
     /// Changes are pending at `now`: true to seal them now (recorded as a
     /// seal); false if a seal is due at [`SealClock::due`]. `busy` (asked
     /// only within the interval): the last seal's mail is not all taken yet,
-    /// or the batch took more than one turn of the task.
+    /// or the task has cut its work into turns since it last waited.
     fn seal_now(&mut self, now: tokio::time::Instant, busy: impl FnOnce() -> bool) -> bool {
         match self.last {
             Some(last) if now < last + SEAL_INTERVAL && busy() => {
@@ -502,13 +493,48 @@ impl SealClock {
     }
 }
 
+/// The table task's hold on the worker since it last let go. Batches taken
+/// one after the other without a wait are one turn: tokio's LIFO slot makes
+/// most batches one command (ADR 0032, stop-20 addendum), and its budget
+/// alone would let a chain of them run for 128 batches.
+#[derive(Debug)]
+struct Turn {
+    start: Instant,
+    /// The task has cut its work into turns since it last waited for
+    /// commands: it is busy.
+    cut: bool,
+}
+
+impl Turn {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            cut: false,
+        }
+    }
+
+    /// Lets the other tasks run if the turn has lasted `turn_time`.
+    async fn end_if_over(&mut self, turn_time: Duration) {
+        if self.start.elapsed() >= turn_time {
+            tokio::task::yield_now().await;
+            self.start = Instant::now();
+            self.cut = true;
+        }
+    }
+
+    /// The task waited for commands: the other tasks ran, the table is idle.
+    fn waited(&mut self) {
+        self.start = Instant::now();
+        self.cut = false;
+    }
+}
+
 /// Takes up to [`BATCH`] commands into `batch`, waiting for one if there is
-/// none; a wait gave the worker to the other tasks, so the next turn starts
-/// now (`turn_start`).
+/// none (then a new `turn` starts).
 async fn recv_batch(
     rx: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
-    turn_start: &mut Instant,
+    turn: &mut Turn,
 ) -> usize {
     let mut waited = false;
     let n = std::future::poll_fn(|cx| {
@@ -518,7 +544,7 @@ async fn recv_batch(
     })
     .await;
     if waited {
-        *turn_start = Instant::now();
+        turn.waited();
     }
     n
 }

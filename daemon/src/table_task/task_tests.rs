@@ -934,14 +934,19 @@ async fn a_turn_goes_on_across_batches_until_the_task_waits_for_commands() {
     };
     let mut batch = Vec::new();
     let long_ago = Instant::now() - Duration::from_secs(1);
-    let mut turn_start = long_ago;
+    let mut turn = Turn {
+        start: long_ago,
+        cut: true,
+    };
     tx.try_send(stats()).unwrap();
-    assert_eq!(recv_batch(&mut rx, &mut batch, &mut turn_start).await, 1);
-    assert_eq!(turn_start, long_ago, "a command was there: the same turn");
+    assert_eq!(recv_batch(&mut rx, &mut batch, &mut turn).await, 1);
+    assert_eq!(turn.start, long_ago, "a command was there: the same turn");
+    assert!(turn.cut, "still busy");
 
     batch.clear();
     let sender = tokio::spawn(async move { tx.send(stats()).await.is_ok() });
-    assert_eq!(recv_batch(&mut rx, &mut batch, &mut turn_start).await, 1);
-    assert!(turn_start > long_ago, "it waited: a new turn");
+    assert_eq!(recv_batch(&mut rx, &mut batch, &mut turn).await, 1);
+    assert!(turn.start > long_ago, "it waited: a new turn");
+    assert!(!turn.cut, "and no longer busy");
     assert!(sender.await.unwrap());
 }

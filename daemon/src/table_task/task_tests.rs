@@ -950,3 +950,26 @@ async fn a_turn_goes_on_across_batches_until_the_task_waits_for_commands() {
     assert!(!turn.cut, "and no longer busy");
     assert!(sender.await.unwrap());
 }
+
+#[tokio::test]
+async fn the_task_lets_go_between_batches_once_its_turn_is_over() {
+    // Turns of zero length: every turn is over after one command.
+    let fixture = TurnFixture::new(Duration::ZERO).await;
+    // One full batch, then a second one queued behind it.
+    for i in 0..BATCH as u32 {
+        fixture.announce(i);
+    }
+    let (reply, mut stats) = tokio::sync::oneshot::channel();
+    fixture
+        .table
+        .commands
+        .try_send(Command::Stats { reply })
+        .unwrap();
+    fixture.subscriber.notified().await;
+    let first: Vec<Route> = (0..BATCH as u32).map(turn_route).collect();
+    assert_eq!(mails(&fixture.subscriber), vec![first]);
+    assert!(
+        stats.try_recv().is_err(),
+        "the second batch waits while the other tasks have their turn"
+    );
+}

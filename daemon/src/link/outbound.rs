@@ -12,7 +12,8 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
-use crate::wire::HEADER_LEN;
+use crate::wire::marks::{frame_len_at, last_frame_end, walk_start, whole_frames_end};
+use crate::wire::FrameMarks;
 
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -29,7 +30,7 @@ pub struct Outbound {
     control: VecDeque<Bytes>,
     /// Bytes of `control.front()` already written.
     control_off: usize,
-    data: VecDeque<Bytes>,
+    data: VecDeque<DataBuf>,
     /// Bytes of `data.front()` already written.
     data_off: usize,
     /// Start of the frame of `data.front()` that contains `data_off`.
@@ -55,10 +56,17 @@ impl Outbound {
 
     /// Queues route data (whole frames).
     pub fn push_data(&mut self, frames: Bytes) {
+        self.push_data_marked(frames, None);
+    }
+
+    /// Queues route data (whole frames) with the marks of exactly these
+    /// frames, if it has any: cutting it into paced writes then walks few
+    /// frame headers.
+    pub fn push_data_marked(&mut self, frames: Bytes, marks: Option<FrameMarks>) {
         if !frames.is_empty() {
             self.bytes += frames.len();
             self.data_pushed += frames.len() as u64;
-            self.data.push_back(frames);
+            self.data.push_back(DataBuf { frames, marks });
         }
     }
 
@@ -117,7 +125,7 @@ impl Outbound {
         if self.data_off == self.data_frame_start {
             return None;
         }
-        Some(self.data_frame_start + frame_len_at(front, self.data_frame_start))
+        Some(self.data_frame_start + frame_len_at(&front.frames, self.data_frame_start))
     }
 
     /// The buffers to write next, in wire order: the rest of a cut frame,
@@ -141,7 +149,7 @@ impl Outbound {
         let mut out = Vec::with_capacity(MAX_IOVECS.min(self.control.len() + self.data.len() + 1));
         let mut data_from = self.data_off;
         if let Some(end) = self.data_cut_end() {
-            out.push(IoSlice::new(&self.data[0][self.data_off..end]));
+            out.push(IoSlice::new(&self.data[0].frames[self.data_off..end]));
             data_from = end;
         }
         for (i, b) in self.control.iter().enumerate() {
@@ -152,8 +160,9 @@ impl Outbound {
             out.push(IoSlice::new(&b[from..]));
         }
         let mut budget = data_limit;
-        for (i, b) in self.data.iter().enumerate() {
-            let b = if i == 0 { &b[data_from..] } else { &b[..] };
+        for (i, buf) in self.data.iter().enumerate() {
+            let from = if i == 0 { data_from } else { 0 };
+            let b = &buf.frames[from..];
             if out.len() == MAX_IOVECS || budget == 0 {
                 break;
             }
@@ -164,13 +173,13 @@ impl Outbound {
                 out.push(IoSlice::new(b));
                 budget -= b.len();
             } else {
-                let cut = if whole_frames {
-                    whole_frames_prefix(b, budget)
+                let end = if whole_frames {
+                    whole_frames_end(&buf.frames, from, budget, buf.marks.as_ref())
                 } else {
-                    budget
+                    from + budget
                 };
-                if cut > 0 {
-                    out.push(IoSlice::new(&b[..cut]));
+                if end > from {
+                    out.push(IoSlice::new(&buf.frames[from..end]));
                 }
                 break;
             }
@@ -224,10 +233,10 @@ impl Outbound {
         self.data_written += n as u64;
         while n > 0 {
             let front = self.data.front().expect("advance past queued data");
-            let take = n.min(front.len() - self.data_off);
+            let take = n.min(front.frames.len() - self.data_off);
             self.data_off += take;
             n -= take;
-            if self.data_off == front.len() {
+            if self.data_off == front.frames.len() {
                 // All written: no frame of it is cut, nothing to walk.
                 self.data.pop_front();
                 self.data_off = 0;
@@ -235,36 +244,18 @@ impl Outbound {
                 continue;
             }
             // Move the frame start up to the last boundary at or before
-            // data_off (only the buffer a write ended in is walked).
-            while self.data_frame_start < self.data_off {
-                let end = self.data_frame_start + frame_len_at(front, self.data_frame_start);
-                if end > self.data_off {
-                    break;
-                }
-                self.data_frame_start = end;
-            }
+            // data_off (only the buffer a write ended in is walked, from
+            // its last mark before data_off if it has marks).
+            let start = walk_start(self.data_frame_start, self.data_off, front.marks.as_ref());
+            self.data_frame_start = last_frame_end(&front.frames, start, self.data_off);
         }
     }
 }
 
-/// Length of the whole frame starting at `at` in `buf`.
-fn frame_len_at(buf: &[u8], at: usize) -> usize {
-    HEADER_LEN + usize::from(u16::from_be_bytes([buf[at + 1], buf[at + 2]]))
-}
-
-/// Length of the longest prefix of `frames` (back-to-back whole frames) that
-/// is made of whole frames and is at most `max` bytes long.
-fn whole_frames_prefix(frames: &[u8], max: usize) -> usize {
-    let mut end = 0;
-    while end + HEADER_LEN <= frames.len() {
-        let len = usize::from(u16::from_be_bytes([frames[end + 1], frames[end + 2]]));
-        let next = end + HEADER_LEN + len;
-        if next > max || next > frames.len() {
-            break;
-        }
-        end = next;
-    }
-    end
+/// A buffer of route data: whole frames, and their marks if it has any.
+struct DataBuf {
+    frames: Bytes,
+    marks: Option<FrameMarks>,
 }
 
 #[cfg(test)]
@@ -437,6 +428,46 @@ mod tests {
         assert!(o.slices(usize::MAX).is_empty());
     }
 
+    /// Route data of `n` frames (6 to 8 bytes each).
+    fn long_data(n: u32) -> Bytes {
+        cat(&(1..=n).map(|v| f(v * 13 % 99_991)).collect::<Vec<_>>())
+    }
+
+    /// Writes everything in paced writes of at most `batch` bytes; returns
+    /// the wire and the most frame headers walked for one write.
+    fn drain_paced(o: &mut Outbound, batch: usize) -> (Vec<u8>, usize) {
+        let mut wire = Vec::new();
+        let mut most_walked = 0;
+        while !o.is_empty() {
+            crate::wire::marks::WALKED.with(|w| w.set(0));
+            let flat: Vec<u8> = o.slices(batch).iter().flat_map(|s| s.to_vec()).collect();
+            wire.extend_from_slice(&flat);
+            o.advance(flat.len());
+            most_walked = most_walked.max(crate::wire::marks::WALKED.with(|w| w.get()));
+        }
+        (wire, most_walked)
+    }
+
+    #[test]
+    fn paced_writes_of_a_marked_buffer_walk_few_frame_headers() {
+        let frames = long_data(30_000);
+        let batch = 48 * 1024;
+        let mut marked = Outbound::default();
+        marked.push_data_marked(frames.clone(), FrameMarks::of(&frames));
+        marked.push_control(Bytes::from(k()));
+        let (wire, walked) = drain_paced(&mut marked, batch);
+        let mut plain = Outbound::default();
+        plain.push_data(frames.clone());
+        plain.push_control(Bytes::from(k()));
+        let (plain_wire, plain_walked) = drain_paced(&mut plain, batch);
+        assert_eq!(wire, plain_wire, "marks never change what is written");
+        // A cut and its accounting each walk at most a mark step of
+        // 6-byte frames; without marks a write walks its whole batch.
+        let step_frames = crate::wire::marks::MARK_STEP / 6 + 1;
+        assert!(walked <= 2 * step_frames, "walked {walked}");
+        assert!(plain_walked > batch / 8, "walked {plain_walked}");
+    }
+
     mod properties {
         use super::*;
         use crate::wire::{decode_frame, Frame};
@@ -445,15 +476,23 @@ mod tests {
         #[derive(Debug, Clone)]
         enum Step {
             Data(Vec<u32>),
+            /// Thousands of frames with their marks, as a seal sends them.
+            MarkedData(u32),
             Control(u32),
-            Write { limit: usize, max: usize },
+            Write {
+                limit: usize,
+                max: usize,
+            },
         }
 
         fn step() -> impl Strategy<Value = Step> {
             prop_oneof![
                 (proptest::collection::vec(1u32..100_000, 1..5)).prop_map(Step::Data),
+                (1_600u32..3_000).prop_map(Step::MarkedData),
                 (100_000u32..200_000).prop_map(Step::Control),
                 (0usize..40, 0usize..40).prop_map(|(limit, max)| Step::Write { limit, max }),
+                (0usize..20_000, 0usize..20_000)
+                    .prop_map(|(limit, max)| Step::Write { limit, max }),
             ]
         }
 
@@ -477,6 +516,13 @@ mod tests {
                             data_in.extend(vnis.iter().copied());
                             o.push_data(cat(&vnis.iter().map(|&v| f(v)).collect::<Vec<_>>()));
                         }
+                        Step::MarkedData(n) => {
+                            data_in.extend((1..=n).map(|v| v * 13 % 99_991));
+                            let frames = long_data(n);
+                            let marks = FrameMarks::of(&frames);
+                            prop_assert!(marks.is_some());
+                            o.push_data_marked(frames, marks);
+                        }
                         Step::Control(v) => {
                             control_in.push(v);
                             o.push_control(Bytes::from(f(v)));
@@ -485,7 +531,9 @@ mod tests {
                     }
                 }
                 while !o.is_empty() {
-                    write(&mut o, &mut wire, usize::MAX, 7);
+                    // Odd sizes cut frames; big ones keep long data quick.
+                    let (limit, max) = if o.len() > 1_000 { (4096, 997) } else { (usize::MAX, 7) };
+                    write(&mut o, &mut wire, limit, max);
                 }
                 let mut buf = BytesMut::from(&wire[..]);
                 let (mut data_out, mut control_out) = (Vec::new(), Vec::new());

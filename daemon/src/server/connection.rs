@@ -798,10 +798,11 @@ impl Connection {
             match mail {
                 Mail::Updates {
                     frames,
+                    marks,
                     count,
                     since,
                 } => {
-                    out.push_data(frames);
+                    out.push_data_marked(frames, marks);
                     queued += u64::from(count);
                     if let Some(t) = since {
                         oldest = Some(oldest.map_or(t, |o| o.min(t)));

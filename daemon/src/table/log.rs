@@ -37,7 +37,7 @@ use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
 
 use super::SessionId;
-use crate::wire::{decode_updates, encode_update, Action, Route, Update, Vni};
+use crate::wire::{decode_updates, encode_update, Action, FrameMarks, Route, Update, Vni};
 
 /// Seal everything once the arena holds this many bytes of frames: bounds
 /// the latency of a long batch and the size of a sealed buffer.
@@ -51,6 +51,9 @@ pub enum Mail {
     Updates {
         /// The frames.
         frames: Bytes,
+        /// Their marks, if the slice is long enough to have any: computed
+        /// once per seal and shared like the frames.
+        marks: Option<FrameMarks>,
         /// How many frames.
         count: u32,
         /// When the oldest cause of these updates arrived (for the
@@ -558,6 +561,9 @@ impl FanOut {
         };
 
         let whole = out.slice(first.start as usize..last.end as usize);
+        // Once for every reader of the slice (a paced session walked it
+        // frame by frame otherwise: see `wire::marks`).
+        let marks = FrameMarks::of(&whole);
         let count: u32 = runs.iter().map(|r| r.count).sum();
         self.sealed_bytes += whole.len() as u64;
         // Many joins in one batch (a storm's SUBSCRIBEs to a popular VNI):
@@ -577,6 +583,7 @@ impl FanOut {
                 if from == 0 && runs.iter().all(|r| r.origin != sub.session) {
                     sub.mailbox.push(Mail::Updates {
                         frames: whole.clone(),
+                        marks: marks.clone(),
                         count,
                         since,
                     });
@@ -589,6 +596,7 @@ impl FanOut {
             if w.vni.is_none_or(|v| v == vni) {
                 w.mailbox.push(Mail::Updates {
                     frames: whole.clone(),
+                    marks: marks.clone(),
                     count,
                     since,
                 });
@@ -657,6 +665,7 @@ fn push_heard(
     let push = |(start, end, count): (u32, u32, u32)| {
         mailbox.push(Mail::Updates {
             frames: out.slice(start as usize..end as usize),
+            marks: None,
             count,
             since,
         });
@@ -685,6 +694,7 @@ mod tests {
     fn mail(tag: u8) -> Mail {
         Mail::Updates {
             frames: Bytes::from(vec![tag; 4]),
+            marks: None,
             count: 1,
             since: None,
         }
@@ -695,6 +705,42 @@ mod tests {
             Mail::Updates { frames, .. } => frames[0],
             Mail::Dump { .. } => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_long_sealed_slice_carries_its_frame_marks_and_a_short_one_none() {
+        let mut fan_out = FanOut::new();
+        let mailbox = Mailbox::new(u64::MAX);
+        fan_out.subscribe(Vni(7), 2, mailbox.clone());
+        let route = |i: u32| -> Route {
+            format!("7#10.{}.{}.0/24@2001:db8::1", i >> 8, i & 255)
+                .parse()
+                .unwrap()
+        };
+        let mut sealed = Vec::new();
+        for updates in [2_000, 3] {
+            for i in 0..updates {
+                fan_out.append_update(Action::Add, &route(i), 1);
+            }
+            fan_out.seal();
+            mailbox.take_while(|mail| {
+                sealed.push(mail);
+                Ok(())
+            });
+        }
+        let [Mail::Updates {
+            frames: long,
+            marks: long_marks,
+            ..
+        }, Mail::Updates {
+            marks: short_marks, ..
+        }] = &sealed[..]
+        else {
+            panic!("{sealed:?}")
+        };
+        assert!(long_marks.is_some());
+        assert_eq!(*long_marks, FrameMarks::of(long));
+        assert_eq!(*short_marks, None);
     }
 
     #[test]

@@ -416,6 +416,7 @@ fn update_mail_decodes_into_the_updates_it_carries() {
     encode_update(Action::Remove, &b, &mut buf);
     let updates = Mail::Updates {
         frames: buf.freeze(),
+        marks: None,
         count: 2,
         since: None,
     };

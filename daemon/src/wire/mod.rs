@@ -3,6 +3,7 @@
 //! `metalbond-types` crate's (shared with mbctl), re-exported here.
 
 pub mod codec;
+pub mod marks;
 pub mod message;
 pub mod protobuf;
 
@@ -10,6 +11,7 @@ pub use codec::{
     decode_frame, decode_frame_with, decode_updates, encode_message, encode_update, Frame,
     HEADER_LEN, KEEPALIVE_FRAME, MAX_SEND_PAYLOAD,
 };
+pub use marks::FrameMarks;
 pub use message::{DecodeError, Extensions, Hello, Message, MessageType, Update};
 pub use metalbond_types::text;
 pub use metalbond_types::{

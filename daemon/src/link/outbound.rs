@@ -30,7 +30,12 @@ pub struct Outbound {
     control: VecDeque<Bytes>,
     /// Bytes of `control.front()` already written.
     control_off: usize,
-    data: VecDeque<DataBuf>,
+    data: VecDeque<Bytes>,
+    /// The frame marks of the buffers in `data` that have them, each with
+    /// the buffer's start in the route data stream. A queue of its own, so
+    /// that the many buffers without marks (churn, a fleet's small slices)
+    /// cost no room in every session's queue.
+    marks: VecDeque<(u64, FrameMarks)>,
     /// Bytes of `data.front()` already written.
     data_off: usize,
     /// Start of the frame of `data.front()` that contains `data_off`.
@@ -64,10 +69,24 @@ impl Outbound {
     /// frame headers.
     pub fn push_data_marked(&mut self, frames: Bytes, marks: Option<FrameMarks>) {
         if !frames.is_empty() {
+            if let Some(marks) = marks {
+                self.marks.push_back((self.data_pushed, marks));
+            }
             self.bytes += frames.len();
             self.data_pushed += frames.len() as u64;
-            self.data.push_back(DataBuf { frames, marks });
+            self.data.push_back(frames);
         }
+    }
+
+    /// The marks of the buffer that starts at `start` in the route data
+    /// stream, if it has any. Marks are queued in stream order, and only
+    /// the front ones belong to buffers being written.
+    fn marks_of(&self, start: u64) -> Option<&FrameMarks> {
+        self.marks
+            .iter()
+            .take_while(|(at, _)| *at <= start)
+            .find(|(at, _)| *at == start)
+            .map(|(_, marks)| marks)
     }
 
     /// Makes room for `n` more pushes of route data: one allocation for a
@@ -125,7 +144,7 @@ impl Outbound {
         if self.data_off == self.data_frame_start {
             return None;
         }
-        Some(self.data_frame_start + frame_len_at(&front.frames, self.data_frame_start))
+        Some(self.data_frame_start + frame_len_at(front, self.data_frame_start))
     }
 
     /// The buffers to write next, in wire order: the rest of a cut frame,
@@ -149,7 +168,7 @@ impl Outbound {
         let mut out = Vec::with_capacity(MAX_IOVECS.min(self.control.len() + self.data.len() + 1));
         let mut data_from = self.data_off;
         if let Some(end) = self.data_cut_end() {
-            out.push(IoSlice::new(&self.data[0].frames[self.data_off..end]));
+            out.push(IoSlice::new(&self.data[0][self.data_off..end]));
             data_from = end;
         }
         for (i, b) in self.control.iter().enumerate() {
@@ -160,9 +179,11 @@ impl Outbound {
             out.push(IoSlice::new(&b[from..]));
         }
         let mut budget = data_limit;
+        // Where the current buffer starts in the route data stream.
+        let mut buf_start = self.data_written - self.data_off as u64;
         for (i, buf) in self.data.iter().enumerate() {
             let from = if i == 0 { data_from } else { 0 };
-            let b = &buf.frames[from..];
+            let b = &buf[from..];
             if out.len() == MAX_IOVECS || budget == 0 {
                 break;
             }
@@ -172,14 +193,15 @@ impl Outbound {
             if b.len() <= budget {
                 out.push(IoSlice::new(b));
                 budget -= b.len();
+                buf_start += buf.len() as u64;
             } else {
                 let end = if whole_frames {
-                    whole_frames_end(&buf.frames, from, budget, buf.marks.as_ref())
+                    whole_frames_end(buf, from, budget, self.marks_of(buf_start))
                 } else {
                     from + budget
                 };
                 if end > from {
-                    out.push(IoSlice::new(&buf.frames[from..end]));
+                    out.push(IoSlice::new(&buf[from..end]));
                 }
                 break;
             }
@@ -226,6 +248,9 @@ impl Outbound {
         if self.data.is_empty() && self.data.capacity() > IDLE_DATA_QUEUE {
             self.data = VecDeque::new();
         }
+        if self.marks.is_empty() && self.marks.capacity() > 0 {
+            self.marks = VecDeque::new();
+        }
     }
 
     /// Consumes `n` bytes of route data, keeping track of frame boundaries.
@@ -233,11 +258,15 @@ impl Outbound {
         self.data_written += n as u64;
         while n > 0 {
             let front = self.data.front().expect("advance past queued data");
-            let take = n.min(front.frames.len() - self.data_off);
+            let take = n.min(front.len() - self.data_off);
             self.data_off += take;
             n -= take;
-            if self.data_off == front.frames.len() {
+            let front_start = self.data_written - n as u64 - self.data_off as u64;
+            if self.data_off == front.len() {
                 // All written: no frame of it is cut, nothing to walk.
+                if self.marks.front().is_some_and(|(at, _)| *at == front_start) {
+                    self.marks.pop_front();
+                }
                 self.data.pop_front();
                 self.data_off = 0;
                 self.data_frame_start = 0;
@@ -246,16 +275,11 @@ impl Outbound {
             // Move the frame start up to the last boundary at or before
             // data_off (only the buffer a write ended in is walked, from
             // its last mark before data_off if it has marks).
-            let start = walk_start(self.data_frame_start, self.data_off, front.marks.as_ref());
-            self.data_frame_start = last_frame_end(&front.frames, start, self.data_off);
+            let marks = self.marks_of(front_start);
+            let start = walk_start(self.data_frame_start, self.data_off, marks);
+            self.data_frame_start = last_frame_end(front, start, self.data_off);
         }
     }
-}
-
-/// A buffer of route data: whole frames, and their marks if it has any.
-struct DataBuf {
-    frames: Bytes,
-    marks: Option<FrameMarks>,
 }
 
 #[cfg(test)]
@@ -428,9 +452,15 @@ mod tests {
         assert!(o.slices(usize::MAX).is_empty());
     }
 
-    /// Route data of `n` frames (6 to 8 bytes each).
+    /// Route data of `n` frames (6 to 8 bytes each), VNIs `v * 13` (the
+    /// lengths, and so the frame starts, differ from [`other_long_data`]'s).
     fn long_data(n: u32) -> Bytes {
         cat(&(1..=n).map(|v| f(v * 13 % 99_991)).collect::<Vec<_>>())
+    }
+
+    /// Route data of `n` frames, VNIs `v * 7`.
+    fn other_long_data(n: u32) -> Bytes {
+        cat(&(1..=n).map(|v| f(v * 7 % 99_991)).collect::<Vec<_>>())
     }
 
     /// Writes everything in paced writes of at most `batch` bytes; returns
@@ -451,14 +481,20 @@ mod tests {
     #[test]
     fn paced_writes_of_a_marked_buffer_walk_few_frame_headers() {
         let frames = long_data(30_000);
+        let other = long_data(20_000);
         let batch = 48 * 1024;
         let mut marked = Outbound::default();
         marked.push_data_marked(frames.clone(), FrameMarks::of(&frames));
         marked.push_control(Bytes::from(k()));
+        marked.push_data(cat(&[f(1), f(2)]));
+        marked.push_data_marked(other.clone(), FrameMarks::of(&other));
         let (wire, walked) = drain_paced(&mut marked, batch);
+        assert!(marked.marks.is_empty(), "marks go with their buffers");
         let mut plain = Outbound::default();
         plain.push_data(frames.clone());
         plain.push_control(Bytes::from(k()));
+        plain.push_data(cat(&[f(1), f(2)]));
+        plain.push_data(other.clone());
         let (plain_wire, plain_walked) = drain_paced(&mut plain, batch);
         assert_eq!(wire, plain_wire, "marks never change what is written");
         // A cut and its accounting each walk at most a mark step of
@@ -478,6 +514,8 @@ mod tests {
             Data(Vec<u32>),
             /// Thousands of frames with their marks, as a seal sends them.
             MarkedData(u32),
+            /// As many without marks, as a dump sends them.
+            LongData(u32),
             Control(u32),
             Write {
                 limit: usize,
@@ -489,6 +527,7 @@ mod tests {
             prop_oneof![
                 (proptest::collection::vec(1u32..100_000, 1..5)).prop_map(Step::Data),
                 (1_600u32..3_000).prop_map(Step::MarkedData),
+                (1_600u32..3_000).prop_map(Step::LongData),
                 (100_000u32..200_000).prop_map(Step::Control),
                 (0usize..40, 0usize..40).prop_map(|(limit, max)| Step::Write { limit, max }),
                 (0usize..20_000, 0usize..20_000)
@@ -522,6 +561,10 @@ mod tests {
                             let marks = FrameMarks::of(&frames);
                             prop_assert!(marks.is_some());
                             o.push_data_marked(frames, marks);
+                        }
+                        Step::LongData(n) => {
+                            data_in.extend((1..=n).map(|v| v * 7 % 99_991));
+                            o.push_data(other_long_data(n));
                         }
                         Step::Control(v) => {
                             control_in.push(v);

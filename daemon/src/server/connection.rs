@@ -25,7 +25,7 @@ use crate::link::outbound::Outbound;
 use crate::link::{Link, LinkRole, LinkSettings, SessionEnd};
 use crate::policy::{Class, Policy, Reason, SessionPolicy, Verdict};
 use crate::session::{self, Event, Role, Session, State};
-use crate::table::log::{Mail, Mailbox};
+use crate::table::log::{CauseTime, Mail, Mailbox};
 use crate::table::SessionId;
 use crate::table_task::{Command, Op, Query, TableHandle};
 use crate::wire::{Action, Extensions, Frame, Message, Route, Vni};
@@ -804,7 +804,7 @@ impl Connection {
                 } => {
                     out.push_data_marked(frames, marks);
                     queued += u64::from(count);
-                    if let Some(t) = since {
+                    if let Some(t) = since.map(CauseTime::instant) {
                         oldest = Some(oldest.map_or(t, |o| o.min(t)));
                     }
                 }

@@ -23,9 +23,10 @@ pub const MARK_STEP: usize = 512;
 const MIN_MARKED: usize = 8 * 1024;
 
 /// Frame starts of one buffer, ascending, at least [`MARK_STEP`] apart.
-/// Cheap to clone: the buffer's readers share one list.
+/// Cheap to clone: the buffer's readers share one list. A thin pointer (an
+/// `Arc<[u32]>` is two words), so that a mail stays small.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrameMarks(Arc<[u32]>);
+pub struct FrameMarks(Arc<Vec<u32>>);
 
 impl FrameMarks {
     /// The marks of `frames` (whole frames back to back), or `None` when it
@@ -44,7 +45,7 @@ impl FrameMarks {
             }
             at += frame_len_at(frames, at);
         }
-        Some(Self(marks.into()))
+        Some(Self(Arc::new(marks)))
     }
 
     /// The last marked frame start at or before `pos` (0, the first frame's

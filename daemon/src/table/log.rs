@@ -82,28 +82,26 @@ pub enum Mail {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CauseTime(NonZeroU64);
 
-/// The epoch of [`CauseTime`]: a second before the clock was first read
-/// for one, so that earlier instants (a read before the first cause) are
-/// still told apart.
+/// The epoch of [`CauseTime`]: an hour before the first instant converted
+/// (this module reads no clock), so that somewhat earlier instants are still
+/// told apart.
 static CAUSE_EPOCH: OnceLock<Instant> = OnceLock::new();
 
 impl CauseTime {
-    fn epoch() -> Instant {
-        *CAUSE_EPOCH.get_or_init(|| {
-            let now = Instant::now();
-            now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
-        })
-    }
-
     /// `at`, to the nanosecond (an instant before the epoch counts as the epoch).
     pub fn of(at: Instant) -> Self {
-        let nanos = at.saturating_duration_since(Self::epoch()).as_nanos();
+        let epoch =
+            *CAUSE_EPOCH.get_or_init(|| at.checked_sub(Duration::from_secs(3600)).unwrap_or(at));
+        let nanos = at.saturating_duration_since(epoch).as_nanos();
         Self(NonZeroU64::MIN.saturating_add(u64::try_from(nanos).unwrap_or(u64::MAX - 1)))
     }
 
     /// The instant it stands for.
     pub fn instant(self) -> Instant {
-        Self::epoch() + Duration::from_nanos(self.0.get() - 1)
+        let epoch = CAUSE_EPOCH
+            .get()
+            .expect("set by the `of` that made this value");
+        *epoch + Duration::from_nanos(self.0.get() - 1)
     }
 }
 

@@ -412,7 +412,12 @@ impl RouteTable {
             return;
         };
         self.announcements -= entry.announced.len();
-        for (vni, slot) in entry.announced {
+        // In slot order, not the set's: a VNI's slots are one array, so
+        // each slot is then the next one along instead of a cache miss (the
+        // largest single cost of a session end with a million routes).
+        let mut announced: Vec<(u32, u32)> = entry.announced.into_iter().collect();
+        announced.sort_unstable();
+        for (vni, slot) in announced {
             if let Some(route) = self.leave(Vni(vni), slot, session) {
                 gone(&route);
             }

@@ -12,7 +12,8 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
-use crate::wire::marks::{frame_len_at, last_frame_end, walk_start, whole_frames_end};
+use crate::wire::codec::frame_len_at;
+use crate::wire::marks::{last_frame_end, walk_start, whole_frames_end};
 use crate::wire::FrameMarks;
 
 /// Most buffers handed to one vectored write.

@@ -94,6 +94,12 @@ pub fn decode_frame_with(
     Ok(Some(frame))
 }
 
+/// Length of the whole frame starting at `at` in `buf` (its header must be
+/// there): for walking buffers of frames the daemon encoded itself.
+pub fn frame_len_at(buf: &[u8], at: usize) -> usize {
+    HEADER_LEN + usize::from(u16::from_be_bytes([buf[at + 1], buf[at + 2]]))
+}
+
 /// The UPDATEs of a buffer of whole frames back to back (what the table's
 /// update log and SUBSCRIBE dumps hold), decoded in order, without copying
 /// or consuming the buffer.
@@ -120,7 +126,7 @@ impl Iterator for Updates<'_> {
             if self.rest.len() < HEADER_LEN {
                 return None;
             }
-            let end = HEADER_LEN + usize::from(u16::from_be_bytes([self.rest[1], self.rest[2]]));
+            let end = frame_len_at(self.rest, 0);
             let Some((frame, rest)) = self.rest.split_at_checked(end) else {
                 self.rest = &[];
                 return None;

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use super::codec::HEADER_LEN;
+use super::codec::{frame_len_at, HEADER_LEN};
 
 /// Bytes between two marks, at least (the last frame start at or after it).
 /// The walk is latency-bound (each header's load waits for the previous
@@ -54,11 +54,6 @@ impl FrameMarks {
         let n = self.0.partition_point(|&m| m as usize <= pos);
         n.checked_sub(1).map_or(0, |i| self.0[i] as usize)
     }
-}
-
-/// Length of the whole frame starting at `at` in `buf` (its header must be there).
-pub fn frame_len_at(buf: &[u8], at: usize) -> usize {
-    HEADER_LEN + usize::from(u16::from_be_bytes([buf[at + 1], buf[at + 2]]))
 }
 
 /// End of the longest run of whole frames in `buf` that starts at `from` (a

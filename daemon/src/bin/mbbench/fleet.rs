@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use metalbondd::wire::{
-    codec::decode_payload, encode_message, encode_update, Action, Extensions, Message, MessageType,
-    Vni,
+    codec::{decode_payload, frame_len_at},
+    encode_message, encode_update, Action, Extensions, Message, MessageType, Vni,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
@@ -1074,7 +1074,7 @@ fn read(
             if data[off] != 1 {
                 return Err(format!("invalid frame from server: version {}", data[off]));
             }
-            let end = off + 4 + usize::from(u16::from_be_bytes([data[off + 1], data[off + 2]]));
+            let end = off + frame_len_at(data, off);
             if end > data.len() {
                 break;
             }

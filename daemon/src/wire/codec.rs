@@ -96,6 +96,7 @@ pub fn decode_frame_with(
 
 /// Length of the whole frame starting at `at` in `buf` (its header must be
 /// there): for walking buffers of frames the daemon encoded itself.
+#[inline]
 pub fn frame_len_at(buf: &[u8], at: usize) -> usize {
     HEADER_LEN + usize::from(u16::from_be_bytes([buf[at + 1], buf[at + 2]]))
 }
